@@ -1,0 +1,157 @@
+"""Typed configuration: a dataclass per job, YAML overrides, and the resolved config saved with every run.
+
+Precedence: dataclass defaults < YAML file (``--config``) < command-line options. Unknown keys, wrong types and
+impossible values raise :class:`~covidscreen.errors.ConfigError` naming the key. Configs are data
+(``yaml.safe_load``), never code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults are the quickstart's (tuned on validation, CPU-friendly)."""
+
+    data: str | None = None  # data folder; None: $COVIDSCREEN_DATA, else ../shared/data/cxr
+    output: str | None = None  # run folder; None: runs/<model>-<timestamp>
+    model: str = "efficientnet_lite0"
+    pretrained: bool = True
+    weights: str | None = None  # local weights file instead of the registry's source
+    image_size: int = 224
+    # fine-tuning depth: train only the last k trunk stages (+ head); None = every stage, 0 = head only
+    train_stages: int | None = 5
+    epochs: int = 4
+    samples_per_epoch: int | None = 2500  # random subset of the training set per epoch (None = all)
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1  # share of all steps spent warming the learning rate up
+    class_weights: bool = True  # inverse-frequency weights in the loss (the data is imbalanced)
+    augment: bool = True
+    patience: int = 3  # early stopping: epochs without validation improvement
+    seed: int = 0
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    positive_class: str = "covid"  # the class of the COVID-vs-rest metrics and operating point
+    max_per_class: int | None = None  # use at most this many images of each class (quick experiments, tests)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    eval_batch_size: int = 64
+    cache_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored with the run
+
+    def validate(self) -> TrainConfig:
+        checks = [
+            ("image_size", 32 <= self.image_size <= 1024, "an integer from 32 to 1024"),
+            ("epochs", self.epochs >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 2, "at least 2"),
+            ("lr", self.lr > 0, "positive"),
+            ("weight_decay", self.weight_decay >= 0, "non-negative"),
+            ("warmup_fraction", 0 <= self.warmup_fraction < 1, "in [0, 1)"),
+            ("patience", self.patience >= 1, "at least 1"),
+            ("train_stages", self.train_stages is None or self.train_stages >= 0, "null or >= 0"),
+            ("samples_per_epoch", self.samples_per_epoch is None or self.samples_per_epoch >= self.batch_size,
+             "null or at least batch_size"),
+            ("max_per_class", self.max_per_class is None or self.max_per_class >= 4, "null or at least 4"),
+            ("split", len(self.split) == 3 and abs(sum(self.split) - 1) < 1e-6 and min(self.split) >= 0
+             and self.split[1] > 0, "three fractions train,val,test summing to 1 with val > 0"),
+        ]
+        for key, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"config key '{key}' = {getattr(self, key)!r} is invalid: expected {expected}")
+        return self
+
+
+def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
+    """Check (and lightly coerce: int->float, list->tuple) a YAML value against a type hint."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(annotation):
+            ok, v = _type_ok(value, arm)
+            if ok:
+                return True, v
+        return False, value
+    if annotation is type(None):
+        return value is None, value
+    if annotation is bool:
+        return isinstance(value, bool), value
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if annotation is str:
+        return isinstance(value, str), value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            return False, value
+        args = typing.get_args(annotation)
+        if len(args) != len(value):
+            return False, value
+        out = []
+        for v, a in zip(value, args):
+            ok, v2 = _type_ok(v, a)
+            if not ok:
+                return False, value
+            out.append(v2)
+        return True, tuple(out)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict), value
+    if origin is list:
+        return isinstance(value, list), value
+    return True, value
+
+
+def apply_overrides(cfg: Any, overrides: dict[str, Any], source: str = "config") -> Any:
+    """Return a copy of dataclass ``cfg`` with ``overrides`` applied after type checks."""
+    hints = typing.get_type_hints(type(cfg))
+    names = {f.name for f in fields(cfg)}
+    changes = {}
+    for key, value in overrides.items():
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key '{key}'. Known keys: {', '.join(sorted(names))}")
+        ok, coerced = _type_ok(value, hints[key])
+        if not ok:
+            raise ConfigError(f"{source}: key '{key}' has value {value!r} of the wrong type; expected {hints[key]}")
+        changes[key] = coerced
+    return dataclasses.replace(cfg, **changes)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
+def resolve_train_config(config_file: str | Path | None = None, **cli: Any) -> TrainConfig:
+    """Defaults < YAML < CLI options (CLI options that are None are not set)."""
+    cfg = TrainConfig()
+    if config_file is not None:
+        cfg = apply_overrides(cfg, load_yaml(config_file), source=str(config_file))
+    cfg = apply_overrides(cfg, {k: v for k, v in cli.items() if v is not None}, source="command line")
+    return cfg.validate()
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -1,0 +1,9 @@
+"""Data: image tables, image decoding, patient-grouped splits and the preprocessed cache.
+
+- ``decode.py``: any accepted file (PNG, JPEG, DICOM) to one greyscale uint8 array.
+- ``table.py``: a data folder (``metadata.csv`` or ``<label>/`` sub-folders) to a validated pandas table.
+- ``locate.py``: where the data lives (``--data``, ``COVIDSCREEN_DATA``, ``../shared/data``).
+- ``splits.py``: patient-grouped, label-stratified, seeded train/val/test splits and k folds, with fingerprints.
+- ``cache.py``: decoded, resized images in a memory-mapped file so that later epochs skip decoding.
+- ``augment.py``: X-ray-safe batch augmentation (small affine, brightness/contrast, no vertical flips).
+"""

@@ -1,0 +1,109 @@
+"""Preprocessed image cache: decoded, resized ``uint8`` images in one memory-mapped ``.npy`` file.
+
+The key is a hash of the image side, the preprocessing version and, for every image, its absolute path, byte size
+and modification time: a changed file or another size gives another cache, a rerun reuses it. Epochs after the
+first (and later runs) read pixels straight from the memory map instead of decoding JPEGs. Files that fail to
+decode are listed in the cache's JSON sidecar, so every user of the cache reports them instead of dropping them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import DataError, ImageDecodeError
+from .decode import load_resized
+
+CACHE_VERSION = 1  # bump when decoding or resizing changes
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("COVIDSCREEN_CACHE", Path.home() / ".cache" / "covidscreen"))
+
+
+def _key(paths: list[str], size: int) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}".encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"|{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def _load_one(args: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
+    path, size = args
+    try:
+        return load_resized(path, size), None
+    except ImageDecodeError as exc:
+        return None, str(exc)
+
+
+class ImageCache:
+    """Images of a list of files at one square size, decoded once.
+
+    Attributes:
+        images: ``(N, size, size)`` ``uint8`` array (memory-mapped).
+        ok: ``(N,)`` bool, False where the file could not be decoded.
+        errors: message per path that failed.
+    """
+
+    def __init__(self, paths: list[str], size: int, cache_dir: str | Path | None = None, workers: int | None = None,
+                 progress: bool = True) -> None:
+        if not paths:
+            raise DataError("no images to cache")
+        self.paths = list(paths)
+        self.size = size
+        self.index = {p: i for i, p in enumerate(self.paths)}
+        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        key = _key(self.paths, size)
+        self.file = folder / f"{key}_{size}px.npy"
+        meta_file = self.file.with_suffix(".json")
+        if not (self.file.is_file() and meta_file.is_file()):
+            self._build(meta_file, workers, progress)
+        meta = json.loads(meta_file.read_text())
+        self.errors: dict[str, str] = meta["errors"]
+        self.images = np.load(self.file, mmap_mode="r")
+        if self.images.shape != (len(self.paths), size, size):
+            raise DataError(f"cache file {self.file} is damaged (shape {self.images.shape}); delete it and rerun")
+        self.ok = np.array([p not in self.errors for p in self.paths])
+        self.built = meta.get("built", False)
+
+    def _build(self, meta_file: Path, workers: int | None, progress: bool) -> None:
+        tmp = self.file.with_name(self.file.stem + f".tmp{os.getpid()}.npy")
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.paths), self.size, self.size))
+        errors: dict[str, str] = {}
+        workers = workers or min(4, os.cpu_count() or 1)
+        jobs = [(p, self.size) for p in self.paths]
+        bar = tqdm(total=len(jobs), desc=f"caching images at {self.size}px", unit="img", disable=not progress)
+        if workers > 1 and len(jobs) > 64:
+            with ProcessPoolExecutor(workers) as pool:
+                results = pool.map(_load_one, jobs, chunksize=32)
+                for i, (img, err) in enumerate(results):
+                    self._store(arr, i, img, err, errors)
+                    bar.update()
+        else:
+            for i, job in enumerate(jobs):
+                self._store(arr, i, *_load_one(job), errors)
+                bar.update()
+        bar.close()
+        arr.flush()
+        del arr
+        os.replace(tmp, self.file)
+        meta_file.write_text(json.dumps({"size": self.size, "n": len(self.paths), "errors": errors, "built": True}))
+
+    def _store(self, arr: np.ndarray, i: int, img: np.ndarray | None, err: str | None, errors: dict) -> None:
+        if err is not None:
+            errors[self.paths[i]] = err
+            arr[i] = 0
+        else:
+            arr[i] = img
+
+    def rows(self, paths: list[str]) -> np.ndarray:
+        """Row indices of ``paths`` in the cache."""
+        return np.array([self.index[p] for p in paths], dtype=np.int64)

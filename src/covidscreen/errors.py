@@ -1,0 +1,30 @@
+"""User-facing errors.
+
+Every problem a user can cause (bad path, bad table, unknown model, unreadable image) raises a subclass of
+:class:`CovidscreenError` whose message says what was wrong and what is accepted. The CLI prints the message on one
+line and exits with code 2; library users can catch the class.
+"""
+
+
+class CovidscreenError(Exception):
+    """Base class of errors caused by input (files, options, configs), not by bugs."""
+
+
+class DataError(CovidscreenError):
+    """A data folder, table or image is missing or malformed."""
+
+
+class ImageDecodeError(DataError):
+    """One image file could not be decoded."""
+
+
+class ModelError(CovidscreenError):
+    """Unknown model name, unavailable weights or a weights file that does not match."""
+
+
+class ConfigError(CovidscreenError):
+    """A configuration key or value is invalid."""
+
+
+class CheckpointError(CovidscreenError):
+    """A run folder or checkpoint is missing or damaged."""

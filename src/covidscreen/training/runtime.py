@@ -1,0 +1,63 @@
+"""Device selection, mixed precision, memory format and seeding: one place for everything hardware-dependent.
+
+On a GPU, training and inference use it with AMP (bfloat16 where supported, else float16 with a grad scaler) and
+channels_last without any change to the calling code; on the CPU, channels_last is kept (faster convolutions) and
+AMP is off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not valid; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return dev
+
+
+def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); returns a generator for the run's own random draws."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+        torch.backends.cudnn.benchmark = False
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+def to_input(batch_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 ``(B, H, W)`` or ``(B, 1, H, W)`` -> float ``(B, 1, H, W)`` in [0, 1] on ``device``, channels_last."""
+    if batch_u8.ndim == 3:
+        batch_u8 = batch_u8.unsqueeze(1)
+    x = batch_u8.to(device, non_blocking=True).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,251 @@
+"""``fit``: from a :class:`TrainConfig` to a complete run folder.
+
+A run folder holds: ``model.safetensors`` + ``model.json`` (checkpoint and sidecar), ``config.yaml`` (resolved),
+``split.csv`` (every image with its split), ``history.csv`` (per-epoch losses and validation metrics),
+``predictions.csv`` (validation and test probabilities), ``metrics.json`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from ..config import TrainConfig, to_dict
+from ..data.augment import AugmentConfig
+from ..data.cache import ImageCache
+from ..data.locate import resolve_data_dir
+from ..data.splits import patient_grouped_split, split_fingerprint
+from ..data.table import class_names, load_table
+from ..errors import DataError
+from ..evaluation.metrics import classification_metrics, headline_auc
+from ..evaluation.thresholds import operating_points
+from ..inference.checkpoint import save_checkpoint
+from ..models import create_model
+from .finetune import set_trainable_stages
+from .loop import cosine_with_warmup, predict_probs, train_one_epoch
+from .losses import build_loss, inverse_frequency_weights
+from .runtime import amp_dtype, resolve_device, seed_everything
+
+
+@dataclass
+class PreparedData:
+    """A table with its split, decoded images and class indices, ready for training."""
+
+    table: pd.DataFrame  # rows that decoded, with 'split' and 'y' columns
+    classes: list[str]
+    cache: ImageCache
+    rows: np.ndarray  # row of each table entry in cache.images
+    skipped: pd.DataFrame  # files that could not be decoded: path, error
+    fingerprint: str
+    data_dir: Path
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def subsample_per_class(table: pd.DataFrame, max_per_class: int, seed: int) -> pd.DataFrame:
+    """At most ``max_per_class`` rows of each label, drawn with the seed (whole patients are not guaranteed)."""
+    parts = [g.sample(n=min(len(g), max_per_class), random_state=seed) for _, g in table.groupby("label", sort=True)]
+    return pd.concat(parts).sort_index().reset_index(drop=True)
+
+
+def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
+    """Load, subsample, cache (decode once) and split the data of a training config."""
+    data_dir = resolve_data_dir(cfg.data)
+    table = load_table(data_dir)
+    if table.attrs.get("missing"):
+        log(f"warning: {table.attrs['missing']} image(s) listed in metadata.csv do not exist and were skipped")
+    if cfg.max_per_class:
+        table = subsample_per_class(table, cfg.max_per_class, cfg.seed)
+    cache = ImageCache(table["path"].tolist(), cfg.image_size, cfg.cache_dir, progress=progress)
+    ok = cache.ok
+    skipped = pd.DataFrame({"path": table["path"][~ok], "error": [cache.errors[p] for p in table["path"][~ok]]})
+    if len(skipped):
+        log(f"warning: {len(skipped)} image(s) could not be decoded and were skipped (listed in skipped.csv), e.g. "
+            f"{skipped['error'].iloc[0]}")
+    table = table[ok].reset_index(drop=True)
+    classes = class_names(table)
+    table["y"] = table["label"].map({c: i for i, c in enumerate(classes)})
+    table["split"] = patient_grouped_split(table, cfg.split, seed=cfg.seed)
+    for s in ("train", "val"):
+        if (table["split"] == s).sum() == 0:
+            raise DataError(f"the {s} split is empty: {len(table)} images are too few for split {cfg.split}")
+    return PreparedData(
+        table=table,
+        classes=classes,
+        cache=cache,
+        rows=cache.rows(table["path"].tolist()),
+        skipped=skipped,
+        fingerprint=split_fingerprint(table, table["split"]),
+        data_dir=Path(data_dir).resolve(),
+    )
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    return Path("runs") / f"{cfg.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _epoch_rows(train_idx: np.ndarray, n: int | None, rng: np.random.Generator) -> np.ndarray:
+    order = rng.permutation(train_idx)
+    return order if n is None or n >= len(order) else order[:n]
+
+
+def fit(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Train, select the best epoch on validation, choose operating points on validation, evaluate on test.
+
+    Returns:
+        The run folder.
+    """
+    cfg = cfg.validate()
+    t0 = time.time()
+    generator = seed_everything(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    device = resolve_device(cfg.device)
+    amp = amp_dtype(device, cfg.amp)
+    run_dir = Path(cfg.output) if cfg.output else default_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    data = prepare_data(cfg, progress=progress)
+    table, classes = data.table, data.classes
+    counts = table.groupby(["split", "label"]).size().unstack(fill_value=0)
+    log(f"data: {data.data_dir} | {len(table)} images, classes {classes} | split (patient-grouped, seed {cfg.seed}):\n"
+        f"{counts.to_string()}")
+    table.drop(columns=["y"]).to_csv(run_dir / "split.csv", index=False)
+    if len(data.skipped):
+        data.skipped.to_csv(run_dir / "skipped.csv", index=False)
+
+    model = create_model(cfg.model, pretrained=cfg.pretrained, num_classes=len(classes), weights_path=cfg.weights)
+    trained = set_trainable_stages(model, cfg.train_stages)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"model: {cfg.model} ({'ImageNet' if cfg.pretrained or cfg.weights else 'random'} init), training "
+        f"{n_train:,} parameters in {', '.join(trained)}; device {device}{', AMP ' + str(amp) if amp else ''}")
+
+    is_train = (table["split"] == "train").to_numpy()
+    is_val = (table["split"] == "val").to_numpy()
+    y_all = table["y"].to_numpy()
+    train_idx = np.flatnonzero(is_train)
+    weights = inverse_frequency_weights(y_all[train_idx], len(classes)) if cfg.class_weights else None
+    loss_fn = build_loss(weights.to(device) if weights is not None else None)
+    eval_loss = build_loss(weights.to(device) if weights is not None else None)
+
+    per_epoch = len(_epoch_rows(train_idx, cfg.samples_per_epoch, np.random.default_rng(0))) // cfg.batch_size
+    total_steps = max(1, per_epoch * cfg.epochs)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_warmup(total_steps, int(cfg.warmup_fraction * total_steps)))
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    augment = AugmentConfig() if cfg.augment else None
+
+    images = data.cache.images
+    val_rows = data.rows[is_val]
+    best_auc, best_state, best_epoch, stale = -np.inf, None, 0, 0
+    history = []
+    for epoch in range(1, cfg.epochs + 1):
+        te = time.time()
+        order = _epoch_rows(train_idx, cfg.samples_per_epoch, rng)
+        train_loss = train_one_epoch(
+            model, images, data.rows[order], y_all[order], loss_fn, optimizer, scheduler, device, cfg.batch_size,
+            generator, augment, amp, scaler, desc=f"epoch {epoch}/{cfg.epochs}", progress=progress)
+        val_probs = predict_probs(model, images, val_rows, device, cfg.eval_batch_size, amp, desc="validate",
+                                  progress=progress)
+        y_val = y_all[is_val]
+        with torch.no_grad():
+            val_loss = float(eval_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-12)).float().to(device),
+                                       torch.from_numpy(y_val).to(device)).item()) if len(y_val) else float("nan")
+        val_auc = headline_auc(y_val, val_probs, classes, cfg.positive_class)
+        val_acc = float(np.mean(val_probs.argmax(1) == y_val))
+        secs = time.time() - te
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,
+                        "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": secs,
+                        "train_images": len(order)})
+        improved = np.isfinite(val_auc) and val_auc > best_auc + 1e-6 or best_state is None
+        log(f"epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f} | val loss {val_loss:.4f} | val AUC "
+            f"{val_auc:.4f} | val acc {val_acc:.4f} | {len(order) / secs:.1f} img/s incl. validation | "
+            f"{secs:.0f}s{' *best*' if improved else ''}")
+        pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
+        if improved:
+            best_auc = val_auc if np.isfinite(val_auc) else best_auc
+            best_state, best_epoch, stale = copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                log(f"early stopping: no validation improvement for {cfg.patience} epoch(s)")
+                break
+    model.load_state_dict(best_state)
+
+    result = finish_run(run_dir, model, data, cfg, device, amp, best_epoch, history, progress)
+    log(f"done in {(time.time() - t0) / 60:.1f} min: {run_dir}")
+    return result
+
+
+def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: TrainConfig, device: torch.device,
+               amp: torch.dtype | None, best_epoch: int, history: list[dict[str, Any]], progress: bool) -> Path:
+    """Predict val and test, choose operating points on val, write checkpoint, metrics and report."""
+    from ..evaluation.report import write_report
+
+    table, classes = data.table, data.classes
+    eval_mask = table["split"].isin(["val", "test"]).to_numpy()
+    probs = predict_probs(model, data.cache.images, data.rows[eval_mask], device, cfg.eval_batch_size, amp,
+                          desc="predict val+test", progress=progress)
+    preds = table.loc[eval_mask, ["image", "label", "split", "site", "view", "group"]].reset_index(drop=True)
+    for i, c in enumerate(classes):
+        preds[f"prob_{c}"] = probs[:, i]
+    preds.to_csv(run_dir / "predictions.csv", index=False)
+
+    pos = cfg.positive_class if cfg.positive_class in classes else None
+    val = preds["split"] == "val"
+    y = preds["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    points = operating_points(y[val] == classes.index(pos), probs[val][:, classes.index(pos)]) if pos else {}
+    threshold = points.get("default")
+    metrics: dict[str, Any] = {"classes": classes, "positive_class": pos, "operating_points": points,
+                               "threshold_source": "validation split (max Youden J)" if pos else None}
+    for split in ("val", "test"):
+        m = (preds["split"] == split).to_numpy()
+        if m.any():
+            metrics[split] = classification_metrics(y[m], probs[m], classes, pos, threshold)
+    test = metrics.get("test")
+    metrics["n_test"] = int(test["n"]) if test else 0
+    if test and "covid_vs_rest" in test:
+        metrics["covid_vs_rest"] = test["covid_vs_rest"]
+    metrics["split_counts"] = {s: int(n) for s, n in table["split"].value_counts().items()}
+    metrics["skipped_files"] = int(len(data.skipped))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
+
+    config = to_dict(cfg)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    sidecar = {
+        "classes": classes,
+        "positive_class": pos,
+        "image_size": cfg.image_size,
+        "operating_points": points,
+        "threshold": threshold,
+        "config": config,
+        "seed": cfg.seed,
+        "data_dir": str(data.data_dir),
+        "split_fingerprint": data.fingerprint,
+        "split_counts": metrics["split_counts"],
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "created": datetime.now().isoformat(timespec="seconds"),
+    }
+    save_checkpoint(run_dir, model, sidecar)
+    write_report(run_dir)
+    summary = metrics.get("covid_vs_rest")
+    if summary:
+        log(f"test ({metrics['n_test']} images) {pos}-vs-rest: ROC AUC {summary['roc_auc']:.4f}, sensitivity "
+            f"{summary['sensitivity']:.3f}, specificity {summary['specificity']:.3f} at threshold {threshold:.3f} "
+            "(chosen on validation)")
+    return run_dir
