@@ -108,7 +108,8 @@ def _decode_pil(path: Path, draft_size: int | None) -> np.ndarray:
     except ImageDecodeError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise ImageDecodeError(f"{path}: not a readable image ({exc.__class__.__name__}). Accepted: {ACCEPTED}") from None
+        kind = exc.__class__.__name__
+        raise ImageDecodeError(f"{path}: not a readable image ({kind}). Accepted: {ACCEPTED}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageDecodeError(f"{path}: image is damaged or truncated ({exc}). Accepted: {ACCEPTED}") from None
 

@@ -60,7 +60,7 @@ def confusion_plot(cm: list[list[int]], classes: list[str], title: str) -> bytes
     return _png(fig)
 
 
-def history_plot(history: "list[dict] | object") -> bytes:
+def history_plot(history: list[dict] | object) -> bytes:
     import pandas as pd
 
     h = pd.DataFrame(history)

@@ -89,8 +89,8 @@ def write_report(run_dir: str | Path, metrics_file: str = "metrics.json", predic
         cv = block["covid_vs_rest"]
         parts.append(f"<h2>{html.escape(pos)} vs rest on the {split_name} split (n={cv['n']}, "
                      f"{cv['n_positive']} positive)</h2>")
-        parts.append(f"<p>Operating threshold {cv['threshold']:.3f} ({html.escape(str(metrics.get('threshold_source')))})"
-                     "</p>")
+        source = html.escape(str(metrics.get("threshold_source")))
+        parts.append(f"<p>Operating threshold {cv['threshold']:.3f} ({source})</p>")
         parts.append(_metric_table(cv, ["roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "npv", "f1",
                                         "accuracy", "tp", "fp", "tn", "fn"]))
         sub = preds[preds["split"] == split_name] if "split" in preds else preds

@@ -30,7 +30,7 @@ from ..errors import DataError
 from ..evaluation.metrics import classification_metrics, headline_auc
 from ..evaluation.thresholds import operating_points
 from ..inference.checkpoint import save_checkpoint
-from ..models import create_model
+from ..models import create_model, get_spec
 from .finetune import set_trainable_stages
 from .loop import cosine_with_warmup, predict_probs, train_one_epoch
 from .losses import build_loss, inverse_frequency_weights
@@ -108,6 +108,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
         The run folder.
     """
     cfg = cfg.validate()
+    get_spec(cfg.model)  # fail fast on an unknown model name, before any data is read
     t0 = time.time()
     generator = seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

@@ -1,0 +1,70 @@
+"""The CLI's contract: one-line errors with exit code 2 for bad input, never a traceback."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from covidscreen.cli import app
+from tests.conftest import make_image_folder
+
+runner = CliRunner()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "covidscreen.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    assert pd.Series([lines[0]]).str.contains(pattern, regex=True).iloc[0], lines[0]
+
+
+def test_missing_data_folder(tmp_path):
+    assert_clean_error(run_cli("train", "--data", str(tmp_path / "nope")), "does not exist")
+
+
+def test_metadata_without_label_column(tmp_path):
+    root = make_image_folder(tmp_path / "d")
+    pd.read_csv(root / "metadata.csv").drop(columns=["label"]).to_csv(root / "metadata.csv", index=False)
+    assert_clean_error(run_cli("train", "--data", str(root)), "missing column.*label.*Expected")
+
+
+def test_unknown_model(tmp_path):
+    root = make_image_folder(tmp_path / "d")
+    assert_clean_error(run_cli("train", "--data", str(root), "--model", "alexnet9"), "unknown model.*resnet18")
+
+
+def test_run_folder_without_checkpoint(tmp_path):
+    (tmp_path / "run").mkdir()
+    assert_clean_error(run_cli("predict", str(tmp_path / "run"), str(tmp_path)), "not a covidscreen run folder")
+    assert_clean_error(run_cli("evaluate", str(tmp_path / "missing")), "does not exist")
+
+
+def test_bad_config_key(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("epochz: 2\n")
+    assert_clean_error(run_cli("train", "--config", str(f)), "unknown key 'epochz'")
+
+
+def test_usage_errors_exit_2():
+    result = runner.invoke(app, ["train", "--epochs", "many"])
+    assert result.exit_code == 2
+
+
+def test_models_lists_registry():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0 and "efficientnet_lite0" in result.output and "densenet161" in result.output
+
+
+@pytest.mark.parametrize("name", ["preds.txt"])
+def test_predict_rejects_unknown_output_format(tmp_path, name):
+    (tmp_path / "run").mkdir()
+    assert_clean_error(run_cli("predict", str(tmp_path / "run"), str(tmp_path), "--output", str(tmp_path / name)),
+                       r"\.csv or \.json")

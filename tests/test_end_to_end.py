@@ -1,0 +1,88 @@
+"""End to end on the real shared data: train one epoch on a small slice, evaluate, predict PNG/JPEG/DICOM."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+from covidscreen.config import resolve_train_config
+from covidscreen.evaluation.evaluate import evaluate_run
+from covidscreen.inference.checkpoint import load_checkpoint
+from covidscreen.inference.predictor import Predictor
+from covidscreen.training.trainer import fit
+from tests.test_cli import assert_clean_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, shared_data):
+    out = tmp_path_factory.mktemp("run")
+    cfg = resolve_train_config(None, data=str(shared_data / "cxr"), output=str(out), max_per_class=40, epochs=1,
+                               image_size=96, batch_size=16, samples_per_epoch=None)
+    return fit(cfg, progress=False)
+
+
+def test_run_folder_is_complete_and_reproducible(small_run, shared_data):
+    for name in ("model.safetensors", "model.json", "config.yaml", "split.csv", "history.csv", "predictions.csv",
+                 "metrics.json", "report.html"):
+        assert (small_run / name).is_file(), name
+    meta = json.loads((small_run / "model.json").read_text())
+    assert meta["classes"] == ["covid", "normal", "pneumonia"]
+    assert meta["architecture"] == "efficientnet_lite0" and meta["image_size"] == 96
+    assert len(meta["split_fingerprint"]) == 64 and meta["seed"] == 0
+    assert meta["config"]["max_per_class"] == 40 and "torch" in meta["versions"]
+    assert 0 <= meta["threshold"] <= 1 and "sensitivity_0.95" in meta["operating_points"]
+    metrics = json.loads((small_run / "metrics.json").read_text())
+    assert metrics["classes"] == meta["classes"]
+    assert metrics["n_test"] == (pd.read_csv(small_run / "split.csv")["split"] == "test").sum() > 0
+    for key in ("roc_auc", "sensitivity", "specificity"):
+        assert 0 <= metrics["covid_vs_rest"][key] <= 1
+    split = pd.read_csv(small_run / "split.csv", keep_default_na=False)
+    assert (split.groupby("group")["split"].nunique() == 1).all()
+    report = (small_run / "report.html").read_text()
+    assert "data:image/png;base64" in report and "Read this first" in report  # covid comes from one site
+    state = load_file(str(small_run / "model.safetensors"))
+    assert all(np.isfinite(v.float().numpy()).all() for v in state.values())
+
+
+def test_evaluate_reproduces_test_metrics(small_run):
+    out = evaluate_run(small_run, progress=False)
+    a = json.loads((small_run / "metrics.json").read_text())["covid_vs_rest"]
+    b = json.loads((out / "metrics.json").read_text())["covid_vs_rest"]
+    assert b["roc_auc"] == pytest.approx(a["roc_auc"], abs=1e-6)
+    assert b["sensitivity"] == pytest.approx(a["sensitivity"])
+
+
+def test_predict_dicom_png_jpeg_and_bad_file(small_run, shared_data, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    out = tmp_path / "preds.csv"
+    proc = run_cli("predict", str(small_run), str(shared_data / "dicom"), str(shared_data / "samples"), str(bad),
+                   "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_csv(out, keep_default_na=False)
+    assert list(df.columns) == ["path", "prob_covid", "prob_normal", "prob_pneumonia", "prediction", "error"]
+    assert len(df) == 5
+    ok = df[df["error"] == ""]
+    assert len(ok) == 4 and set(ok["prediction"]) <= {"covid", "normal", "pneumonia"}
+    probs = ok[["prob_covid", "prob_normal", "prob_pneumonia"]].astype(float).to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    assert "broken.jpg" in df[df["error"] != ""]["path"].iloc[0]
+    # the API gives the same numbers as the CLI, and repeated calls are deterministic
+    pred = Predictor(small_run, device="cpu")
+    again = pred.predict_files([shared_data / "dicom"], progress=False)
+    np.testing.assert_allclose(again["prob_covid"].to_numpy(), df["prob_covid"].iloc[:2].astype(float), atol=1e-5)
+
+
+def test_tampered_weights_are_refused(small_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(small_run, copy)
+    with open(copy / "model.safetensors", "r+b") as fh:
+        fh.seek(-4, 2)
+        fh.write(b"\x00\x01\x02\x03")
+    assert_clean_error(run_cli("predict", str(copy), str(tmp_path)), "sha256")
+    model, meta = load_checkpoint(small_run)
+    assert model.training is False and meta["classes"][0] == "covid"
