@@ -8,12 +8,14 @@ from torch import nn
 
 
 def inverse_frequency_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Class weights ``N / (C * n_c)``: every class contributes equally to the loss (mean weight per image is 1).
+    """Class weights ``N / (K * n_c)`` over the K classes present: every class contributes equally to the loss and
+    the mean weight per image is 1.
 
     A class absent from ``labels`` gets weight 0 (it cannot be learned from these data anyway).
     """
     counts = np.bincount(np.asarray(labels, dtype=int), minlength=num_classes).astype(float)
-    weights = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
+    present = max(int((counts > 0).sum()), 1)
+    weights = np.where(counts > 0, counts.sum() / (present * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
 
 
