@@ -86,3 +86,20 @@ def test_tampered_weights_are_refused(small_run, tmp_path):
     assert_clean_error(run_cli("predict", str(copy), str(tmp_path)), "sha256")
     model, meta = load_checkpoint(small_run)
     assert model.training is False and meta["classes"][0] == "covid"
+
+
+def test_onnx_export_matches_torch(small_run, shared_data, tmp_path):
+    import shutil
+
+    from covidscreen.inference.onnx import export_onnx
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    assert_clean_error(run_cli("predict", str(run), str(shared_data / "samples"), "--backend", "onnx"), "export")
+    export_onnx(run)
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["onnx"]["max_abs_deviation"] < 1e-3
+    torch_preds = Predictor(run, device="cpu").predict_files([shared_data / "samples"], progress=False)
+    onnx_preds = Predictor(run, backend="onnx").predict_files([shared_data / "samples"], progress=False)
+    np.testing.assert_allclose(onnx_preds["prob_covid"], torch_preds["prob_covid"], atol=1e-4)
+    assert (onnx_preds["prediction"] == torch_preds["prediction"]).all()

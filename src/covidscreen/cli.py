@@ -106,6 +106,7 @@ def predict(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write .csv or .json")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     operating_point: Annotated[str, typer.Option("--operating-point", help="named threshold of the run")] = "default",
+    backend: Annotated[str, typer.Option("--backend", help="torch, or onnx (after covidscreen export)")] = "torch",
     device: DeviceOpt = "auto",
 ) -> None:
     """Class probabilities and the decision at the run's operating point, one row per file."""
@@ -113,7 +114,7 @@ def predict(
 
     if output is not None and output.suffix.lower() not in (".csv", ".json"):
         raise CovidscreenError(f"--output {output}: use a .csv or .json file name")
-    predictor = Predictor(run_dir, device=device, operating_point=operating_point)
+    predictor = Predictor(run_dir, device=device, operating_point=operating_point, backend=backend)
     df = predictor.predict_files(inputs, batch_size=batch_size)
     if output is None:
         typer.echo(df.to_csv(index=False), nl=False)
@@ -124,6 +125,14 @@ def predict(
         else:
             df.to_csv(output, index=False)
         typer.echo(f"{len(df)} file(s), {int((df['error'] != '').sum())} unreadable: {output}")
+
+
+@app.command()
+def export(run_dir: Annotated[Path, typer.Argument(help="run folder written by train")]) -> None:
+    """Export a run to ONNX (model.onnx, checked against PyTorch) for onnxruntime CPU inference."""
+    from .inference.onnx import export_onnx
+
+    typer.echo(f"wrote {export_onnx(run_dir)}")
 
 
 @app.command("models")

@@ -5,6 +5,7 @@ A file that cannot be read gets a row with an ``error`` and empty probabilities;
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,18 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
 class Predictor:
     """A trained run, ready to predict: ``Predictor(run_dir).predict_files(paths)``."""
 
-    def __init__(self, run_dir: str | Path, device: str = "auto", operating_point: str = "default") -> None:
-        self.device = resolve_device(device)
+    def __init__(self, run_dir: str | Path, device: str = "auto", operating_point: str = "default",
+                 backend: str = "torch") -> None:
+        if backend not in ("torch", "onnx"):
+            raise DataError(f"backend {backend!r} is unknown; use torch or onnx")
+        self.device = resolve_device(device if backend == "torch" else "cpu")
         self.model, self.meta = load_checkpoint(run_dir, self.device)
         self.model = self.model.to(memory_format=torch.channels_last)
+        self.onnx = None
+        if backend == "onnx":
+            from .onnx import OnnxModel
+
+            self.onnx = OnnxModel(run_dir)
         self.amp = amp_dtype(self.device)
         self.classes: list[str] = self.meta["classes"]
         self.size = int(self.meta["image_size"])
@@ -57,6 +66,8 @@ class Predictor:
     @torch.inference_mode()
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """Probabilities for a ``(B, size, size)`` uint8 batch."""
+        if self.onnx is not None:
+            return self.onnx.probabilities(np.ascontiguousarray(images, dtype=np.float32)[:, None] / 255.0)
         x = to_input(torch.from_numpy(np.ascontiguousarray(images)), self.device)
         with autocast(self.device, self.amp):
             logits = self.model(x)
@@ -79,13 +90,29 @@ class Predictor:
                 rows[i]["prediction"] = label
             batch.clear()
 
-        for f in tqdm(files, desc="predict", unit="img", disable=not progress):
-            rows.append({"path": str(f), **{f"prob_{c}": np.nan for c in self.classes}, "prediction": "", "error": ""})
+        def load(f: Path) -> np.ndarray | str:
             try:
-                batch.append((len(rows) - 1, load_resized(f, self.size)))
+                return load_resized(f, self.size)
             except ImageDecodeError as exc:
-                rows[-1]["error"] = str(exc)
-            if len(batch) >= batch_size:
-                flush()
-        flush()
+                return str(exc)
+
+        # decoding (PIL, pydicom) releases the GIL for the heavy parts: overlap it with inference, a bounded
+        # chunk at a time so that a folder of any size never sits decoded in memory at once
+        bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress)
+        chunk = max(batch_size, 1) * 4
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for start in range(0, len(files), chunk):
+                part = files[start:start + chunk]
+                for f, img in zip(part, pool.map(load, part)):
+                    rows.append({"path": str(f), **{f"prob_{c}": np.nan for c in self.classes}, "prediction": "",
+                                 "error": ""})
+                    if isinstance(img, str):
+                        rows[-1]["error"] = img
+                    else:
+                        batch.append((len(rows) - 1, img))
+                    if len(batch) >= batch_size:
+                        flush()
+                    bar.update()
+            flush()
+        bar.close()
         return pd.DataFrame(rows, columns=["path", *[f"prob_{c}" for c in self.classes], "prediction", "error"])

@@ -1,0 +1,81 @@
+"""ONNX export of a run and an onnxruntime session for fast CPU inference (clinical deployments without PyTorch).
+
+The exported graph takes what the Predictor feeds the model: float32 ``(B, 1, S, S)`` in [0, 1]; normalisation
+is inside the graph. Export checks the ONNX outputs against PyTorch on random input before it writes anything into
+the run folder.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, CovidscreenError
+from .checkpoint import load_checkpoint, read_sidecar, write_sidecar
+
+ONNX_FILE = "model.onnx"
+
+
+def export_onnx(run_dir: str | Path, opset: int = 17, tolerance: float = 1e-3) -> Path:
+    """Write ``model.onnx`` into the run folder and record it (sha256, max deviation) in the sidecar."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise CovidscreenError("ONNX export needs onnx and onnxruntime: pip install 'covidscreen[onnx]'") from None
+    from ..models.weights import sha256_file
+
+    run_dir = Path(run_dir)
+    model, meta = load_checkpoint(run_dir, "cpu")
+    size = int(meta["image_size"])
+    x = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
+    out = run_dir / ONNX_FILE
+    tmp = out.with_suffix(".tmp.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
+        torch.onnx.export(model, (x,), str(tmp), input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+                          dynamo=False)
+    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = model(x).numpy()
+    dev = float(np.abs(session.run(None, {"image": x.numpy()})[0] - ref).max())
+    if dev > tolerance:
+        tmp.unlink()
+        raise CheckpointError(f"ONNX export of {meta['architecture']} deviates from PyTorch by {dev:.2e} "
+                              f"(> {tolerance}); not written")
+    tmp.replace(out)
+    meta = read_sidecar(run_dir)
+    meta["onnx"] = {"file": ONNX_FILE, "sha256": sha256_file(out), "opset": opset, "max_abs_deviation": dev}
+    write_sidecar(run_dir, meta)
+    return out
+
+
+class OnnxModel:
+    """Callable like the PyTorch model in the Predictor: uint8-derived float batch -> probabilities."""
+
+    def __init__(self, run_dir: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        from ..models.weights import sha256_file
+
+        run_dir = Path(run_dir)
+        meta = read_sidecar(run_dir)
+        info = meta.get("onnx")
+        path = run_dir / ONNX_FILE
+        if not info or not path.is_file():
+            raise CheckpointError(f"{run_dir} has no ONNX export; run: covidscreen export {run_dir}")
+        if sha256_file(path) != info["sha256"]:
+            raise CheckpointError(f"{path} does not match the sha256 recorded at export: changed or damaged")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        logits = self.session.run(None, {"image": np.ascontiguousarray(x, dtype=np.float32)})[0].astype(np.float64)
+        logits -= logits.max(1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(1, keepdims=True)
