@@ -96,8 +96,32 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
     infer_rate = rate(4 * 64, time.perf_counter() - t)
+    onnx_rate = float("nan")
+    try:
+        import warnings
+
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cpu_model = model.float().cpu()
+            xc = xb.float().cpu()
+            torch.onnx.export(cpu_model, (xc,), f"{tmp}/m.onnx", input_names=["image"], output_names=["logits"],
+                              dynamic_axes={"image": {0: "batch"}}, opset_version=17, dynamo=False)
+            sess = ort.InferenceSession(f"{tmp}/m.onnx", providers=["CPUExecutionProvider"])
+            xn = xc.contiguous().numpy()
+            sess.run(None, {"image": xn})
+            t = time.perf_counter()
+            for _ in range(4):
+                sess.run(None, {"image": xn})
+            onnx_rate = rate(4 * 64, time.perf_counter() - t)
+    except ImportError:
+        pass
     print(f"training  {train_rate:8.1f} img/s (default fine-tuning depth: {', '.join(stages)})")
-    print(f"inference {infer_rate:8.1f} img/s (batch 64)  -> inference/training ratio {infer_rate / train_rate:.1f}x")
+    print(f"inference {infer_rate:8.1f} img/s (batch 64, PyTorch {device.type})  -> inference/training ratio "
+          f"{infer_rate / train_rate:.1f}x")
+    print(f"inference {onnx_rate:8.1f} img/s (batch 64, onnxruntime CPU) -> onnxruntime/PyTorch ratio "
+          f"{onnx_rate / infer_rate:.2f}x")
     print(f"one quickstart epoch ({TrainConfig.samples_per_epoch} images) ~ "
           f"{TrainConfig.samples_per_epoch / train_rate:.0f}s of training")
 

@@ -77,11 +77,15 @@ def load_into(backbone: nn.Module, state: dict[str, torch.Tensor], spec: ModelSp
     """Load a trunk state_dict (head excluded) with a shape check; accepts full-model or ``features.`` keys."""
     target = backbone.state_dict()
     trunk_keys = [k for k in target if not (k.startswith(spec.head + ".") or k == spec.head)]
-    state = _strip_head(state, spec)
-    for prefix in ("", "features.", "backbone.", "module."):
-        cand = {prefix + k: v for k, v in state.items()}
-        if prefix == "backbone." or prefix == "module.":
-            cand = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    # The same tensors under other names: as saved (full model), a feature extractor only (``features.*`` missing
+    # its prefix, as in ../shared/weights), or wrapped (``backbone.*``, ``module.*`` from DataParallel).
+    namings = [
+        state,
+        {"features." + k: v for k, v in state.items()},
+        {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")},
+        {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")},
+    ]
+    for cand in namings:
         cand = _strip_head(cand, spec)
         if cand and set(cand) <= set(target) and len(set(cand) & set(trunk_keys)) >= len(trunk_keys) * 0.5:
             state = cand
@@ -95,6 +99,7 @@ def load_into(backbone: nn.Module, state: dict[str, torch.Tensor], spec: ModelSp
     if bad:
         raise ModelError(f"weights from {source} do not fit {spec.name}: shape mismatch for {bad[:3]}")
     missing = [k for k in trunk_keys if k not in state and not k.endswith("num_batches_tracked")]
+    # a feature-extractor file may lack the pre-head classifier layers (VGG's fc6/fc7): those start random
     if missing and not all(k.startswith("classifier.") for k in missing):
         raise ModelError(f"weights from {source} lack {len(missing)} tensors of {spec.name}, e.g. {missing[:3]}")
     backbone.load_state_dict(state, strict=False)
