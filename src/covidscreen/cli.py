@@ -110,7 +110,7 @@ def evaluate(
         typer.echo(f"{m['n_test']} images: {m['positive_class']}-vs-rest ROC AUC {fmt('roc_auc')}, sensitivity "
                    f"{fmt('sensitivity')}, specificity {fmt('specificity')}")
     comparison = (m.get("internal_vs_external") or {}).get("comparison", [])
-    for metric in ("roc_auc", "sensitivity", "specificity", "accuracy", "macro_roc_auc"):
+    for metric in ("roc_auc", "sensitivity", "specificity", "multi-class accuracy", "macro_roc_auc"):
         line = drop_summary(comparison, metric)
         if line:
             typer.echo(line)
@@ -123,7 +123,8 @@ def audit(
     run_dir: Annotated[Path | None, typer.Argument(help="run folder: audit its split and its model's features")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="folder for audit.json/audit.html "
                                                 "(default: RUN_DIR, else ./audit-<data folder name>)")] = None,
-    image_size: Annotated[int, typer.Option("--image-size", help="side of the cached images that are hashed")] = 224,
+    image_size: Annotated[int | None, typer.Option(
+        "--image-size", help="side of the cached images (default: the run's input size, else 224)")] = None,
     pediatric_site: Annotated[list[str] | None, typer.Option(
         "--pediatric-site", help="a site whose images are all pediatric (repeatable), for the age probe")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -133,7 +134,7 @@ def audit(
     from .audit import audit_data_dir
     from .audit.render import read_audit
 
-    if not 32 <= image_size <= 1024:
+    if image_size is not None and not 32 <= image_size <= 1024:
         raise CovidscreenError(f"--image-size {image_size}: use an integer from 32 to 1024")
     out = audit_data_dir(data_dir, run_dir, output, image_size=image_size, pediatric_sites=tuple(pediatric_site or ()),
                          device=device, seed=seed)

@@ -20,8 +20,6 @@ from covidscreen.inference.predictor import Predictor
 from covidscreen.training.trainer import fit
 from tests.synthetic import make_dataset
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

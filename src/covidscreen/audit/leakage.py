@@ -55,9 +55,18 @@ def exact_duplicates(table: pd.DataFrame, sha256: list[str] | None = None) -> li
 
 
 def _standardise(x: np.ndarray) -> np.ndarray:
-    x = x.reshape(len(x), -1).astype(np.float64)
+    x = x.reshape(len(x), -1).astype(np.float32)
     x = x - x.mean(1, keepdims=True)
-    return x / (np.sqrt((x ** 2).mean(1, keepdims=True)) + 1e-9)
+    return x / (np.sqrt((x ** 2).mean(1, keepdims=True)) + 1e-6)
+
+
+def pair_correlation(z: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Pearson correlation of standardised rows ``z[i]`` and ``z[j]``, in chunks (70,000 candidate pairs of 4,096
+    values would otherwise need gigabytes)."""
+    out = np.empty(len(i), dtype=np.float64)
+    for s in range(0, len(i), chunk):
+        out[s:s + chunk] = np.einsum("ij,ij->i", z[i[s:s + chunk]], z[j[s:s + chunk]]) / z.shape[1]
+    return out
 
 
 def pair_kind(split_a: str, split_b: str, same_patient: bool) -> str:
@@ -82,7 +91,7 @@ def near_duplicates(table: pd.DataFrame, thumbs: np.ndarray, sha256: list[str] |
     dh = dhash_from_pooled(pooled(thumbs, (8, 9)))
     i, j, dist = close_pairs(ph, max_phash)
     z = _standardise(thumbs)
-    corr = np.einsum("ij,ij->i", z[i], z[j]) / z.shape[1] if len(i) else np.zeros(0)
+    corr = pair_correlation(z, i, j)
     keep = corr >= min_correlation
     i, j, dist, corr = i[keep], j[keep], dist[keep], corr[keep]
     cols = ["image", "split", "group", "label", "site"]
@@ -127,6 +136,7 @@ def leakage_audit(table: pd.DataFrame, thumbs: np.ndarray,
             "n_cross_split": int(kinds.get("cross-split", 0)),
             "n_within_split_other_patient": int(kinds.get("within split, different patients", 0)),
             "n_same_patient": int(kinds.get("same patient", 0)),
+            "n_unused": int(kinds.get("unused", 0)),
             "n_label_conflicts": int(pairs["label_conflict"].sum()) if len(pairs) else 0,
             "by_site_pair": by_sites,
             "pairs": pairs.head(MAX_LISTED).to_dict("records"),

@@ -91,7 +91,10 @@ def audit_section(audit: dict[str, Any]) -> str:
             parts.append("<h4>Near-duplicate pairs by site pair</h4>" + table(
                 [{"sites": esc(r["sites"]), "kind": esc(r["kind"]), "pairs": str(r["pairs"])}
                  for r in near["by_site_pair"]], ["sites", "kind", "pairs"], left=2))
-        pairs = near.get("pairs", [])
+        pairs = [p for p in near.get("pairs", []) if p.get("kind") != "unused"]
+        if near.get("n_unused"):
+            parts.append(f"<p class='small'>{near['n_unused']} more pair(s) involve images this run did not use "
+                         "(listed in audit_pairs.csv).</p>")
         if pairs:
             parts.append(f"<h4>Near-duplicate pairs (first {min(30, len(pairs))}; all in audit_pairs.csv)</h4>" + table(
                 [{"image a": esc(p["image_a"]), "image b": esc(p["image_b"]),

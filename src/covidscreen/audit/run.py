@@ -186,10 +186,14 @@ def _audit_split(table: pd.DataFrame, data_dir: Path, run_dir: Path | None, seed
 
 
 def audit_data_dir(data_dir: str | Path, run_dir: str | Path | None = None, output: str | Path | None = None,
-                   image_size: int = 224, pediatric_sites: tuple[str, ...] = (), device: str = "auto", seed: int = 0,
-                   progress: bool = True) -> Path:
+                   image_size: int | None = None, pediatric_sites: tuple[str, ...] = (), device: str = "auto",
+                   seed: int = 0, progress: bool = True) -> Path:
     """``covidscreen audit``: audit a data folder (and a run), write ``audit.json``, ``audit_pairs.csv`` and
     ``audit.html``; with a run folder as output, its ``report.html`` and ``model_card.md`` are rebuilt too.
+
+    Args:
+        image_size: side of the cached images; default: the run's input size (its features must be computed at the
+            size it was trained on), else 224.
 
     Returns:
         The output folder.
@@ -197,6 +201,7 @@ def audit_data_dir(data_dir: str | Path, run_dir: str | Path | None = None, outp
     from ..data.cache import ImageCache
     from ..data.locate import resolve_data_dir
     from ..data.table import load_table
+    from ..inference.checkpoint import read_sidecar
     from ..training.runtime import resolve_device
     from .render import write_audit_html
 
@@ -204,6 +209,8 @@ def audit_data_dir(data_dir: str | Path, run_dir: str | Path | None = None, outp
     run = Path(run_dir) if run_dir is not None else None
     table = load_table(data_dir)
     table, source = _audit_split(table, Path(data_dir), run, seed)
+    if image_size is None:
+        image_size = int(read_sidecar(run)["image_size"]) if run is not None else 224
     cache = ImageCache(table["path"].tolist(), image_size, progress=progress)
     table = table[cache.ok].reset_index(drop=True)
     rows = cache.rows(table["path"].tolist())

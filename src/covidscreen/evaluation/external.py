@@ -33,8 +33,9 @@ def _row(metric: str, a: float, a_ci: Any, b: float, b_ci: Any, level: float) ->
 def compare_blocks(internal: dict[str, Any], external: dict[str, Any], level: float = 0.95) -> list[dict[str, Any]]:
     """Rows ``metric, internal (+ci), external (+ci), change (+ci)``.
 
-    Uses the positive-vs-rest blocks when both have one; otherwise multi-class accuracy, macro AUC and the AUC of
-    every class present in both.
+    The positive-vs-rest metrics when both blocks have them, then multi-class accuracy, macro AUC and the one-vs-rest
+    AUC of every class present in both (rows named ``multi-class accuracy``, ``macro_roc_auc``, ``<class>: roc_auc``).
+    Metrics the external data cannot define (sensitivity without positives) stay NaN.
     """
     rows = []
     if "covid_vs_rest" in internal and "covid_vs_rest" in external:
@@ -42,10 +43,10 @@ def compare_blocks(internal: dict[str, Any], external: dict[str, Any], level: fl
         for k in COMPARED:
             rows.append(_row(k, a.get(k, math.nan), a.get("ci", {}).get(k), b.get(k, math.nan),
                              b.get("ci", {}).get(k), level))
-        return rows
     for k in ("accuracy", "macro_roc_auc"):
-        rows.append(_row(k, internal.get(k, math.nan), internal.get("ci", {}).get(k), external.get(k, math.nan),
-                         external.get("ci", {}).get(k), level))
+        rows.append(_row("multi-class accuracy" if k == "accuracy" else k, internal.get(k, math.nan),
+                         internal.get("ci", {}).get(k), external.get(k, math.nan), external.get("ci", {}).get(k),
+                         level))
     for c in internal.get("per_class", {}):
         if c in external.get("per_class", {}):
             a, b = internal["per_class"][c], external["per_class"][c]
@@ -57,7 +58,7 @@ def compare_blocks(internal: dict[str, Any], external: dict[str, Any], level: fl
 def drop_summary(rows: list[dict[str, Any]], metric: str = "roc_auc") -> str:
     """``ROC AUC 0.990 -> 0.712 (change -0.278, 95% CI -0.35 to -0.21)`` for the CLI."""
     for r in rows:
-        if r["metric"] == metric:
+        if r["metric"] == metric and math.isfinite(r["external"]) and math.isfinite(r["internal"]):
             lo, hi = r["change_ci"]
             ci = f", 95% CI {lo:+.3f} to {hi:+.3f}" if math.isfinite(lo) else ""
             return (f"{metric} internal {r['internal']:.3f} -> external {r['external']:.3f} "

@@ -5,10 +5,13 @@ Kept out of ``training/trainer.py`` so that the trainer only calls :func:`finali
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from .report import write_report
+
+SHOWN = ("roc_auc", "sensitivity", "specificity", "multi-class accuracy", "macro_roc_auc")
 
 
 def finalize_run(run_dir: str | Path, cfg: Any, data: Any, model: Any = None, device: Any = "cpu",
@@ -41,7 +44,7 @@ def finalize_run(run_dir: str | Path, cfg: Any, data: Any, model: Any = None, de
         for note in block.get("notes", []):
             log(f"holdout: {note}")
         for r in block.get("comparison", []):
-            if r["metric"] in ("roc_auc", "macro_roc_auc", "accuracy"):
+            if r["metric"] in SHOWN and math.isfinite(r["external"]):
                 log(f"holdout site {block['site']}: {r['metric']} internal {r['internal']:.3f} -> external "
                     f"{r['external']:.3f}")
     write_report(run_dir)

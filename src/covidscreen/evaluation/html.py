@@ -10,7 +10,8 @@ from typing import Any
 STYLE = """
 body{font-family:system-ui,Segoe UI,Helvetica,Arial,sans-serif;max-width:1150px;margin:2em auto;color:#222;
 line-height:1.4}
-table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+table{border-collapse:collapse;margin:.5em 0 1.2em;max-width:100%}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;overflow-wrap:anywhere}
 th{background:#f4f4f4}td.l,th.l{text-align:left}
 .warn{background:#fff3cd;border:1px solid #e0c36b;padding:.6em 1em;margin:.4em 0}
 .high{background:#f8d7da;border:1px solid #d9534f;padding:.6em 1em;margin:.4em 0;font-weight:500}

@@ -66,7 +66,8 @@ def model_card(run_dir: str | Path) -> str:
     lines += ["## Model", "",
               f"- Architecture: `{meta.get('architecture', '?')}`, initialised from "
               f"{'ImageNet weights' if cfg.get('pretrained', True) or cfg.get('weights') else 'random weights'}; "
-              f"fine-tuned stages: {cfg.get('train_stages', 'all') if cfg.get('train_stages') is not None else 'all'}.",
+              "fine-tuned: " + (f"the last {cfg['train_stages']} trunk stage(s) and the head."
+                                if cfg.get("train_stages") is not None else "every layer."),
               f"- Input: greyscale chest X-ray resized to {meta.get('image_size', '?')} x {meta.get('image_size', '?')}"
               " px (PNG, JPEG or DICOM).",
               f"- Output: probabilities of {', '.join(f'`{c}`' for c in classes)}; the decision for `{pos}` uses a "

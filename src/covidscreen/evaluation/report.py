@@ -178,16 +178,24 @@ def _confusion_section(block: dict, classes: list[str], split_name: str) -> list
             "<div class='grid'>" + "".join(figs) + "</div>"]
 
 
+FEW = 10  # fewer images than this of one kind: percentile bootstrap intervals are unreliable
+
+
 def _breakdown_rows(rows: list[dict], by: str, classes: list[str], pos: str | None) -> str:
     out = []
     for r in rows:
+        n_pos = r.get("n_positive", 0)
+        n_neg = r["n"] - n_pos
+        flag = lambda cond: " &dagger;" if cond else ""  # noqa: E731
         row = {by: esc(r[by]), "images": str(r["n"]), "patients": str(r["n_patients"]),
                **{c: str(r.get(f"n_{c}", "")) for c in classes},
                "accuracy": fmt_ci(r.get("accuracy"), r.get("accuracy_ci"))}
         if pos:
-            row.update({"sensitivity": fmt_ci(r.get("sensitivity"), r.get("sensitivity_ci")),
-                        "specificity": fmt_ci(r.get("specificity"), r.get("specificity_ci")),
-                        f"AUC within {by}": fmt_ci(r.get("roc_auc"), r.get("roc_auc_ci")),
+            row.update({"sensitivity": fmt_ci(r.get("sensitivity"), r.get("sensitivity_ci"))
+                        + flag(0 < n_pos < FEW),
+                        "specificity": fmt_ci(r.get("specificity"), r.get("specificity_ci")) + flag(0 < n_neg < FEW),
+                        f"AUC within {by}": fmt_ci(r.get("roc_auc"), r.get("roc_auc_ci"))
+                        + flag(n_pos and n_neg and min(n_pos, n_neg) < FEW),
                         f"mean p({pos})": fmt(r.get("mean_prob"))})
         out.append(row)
     return table(out)
@@ -206,7 +214,8 @@ def _breakdown_section(metrics: dict, preds: pd.DataFrame, classes: list[str], p
     parts = [f"<h2>Results by site and by view ({esc(split_name)})</h2><p class='small'>Sensitivity needs "
              f"{esc(pos or 'positive')} images in the group, specificity other images, an AUC both; '-' or n/a where a "
              "group lacks them. A high pooled AUC with near-chance AUCs within sites means the model separates "
-             "sources, not diseases. Small groups have wide intervals.</p>"]
+             f"sources, not diseases. &dagger;: fewer than {FEW} images of a class in the group; its interval is "
+             "unreliable (a bootstrap cannot show the uncertainty of two or three images).</p>"]
     for by, rows in bd.items():
         if rows:
             parts.append(f"<h3>By {esc(by)}</h3>" + _breakdown_rows(rows, by, classes, pos))
