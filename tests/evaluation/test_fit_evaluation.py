@@ -125,3 +125,26 @@ def test_probabilities_are_calibrated_on_validation_not_test(run):
     preds = pd.read_csv(run_dir / "predictions.csv", keep_default_na=False)
     probs = preds[[f"prob_{c}" for c in m["classes"]]].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-9)
+
+
+def test_audit_of_external_data_finds_overlap_with_the_runs_images(run, tmp_path, monkeypatch):
+    from covidscreen.audit.run import audit_data_dir
+
+    root, cfg, run_dir = run
+    monkeypatch.setenv("COVIDSCREEN_CACHE", cfg.cache_dir)
+    other = make_dataset(tmp_path / "other", per_site=8, seed=11, plant=False)
+    split = pd.read_csv(run_dir / "split.csv", keep_default_na=False)
+    leaked = split[split["split"] == "train"].iloc[0]
+    shutil.copy(root / leaked["image"], other / "beta" / "leaked.png")  # a training image shows up in "new" data
+    meta = pd.read_csv(other / "metadata.csv", keep_default_na=False)
+    row = meta.iloc[[0]].assign(image="beta/leaked.png", patient_id="ext:1", site="beta", label=leaked["label"])
+    pd.concat([meta, row]).to_csv(other / "metadata.csv", index=False)
+    out = audit_data_dir(other, run_dir, tmp_path / "audit", progress=False)
+    audit = json.loads((out / "audit.json").read_text())
+    assert "external" in audit["split_source"]
+    pairs = audit["leakage"]["near_duplicates"]["pairs"]
+    cross = [p for p in pairs if p["kind"] == "cross-split"]
+    leak = [p for p in cross if "leaked.png" in p["image_a"] + p["image_b"]]
+    assert len(leak) == 1 and {leak[0]["split_a"], leak[0]["split_b"]} == {"train", "external"}
+    exact = [e for e in audit["leakage"]["exact_duplicates"] if "beta/leaked.png" in e["images"]]
+    assert len(exact) == 1 and exact[0]["cross_split"]

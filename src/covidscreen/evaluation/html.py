@@ -49,7 +49,8 @@ def fmt_ci(value: Any, ci: Any, digits: int = 3) -> str:
         return "n/a"
     out = fmt(value, digits)
     if isinstance(ci, list | tuple) and len(ci) == 2 and all(is_num(c) and not math.isnan(c) for c in ci):
-        out += f" <span class='ci'>({ci[0]:.{digits}f}&ndash;{ci[1]:.{digits}f})</span>"
+        sep = " to " if min(ci) < 0 else "&ndash;"  # "-0.46--0.33" would be unreadable
+        out += f" <span class='ci'>({ci[0]:.{digits}f}{sep}{ci[1]:.{digits}f})</span>"
     return out
 
 

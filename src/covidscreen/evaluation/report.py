@@ -223,6 +223,7 @@ def _breakdown_section(metrics: dict, preds: pd.DataFrame, classes: list[str], p
 
 
 def _external_section(metrics: dict) -> list[str]:
+    pos = metrics.get("positive_class")
     parts = []
     for key, title in (("internal_vs_external", "External validation"),
                        ("holdout_site", "Leave-one-site-out validation")):
@@ -232,7 +233,8 @@ def _external_section(metrics: dict) -> list[str]:
         parts.append(f"<h2>{title}</h2><p>{esc(ext.get('description', ''))}</p>")
         for note in ext.get("notes", []):
             parts.append(f"<div class='warn'>{esc(note)}</div>")
-        rows = [{"metric": esc(METRIC_LABELS.get(r["metric"], r["metric"])),
+        rows = [{"metric": esc(f"{pos} vs rest: {METRIC_LABELS[r['metric']]}" if r["metric"] in METRIC_LABELS
+                               else r["metric"]),
                  "internal (test)": fmt_ci(r.get("internal"), r.get("internal_ci")),
                  "external": fmt_ci(r.get("external"), r.get("external_ci")),
                  "change": fmt_ci(r.get("change"), r.get("change_ci"))} for r in ext.get("comparison", [])]
