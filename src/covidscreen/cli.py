@@ -55,6 +55,11 @@ def train(
     no_augment: Annotated[bool, typer.Option("--no-augment")] = False,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N")] = None,
+    holdout_site: Annotated[str | None, typer.Option(
+        "--holdout-site", help="leave this site out of train/val/test; evaluate on it at the end")] = None,
+    temperature_scaling: Annotated[bool, typer.Option(
+        "--temperature-scaling", help="calibrate probabilities with a temperature fitted on validation")] = False,
+    no_audit: Annotated[bool, typer.Option("--no-audit", help="skip the leakage/shortcut audit")] = False,
 ) -> None:
     """Fine-tune a model on a data folder and write a run folder (checkpoint, metrics, report)."""
     from .config import resolve_train_config
@@ -62,7 +67,11 @@ def train(
 
     cli = dict(data=data, model=model, output=str(output) if output else None, epochs=epochs, image_size=image_size,
                batch_size=batch_size, lr=lr, train_stages=train_stages, samples_per_epoch=samples_per_epoch,
-               max_per_class=max_per_class, weights=weights, seed=seed, device=device)
+               max_per_class=max_per_class, weights=weights, seed=seed, device=device, holdout_site=holdout_site)
+    if temperature_scaling:
+        cli["temperature_scaling"] = True
+    if no_audit:
+        cli["audit"] = False
     if no_pretrained:
         cli["pretrained"] = False
     if no_class_weights:
@@ -91,12 +100,47 @@ def evaluate(
     out = evaluate_run(run_dir, data=data, output=output, device=device)
     import json
 
+    from .evaluation.external import drop_summary
+
     m = json.loads((out / "metrics.json").read_text())
     if "covid_vs_rest" in m:
         cv = m["covid_vs_rest"]
-        typer.echo(f"{m['n_test']} images: {m['positive_class']}-vs-rest ROC AUC {cv['roc_auc']:.4f}, sensitivity "
-                   f"{cv['sensitivity']:.3f}, specificity {cv['specificity']:.3f}")
+        ci = cv.get("ci", {})
+        fmt = lambda k: f"{cv[k]:.3f}" + (f" (95% CI {ci[k][0]:.3f}-{ci[k][1]:.3f})" if k in ci else "")  # noqa: E731
+        typer.echo(f"{m['n_test']} images: {m['positive_class']}-vs-rest ROC AUC {fmt('roc_auc')}, sensitivity "
+                   f"{fmt('sensitivity')}, specificity {fmt('specificity')}")
+    comparison = (m.get("internal_vs_external") or {}).get("comparison", [])
+    for metric in ("roc_auc", "sensitivity", "specificity", "multi-class accuracy", "macro_roc_auc"):
+        line = drop_summary(comparison, metric)
+        if line:
+            typer.echo(line)
     typer.echo(f"report: {out / 'report.html'}")
+
+
+@app.command()
+def audit(
+    data_dir: Annotated[str, typer.Argument(help="data folder to audit (metadata.csv or <label>/ tree)")],
+    run_dir: Annotated[Path | None, typer.Argument(help="run folder: audit its split and its model's features")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="folder for audit.json/audit.html "
+                                                "(default: RUN_DIR, else ./audit-<data folder name>)")] = None,
+    image_size: Annotated[int | None, typer.Option(
+        "--image-size", help="side of the cached images (default: the run's input size, else 224)")] = None,
+    pediatric_site: Annotated[list[str] | None, typer.Option(
+        "--pediatric-site", help="a site whose images are all pediatric (repeatable), for the age probe")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Leakage (patients across splits, duplicates, near-duplicates), shortcut probe and label/site confounding."""
+    from .audit import audit_data_dir
+    from .audit.render import read_audit
+
+    if image_size is not None and not 32 <= image_size <= 1024:
+        raise CovidscreenError(f"--image-size {image_size}: use an integer from 32 to 1024")
+    out = audit_data_dir(data_dir, run_dir, output, image_size=image_size, pediatric_sites=tuple(pediatric_site or ()),
+                         device=device, seed=seed)
+    for f in (read_audit(out) or {}).get("findings", []):
+        typer.echo(f"[{f['severity']}] {f['text']}")
+    typer.echo(f"audit: {out / 'audit.json'} | {out / 'audit.html'}")
 
 
 @app.command()
@@ -105,7 +149,9 @@ def predict(
     inputs: Annotated[list[str], typer.Argument(help="image files (PNG, JPEG, DICOM) or folders")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write .csv or .json")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    operating_point: Annotated[str, typer.Option("--operating-point", help="named threshold of the run")] = "default",
+    operating_point: Annotated[str, typer.Option(
+        "--operating-point", help="named threshold of the run (chosen on validation): default, youden, "
+        "sensitivity_0.95, specificity_0.95")] = "default",
     backend: Annotated[str, typer.Option("--backend", help="torch, or onnx (after covidscreen export)")] = "torch",
     device: DeviceOpt = "auto",
 ) -> None:

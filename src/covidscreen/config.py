@@ -48,6 +48,14 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     eval_batch_size: int = 64
     cache_dir: str | None = None
+    # --- evaluation and audit (issue 4) ---
+    target_sensitivity: float = 0.95  # operating point "sensitivity_<t>", chosen on validation
+    target_specificity: float = 0.95  # operating point "specificity_<t>", chosen on validation
+    temperature_scaling: bool = False  # fit a temperature on validation and apply it to every probability
+    bootstrap: int = 1000  # patient-level bootstrap replicates for confidence intervals (0 = none)
+    audit: bool = True  # leakage / shortcut / confounding audit at the end of the run (audit.json)
+    holdout_site: str | None = None  # leave this site out of train/val/test and evaluate on it at the end
+    # --- end issue 4 ---
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored with the run
 
     def validate(self) -> TrainConfig:
@@ -65,6 +73,9 @@ class TrainConfig:
             ("max_per_class", self.max_per_class is None or self.max_per_class >= 4, "null or at least 4"),
             ("split", len(self.split) == 3 and abs(sum(self.split) - 1) < 1e-6 and min(self.split) >= 0
              and self.split[1] > 0, "three fractions train,val,test summing to 1 with val > 0"),
+            ("target_sensitivity", 0 < self.target_sensitivity < 1, "a number strictly between 0 and 1"),
+            ("target_specificity", 0 < self.target_specificity < 1, "a number strictly between 0 and 1"),
+            ("bootstrap", self.bootstrap >= 0, "0 (no intervals) or a number of replicates"),
         ]
         for key, ok, expected in checks:
             if not ok:

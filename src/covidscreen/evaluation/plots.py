@@ -24,26 +24,73 @@ def roc_plot(y: np.ndarray, score: np.ndarray, title: str, points: dict[str, flo
     fpr, tpr, thr = roc_curve(y, score)
     ax.plot(fpr, tpr, lw=2, label="ROC")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    for name, t in (points or {}).items():
-        if name == "default":
-            continue
-        pred = score >= t
-        sens = (pred & y).sum() / max(y.sum(), 1)
-        spec = (~pred & ~y).sum() / max((~y).sum(), 1)
+    for name, t, sens, spec, _prec in _point_markers(y, score, points):
         ax.plot(1 - spec, sens, "o", ms=7, label=f"{name} (t={t:.3f})")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(loc="lower right", fontsize=7)
     return _png(fig)
 
 
-def pr_plot(y: np.ndarray, score: np.ndarray, title: str) -> bytes:
+def _point_markers(y: np.ndarray, score: np.ndarray,
+                   points: dict[str, float] | None) -> list[tuple[str, float, float, float, float]]:
+    """(name, threshold, sensitivity, specificity, precision) of each named operating point on these data."""
+    out = []
+    y = np.asarray(y, dtype=bool)
+    for name, t in (points or {}).items():
+        if name == "default":
+            continue
+        pred = score >= t
+        sens = (pred & y).sum() / max(y.sum(), 1)
+        spec = (~pred & ~y).sum() / max((~y).sum(), 1)
+        prec = (pred & y).sum() / pred.sum() if pred.any() else np.nan
+        out.append((name, float(t), float(sens), float(spec), float(prec)))
+    return out
+
+
+def pr_plot(y: np.ndarray, score: np.ndarray, title: str, points: dict[str, float] | None = None) -> bytes:
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    y = np.asarray(y, dtype=bool)
     prec, rec, _ = precision_recall_curve(y, score)
     ax.plot(rec, prec, lw=2)
     ax.axhline(y.mean(), ls="--", c="grey", lw=1, label=f"prevalence {y.mean():.3f}")
+    for name, t, sens, _spec, pr in _point_markers(y, score, points):
+        ax.plot(sens, pr, "o", ms=7, label=f"{name} (t={t:.3f})")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=title, xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(loc="lower left", fontsize=7)
     return _png(fig)
+
+
+def reliability_plot(curve: dict, title: str, curve_after: dict | None = None) -> bytes:
+    """Reliability diagram: observed rate against mean predicted probability per bin, with bin counts."""
+    fig, (ax, axh) = plt.subplots(2, 1, figsize=(4.6, 5.2), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
+    ax.plot(curve["mean_predicted"], curve["observed_rate"], "o-", lw=2, label="model")
+    if curve_after:
+        ax.plot(curve_after["mean_predicted"], curve_after["observed_rate"], "s--", lw=1.5,
+                label="after temperature scaling")
+    ax.set(ylabel="observed rate", title=title, xlim=(0, 1), ylim=(-0.02, 1.02))
+    ax.legend(loc="upper left", fontsize=7)
+    centres = (np.asarray(curve["bin_lower"]) + np.asarray(curve["bin_upper"])) / 2
+    width = np.asarray(curve["bin_upper"]) - np.asarray(curve["bin_lower"])
+    axh.bar(centres, curve["count"], width=width * 0.9, color="#8aa9c9")
+    axh.set(xlabel="predicted probability", ylabel="images")
+    axh.set_yscale("log")
+    return _png(fig)
+
+
+def thumbnail(image: np.ndarray, heatmap: np.ndarray | None = None, side: int = 160, alpha: float = 0.4) -> bytes:
+    """PNG thumbnail of a greyscale ``uint8`` image; a heatmap (same shape, values 0..1) is blended in when given."""
+    from PIL import Image
+
+    rgb = np.repeat(np.asarray(image, dtype=np.float32)[..., None] / 255.0, 3, axis=2)
+    if heatmap is not None:
+        heat = matplotlib.colormaps["jet"](np.clip(np.asarray(heatmap, dtype=np.float32), 0, 1))[..., :3]
+        rgb = (1 - alpha) * rgb + alpha * heat
+    im = Image.fromarray(np.round(rgb * 255).astype(np.uint8))
+    im.thumbnail((side, side))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def confusion_plot(cm: list[list[int]], classes: list[str], title: str) -> bytes:

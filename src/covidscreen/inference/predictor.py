@@ -62,6 +62,8 @@ class Predictor:
             raise DataError(f"operating point {operating_point!r} is not in this run; available: "
                             f"{', '.join(points) or 'none'}")
         self.threshold = points.get(operating_point, self.meta.get("threshold"))
+        # temperature scaling fitted on validation (1 = none); thresholds were chosen on the scaled probabilities
+        self.temperature = float(self.meta.get("temperature") or 1.0)
 
     @torch.inference_mode()
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
@@ -71,7 +73,7 @@ class Predictor:
         x = to_input(torch.from_numpy(np.ascontiguousarray(images)), self.device)
         with autocast(self.device, self.amp):
             logits = self.model(x)
-        return torch.softmax(logits.float(), 1).cpu().numpy().astype(np.float64)
+        return torch.softmax(logits.float() / self.temperature, 1).cpu().numpy().astype(np.float64)
 
     def decide(self, probs: np.ndarray) -> list[str]:
         return [self.classes[i] for i in predict_labels(probs, self.positive_index, self.threshold)]

@@ -27,8 +27,10 @@ from ..data.locate import resolve_data_dir
 from ..data.splits import patient_grouped_split, split_fingerprint
 from ..data.table import class_names, load_table
 from ..errors import DataError
-from ..evaluation.metrics import classification_metrics, headline_auc
-from ..evaluation.thresholds import operating_points
+from ..evaluation.assess import evaluate_fit_predictions
+from ..evaluation.finalize import finalize_run
+from ..evaluation.holdout import exclude_site
+from ..evaluation.metrics import headline_auc
 from ..inference.checkpoint import save_checkpoint
 from ..models import create_model, get_spec
 from .finetune import set_trainable_stages
@@ -64,6 +66,8 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
     """Load, subsample, cache (decode once) and split the data of a training config."""
     data_dir = resolve_data_dir(cfg.data)
     table = load_table(data_dir)
+    if getattr(cfg, "holdout_site", None):  # leave-one-site-out: the site is evaluated as external data at the end
+        table = exclude_site(table, cfg.holdout_site)
     if table.attrs.get("missing"):
         log(f"warning: {table.attrs['missing']} image(s) listed in metadata.csv do not exist and were skipped")
     if cfg.max_per_class:
@@ -188,6 +192,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     model.load_state_dict(best_state)
 
     result = finish_run(run_dir, model, data, cfg, device, amp, best_epoch, history, progress)
+    finalize_run(run_dir, cfg, data, model, device, progress, log)  # audit, held-out site, report, model card
     log(f"done in {(time.time() - t0) / 60:.1f} min: {run_dir}")
     return result
 
@@ -204,25 +209,15 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
     preds = table.loc[eval_mask, ["image", "label", "split", "site", "view", "group"]].reset_index(drop=True)
     for i, c in enumerate(classes):
         preds[f"prob_{c}"] = probs[:, i]
-    preds.to_csv(run_dir / "predictions.csv", index=False)
 
     pos = cfg.positive_class if cfg.positive_class in classes else None
-    val = preds["split"] == "val"
-    y = preds["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    points = operating_points(y[val] == classes.index(pos), probs[val][:, classes.index(pos)]) if pos else {}
+    # temperature (optional) and operating points fitted on validation only; val and test metrics with CIs
+    preds, metrics, points, temperature = evaluate_fit_predictions(preds, classes, pos, cfg)
     threshold = points.get("default")
-    metrics: dict[str, Any] = {"classes": classes, "positive_class": pos, "operating_points": points,
-                               "threshold_source": "validation split (max Youden J)" if pos else None}
-    for split in ("val", "test"):
-        m = (preds["split"] == split).to_numpy()
-        if m.any():
-            metrics[split] = classification_metrics(y[m], probs[m], classes, pos, threshold)
-    test = metrics.get("test")
-    metrics["n_test"] = int(test["n"]) if test else 0
-    if test and "covid_vs_rest" in test:
-        metrics["covid_vs_rest"] = test["covid_vs_rest"]
+    preds.to_csv(run_dir / "predictions.csv", index=False)
     metrics["split_counts"] = {s: int(n) for s, n in table["split"].value_counts().items()}
     metrics["skipped_files"] = int(len(data.skipped))
+    metrics["data_dir"] = str(data.data_dir)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
 
     config = to_dict(cfg)
@@ -233,6 +228,7 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
         "image_size": cfg.image_size,
         "operating_points": points,
         "threshold": threshold,
+        "temperature": temperature,
         "config": config,
         "seed": cfg.seed,
         "data_dir": str(data.data_dir),

@@ -1,0 +1,190 @@
+"""Shortcut probe: can a simple model tell *where an image comes from* instead of what it shows?
+
+A cross-validated logistic regression (patient-grouped folds) predicts a nuisance attribute:
+
+- ``site``: the source collection;
+- ``low_resolution``: whether the original file's long side was at most 256 px (from metadata ``width``/``height``);
+- ``pediatric``: age under 18 (metadata ``age``) or an image of a site declared pediatric by the user.
+
+Inputs are either cheap image features (a 16x16 thumbnail, the intensity histogram and the sharpness of the cached
+image), or the trained model's pooled features (the input of its classification head). If the site is predictable
+from the pixels, a classifier *can* use it; if it is predictable from the model's own features, the model *does*
+encode it. Either is only harmful when site and label are aligned, which :mod:`.confounding` measures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from .imagestats import ImageStats, pooled
+
+MAX_SAMPLES = 3000  # the probe uses at most this many images (stratified by target): seconds, not minutes
+
+
+def pixel_features(stats: ImageStats) -> np.ndarray:
+    """16x16 thumbnail + 32-bin histogram + sharpness: what a shallow model can see without learning filters."""
+    thumb = pooled(stats.thumbs, (16, 16)).reshape(len(stats.thumbs), -1)
+    return np.hstack([thumb, stats.hist, stats.edge]).astype(np.float64)
+
+
+def low_resolution_target(table: pd.DataFrame, max_side: int = 256) -> pd.Series | None:
+    """``"<=256 px"`` / ``">256 px"`` from the original width and height columns (None when they are absent)."""
+    if not {"width", "height"} <= set(table.columns):
+        return None
+    w = pd.to_numeric(table["width"], errors="coerce")
+    h = pd.to_numeric(table["height"], errors="coerce")
+    side = np.fmax(w, h)
+    return pd.Series(np.where(side.isna(), None, np.where(side <= max_side, f"<={max_side} px", f">{max_side} px")),
+                     index=table.index, dtype=object)
+
+
+def pediatric_target(table: pd.DataFrame, pediatric_sites: tuple[str, ...] = ()) -> pd.Series | None:
+    """``"pediatric"`` / ``"adult"`` from ``age`` (years) and sites declared pediatric; None where unknown."""
+    out = pd.Series([None] * len(table), index=table.index, dtype=object)
+    if "age" in table.columns:
+        age = pd.to_numeric(table["age"], errors="coerce")
+        out[age.notna()] = np.where(age[age.notna()] < 18, "pediatric", "adult")
+    if pediatric_sites:
+        out[table["site"].isin(pediatric_sites)] = "pediatric"
+    return out if out.notna().any() else None
+
+
+def _subsample(target: pd.Series, max_samples: int, seed: int) -> np.ndarray:
+    """Positions of at most ``max_samples`` labelled rows, as class-balanced as the data allow."""
+    known = np.flatnonzero(target.notna().to_numpy())
+    if len(known) <= max_samples:
+        return known
+    rng = np.random.default_rng(seed)
+    labels = target.to_numpy()[known]
+    classes = np.unique(labels)
+    per = max_samples // len(classes)
+    picked = [rng.permutation(known[labels == c])[:per] for c in classes]
+    return np.sort(np.concatenate(picked))
+
+
+def probe(features: np.ndarray, target: pd.Series, groups: np.ndarray | None = None, n_splits: int = 5,
+          seed: int = 0, max_samples: int = MAX_SAMPLES, c: float = 0.1) -> dict[str, Any]:
+    """Cross-validated logistic regression from ``features`` to ``target`` (None entries are skipped).
+
+    Returns:
+        ``balanced_accuracy`` (out-of-fold), ``chance`` (1 / number of classes), ``roc_auc`` (one-vs-rest macro),
+        ``n``, ``classes``, ``n_splits`` and ``grouped``; or ``{"skipped": reason}``.
+    """
+    target = pd.Series(target).reset_index(drop=True)
+    idx = _subsample(target, max_samples, seed)
+    y = target.to_numpy()[idx].astype(str)
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2:
+        return {"skipped": f"only one value ({classes[0] if len(classes) else 'none'}) among labelled images"}
+    g = None if groups is None else np.asarray(groups)[idx]
+    n_groups_min = min(len(np.unique(g[y == cl])) if g is not None else int(n)
+                       for cl, n in zip(classes, counts, strict=True))
+    k = min(n_splits, n_groups_min)
+    if k < 2:
+        return {"skipped": "a value has fewer than 2 patients: cannot cross-validate"}
+    cv = (StratifiedGroupKFold(k, shuffle=True, random_state=seed) if g is not None
+          else StratifiedKFold(k, shuffle=True, random_state=seed))
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))
+    # one BLAS thread: on a shared 2-core machine, oversubscribed threads made this 20x slower
+    with threadpool_limits(1):
+        prob = cross_val_predict(model, np.asarray(features)[idx], y, groups=g, cv=cv, method="predict_proba")
+    pred = classes[prob.argmax(1)]
+    if len(classes) == 2:
+        auc = float(roc_auc_score(y == classes[1], prob[:, 1]))
+    else:
+        auc = float(roc_auc_score(y, prob, multi_class="ovr", labels=classes))
+    recall = {str(cl): float(np.mean(pred[y == cl] == cl)) for cl in classes}
+    return {"balanced_accuracy": float(balanced_accuracy_score(y, pred)), "chance": 1.0 / len(classes),
+            "roc_auc": auc, "n": int(len(idx)),
+            "classes": {str(cl): int(n) for cl, n in zip(classes, counts, strict=True)},
+            "recall_per_class": recall, "n_splits": int(k), "grouped": g is not None}
+
+
+def is_predictable(result: dict[str, Any]) -> bool:
+    """Balanced accuracy at least halfway from chance to perfect."""
+    if "balanced_accuracy" not in result:
+        return False
+    chance = result["chance"]
+    return result["balanced_accuracy"] >= chance + 0.5 * (1 - chance)
+
+
+@torch.inference_mode()
+def model_features(model: torch.nn.Module, images: np.ndarray, rows: np.ndarray, device: torch.device | str = "cpu",
+                   batch_size: int = 64) -> np.ndarray:
+    """Pooled features of a :class:`~covidscreen.models.ScreeningModel`: the input of its classification head.
+
+    A forward hook on the head (``spec.head`` of the registry) captures its input; 4-D inputs (a convolutional head)
+    are global-average-pooled.
+    """
+    from ..training.runtime import to_input
+
+    head = model.backbone.get_submodule(model.spec.head)
+    captured: list[torch.Tensor] = []
+
+    def hook(_module, inputs, _output) -> None:
+        x = inputs[0].float()
+        captured.append((x.mean((2, 3)) if x.ndim == 4 else x.flatten(1)).cpu())
+
+    handle = head.register_forward_hook(hook)
+    try:
+        model.eval()
+        dev = torch.device(device)
+        for start in range(0, len(rows), batch_size):
+            idx = rows[start:start + batch_size]
+            model(to_input(torch.from_numpy(np.ascontiguousarray(images[idx])), dev))
+    finally:
+        handle.remove()
+    if not captured:
+        return np.zeros((0, 0))
+    return torch.cat(captured).numpy().astype(np.float64)
+
+
+def shortcut_probes(table: pd.DataFrame, stats: ImageStats, pediatric_sites: tuple[str, ...] = (), seed: int = 0,
+                    features: np.ndarray | None = None, feature_rows: np.ndarray | None = None) -> dict[str, Any]:
+    """Probe results from the pixels and, when ``features`` are given, from the model's features.
+
+    Args:
+        table: rows aligned with ``stats``; ``site``, ``group`` and optional ``width``, ``height``, ``age``.
+        stats: image summaries.
+        pediatric_sites: sites whose images are all pediatric (when the metadata has no age).
+        features: model features of the rows ``feature_rows`` of ``table``.
+    """
+    targets = {"site": table["site"].astype(str).where(table["site"].astype(str) != "", None),
+               "low_resolution": low_resolution_target(table),
+               "pediatric": pediatric_target(table, pediatric_sites)}
+    groups = table["group"].astype(str).to_numpy()
+    pix = pixel_features(stats)
+    out: dict[str, Any] = {"pixels": {}, "model_features": {}}
+    for name, target in targets.items():
+        if target is None:
+            out["pixels"][name] = {"skipped": "the metadata has no column to derive it from"}
+            continue
+        out["pixels"][name] = probe(pix, target, groups, seed=seed)
+        if features is not None and feature_rows is not None and len(feature_rows):
+            sub = target.iloc[feature_rows].reset_index(drop=True)
+            out["model_features"][name] = probe(features, sub, groups[feature_rows], seed=seed)
+    if features is None:
+        out["model_features"] = {"skipped": "no trained model given"}
+    out["features"] = {"pixels": "16x16 thumbnail + 32-bin intensity histogram + sharpness of the cached image",
+                       "model": "pooled features at the input of the classification head"}
+    return out
+
+
+def describe(name: str, result: dict[str, Any]) -> str:
+    """One plain sentence about one probe result."""
+    if "skipped" in result:
+        return f"{name}: not probed ({result['skipped']})"
+    pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
+    return (f"{name}: predicted with balanced accuracy {pct(result['balanced_accuracy'])} (chance "
+            f"{pct(result['chance'])}, {len(result['classes'])} values, n={result['n']})")
+
