@@ -24,17 +24,20 @@ from ..config import TrainConfig, to_dict
 from ..data.augment import AugmentConfig
 from ..data.cache import ImageCache
 from ..data.locate import resolve_data_dir
-from ..data.splits import patient_grouped_split, split_fingerprint
+from ..data.splits import split_fingerprint
 from ..data.table import class_names, load_table
 from ..errors import DataError
-from ..evaluation.metrics import classification_metrics, headline_auc
-from ..evaluation.thresholds import operating_points
+from ..evaluation.metrics import headline_auc
 from ..inference.checkpoint import save_checkpoint
 from ..models import create_model
-from .finetune import set_trainable_stages
+from .finetune import HeadWarmup, discriminative_param_groups, set_trainable_stages
 from .loop import cosine_with_warmup, predict_probs, train_one_epoch
-from .losses import build_loss, inverse_frequency_weights
+from .losses import build_loss, inverse_frequency_weights, positive_alpha_weights
+from .mixup import BatchMixer
+from .run_metrics import metrics_from_predictions
 from .runtime import amp_dtype, resolve_device, seed_everything
+from .sampling import epoch_rows
+from .subsets import apply_task, assign_splits, filter_rows, training_patient_subset
 
 
 @dataclass
@@ -61,13 +64,20 @@ def subsample_per_class(table: pd.DataFrame, max_per_class: int, seed: int) -> p
 
 
 def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
-    """Load, subsample, cache (decode once) and split the data of a training config."""
+    """Load, subsample, cache (decode once) and split the data of a training config.
+
+    The subsample and the split use ``split_seed`` (default: ``seed``); the task, training share and site/label
+    filters are applied as :mod:`covidscreen.training.subsets` explains, so that runs differing in those options
+    share their validation and test images.
+    """
     data_dir = resolve_data_dir(cfg.data)
+    data_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     table = load_table(data_dir)
     if table.attrs.get("missing"):
         log(f"warning: {table.attrs['missing']} image(s) listed in metadata.csv do not exist and were skipped")
     if cfg.max_per_class:
-        table = subsample_per_class(table, cfg.max_per_class, cfg.seed)
+        table = subsample_per_class(table, cfg.max_per_class, data_seed)
+    table = apply_task(table, cfg.task, cfg.positive_class)
     cache = ImageCache(table["path"].tolist(), cfg.image_size, cfg.cache_dir, progress=progress)
     ok = cache.ok
     skipped = pd.DataFrame({"path": table["path"][~ok], "error": [cache.errors[p] for p in table["path"][~ok]]})
@@ -75,9 +85,11 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
         log(f"warning: {len(skipped)} image(s) could not be decoded and were skipped (listed in skipped.csv), e.g. "
             f"{skipped['error'].iloc[0]}")
     table = table[ok].reset_index(drop=True)
+    table["split"] = assign_splits(table, cfg.split, data_seed, cfg.folds, cfg.fold)
+    table["split"] = training_patient_subset(table, table["split"], cfg.train_fraction, data_seed)
+    table = table[filter_rows(table, cfg.sites, cfg.labels)].reset_index(drop=True)
     classes = class_names(table)
     table["y"] = table["label"].map({c: i for i, c in enumerate(classes)})
-    table["split"] = patient_grouped_split(table, cfg.split, seed=cfg.seed)
     for s in ("train", "val"):
         if (table["split"] == s).sum() == 0:
             raise DataError(f"the {s} split is empty: {len(table)} images are too few for split {cfg.split}")
@@ -96,11 +108,6 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _epoch_rows(train_idx: np.ndarray, n: int | None, rng: np.random.Generator) -> np.ndarray:
-    order = rng.permutation(train_idx)
-    return order if n is None or n >= len(order) else order[:n]
-
-
 def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     """Train, select the best epoch on validation, choose operating points on validation, evaluate on test.
 
@@ -108,6 +115,10 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
         The run folder.
     """
     cfg = cfg.validate()
+    if cfg.folds is not None and cfg.fold is None:  # k-fold cross-validation: one run per fold, pooled
+        from .crossval import cross_validate
+
+        return cross_validate(cfg, progress=progress)
     t0 = time.time()
     generator = seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -125,11 +136,20 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     if len(data.skipped):
         data.skipped.to_csv(run_dir / "skipped.csv", index=False)
 
-    model = create_model(cfg.model, pretrained=cfg.pretrained, num_classes=len(classes), weights_path=cfg.weights)
+    model = create_model(cfg.model, pretrained=cfg.pretrained and not cfg.init_from, num_classes=len(classes),
+                         weights_path=cfg.weights)
+    init_from = None
+    if cfg.init_from:
+        from .init_from import check_no_leak, load_trunk
+
+        check_no_leak(cfg.init_from, table, data.data_dir)
+        init_from = load_trunk(model, cfg.init_from)
+        log(f"init_from: trunk weights of {init_from['run_dir']} (trained for {init_from['classes']}), new head")
     trained = set_trainable_stages(model, cfg.train_stages)
     model = model.to(device).to(memory_format=torch.channels_last)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"model: {cfg.model} ({'ImageNet' if cfg.pretrained or cfg.weights else 'random'} init), training "
+    init_name = "earlier run" if init_from else "ImageNet" if cfg.pretrained or cfg.weights else "random"
+    log(f"model: {cfg.model} ({init_name} init), training "
         f"{n_train:,} parameters in {', '.join(trained)}; device {device}{', AMP ' + str(amp) if amp else ''}")
 
     is_train = (table["split"] == "train").to_numpy()
@@ -137,13 +157,18 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     y_all = table["y"].to_numpy()
     train_idx = np.flatnonzero(is_train)
     weights = inverse_frequency_weights(y_all[train_idx], len(classes)) if cfg.class_weights else None
-    loss_fn = build_loss(weights.to(device) if weights is not None else None)
-    eval_loss = build_loss(weights.to(device) if weights is not None else None)
+    if cfg.focal_alpha is not None and cfg.positive_class in classes:
+        weights = positive_alpha_weights(len(classes), classes.index(cfg.positive_class), cfg.focal_alpha)
+    loss_fn = build_loss(weights.to(device) if weights is not None else None, cfg.loss, cfg.focal_gamma)
+    eval_loss = build_loss(weights.to(device) if weights is not None else None, cfg.loss, cfg.focal_gamma)
+    mixer = BatchMixer(len(classes), cfg.mixup_alpha, cfg.cutmix_alpha, seed=cfg.seed)
 
-    per_epoch = len(_epoch_rows(train_idx, cfg.samples_per_epoch, np.random.default_rng(0))) // cfg.batch_size
+    per_epoch = len(epoch_rows(train_idx, y_all[train_idx], cfg.samples_per_epoch, np.random.default_rng(0),
+                               cfg.sampler)) // cfg.batch_size
     total_steps = max(1, per_epoch * cfg.epochs)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+    optimizer = torch.optim.AdamW(discriminative_param_groups(model, cfg.lr, cfg.lr_decay), lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
+    warmup = HeadWarmup(model, cfg.head_warmup_epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(total_steps, int(cfg.warmup_fraction * total_steps)))
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
@@ -155,10 +180,13 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     history = []
     for epoch in range(1, cfg.epochs + 1):
         te = time.time()
-        order = _epoch_rows(train_idx, cfg.samples_per_epoch, rng)
+        if warmup.set_epoch(epoch):
+            log(f"epoch {epoch}: head warm-up (trunk frozen)")
+        order = epoch_rows(train_idx, y_all[train_idx], cfg.samples_per_epoch, rng, cfg.sampler)
         train_loss = train_one_epoch(
             model, images, data.rows[order], y_all[order], loss_fn, optimizer, scheduler, device, cfg.batch_size,
-            generator, augment, amp, scaler, desc=f"epoch {epoch}/{cfg.epochs}", progress=progress)
+            generator, augment, amp, scaler, desc=f"epoch {epoch}/{cfg.epochs}", progress=progress,
+            mixer=mixer if mixer.active else None)
         val_probs = predict_probs(model, images, val_rows, device, cfg.eval_batch_size, amp, desc="validate",
                                   progress=progress)
         y_val = y_all[is_val]
@@ -186,13 +214,14 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
                 break
     model.load_state_dict(best_state)
 
-    result = finish_run(run_dir, model, data, cfg, device, amp, best_epoch, history, progress)
+    result = finish_run(run_dir, model, data, cfg, device, amp, best_epoch, history, progress, init_from)
     log(f"done in {(time.time() - t0) / 60:.1f} min: {run_dir}")
     return result
 
 
 def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: TrainConfig, device: torch.device,
-               amp: torch.dtype | None, best_epoch: int, history: list[dict[str, Any]], progress: bool) -> Path:
+               amp: torch.dtype | None, best_epoch: int, history: list[dict[str, Any]], progress: bool,
+               init_from: dict | None = None) -> Path:
     """Predict val and test, choose operating points on val, write checkpoint, metrics and report."""
     from ..evaluation.report import write_report
 
@@ -205,21 +234,8 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
         preds[f"prob_{c}"] = probs[:, i]
     preds.to_csv(run_dir / "predictions.csv", index=False)
 
-    pos = cfg.positive_class if cfg.positive_class in classes else None
-    val = preds["split"] == "val"
-    y = preds["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    points = operating_points(y[val] == classes.index(pos), probs[val][:, classes.index(pos)]) if pos else {}
-    threshold = points.get("default")
-    metrics: dict[str, Any] = {"classes": classes, "positive_class": pos, "operating_points": points,
-                               "threshold_source": "validation split (max Youden J)" if pos else None}
-    for split in ("val", "test"):
-        m = (preds["split"] == split).to_numpy()
-        if m.any():
-            metrics[split] = classification_metrics(y[m], probs[m], classes, pos, threshold)
-    test = metrics.get("test")
-    metrics["n_test"] = int(test["n"]) if test else 0
-    if test and "covid_vs_rest" in test:
-        metrics["covid_vs_rest"] = test["covid_vs_rest"]
+    metrics = metrics_from_predictions(preds, classes, cfg.positive_class)
+    pos, points, threshold = metrics["positive_class"], metrics["operating_points"], metrics["threshold"]
     metrics["split_counts"] = {s: int(n) for s, n in table["split"].value_counts().items()}
     metrics["skipped_files"] = int(len(data.skipped))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
@@ -237,6 +253,8 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
         "data_dir": str(data.data_dir),
         "split_fingerprint": data.fingerprint,
         "split_counts": metrics["split_counts"],
+        "task": cfg.task,
+        "init_from": init_from,
         "best_epoch": best_epoch,
         "epochs_run": len(history),
         "created": datetime.now().isoformat(timespec="seconds"),
