@@ -38,7 +38,12 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, output: st
         table["path"] = [str(root / p) for p in table["image"]]
         name = "test"
     else:
-        table = load_table(data, classes=classes)
+        if predictor.meta.get("task") == "binary":  # issue 3: a binary run scores other labels as non-<positive>
+            from ..training.subsets import apply_task
+
+            table = apply_task(load_table(data), "binary", predictor.meta["positive_class"], require_positive=False)
+        else:
+            table = load_table(data, classes=classes)
         table["split"] = "external"
         name = "external"
     if table.empty:
