@@ -109,3 +109,14 @@ def test_fit_with_every_training_option(tmp_path):
         "focal", "balanced", 0.5, 0.5)
     hist = pd.read_csv(run / "history.csv")
     assert len(hist) == 2 and np.isfinite(hist["train_loss"]).all()
+
+
+def test_any_timm_model_by_name(tmp_path):
+    # outside the registry: random initialisation, no stages, so full fine-tuning
+    cfg = TrainConfig(**{**TINY, "train_stages": None}, model="mobilenetv3_small_050", pretrained=False,
+                      output=str(tmp_path / "timm"))
+    run = fit(cfg, progress=False)
+    meta = read_sidecar(run)
+    assert meta["architecture"] == "mobilenetv3_small_050" and all((run / f).is_file() for f in RUN_FILES)
+    df = Predictor(run, device="cpu").predict_files([SAMPLES], progress=False)
+    assert (df["error"] == "").all()
