@@ -43,17 +43,23 @@ def _headline_stat(sub: pd.DataFrame, classes: list[str], pos: str | None):
     return stat
 
 
-def within_site_auc(test: pd.DataFrame, pos: str | None) -> tuple[float, str]:
-    """Mean over sites (that have both classes in the test rows) of the positive-vs-rest AUC, and those sites."""
+def within_site_auc(test: pd.DataFrame, pos: str | None, min_per_class: int = 5) -> tuple[float, str]:
+    """Mean over sites of the positive-vs-rest AUC within each site, and the sites with their counts.
+
+    Only sites with at least ``min_per_class`` positive and negative test images count: an AUC from one or two
+    images of a class says nothing. Sites with both classes but fewer images are listed as too few.
+    """
     if not pos or "site" not in test:
         return math.nan, ""
     vals, sites = [], []
     for site, g in test.groupby("site"):
-        v = fast_auc((g["label"] == pos).to_numpy(), g[f"prob_{pos}"].to_numpy())
-        if not math.isnan(v):
-            vals.append(v)
-            n_pos = int((g["label"] == pos).sum())
-            sites.append(f"{site} ({n_pos}+/{len(g) - n_pos}-)")
+        n_pos = int((g["label"] == pos).sum())
+        n_neg = len(g) - n_pos
+        if n_pos and n_neg:
+            enough = min(n_pos, n_neg) >= min_per_class
+            sites.append(f"{site} ({n_pos}+/{n_neg}-{'' if enough else ', too few'})")
+            if enough:
+                vals.append(fast_auc((g["label"] == pos).to_numpy(), g[f"prob_{pos}"].to_numpy()))
     return (float(np.mean(vals)) if vals else math.nan), "; ".join(sites)
 
 
