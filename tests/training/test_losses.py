@@ -62,3 +62,16 @@ def test_build_loss_and_alpha_weights():
     assert positive_alpha_weights(3, 0, 0.25).tolist() == [0.25, 0.75, 0.75]
     w = inverse_frequency_weights([0, 0, 0, 1], 3)
     assert w.tolist() == pytest.approx([4 / 9, 4 / 3, 0.0])
+
+
+def test_criterion_of_a_config():
+    from covidscreen.config import TrainConfig
+    from covidscreen.training.losses import criterion
+
+    labels = [0, 0, 0, 1, 2, 2]
+    classes = ["covid", "normal", "pneumonia"]
+    ce = criterion(TrainConfig(), classes, labels)
+    assert isinstance(ce, nn.CrossEntropyLoss) and ce.weight.tolist() == pytest.approx([2 / 3, 2.0, 1.0])
+    assert criterion(TrainConfig(class_weights=False), classes, labels).weight is None
+    focal = criterion(TrainConfig(loss="focal", focal_gamma=3, focal_alpha=0.25, class_weights=False), classes, labels)
+    assert isinstance(focal, FocalLoss) and focal.gamma == 3 and focal.weight.tolist() == [0.25, 0.75, 0.75]

@@ -7,10 +7,15 @@ with soft targets, the plain mean over the batch. So focal loss with ``gamma = 0
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def inverse_frequency_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -65,3 +70,12 @@ def build_loss(class_weights: torch.Tensor | None, loss: str = "cross_entropy", 
     if loss == "focal":
         return FocalLoss(focal_gamma, class_weights)
     return nn.CrossEntropyLoss(weight=class_weights)
+
+
+def criterion(cfg: TrainConfig, classes: list[str], train_labels: np.ndarray) -> nn.Module:
+    """The loss of a training config: ``loss`` with class weights from ``class_weights`` (inverse frequency in the
+    training labels) or ``focal_alpha`` (Lin et al.'s alpha for ``positive_class``), or none."""
+    weights = inverse_frequency_weights(train_labels, len(classes)) if cfg.class_weights else None
+    if cfg.focal_alpha is not None and cfg.positive_class in classes:
+        weights = positive_alpha_weights(len(classes), classes.index(cfg.positive_class), cfg.focal_alpha)
+    return build_loss(weights, cfg.loss, cfg.focal_gamma)

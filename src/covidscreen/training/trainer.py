@@ -32,7 +32,7 @@ from ..inference.checkpoint import save_checkpoint
 from ..models import create_model
 from .finetune import HeadWarmup, discriminative_param_groups, set_trainable_stages
 from .loop import cosine_with_warmup, predict_probs, train_one_epoch
-from .losses import build_loss, inverse_frequency_weights, positive_alpha_weights
+from .losses import criterion
 from .mixup import BatchMixer
 from .run_metrics import metrics_from_predictions
 from .runtime import amp_dtype, resolve_device, seed_everything
@@ -130,7 +130,9 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     data = prepare_data(cfg, progress=progress)
     table, classes = data.table, data.classes
     counts = table.groupby(["split", "label"]).size().unstack(fill_value=0)
-    log(f"data: {data.data_dir} | {len(table)} images, classes {classes} | split (patient-grouped, seed {cfg.seed}):\n"
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    how = f"fold {cfg.fold} of {cfg.folds}, seed {split_seed}" if cfg.folds else f"seed {split_seed}"
+    log(f"data: {data.data_dir} | {len(table)} images, classes {classes} | split (patient-grouped, {how}):\n"
         f"{counts.to_string()}")
     table.drop(columns=["y"]).to_csv(run_dir / "split.csv", index=False)
     if len(data.skipped):
@@ -156,11 +158,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     is_val = (table["split"] == "val").to_numpy()
     y_all = table["y"].to_numpy()
     train_idx = np.flatnonzero(is_train)
-    weights = inverse_frequency_weights(y_all[train_idx], len(classes)) if cfg.class_weights else None
-    if cfg.focal_alpha is not None and cfg.positive_class in classes:
-        weights = positive_alpha_weights(len(classes), classes.index(cfg.positive_class), cfg.focal_alpha)
-    loss_fn = build_loss(weights.to(device) if weights is not None else None, cfg.loss, cfg.focal_gamma)
-    eval_loss = build_loss(weights.to(device) if weights is not None else None, cfg.loss, cfg.focal_gamma)
+    loss_fn = criterion(cfg, classes, y_all[train_idx]).to(device)
+    eval_loss = criterion(cfg, classes, y_all[train_idx]).to(device)
     mixer = BatchMixer(len(classes), cfg.mixup_alpha, cfg.cutmix_alpha, seed=cfg.seed)
 
     per_epoch = len(epoch_rows(train_idx, y_all[train_idx], cfg.samples_per_epoch, np.random.default_rng(0),
