@@ -97,7 +97,9 @@ def test_sequential_finetuning_into_a_binary_task(tmp_path):
 
 
 def test_fit_with_every_training_option(tmp_path):
-    cfg = TrainConfig(**{**TINY, "train_stages": None, "epochs": 2}, loss="focal", focal_gamma=2.0, focal_alpha=0.4,
+    # batch_size 32 > the ~12 training images: every epoch must still take a step (one batch of all of them)
+    cfg = TrainConfig(**{**TINY, "train_stages": None, "epochs": 2, "batch_size": 32, "samples_per_epoch": None},
+                      loss="focal", focal_gamma=2.0, focal_alpha=0.4,
                       class_weights=False, sampler="balanced", mixup_alpha=0.4, cutmix_alpha=1.0, lr_decay=0.5,
                       head_warmup_epochs=1, train_fraction=0.5, output=str(tmp_path / "run"))
     run = fit(cfg, progress=False)
@@ -108,7 +110,7 @@ def test_fit_with_every_training_option(tmp_path):
     assert (stored["loss"], stored["sampler"], stored["lr_decay"], stored["train_fraction"]) == (
         "focal", "balanced", 0.5, 0.5)
     hist = pd.read_csv(run / "history.csv")
-    assert len(hist) == 2 and np.isfinite(hist["train_loss"]).all()
+    assert len(hist) == 2 and np.isfinite(hist["train_loss"]).all() and (hist["train_loss"] > 0).all()
 
 
 def test_any_timm_model_by_name(tmp_path):

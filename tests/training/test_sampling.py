@@ -26,3 +26,15 @@ def test_random_epoch_is_a_permutation_and_plain_sampling_keeps_the_imbalance():
     assert len(rows) == len(set(rows)) == 50
     rows = epoch_rows(idx, labels, None, np.random.default_rng(0), "balanced")
     assert len(rows) == 100 and abs(np.mean(labels[rows]) - 0.5) < 0.15
+
+
+def test_an_epoch_shorter_than_a_batch_still_trains():
+    import pytest
+
+    from covidscreen.errors import DataError
+    from covidscreen.training.sampling import effective_batch_size
+
+    assert effective_batch_size(32, 500) == 32
+    assert effective_batch_size(32, 10) == 10  # one step per epoch instead of none (the last batch is dropped)
+    with pytest.raises(DataError, match="at least 2"):
+        effective_batch_size(32, 1)

@@ -214,8 +214,18 @@ def _is_number(v: Any) -> bool:
         return False
 
 
+def markdown_table(shown: pd.DataFrame) -> str:
+    """A pipe table of the displayed comparison (for notes and docs)."""
+    cols = list(shown.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in shown.iterrows():
+        lines.append("| " + " | ".join(str(r[c]).replace("|", "/") for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_comparison(plan: ExperimentPlan, status: dict[str, str], n_boot: int = 1000) -> pd.DataFrame:
-    """Write ``comparison.csv`` (raw numbers), ``comparison.html`` (readable, with the plot) and ``comparison.png``."""
+    """Write ``comparison.csv`` (raw numbers), ``comparison.html`` (readable, with the plot), ``comparison.md`` and
+    ``comparison.png``."""
     from ..evaluation.report import STYLE
 
     table = comparison_table(plan, status, n_boot)
@@ -224,6 +234,7 @@ def write_comparison(plan: ExperimentPlan, status: dict[str, str], n_boot: int =
     png = comparison_plot(table, plan)
     (out / "comparison.png").write_bytes(png)
     shown = display_table(table, plan.axes)
+    (out / "comparison.md").write_text(markdown_table(shown))
     parts = [f"<html><head><meta charset='utf-8'><title>covidscreen experiment</title><style>{STYLE}</style></head>"
              f"<body><h1>Experiment {html.escape(plan.source.stem)}</h1>",
              f"<p>{html.escape(plan.description)}</p>" if plan.description else "",

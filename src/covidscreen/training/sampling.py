@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import DataError
+
 
 def random_epoch(train_idx: np.ndarray, n: int | None, rng: np.random.Generator) -> np.ndarray:
     """A shuffled pass over ``train_idx``, cut to ``n`` entries when ``n`` is given (each image at most once)."""
@@ -35,3 +37,19 @@ def epoch_rows(train_idx: np.ndarray, labels: np.ndarray, n: int | None, rng: np
     if sampler == "balanced":
         return balanced_epoch(train_idx, labels, n, rng)
     return random_epoch(train_idx, n, rng)
+
+
+def effective_batch_size(batch_size: int, epoch_length: int) -> int:
+    """``batch_size``, or the whole epoch when it holds fewer images (at least 2).
+
+    The training loop drops the last partial batch (BatchNorm dislikes tiny batches), so without this an epoch
+    shorter than one batch (e.g. 5% of a small training set in a learning curve) would take no step at all and the
+    run would silently report an untrained model.
+
+    Raises:
+        DataError: fewer than two images per epoch.
+    """
+    if epoch_length < 2:
+        raise DataError(f"an epoch holds {epoch_length} training image(s); at least 2 are needed (use more data, a "
+                        "larger train_fraction or samples_per_epoch)")
+    return min(batch_size, epoch_length)

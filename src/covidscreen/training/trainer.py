@@ -36,7 +36,7 @@ from .losses import criterion
 from .mixup import BatchMixer
 from .run_metrics import metrics_from_predictions
 from .runtime import amp_dtype, resolve_device, seed_everything
-from .sampling import epoch_rows
+from .sampling import effective_batch_size, epoch_rows
 from .subsets import apply_task, assign_splits, filter_rows, training_patient_subset
 
 
@@ -162,8 +162,13 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     eval_loss = criterion(cfg, classes, y_all[train_idx]).to(device)
     mixer = BatchMixer(len(classes), cfg.mixup_alpha, cfg.cutmix_alpha, seed=cfg.seed)
 
-    per_epoch = len(epoch_rows(train_idx, y_all[train_idx], cfg.samples_per_epoch, np.random.default_rng(0),
-                               cfg.sampler)) // cfg.batch_size
+    epoch_length = len(epoch_rows(train_idx, y_all[train_idx], cfg.samples_per_epoch, np.random.default_rng(0),
+                                  cfg.sampler))
+    batch_size = effective_batch_size(cfg.batch_size, epoch_length)
+    if batch_size < cfg.batch_size:
+        log(f"warning: an epoch holds only {epoch_length} training images: batch size {batch_size} instead of "
+            f"{cfg.batch_size}")
+    per_epoch = epoch_length // batch_size
     total_steps = max(1, per_epoch * cfg.epochs)
     optimizer = torch.optim.AdamW(discriminative_param_groups(model, cfg.lr, cfg.lr_decay), lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
@@ -183,7 +188,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
             log(f"epoch {epoch}: head warm-up (trunk frozen)")
         order = epoch_rows(train_idx, y_all[train_idx], cfg.samples_per_epoch, rng, cfg.sampler)
         train_loss = train_one_epoch(
-            model, images, data.rows[order], y_all[order], loss_fn, optimizer, scheduler, device, cfg.batch_size,
+            model, images, data.rows[order], y_all[order], loss_fn, optimizer, scheduler, device, batch_size,
             generator, augment, amp, scaler, desc=f"epoch {epoch}/{cfg.epochs}", progress=progress,
             mixer=mixer if mixer.active else None)
         val_probs = predict_probs(model, images, val_rows, device, cfg.eval_batch_size, amp, desc="validate",
