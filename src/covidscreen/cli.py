@@ -60,6 +60,24 @@ def train(
     temperature_scaling: Annotated[bool, typer.Option(
         "--temperature-scaling", help="calibrate probabilities with a temperature fitted on validation")] = False,
     no_audit: Annotated[bool, typer.Option("--no-audit", help="skip the leakage/shortcut audit")] = False,
+    # --- transfer-learning options (issue 3); every one is also a YAML key of the same name ---
+    lr_decay: Annotated[float | None, typer.Option("--lr-decay", help="LR factor per stage below the head")] = None,
+    head_warmup_epochs: Annotated[int | None, typer.Option("--head-warmup-epochs",
+                                                           help="epochs of head-only training first")] = None,
+    loss: Annotated[str | None, typer.Option("--loss", help="cross_entropy or focal")] = None,
+    focal_gamma: Annotated[float | None, typer.Option("--focal-gamma")] = None,
+    focal_alpha: Annotated[float | None, typer.Option("--focal-alpha", help="focal weight of the positive class")
+                           ] = None,
+    sampler: Annotated[str | None, typer.Option("--sampler", help="random or balanced")] = None,
+    mixup_alpha: Annotated[float | None, typer.Option("--mixup", help="mixup Beta alpha (0 = off)")] = None,
+    cutmix_alpha: Annotated[float | None, typer.Option("--cutmix", help="CutMix Beta alpha (0 = off)")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="multiclass or binary (positive class vs rest)")] = None,
+    init_from: Annotated[str | None, typer.Option("--init-from", help="start from the trunk of this run")] = None,
+    folds: Annotated[int | None, typer.Option("--folds", help="patient-grouped k-fold cross-validation")] = None,
+    train_fraction: Annotated[float | None, typer.Option("--train-fraction",
+                                                         help="share of the training patients to use")] = None,
+    split_seed: Annotated[int | None, typer.Option("--split-seed", help="seed of the split (default: --seed)")
+                          ] = None,
 ) -> None:
     """Fine-tune a model on a data folder and write a run folder (checkpoint, metrics, report)."""
     from .config import resolve_train_config
@@ -67,7 +85,10 @@ def train(
 
     cli = dict(data=data, model=model, output=str(output) if output else None, epochs=epochs, image_size=image_size,
                batch_size=batch_size, lr=lr, train_stages=train_stages, samples_per_epoch=samples_per_epoch,
-               max_per_class=max_per_class, weights=weights, seed=seed, device=device, holdout_site=holdout_site)
+               max_per_class=max_per_class, weights=weights, seed=seed, device=device, holdout_site=holdout_site,
+               lr_decay=lr_decay, head_warmup_epochs=head_warmup_epochs, loss=loss, focal_gamma=focal_gamma,
+               focal_alpha=focal_alpha, sampler=sampler, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+               task=task, init_from=init_from, folds=folds, train_fraction=train_fraction, split_seed=split_seed)
     if temperature_scaling:
         cli["temperature_scaling"] = True
     if no_audit:
@@ -179,6 +200,52 @@ def export(run_dir: Annotated[Path, typer.Argument(help="run folder written by t
     from .inference.onnx import export_onnx
 
     typer.echo(f"wrote {export_onnx(run_dir)}")
+
+
+# --- ensembles and experiments (issue 3) ---
+@app.command()
+def ensemble(
+    run_dirs: Annotated[list[Path], typer.Argument(help="finished run folders (same classes and image size)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="ensemble folder to write")],
+) -> None:
+    """Average the probabilities of several runs; the folder is then used like one run (evaluate, predict)."""
+    import json
+
+    from .inference.ensemble import build_ensemble
+
+    out = build_ensemble(run_dirs, output)
+    metrics = out / "metrics.json"
+    if metrics.is_file():
+        cv = json.loads(metrics.read_text()).get("covid_vs_rest")
+        if cv:
+            typer.echo(f"ensemble of {len(run_dirs)} on the members' common test split: ROC AUC {cv['roc_auc']:.4f}, "
+                       f"sensitivity {cv['sensitivity']:.3f}, specificity {cv['specificity']:.3f}")
+        typer.echo(f"report: {out / 'report.html'}")
+    else:
+        typer.echo(f"ensemble of {len(run_dirs)} written to {out} (members were split differently: no common test "
+                   "split; evaluate it with --data)")
+
+
+@app.command()
+def experiment(
+    grid: Annotated[Path, typer.Argument(help="grid YAML file (see configs/)")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="experiment folder (default from the file)")
+                      ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="check the grid and list its runs, train nothing")] = False,
+) -> None:
+    """Run a grid of training configurations (resumable) and write a comparison table with confidence intervals."""
+    from .training.experiment import load_plan, run_experiment
+
+    plan = load_plan(grid, output)
+    if dry_run:
+        for r in plan.runs:
+            typer.echo(f"{r.name}: {r.cfg.output}")
+        for name, members in plan.ensembles.items():
+            typer.echo(f"ensemble {name}: {', '.join(members)}")
+        return
+    out = run_experiment(grid, output)
+    typer.echo(f"comparison: {out / 'comparison.html'} ({out / 'comparison.csv'})")
+# --- end ensembles and experiments ---
 
 
 @app.command("models")

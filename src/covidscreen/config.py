@@ -18,6 +18,10 @@ import yaml
 
 from .errors import ConfigError
 
+LOSSES = ("cross_entropy", "focal")
+SAMPLERS = ("random", "balanced")
+TASKS = ("multiclass", "binary")
+
 
 @dataclass
 class TrainConfig:
@@ -57,8 +61,26 @@ class TrainConfig:
     holdout_site: str | None = None  # leave this site out of train/val/test and evaluate on it at the end
     # --- end issue 4 ---
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored with the run
+    # --- transfer-learning options of the literature (issue 3); each is off by default ---
+    lr_decay: float = 1.0  # discriminative LRs: each stage below the head gets lr * lr_decay**depth (1 = off)
+    head_warmup_epochs: int = 0  # train only the head for this many epochs, then unfreeze to train_stages
+    loss: str = "cross_entropy"  # cross_entropy | focal
+    focal_gamma: float = 2.0  # focal loss focusing parameter (0 = cross-entropy)
+    focal_alpha: float | None = None  # focal: weight of positive_class, others 1 - alpha (replaces class_weights)
+    sampler: str = "random"  # random | balanced (every class drawn equally often, with replacement)
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixup of image pairs and their labels (0 = off)
+    cutmix_alpha: float = 0.0  # CutMix with Beta(alpha, alpha) box areas (0 = off; with mixup: one of them per batch)
+    task: str = "multiclass"  # multiclass (every label) | binary (positive_class vs non_<positive_class>)
+    init_from: str | None = None  # run folder whose trunk weights start this run (sequential fine-tuning)
+    sites: list[str] | None = None  # keep only images of these sites (after the split, so splits stay the same)
+    labels: list[str] | None = None  # keep only images with these labels (after the split)
+    split_seed: int | None = None  # seed of the split (None = seed): ensembles of seeds share one split
+    train_fraction: float = 1.0  # use this share of the training patients (learning curves; nested across values)
+    folds: int | None = None  # patient-grouped stratified k-fold cross-validation (None = one train/val/test split)
+    fold: int | None = None  # with folds: train only this fold's model (test = this fold, val = the next one)
 
     def validate(self) -> TrainConfig:
+        """Check values that types cannot express; raise :class:`ConfigError` naming the first bad key."""
         checks = [
             ("image_size", 32 <= self.image_size <= 1024, "an integer from 32 to 1024"),
             ("epochs", self.epochs >= 1, "at least 1"),
@@ -76,6 +98,29 @@ class TrainConfig:
             ("target_sensitivity", 0 < self.target_sensitivity < 1, "a number strictly between 0 and 1"),
             ("target_specificity", 0 < self.target_specificity < 1, "a number strictly between 0 and 1"),
             ("bootstrap", self.bootstrap >= 0, "0 (no intervals) or a number of replicates"),
+            # --- issue 3 options ---
+            ("lr_decay", 0 < self.lr_decay <= 1, "in (0, 1] (1 = one learning rate for every stage)"),
+            ("head_warmup_epochs", 0 <= self.head_warmup_epochs < self.epochs, "from 0 to epochs - 1"),
+            ("loss", self.loss in LOSSES, f"one of {', '.join(LOSSES)}"),
+            ("focal_gamma", self.focal_gamma >= 0, "non-negative"),
+            ("focal_alpha", self.focal_alpha is None or 0 < self.focal_alpha < 1, "null or in (0, 1)"),
+            ("focal_alpha", self.focal_alpha is None or self.loss == "focal", "null unless loss is focal"),
+            ("focal_alpha", self.focal_alpha is None or not self.class_weights,
+             "null while class_weights is true (both weight the classes; set class_weights: false)"),
+            ("sampler", self.sampler in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
+            ("sampler", self.sampler != "balanced" or not self.class_weights,
+             "'random' while class_weights is true (balanced sampling and class weights would correct twice; "
+             "set class_weights: false)"),
+            ("mixup_alpha", self.mixup_alpha >= 0, "non-negative (0 = off)"),
+            ("cutmix_alpha", self.cutmix_alpha >= 0, "non-negative (0 = off)"),
+            ("task", self.task in TASKS, f"one of {', '.join(TASKS)}"),
+            ("sites", self.sites is None or len(self.sites) > 0, "null or a non-empty list of site names"),
+            ("labels", self.labels is None or len(self.labels) >= 2, "null or a list of at least two labels"),
+            ("train_fraction", 0 < self.train_fraction <= 1, "in (0, 1]"),
+            ("folds", self.folds is None or self.folds >= 3,
+             "null or at least 3 (one fold tests, the next validates, the others train)"),
+            ("fold", self.fold is None or (self.folds is not None and 0 <= self.fold < self.folds),
+             "null, or from 0 to folds - 1 when folds is set"),
         ]
         for key, ok, expected in checks:
             if not ok:
@@ -111,7 +156,7 @@ def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
         if len(args) != len(value):
             return False, value
         out = []
-        for v, a in zip(value, args):
+        for v, a in zip(value, args, strict=True):
             ok, v2 = _type_ok(v, a)
             if not ok:
                 return False, value
@@ -120,7 +165,16 @@ def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
     if origin is dict or annotation is dict:
         return isinstance(value, dict), value
     if origin is list:
-        return isinstance(value, list), value
+        if not isinstance(value, list | tuple):
+            return False, value
+        (arm,) = typing.get_args(annotation) or (Any,)
+        out = []
+        for v in value:
+            ok, v2 = _type_ok(v, arm)
+            if not ok:
+                return False, value
+            out.append(v2)
+        return True, out
     return True, value
 
 

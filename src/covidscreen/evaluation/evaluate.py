@@ -122,6 +122,12 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, output: st
         table = table[table["split"] == "test"].reset_index(drop=True)
         table["path"] = [str(root / p) for p in table["image"]]
         name, data_dir = "test", root
+    elif meta.get("task") == "binary":  # a binary run scores every other label as non-<positive>
+        from ..training.subsets import apply_task
+
+        table = apply_task(load_table(resolve_data_dir(data)), "binary", meta["positive_class"],
+                           require_positive=False)
+        name, data_dir = "external", Path(table.attrs.get("root", data))
     else:
         table = load_table(resolve_data_dir(data), classes=classes)
         name, data_dir = "external", Path(table.attrs["root"])

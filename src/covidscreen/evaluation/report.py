@@ -101,7 +101,7 @@ def _summary_section(metrics: dict, block: dict, split_name: str, pos: str | Non
 
 def _points_section(metrics: dict, block: dict, pos: str) -> list[str]:
     at = block.get("at_operating_points", {})
-    val = metrics.get("operating_points_val", {})
+    val = metrics.get("operating_points_val") or {}
     if not at:
         return []
     rows = []

@@ -1,2 +1,3 @@
-"""Inference: checkpoints (``checkpoint.py``: safetensors weights + JSON sidecar) and prediction on files
-(``predictor.py``), used by ``covidscreen predict``, evaluation on other folders and (later) the service."""
+"""Inference: checkpoints (``checkpoint.py``: safetensors weights + JSON sidecar), ensembles used like one model
+(``ensemble.py``) and prediction on files (``predictor.py``), used by ``covidscreen predict``, evaluation on other
+folders and (later) the service."""

@@ -84,6 +84,12 @@ def read_sidecar(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist; give a folder written by covidscreen train")
+    # --- ensembles (issue 3): an ensemble folder's ensemble.json plays the role of the sidecar ---
+    from .ensemble import is_ensemble, read_manifest
+
+    if is_ensemble(run_dir):
+        return read_manifest(run_dir)
+    # --- end ensembles ---
     path = run_dir / SIDECAR_FILE
     if not path.is_file():
         raise CheckpointError(
@@ -103,6 +109,9 @@ def read_sidecar(run_dir: str | Path) -> dict[str, Any]:
 def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[ScreeningModel, dict[str, Any]]:
     """Load a run's model (eval mode) and sidecar, verifying the weights' sha256.
 
+    For an ensemble folder (``ensemble.json``) the model is an :class:`~covidscreen.inference.ensemble.EnsembleModel`
+    and the sidecar its manifest.
+
     Raises:
         CheckpointError: missing or damaged files, or weights that do not fit the recorded architecture.
     """
@@ -111,6 +120,12 @@ def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> 
     from ..models.weights import sha256_file
 
     run_dir = Path(run_dir)
+    # --- ensembles (issue 3): a module averaging the members' probabilities, used like one model ---
+    from .ensemble import is_ensemble, load_ensemble
+
+    if is_ensemble(run_dir):
+        return load_ensemble(run_dir, device)
+    # --- end ensembles ---
     meta = read_sidecar(run_dir)
     weights = run_dir / meta.get("weights_file", WEIGHTS_FILE)
     if not weights.is_file():

@@ -43,6 +43,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     desc: str = "train",
     progress: bool = True,
+    mixer: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> float:
     """Train on ``images[rows]`` (in the given order) once; returns the mean training loss.
 
@@ -50,6 +51,7 @@ def train_one_epoch(
         images: ``(N, H, W)`` uint8 array (e.g. the memory-mapped cache).
         rows: row indices of this epoch's images, already shuffled/sampled by the caller.
         labels: class index per entry of ``rows``.
+        mixer: optional ``(x, y) -> (x, soft_targets)`` applied after augmentation (mixup/CutMix, ``mixup.py``).
     """
     model.train()
     freeze_batchnorm(model)
@@ -62,6 +64,8 @@ def train_one_epoch(
         y = torch.from_numpy(np.asarray(labels[b * batch_size:(b + 1) * batch_size], dtype=np.int64)).to(device)
         if augment is not None:
             x = augment_batch(x, augment, generator)
+        if mixer is not None:
+            x, y = mixer(x, y)
         with autocast(device, amp):
             loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)

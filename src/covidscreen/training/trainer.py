@@ -24,7 +24,7 @@ from ..config import TrainConfig, to_dict
 from ..data.augment import AugmentConfig
 from ..data.cache import ImageCache
 from ..data.locate import resolve_data_dir
-from ..data.splits import patient_grouped_split, split_fingerprint
+from ..data.splits import split_fingerprint
 from ..data.table import class_names, load_table
 from ..errors import DataError
 from ..evaluation.assess import evaluate_fit_predictions
@@ -33,10 +33,13 @@ from ..evaluation.holdout import exclude_site
 from ..evaluation.metrics import headline_auc
 from ..inference.checkpoint import save_checkpoint
 from ..models import create_model, get_spec
-from .finetune import set_trainable_stages
+from .finetune import HeadWarmup, discriminative_param_groups, set_trainable_stages
 from .loop import cosine_with_warmup, predict_probs, train_one_epoch
-from .losses import build_loss, inverse_frequency_weights
+from .losses import criterion
+from .mixup import BatchMixer
 from .runtime import amp_dtype, resolve_device, seed_everything
+from .sampling import effective_batch_size, epoch_rows
+from .subsets import apply_task, assign_splits, filter_rows, training_patient_subset
 
 
 @dataclass
@@ -63,15 +66,22 @@ def subsample_per_class(table: pd.DataFrame, max_per_class: int, seed: int) -> p
 
 
 def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
-    """Load, subsample, cache (decode once) and split the data of a training config."""
+    """Load, subsample, cache (decode once) and split the data of a training config.
+
+    The subsample and the split use ``split_seed`` (default: ``seed``); the task, training share and site/label
+    filters are applied as :mod:`covidscreen.training.subsets` explains, so that runs differing in those options
+    share their validation and test images.
+    """
     data_dir = resolve_data_dir(cfg.data)
+    data_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     table = load_table(data_dir)
     if getattr(cfg, "holdout_site", None):  # leave-one-site-out: the site is evaluated as external data at the end
         table = exclude_site(table, cfg.holdout_site)
     if table.attrs.get("missing"):
         log(f"warning: {table.attrs['missing']} image(s) listed in metadata.csv do not exist and were skipped")
     if cfg.max_per_class:
-        table = subsample_per_class(table, cfg.max_per_class, cfg.seed)
+        table = subsample_per_class(table, cfg.max_per_class, data_seed)
+    table = apply_task(table, cfg.task, cfg.positive_class)
     cache = ImageCache(table["path"].tolist(), cfg.image_size, cfg.cache_dir, progress=progress)
     ok = cache.ok
     skipped = pd.DataFrame({"path": table["path"][~ok], "error": [cache.errors[p] for p in table["path"][~ok]]})
@@ -79,9 +89,11 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
         log(f"warning: {len(skipped)} image(s) could not be decoded and were skipped (listed in skipped.csv), e.g. "
             f"{skipped['error'].iloc[0]}")
     table = table[ok].reset_index(drop=True)
+    table["split"] = assign_splits(table, cfg.split, data_seed, cfg.folds, cfg.fold)
+    table["split"] = training_patient_subset(table, table["split"], cfg.train_fraction, data_seed)
+    table = table[filter_rows(table, cfg.sites, cfg.labels)].reset_index(drop=True)
     classes = class_names(table)
     table["y"] = table["label"].map({c: i for i, c in enumerate(classes)})
-    table["split"] = patient_grouped_split(table, cfg.split, seed=cfg.seed)
     for s in ("train", "val"):
         if (table["split"] == s).sum() == 0:
             raise DataError(f"the {s} split is empty: {len(table)} images are too few for split {cfg.split}")
@@ -100,11 +112,6 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _epoch_rows(train_idx: np.ndarray, n: int | None, rng: np.random.Generator) -> np.ndarray:
-    order = rng.permutation(train_idx)
-    return order if n is None or n >= len(order) else order[:n]
-
-
 def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     """Train, select the best epoch on validation, choose operating points on validation, evaluate on test.
 
@@ -113,6 +120,10 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     """
     cfg = cfg.validate()
     get_spec(cfg.model)  # fail fast on an unknown model name, before any data is read
+    if cfg.folds is not None and cfg.fold is None:  # k-fold cross-validation: one run per fold, pooled
+        from .crossval import cross_validate
+
+        return cross_validate(cfg, progress=progress)
     t0 = time.time()
     generator = seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -124,31 +135,49 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     data = prepare_data(cfg, progress=progress)
     table, classes = data.table, data.classes
     counts = table.groupby(["split", "label"]).size().unstack(fill_value=0)
-    log(f"data: {data.data_dir} | {len(table)} images, classes {classes} | split (patient-grouped, seed {cfg.seed}):\n"
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    how = f"fold {cfg.fold} of {cfg.folds}, seed {split_seed}" if cfg.folds else f"seed {split_seed}"
+    log(f"data: {data.data_dir} | {len(table)} images, classes {classes} | split (patient-grouped, {how}):\n"
         f"{counts.to_string()}")
     table.drop(columns=["y"]).to_csv(run_dir / "split.csv", index=False)
     if len(data.skipped):
         data.skipped.to_csv(run_dir / "skipped.csv", index=False)
 
-    model = create_model(cfg.model, pretrained=cfg.pretrained, num_classes=len(classes), weights_path=cfg.weights)
+    model = create_model(cfg.model, pretrained=cfg.pretrained and not cfg.init_from, num_classes=len(classes),
+                         weights_path=cfg.weights)
+    init_from = None
+    if cfg.init_from:
+        from .init_from import check_no_leak, load_trunk
+
+        check_no_leak(cfg.init_from, table, data.data_dir)
+        init_from = load_trunk(model, cfg.init_from)
+        log(f"init_from: trunk weights of {init_from['run_dir']} (trained for {init_from['classes']}), new head")
     trained = set_trainable_stages(model, cfg.train_stages)
     model = model.to(device).to(memory_format=torch.channels_last)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"model: {cfg.model} ({'ImageNet' if cfg.pretrained or cfg.weights else 'random'} init), training "
+    init_name = "earlier run" if init_from else "ImageNet" if cfg.pretrained or cfg.weights else "random"
+    log(f"model: {cfg.model} ({init_name} init), training "
         f"{n_train:,} parameters in {', '.join(trained)}; device {device}{', AMP ' + str(amp) if amp else ''}")
 
     is_train = (table["split"] == "train").to_numpy()
     is_val = (table["split"] == "val").to_numpy()
     y_all = table["y"].to_numpy()
     train_idx = np.flatnonzero(is_train)
-    weights = inverse_frequency_weights(y_all[train_idx], len(classes)) if cfg.class_weights else None
-    loss_fn = build_loss(weights.to(device) if weights is not None else None)
-    eval_loss = build_loss(weights.to(device) if weights is not None else None)
+    loss_fn = criterion(cfg, classes, y_all[train_idx]).to(device)
+    eval_loss = criterion(cfg, classes, y_all[train_idx]).to(device)
+    mixer = BatchMixer(len(classes), cfg.mixup_alpha, cfg.cutmix_alpha, seed=cfg.seed)
 
-    per_epoch = len(_epoch_rows(train_idx, cfg.samples_per_epoch, np.random.default_rng(0))) // cfg.batch_size
+    epoch_length = len(epoch_rows(train_idx, y_all[train_idx], cfg.samples_per_epoch, np.random.default_rng(0),
+                                  cfg.sampler))
+    batch_size = effective_batch_size(cfg.batch_size, epoch_length)
+    if batch_size < cfg.batch_size:
+        log(f"warning: an epoch holds only {epoch_length} training images: batch size {batch_size} instead of "
+            f"{cfg.batch_size}")
+    per_epoch = epoch_length // batch_size
     total_steps = max(1, per_epoch * cfg.epochs)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+    optimizer = torch.optim.AdamW(discriminative_param_groups(model, cfg.lr, cfg.lr_decay), lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
+    warmup = HeadWarmup(model, cfg.head_warmup_epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(total_steps, int(cfg.warmup_fraction * total_steps)))
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
@@ -160,10 +189,13 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     history = []
     for epoch in range(1, cfg.epochs + 1):
         te = time.time()
-        order = _epoch_rows(train_idx, cfg.samples_per_epoch, rng)
+        if warmup.set_epoch(epoch):
+            log(f"epoch {epoch}: head warm-up (trunk frozen)")
+        order = epoch_rows(train_idx, y_all[train_idx], cfg.samples_per_epoch, rng, cfg.sampler)
         train_loss = train_one_epoch(
-            model, images, data.rows[order], y_all[order], loss_fn, optimizer, scheduler, device, cfg.batch_size,
-            generator, augment, amp, scaler, desc=f"epoch {epoch}/{cfg.epochs}", progress=progress)
+            model, images, data.rows[order], y_all[order], loss_fn, optimizer, scheduler, device, batch_size,
+            generator, augment, amp, scaler, desc=f"epoch {epoch}/{cfg.epochs}", progress=progress,
+            mixer=mixer if mixer.active else None)
         val_probs = predict_probs(model, images, val_rows, device, cfg.eval_batch_size, amp, desc="validate",
                                   progress=progress)
         y_val = y_all[is_val]
@@ -191,17 +223,16 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
                 break
     model.load_state_dict(best_state)
 
-    result = finish_run(run_dir, model, data, cfg, device, amp, best_epoch, history, progress)
+    result = finish_run(run_dir, model, data, cfg, device, amp, best_epoch, history, progress, init_from)
     finalize_run(run_dir, cfg, data, model, device, progress, log)  # audit, held-out site, report, model card
     log(f"done in {(time.time() - t0) / 60:.1f} min: {run_dir}")
     return result
 
 
 def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: TrainConfig, device: torch.device,
-               amp: torch.dtype | None, best_epoch: int, history: list[dict[str, Any]], progress: bool) -> Path:
+               amp: torch.dtype | None, best_epoch: int, history: list[dict[str, Any]], progress: bool,
+               init_from: dict | None = None) -> Path:
     """Predict val and test, choose operating points on val, write checkpoint, metrics and report."""
-    from ..evaluation.report import write_report
-
     table, classes = data.table, data.classes
     eval_mask = table["split"].isin(["val", "test"]).to_numpy()
     probs = predict_probs(model, data.cache.images, data.rows[eval_mask], device, cfg.eval_batch_size, amp,
@@ -214,6 +245,7 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
     # temperature (optional) and operating points fitted on validation only; val and test metrics with CIs
     preds, metrics, points, temperature = evaluate_fit_predictions(preds, classes, pos, cfg)
     threshold = points.get("default")
+    metrics["threshold"] = threshold  # the default operating point, read by experiment comparisons
     preds.to_csv(run_dir / "predictions.csv", index=False)
     metrics["split_counts"] = {s: int(n) for s, n in table["split"].value_counts().items()}
     metrics["skipped_files"] = int(len(data.skipped))
@@ -234,12 +266,13 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
         "data_dir": str(data.data_dir),
         "split_fingerprint": data.fingerprint,
         "split_counts": metrics["split_counts"],
+        "task": cfg.task,
+        "init_from": init_from,
         "best_epoch": best_epoch,
         "epochs_run": len(history),
         "created": datetime.now().isoformat(timespec="seconds"),
     }
-    save_checkpoint(run_dir, model, sidecar)
-    write_report(run_dir)
+    save_checkpoint(run_dir, model, sidecar)  # report and model card: finalize_run, after the audit
     summary = metrics.get("covid_vs_rest")
     if summary:
         log(f"test ({metrics['n_test']} images) {pos}-vs-rest: ROC AUC {summary['roc_auc']:.4f}, sensitivity "

@@ -1,0 +1,118 @@
+"""Ensembles average member probabilities and are loaded and used like one model."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from covidscreen.errors import CheckpointError, ModelError
+from covidscreen.inference.checkpoint import load_checkpoint, read_sidecar, save_checkpoint
+from covidscreen.inference.ensemble import EnsembleModel, build_ensemble, write_manifest
+from covidscreen.inference.predictor import Predictor
+
+CLASSES = ["covid", "normal", "pneumonia"]
+
+
+def _member(tmp_path, name, seed, fingerprint="fp", classes=CLASSES, size=32, with_predictions=True):
+    from covidscreen.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model("mobilenet_v2_035", pretrained=False, num_classes=len(classes))
+    with torch.no_grad():
+        model.backbone.classifier[1].weight.normal_(0, 1.0)  # members that disagree visibly
+    run = tmp_path / name
+    save_checkpoint(run, model, {"classes": classes, "positive_class": "covid", "image_size": size,
+                                 "operating_points": {"default": 0.2 + 0.1 * seed}, "threshold": 0.2 + 0.1 * seed,
+                                 "data_dir": str(tmp_path), "split_fingerprint": fingerprint, "seed": seed})
+    if with_predictions:
+        rng = np.random.default_rng(seed)
+        n = 40
+        probs = rng.dirichlet(np.ones(len(classes)), n)
+        preds = pd.DataFrame({"image": [f"i{i}.png" for i in range(n)],
+                              "label": [classes[i % len(classes)] for i in range(n)],
+                              "split": ["val"] * 20 + ["test"] * 20, "site": "s", "view": "PA",
+                              "group": [f"p{i}" for i in range(n)]})
+        for i, c in enumerate(classes):
+            preds[f"prob_{c}"] = probs[:, i]
+        preds.to_csv(run / "predictions.csv", index=False)
+        preds[["image", "label", "split", "site", "view", "group"]].to_csv(run / "split.csv", index=False)
+    return run, model
+
+
+def test_ensemble_model_averages_member_softmax():
+    torch.manual_seed(0)
+    members = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)) for _ in range(3)]
+    ens = EnsembleModel(members)
+    x = torch.randn(5, 1, 2, 2)
+    expected = torch.stack([torch.softmax(m(x), 1) for m in members]).mean(0)
+    assert torch.allclose(torch.softmax(ens(x), 1), expected, atol=1e-6)
+    assert torch.allclose(ens(x).exp().sum(1), torch.ones(5), atol=1e-6)
+    with pytest.raises(ModelError, match="Grad-CAM"):
+        _ = ens.gradcam_layer
+
+
+def test_ensemble_folder_loads_like_one_model(tmp_path):
+    (a, ma), (b, mb) = _member(tmp_path, "a", 0), _member(tmp_path, "b", 1)
+    ens_dir = build_ensemble([a, b], tmp_path / "ens")
+    model, meta = load_checkpoint(ens_dir)
+    assert isinstance(model, EnsembleModel) and meta["architecture"] == "ensemble"
+    assert read_sidecar(ens_dir)["classes"] == CLASSES
+    images = np.random.default_rng(0).integers(0, 255, (4, 32, 32), dtype=np.uint8)
+    pred = Predictor(ens_dir, device="cpu")
+    got = pred.predict_arrays(images)
+    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    with torch.no_grad():
+        want = (torch.softmax(ma.eval()(x), 1) + torch.softmax(mb.eval()(x), 1)) / 2
+    assert np.allclose(got, want.numpy(), atol=1e-5)
+    assert pred.threshold == meta["threshold"]
+
+
+def test_ensemble_threshold_and_metrics_come_from_averaged_validation(tmp_path):
+    (a, _), (b, _) = _member(tmp_path, "a", 0), _member(tmp_path, "b", 1)
+    ens_dir = build_ensemble([a, b], tmp_path / "ens")
+    pa, pb = pd.read_csv(a / "predictions.csv"), pd.read_csv(b / "predictions.csv")
+    pe = pd.read_csv(ens_dir / "predictions.csv")
+    assert np.allclose(pe["prob_covid"], (pa["prob_covid"] + pb["prob_covid"]) / 2)
+    metrics = json.loads((ens_dir / "metrics.json").read_text())
+    from covidscreen.evaluation.thresholds import youden_threshold
+
+    val = pe[pe["split"] == "val"]
+    assert metrics["threshold"] == pytest.approx(youden_threshold(val["label"] == "covid", val["prob_covid"]))
+    assert metrics["n_test"] == 20 and "covid_vs_rest" in metrics
+    assert (ens_dir / "split.csv").is_file() and (ens_dir / "report.html").is_file()
+    manifest = json.loads((ens_dir / "ensemble.json").read_text())
+    assert manifest["common_split"] and manifest["threshold"] == metrics["threshold"]
+
+
+def test_members_with_different_splits_get_the_mean_threshold_and_no_internal_test(tmp_path):
+    (a, _), (b, _) = _member(tmp_path, "a", 0, "fp0"), _member(tmp_path, "b", 1, "fp1")
+    ens_dir = build_ensemble([a, b], tmp_path / "ens")
+    meta = read_sidecar(ens_dir)
+    assert not meta["common_split"] and meta["threshold"] == pytest.approx(0.25)
+    assert "members' own validation thresholds" in meta["threshold_source"]
+    assert not (ens_dir / "metrics.json").exists() and not (ens_dir / "split.csv").exists()
+
+
+def test_bad_members_are_refused(tmp_path):
+    a, _ = _member(tmp_path, "a", 0)
+    b, _ = _member(tmp_path, "b", 1, classes=["covid", "non_covid"])
+    c, _ = _member(tmp_path, "c", 2, size=64)
+    with pytest.raises(CheckpointError, match="classes"):
+        build_ensemble([a, b], tmp_path / "e1")
+    with pytest.raises(CheckpointError, match="image_size"):
+        build_ensemble([a, c], tmp_path / "e2")
+    with pytest.raises(CheckpointError, match="at least two"):
+        build_ensemble([a], tmp_path / "e3")
+    with pytest.raises(CheckpointError, match="twice"):
+        build_ensemble([a, a], tmp_path / "e4")
+
+
+def test_retrained_member_is_detected(tmp_path):
+    (a, _), (b, _) = _member(tmp_path, "a", 0), _member(tmp_path, "b", 1)
+    ens_dir = tmp_path / "ens"
+    write_manifest(ens_dir, [a, b], [read_sidecar(a), read_sidecar(b)], {"default": 0.5}, "test")
+    _member(tmp_path, "b", 5)  # b is overwritten by another model
+    with pytest.raises(CheckpointError, match="other weights"):
+        load_checkpoint(ens_dir)
