@@ -132,9 +132,10 @@ def explain(
     run_dir: Annotated[Path, typer.Argument(help="run folder written by train")],
     inputs: Annotated[list[str], typer.Argument(help="image files (PNG, JPEG, DICOM) or folders")],
     output: Annotated[Path, typer.Option("--output", "-o", help="folder for the PNGs, CSV, JSON, contact sheet")],
-    method: Annotated[str, typer.Option("--method", help="gradcam, gradcam++, scorecam or eigencam")] = "gradcam",
+    method: Annotated[str, typer.Option("--method", help="gradcam, gradcam++, scorecam (one forward pass per "
+                                        "channel: minutes per image on a CPU) or eigencam")] = "gradcam",
     target: Annotated[str | None, typer.Option("--class", help="class to explain (default: most probable)")] = None,
-    checks: Annotated[int, typer.Option("--checks", help="sanity-check the first N images (0: none)")] = 8,
+    checks: Annotated[int, typer.Option("--checks", help="sanity-check the first N images (0: none)")] = 4,
     device: DeviceOpt = "auto",
 ) -> None:
     """Heatmaps (Grad-CAM family) of a trained run on images, with sanity checks and the border-fraction score."""

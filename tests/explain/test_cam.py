@@ -160,3 +160,18 @@ def test_memory_stays_flat_over_50_calls():
     assert rss1 - rss0 < 40, f"RSS grew by {rss1 - rss0:.1f} MB over 50 calls"
     assert py_growth < 2, f"Python allocations grew by {py_growth:.2f} MB over 50 calls"
     assert hook_count(model) == 0
+
+
+def test_chunked_score_cam_equals_the_librarys():
+    from pytorch_grad_cam import ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = make_tiny()
+    images = synthetic_images(2, "corner", 7)
+    with Explainer(model, method="scorecam", image_size=64) as ex:
+        ours, _, _ = ex.maps(images, 1)
+    x = torch.from_numpy(images).float().div(255)[:, None]
+    with ScoreCAM(model=model, target_layers=[model.gradcam_layer]) as cam:
+        theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(1)] * 2)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert hook_count(model) == 0

@@ -59,6 +59,8 @@ def test_randomisation_test_flags_a_map_that_ignores_the_weights(planted_model):
     assert [lv["randomised"] for lv in result["levels"]] == ["the head", "the head and the last stage"]
     assert result["max_mean"] > 0.99
     assert result["passed"] is False
+    per_image = per_image_checks(result, None, 6)
+    assert all(c["randomisation"]["passed"] is False for c in per_image)  # survives every level, image by image
 
 
 def test_randomisation_test_passes_a_trained_model(trained_corner):

@@ -36,22 +36,28 @@ class ExplainError(CovidscreenError):
 
 
 class _QuietScoreCAM(ScoreCAM):
-    """Score-CAM without the library's per-image progress bar (it would clutter every CLI run and test log)."""
+    """Score-CAM, computed channel chunk by channel chunk.
+
+    Same weights as the library's (softmax over channels of the target score of the input masked by each
+    normalised, upsampled activation map), without its progress bar and without materialising all masked inputs
+    at once (1280 x 224 x 224 floats per image for efficientnet_lite0).
+    """
 
     batch_size = 32
 
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):  # noqa: D102
         with torch.no_grad():
             acts = torch.from_numpy(activations).to(self.device)
-            up = nn.functional.interpolate(acts, size=input_tensor.shape[-2:], mode="bilinear", align_corners=True)
-            flat = up.flatten(2)
-            lo, hi = flat.min(-1)[0][..., None, None], flat.max(-1)[0][..., None, None]
-            up = (up - lo) / (hi - lo + 1e-8)
             scores = torch.empty(acts.shape[:2])
             for b, target in enumerate(targets):
-                masked = input_tensor[b, None] * up[b, :, None]  # (channels, C_in, H, W): one masked input per channel
-                for start in range(0, masked.shape[0], self.batch_size):
-                    out = self.model(masked[start:start + self.batch_size])
+                for start in range(0, acts.shape[1], self.batch_size):
+                    chunk = acts[b, start:start + self.batch_size, None]  # (k, 1, h, w)
+                    up = nn.functional.interpolate(chunk, size=input_tensor.shape[-2:], mode="bilinear",
+                                                   align_corners=True)
+                    flat = up.flatten(1)
+                    lo, hi = flat.min(1)[0][:, None, None, None], flat.max(1)[0][:, None, None, None]
+                    masked = input_tensor[b, None] * ((up - lo) / (hi - lo + 1e-8))  # (k, C_in, H, W)
+                    out = self.model(masked)
                     scores[b, start:start + len(out)] = torch.stack([target(o) for o in out]).float().cpu()
             return torch.softmax(scores, dim=-1).numpy()
 
@@ -177,6 +183,8 @@ class Explainer:
         self.image_size = int(image_size or getattr(spec, "input_size", 224))
         self.device = next(self.models[0].parameters()).device
         self.batch_size = 16  # images per forward/backward pass (bounds memory on large batches)
+        # cells of the hooked layer's map (height, width) seen in the last call: the heatmap's true resolution
+        self.map_resolution: tuple[int, int] | None = None
         self._cams: list = []
         self._saved: list[tuple[bool, list[bool]]] = []
 
@@ -236,7 +244,7 @@ class Explainer:
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Ensemble-averaged class probabilities of a ``(B, S, S)`` uint8 batch."""
         x = to_input(_tensor(images), self.device)
-        return np.mean([torch.softmax(m.eval()(x).float(), 1).cpu().numpy() for m in self.models], axis=0)
+        return np.mean([torch.softmax(m(x).float(), 1).cpu().numpy() for m in self.models], axis=0)
 
     def maps(self, images: np.ndarray, targets: Sequence[int | str | None] | int | str | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -252,8 +260,9 @@ class Explainer:
         if not self._cams:
             raise RuntimeError("Explainer.maps() needs an open explainer: use 'with Explainer(...) as ex:'")
         images = np.asarray(images)
-        if images.ndim != 3 or images.dtype != np.uint8:
-            raise ExplainError(f"expected a (batch, size, size) uint8 array, got {images.dtype} {images.shape}")
+        if images.ndim != 3 or images.dtype != np.uint8 or len(images) == 0:
+            raise ExplainError(f"expected a non-empty (batch, size, size) uint8 array, got {images.dtype} "
+                               f"{images.shape}")
         b = len(images)
         if targets is None or isinstance(targets, str | int | np.integer):
             targets = [targets] * b
@@ -287,6 +296,9 @@ class Explainer:
                 try:
                     maps.append(cam(input_tensor=x, targets=wanted))
                     member_probs.append(torch.softmax(cam.outputs.detach().float(), 1).cpu().numpy())
+                    acts = cam.activations_and_grads.activations
+                    if acts:
+                        self.map_resolution = tuple(int(v) for v in acts[0].shape[-2:])
                 finally:
                     # drop activations, gradients and the retained graph now, not at the next call
                     cam.activations_and_grads.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import math
@@ -14,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from .cam import Explanation  # noqa: E402
 from .regions import DEFAULT_MARGIN  # noqa: E402
@@ -60,7 +62,7 @@ def check_lines(checks: dict) -> list[str]:
     lines = []
     rnd = checks.get("randomisation")
     if rnd:
-        verdict = {True: "map depends on the weights", False: "FAILED: map survives re-initialisation",
+        verdict = {True: "changes under re-initialisation", False: "FAILED: map survives every re-initialisation",
                    None: "undefined: empty map"}[rnd["passed"]]
         rhos = ", ".join(_fmt(r) for r in rnd["spearman"])
         lines.append(f"randomisation test: Spearman {rhos} after re-initialising {' / '.join(rnd['randomised'])}"
@@ -70,10 +72,24 @@ def check_lines(checks: dict) -> list[str]:
     return lines
 
 
+def _for_display(e: Explanation, max_side: int) -> Explanation:
+    """A copy with image and map shrunk to at most ``max_side`` pixels (figures show ~400 px; plotting 1024 px
+    images with interpolation is what makes figures slow). Scores are left as computed at full size."""
+    h, w = e.image.shape
+    if max(h, w) <= max_side:
+        return e
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    image = np.asarray(Image.fromarray(e.image).resize(size, Image.Resampling.BILINEAR))
+    heat = np.asarray(Image.fromarray(e.heatmap.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
+    return dataclasses.replace(e, image=image, heatmap=np.clip(heat, 0, 1))
+
+
 def explanation_png(e: Explanation, margin: float | None = DEFAULT_MARGIN, title: str | None = None,
                     dpi: int = 100) -> bytes:
     """The per-image figure: X-ray, heatmap overlay with colour bar and chest box, class probabilities."""
-    h, w = e.image.shape
+    h, w = e.image.shape  # the true size, shown in the title
+    e = _for_display(e, 512)
     lines = [title or (e.source or "image"),
              f"explained class: {e.target_name} | highest probability: {e.predicted} | border fraction "
              f"{_fmt(e.border_fraction)} (uniform map: {_fmt(e.border_area)}; dashed box = central chest region)"]
@@ -115,6 +131,7 @@ def explanation_png(e: Explanation, margin: float | None = DEFAULT_MARGIN, title
 
 def overlay_png(e: Explanation, margin: float | None = DEFAULT_MARGIN, inches: float = 2.3, dpi: int = 72) -> bytes:
     """A small overlay (no text) for grids in HTML pages."""
+    e = _for_display(e, 256)
     h, w = e.image.shape
     fig, ax = plt.subplots(figsize=(inches, inches * h / w))
     _overlay(ax, e, margin)

@@ -83,7 +83,7 @@ def fmt_value(v: float) -> str:
 
 
 def explain_files(run_dir: str | Path, inputs: list[str | Path], output: str | Path, method: str = "gradcam",
-                  target: str | None = None, checks: int = 8, device: str = "auto", margin: float = DEFAULT_MARGIN,
+                  target: str | None = None, checks: int = 4, device: str = "auto", margin: float = DEFAULT_MARGIN,
                   progress: bool = True) -> pd.DataFrame:
     """Explain image files with a trained run and write PNGs, a CSV, a JSON and (several images) a contact sheet.
 

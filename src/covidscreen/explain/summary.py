@@ -89,8 +89,8 @@ def _group_table(df: pd.DataFrame, by: str, pos: str | None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def heatmap_summary(run_dir: str | Path, n: int = 48, output: str | Path | None = None, method: str = "gradcam",
-                    per_outcome: int = 4, worst: int = 6, checks: int = 6, seed: int = 0, device: str = "auto",
+def heatmap_summary(run_dir: str | Path, n: int = 32, output: str | Path | None = None, method: str = "gradcam",
+                    per_outcome: int = 4, worst: int = 6, checks: int = 4, seed: int = 0, device: str = "auto",
                     margin: float = DEFAULT_MARGIN, progress: bool = False) -> str:
     """Explain a sample of a run's test split; write ``explain/`` outputs and return the report's HTML fragment.
 
@@ -143,6 +143,7 @@ def heatmap_summary(run_dir: str | Path, n: int = 48, output: str | Path | None 
     with Explainer(model, method=method, classes=classes, image_size=size) as ex:
         targets = pos if pos else None
         maps, p_now, idx = ex.maps(x, targets)
+        resolution = ex.map_resolution
     df = test.loc[records, ["image", "label", "site", "outcome"]].reset_index(drop=True)
     df["target"] = [classes[t] for t in idx]
     for j, c in enumerate(classes):
@@ -194,6 +195,7 @@ def heatmap_summary(run_dir: str | Path, n: int = 48, output: str | Path | None 
     per_class, per_site, per_out = (_group_table(df, by, pos) for by in ("label", "site", "outcome"))
     sanity = sanity_summary(rnd, road)
     summary = {"method": method, "explained_class": pos or "most probable class", "margin": margin,
+               "image_size": size, "map_resolution": list(resolution) if resolution else None,
                "uniform_map_border_fraction": chance, "n_explained": len(df), "n_test": len(test),
                "mean_border_fraction": _nanmean(df["border_fraction"]),
                "per_class": per_class.to_dict(orient="records"), "per_site": per_site.to_dict(orient="records"),
@@ -216,11 +218,20 @@ def _fragment(title: str, summary: dict, per_class: pd.DataFrame, per_site: pd.D
              f"a band of {summary['margin']:.3g} x each side, where burnt-in text, side markers and collimation "
              f"edges sit. A uniform map scores {chance:.2f}; well above that, the model looks at borders and "
              f"corners rather than the chest. An <b>empty map</b> means no region supports the explained class "
-             f"(expected on images the model is sure do not belong to it). Outputs: {html.escape(str(out))}</p>"]
+             f"(expected on images the model is sure do not belong to it). Map resolution: "
+             f"{' x '.join(map(str, summary['map_resolution'] or ['?']))} cells at {summary['image_size']} px. "
+             f"Outputs: {html.escape(str(out))}</p>"]
     warn = []
+    res = summary.get("map_resolution")
+    if res and min(res) < 4:
+        warn.append(f"At {summary['image_size']} px the Grad-CAM layer has only {res[0]} x {res[1]} cells: the maps "
+                    "are too coarse to tell borders from the chest, so border fractions here are close to a uniform "
+                    "map's by construction. Use a larger image size to audit where the model looks.")
+    if df["border_fraction"].isna().all():
+        warn.append("Every explained map is empty: no region supports the explained class in any sampled image.")
     for table, by in ((per_class, "label"), (per_site, "site")):
         for _, r in table.iterrows():
-            if r["n"] >= 3 and r["mean border fraction"] > chance:
+            if r["n"] - r["empty maps"] >= 3 and r["mean border fraction"] > chance:
                 warn.append(f"Heatmaps of {by} '{r[by]}' put on average {r['mean border fraction']:.2f} of their "
                             f"mass on the border band (uniform map: {chance:.2f}): the model may be reading labels, "
                             "markers or image edges of these images rather than the lungs.")
