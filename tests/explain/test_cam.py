@@ -89,6 +89,22 @@ def test_target_by_name_index_and_default_prediction():
     np.testing.assert_allclose(default.probs.sum(), 1, atol=1e-5)
 
 
+def test_border_fraction_of_an_explanation_uses_the_given_mask():
+    from covidscreen.explain import border_fraction
+
+    model = make_tiny()
+    image = synthetic_images(1, "corner", 8)[0]
+    lungs = np.zeros((32, 32), bool)
+    lungs[8:24, 4:28] = True
+    with Explainer(model, image_size=64) as ex:
+        e = ex.explain(image, target=1, mask=lungs)
+        box = ex.explain(image, target=1)
+    assert e.mask is lungs
+    assert e.border_fraction == border_fraction(e.heatmap, lungs)
+    assert e.border_area == pytest.approx(1 - 16 * 24 / 32**2)
+    assert box.border_area == pytest.approx(1 - 0.75**2) and box.mask is None
+
+
 def test_ensemble_averages_the_members_maps_and_probabilities():
     a, b = make_tiny(seed=1), make_tiny(seed=2)
     image = synthetic_images(1, "centre", 4)[0]

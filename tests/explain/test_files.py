@@ -117,3 +117,16 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tiny_run, tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: class 'pneumonia' is not a class of this model")
+
+
+def test_a_mask_function_replaces_the_central_box(tiny_run, tmp_path):
+    folder = _folder(tmp_path)
+
+    def left_half(image):  # a stand-in for a lung segmentation model
+        mask = np.zeros(image.shape, bool)
+        mask[:, : image.shape[1] // 2] = True
+        return mask
+
+    table = explain_files(tiny_run, [folder], tmp_path / "out", checks=0, mask_fn=left_half, progress=False)
+    np.testing.assert_allclose(table["border_area"], 0.5, atol=0.02)  # outside the mask: the right half
+    assert json.loads((tmp_path / "out" / "explain.json").read_text())["region"] == "chest mask"

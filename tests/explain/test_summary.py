@@ -91,3 +91,13 @@ def test_unknown_method_is_rejected(tiny_run, bad):
 
     with pytest.raises(ExplainError, match="unknown explanation method"):
         heatmap_summary(tiny_run, method=bad)
+
+
+def test_heatmap_summary_accepts_a_chest_mask(tiny_run):
+    out = tiny_run / "explain-mask"
+    frag = heatmap_summary(tiny_run, n=6, checks=0, worst=1, output=out, mask_fn=lambda img: np.ones(img.shape, bool))
+    table = pd.read_csv(out / "heatmaps.csv")
+    finite = table["border_fraction"].dropna()
+    assert (finite == 0).all() and (table["border_area"] == 0).all()  # the whole image is "chest"
+    assert json.loads((out / "summary.json").read_text())["region"] == "chest mask"
+    assert "outside the chest mask" in frag

@@ -97,6 +97,7 @@ class Explanation:
         border_area: share of the image outside that region, i.e. the border fraction of a uniform map.
         source: file the image came from, if any.
         checks: sanity-check results of this image, when they were run (see ``sanity.py``).
+        mask: the chest/lung mask that replaced the central box of the border fraction, if one was given.
     """
 
     heatmap: np.ndarray
@@ -110,6 +111,7 @@ class Explanation:
     border_area: float
     source: str | None = None
     checks: dict = field(default_factory=dict)
+    mask: np.ndarray | None = None
 
     @property
     def target_name(self) -> str:
@@ -336,7 +338,7 @@ class Explainer:
         return Explanation(
             heatmap=heat, input_heatmap=maps[0], image=original, probs=probs[0], target=int(idx[0]),
             classes=self.classes, method=self.method, border_fraction=border_fraction(heat, mask, margin),
-            border_area=border_area(heat.shape, mask, margin), source=source,
+            border_area=border_area(heat.shape, mask, margin), source=source, mask=mask,
         )
 
 

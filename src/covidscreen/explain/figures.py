@@ -45,8 +45,12 @@ def _overlay(ax, e: Explanation, margin: float | None):
     rgba[..., 3] = ALPHA * np.clip(e.heatmap / 0.2, 0, 1)
     ax.imshow(rgba, interpolation="bilinear")
     im = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, 1), cmap=CMAP)
-    if margin is not None:
-        h, w = e.image.shape
+    h, w = e.image.shape
+    if e.mask is not None:
+        region = np.asarray(Image.fromarray(np.asarray(e.mask, bool).astype(np.uint8) * 255).resize(
+            (w, h), Image.Resampling.NEAREST)) > 127
+        ax.contour(region.astype(float), levels=[0.5], colors="white", linestyles="--", linewidths=1)
+    elif margin is not None:
         dy, dx = round(margin * h), round(margin * w)
         ax.add_patch(Rectangle((dx - 0.5, dy - 0.5), w - 2 * dx, h - 2 * dy, fill=False, ls="--", lw=1, ec="white"))
     ax.set_axis_off()
@@ -91,8 +95,10 @@ def explanation_png(e: Explanation, margin: float | None = DEFAULT_MARGIN, title
     h, w = e.image.shape  # the true size, shown in the title
     e = _for_display(e, 512)
     lines = [title or (e.source or "image"),
-             f"explained class: {e.target_name} | highest probability: {e.predicted} | border fraction "
-             f"{_fmt(e.border_fraction)} (uniform map: {_fmt(e.border_area)}; dashed box = central chest region)"]
+             f"explained class: {e.target_name} | highest probability: {e.predicted} | "
+             f"{'outside-mask' if e.mask is not None else 'border'} fraction "
+             f"{_fmt(e.border_fraction)} (uniform map: {_fmt(e.border_area)}; dashed line = "
+             f"{'chest mask' if e.mask is not None else 'central chest region'})"]
     lines += check_lines(e.checks)
     # fixed axes positions (inches -> figure fractions) so that colour bar and bar labels never overlap
     fig_w, panel_w = 11.5, 3.5

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ def fmt_value(v: float) -> str:
 
 def explain_files(run_dir: str | Path, inputs: list[str | Path], output: str | Path, method: str = "gradcam",
                   target: str | None = None, checks: int = 4, device: str = "auto", margin: float = DEFAULT_MARGIN,
-                  progress: bool = True) -> pd.DataFrame:
+                  mask_fn: Callable[[np.ndarray], np.ndarray] | None = None, progress: bool = True) -> pd.DataFrame:
     """Explain image files with a trained run and write PNGs, a CSV, a JSON and (several images) a contact sheet.
 
     Args:
@@ -96,6 +97,8 @@ def explain_files(run_dir: str | Path, inputs: list[str | Path], output: str | P
         checks: run the sanity checks (randomisation test and ROAD) on the first ``checks`` readable images.
         device: ``auto``, ``cpu``, ``cuda``.
         margin: border band of the shortcut indicator (fraction of each side).
+        mask_fn: optional ``mask_fn(image) -> mask``: the chest (or lung) mask of each decoded image, True inside,
+            at any resolution; it replaces the central box of the border fraction (e.g. a lung segmentation model).
 
     Returns:
         The table written to ``explanations.csv``.
@@ -157,11 +160,12 @@ def explain_files(run_dir: str | Path, inputs: list[str | Path], output: str | P
             cards.append({"name": f.name, "error": row["error"]})
             continue
         heat = resize_map(maps.pop(i), image.shape)
+        mask = mask_fn(image) if mask_fn is not None else None
         e = Explanation(heatmap=heat, input_heatmap=np.empty(0), image=image,
                         probs=np.array([row[f"prob_{c}"] for c in classes]), target=classes.index(row["target"]),
-                        classes=classes, method=method, border_fraction=border_fraction(heat, None, margin),
-                        border_area=border_area(heat.shape, None, margin), source=str(f),
-                        checks=per_image.get(i, {}))
+                        classes=classes, method=method, border_fraction=border_fraction(heat, mask, margin),
+                        border_area=border_area(heat.shape, mask, margin), source=str(f),
+                        checks=per_image.get(i, {}), mask=mask)
         (out / name).write_bytes(explanation_png(e, margin, title=f.name))
         row.update({"png": name, "border_fraction": e.border_fraction, "border_area": e.border_area})
         rnd_i = e.checks.get("randomisation", {})
@@ -176,16 +180,18 @@ def explain_files(run_dir: str | Path, inputs: list[str | Path], output: str | P
     table = pd.DataFrame(rows)
     table.to_csv(out / "explanations.csv", index=False)
     summary = {"run": str(Path(run_dir).resolve()), "method": method, "target": target or "most probable class",
-               "classes": classes, "image_size": size, "margin": margin, "n_files": len(files),
+               "classes": classes, "image_size": size, "margin": margin,
+               "region": "chest mask" if mask_fn is not None else "central box", "n_files": len(files),
                "n_unreadable": len(files) - len(ok), "mean_border_fraction": _nanmean(table["border_fraction"]),
                "sanity": sanity_summary(rnd, road)}
     (out / "explain.json").write_text(json.dumps(summary, indent=2))
     several = len(files) > 1 or any(Path(p).is_dir() for p in inputs)
     if several:
+        region = ("the dashed chest mask" if mask_fn is not None else
+                  f"the dashed central box (band of {margin:.3g} x each side, where burnt-in text and markers sit)")
         notes = [f"{METHOD_NAMES[method]} of {Path(run_dir).name} ({len(ok)} of {len(files)} file(s) readable). "
-                 f"Border fraction: share of the heatmap outside the dashed central box (band of {margin:.3g} x each "
-                 "side), where burnt-in text and markers sit; a uniform map scores about "
-                 f"{border_area((100, 100), None, margin):.2f}."] + sanity_notes(summary["sanity"], method)
+                 f"Border fraction: share of the heatmap outside {region}; a uniform map scores the share of the "
+                 "image outside it (shown per image)."] + sanity_notes(summary["sanity"], method)
         (out / "index.html").write_text(contact_sheet_html(cards, f"covidscreen explain: {Path(run_dir).name}",
                                                            notes))
     bad = [r for r in rows if r["error"]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,8 @@ def _group_table(df: pd.DataFrame, by: str, pos: str | None) -> pd.DataFrame:
 
 def heatmap_summary(run_dir: str | Path, n: int = 32, output: str | Path | None = None, method: str = "gradcam",
                     per_outcome: int = 4, worst: int = 6, checks: int = 4, seed: int = 0, device: str = "auto",
-                    margin: float = DEFAULT_MARGIN, progress: bool = False) -> str:
+                    margin: float = DEFAULT_MARGIN, mask_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+                    progress: bool = False) -> str:
     """Explain a sample of a run's test split; write ``explain/`` outputs and return the report's HTML fragment.
 
     Args:
@@ -105,6 +107,8 @@ def heatmap_summary(run_dir: str | Path, n: int = 32, output: str | Path | None 
         seed: seed of the sample and of the checks.
         device: ``auto``, ``cpu`` or ``cuda``.
         margin: border band of the shortcut indicator.
+        mask_fn: optional ``mask_fn(image) -> mask`` (True inside the chest or lungs, any resolution) called with
+            each decoded test image; it replaces the central box of the border fraction.
 
     Returns:
         An HTML fragment (``<h2>`` section with embedded images) for the evaluation report.
@@ -148,9 +152,14 @@ def heatmap_summary(run_dir: str | Path, n: int = 32, output: str | Path | None 
     df["target"] = [classes[t] for t in idx]
     for j, c in enumerate(classes):
         df[f"prob_{c}"] = p_now[:, j]
-    # the box is relative, so the score on the square input map equals that of the map in the image's geometry
-    df["border_fraction"] = [border_fraction(m, None, margin) for m in maps]
-    chance = border_area(maps.shape[1:], None, margin)
+    # The box is relative and a mask is resized with the map, so scores on the square input map equal those of the
+    # map in the image's geometry (the input is a plain stretch of the image).
+    masks: list[np.ndarray | None] = [None] * len(df)
+    if mask_fn is not None:
+        masks = [mask_fn(read_image(root / name)) for name in df["image"]]
+    df["border_fraction"] = [border_fraction(m, k, margin) for m, k in zip(maps, masks, strict=True)]
+    df["border_area"] = [border_area(m.shape, k, margin) for m, k in zip(maps, masks, strict=True)]
+    chance = float(df["border_area"].mean())
 
     # sanity checks on the first images whose map is not empty (an empty map has nothing to check)
     checked = [j for j in range(len(df)) if np.isfinite(df.at[j, "border_fraction"])][:checks]
@@ -177,9 +186,9 @@ def heatmap_summary(run_dir: str | Path, n: int = 32, output: str | Path | None 
             continue
         heat = resize_map(maps[j], image.shape)
         e = Explanation(heatmap=heat, input_heatmap=maps[j], image=image, probs=p_now[j], target=int(idx[j]),
-                        classes=classes, method=method, border_fraction=border_fraction(heat, None, margin),
-                        border_area=border_area(heat.shape, None, margin), source=str(src),
-                        checks=per_image.get(j, {}))
+                        classes=classes, method=method, border_fraction=border_fraction(heat, masks[j], margin),
+                        border_area=border_area(heat.shape, masks[j], margin), source=str(src),
+                        checks=per_image.get(j, {}), mask=masks[j])
         name = f"{j:03d}_{df.at[j, 'outcome']}_{Path(df.at[j, 'image']).stem}.png"
         (out / "examples" / name).write_bytes(explanation_png(e, margin, title=str(df.at[j, "image"])))
         df.loc[j, "png"] = f"examples/{name}"
@@ -195,6 +204,7 @@ def heatmap_summary(run_dir: str | Path, n: int = 32, output: str | Path | None 
     per_class, per_site, per_out = (_group_table(df, by, pos) for by in ("label", "site", "outcome"))
     sanity = sanity_summary(rnd, road)
     summary = {"method": method, "explained_class": pos or "most probable class", "margin": margin,
+               "region": "chest mask" if mask_fn is not None else "central box",
                "image_size": size, "map_resolution": list(resolution) if resolution else None,
                "uniform_map_border_fraction": chance, "n_explained": len(df), "n_test": len(test),
                "mean_border_fraction": _nanmean(df["border_fraction"]),
@@ -212,13 +222,15 @@ def _fragment(title: str, summary: dict, per_class: pd.DataFrame, per_site: pd.D
     chance = summary["uniform_map_border_fraction"]
     fmt = {"float_format": lambda v: f"{v:.3f}", "index": False, "na_rep": "-"}
     target = f"class '{pos}'" if pos else "each image's most probable class"
+    region = ("the chest mask" if summary["region"] == "chest mask" else
+              f"the central box that leaves a band of {summary['margin']:.3g} x each side, where burnt-in text, side "
+              "markers and collimation edges sit")
     parts = [title, f"<p class='small'>{summary['n_explained']} of {summary['n_test']} test images explained for "
              f"{html.escape(target)} (up to a few of each outcome, then spread over labels and sites; so errors are "
-             f"over-represented). <b>Border fraction</b>: share of the heatmap outside the central box that leaves "
-             f"a band of {summary['margin']:.3g} x each side, where burnt-in text, side markers and collimation "
-             f"edges sit. A uniform map scores {chance:.2f}; well above that, the model looks at borders and "
-             f"corners rather than the chest. An <b>empty map</b> means no region supports the explained class "
-             f"(expected on images the model is sure do not belong to it). Map resolution: "
+             f"over-represented). <b>Border fraction</b>: share of the heatmap outside {region}. A uniform map "
+             f"scores {chance:.2f}; well above that, the model looks at borders and corners rather than the chest. "
+             "An <b>empty map</b> means no region supports the explained class (expected on images the model is "
+             "sure do not belong to it). Map resolution: "
              f"{' x '.join(map(str, summary['map_resolution'] or ['?']))} cells at {summary['image_size']} px. "
              f"Outputs: {html.escape(str(out))}</p>"]
     warn = []
