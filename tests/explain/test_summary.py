@@ -101,3 +101,18 @@ def test_heatmap_summary_accepts_a_chest_mask(tiny_run):
     assert (finite == 0).all() and (table["border_area"] == 0).all()  # the whole image is "chest"
     assert json.loads((out / "summary.json").read_text())["region"] == "chest mask"
     assert "outside the chest mask" in frag
+
+
+def test_heatmap_provider_gives_maps_in_each_images_geometry(tiny_run, tmp_path):
+    from PIL import Image
+
+    from covidscreen.explain.summary import heatmap_provider
+
+    from .conftest import synthetic_images
+
+    path = tmp_path / "wide.png"
+    Image.fromarray(synthetic_images(1, "corner", 3)[0]).resize((90, 50)).save(path)
+    fn = heatmap_provider(tiny_run)
+    heat = fn(path)
+    assert heat.shape == (50, 90) and np.isfinite(heat).all() and heat.min() >= 0 and heat.max() <= 1
+    np.testing.assert_array_equal(heat, fn(path))  # deterministic, nothing left over between calls

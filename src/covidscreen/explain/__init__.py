@@ -6,7 +6,8 @@
 - ``sanity.py``: the model-randomisation test (Adebayo et al. 2018) and a ROAD faithfulness score.
 - ``figures.py``: the per-image PNG (X-ray, overlay with colour bar, probabilities) and the HTML contact sheet.
 - ``files.py``: ``covidscreen explain`` on files and folders.
-- ``summary.py``: the heatmap audit of a run's test split for the evaluation report (:func:`heatmap_summary`).
+- ``summary.py``: the heatmap audit of a run's test split for the evaluation report (:func:`heatmap_summary`), and
+  :func:`heatmap_provider`, a ``heatmap_fn(path)`` of a run for report thumbnails.
 """
 
 from .cam import CLASS_AGNOSTIC, METHODS, Explainer, ExplainError, Explanation, explain, resize_map

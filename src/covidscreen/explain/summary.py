@@ -24,7 +24,7 @@ from ..errors import CheckpointError, ImageDecodeError
 from ..evaluation.metrics import predict_labels
 from ..inference.checkpoint import load_checkpoint
 from ..training.runtime import resolve_device
-from .cam import Explainer, Explanation, check_method, resize_map
+from .cam import Explainer, Explanation, check_method, explain, resize_map
 from .figures import METHOD_NAMES, check_lines, explanation_png, img_tag, overlay_png
 from .files import fmt_value, sanity_notes, sanity_summary
 from .regions import DEFAULT_MARGIN, border_area, border_fraction
@@ -88,6 +88,25 @@ def _group_table(df: pd.DataFrame, by: str, pos: str | None) -> pd.DataFrame:
             row[f"mean p({pos})"] = float(g[f"prob_{pos}"].mean())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def heatmap_provider(run_dir: str | Path, method: str = "gradcam", target: str | None = None,
+                     device: str = "auto") -> Callable[[Path], np.ndarray]:
+    """A ``heatmap_fn(path) -> (H, W) map in [0, 1]`` of a run, e.g. for the report's example thumbnails.
+
+    The model is loaded once; every call registers and releases its own hooks (nothing stays hooked between
+    calls). ``target`` defaults to the run's positive class, else each image's most probable class.
+    """
+    check_method(method)
+    model, meta = load_checkpoint(run_dir, resolve_device(device))
+    classes, size = list(meta["classes"]), int(meta["image_size"])
+    if target is None and meta.get("positive_class") in classes:
+        target = meta["positive_class"]
+
+    def heatmap_fn(path: Path) -> np.ndarray:
+        return explain(model, path, target=target, method=method, classes=classes, image_size=size)
+
+    return heatmap_fn
 
 
 def heatmap_summary(run_dir: str | Path, n: int = 32, output: str | Path | None = None, method: str = "gradcam",
