@@ -248,6 +248,27 @@ def experiment(
 # --- end ensembles and experiments ---
 
 
+# --- explain (issue 5) ---
+@app.command()
+def explain(
+    run_dir: Annotated[Path, typer.Argument(help="run folder written by train")],
+    inputs: Annotated[list[str], typer.Argument(help="image files (PNG, JPEG, DICOM) or folders")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for the PNGs, CSV, JSON, contact sheet")],
+    method: Annotated[str, typer.Option("--method", help="gradcam, gradcam++, scorecam (one forward pass per "
+                                        "channel: minutes per image on a CPU) or eigencam")] = "gradcam",
+    target: Annotated[str | None, typer.Option("--class", help="class to explain (default: most probable)")] = None,
+    checks: Annotated[int, typer.Option("--checks", help="sanity-check the first N images (0: none)")] = 4,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Heatmaps (Grad-CAM family) of a trained run on images, with sanity checks and the border-fraction score."""
+    from .explain.files import explain_files
+
+    table = explain_files(run_dir, inputs, output, method=method, target=target, checks=checks, device=device)
+    sheet = output / "index.html"
+    typer.echo(f"{len(table)} image(s) explained: {sheet if sheet.is_file() else output / table['png'].iloc[0]}")
+# --- end explain ---
+
+
 @app.command("models")
 def list_models_cmd() -> None:
     """List the registry's models with their pretrained-weight sources."""

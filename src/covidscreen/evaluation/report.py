@@ -372,6 +372,15 @@ def write_report(run_dir: str | Path, metrics_file: str = "metrics.json", predic
         if len(h):
             parts.append("<h2>Training history</h2>" + img(plots.history_plot(h), "history")
                          + h.to_html(index=False, float_format=lambda v: f"{v:.4f}"))
+    # --- explanations (covidscreen.explain, issue 5): Grad-CAM audit of the test split when there is a checkpoint ---
+    if (run_dir / "model.safetensors").is_file():
+        try:
+            from ..explain.summary import heatmap_summary
+
+            parts.append(heatmap_summary(run_dir))
+        except Exception as exc:  # the report must render even when the explanations fail
+            parts.append(f"<h2>Explanations</h2><div class='warn'>Grad-CAM audit failed: {esc(str(exc))}</div>")
+    # --- end explanations ---
     out = run_dir / out_name
     out.write_text(page("covidscreen report", parts))
     return out
