@@ -43,7 +43,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, output: st
         name = "external"
     if table.empty:
         raise DataError("nothing to evaluate: the chosen split holds no images")
-    cache = ImageCache(table["path"].tolist(), predictor.size, progress=progress)
+    cache = ImageCache(table["path"].tolist(), predictor.size, progress=progress, preprocess=predictor.preprocess,
+                       segmenter=predictor.segmenter)  # issue 6: the run's own preprocessing
     table = table[cache.ok].reset_index(drop=True)
     rows = cache.rows(table["path"].tolist())
     probs = np.concatenate([predictor.predict_arrays(cache.images[rows[i:i + batch_size]])

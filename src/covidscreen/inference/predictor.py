@@ -12,7 +12,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..data.decode import IMAGE_SUFFIXES, load_resized
+from ..data.decode import IMAGE_SUFFIXES
+from ..data.preprocess import PreprocessConfig, load_preprocessed, load_segmenter_for  # issue 6
 from ..errors import DataError, ImageDecodeError
 from ..evaluation.metrics import predict_labels
 from ..training.runtime import amp_dtype, autocast, resolve_device, to_input
@@ -53,6 +54,9 @@ class Predictor:
             raise DataError(f"operating point {operating_point!r} is not in this run; available: "
                             f"{', '.join(points) or 'none'}")
         self.threshold = points.get(operating_point, self.meta.get("threshold"))
+        # issue 6: the run's preprocessing (lung ROI, intensity, border crop), applied exactly as in training
+        self.preprocess = PreprocessConfig.from_dict(self.meta.get("preprocessing"))
+        self.segmenter = load_segmenter_for(self.preprocess, base_dir=run_dir)
 
     @torch.inference_mode()
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
@@ -82,7 +86,7 @@ class Predictor:
         for f in tqdm(files, desc="predict", unit="img", disable=not progress):
             rows.append({"path": str(f), **{f"prob_{c}": np.nan for c in self.classes}, "prediction": "", "error": ""})
             try:
-                batch.append((len(rows) - 1, load_resized(f, self.size)))
+                batch.append((len(rows) - 1, load_preprocessed(f, self.size, self.preprocess, self.segmenter)))
             except ImageDecodeError as exc:
                 rows[-1]["error"] = str(exc)
             if len(batch) >= batch_size:
