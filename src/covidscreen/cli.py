@@ -161,6 +161,25 @@ def segment_train(
                         batch_size=batch_size, lr=lr, max_minutes=max_minutes, seed=seed, device=device)
     out = train_segmenter(cfg)
     typer.echo(f"segmentation checkpoint: {out}")
+
+
+@app.command()
+def calibrate(
+    run_dir: Annotated[Path, typer.Argument(help="run folder written by train")],
+    data: Annotated[str, typer.Option("--data", help="labelled local sample (metadata.csv or <label>/ folders)")],
+    target_specificity: Annotated[float, typer.Option("--target-specificity", help="wanted local specificity")] = 0.9,
+    name: Annotated[str, typer.Option("--name", help="name of the operating point to store")] = "local",
+    temperature: Annotated[bool, typer.Option("--temperature", help="also fit a temperature (needs positives)")]
+    = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Fit the operating threshold on a small labelled sample of your own site and store it in the run."""
+    from .inference.calibration import calibrate_run, describe_calibration
+
+    record = calibrate_run(run_dir, data, target_specificity=target_specificity, name=name, temperature=temperature,
+                           device=device)
+    for line in describe_calibration(record, name):
+        typer.echo(line)
 # --- issue 6 (end) ---
 
 

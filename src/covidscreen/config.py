@@ -49,6 +49,19 @@ class TrainConfig:
     eval_batch_size: int = 64
     cache_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored with the run
+    # --- issue 6: generalisation to unseen sites (begin); mechanisms in data/preprocess.py, training/generalisation.py
+    roi: str = "none"  # none | lungs-crop | lungs-mask | lungs-crop-mask (needs segmentation_model)
+    roi_margin: float = 0.1  # margin around the lung box, as a fraction of its size
+    intensity: str = "none"  # none | clahe | histeq | standardize
+    border_crop: float = 0.0  # fraction of height/width cut from every side
+    segmentation_model: str | None = None  # folder written by `covidscreen segment train`
+    select_on: str = "auc"  # epoch selection: auc (pooled) | within_site_auc (sites with both classes)
+    site_balanced: bool = False  # sample each label's sites equally (and the labels equally)
+    adversarial_weight: float = 0.0  # > 0: site classifier behind a gradient-reversal layer (Ganin & Lempitsky)
+    adversarial_conditional: bool = True  # the site head also sees the label: remove site beyond the label only
+    keep_mixed_sites: bool = False  # with max_per_class: keep every image of sites that hold both classes
+    site_probe: bool = False  # measure how well a linear probe predicts site from the features (val+test)
+    # --- issue 6 (end) ---
 
     def validate(self) -> TrainConfig:
         checks = [
@@ -66,9 +79,17 @@ class TrainConfig:
             ("split", len(self.split) == 3 and abs(sum(self.split) - 1) < 1e-6 and min(self.split) >= 0
              and self.split[1] > 0, "three fractions train,val,test summing to 1 with val > 0"),
         ]
+        checks += [  # issue 6
+            ("select_on", self.select_on in ("auc", "within_site_auc"), "auc or within_site_auc"),
+            ("adversarial_weight", self.adversarial_weight >= 0, "non-negative"),
+        ]
         for key, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"config key '{key}' = {getattr(self, key)!r} is invalid: expected {expected}")
+        from .data.preprocess import PreprocessConfig  # issue 6: roi/intensity/border_crop checks live there
+
+        PreprocessConfig(roi=self.roi, intensity=self.intensity, border_crop=self.border_crop,
+                         roi_margin=self.roi_margin, segmentation_model=self.segmentation_model).validate()
         return self
 
 

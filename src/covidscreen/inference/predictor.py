@@ -57,6 +57,9 @@ class Predictor:
         # issue 6: the run's preprocessing (lung ROI, intensity, border crop), applied exactly as in training
         self.preprocess = PreprocessConfig.from_dict(self.meta.get("preprocessing"))
         self.segmenter = load_segmenter_for(self.preprocess, base_dir=run_dir)
+        # issue 6: a locally calibrated operating point may come with a temperature for the probabilities
+        local = (self.meta.get("local_calibration") or {}).get(operating_point) or {}
+        self.temperature = float(local.get("temperature") or 1.0)
 
     @torch.inference_mode()
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
@@ -64,7 +67,7 @@ class Predictor:
         x = to_input(torch.from_numpy(np.ascontiguousarray(images)), self.device)
         with autocast(self.device, self.amp):
             logits = self.model(x)
-        return torch.softmax(logits.float(), 1).cpu().numpy().astype(np.float64)
+        return torch.softmax(logits.float() / self.temperature, 1).cpu().numpy().astype(np.float64)  # issue 6: T
 
     def decide(self, probs: np.ndarray) -> list[str]:
         return [self.classes[i] for i in predict_labels(probs, self.positive_index, self.threshold)]

@@ -32,6 +32,17 @@ from ..evaluation.thresholds import operating_points
 from ..inference.checkpoint import save_checkpoint
 from ..models import create_model
 from .finetune import set_trainable_stages
+from .generalisation import (  # issue 6: generalisation hooks
+    add_within_site,
+    attach_preprocessing,
+    build_adversary,
+    load_run_segmenter,
+    probe_sites,
+    run_preprocess,
+    selection_score,
+    site_balanced_rows,
+    subsample_keep_mixed_sites,
+)
 from .loop import cosine_with_warmup, predict_probs, train_one_epoch
 from .losses import build_loss, inverse_frequency_weights
 from .runtime import amp_dtype, resolve_device, seed_everything
@@ -48,6 +59,7 @@ class PreparedData:
     skipped: pd.DataFrame  # files that could not be decoded: path, error
     fingerprint: str
     data_dir: Path
+    preprocess: Any = None  # issue 6: the run's PreprocessConfig
 
 
 def log(msg: str) -> None:
@@ -67,8 +79,11 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
     if table.attrs.get("missing"):
         log(f"warning: {table.attrs['missing']} image(s) listed in metadata.csv do not exist and were skipped")
     if cfg.max_per_class:
-        table = subsample_per_class(table, cfg.max_per_class, cfg.seed)
-    cache = ImageCache(table["path"].tolist(), cfg.image_size, cfg.cache_dir, progress=progress)
+        table = (subsample_keep_mixed_sites(table, cfg.max_per_class, cfg.positive_class, cfg.seed)  # issue 6
+                 if cfg.keep_mixed_sites else subsample_per_class(table, cfg.max_per_class, cfg.seed))
+    pp = run_preprocess(cfg)  # issue 6: lung ROI / intensity / border crop, part of the cache key
+    cache = ImageCache(table["path"].tolist(), cfg.image_size, cfg.cache_dir, progress=progress, preprocess=pp,
+                       segmenter=load_run_segmenter(pp))
     ok = cache.ok
     skipped = pd.DataFrame({"path": table["path"][~ok], "error": [cache.errors[p] for p in table["path"][~ok]]})
     if len(skipped):
@@ -89,6 +104,7 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
         skipped=skipped,
         fingerprint=split_fingerprint(table, table["split"]),
         data_dir=Path(data_dir).resolve(),
+        preprocess=pp,
     )
 
 
@@ -136,7 +152,10 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     is_val = (table["split"] == "val").to_numpy()
     y_all = table["y"].to_numpy()
     train_idx = np.flatnonzero(is_train)
-    weights = inverse_frequency_weights(y_all[train_idx], len(classes)) if cfg.class_weights else None
+    # issue 6: site-balanced sampling already balances the labels, so the loss is not re-weighted on top
+    weights = (inverse_frequency_weights(y_all[train_idx], len(classes))
+               if cfg.class_weights and not cfg.site_balanced else None)
+    adversary = build_adversary(cfg, model, table, train_idx, len(classes), device)  # issue 6: None unless weight > 0
     loss_fn = build_loss(weights.to(device) if weights is not None else None)
     eval_loss = build_loss(weights.to(device) if weights is not None else None)
 
@@ -144,6 +163,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     total_steps = max(1, per_epoch * cfg.epochs)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
+    if adversary is not None:  # issue 6
+        optimizer.add_param_group({"params": list(adversary[0].parameters())})
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(total_steps, int(cfg.warmup_fraction * total_steps)))
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
@@ -155,10 +176,24 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     history = []
     for epoch in range(1, cfg.epochs + 1):
         te = time.time()
-        order = _epoch_rows(train_idx, cfg.samples_per_epoch, rng)
-        train_loss = train_one_epoch(
-            model, images, data.rows[order], y_all[order], loss_fn, optimizer, scheduler, device, cfg.batch_size,
-            generator, augment, amp, scaler, desc=f"epoch {epoch}/{cfg.epochs}", progress=progress)
+        # --- issue 6: site-balanced sampling, domain-adversarial epoch (begin) ---
+        order = (site_balanced_rows(train_idx, y_all, table["site"].to_numpy(), cfg.samples_per_epoch, rng)
+                 if cfg.site_balanced else _epoch_rows(train_idx, cfg.samples_per_epoch, rng))
+        adv_stats: dict[str, float] = {}
+        if adversary is not None:
+            from .adversarial import train_one_epoch_adversarial
+
+            adv_stats = train_one_epoch_adversarial(
+                model, adversary[0], images, data.rows[order], y_all[order], adversary[1][order], loss_fn, optimizer,
+                scheduler, device, cfg.batch_size, generator, cfg.adversarial_weight, (epoch - 1) / cfg.epochs,
+                epoch / cfg.epochs, augment, amp, scaler, desc=f"epoch {epoch}/{cfg.epochs}", progress=progress)
+            train_loss = adv_stats.pop("loss")
+            log(f"  site adversary: loss {adv_stats['site_loss']:.4f}, site accuracy {adv_stats['site_accuracy']:.3f}")
+        else:
+            train_loss = train_one_epoch(
+                model, images, data.rows[order], y_all[order], loss_fn, optimizer, scheduler, device, cfg.batch_size,
+                generator, augment, amp, scaler, desc=f"epoch {epoch}/{cfg.epochs}", progress=progress)
+        # --- issue 6 (end) ---
         val_probs = predict_probs(model, images, val_rows, device, cfg.eval_batch_size, amp, desc="validate",
                                   progress=progress)
         y_val = y_all[is_val]
@@ -167,17 +202,21 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
                                        torch.from_numpy(y_val).to(device)).item()) if len(y_val) else float("nan")
         val_auc = headline_auc(y_val, val_probs, classes, cfg.positive_class)
         val_acc = float(np.mean(val_probs.argmax(1) == y_val))
+        # issue 6: the selection score is the pooled AUC, or the within-site AUC with select_on: within_site_auc
+        val_sel, val_within = selection_score(cfg, val_auc, y_val, val_probs, table["site"].to_numpy()[is_val],
+                                              classes)
         secs = time.time() - te
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,
                         "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": secs,
-                        "train_images": len(order)})
-        improved = np.isfinite(val_auc) and val_auc > best_auc + 1e-6 or best_state is None
+                        "train_images": len(order), "val_within_site_auc": val_within, **adv_stats})
+        improved = np.isfinite(val_sel) and val_sel > best_auc + 1e-6 or best_state is None
         log(f"epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f} | val loss {val_loss:.4f} | val AUC "
-            f"{val_auc:.4f} | val acc {val_acc:.4f} | {len(order) / secs:.1f} img/s incl. validation | "
+            f"{val_auc:.4f} (within-site {val_within:.4f}) | val acc {val_acc:.4f} | {len(order) / secs:.1f} img/s "
+            "incl. validation | "
             f"{secs:.0f}s{' *best*' if improved else ''}")
         pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
         if improved:
-            best_auc = val_auc if np.isfinite(val_auc) else best_auc
+            best_auc = val_sel if np.isfinite(val_sel) else best_auc
             best_state, best_epoch, stale = copy.deepcopy(model.state_dict()), epoch, 0
         else:
             stale += 1
@@ -220,6 +259,17 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
     metrics["n_test"] = int(test["n"]) if test else 0
     if test and "covid_vs_rest" in test:
         metrics["covid_vs_rest"] = test["covid_vs_rest"]
+    # --- issue 6: within-site metrics next to the pooled ones; the site probe (begin) ---
+    add_within_site(metrics, preds, classes, pos, threshold, cfg.seed, log)
+    if cfg.site_probe:
+        metrics["site_probe"] = probe_sites(model, data.cache.images, data.rows[eval_mask],
+                                            table.loc[eval_mask].reset_index(drop=True), device,
+                                            cfg.eval_batch_size, amp, cfg.seed)
+        probe = metrics["site_probe"]
+        log(f"site probe (val+test features, within label): balanced accuracy {probe['mean_balanced_accuracy']:.3f} "
+            f"(chance {probe['mean_chance']:.3f})")
+    metrics["select_on"] = cfg.select_on
+    # --- issue 6 (end) ---
     metrics["split_counts"] = {s: int(n) for s, n in table["split"].value_counts().items()}
     metrics["skipped_files"] = int(len(data.skipped))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
@@ -241,6 +291,7 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
         "epochs_run": len(history),
         "created": datetime.now().isoformat(timespec="seconds"),
     }
+    attach_preprocessing(run_dir, data.preprocess, sidecar)  # issue 6: predict applies the same preprocessing
     save_checkpoint(run_dir, model, sidecar)
     write_report(run_dir)
     summary = metrics.get("covid_vs_rest")
