@@ -101,3 +101,8 @@ def test_fit_with_every_option_and_predict_reproduces_the_run(tmp_path, monkeypa
     data = Path(meta["data_dir"])
     out = Predictor(run, device="cpu").predict_files([str(data / p) for p in test["image"]], progress=False)
     np.testing.assert_allclose(out["prob_covid"].to_numpy(), test["prob_covid"].to_numpy(), atol=1e-5)
+    from covidscreen.evaluation.evaluate import evaluate_run
+
+    ev = json.loads((evaluate_run(run, device="cpu", progress=False) / "metrics.json").read_text())
+    assert ev["test"]["within_site"]["sites"]["cohen"]["roc_auc"] == pytest.approx(
+        metrics["test"]["within_site"]["sites"]["cohen"]["roc_auc"], abs=1e-6)

@@ -14,6 +14,7 @@ from ..errors import DataError
 from ..inference.predictor import Predictor
 from .metrics import classification_metrics
 from .report import write_report
+from .within_site import mixed_sites, within_site_metrics  # issue 6
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None, output: str | Path | None = None,
@@ -64,6 +65,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, output: st
                "skipped_files": int((~cache.ok).sum()), "data": str(data) if data else predictor.meta["data_dir"]}
     if "covid_vs_rest" in m:
         metrics["covid_vs_rest"] = m["covid_vs_rest"]
+    # issue 6: within-site metrics for every site of these data that holds both classes
+    if pos in classes and mixed_sites(preds, pos):
+        m["within_site"] = within_site_metrics(preds, classes, pos, predictor.threshold)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     table.assign(split=name)[["image", "label", "site", "split"]].to_csv(out / "split.csv", index=False)
     write_report(out, split_name=name, title=f"covidscreen evaluation ({name}) of {run_dir.name}")

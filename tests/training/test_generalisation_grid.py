@@ -1,0 +1,35 @@
+"""The generalisation grid file expands into valid, distinct training configurations."""
+
+from pathlib import Path
+
+import pytest
+
+from covidscreen.errors import ConfigError
+from covidscreen.training.generalisation_grid import expand_grid
+
+GRID = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "generalisation.yaml"
+
+
+def test_shipped_grid_expands_to_the_variants():
+    output, runs = expand_grid(GRID)
+    names = [n for n, _ in runs]
+    assert names[0] == "baseline" and {"lung_crop", "lung_mask", "clahe", "site_balanced", "adversarial"} <= set(names)
+    cfgs = dict(runs)
+    assert cfgs["baseline"].roi == "none" and cfgs["lung_mask"].roi == "lungs-mask"
+    assert cfgs["adversarial"].adversarial_weight > 0 and cfgs["site_balanced"].site_balanced
+    assert all(c.keep_mixed_sites and c.image_size == cfgs["baseline"].image_size for c in cfgs.values())
+    assert len({c.output for c in cfgs.values()}) == len(runs)
+    assert all(Path(c.output).parent == output / "runs" for c in cfgs.values())
+
+
+def test_list_axes_multiply_and_bad_axes_are_refused(tmp_path):
+    f = tmp_path / "g.yaml"
+    f.write_text("base: {epochs: 1}\ngrid:\n  seed: [0, 1]\n  v: {a: {}, b: {intensity: clahe}}\n")
+    _, runs = expand_grid(f)
+    assert [n for n, _ in runs] == ["seed=0__a", "seed=0__b", "seed=1__a", "seed=1__b"]
+    f.write_text("grid:\n  seed: 3\n")
+    with pytest.raises(ConfigError, match="grid axis"):
+        expand_grid(f)
+    f.write_text("grid:\n  v: {a: {roi: lungs}}\n")
+    with pytest.raises(ConfigError, match="roi"):
+        expand_grid(f)
