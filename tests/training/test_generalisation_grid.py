@@ -33,3 +33,19 @@ def test_list_axes_multiply_and_bad_axes_are_refused(tmp_path):
     f.write_text("grid:\n  v: {a: {roi: lungs}}\n")
     with pytest.raises(ConfigError, match="roi"):
         expand_grid(f)
+
+
+def test_aggregation_over_seeds_and_markdown():
+    import pandas as pd
+
+    from covidscreen.training.generalisation_grid import aggregate_over_seeds, markdown_table
+
+    t = pd.DataFrame({"variant": ["seed=0__a", "seed=1__a", "seed=0__b", "seed=1__b"],
+                      "_auc_cohen": [0.6, 0.8, 0.5, float("nan")], "_probe": [0.9, 0.7, 0.8, 0.8]})
+    agg = aggregate_over_seeds(t)
+    assert list(agg["variant"]) == ["a", "b"] and list(agg["seeds"]) == [2, 2]
+    assert agg.loc[0, "cohen test AUC mean (sd)"] == "0.700 (0.141)"
+    assert agg.loc[1, "cohen test AUC mean (sd)"] == "0.500 (0.000)"  # the NaN seed is left out, not counted as 0
+    assert agg.loc[0, "cohen test AUC range"] == "0.600-0.800"
+    md = markdown_table(agg).splitlines()
+    assert md[0].startswith("| variant | seeds |") and md[1].startswith("|---|") and len(md) == 4

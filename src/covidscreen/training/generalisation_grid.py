@@ -66,16 +66,21 @@ def summary_row(name: str, run_dir: Path) -> dict[str, Any]:
     sites = (m.get("test", {}).get("within_site") or {}).get("sites", {})
     for site, b in sites.items():
         row[f"{site} test AUC [95% CI]"] = _ci(b, "roc_auc")
+        row[f"_auc_{site}"] = b["roc_auc"]
         row[f"{site} sens/spec"] = f"{b['sensitivity']:.2f}/{b['specificity']:.2f}"
         row[f"{site} test n (pos/neg)"] = f"{b['n_positive']}/{b['n_negative']}"
     cv = m.get("covid_vs_rest", {})
     row["pooled test AUC"] = f"{cv.get('roc_auc', math.nan):.3f}"
+    row["_auc_pooled"] = cv.get("roc_auc", math.nan)
     best = history[history["epoch"] == meta.get("best_epoch")]
     if "val_within_site_auc" in history and len(best):
         row["val within-site AUC (selected epoch)"] = f"{float(best['val_within_site_auc'].iloc[0]):.3f}"
     probe = m.get("site_probe")
     if probe:
         row["site probe bal. acc. (chance)"] = f"{probe['mean_balanced_accuracy']:.3f} ({probe['mean_chance']:.2f})"
+        row["_probe"] = probe["mean_balanced_accuracy"]
+    if "preprocessing_stats" in m:
+        row["lungs not found"] = int(m["preprocessing_stats"].get("roi_fallback", 0))
     row["best epoch"] = meta.get("best_epoch")
     return row
 
@@ -100,16 +105,41 @@ def run_grid(grid_file: str | Path, only: list[str] | None = None, progress: boo
         rows.append(summary_row(name, run_dir))
     table = pd.DataFrame(rows)
     table.to_csv(output / "summary.csv", index=False)
-    (output / "summary.md").write_text(table.to_markdown(index=False) if _has_tabulate() else table.to_string())
-    return table
+    shown = table[[c for c in table.columns if not c.startswith("_")]]
+    (output / "summary.md").write_text(markdown_table(shown))
+    if table["variant"].str.contains("__").any():
+        agg = aggregate_over_seeds(table)
+        agg.to_csv(output / "summary_by_variant.csv", index=False)
+        (output / "summary_by_variant.md").write_text(markdown_table(agg))
+    return shown
 
 
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def aggregate_over_seeds(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation and range over the ``seed=...`` runs of every variant (run names ``seed=k__v``)."""
+    t = table.copy()
+    t["_variant"] = [n.split("__", 1)[1] if n.startswith("seed=") else n for n in t["variant"]]
+    order = list(dict.fromkeys(t["_variant"]))
+    rows = []
+    for v in order:
+        g = t[t["_variant"] == v]
+        row: dict[str, Any] = {"variant": v, "seeds": len(g)}
+        for col in [c for c in t.columns if c.startswith("_auc_") or c == "_probe"]:
+            vals = g[col].dropna().to_numpy(dtype=float)
+            name = "site probe bal. acc." if col == "_probe" else f"{col[5:]} test AUC"
+            row[f"{name} mean (sd)"] = f"{vals.mean():.3f} ({vals.std(ddof=1) if len(vals) > 1 else 0:.3f})" \
+                if len(vals) else "n/a"
+            row[f"{name} range"] = f"{vals.min():.3f}-{vals.max():.3f}" if len(vals) else "n/a"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table (pandas' ``to_markdown`` needs the optional tabulate package)."""
+    cells = [[str(c) for c in df.columns]] + [["" if pd.isna(v) else str(v) for v in r] for r in df.itertuples(
+        index=False)]
+    lines = ["| " + " | ".join(r) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("---" for _ in df.columns) + "|")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -84,6 +84,8 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
     pp = run_preprocess(cfg)  # issue 6: lung ROI / intensity / border crop, part of the cache key
     cache = ImageCache(table["path"].tolist(), cfg.image_size, cfg.cache_dir, progress=progress, preprocess=pp,
                        segmenter=load_run_segmenter(pp))
+    if cache.stats.get("roi_fallback"):  # issue 6
+        log(f"warning: no lungs found in {cache.stats['roi_fallback']} image(s); they were used whole, unmasked")
     ok = cache.ok
     skipped = pd.DataFrame({"path": table["path"][~ok], "error": [cache.errors[p] for p in table["path"][~ok]]})
     if len(skipped):
@@ -269,6 +271,7 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
         log(f"site probe (val+test features, within label): balanced accuracy {probe['mean_balanced_accuracy']:.3f} "
             f"(chance {probe['mean_chance']:.3f})")
     metrics["select_on"] = cfg.select_on
+    metrics["preprocessing_stats"] = dict(data.cache.stats)  # e.g. roi_fallback: images whose lungs were not found
     # --- issue 6 (end) ---
     metrics["split_counts"] = {s: int(n) for s, n in table["split"].value_counts().items()}
     metrics["skipped_files"] = int(len(data.skipped))
