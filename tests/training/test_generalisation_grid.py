@@ -13,11 +13,15 @@ GRID = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "genera
 def test_shipped_grid_expands_to_the_variants():
     output, runs = expand_grid(GRID)
     names = [n for n, _ in runs]
-    assert names[0] == "baseline" and {"lung_crop", "lung_mask", "clahe", "site_balanced", "adversarial"} <= set(names)
+    variants = {n.split("__")[1] for n in names}
+    assert names[0] == "seed=0__baseline"
+    assert {"lung_crop", "lung_mask", "clahe", "site_balanced", "adversarial", "combined"} <= variants
+    assert len(names) == 3 * len(variants)
     cfgs = dict(runs)
-    assert cfgs["baseline"].roi == "none" and cfgs["lung_mask"].roi == "lungs-mask"
-    assert cfgs["adversarial"].adversarial_weight > 0 and cfgs["site_balanced"].site_balanced
-    assert all(c.keep_mixed_sites and c.image_size == cfgs["baseline"].image_size for c in cfgs.values())
+    assert cfgs["seed=1__baseline"].roi == "none" and cfgs["seed=1__lung_mask"].roi == "lungs-mask"
+    assert cfgs["seed=2__baseline"].seed == 2
+    assert cfgs["seed=0__adversarial"].adversarial_weight > 0 and cfgs["seed=0__site_balanced"].site_balanced
+    assert all(c.keep_mixed_sites and c.image_size == cfgs["seed=0__baseline"].image_size for c in cfgs.values())
     assert len({c.output for c in cfgs.values()}) == len(runs)
     assert all(Path(c.output).parent == output / "runs" for c in cfgs.values())
 
