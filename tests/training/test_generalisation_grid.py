@@ -53,3 +53,15 @@ def test_aggregation_over_seeds_and_markdown():
     assert agg.loc[0, "cohen test AUC range"] == "0.600-0.800"
     md = markdown_table(agg).splitlines()
     assert md[0].startswith("| variant | seeds |") and md[1].startswith("|---|") and len(md) == 4
+
+
+def test_paired_differences_to_the_baseline_of_the_same_seed():
+    import pandas as pd
+
+    from covidscreen.training.generalisation_grid import aggregate_over_seeds
+
+    t = pd.DataFrame({"variant": ["seed=0__baseline", "seed=0__x", "seed=1__baseline", "seed=1__x"],
+                      "_auc_cohen": [0.60, 0.70, 0.80, 0.82]})
+    agg = aggregate_over_seeds(t).set_index("variant")
+    assert agg.loc["x", "cohen AUC - baseline, paired: mean [min, max]"] == "+0.060 [+0.020, +0.100]"
+    assert pd.isna(agg.loc["baseline"].get("cohen AUC - baseline, paired: mean [min, max]"))

@@ -80,7 +80,7 @@ def summary_row(name: str, run_dir: Path) -> dict[str, Any]:
         row["site probe bal. acc. (chance)"] = f"{probe['mean_balanced_accuracy']:.3f} ({probe['mean_chance']:.2f})"
         row["_probe"] = probe["mean_balanced_accuracy"]
     if "preprocessing_stats" in m:
-        row["lungs not found"] = int(m["preprocessing_stats"].get("roi_fallback", 0))
+        row["lungs not found"] = str(int(m["preprocessing_stats"].get("roi_fallback", 0)))
     row["best epoch"] = meta.get("best_epoch")
     return row
 
@@ -115,16 +115,32 @@ def run_grid(grid_file: str | Path, only: list[str] | None = None, progress: boo
 
 
 def aggregate_over_seeds(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean, standard deviation and range over the ``seed=...`` runs of every variant (run names ``seed=k__v``)."""
+    """Mean, standard deviation and range over the ``seed=...`` runs of every variant (run names ``seed=k__v``).
+
+    With a ``baseline`` variant, also the paired difference to the baseline of the same seed (same subsample and
+    split): split-to-split noise, which dominates single runs here, cancels out of it.
+    """
     t = table.copy()
     t["_variant"] = [n.split("__", 1)[1] if n.startswith("seed=") else n for n in t["variant"]]
+    t["_seed"] = [n.split("__", 1)[0] if n.startswith("seed=") else "" for n in t["variant"]]
+    metric_cols = [c for c in t.columns if c.startswith("_auc_") or c == "_probe"]
+    base = t[t["_variant"] == "baseline"].set_index("_seed")
+    for col in metric_cols if len(base) else []:
+        t[f"_delta{col}"] = [v - base[col].get(sd, float("nan")) for v, sd in zip(t[col], t["_seed"], strict=True)]
     order = list(dict.fromkeys(t["_variant"]))
     rows = []
     for v in order:
         g = t[t["_variant"] == v]
         row: dict[str, Any] = {"variant": v, "seeds": len(g)}
-        for col in [c for c in t.columns if c.startswith("_auc_") or c == "_probe"]:
+        for col in [c for c in t.columns if c.startswith(("_auc_", "_probe", "_delta_"))]:
             vals = g[col].dropna().to_numpy(dtype=float)
+            if col.startswith("_delta_"):
+                if v == "baseline" or not len(vals):
+                    continue
+                inner = "site probe" if col == "_delta_probe" else f"{col[11:]} AUC"
+                row[f"{inner} - baseline, paired: mean [min, max]"] = \
+                    f"{vals.mean():+.3f} [{vals.min():+.3f}, {vals.max():+.3f}]"
+                continue
             name = "site probe bal. acc." if col == "_probe" else f"{col[5:]} test AUC"
             row[f"{name} mean (sd)"] = f"{vals.mean():.3f} ({vals.std(ddof=1) if len(vals) > 1 else 0:.3f})" \
                 if len(vals) else "n/a"
