@@ -278,6 +278,54 @@ def list_models_cmd() -> None:
         typer.echo(f"{name:22s} weights: {spec.weights:60s} gradcam: {spec.gradcam_layer}")
 
 
+# --- issue 6: lung segmentation, local calibration, generalisation grid (begin) ---
+segment_app = typer.Typer(no_args_is_help=True, help="Lung segmentation (used by the --roi preprocessing options).")
+app.add_typer(segment_app, name="segment")
+
+
+@segment_app.command("train")
+def segment_train(
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for the segmentation checkpoint")],
+    data: DataOpt = None,
+    encoder: Annotated[str, typer.Option(help="registry encoder: mobilenet_v2_035 or efficientnet_lite0")]
+    = "mobilenet_v2_035",
+    image_size: Annotated[int, typer.Option("--image-size", help="square side, a multiple of 32")] = 160,
+    epochs: Annotated[int, typer.Option(help="number of epochs")] = 30,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    lr: Annotated[float, typer.Option("--lr")] = 2e-3,
+    max_minutes: Annotated[float | None, typer.Option("--max-minutes", help="stop after this much time")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train the lung segmenter on the images with a lung_mask (patient-grouped split) and report held-out Dice."""
+    from .segmentation.train import SegmentConfig, train_segmenter
+
+    cfg = SegmentConfig(data=data, output=str(output), encoder=encoder, image_size=image_size, epochs=epochs,
+                        batch_size=batch_size, lr=lr, max_minutes=max_minutes, seed=seed, device=device)
+    out = train_segmenter(cfg)
+    typer.echo(f"segmentation checkpoint: {out}")
+
+
+@app.command()
+def calibrate(
+    run_dir: Annotated[Path, typer.Argument(help="run folder written by train")],
+    data: Annotated[str, typer.Option("--data", help="labelled local sample (metadata.csv or <label>/ folders)")],
+    target_specificity: Annotated[float, typer.Option("--target-specificity", help="wanted local specificity")] = 0.9,
+    name: Annotated[str, typer.Option("--name", help="name of the operating point to store")] = "local",
+    temperature: Annotated[bool, typer.Option("--temperature", help="also fit a temperature (needs positives)")]
+    = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Fit the operating threshold on a small labelled sample of your own site and store it in the run."""
+    from .inference.calibration import calibrate_run, describe_calibration
+
+    record = calibrate_run(run_dir, data, target_specificity=target_specificity, name=name, temperature=temperature,
+                           device=device)
+    for line in describe_calibration(record, name):
+        typer.echo(line)
+# --- issue 6 (end) ---
+
+
 def main() -> None:
     try:
         app(standalone_mode=True)

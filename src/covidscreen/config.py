@@ -78,6 +78,19 @@ class TrainConfig:
     train_fraction: float = 1.0  # use this share of the training patients (learning curves; nested across values)
     folds: int | None = None  # patient-grouped stratified k-fold cross-validation (None = one train/val/test split)
     fold: int | None = None  # with folds: train only this fold's model (test = this fold, val = the next one)
+    # --- issue 6: generalisation to unseen sites (begin); mechanisms in data/preprocess.py, training/generalisation.py
+    roi: str = "none"  # none | lungs-crop | lungs-mask | lungs-crop-mask (needs segmentation_model)
+    roi_margin: float = 0.1  # margin around the lung box, as a fraction of its size
+    intensity: str = "none"  # none | clahe | histeq | standardize
+    border_crop: float = 0.0  # fraction of height/width cut from every side
+    segmentation_model: str | None = None  # folder written by `covidscreen segment train`
+    select_on: str = "auc"  # epoch selection: auc (pooled) | within_site_auc (sites with both classes)
+    site_balanced: bool = False  # sample each label's sites equally (and the labels equally)
+    adversarial_weight: float = 0.0  # > 0: site classifier behind a gradient-reversal layer (Ganin & Lempitsky)
+    adversarial_conditional: bool = True  # the site head also sees the label: remove site beyond the label only
+    keep_mixed_sites: bool = False  # with max_per_class: keep every image of sites that hold both classes
+    site_probe: bool = False  # measure how well a linear probe predicts site from the features (val+test)
+    # --- issue 6 (end) ---
 
     def validate(self) -> TrainConfig:
         """Check values that types cannot express; raise :class:`ConfigError` naming the first bad key."""
@@ -122,9 +135,21 @@ class TrainConfig:
             ("fold", self.fold is None or (self.folds is not None and 0 <= self.fold < self.folds),
              "null, or from 0 to folds - 1 when folds is set"),
         ]
+        checks += [  # issue 6
+            ("select_on", self.select_on in ("auc", "within_site_auc"), "auc or within_site_auc"),
+            ("adversarial_weight", self.adversarial_weight >= 0, "non-negative"),
+            ("adversarial_weight", self.adversarial_weight == 0 or (self.mixup_alpha == 0 and self.cutmix_alpha == 0),
+             "0 while mixup_alpha or cutmix_alpha is set (the adversarial epoch does not mix images)"),
+            ("site_balanced", not (self.site_balanced and self.sampler == "balanced"),
+             "false while sampler is 'balanced' (two samplers)"),
+        ]
         for key, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"config key '{key}' = {getattr(self, key)!r} is invalid: expected {expected}")
+        from .data.preprocess import PreprocessConfig  # issue 6: roi/intensity/border_crop checks live there
+
+        PreprocessConfig(roi=self.roi, intensity=self.intensity, border_crop=self.border_crop,
+                         roi_margin=self.roi_margin, segmentation_model=self.segmentation_model).validate()
         return self
 
 

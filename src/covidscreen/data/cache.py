@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError, ImageDecodeError
 from .decode import load_resized
+from .preprocess import PreprocessConfig, iter_preprocessed  # issue 6: preprocessing options
 
 CACHE_VERSION = 1  # bump when decoding or resizing changes
 
@@ -27,8 +28,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("COVIDSCREEN_CACHE", Path.home() / ".cache" / "covidscreen"))
 
 
-def _key(paths: list[str], size: int) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}".encode())
+def _key(paths: list[str], size: int, preprocess_key: str = "") -> str:
+    # issue 6: the preprocessing settings (with the lung segmenter's sha256) are part of the key; "" = none
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}{'|' + preprocess_key if preprocess_key else ''}".encode())
     for p in paths:
         st = os.stat(p)
         h.update(f"|{p}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -53,15 +55,18 @@ class ImageCache:
     """
 
     def __init__(self, paths: list[str], size: int, cache_dir: str | Path | None = None, workers: int | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, preprocess: PreprocessConfig | None = None, segmenter: object = None) -> None:
         if not paths:
             raise DataError("no images to cache")
         self.paths = list(paths)
         self.size = size
+        # issue 6: optional preprocessing (data/preprocess.py); ``segmenter`` is needed for the lung ROI options
+        self.preprocess = preprocess if preprocess is not None and not preprocess.is_identity else None
+        self.segmenter = segmenter
         self.index = {p: i for i, p in enumerate(self.paths)}
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
-        key = _key(self.paths, size)
+        key = _key(self.paths, size, self.preprocess.key() if self.preprocess else "")
         self.file = folder / f"{key}_{size}px.npy"
         meta_file = self.file.with_suffix(".json")
         if not (self.file.is_file() and meta_file.is_file()):
@@ -73,12 +78,20 @@ class ImageCache:
             raise DataError(f"cache file {self.file} is damaged (shape {self.images.shape}); delete it and rerun")
         self.ok = np.array([p not in self.errors for p in self.paths])
         self.built = meta.get("built", False)
+        self.stats: dict[str, int] = meta.get("stats", {})
 
     def _build(self, meta_file: Path, workers: int | None, progress: bool) -> None:
         tmp = self.file.with_name(self.file.stem + f".tmp{os.getpid()}.npy")
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.paths), self.size, self.size))
         errors: dict[str, str] = {}
+        stats: dict[str, int] = {}
         workers = workers or min(4, os.cpu_count() or 1)
+        if self.preprocess is not None:  # issue 6
+            for i, img, err in iter_preprocessed(self.paths, self.size, self.preprocess, self.segmenter, workers,
+                                                 progress, stats=stats):
+                self._store(arr, i, img, err, errors)
+            self._finish(arr, tmp, meta_file, errors, stats)
+            return
         jobs = [(p, self.size) for p in self.paths]
         bar = tqdm(total=len(jobs), desc=f"caching images at {self.size}px", unit="img", disable=not progress)
         if workers > 1 and len(jobs) > 64:
@@ -92,10 +105,16 @@ class ImageCache:
                 self._store(arr, i, *_load_one(job), errors)
                 bar.update()
         bar.close()
+        self._finish(arr, tmp, meta_file, errors, stats)
+
+    def _finish(self, arr: np.ndarray, tmp: Path, meta_file: Path, errors: dict, stats: dict) -> None:
         arr.flush()
         del arr
         os.replace(tmp, self.file)
-        meta_file.write_text(json.dumps({"size": self.size, "n": len(self.paths), "errors": errors, "built": True}))
+        meta = {"size": self.size, "n": len(self.paths), "errors": errors, "built": True}
+        if self.preprocess is not None:  # issue 6
+            meta.update(preprocessing=self.preprocess.to_dict(), stats=stats)
+        meta_file.write_text(json.dumps(meta))
 
     def _store(self, arr: np.ndarray, i: int, img: np.ndarray | None, err: str | None, errors: dict) -> None:
         if err is not None:

@@ -21,6 +21,7 @@ from .assess import DEFAULT_N_BOOT, assess
 from .breakdown import subgroup_breakdown
 from .external import compare_blocks
 from .report import write_report
+from .within_site import mixed_sites, within_site_metrics  # issue 6
 
 
 def _internal_block(run_dir: Path) -> dict[str, Any] | None:
@@ -51,7 +52,8 @@ def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: 
     classes = predictor.classes
     if table.empty:
         raise DataError("nothing to evaluate: the chosen images are none")
-    cache = ImageCache(table["path"].tolist(), predictor.size, progress=progress)
+    cache = ImageCache(table["path"].tolist(), predictor.size, progress=progress, preprocess=predictor.preprocess,
+                       segmenter=predictor.segmenter)  # issue 6: the run's own preprocessing
     table = table[cache.ok].reset_index(drop=True)
     if table.empty:
         raise DataError("nothing to evaluate: none of the images could be decoded")
@@ -92,6 +94,9 @@ def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: 
             "description": description or f"The run's own test split (internal) against {len(preds)} images of "
                                           f"{data_dir or 'another folder'} (external).",
             "comparison": compare_blocks(internal, m), "notes": notes or []}
+    # issue 6: within-site metrics for every site of these data that holds both classes
+    if pos in classes and mixed_sites(preds, pos):
+        m["within_site"] = within_site_metrics(preds, classes, pos, predictor.threshold)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     table.assign(split=name)[[c for c in ["image", "label", "site", "split"] if c in table or c == "split"]].to_csv(
         out / "split.csv", index=False)

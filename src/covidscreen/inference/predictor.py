@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..data.decode import IMAGE_SUFFIXES, load_resized
+from ..data.decode import IMAGE_SUFFIXES
+from ..data.preprocess import PreprocessConfig, load_preprocessed, load_segmenter_for  # issue 6
 from ..errors import DataError, ImageDecodeError
 from ..evaluation.metrics import predict_labels
 from ..training.runtime import amp_dtype, autocast, resolve_device, to_input
@@ -62,8 +63,13 @@ class Predictor:
             raise DataError(f"operating point {operating_point!r} is not in this run; available: "
                             f"{', '.join(points) or 'none'}")
         self.threshold = points.get(operating_point, self.meta.get("threshold"))
-        # temperature scaling fitted on validation (1 = none); thresholds were chosen on the scaled probabilities
-        self.temperature = float(self.meta.get("temperature") or 1.0)
+        # issue 6: the run's preprocessing (lung ROI, intensity, border crop), applied exactly as in training
+        self.preprocess = PreprocessConfig.from_dict(self.meta.get("preprocessing"))
+        self.segmenter = load_segmenter_for(self.preprocess, base_dir=run_dir)
+        # temperature (1 = none): a locally calibrated operating point may carry its own (issue 6); otherwise the
+        # run's, fitted on validation (issue 4). Thresholds were chosen on the probabilities so scaled.
+        local = (self.meta.get("local_calibration") or {}).get(operating_point) or {}
+        self.temperature = float(local.get("temperature") or self.meta.get("temperature") or 1.0)
 
     @torch.inference_mode()
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
@@ -94,7 +100,7 @@ class Predictor:
 
         def load(f: Path) -> np.ndarray | str:
             try:
-                return load_resized(f, self.size)
+                return load_preprocessed(f, self.size, self.preprocess, self.segmenter)
             except ImageDecodeError as exc:
                 return str(exc)
 

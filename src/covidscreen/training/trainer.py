@@ -8,6 +8,7 @@ A run folder holds: ``model.safetensors`` + ``model.json`` (checkpoint and sidec
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -34,6 +35,17 @@ from ..evaluation.metrics import headline_auc
 from ..inference.checkpoint import save_checkpoint
 from ..models import create_model, get_spec
 from .finetune import HeadWarmup, discriminative_param_groups, set_trainable_stages
+from .generalisation import (  # issue 6: generalisation hooks
+    add_within_site,
+    attach_preprocessing,
+    build_adversary,
+    load_run_segmenter,
+    probe_sites,
+    run_preprocess,
+    selection_score,
+    site_balanced_rows,
+    subsample_keep_mixed_sites,
+)
 from .loop import cosine_with_warmup, predict_probs, train_one_epoch
 from .losses import criterion
 from .mixup import BatchMixer
@@ -53,6 +65,7 @@ class PreparedData:
     skipped: pd.DataFrame  # files that could not be decoded: path, error
     fingerprint: str
     data_dir: Path
+    preprocess: Any = None  # issue 6: the run's PreprocessConfig
 
 
 def log(msg: str) -> None:
@@ -80,9 +93,14 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
     if table.attrs.get("missing"):
         log(f"warning: {table.attrs['missing']} image(s) listed in metadata.csv do not exist and were skipped")
     if cfg.max_per_class:
-        table = subsample_per_class(table, cfg.max_per_class, data_seed)
+        table = (subsample_keep_mixed_sites(table, cfg.max_per_class, cfg.positive_class, data_seed)  # issue 6
+                 if cfg.keep_mixed_sites else subsample_per_class(table, cfg.max_per_class, data_seed))
     table = apply_task(table, cfg.task, cfg.positive_class)
-    cache = ImageCache(table["path"].tolist(), cfg.image_size, cfg.cache_dir, progress=progress)
+    pp = run_preprocess(cfg)  # issue 6: lung ROI / intensity / border crop, part of the cache key
+    cache = ImageCache(table["path"].tolist(), cfg.image_size, cfg.cache_dir, progress=progress, preprocess=pp,
+                       segmenter=load_run_segmenter(pp))
+    if cache.stats.get("roi_fallback"):  # issue 6
+        log(f"warning: no lungs found in {cache.stats['roi_fallback']} image(s); they were used whole, unmasked")
     ok = cache.ok
     skipped = pd.DataFrame({"path": table["path"][~ok], "error": [cache.errors[p] for p in table["path"][~ok]]})
     if len(skipped):
@@ -105,6 +123,7 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
         skipped=skipped,
         fingerprint=split_fingerprint(table, table["split"]),
         data_dir=Path(data_dir).resolve(),
+        preprocess=pp,
     )
 
 
@@ -163,9 +182,12 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     is_val = (table["split"] == "val").to_numpy()
     y_all = table["y"].to_numpy()
     train_idx = np.flatnonzero(is_train)
-    loss_fn = criterion(cfg, classes, y_all[train_idx]).to(device)
-    eval_loss = criterion(cfg, classes, y_all[train_idx]).to(device)
+    # issue 6: site-balanced sampling already balances the labels, so the loss is not re-weighted on top
+    loss_cfg = dataclasses.replace(cfg, class_weights=False) if cfg.site_balanced else cfg
+    loss_fn = criterion(loss_cfg, classes, y_all[train_idx]).to(device)
+    eval_loss = criterion(loss_cfg, classes, y_all[train_idx]).to(device)
     mixer = BatchMixer(len(classes), cfg.mixup_alpha, cfg.cutmix_alpha, seed=cfg.seed)
+    adversary = build_adversary(cfg, model, table, train_idx, len(classes), device)  # issue 6: None unless weight > 0
 
     epoch_length = len(epoch_rows(train_idx, y_all[train_idx], cfg.samples_per_epoch, np.random.default_rng(0),
                                   cfg.sampler))
@@ -178,6 +200,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     optimizer = torch.optim.AdamW(discriminative_param_groups(model, cfg.lr, cfg.lr_decay), lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     warmup = HeadWarmup(model, cfg.head_warmup_epochs)
+    if adversary is not None:  # issue 6
+        optimizer.add_param_group({"params": list(adversary[0].parameters())})
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(total_steps, int(cfg.warmup_fraction * total_steps)))
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
@@ -191,11 +215,25 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
         te = time.time()
         if warmup.set_epoch(epoch):
             log(f"epoch {epoch}: head warm-up (trunk frozen)")
-        order = epoch_rows(train_idx, y_all[train_idx], cfg.samples_per_epoch, rng, cfg.sampler)
-        train_loss = train_one_epoch(
-            model, images, data.rows[order], y_all[order], loss_fn, optimizer, scheduler, device, batch_size,
-            generator, augment, amp, scaler, desc=f"epoch {epoch}/{cfg.epochs}", progress=progress,
-            mixer=mixer if mixer.active else None)
+        if cfg.site_balanced:  # issue 6
+            order = site_balanced_rows(train_idx, y_all, table["site"].to_numpy(), cfg.samples_per_epoch, rng)
+        else:
+            order = epoch_rows(train_idx, y_all[train_idx], cfg.samples_per_epoch, rng, cfg.sampler)
+        adv_stats: dict[str, float] = {}
+        if adversary is not None:  # issue 6: domain-adversarial epoch
+            from .adversarial import train_one_epoch_adversarial
+
+            adv_stats = train_one_epoch_adversarial(
+                model, adversary[0], images, data.rows[order], y_all[order], adversary[1][order], loss_fn, optimizer,
+                scheduler, device, batch_size, generator, cfg.adversarial_weight, (epoch - 1) / cfg.epochs,
+                epoch / cfg.epochs, augment, amp, scaler, desc=f"epoch {epoch}/{cfg.epochs}", progress=progress)
+            train_loss = adv_stats.pop("loss")
+            log(f"  site adversary: loss {adv_stats['site_loss']:.4f}, site accuracy {adv_stats['site_accuracy']:.3f}")
+        else:
+            train_loss = train_one_epoch(
+                model, images, data.rows[order], y_all[order], loss_fn, optimizer, scheduler, device, batch_size,
+                generator, augment, amp, scaler, desc=f"epoch {epoch}/{cfg.epochs}", progress=progress,
+                mixer=mixer if mixer.active else None)
         val_probs = predict_probs(model, images, val_rows, device, cfg.eval_batch_size, amp, desc="validate",
                                   progress=progress)
         y_val = y_all[is_val]
@@ -204,17 +242,21 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
                                        torch.from_numpy(y_val).to(device)).item()) if len(y_val) else float("nan")
         val_auc = headline_auc(y_val, val_probs, classes, cfg.positive_class)
         val_acc = float(np.mean(val_probs.argmax(1) == y_val))
+        # issue 6: the selection score is the pooled AUC, or the within-site AUC with select_on: within_site_auc
+        val_sel, val_within = selection_score(cfg, val_auc, y_val, val_probs, table["site"].to_numpy()[is_val],
+                                              classes)
         secs = time.time() - te
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,
                         "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"], "seconds": secs,
-                        "train_images": len(order)})
-        improved = np.isfinite(val_auc) and val_auc > best_auc + 1e-6 or best_state is None
+                        "train_images": len(order), "val_within_site_auc": val_within, **adv_stats})
+        improved = np.isfinite(val_sel) and val_sel > best_auc + 1e-6 or best_state is None
         log(f"epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f} | val loss {val_loss:.4f} | val AUC "
-            f"{val_auc:.4f} | val acc {val_acc:.4f} | {len(order) / secs:.1f} img/s incl. validation | "
+            f"{val_auc:.4f} (within-site {val_within:.4f}) | val acc {val_acc:.4f} | {len(order) / secs:.1f} img/s "
+            "incl. validation | "
             f"{secs:.0f}s{' *best*' if improved else ''}")
         pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
         if improved:
-            best_auc = val_auc if np.isfinite(val_auc) else best_auc
+            best_auc = val_sel if np.isfinite(val_sel) else best_auc
             best_state, best_epoch, stale = copy.deepcopy(model.state_dict()), epoch, 0
         else:
             stale += 1
@@ -247,6 +289,18 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
     threshold = points.get("default")
     metrics["threshold"] = threshold  # the default operating point, read by experiment comparisons
     preds.to_csv(run_dir / "predictions.csv", index=False)
+    # --- issue 6: within-site metrics next to the pooled ones; the site probe (begin) ---
+    add_within_site(metrics, preds, classes, pos, threshold, cfg.seed, log)
+    if cfg.site_probe:
+        metrics["site_probe"] = probe_sites(model, data.cache.images, data.rows[eval_mask],
+                                            table.loc[eval_mask].reset_index(drop=True), device,
+                                            cfg.eval_batch_size, amp, cfg.seed)
+        probe = metrics["site_probe"]
+        log(f"site probe (val+test features, within label): balanced accuracy {probe['mean_balanced_accuracy']:.3f} "
+            f"(chance {probe['mean_chance']:.3f})")
+    metrics["select_on"] = cfg.select_on
+    metrics["preprocessing_stats"] = dict(data.cache.stats)  # e.g. roi_fallback: images whose lungs were not found
+    # --- issue 6 (end) ---
     metrics["split_counts"] = {s: int(n) for s, n in table["split"].value_counts().items()}
     metrics["skipped_files"] = int(len(data.skipped))
     metrics["data_dir"] = str(data.data_dir)
@@ -272,6 +326,7 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
         "epochs_run": len(history),
         "created": datetime.now().isoformat(timespec="seconds"),
     }
+    attach_preprocessing(run_dir, data.preprocess, sidecar)  # issue 6: predict applies the same preprocessing
     save_checkpoint(run_dir, model, sidecar)  # report and model card: finalize_run, after the audit
     summary = metrics.get("covid_vs_rest")
     if summary:

@@ -1,0 +1,315 @@
+"""Classification preprocessing beyond decode-and-resize: lung region of interest, intensity normalisation, borders.
+
+One function, :func:`preprocess_image`, turns a decoded greyscale image (and, for the lung options, its predicted
+lung mask) into the square ``uint8`` input of a classifier. The training cache (``data/cache.py``), prediction
+(``inference/predictor.py``) and evaluation all go through :func:`load_preprocessed` / :func:`iter_preprocessed`,
+which call it, so an image is prepared identically wherever it is used. The settings travel in the run's sidecar
+(``preprocessing``), so ``predict`` applies them by itself.
+
+Order of operations, and why:
+
+1. ``border_crop``: cut a fraction of the height/width from every side (burnt-in labels, rulers and collimation
+   borders sit at the edges and differ by hospital).
+2. lung mask: predicted by the lung segmenter on the border-cropped image, in its geometry.
+3. ``roi``: ``lungs-crop`` crops to the lung bounding box plus ``roi_margin`` of its size on every side;
+   ``lungs-mask`` sets everything outside the (slightly dilated) lungs to 0; ``lungs-crop-mask`` does both.
+   When the segmenter finds no plausible lungs (less than ``MIN_LUNG_FRACTION`` of the image) the whole image is
+   kept, unmasked, and the fallback is counted.
+4. resize to the model's square input.
+5. ``intensity``: ``clahe`` (contrast-limited adaptive histogram equalisation), ``histeq`` (global histogram
+   equalisation) or ``standardize`` (zero mean, unit variance mapped to ``128 + 42.5 z``), computed at the final
+   size so that an image's source resolution does not change the result; with a lung mask, statistics come from
+   the lung pixels only.
+
+With every option off, the result is bit-identical to :func:`covidscreen.data.decode.load_resized`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, ImageDecodeError
+from .decode import read_image, resize_square
+
+ROI_CHOICES = ("none", "lungs-crop", "lungs-mask", "lungs-crop-mask")
+INTENSITY_CHOICES = ("none", "clahe", "histeq", "standardize")
+PREPROCESS_VERSION = 1  # bump when any step below changes its output
+MIN_LUNG_FRACTION = 0.05  # smaller predicted lungs are not believed (not a chest X-ray, or a failed segmentation)
+MASK_DILATION = 0.02  # the lung mask is grown by this fraction of the side: borders of the lungs carry findings too
+CLAHE_CLIP, CLAHE_TILES = 2.0, 8
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Preprocessing settings of a classification run (stored in its sidecar as ``preprocessing``).
+
+    Attributes:
+        roi: ``none``, ``lungs-crop``, ``lungs-mask`` or ``lungs-crop-mask``.
+        intensity: ``none``, ``clahe``, ``histeq`` or ``standardize``.
+        border_crop: fraction of the height and width removed from every side, in [0, 0.25).
+        roi_margin: margin around the lung bounding box, as a fraction of the box's height/width.
+        segmentation_model: lung segmentation checkpoint (folder) used by the ``lungs-*`` options.
+        segmentation_sha256: sha256 of its weights; part of the cache key, checked when the segmenter is loaded.
+    """
+
+    roi: str = "none"
+    intensity: str = "none"
+    border_crop: float = 0.0
+    roi_margin: float = 0.1
+    segmentation_model: str | None = None
+    segmentation_sha256: str | None = None
+
+    def validate(self) -> PreprocessConfig:
+        if self.roi not in ROI_CHOICES:
+            raise ConfigError(f"roi {self.roi!r} is not known; use one of {', '.join(ROI_CHOICES)}")
+        if self.intensity not in INTENSITY_CHOICES:
+            raise ConfigError(f"intensity {self.intensity!r} is not known; use one of {', '.join(INTENSITY_CHOICES)}")
+        if not 0 <= self.border_crop < 0.25:
+            raise ConfigError(f"border_crop {self.border_crop!r} is invalid: expected a fraction in [0, 0.25)")
+        if not 0 <= self.roi_margin <= 1:
+            raise ConfigError(f"roi_margin {self.roi_margin!r} is invalid: expected a fraction in [0, 1]")
+        if self.needs_segmentation and not self.segmentation_model:
+            raise ConfigError(f"roi {self.roi!r} needs a lung segmenter: set segmentation_model to a folder written "
+                              "by 'covidscreen segment train'")
+        return self
+
+    @property
+    def needs_segmentation(self) -> bool:
+        return self.roi != "none"
+
+    @property
+    def crops(self) -> bool:
+        return self.roi in ("lungs-crop", "lungs-crop-mask")
+
+    @property
+    def masks(self) -> bool:
+        return self.roi in ("lungs-mask", "lungs-crop-mask")
+
+    @property
+    def is_identity(self) -> bool:
+        return self.roi == "none" and self.intensity == "none" and self.border_crop == 0
+
+    def key(self) -> str:
+        """What makes two preprocessed caches different (the segmenter by its weights, not its path)."""
+        if self.is_identity:
+            return ""
+        seg = self.segmentation_sha256 if self.needs_segmentation else None
+        return (f"pp{PREPROCESS_VERSION}|roi={self.roi}|margin={self.roi_margin if self.needs_segmentation else 0}"
+                f"|int={self.intensity}|border={self.border_crop}|seg={seg}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> PreprocessConfig:
+        """From a sidecar's ``preprocessing`` block (absent in runs that predate it: identity)."""
+        if not d:
+            return cls()
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known).validate()
+
+    def with_segmenter(self, path: str | Path | None) -> PreprocessConfig:
+        """A copy naming the segmentation checkpoint ``path`` and its weights' sha256."""
+        if path is None or not self.needs_segmentation:
+            return replace(self, segmentation_model=None, segmentation_sha256=None)
+        from ..models.weights import sha256_file
+        from ..segmentation.checkpoint import resolve_segmenter_files
+
+        weights, _ = resolve_segmenter_files(path)
+        return replace(self, segmentation_model=str(path), segmentation_sha256=sha256_file(weights))
+
+
+def crop_border(image: np.ndarray, fraction: float) -> np.ndarray:
+    """``image`` without ``fraction`` of its height and width on every side."""
+    if fraction <= 0:
+        return image
+    h, w = image.shape[:2]
+    dy, dx = int(round(h * fraction)), int(round(w * fraction))
+    return image[dy:h - dy, dx:w - dx]
+
+
+def lung_bbox(mask: np.ndarray, margin: float) -> tuple[int, int, int, int] | None:
+    """``(top, bottom, left, right)`` (end-exclusive) of the mask's bounding box grown by ``margin`` of its size.
+
+    Returns None when the mask covers less than :data:`MIN_LUNG_FRACTION` of the image.
+    """
+    if mask.mean() < MIN_LUNG_FRACTION:
+        return None
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    my, mx = margin * (bottom - top), margin * (right - left)
+    h, w = mask.shape
+    return (max(0, int(np.floor(top - my))), min(h, int(np.ceil(bottom + my))),
+            max(0, int(np.floor(left - mx))), min(w, int(np.ceil(right + mx))))
+
+
+def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    return resize_square(mask.astype(np.uint8) * 255, size) >= 128
+
+
+def normalise_intensity(image: np.ndarray, method: str, region: np.ndarray | None = None) -> np.ndarray:
+    """Intensity normalisation of a 2-D ``uint8`` image; ``region`` (bool) limits the statistics to those pixels."""
+    import cv2
+
+    if method == "none":
+        return image
+    if region is not None and region.sum() < 16:
+        region = None
+    if method == "clahe":
+        clahe = cv2.createCLAHE(clipLimit=CLAHE_CLIP, tileGridSize=(CLAHE_TILES, CLAHE_TILES))
+        return clahe.apply(np.ascontiguousarray(image))
+    if method == "histeq":
+        if region is None:
+            return cv2.equalizeHist(np.ascontiguousarray(image))
+        hist = np.bincount(image[region], minlength=256).astype(np.float64)
+        cdf = np.cumsum(hist) / hist.sum()
+        return np.round(cdf[image] * 255).astype(np.uint8)
+    if method == "standardize":
+        vals = image[region] if region is not None else image
+        mean, std = float(vals.mean()), float(vals.std())
+        z = (image.astype(np.float32) - mean) / max(std, 1.0)
+        return np.clip(np.round(128 + 42.5 * z), 0, 255).astype(np.uint8)
+    raise ConfigError(f"intensity {method!r} is not known; use one of {', '.join(INTENSITY_CHOICES)}")
+
+
+def preprocess_image(image: np.ndarray, size: int, cfg: PreprocessConfig,
+                     lung_mask: np.ndarray | None = None, stats: dict[str, int] | None = None) -> np.ndarray:
+    """The classifier input of one decoded image: border crop, lung ROI, resize, intensity (see the module doc).
+
+    Args:
+        image: 2-D ``uint8`` image (as decoded).
+        size: square output side.
+        cfg: the settings.
+        lung_mask: boolean lung mask in the geometry of ``crop_border(image, cfg.border_crop)``; required when
+            ``cfg.roi`` is not ``none``.
+        stats: when given, ``stats["roi_fallback"]`` counts images whose lungs were not found (whole image kept).
+
+    Returns:
+        ``(size, size)`` ``uint8`` array.
+    """
+    img = crop_border(image, cfg.border_crop)
+    mask = None
+    if cfg.needs_segmentation:
+        if lung_mask is None or lung_mask.shape != img.shape:
+            raise ValueError(f"roi {cfg.roi} needs a lung mask of shape {img.shape}, got "
+                             f"{None if lung_mask is None else lung_mask.shape}")
+        box = lung_bbox(lung_mask, cfg.roi_margin)
+        if box is None:
+            if stats is not None:
+                stats["roi_fallback"] = stats.get("roi_fallback", 0) + 1
+        else:
+            mask = lung_mask
+            if cfg.crops:
+                top, bottom, left, right = box
+                img, mask = img[top:bottom, left:right], mask[top:bottom, left:right]
+    out = resize_square(img, size)
+    region = None
+    if mask is not None and cfg.masks:
+        region = _resize_mask(mask, size)
+        grow = int(np.ceil(MASK_DILATION * size))
+        if grow:
+            region = ndimage.binary_dilation(region, iterations=grow)
+    out = normalise_intensity(out, cfg.intensity, region)
+    if region is not None:
+        out = np.where(region, out, 0).astype(np.uint8)
+    return out
+
+
+def decode_for(path: str | Path, size: int, cfg: PreprocessConfig) -> np.ndarray:
+    """Decode an image at the resolution its preprocessing needs and apply the border crop."""
+    # a lung crop keeps roughly the central 60-80% of the width: decode larger so the crop still has >= size pixels
+    draft = size * 2 if cfg.crops else size
+    return crop_border(read_image(path, draft_size=draft), cfg.border_crop)
+
+
+def preprocess_decoded(images: list[np.ndarray], size: int, cfg: PreprocessConfig, segmenter: Any = None,
+                       stats: dict[str, int] | None = None) -> list[np.ndarray]:
+    """:func:`preprocess_image` of border-cropped decoded images, segmenting them in one batch when needed."""
+    masks: list[np.ndarray | None] = [None] * len(images)
+    if cfg.needs_segmentation:
+        if segmenter is None:
+            raise ConfigError(f"roi {cfg.roi} needs the lung segmenter, but none was loaded")
+        masks = segmenter(images)
+    # the border crop was applied by decode_for: apply the rest only
+    rest = replace(cfg, border_crop=0.0)
+    return [preprocess_image(img, size, rest, m, stats) for img, m in zip(images, masks, strict=True)]
+
+
+def load_preprocessed(path: str | Path, size: int, cfg: PreprocessConfig | None = None, segmenter: Any = None,
+                      stats: dict[str, int] | None = None) -> np.ndarray:
+    """Read one file and prepare it for a classifier: the single path of cache, predict and evaluation.
+
+    Raises:
+        ImageDecodeError: the file cannot be read.
+    """
+    cfg = cfg or PreprocessConfig()
+    if cfg.is_identity:
+        return resize_square(read_image(path, draft_size=size), size)
+    (out,) = preprocess_decoded([decode_for(path, size, cfg)], size, cfg, segmenter, stats)
+    return out
+
+
+def load_segmenter_for(cfg: PreprocessConfig, base_dir: str | Path | None = None, device: str = "cpu") -> Any:
+    """The lung segmenter a config names (None when it needs none), its weights checked against the config's sha256.
+
+    A relative ``segmentation_model`` is resolved against ``base_dir`` (a run folder carries its own copy).
+    """
+    if not cfg.needs_segmentation:
+        return None
+    from ..segmentation.predict import LungSegmenter
+
+    path = Path(cfg.segmentation_model)
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    return LungSegmenter.load(path, device=device, expected_sha256=cfg.segmentation_sha256)
+
+
+def _decode_job(args: tuple[str, int, PreprocessConfig]) -> tuple[np.ndarray | None, str | None]:
+    path, size, cfg = args
+    try:
+        if cfg.needs_segmentation:
+            return decode_for(path, size, cfg), None
+        return load_preprocessed(path, size, cfg), None
+    except ImageDecodeError as exc:
+        return None, str(exc)
+
+
+def iter_preprocessed(paths: list[str], size: int, cfg: PreprocessConfig, segmenter: Any = None,
+                      workers: int | None = None, progress: bool = True, chunk: int = 64,
+                      stats: dict[str, int] | None = None) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+    """``(index, image or None, error or None)`` for every path, in order: decoding in worker processes, lung
+    segmentation (when needed) in batches in this process (a network is not shared across forked workers)."""
+    workers = workers or min(4, os.cpu_count() or 1)
+    bar = tqdm(total=len(paths), desc=f"preprocessing images at {size}px", unit="img", disable=not progress)
+    pool = ProcessPoolExecutor(workers) if workers > 1 and len(paths) > chunk else None
+    try:
+        for start in range(0, len(paths), chunk):
+            jobs = [(p, size, cfg) for p in paths[start:start + chunk]]
+            results = list(pool.map(_decode_job, jobs, chunksize=8)) if pool else [_decode_job(j) for j in jobs]
+            if cfg.needs_segmentation:
+                ok = [i for i, (img, _) in enumerate(results) if img is not None]
+                done = preprocess_decoded([results[i][0] for i in ok], size, cfg, segmenter, stats)
+                for i, img in zip(ok, done, strict=True):
+                    results[i] = (img, None)
+            for i, (img, err) in enumerate(results):
+                yield start + i, img, err
+            bar.update(len(jobs))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        bar.close()
+
+
+def preprocess_digest(cfg: PreprocessConfig) -> str:
+    """Short digest of :meth:`PreprocessConfig.key` (for file names)."""
+    return hashlib.sha256(cfg.key().encode()).hexdigest()[:8] if cfg.key() else ""

@@ -1,0 +1,193 @@
+"""Within-site metrics: positive-vs-rest performance restricted to each site that holds both classes.
+
+On data confounded by source (every COVID image from one collection), a pooled AUC mostly measures how well a model
+recognises the collection. Only a site that contributes positive *and* negative images can show whether the model
+separates the disease within one source. This module computes, for every such site, ROC AUC, sensitivity and
+specificity with percentile-bootstrap confidence intervals, and the scalar used for model selection
+(``select_on: within_site_auc``).
+
+The bootstrap resamples *patients* (the ``group`` column when present, else images) with replacement, separately
+among patients that have a positive image and those that do not, so every replicate holds both classes and images
+of one patient stay together (several images of one patient are not independent evidence).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from ..errors import DataError
+
+DEFAULT_N_BOOT = 1000
+DEFAULT_LEVEL = 0.95
+
+
+def _rate(num: int, den: int) -> float:
+    return float(num / den) if den > 0 else math.nan
+
+
+def sens_spec(y: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float, float]:
+    """Sensitivity and specificity of the rule ``score >= threshold`` (NaN when a class is absent)."""
+    y = np.asarray(y, dtype=bool)
+    pred = np.asarray(score, dtype=float) >= threshold
+    return _rate(int(np.sum(pred & y)), int(y.sum())), _rate(int(np.sum(~pred & ~y)), int((~y).sum()))
+
+
+def auc_or_nan(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC by the Mann-Whitney rank formula (ties count half; equal to scikit-learn's), NaN with one class.
+
+    The rank form is ~20x faster than ``roc_auc_score`` per call, which matters inside a bootstrap.
+    """
+    y = np.asarray(y, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = rankdata(np.asarray(score, dtype=float))
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def bootstrap_ci(
+    y: np.ndarray,
+    score: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], float | tuple[float, ...]],
+    groups: np.ndarray | None = None,
+    n_boot: int = DEFAULT_N_BOOT,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+) -> list[tuple[float, float]]:
+    """Percentile-bootstrap intervals of one or several statistics of ``(y, score)``.
+
+    Patients (``groups``; each image its own patient when None) are drawn with replacement within two strata:
+    patients with at least one positive image and patients without. Replicates where a statistic is NaN are left
+    out of that statistic's percentiles.
+
+    Args:
+        y: binary labels (positive = True).
+        score: the positive class's score.
+        statistic: ``f(y, score)`` returning a number or a tuple of numbers.
+        groups: patient id of every row.
+        n_boot: number of replicates.
+        level: coverage of the interval (0.95: the 2.5th and 97.5th percentiles).
+        seed: seed of the resampling; the same seed gives the same interval.
+
+    Returns:
+        One ``(low, high)`` per statistic (NaN, NaN when no replicate gave a number).
+    """
+    y = np.asarray(y, dtype=bool)
+    score = np.asarray(score, dtype=float)
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    codes, uniq = pd.factorize(pd.Series(groups), sort=True)
+    members = [np.flatnonzero(codes == g) for g in range(len(uniq))]
+    has_pos = np.array([y[m].any() for m in members])
+    strata = [np.flatnonzero(has_pos), np.flatnonzero(~has_pos)]
+    rng = np.random.default_rng(seed)
+    values: list[tuple[float, ...]] = []
+    for _ in range(n_boot):
+        picked = [s[rng.integers(0, len(s), len(s))] for s in strata if len(s)]
+        rows = np.concatenate([members[g] for g in np.concatenate(picked)]) if picked else np.zeros(0, int)
+        v = statistic(y[rows], score[rows])
+        values.append(v if isinstance(v, tuple) else (v,))
+    arr = np.asarray(values, dtype=float)
+    alpha = (1 - level) / 2
+    out = []
+    for col in arr.T:
+        col = col[np.isfinite(col)]
+        out.append((float(np.quantile(col, alpha)), float(np.quantile(col, 1 - alpha))) if len(col) else
+                   (math.nan, math.nan))
+    return out
+
+
+def mixed_sites(preds: pd.DataFrame, positive_class: str) -> list[str]:
+    """Sites that hold at least one positive and one negative image, sorted."""
+    if "site" not in preds:
+        return []
+    is_pos = preds["label"] == positive_class
+    both = preds.assign(_pos=is_pos).groupby("site")["_pos"].agg(["any", "all"])
+    return sorted(str(s) for s, r in both.iterrows() if r["any"] and not r["all"])
+
+
+def within_site_metrics(
+    preds_df: pd.DataFrame,
+    classes: list[str],
+    positive_class: str,
+    threshold: float | None = None,
+    n_boot: int = DEFAULT_N_BOOT,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+) -> dict:
+    """Positive-vs-rest metrics within every site that holds both classes.
+
+    Args:
+        preds_df: one row per image with ``label``, ``site``, ``prob_<positive_class>`` and optionally ``group``
+            (patient), e.g. a run's ``predictions.csv`` restricted to one split.
+        classes: the model's classes.
+        positive_class: the screened class.
+        threshold: operating threshold on the positive probability for sensitivity/specificity (0.5 when None).
+        n_boot, level, seed: the bootstrap (see :func:`bootstrap_ci`).
+
+    Returns:
+        ``{"positive_class", "threshold", "ci_level", "n_boot", "ci_method", "sites": {site: {...}}}`` where each site
+        holds ``n``, ``n_positive``, ``n_negative``, ``n_patients``, ``roc_auc``, ``roc_auc_ci``, ``sensitivity``,
+        ``sensitivity_ci``, ``specificity``, ``specificity_ci``. Sites with one class only are absent.
+
+    Raises:
+        DataError: the positive class is not a class, or a needed column is missing.
+    """
+    if positive_class not in classes:
+        raise DataError(f"positive class {positive_class!r} is not one of the classes {classes}")
+    col = f"prob_{positive_class}"
+    missing = [c for c in ("label", "site", col) if c not in preds_df]
+    if missing:
+        raise DataError(f"predictions lack column(s) {', '.join(missing)} needed for within-site metrics")
+    thr = 0.5 if threshold is None else float(threshold)
+    out: dict = {"positive_class": positive_class, "threshold": thr, "ci_level": level, "n_boot": n_boot,
+                 "ci_method": "percentile bootstrap over patients, stratified by class", "sites": {}}
+    for site in mixed_sites(preds_df, positive_class):
+        g = preds_df[preds_df["site"].astype(str) == site]
+        y = (g["label"] == positive_class).to_numpy()
+        s = g[col].to_numpy(dtype=float)
+        groups = g["group"].to_numpy() if "group" in g else None
+        sens, spec = sens_spec(y, s, thr)
+
+        def stats(yy: np.ndarray, ss: np.ndarray) -> tuple[float, float, float]:
+            return (auc_or_nan(yy, ss), *sens_spec(yy, ss, thr))
+
+        (auc_ci, sens_ci, spec_ci) = bootstrap_ci(y, s, stats, groups, n_boot, level, seed)
+        out["sites"][site] = {
+            "n": int(len(g)), "n_positive": int(y.sum()), "n_negative": int((~y).sum()),
+            "n_patients": int(pd.Series(groups).nunique()) if groups is not None else int(len(g)),
+            "roc_auc": auc_or_nan(y, s), "roc_auc_ci": list(auc_ci),
+            "sensitivity": sens, "sensitivity_ci": list(sens_ci),
+            "specificity": spec, "specificity_ci": list(spec_ci),
+        }
+    return out
+
+
+def within_site_auc(y_positive: np.ndarray, score: np.ndarray, sites: np.ndarray) -> float:
+    """Mean positive-vs-rest ROC AUC over the sites that hold both classes (NaN when there is none).
+
+    This is the model-selection metric of ``select_on: within_site_auc``: unlike the pooled AUC it cannot be raised
+    by recognising which collection an image comes from.
+    """
+    y = np.asarray(y_positive, dtype=bool)
+    score = np.asarray(score, dtype=float)
+    sites = np.asarray(sites).astype(str)
+    aucs = [auc_or_nan(y[sites == s], score[sites == s]) for s in np.unique(sites)]
+    aucs = [a for a in aucs if not math.isnan(a)]
+    return float(np.mean(aucs)) if aucs else math.nan
+
+
+def format_within_site(block: dict) -> list[str]:
+    """One human-readable line per site (for logs and the CLI)."""
+    lines = []
+    for site, m in block.get("sites", {}).items():
+        lo, hi = m["roc_auc_ci"]
+        lines.append(f"within {site} ({m['n_positive']} {block['positive_class']} vs {m['n_negative']} other, "
+                     f"{m['n_patients']} patients): AUC {m['roc_auc']:.3f} [{lo:.3f}, {hi:.3f}], sensitivity "
+                     f"{m['sensitivity']:.3f}, specificity {m['specificity']:.3f} at threshold "
+                     f"{block['threshold']:.3f}")
+    return lines
