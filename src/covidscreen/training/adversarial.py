@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..data.augment import AugmentConfig, augment_batch
 from .finetune import freeze_batchnorm
+from .loop import optimizer_step
 from .runtime import autocast, to_input
 
 
@@ -176,18 +177,7 @@ def train_one_epoch_adversarial(
                 site_logits = adversary(tap.features, y)
                 site_loss = F.cross_entropy(site_logits.float(), s, weight=adversary.site_weights)
                 loss = cls_loss + site_loss
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at batch {b}; lower the learning rate")
+            optimizer_step(loss, optimizer, scheduler, scaler, b)
             totals["loss"] += cls_loss.item()
             totals["site_loss"] += site_loss.item()
             totals["site_accuracy"] += float((site_logits.argmax(1) == s).float().mean())

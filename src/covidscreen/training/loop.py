@@ -27,6 +27,24 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int, floor: float = 0.01)
     return factor
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None, scaler: torch.amp.GradScaler | None,
+                   batch: int) -> None:
+    """Backward pass and one optimizer (and scheduler) step, with the fp16 grad scaler when there is one."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training loss became {loss.item()} at batch {batch}; lower the learning rate")
+
+
 def train_one_epoch(
     model: nn.Module,
     images: np.ndarray,
@@ -68,18 +86,7 @@ def train_one_epoch(
             x, y = mixer(x, y)
         with autocast(device, amp):
             loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss.item()} at batch {b}; lower the learning rate")
+        optimizer_step(loss, optimizer, scheduler, scaler, b)
         total += loss.item() * len(idx)
         seen += len(idx)
         bar.set_postfix(loss=f"{total / seen:.4f}", img_s=f"{bar.format_dict['rate'] * batch_size:.1f}"
