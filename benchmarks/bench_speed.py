@@ -61,8 +61,8 @@ def main() -> None:
             n_read += bs
         cached_rate = rate(n_read, time.perf_counter() - t)
     print(f"data loading: decode+resize {decode_rate:8.1f} img/s (1 process) | cache build {build_rate:8.1f} img/s "
-          f"(worker processes) | cached batches {cached_rate:10.1f} img/s  -> cache is {cached_rate / decode_rate:.0f}x "
-          "faster than decoding")
+          f"(worker processes) | cached batches {cached_rate:10.1f} img/s")
+    print(f"  -> reading cached batches is {cached_rate / decode_rate:.0f}x faster than decoding")
 
     model = create_model(args.model, pretrained=False, num_classes=3).to(device).to(memory_format=torch.channels_last)
     stages = set_trainable_stages(model, TrainConfig.train_stages if model.spec.stages else None)
