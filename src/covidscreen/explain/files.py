@@ -18,13 +18,14 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..data.decode import load_resized, read_image
+from ..data.decode import read_image
 from ..errors import CovidscreenError, ImageDecodeError
 from ..inference.checkpoint import load_checkpoint
 from ..inference.predictor import expand_inputs
 from ..training.runtime import resolve_device
 from .cam import CLASS_AGNOSTIC, Explainer, Explanation, check_method, resize_map
 from .figures import METHOD_NAMES, check_lines, contact_sheet_html, explanation_png
+from .inputs import run_input_loader
 from .regions import DEFAULT_MARGIN, border_area, border_fraction
 from .sanity import per_image_checks, randomisation_test, road_faithfulness
 
@@ -112,6 +113,9 @@ def explain_files(run_dir: str | Path, inputs: list[str | Path], output: str | P
         raise CovidscreenError(f"checks must be 0 or more images, got {checks}")
     model, meta = load_checkpoint(run_dir, resolve_device(device))
     classes, size = list(meta["classes"]), int(meta["image_size"])
+    load_input, lung_mask_fn = run_input_loader(meta, run_dir)  # the run's preprocessing, its lung mask
+    if mask_fn is None:
+        mask_fn = lung_mask_fn
     explainer = Explainer(model, method=method, classes=classes, image_size=size)
     target_idx = explainer.resolve_target(target)  # a bad class fails before any work
     files = expand_inputs(inputs)
@@ -127,7 +131,7 @@ def explain_files(run_dir: str | Path, inputs: list[str | Path], output: str | P
                    **{f"prob_{c}": math.nan for c in classes}, "border_fraction": math.nan, "border_area": math.nan}
             rows.append(row)
             try:
-                x = load_resized(f, size)
+                x = load_input(f)
             except ImageDecodeError as exc:
                 row["error"] = str(exc)
                 continue

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..data.decode import load_resized, read_image
+from ..data.decode import read_image
 from ..errors import CheckpointError, ImageDecodeError
 from ..evaluation.metrics import predict_labels
 from ..inference.checkpoint import load_checkpoint
@@ -27,6 +27,7 @@ from ..training.runtime import resolve_device
 from .cam import Explainer, Explanation, check_method, explain, resize_map
 from .figures import METHOD_NAMES, check_lines, explanation_png, img_tag, overlay_png
 from .files import fmt_value, sanity_notes, sanity_summary
+from .inputs import run_input_loader
 from .regions import DEFAULT_MARGIN, border_area, border_fraction
 from .sanity import per_image_checks, randomisation_test, road_faithfulness
 
@@ -153,10 +154,13 @@ def heatmap_summary(run_dir: str | Path, n: int = 32, output: str | Path | None 
     rows = sample_rows(test, n, per_outcome, seed)
     root = Path(meta.get("data_dir", "."))
 
+    load_input, lung_mask_fn = run_input_loader(meta, run_dir)  # the run's preprocessing, its lung mask
+    if mask_fn is None:
+        mask_fn = lung_mask_fn
     records, inputs = [], []
     for i in rows:
         try:
-            inputs.append(load_resized(root / test.at[i, "image"], size))
+            inputs.append(load_input(root / test.at[i, "image"]))
             records.append(i)
         except ImageDecodeError:
             continue  # images that fail here failed in training too and are listed in skipped.csv
