@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from ..errors import DataError
+from .metrics import rank_auc as auc_or_nan  # the one rank-based AUC of the package
 
 DEFAULT_N_BOOT = 1000
 DEFAULT_LEVEL = 0.95
@@ -35,19 +35,6 @@ def sens_spec(y: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float
     y = np.asarray(y, dtype=bool)
     pred = np.asarray(score, dtype=float) >= threshold
     return _rate(int(np.sum(pred & y)), int(y.sum())), _rate(int(np.sum(~pred & ~y)), int((~y).sum()))
-
-
-def auc_or_nan(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC by the Mann-Whitney rank formula (ties count half; equal to scikit-learn's), NaN with one class.
-
-    The rank form is ~20x faster than ``roc_auc_score`` per call, which matters inside a bootstrap.
-    """
-    y = np.asarray(y, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    ranks = rankdata(np.asarray(score, dtype=float))
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def bootstrap_ci(
