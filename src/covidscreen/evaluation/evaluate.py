@@ -24,14 +24,15 @@ from .report import write_report
 from .within_site import mixed_sites, within_site_metrics  # issue 6
 
 
-def _internal_block(run_dir: Path) -> dict[str, Any] | None:
+def _run_metrics(run_dir: Path) -> dict[str, Any]:
+    """The run's own ``metrics.json`` (empty when absent or damaged: only the comparison needs it)."""
     path = run_dir / "metrics.json"
     if not path.is_file():
-        return None
+        return {}
     try:
-        return json.loads(path.read_text()).get("test")
+        return json.loads(path.read_text())
     except json.JSONDecodeError:
-        return None
+        return {}
 
 
 def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: str | Path, device: str = "auto",
@@ -74,9 +75,7 @@ def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: 
     points = predictor.meta.get("operating_points") or {}
     groups = table["group"].to_numpy() if "group" in table else None
     m = assess(y, probs, classes, pos, predictor.threshold, groups, points, n_boot=n_boot, seed=seed)
-    run_metrics = {}
-    if (run_dir / "metrics.json").is_file():
-        run_metrics = json.loads((run_dir / "metrics.json").read_text())
+    run_metrics = _run_metrics(run_dir)
     metrics: dict[str, Any] = {
         "classes": classes, "positive_class": pos, "operating_points": points,
         "operating_points_val": run_metrics.get("operating_points_val"), "temperature": predictor.meta.get(
@@ -88,7 +87,7 @@ def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: 
         metrics["covid_vs_rest"] = m["covid_vs_rest"]
     metrics["breakdown"] = {by: subgroup_breakdown(preds, classes, pos, predictor.threshold, by, n_boot=n_boot,
                                                    seed=seed) for by in ("site", "view") if by in preds}
-    internal = _internal_block(run_dir)
+    internal = run_metrics.get("test")
     if name != "test" and internal is not None:
         metrics["internal_vs_external"] = {
             "description": description or f"The run's own test split (internal) against {len(preds)} images of "
