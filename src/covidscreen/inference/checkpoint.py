@@ -96,13 +96,20 @@ def read_sidecar(run_dir: str | Path) -> dict[str, Any]:
             f"{run_dir} has no {SIDECAR_FILE}: not a covidscreen run folder (expected {WEIGHTS_FILE} + {SIDECAR_FILE} "
             "written by covidscreen train)"
         )
+    return read_json_record(path, ("architecture", "classes", "image_size"), "run folder")
+
+
+def read_json_record(path: Path, required: tuple[str, ...], what: str) -> dict[str, Any]:
+    """A JSON object with ``required`` keys (sidecars, ensemble manifests), or a CheckpointError naming the fault."""
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc.msg}); the run folder is damaged") from None
-    for key in ("architecture", "classes", "image_size"):
+        raise CheckpointError(f"{path} is not valid JSON ({exc.msg}); the {what} is damaged") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object; the {what} is damaged")
+    for key in required:
         if key not in meta:
-            raise CheckpointError(f"{path} lacks '{key}'; the run folder is damaged or from another tool")
+            raise CheckpointError(f"{path} lacks '{key}'; the {what} is damaged or from another tool")
     return meta
 
 

@@ -73,13 +73,9 @@ def read_manifest(ens_dir: str | Path) -> dict[str, Any]:
     """Read and check ``ensemble.json``; member paths are returned absolute under ``member_dirs``."""
     ens_dir = Path(ens_dir)
     path = ens_dir / ENSEMBLE_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc.msg}); the ensemble folder is damaged") from None
-    for key in ("members", "classes", "image_size"):
-        if key not in meta:
-            raise CheckpointError(f"{path} lacks '{key}'; the ensemble folder is damaged or from another tool")
+    from .checkpoint import read_json_record
+
+    meta = read_json_record(path, ("members", "classes", "image_size"), "ensemble folder")
     meta["member_dirs"] = [str((ens_dir / m["path"]).resolve()) for m in meta["members"]]
     return meta
 
