@@ -90,6 +90,7 @@ class TrainConfig:
     adversarial_conditional: bool = True  # the site head also sees the label: remove site beyond the label only
     keep_mixed_sites: bool = False  # with max_per_class: keep every image of sites that hold both classes
     site_probe: bool = False  # measure how well a linear probe predicts site from the features (val+test)
+    within_site_rank_weight: float = 0.0  # > 0: + w * ranking loss over same-site (positive, other) pairs
     # --- issue 6 (end) ---
 
     def validate(self) -> TrainConfig:
@@ -140,6 +141,11 @@ class TrainConfig:
             ("adversarial_weight", self.adversarial_weight >= 0, "non-negative"),
             ("adversarial_weight", self.adversarial_weight == 0 or (self.mixup_alpha == 0 and self.cutmix_alpha == 0),
              "0 while mixup_alpha or cutmix_alpha is set (the adversarial epoch does not mix images)"),
+            ("within_site_rank_weight", self.within_site_rank_weight >= 0, "non-negative"),
+            ("within_site_rank_weight", self.within_site_rank_weight == 0 or (
+                self.mixup_alpha == 0 and self.cutmix_alpha == 0 and self.adversarial_weight == 0),
+             "0 while mixup_alpha, cutmix_alpha or adversarial_weight is set (pairs need hard labels and the plain "
+             "epoch)"),
             ("site_balanced", not (self.site_balanced and self.sampler == "balanced"),
              "false while sampler is 'balanced' (two samplers)"),
         ]

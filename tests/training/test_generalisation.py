@@ -65,6 +65,25 @@ def test_config_checks():
         TrainConfig(roi="lungs-mask").validate()
     with pytest.raises(ConfigError, match="adversarial_weight"):
         TrainConfig(adversarial_weight=-1).validate()
+    with pytest.raises(ConfigError, match="within_site_rank_weight"):
+        TrainConfig(within_site_rank_weight=-0.1).validate()
+    with pytest.raises(ConfigError, match="within_site_rank_weight"):
+        TrainConfig(within_site_rank_weight=0.5, mixup_alpha=0.2).validate()
+
+
+def test_fit_with_within_site_ranking_loss_sees_pairs(tmp_path, monkeypatch):
+    """A tiny run with the ranking loss: every epoch's batches hold same-site (covid, other) pairs of cohen."""
+    from covidscreen.training.trainer import fit
+
+    monkeypatch.setenv("COVIDSCREEN_CACHE", str(tmp_path / "cache"))
+    cfg = TrainConfig(model="squeezenet1_1", pretrained=False, image_size=32, epochs=2, batch_size=16,
+                      samples_per_epoch=64, max_per_class=60, keep_mixed_sites=True, site_balanced=True,
+                      within_site_rank_weight=1.0, bootstrap=0, audit=False, seed=0, output=str(tmp_path / "run"),
+                      device="cpu", eval_batch_size=64)
+    run = fit(cfg, progress=False)
+    history = pd.read_csv(run / "history.csv")
+    assert (history["rank_pairs"] > 0).all()
+    assert np.isfinite(history["train_loss"]).all()
 
 
 @pytest.mark.slow

@@ -62,6 +62,7 @@ def train_one_epoch(
     desc: str = "train",
     progress: bool = True,
     mixer: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    groups: np.ndarray | None = None,
 ) -> float:
     """Train on ``images[rows]`` (in the given order) once; returns the mean training loss.
 
@@ -70,6 +71,8 @@ def train_one_epoch(
         rows: row indices of this epoch's images, already shuffled/sampled by the caller.
         labels: class index per entry of ``rows``.
         mixer: optional ``(x, y) -> (x, soft_targets)`` applied after augmentation (mixup/CutMix, ``mixup.py``).
+        groups: optional integer per entry of ``rows`` passed to ``loss_fn(logits, y, groups)`` as a third argument
+            (the within-site ranking loss's site groups, ``site_contrast.py``).
     """
     model.train()
     freeze_batchnorm(model)
@@ -85,7 +88,11 @@ def train_one_epoch(
         if mixer is not None:
             x, y = mixer(x, y)
         with autocast(device, amp):
-            loss = loss_fn(model(x), y)
+            if groups is None:
+                loss = loss_fn(model(x), y)
+            else:
+                g = torch.from_numpy(np.asarray(groups[b * batch_size:(b + 1) * batch_size], dtype=np.int64))
+                loss = loss_fn(model(x), y, g.to(device))
         optimizer_step(loss, optimizer, scheduler, scaler, b)
         total += loss.item() * len(idx)
         seen += len(idx)

@@ -27,7 +27,7 @@ from ..data.cache import ImageCache
 from ..data.locate import resolve_data_dir
 from ..data.splits import split_fingerprint
 from ..data.table import class_names, load_table
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..evaluation.assess import evaluate_fit_predictions
 from ..evaluation.finalize import finalize_run
 from ..evaluation.holdout import exclude_site
@@ -188,6 +188,15 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
     eval_loss = criterion(loss_cfg, classes, y_all[train_idx]).to(device)
     mixer = BatchMixer(len(classes), cfg.mixup_alpha, cfg.cutmix_alpha, seed=cfg.seed)
     adversary = build_adversary(cfg, model, table, train_idx, len(classes), device)  # issue 6: None unless weight > 0
+    groups = None
+    if cfg.within_site_rank_weight > 0:  # issue 6: rank positives above others of their own site
+        from .site_contrast import WithinSiteRankLoss, site_groups
+
+        if cfg.positive_class not in classes:
+            raise ConfigError(f"within_site_rank_weight > 0 needs positive_class '{cfg.positive_class}' among the "
+                              f"classes {classes}")
+        groups = site_groups(table, train_idx, cfg.positive_class)
+        loss_fn = WithinSiteRankLoss(loss_fn, cfg.within_site_rank_weight, classes.index(cfg.positive_class))
 
     epoch_length = len(epoch_rows(train_idx, y_all[train_idx], cfg.samples_per_epoch, np.random.default_rng(0),
                                   cfg.sampler))
@@ -233,7 +242,10 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
             train_loss = train_one_epoch(
                 model, images, data.rows[order], y_all[order], loss_fn, optimizer, scheduler, device, batch_size,
                 generator, augment, amp, scaler, desc=f"epoch {epoch}/{cfg.epochs}", progress=progress,
-                mixer=mixer if mixer.active else None)
+                mixer=mixer if mixer.active else None, groups=None if groups is None else groups[order])
+            if groups is not None:  # issue 6: how many same-site pairs the ranking loss saw this epoch
+                adv_stats["rank_pairs"] = loss_fn.pairs_seen
+                loss_fn.pairs_seen = 0
         val_probs = predict_probs(model, images, val_rows, device, cfg.eval_batch_size, amp, desc="validate",
                                   progress=progress)
         y_val = y_all[is_val]
