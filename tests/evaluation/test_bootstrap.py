@@ -15,6 +15,7 @@ from covidscreen.evaluation.bootstrap import (
     bootstrap_tasks,
     bootstrap_weights,
     group_codes,
+    group_strata,
     percentile_interval,
     weighted_auc_ap,
     weighted_binary_metrics,
@@ -132,3 +133,67 @@ def test_patient_level_bootstrap_covers_the_true_value():
     for k in truth:
         assert 0.90 <= hits[k] / runs <= 0.99, (k, hits[k] / runs)
     assert sum(hits_image.values()) < sum(hits.values())
+
+
+def _auc_ci(y, s, groups=None, stratified=False, n_boot=400, seed=0, level=0.95):
+    return binary_ci(y, s >= 0, s, groups, n_boot=n_boot, seed=seed, level=level, stratified=stratified)["roc_auc"]
+
+
+def test_stratified_weights_keep_the_size_of_each_stratum():
+    codes, g = group_codes(np.array(["a", "a", "b", "c", "d", "e"]), 6)
+    strata = group_strata(codes, g, np.array([1, 0, 0, 1, 0, 0]))  # a (one positive image) and c are positive
+    assert strata.tolist() == [True, False, True, False, False]
+    w = bootstrap_weights(codes, g, 200, np.random.default_rng(0), strata)
+    assert (w[:, 0] == w[:, 1]).all()  # images of one patient still share a weight
+    assert np.all(w[:, 0] + w[:, 3] == 2) and np.all(w[:, [2, 4, 5]].sum(1) == 3)
+
+
+@pytest.mark.parametrize("stratified", [False, True])
+def test_interval_brackets_the_estimate_and_shrinks_with_more_patients(stratified):
+    rng = np.random.default_rng(1)
+
+    def data(n):
+        y = rng.integers(0, 2, n).astype(bool)
+        return y, rng.normal(size=n) + y
+
+    y, s = data(100)
+    lo, hi = _auc_ci(y, s, stratified=stratified)
+    assert lo < roc_auc_score(y, s) < hi
+    y2, s2 = data(1600)
+    lo2, hi2 = _auc_ci(y2, s2, stratified=stratified)
+    assert (hi2 - lo2) < 0.5 * (hi - lo)
+
+
+@pytest.mark.parametrize("stratified", [False, True])
+def test_duplicated_images_of_a_patient_do_not_fake_precision(stratified):
+    """Five copies of every image of a patient carry no more evidence: resampling patients must give about the
+    width of the deduplicated data; resampling images would give intervals ~sqrt(5) times too narrow."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(30, bool), np.zeros(30, bool)]
+    s = np.r_[rng.normal(1, 1, 30), rng.normal(0, 1, 30)]
+    rep_y, rep_s, rep_g = np.repeat(y, 5), np.repeat(s, 5), np.repeat(np.arange(60), 5)
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    single = _auc_ci(y, s, stratified=stratified)
+    grouped = _auc_ci(rep_y, rep_s, rep_g, stratified=stratified)
+    naive = _auc_ci(rep_y, rep_s, stratified=stratified)
+    assert width(grouped) == pytest.approx(width(single), rel=0.25)
+    assert width(naive) < 0.7 * width(grouped)
+
+
+def test_stratified_interval_covers_the_true_auc():
+    """Binormal scores with a known AUC: the stratified 90% interval covers it in most simulated samples."""
+    true_auc = norm.cdf(1 / math.sqrt(2))
+    rng = np.random.default_rng(7)
+    hits, n_sim = 0, 60
+    for i in range(n_sim):
+        y = np.r_[np.ones(40, bool), np.zeros(40, bool)]
+        s = np.r_[rng.normal(1, 1, 40), rng.normal(0, 1, 40)]
+        lo, hi = _auc_ci(y, s, stratified=True, n_boot=150, level=0.9, seed=i)
+        hits += lo <= true_auc <= hi
+    assert hits / n_sim >= 0.75
+
+
+def test_stratify_must_match_the_predictions():
+    y, s = _data(n=20)
+    with pytest.raises(ConfigError, match="stratify"):
+        bootstrap_tasks([BinaryTask("t", y, s > 0, s)], n_boot=10, stratify=y[:5])

@@ -13,7 +13,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from covidscreen.evaluation.metrics import binary_metrics, classification_metrics, headline_auc, predict_labels
+from covidscreen.evaluation.metrics import (
+    binary_metrics,
+    classification_metrics,
+    headline_auc,
+    predict_labels,
+    rank_auc,
+)
 
 
 def test_binary_metrics_against_sklearn():
@@ -61,3 +67,11 @@ def test_multiclass_positive_threshold_rule():
     assert m["covid_vs_rest"]["sensitivity"] == 1.0
     assert math.isnan(m["per_class"]["normal"]["roc_auc"])  # no normal image: undefined, not 0.5
     assert headline_auc(np.array([0, 2, 0]), probs, ["covid", "normal", "pneumonia"], "covid") == 1.0
+
+
+def test_rank_auc_equals_sklearn_with_ties_and_is_nan_with_one_class():
+    rng = np.random.default_rng(2)
+    y = rng.random(200) < 0.3
+    s = np.round(rng.random(200) + y * 0.3, 1)  # many ties
+    assert rank_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert math.isnan(rank_auc(np.ones(4, bool), np.arange(4.0)))

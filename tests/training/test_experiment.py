@@ -71,6 +71,30 @@ def test_shipped_grids_are_valid():
         assert load_plan(g).runs
 
 
+def test_shipped_generalisation_grid_expands_to_seeds_by_variants():
+    """The issue-6 grid (formerly run by its own small runner): 3 seeds x the variants, one config each."""
+    from pathlib import Path
+
+    from covidscreen.training.comparison import seed_variants
+
+    plan = load_plan(Path(__file__).resolve().parents[2] / "configs" / "experiments" / "generalisation.yaml")
+    names = [r.name for r in plan.runs]
+    variants = {n.split("__variant=")[1] for n in names}
+    assert names[0] == "seed=0__variant=baseline" and plan.grid_axes == ["seed", "variant"]
+    assert seed_variants(plan) == ["variant"] and all(r.from_grid for r in plan.runs)
+    assert {"lung_crop", "lung_mask", "clahe", "site_balanced", "adversarial", "combined"} <= variants
+    assert len(names) == 3 * len(variants)
+    cfgs = {r.name: r.cfg for r in plan.runs}
+    assert cfgs["seed=1__variant=baseline"].roi == "none" and cfgs["seed=1__variant=lung_mask"].roi == "lungs-mask"
+    assert cfgs["seed=2__variant=baseline"].seed == 2
+    assert cfgs["seed=0__variant=adversarial"].adversarial_weight > 0
+    assert cfgs["seed=0__variant=site_balanced"].site_balanced
+    assert all(c.keep_mixed_sites and c.image_size == cfgs["seed=0__variant=baseline"].image_size
+               for c in cfgs.values())
+    assert len({c.output for c in cfgs.values()}) == len(names)
+    assert all(Path(c.output).parent == plan.output / "runs" for c in cfgs.values())
+
+
 def test_resume_detects_finished_runs_and_refuses_other_configs(tmp_path):
     cfg = TrainConfig(output=str(tmp_path / "r"), epochs=2).validate()
     run = tmp_path / "r"

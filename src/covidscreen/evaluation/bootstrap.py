@@ -8,6 +8,15 @@ sorted cumulative sums, so 1,000 replicates of a few thousand images take well u
 
 The interval is the percentile interval of the replicates. Replicates in which a metric is undefined (no positive
 patient drawn, say) are left out of that metric's interval; their count is reported.
+
+Optionally (``stratify``) patients are drawn separately among those with at least one positive image and those
+without, each stratum keeping its size. Within-site metrics use this: cohen holds only 10-13 non-COVID patients in a
+test split, so an unstratified replicate can draw too few (or no) negatives and its AUC would be undefined or
+wild; stratification keeps the class balance of the sample fixed, as the design of the study fixed it. Pooled
+metrics resample unstratified (the class balance of a test split is itself random there).
+
+This is the one bootstrap of the package: ``metrics.json`` (``assess.py``), within-site metrics
+(``within_site.py``), experiment tables (``training/comparison.py``) and cross-validation all use it.
 """
 
 from __future__ import annotations
@@ -35,9 +44,32 @@ def group_codes(groups: Sequence | np.ndarray | None, n: int) -> tuple[np.ndarra
     return codes.astype(np.int64), len(uniques)
 
 
-def bootstrap_weights(codes: np.ndarray, n_groups: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """``(n_boot, N)`` image weights: how often each image's patient was drawn in each replicate."""
-    draws = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot)
+def group_strata(codes: np.ndarray, n_groups: int, flags: np.ndarray) -> np.ndarray:
+    """Stratum of each patient: True when at least one of its images is flagged (e.g. positive)."""
+    return np.bincount(codes, weights=np.asarray(flags, dtype=float), minlength=n_groups) > 0
+
+
+def bootstrap_weights(codes: np.ndarray, n_groups: int, n_boot: int, rng: np.random.Generator,
+                      strata: np.ndarray | None = None) -> np.ndarray:
+    """``(n_boot, N)`` image weights: how often each image's patient was drawn in each replicate.
+
+    Args:
+        codes: patient code of every image (``0 .. n_groups - 1``).
+        n_groups: number of patients.
+        n_boot: number of replicates.
+        rng: the random generator.
+        strata: optional ``(n_groups,)`` stratum of every patient; patients are then drawn within each stratum,
+            as many as it holds, so every replicate keeps the strata's sizes.
+    """
+    if strata is None:
+        draws = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot)
+    else:
+        strata = np.asarray(strata)
+        draws = np.zeros((n_boot, n_groups), dtype=np.int64)
+        for s in np.unique(strata):
+            members = np.flatnonzero(strata == s)
+            draws[:, members] = rng.multinomial(len(members), np.full(len(members), 1.0 / len(members)),
+                                                size=n_boot)
     return draws[:, codes].astype(np.float64)
 
 
@@ -140,6 +172,7 @@ def bootstrap_tasks(
     level: float = 0.95,
     extra: dict[str, np.ndarray] | None = None,
     chunk_cells: int = 4_000_000,
+    stratify: np.ndarray | None = None,
 ) -> dict[str, dict]:
     """Percentile CIs of every binary metric of several tasks, all from the same patient-level replicates.
 
@@ -151,6 +184,8 @@ def bootstrap_tasks(
         level: confidence level.
         extra: named ``(N,)`` 0/1 arrays whose weighted mean also gets an interval (e.g. multi-class correctness).
         chunk_cells: replicates are processed in chunks of about this many weight cells to bound memory.
+        stratify: optional ``(N,)`` 0/1 flag per image (e.g. positive); patients with a flagged image and patients
+            without are then resampled separately (see the module docstring).
 
     Returns:
         ``{task name: {"ci": {metric: [lo, hi]}, "undefined": {metric: count}}}`` plus, for each ``extra`` array,
@@ -165,6 +200,11 @@ def bootstrap_tasks(
         return {}
     n = len(tasks[0].y)
     codes, n_groups = group_codes(groups, n)
+    strata = None
+    if stratify is not None:
+        if len(stratify) != n:
+            raise ConfigError(f"stratify has {len(stratify)} entries but there are {n} predictions")
+        strata = group_strata(codes, n_groups, stratify)
     if n == 0:
         return {t.name: {"ci": {k: [math.nan, math.nan] for k in BINARY_METRICS}, "undefined": {}} for t in tasks}
     ranked = {t.name: _Ranked.of(np.asarray(t.y, bool), np.asarray(t.score, float)) if t.score is not None else None
@@ -174,7 +214,7 @@ def bootstrap_tasks(
     rng = np.random.default_rng(seed)
     step = max(1, chunk_cells // max(n, 1))
     for start in range(0, n_boot, step):
-        w = bootstrap_weights(codes, n_groups, min(step, n_boot - start), rng)
+        w = bootstrap_weights(codes, n_groups, min(step, n_boot - start), rng, strata)
         for t in tasks:
             for k, v in weighted_binary_metrics(w, t.y, t.pred, ranked[t.name]).items():
                 reps[t.name].setdefault(k, []).append(v)
@@ -198,8 +238,13 @@ def bootstrap_tasks(
 
 def binary_ci(y: np.ndarray, pred: np.ndarray, score: np.ndarray | None = None,
               groups: Sequence | np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
-              level: float = 0.95) -> dict[str, list[float]]:
-    """Patient-level bootstrap CIs of the binary metrics of one task: ``{metric: [lo, hi]}``."""
-    res = bootstrap_tasks([BinaryTask("task", np.asarray(y, bool), np.asarray(pred, bool), score)], groups, n_boot,
-                          seed, level)
+              level: float = 0.95, stratified: bool = False) -> dict[str, list[float]]:
+    """Patient-level bootstrap CIs of the binary metrics of one task: ``{metric: [lo, hi]}``.
+
+    ``stratified``: resample patients with a positive image and patients without separately (see the module
+    docstring).
+    """
+    y = np.asarray(y, bool)
+    res = bootstrap_tasks([BinaryTask("task", y, np.asarray(pred, bool), score)], groups, n_boot, seed, level,
+                          stratify=y if stratified else None)
     return res["task"]["ci"]

@@ -6,20 +6,22 @@ separates the disease within one source. This module computes, for every such si
 specificity with percentile-bootstrap confidence intervals, and the scalar used for model selection
 (``select_on: within_site_auc``).
 
-The bootstrap resamples *patients* (the ``group`` column when present, else images) with replacement, separately
-among patients that have a positive image and those that do not, so every replicate holds both classes and images
-of one patient stay together (several images of one patient are not independent evidence).
+The confidence intervals come from the package's one bootstrap (:mod:`covidscreen.evaluation.bootstrap`), which
+resamples *patients* (the ``group`` column when present, else images) with replacement, here stratified: separately
+among patients that have a positive image and those that do not. A site like cohen has only 10-13 non-COVID
+patients in a test split; unstratified, a replicate could draw very few or none of them and its AUC would be
+undefined or extreme. Stratified, every replicate keeps the numbers of positive and negative patients of the sample.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+from .bootstrap import BinaryTask, bootstrap_tasks
 from .metrics import rank_auc as auc_or_nan  # the one rank-based AUC of the package
 
 DEFAULT_N_BOOT = 1000
@@ -35,57 +37,6 @@ def sens_spec(y: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float
     y = np.asarray(y, dtype=bool)
     pred = np.asarray(score, dtype=float) >= threshold
     return _rate(int(np.sum(pred & y)), int(y.sum())), _rate(int(np.sum(~pred & ~y)), int((~y).sum()))
-
-
-def bootstrap_ci(
-    y: np.ndarray,
-    score: np.ndarray,
-    statistic: Callable[[np.ndarray, np.ndarray], float | tuple[float, ...]],
-    groups: np.ndarray | None = None,
-    n_boot: int = DEFAULT_N_BOOT,
-    level: float = DEFAULT_LEVEL,
-    seed: int = 0,
-) -> list[tuple[float, float]]:
-    """Percentile-bootstrap intervals of one or several statistics of ``(y, score)``.
-
-    Patients (``groups``; each image its own patient when None) are drawn with replacement within two strata:
-    patients with at least one positive image and patients without. Replicates where a statistic is NaN are left
-    out of that statistic's percentiles.
-
-    Args:
-        y: binary labels (positive = True).
-        score: the positive class's score.
-        statistic: ``f(y, score)`` returning a number or a tuple of numbers.
-        groups: patient id of every row.
-        n_boot: number of replicates.
-        level: coverage of the interval (0.95: the 2.5th and 97.5th percentiles).
-        seed: seed of the resampling; the same seed gives the same interval.
-
-    Returns:
-        One ``(low, high)`` per statistic (NaN, NaN when no replicate gave a number).
-    """
-    y = np.asarray(y, dtype=bool)
-    score = np.asarray(score, dtype=float)
-    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
-    codes, uniq = pd.factorize(pd.Series(groups), sort=True)
-    members = [np.flatnonzero(codes == g) for g in range(len(uniq))]
-    has_pos = np.array([y[m].any() for m in members])
-    strata = [np.flatnonzero(has_pos), np.flatnonzero(~has_pos)]
-    rng = np.random.default_rng(seed)
-    values: list[tuple[float, ...]] = []
-    for _ in range(n_boot):
-        picked = [s[rng.integers(0, len(s), len(s))] for s in strata if len(s)]
-        rows = np.concatenate([members[g] for g in np.concatenate(picked)]) if picked else np.zeros(0, int)
-        v = statistic(y[rows], score[rows])
-        values.append(v if isinstance(v, tuple) else (v,))
-    arr = np.asarray(values, dtype=float)
-    alpha = (1 - level) / 2
-    out = []
-    for col in arr.T:
-        col = col[np.isfinite(col)]
-        out.append((float(np.quantile(col, alpha)), float(np.quantile(col, 1 - alpha))) if len(col) else
-                   (math.nan, math.nan))
-    return out
 
 
 def mixed_sites(preds: pd.DataFrame, positive_class: str) -> list[str]:
@@ -114,7 +65,8 @@ def within_site_metrics(
         classes: the model's classes.
         positive_class: the screened class.
         threshold: operating threshold on the positive probability for sensitivity/specificity (0.5 when None).
-        n_boot, level, seed: the bootstrap (see :func:`bootstrap_ci`).
+        n_boot, level, seed: the stratified patient-level bootstrap (see the module docstring); ``n_boot`` 0: no
+            intervals (NaN bounds).
 
     Returns:
         ``{"positive_class", "threshold", "ci_level", "n_boot", "ci_method", "sites": {site: {...}}}`` where each site
@@ -139,32 +91,36 @@ def within_site_metrics(
         s = g[col].to_numpy(dtype=float)
         groups = g["group"].to_numpy() if "group" in g else None
         sens, spec = sens_spec(y, s, thr)
-
-        def stats(yy: np.ndarray, ss: np.ndarray) -> tuple[float, float, float]:
-            return (auc_or_nan(yy, ss), *sens_spec(yy, ss, thr))
-
-        (auc_ci, sens_ci, spec_ci) = bootstrap_ci(y, s, stats, groups, n_boot, level, seed)
+        ci = {k: [math.nan, math.nan] for k in ("roc_auc", "sensitivity", "specificity")}
+        if n_boot > 0:
+            ci = bootstrap_tasks([BinaryTask("site", y, s >= thr, s)], groups, n_boot=n_boot, seed=seed, level=level,
+                                 stratify=y)["site"]["ci"]
         out["sites"][site] = {
             "n": int(len(g)), "n_positive": int(y.sum()), "n_negative": int((~y).sum()),
             "n_patients": int(pd.Series(groups).nunique()) if groups is not None else int(len(g)),
-            "roc_auc": auc_or_nan(y, s), "roc_auc_ci": list(auc_ci),
-            "sensitivity": sens, "sensitivity_ci": list(sens_ci),
-            "specificity": spec, "specificity_ci": list(spec_ci),
+            "roc_auc": auc_or_nan(y, s), "roc_auc_ci": list(ci["roc_auc"]),
+            "sensitivity": sens, "sensitivity_ci": list(ci["sensitivity"]),
+            "specificity": spec, "specificity_ci": list(ci["specificity"]),
         }
     return out
 
 
-def within_site_auc(y_positive: np.ndarray, score: np.ndarray, sites: np.ndarray) -> float:
+def within_site_auc(y_positive: np.ndarray, score: np.ndarray, sites: np.ndarray, min_per_class: int = 1) -> float:
     """Mean positive-vs-rest ROC AUC over the sites that hold both classes (NaN when there is none).
 
-    This is the model-selection metric of ``select_on: within_site_auc``: unlike the pooled AUC it cannot be raised
-    by recognising which collection an image comes from.
+    This is the model-selection metric of ``select_on: within_site_auc`` (``min_per_class`` 1): unlike the pooled
+    AUC it cannot be raised by recognising which collection an image comes from. Experiment tables average only
+    sites with at least ``min_per_class`` (5) images of each class, since an AUC over one or two images of a class
+    says nothing.
     """
     y = np.asarray(y_positive, dtype=bool)
     score = np.asarray(score, dtype=float)
     sites = np.asarray(sites).astype(str)
-    aucs = [auc_or_nan(y[sites == s], score[sites == s]) for s in np.unique(sites)]
-    aucs = [a for a in aucs if not math.isnan(a)]
+    aucs = []
+    for s in np.unique(sites):
+        ys = y[sites == s]
+        if min(int(ys.sum()), int((~ys).sum())) >= max(min_per_class, 1):
+            aucs.append(auc_or_nan(ys, score[sites == s]))
     return float(np.mean(aucs)) if aucs else math.nan
 
 

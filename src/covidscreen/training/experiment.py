@@ -3,7 +3,10 @@
 ``covidscreen experiment GRID.yaml`` expands the grid, checks every configuration before training anything, trains
 the runs that are not finished yet (so an interrupted experiment resumes where it stopped), builds the requested
 ensembles and writes a comparison table (``comparison.csv``, ``comparison.html`` with a plot) of validation and test
-metrics with patient-level bootstrap confidence intervals.
+metrics with patient-level bootstrap confidence intervals; within-site AUCs come first when a test split holds a
+site with both classes, and a ``seed`` axis adds a per-variant summary over seeds with paired differences to the
+baseline (``comparison_by_variant.{csv,md}``; see ``comparison.py``). Running it again on a finished experiment only
+rewrites the comparison.
 
 Grid file::
 
@@ -24,8 +27,11 @@ Grid file::
       ensemble_of_all: all
     bootstrap: 1000          # optional: bootstrap resamples of the confidence intervals (0 = none)
 
+Run names join the axis values in grid order, each as ``axis=value`` (a named axis too: ``seed=0__variant=baseline``).
+
 Layout: ``<output>/runs/<run name>/`` (run or cross-validation folders), ``<output>/ensembles/<name>/``,
-``<output>/grid.yaml`` (a copy of the file), ``<output>/comparison.{csv,html,png}``.
+``<output>/grid.yaml`` (a copy of the file), ``<output>/comparison.{csv,html,md,png}``, with a ``seed`` axis
+``<output>/comparison_by_variant.{csv,md}``.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ class PlannedRun:
     name: str
     params: dict[str, Any]  # axis -> value shown in the table
     cfg: TrainConfig
+    from_grid: bool = False  # a combination of the grid's axes (not an extra run)
 
 
 @dataclass
@@ -67,6 +74,7 @@ class ExperimentPlan:
     ensembles: dict[str, list[str]] = field(default_factory=dict)
     description: str = ""
     bootstrap: int = 1000
+    grid_axes: list[str] = field(default_factory=list)  # the axes under 'grid', in file order
 
     @property
     def axes(self) -> list[str]:
@@ -170,7 +178,7 @@ def load_plan(path: str | Path, output: str | Path | None = None) -> ExperimentP
         for _, ov in combo:
             overrides.update(ov)
         name = run_name(params)
-        runs.append(PlannedRun(name, params, _make_config(path, name, overrides, out)))
+        runs.append(PlannedRun(name, params, _make_config(path, name, overrides, out), from_grid=True))
     extra = data.get("runs") or []
     if not isinstance(extra, list):
         raise ConfigError(f"{path}: 'runs' must be a list of mappings, each with a 'name'")
@@ -201,7 +209,8 @@ def load_plan(path: str | Path, output: str | Path | None = None) -> ExperimentP
     boot = data.get("bootstrap", 1000)
     if not isinstance(boot, int) or isinstance(boot, bool) or boot < 0:
         raise ConfigError(f"{path}: key 'bootstrap' = {boot!r} is invalid: expected an integer >= 0")
-    return ExperimentPlan(path, out, runs, ensembles, str(data.get("description") or ""), boot)
+    return ExperimentPlan(path, out, runs, ensembles, str(data.get("description") or ""), boot,
+                          [axis for axis, _ in axes])
 
 
 def run_experiment(path: str | Path, output: str | Path | None = None, progress: bool = True,
