@@ -231,3 +231,28 @@ def test_no_seed_axis_no_aggregate(tmp_path):
         write_run(r.cfg.output, split_in_two(fake_predictions(80, seed=i)))
     write_comparison(plan, {}, n_boot=20)
     assert (plan.output / "comparison.csv").is_file() and not (plan.output / "comparison_by_variant.csv").exists()
+
+
+def test_leave_one_site_out_columns_come_from_the_holdout_block(tmp_path):
+    """A run trained with holdout_site: the table shows the unseen site's specificity and per-class AUCs with CIs, as
+    the held-out evaluation's comparison rows (built here by the real compare_blocks) store them."""
+    from covidscreen.evaluation.external import compare_blocks
+    from covidscreen.training.comparison import holdout_columns
+
+    internal = {"covid_vs_rest": {"specificity": 0.95, "ci": {"specificity": [0.93, 0.97]}},
+                "per_class": {"pneumonia": {"roc_auc": 0.97, "ci": {"roc_auc": [0.95, 0.98]}}}}
+    external = {"covid_vs_rest": {"specificity": 0.61, "roc_auc": math.nan, "ci": {"specificity": [0.55, 0.66]}},
+                "per_class": {"pneumonia": {"roc_auc": 0.72, "ci": {"roc_auc": [0.67, 0.77]}}}}
+    run = write_run(tmp_path / "run", split_in_two(fake_predictions()))
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["holdout_site"] = {"site": "nih", "n_images": 500, "comparison": compare_blocks(internal, external)}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    row = holdout_columns(metrics)
+    assert row["holdout"] == "nih" and row["holdout_specificity"] == pytest.approx(0.61)
+    assert (row["holdout_specificity_lo"], row["holdout_specificity_hi"]) == (0.55, 0.66)
+    assert row["holdout_pneumonia_auc"] == pytest.approx(0.72)
+    shown = display_table(pd.DataFrame([{"name": "r", "kind": "run", **summarise_run(run, n_boot=50)}]), [])
+    assert shown.loc[0, "held-out site (images)"] == "nih (500)"
+    assert shown.loc[0, "held-out site: COVID-vs-rest specificity [95% CI]"] == "0.610 [0.550, 0.660]"
+    assert shown.loc[0, "held-out site: pneumonia AUC [95% CI]"] == "0.720 [0.670, 0.770]"
+    assert holdout_columns({"classes": CLASSES}) == {}

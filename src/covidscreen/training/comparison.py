@@ -161,6 +161,33 @@ def _training_columns(run_dir: Path, metrics: dict[str, Any], fold_dirs: list[Pa
     return row
 
 
+def holdout_columns(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Leave-one-site-out figures of a run trained with ``holdout_site`` (``metrics.json`` ``holdout_site``).
+
+    ``holdout_specificity``: the positive-vs-rest specificity on the unseen site at the run's validation threshold
+    (1 - the share of its non-positive images called positive: "calls normals from a new hospital COVID");
+    ``holdout_<class>_auc``: the one-vs-rest AUC of every class at the unseen site (does the signal transfer?).
+    Each with its 95% CI as stored by the held-out evaluation.
+    """
+    block = metrics.get("holdout_site") or {}
+    row: dict[str, Any] = {}
+    if not block.get("comparison"):
+        return row
+    row["holdout"] = block.get("site")
+    row["holdout_n"] = block.get("n_images")
+    for r in block["comparison"]:
+        name = r["metric"]
+        if name == "specificity":
+            key = "holdout_specificity"
+        elif name.endswith(": roc_auc"):
+            key = f"holdout_{name.split(':')[0]}_auc"
+        else:
+            continue
+        ci = r.get("external_ci") or [math.nan, math.nan]
+        row[key], row[f"{key}_lo"], row[f"{key}_hi"] = _nan(r.get("external")), _nan(ci[0]), _nan(ci[1])
+    return row
+
+
 def summarise_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Metrics of one finished run, cross-validation or ensemble folder, with bootstrap CIs."""
     run_dir = Path(run_dir)
@@ -187,6 +214,7 @@ def summarise_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> dic
         row["n_train"] = _mean_train_size(folds)
         row["cv_test_auc_mean_sd"] = f"{cv['mean_sd']['test_auc']['mean']:.3f} ± {cv['mean_sd']['test_auc']['sd']:.3f}"
     row.update(_training_columns(run_dir, metrics, folds if cv else None))
+    row.update(holdout_columns(metrics))
     hists = [pd.read_csv(d / "history.csv") for d in folds if (d / "history.csv").is_file()]
     if hists:  # training time (epochs incl. validation), summed over the folds of a cross-validation
         row["epochs_run"] = float(np.mean([len(h) for h in hists]))
@@ -273,6 +301,14 @@ def display_table(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
         out[key.replace("_", " ")] = [_with_ci(r, key) for _, r in table.iterrows()]
     if "val_within_site_auc" in table and table["val_within_site_auc"].notna().any():
         out["val within-site AUC (selected epoch)"] = [_fmt(v, "{:.3f}") for v in table["val_within_site_auc"]]
+    if "holdout" in table and table["holdout"].notna().any():  # leave-one-site-out runs
+        out["held-out site (images)"] = ["-" if _is_missing(s) else f"{s} ({_fmt(n, '{:.0f}')})"
+                                         for s, n in zip(table["holdout"], table["holdout_n"], strict=True)]
+        keys = ["holdout_specificity"] + sorted(c for c in table if c.startswith("holdout_") and c.endswith("_auc"))
+        for key in keys:
+            label = "held-out site: COVID-vs-rest specificity" if key == "holdout_specificity" else \
+                f"held-out site: {key[8:-4]} AUC"
+            out[f"{label} [95% CI]"] = [_with_ci(r, key) for _, r in table.iterrows()]
     if "site_probe_balanced_accuracy" in table:
         out["site probe bal. acc. (chance)"] = [
             "-" if _is_missing(b) else f"{b:.3f} ({c:.2f})"
