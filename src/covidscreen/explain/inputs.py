@@ -117,7 +117,7 @@ def crop_notes(description: str | None, chances: list[float], mask_region: bool 
     """
     if description is None:
         return []
-    notes = [f"This run crops its inputs ({description}). Each heatmap is placed back where the model's input came "
+    notes = [f"This run crops its inputs: {description}. Each heatmap is placed back where the model's input came "
              "from (the yellow box in the figures); outside it the model saw nothing, so the map is 0 there and left "
              "uncoloured. The border fraction is compared with a map spread evenly over what the model saw."]
     outside = "the image outside the chest mask" if mask_region else "the border band"
