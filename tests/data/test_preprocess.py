@@ -10,13 +10,16 @@ from covidscreen.data.cache import ImageCache
 from covidscreen.data.decode import load_resized, resize_square
 from covidscreen.data.preprocess import (
     MASK_DILATION,
+    InputGeometry,
     PreprocessConfig,
     crop_border,
     iter_preprocessed,
     load_preprocessed,
+    load_preprocessed_with_geometry,
     lung_bbox,
     normalise_intensity,
     preprocess_image,
+    preprocess_image_and_box,
 )
 from covidscreen.errors import ConfigError
 
@@ -179,3 +182,176 @@ def test_cache_key_follows_preprocessing(tmp_path):
     np.testing.assert_array_equal(crop.images[0], load_preprocessed(path, 32, cfg, threshold_segmenter))
     again = ImageCache([str(path)], 32, cache_dir=tmp_path / "c", progress=False, preprocess=cfg)
     assert again.file == crop.file  # reused: no segmenter needed to read a built cache
+
+
+# --- geometry: where the model input came from (explanations map heatmaps back with it) ---------------------------
+
+def _previous_load_preprocessed(path, size, cfg, segmenter):
+    """The implementation of ``load_preprocessed`` before geometry was reported, copied verbatim (with its private
+    helpers ``crop_border``, ``preprocess_image``, ``decode_for``, ``preprocess_decoded``), to prove the refactoring
+    left every output unchanged."""
+    from dataclasses import replace
+
+    from scipy import ndimage
+
+    from covidscreen.data.decode import read_image
+    from covidscreen.data.preprocess import _resize_mask
+
+    def crop(image, fraction):
+        if fraction <= 0:
+            return image
+        h, w = image.shape[:2]
+        dy, dx = int(round(h * fraction)), int(round(w * fraction))
+        return image[dy:h - dy, dx:w - dx]
+
+    def prep(image, size, cfg, lung_mask):
+        img = crop(image, cfg.border_crop)
+        mask = None
+        if cfg.needs_segmentation:
+            box = lung_bbox(lung_mask, cfg.roi_margin)
+            if box is not None:
+                mask = lung_mask
+                if cfg.crops:
+                    top, bottom, left, right = box
+                    img, mask = img[top:bottom, left:right], mask[top:bottom, left:right]
+        out = resize_square(img, size)
+        region = None
+        if mask is not None and cfg.masks:
+            region = _resize_mask(mask, size)
+            grow = int(np.ceil(MASK_DILATION * size))
+            if grow:
+                region = ndimage.binary_dilation(region, iterations=grow)
+        out = normalise_intensity(out, cfg.intensity, region)
+        if region is not None:
+            out = np.where(region, out, 0).astype(np.uint8)
+        return out
+
+    if cfg.is_identity:
+        return resize_square(read_image(path, draft_size=size), size)
+    draft = size * 2 if cfg.crops else size
+    img = crop(read_image(path, draft_size=draft), cfg.border_crop)
+    masks = segmenter([img]) if cfg.needs_segmentation else [None]
+    return prep(img, size, replace(cfg, border_crop=0.0), masks[0])
+
+
+def central_lungs_segmenter(images):
+    """A stand-in segmenter for real images: two 'lungs' at fixed fractions of whatever image it is given."""
+    out = []
+    for img in images:
+        h, w = img.shape
+        m = np.zeros((h, w), bool)
+        m[int(0.2 * h):int(0.8 * h), int(0.15 * w):int(0.45 * w)] = True
+        m[int(0.2 * h):int(0.8 * h), int(0.55 * w):int(0.85 * w)] = True
+        out.append(m)
+    return out
+
+
+def no_lungs_segmenter(images):
+    return [np.zeros(img.shape, bool) for img in images]
+
+
+@pytest.mark.parametrize("roi", ["none", "lungs-crop", "lungs-mask", "lungs-crop-mask"])
+@pytest.mark.parametrize("border", [0.0, 0.05])
+def test_load_preprocessed_is_unchanged_on_real_images(roi, border):
+    files = [DATA / "images" / "cohen" / "000001-12-fbea56d7.jpg",  # 373 x 361
+             DATA / "images" / "cohen" / "01E392EE-69F9-4E33-BFCE-E5C968654078-2ff484e6.jpg",  # 512 x 381
+             DATA / "images" / "nih" / "00000061_012-090ac51e.jpg",  # 512 x 512
+             DATA / "images" / "kermany" / "IM-0001-0001-a65c7f9e.jpg"]  # 224 x 224
+    for intensity, segmenter in (("none", central_lungs_segmenter), ("clahe", central_lungs_segmenter),
+                                 ("standardize", no_lungs_segmenter)):
+        cfg = PreprocessConfig(roi=roi, intensity=intensity, border_crop=border,
+                               segmentation_model="x" if roi != "none" else None)
+        for f in files:
+            expected = _previous_load_preprocessed(f, 64, cfg, segmenter)
+            np.testing.assert_array_equal(load_preprocessed(f, 64, cfg, segmenter), expected)
+            out, geometry = load_preprocessed_with_geometry(f, 64, cfg, segmenter)
+            np.testing.assert_array_equal(out, expected)
+            assert 0 <= geometry.top < geometry.bottom <= geometry.height
+            assert 0 <= geometry.left < geometry.right <= geometry.width
+
+
+def test_geometry_of_the_border_crop(tmp_path):
+    img = np.arange(100 * 80, dtype=np.uint32).reshape(100, 80).astype(np.uint8)
+    out, box = preprocess_image_and_box(img, 32, PreprocessConfig(border_crop=0.1))
+    assert box == (10, 90, 8, 72)  # 10 % of 100 rows, 10 % of 80 columns on every side
+    np.testing.assert_array_equal(out, resize_square(img[10:90, 8:72], 32))
+    path = tmp_path / "x.png"
+    Image.fromarray(img).save(path)
+    out, geometry = load_preprocessed_with_geometry(path, 32, PreprocessConfig(border_crop=0.1))
+    assert geometry == InputGeometry(100, 80, 10, 90, 8, 72) and geometry.crops
+    np.testing.assert_array_equal(out, load_preprocessed(path, 32, PreprocessConfig(border_crop=0.1)))
+    _, plain = load_preprocessed_with_geometry(path, 32, PreprocessConfig(intensity="clahe"))
+    assert plain == InputGeometry(100, 80, 0, 100, 0, 80) and not plain.crops
+
+
+@pytest.mark.parametrize("roi", ["lungs-crop", "lungs-crop-mask"])
+def test_geometry_of_the_lung_crop_after_a_border_crop(tmp_path, roi):
+    img, (t, b, left, r) = _phantom()  # lungs: rows 40..160, columns 60..250 of a 200 x 300 image
+    path = tmp_path / "x.png"
+    Image.fromarray(img).save(path)
+    cfg = PreprocessConfig(roi=roi, border_crop=0.05, roi_margin=0.1, segmentation_model="x")
+    out, geometry = load_preprocessed_with_geometry(path, 64, cfg, threshold_segmenter)
+    # the lung box grown by 10 % of its size (12 rows, 19 columns) on every side, in the original image's pixels:
+    # the border crop (10 rows, 15 columns) is undone
+    assert geometry == InputGeometry(200, 300, t - 12, b + 12, left - 19, r + 19)
+    np.testing.assert_array_equal(out, load_preprocessed(path, 64, cfg, threshold_segmenter))
+    if roi == "lungs-crop":
+        np.testing.assert_array_equal(out, resize_square(img[t - 12:b + 12, left - 19:r + 19], 64))
+
+
+def test_geometry_when_the_lungs_are_not_found_is_the_border_cropped_image(tmp_path):
+    img, _ = _phantom()
+    path = tmp_path / "x.png"
+    Image.fromarray(img).save(path)
+    stats: dict = {}
+    cfg = PreprocessConfig(roi="lungs-crop", border_crop=0.05, segmentation_model="x")
+    _, geometry = load_preprocessed_with_geometry(path, 64, cfg, no_lungs_segmenter, stats)
+    assert geometry == InputGeometry(200, 300, 10, 190, 15, 285) and stats == {"roi_fallback": 1}
+    masked = PreprocessConfig(roi="lungs-mask", segmentation_model="x")  # masks, keeps the whole image
+    _, geometry = load_preprocessed_with_geometry(path, 64, masked, threshold_segmenter)
+    assert geometry == InputGeometry.whole((200, 300))
+
+
+def test_geometry_of_a_draft_decoded_jpeg_scales_to_the_full_image(tmp_path):
+    """JPEGs are decoded for preprocessing at a reduced scale; the box must land on the full-resolution image."""
+    from covidscreen.data.decode import read_image
+
+    img, (t, b, left, r) = _phantom()
+    big = np.kron(img, np.ones((4, 4), np.uint8))  # 800 x 1200, lungs at 4x the phantom's box
+    path = tmp_path / "x.jpg"
+    Image.fromarray(big).save(path, quality=95)
+    cfg = PreprocessConfig(roi="lungs-crop", roi_margin=0.0, segmentation_model="x")
+    _, geometry = load_preprocessed_with_geometry(path, 64, cfg, threshold_segmenter)
+    assert (geometry.height, geometry.width) < (800, 1200)  # decoded at a draft scale
+    full = geometry.scaled_to(*read_image(path).shape)
+    assert full.height == 800 and full.width == 1200
+    np.testing.assert_allclose(full.box, (4 * t, 4 * b, 4 * left, 4 * r), atol=4)  # one draft pixel
+
+
+def test_geometry_of_a_real_lung_mask_on_a_real_image():
+    """A segmenter that returns the image's true lung mask (resized to what it is given): the box in the full image
+    is the true mask's box with the margin, whatever scale the JPEG was decoded at."""
+    import pandas as pd
+
+    from covidscreen.data.decode import read_image
+
+    meta = pd.read_csv(DATA / "metadata.csv", keep_default_na=False)
+    row = meta[meta["image"] == "images/cohen/01E392EE-69F9-4E33-BFCE-E5C968654078-2ff484e6.jpg"].iloc[0]
+    true_mask = np.asarray(Image.open(DATA / row["lung_mask"]).convert("L")) > 0
+
+    def segmenter(images):
+        return [np.asarray(Image.fromarray(true_mask).resize(img.shape[::-1], Image.Resampling.NEAREST))
+                for img in images]
+
+    cfg = PreprocessConfig(roi="lungs-crop", roi_margin=0.1, segmentation_model="x")
+    _, geometry = load_preprocessed_with_geometry(DATA / row["image"], 64, cfg, segmenter)
+    full = geometry.scaled_to(*read_image(DATA / row["image"]).shape)
+    assert (full.height, full.width) == true_mask.shape == (381, 512)
+    np.testing.assert_allclose(full.box, lung_bbox(true_mask, 0.1), atol=3)
+
+
+def test_scaled_geometry_never_leaves_the_image_or_becomes_empty():
+    g = InputGeometry(10, 10, 9, 10, 0, 10)
+    assert g.scaled_to(10, 10) is g
+    small = g.scaled_to(3, 3)
+    assert 0 <= small.top < small.bottom <= 3 and (small.left, small.right) == (0, 3)

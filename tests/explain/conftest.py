@@ -178,3 +178,62 @@ def tiny_run(tmp_path_factory):
         return fit(cfg, progress=False)
     finally:
         torch.set_num_threads(threads)
+
+
+def quarter_box_segmenter(images):
+    """A stand-in lung segmenter: the 'lungs' are the central box of rows h//4..3h//4 and columns w//4..3w//4 of
+    whatever image it is given (a known box, so tests can tell where the model's input came from)."""
+    out = []
+    for img in images:
+        h, w = img.shape
+        m = np.zeros((h, w), bool)
+        m[h // 4:3 * h // 4, w // 4:3 * w // 4] = True
+        out.append(m)
+    return out
+
+
+#: The box of the 60 x 72 synthetic images that ``crop_run``'s model sees: the 5 % border crop removes 3 rows and
+#: 4 columns on each side (54 x 64 left), the stand-in lungs are rows 13..40 and columns 16..48 of that, no margin.
+CROP_VIEW = (16, 43, 20, 52)
+
+
+@pytest.fixture()
+def fake_lungs(monkeypatch):
+    """Explanations of ``crop_run`` load the stand-in segmenter instead of the run's (untrained) copy."""
+    from covidscreen.explain import inputs
+
+    monkeypatch.setattr(inputs, "load_segmenter_for", lambda pp, base_dir=None: quarter_box_segmenter)
+
+
+@pytest.fixture(scope="session")
+def crop_run(tmp_path_factory):
+    """A complete run folder trained at 64 px on lung-cropped inputs after a 5 % border crop (``CROP_VIEW``).
+
+    Training needs a segmenter checkpoint on disk (its sha256 goes into the cache key and the sidecar, its files are
+    copied into the run), so an untrained one is saved; the masks themselves come from
+    :func:`quarter_box_segmenter`. Explaining this run needs the ``fake_lungs`` fixture.
+    """
+    from covidscreen.config import TrainConfig
+    from covidscreen.explain import inputs
+    from covidscreen.segmentation.checkpoint import save_segmenter
+    from covidscreen.segmentation.model import LungSegNet
+    from covidscreen.training import trainer
+    from covidscreen.training.trainer import fit
+
+    base = tmp_path_factory.mktemp("explain_crop_run")
+    data = write_synthetic_folder(base / "data")
+    torch.manual_seed(0)
+    save_segmenter(base / "seg", LungSegNet("mobilenet_v2_035", pretrained=False, image_size=64), {})
+    cfg = TrainConfig(data=str(data), output=str(base / "run"), model="mobilenet_v2_035", pretrained=False,
+                      image_size=SIZE, epochs=1, samples_per_epoch=None, batch_size=8, train_stages=None,
+                      split=(0.5, 0.25, 0.25), cache_dir=str(base / "cache"), device="cpu", augment=False,
+                      roi="lungs-crop", roi_margin=0.0, border_crop=0.05, segmentation_model=str(base / "seg"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(trainer, "load_run_segmenter", lambda pp, device="cpu": quarter_box_segmenter)
+            mp.setattr(inputs, "load_segmenter_for", lambda pp, base_dir=None: quarter_box_segmenter)  # its report
+            return fit(cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)

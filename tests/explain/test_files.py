@@ -130,3 +130,46 @@ def test_a_mask_function_replaces_the_central_box(tiny_run, tmp_path):
     table = explain_files(tiny_run, [folder], tmp_path / "out", checks=0, mask_fn=left_half, progress=False)
     np.testing.assert_allclose(table["border_area"], 0.5, atol=0.02)  # outside the mask: the right half
     assert json.loads((tmp_path / "out" / "explain.json").read_text())["region"] == "chest mask"
+
+
+def test_a_cropping_run_is_explained_in_the_original_images_geometry(crop_run, fake_lungs, tmp_path):
+    """A run trained on lung crops after a border crop: every heatmap is placed back on the 60 x 72 original where
+    the model's input came from, the border band (cropped away) gets nothing, and the pages say why."""
+    from covidscreen.explain.files import VIEW_COLUMNS
+
+    from .conftest import CROP_VIEW
+
+    data = Path(json.loads((crop_run / "model.json").read_text())["data_dir"])
+    files = sorted(data.glob("covid_*.png"))[:3] + sorted(data.glob("normal_*.png"))[:3]
+    out = tmp_path / "out"
+    table = explain_files(crop_run, files, out, checks=2, progress=False)
+    assert (table["error"] == "").all() and all((out / name).is_file() for name in table["png"])
+    assert [tuple(r) for r in table[list(VIEW_COLUMNS)].to_numpy()] == [(60, 72, *CROP_VIEW)] * len(files)
+    finite = table["border_fraction"].dropna()
+    assert len(finite) >= 1 and (finite == 0).all()  # the model cannot look at what it never saw
+    assert (table["border_area"] == 0).all()  # nor could a map spread evenly over its view
+    summary = json.loads((out / "explain.json").read_text())
+    assert "border crop of 0.05" in summary["crop"] and summary["border_visible"] is False
+    assert "randomisation" in summary["sanity"]  # sanity checks run on the model inputs as before
+    assert "The model cannot see the border: it was cropped away" in (out / "index.html").read_text()
+    written = pd.read_csv(out / "explanations.csv")
+    assert written["view_top"].tolist() == [CROP_VIEW[0]] * len(files)
+
+
+def test_heatmaps_of_a_cropping_run_have_the_original_size_and_are_empty_outside_the_view(crop_run, fake_lungs):
+    from covidscreen.explain.summary import heatmap_provider
+
+    from .conftest import CROP_VIEW
+
+    data = Path(json.loads((crop_run / "model.json").read_text())["data_dir"])
+    fn = heatmap_provider(crop_run, target=None)
+    top, bottom, left, right = CROP_VIEW
+    peaks = []
+    for path in sorted(data.glob("*.png"))[::8]:
+        heat = fn(path)
+        assert heat.shape == (60, 72) and np.isfinite(heat).all()
+        outside = np.ones(heat.shape, bool)
+        outside[top:bottom, left:right] = False
+        assert heat[outside].max() == 0
+        peaks.append(heat[~outside].max())
+    assert max(peaks) > 0

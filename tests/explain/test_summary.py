@@ -116,3 +116,16 @@ def test_heatmap_provider_gives_maps_in_each_images_geometry(tiny_run, tmp_path)
     heat = fn(path)
     assert heat.shape == (50, 90) and np.isfinite(heat).all() and heat.min() >= 0 and heat.max() <= 1
     np.testing.assert_array_equal(heat, fn(path))  # deterministic, nothing left over between calls
+
+
+def test_heatmap_audit_of_a_cropping_run_says_the_border_was_cropped_away(crop_run, fake_lungs):
+    out = crop_run / "explain-crop"
+    frag = heatmap_summary(crop_run, n=8, per_outcome=2, worst=2, checks=1, output=out)
+    table = pd.read_csv(out / "heatmaps.csv")
+    assert (table["border_fraction"].dropna() == 0).all() and (table["border_area"] == 0).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["crop"] and summary["border_visible"] is False
+    assert summary["mean_view_fraction"] == pytest.approx(27 * 32 / (60 * 72))  # the 27 x 32 view of 60 x 72
+    assert "The model cannot see the border: it was cropped away" in frag
+    assert "Grad-CAM audit failed" not in (crop_run / "report.html").read_text()
+    assert "cannot see the border" in (crop_run / "report.html").read_text()

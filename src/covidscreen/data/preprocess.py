@@ -22,6 +22,10 @@ Order of operations, and why:
    the lung pixels only.
 
 With every option off, the result is bit-identical to :func:`covidscreen.data.decode.load_resized`.
+
+Steps 1 and 3 crop. :func:`load_preprocessed_with_geometry` also reports where the model input came from (an
+:class:`InputGeometry`: the box of the decoded image that was resized to the square), so that explanations can put a
+heatmap of the model input back where it belongs in the original image.
 """
 
 from __future__ import annotations
@@ -129,13 +133,78 @@ class PreprocessConfig:
         return replace(self, segmentation_model=str(path), segmentation_sha256=sha256_file(weights))
 
 
+Box = tuple[int, int, int, int]  # (top, bottom, left, right), end-exclusive, in pixels
+
+
+@dataclass(frozen=True)
+class InputGeometry:
+    """Where a model input came from: the box of a decoded image that was resized to the model's square input.
+
+    Everything outside the box was cut away (border crop, lung crop) and never reached the model. For a run that
+    does not crop, the box is the whole image.
+
+    Attributes:
+        height: height of the decoded image the box refers to (before any crop).
+        width: its width.
+        top: first row of the box.
+        bottom: row after the box's last (end-exclusive).
+        left: first column of the box.
+        right: column after the box's last (end-exclusive).
+    """
+
+    height: int
+    width: int
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+    @classmethod
+    def whole(cls, shape: tuple[int, ...]) -> InputGeometry:
+        """The geometry of an input made of the whole image (no crop)."""
+        h, w = int(shape[0]), int(shape[1])
+        return cls(h, w, 0, h, 0, w)
+
+    @property
+    def box(self) -> Box:
+        return self.top, self.bottom, self.left, self.right
+
+    @property
+    def crops(self) -> bool:
+        """True when part of the image was cut away before the model saw it."""
+        return self.box != (0, self.height, 0, self.width)
+
+    def scaled_to(self, height: int, width: int) -> InputGeometry:
+        """The same box in another decode of the same image, of ``height`` x ``width`` pixels.
+
+        JPEGs are decoded for preprocessing at a reduced (draft) scale; the full-resolution decode of the same file
+        (what figures are drawn on) differs only by that scale, so box edges scale with the image's sides.
+        """
+        if (height, width) == (self.height, self.width):
+            return self
+        sy, sx = height / self.height, width / self.width
+        top, left = min(int(round(self.top * sy)), height - 1), min(int(round(self.left * sx)), width - 1)
+        bottom, right = int(round(self.bottom * sy)), int(round(self.right * sx))
+        # a box is never empty: the model saw at least one pixel
+        return InputGeometry(int(height), int(width), top, max(top + 1, min(bottom, height)), left,
+                             max(left + 1, min(right, width)))
+
+
+def border_box(shape: tuple[int, ...], fraction: float) -> Box:
+    """The box :func:`crop_border` keeps of an image of ``shape``."""
+    h, w = int(shape[0]), int(shape[1])
+    if fraction <= 0:
+        return 0, h, 0, w
+    dy, dx = int(round(h * fraction)), int(round(w * fraction))
+    return dy, h - dy, dx, w - dx
+
+
 def crop_border(image: np.ndarray, fraction: float) -> np.ndarray:
     """``image`` without ``fraction`` of its height and width on every side."""
     if fraction <= 0:
         return image
-    h, w = image.shape[:2]
-    dy, dx = int(round(h * fraction)), int(round(w * fraction))
-    return image[dy:h - dy, dx:w - dx]
+    top, bottom, left, right = border_box(image.shape, fraction)
+    return image[top:bottom, left:right]
 
 
 def lung_bbox(mask: np.ndarray, margin: float) -> tuple[int, int, int, int] | None:
@@ -197,6 +266,15 @@ def preprocess_image(image: np.ndarray, size: int, cfg: PreprocessConfig,
     Returns:
         ``(size, size)`` ``uint8`` array.
     """
+    return preprocess_image_and_box(image, size, cfg, lung_mask, stats)[0]
+
+
+def preprocess_image_and_box(image: np.ndarray, size: int, cfg: PreprocessConfig,
+                             lung_mask: np.ndarray | None = None,
+                             stats: dict[str, int] | None = None) -> tuple[np.ndarray, Box]:
+    """:func:`preprocess_image`, and the box of ``image`` that became the output (``(top, bottom, left, right)``,
+    end-exclusive, in ``image``'s pixels: the border crop, then the lung box within it)."""
+    top, bottom, left, right = border_box(image.shape, cfg.border_crop)
     img = crop_border(image, cfg.border_crop)
     mask = None
     if cfg.needs_segmentation:
@@ -210,8 +288,9 @@ def preprocess_image(image: np.ndarray, size: int, cfg: PreprocessConfig,
         else:
             mask = lung_mask
             if cfg.crops:
-                top, bottom, left, right = box
-                img, mask = img[top:bottom, left:right], mask[top:bottom, left:right]
+                t, b, lo, r = box
+                img, mask = img[t:b, lo:r], mask[t:b, lo:r]
+                top, bottom, left, right = top + t, top + b, left + lo, left + r
     out = resize_square(img, size)
     region = None
     if mask is not None and cfg.masks:
@@ -222,19 +301,21 @@ def preprocess_image(image: np.ndarray, size: int, cfg: PreprocessConfig,
     out = normalise_intensity(out, cfg.intensity, region)
     if region is not None:
         out = np.where(region, out, 0).astype(np.uint8)
-    return out
+    return out, (top, bottom, left, right)
+
+
+def _draft_size(size: int, cfg: PreprocessConfig) -> int:
+    # a lung crop keeps roughly the central 60-80% of the width: decode larger so the crop still has >= size pixels
+    return size * 2 if cfg.crops else size
 
 
 def decode_for(path: str | Path, size: int, cfg: PreprocessConfig) -> np.ndarray:
     """Decode an image at the resolution its preprocessing needs and apply the border crop."""
-    # a lung crop keeps roughly the central 60-80% of the width: decode larger so the crop still has >= size pixels
-    draft = size * 2 if cfg.crops else size
-    return crop_border(read_image(path, draft_size=draft), cfg.border_crop)
+    return crop_border(read_image(path, draft_size=_draft_size(size, cfg)), cfg.border_crop)
 
 
-def preprocess_decoded(images: list[np.ndarray], size: int, cfg: PreprocessConfig, segmenter: Any = None,
-                       stats: dict[str, int] | None = None) -> list[np.ndarray]:
-    """:func:`preprocess_image` of border-cropped decoded images, segmenting them in one batch when needed."""
+def _preprocess_batch(images: list[np.ndarray], size: int, cfg: PreprocessConfig, segmenter: Any,
+                      stats: dict[str, int] | None) -> list[tuple[np.ndarray, Box]]:
     masks: list[np.ndarray | None] = [None] * len(images)
     if cfg.needs_segmentation:
         if segmenter is None:
@@ -242,7 +323,13 @@ def preprocess_decoded(images: list[np.ndarray], size: int, cfg: PreprocessConfi
         masks = segmenter(images)
     # the border crop was applied by decode_for: apply the rest only
     rest = replace(cfg, border_crop=0.0)
-    return [preprocess_image(img, size, rest, m, stats) for img, m in zip(images, masks, strict=True)]
+    return [preprocess_image_and_box(img, size, rest, m, stats) for img, m in zip(images, masks, strict=True)]
+
+
+def preprocess_decoded(images: list[np.ndarray], size: int, cfg: PreprocessConfig, segmenter: Any = None,
+                       stats: dict[str, int] | None = None) -> list[np.ndarray]:
+    """:func:`preprocess_image` of border-cropped decoded images, segmenting them in one batch when needed."""
+    return [out for out, _ in _preprocess_batch(images, size, cfg, segmenter, stats)]
 
 
 def load_preprocessed(path: str | Path, size: int, cfg: PreprocessConfig | None = None, segmenter: Any = None,
@@ -252,11 +339,34 @@ def load_preprocessed(path: str | Path, size: int, cfg: PreprocessConfig | None 
     Raises:
         ImageDecodeError: the file cannot be read.
     """
+    return load_preprocessed_with_geometry(path, size, cfg, segmenter, stats)[0]
+
+
+def load_preprocessed_with_geometry(path: str | Path, size: int, cfg: PreprocessConfig | None = None,
+                                    segmenter: Any = None, stats: dict[str, int] | None = None
+                                    ) -> tuple[np.ndarray, InputGeometry]:
+    """:func:`load_preprocessed`, and where its output came from in the decoded image.
+
+    The geometry is in the pixels of the image as decoded here: JPEGs are decoded at a reduced (draft) scale, so
+    use :meth:`InputGeometry.scaled_to` to place the box in another decode of the file (e.g. the full-resolution
+    :func:`~covidscreen.data.decode.read_image` that figures are drawn on). When the lungs were not found, the box
+    is the border-cropped image (the fallback keeps the whole image).
+
+    Returns:
+        ``((size, size) uint8 model input, geometry)``.
+
+    Raises:
+        ImageDecodeError: the file cannot be read.
+    """
     cfg = cfg or PreprocessConfig()
     if cfg.is_identity:
-        return resize_square(read_image(path, draft_size=size), size)
-    (out,) = preprocess_decoded([decode_for(path, size, cfg)], size, cfg, segmenter, stats)
-    return out
+        image = read_image(path, draft_size=size)
+        return resize_square(image, size), InputGeometry.whole(image.shape)
+    decoded = read_image(path, draft_size=_draft_size(size, cfg))
+    top, _, left, _ = border_box(decoded.shape, cfg.border_crop)
+    ((out, (t, b, lo, r)),) = _preprocess_batch([crop_border(decoded, cfg.border_crop)], size, cfg, segmenter, stats)
+    h, w = decoded.shape
+    return out, InputGeometry(h, w, top + t, top + b, left + lo, left + r)
 
 
 def load_segmenter_for(cfg: PreprocessConfig, base_dir: str | Path | None = None, device: str = "cpu") -> Any:

@@ -6,8 +6,10 @@ The maps come from pytorch-grad-cam; this module adds what the library leaves to
 - hooks live only inside a context (:class:`Explainer`), and are released on exit, also after an error;
 - nothing outlives a call: activations, the autograd graph and the model's outputs are dropped after every map,
   parameter gradients are never computed (weights are frozen while the context is open), so memory stays flat;
-- the model sees exactly what ``covidscreen predict`` feeds it (``load_resized``: plain square resize), and the map
-  is resized back from that square to the image's own height and width;
+- :meth:`Explainer.explain` feeds a plain square resize (``load_resized``, what predict feeds a run without
+  preprocessing), and the map is resized back from that square to the image's own height and width; explanations
+  of a trained run (``files.py``, ``summary.py``) apply the run's own preprocessing instead and place maps of
+  cropped inputs back into the original image (``inputs.py``);
 - several models (an ensemble) give one map: the members' maps (each scaled to [0, 1] by the library) are averaged,
   as are their probabilities.
 """
@@ -26,6 +28,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from ..data.decode import load_resized, read_image, resize_square
+from ..data.preprocess import InputGeometry
 from ..errors import CovidscreenError
 from ..training.runtime import to_input
 from .regions import DEFAULT_MARGIN, border_area, border_fraction
@@ -94,10 +97,14 @@ class Explanation:
         method: the CAM method.
         border_fraction: share of the map's mass outside the central chest region (or outside the given mask);
             NaN when the map is empty (no positive evidence for the target class).
-        border_area: share of the image outside that region, i.e. the border fraction of a uniform map.
+        border_area: the border fraction of a uniform map (the chance level): the share of the image outside that
+            region; for a run that crops its inputs, of a map spread evenly over what the model saw (``view``).
         source: file the image came from, if any.
-        checks: sanity-check results of this image, when they were run (see ``sanity.py``).
+        checks: sanity-check results of this image, when they were run (see ``sanity.py``; computed on the model
+            input and its square map).
         mask: the chest/lung mask that replaced the central box of the border fraction, if one was given.
+        view: the box of ``image`` that became the model input (in ``image``'s pixels), when the run crops its
+            inputs; ``heatmap`` is 0 outside it. None: the model saw the whole image.
     """
 
     heatmap: np.ndarray
@@ -112,6 +119,7 @@ class Explanation:
     source: str | None = None
     checks: dict = field(default_factory=dict)
     mask: np.ndarray | None = None
+    view: InputGeometry | None = None
 
     @property
     def target_name(self) -> str:

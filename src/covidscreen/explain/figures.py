@@ -17,12 +17,15 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from ..data.preprocess import InputGeometry  # noqa: E402
 from .cam import Explanation  # noqa: E402
 from .regions import DEFAULT_MARGIN  # noqa: E402
 
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM", "eigencam": "Eigen-CAM"}
 CMAP = "jet"
 ALPHA = 0.55
+VIEW_COLOUR = "yellow"  # outline of the part of the image a cropping run's model saw
+UNSEEN_DIM = 0.45  # opacity of the dark veil over what was cropped away: plain X-ray, no heatmap colour
 
 
 def _png(fig, dpi: int) -> bytes:
@@ -46,6 +49,14 @@ def _overlay(ax, e: Explanation, margin: float | None):
     ax.imshow(rgba, interpolation="bilinear")
     im = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, 1), cmap=CMAP)
     h, w = e.image.shape
+    if e.view is not None and e.view.crops:
+        # what the model never saw: darkened, never coloured (the map is 0 there), inside a solid outline
+        v = e.view
+        veil = np.full((h, w, 4), (0, 0, 0, UNSEEN_DIM))
+        veil[v.top:v.bottom, v.left:v.right, 3] = 0
+        ax.imshow(veil, interpolation="nearest")
+        ax.add_patch(Rectangle((v.left - 0.5, v.top - 0.5), v.right - v.left, v.bottom - v.top, fill=False, ls="-",
+                               lw=1.2, ec=VIEW_COLOUR))
     if e.mask is not None:
         region = np.asarray(Image.fromarray(np.asarray(e.mask, bool).astype(np.uint8) * 255).resize(
             (w, h), Image.Resampling.NEAREST)) > 127
@@ -59,6 +70,13 @@ def _overlay(ax, e: Explanation, margin: float | None):
 
 def _fmt(v: float, digits: int = 2) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def view_line(view: InputGeometry) -> str:
+    """The figure legend of a cropping run's view box."""
+    return (f"{VIEW_COLOUR} box = what the model saw (rows {view.top}-{view.bottom}, columns {view.left}-{view.right}"
+            "); the run crops its inputs, so outside the box the model saw nothing and the map is 0 (darkened, "
+            "no colour)")
 
 
 def check_lines(checks: dict) -> list[str]:
@@ -86,19 +104,24 @@ def _for_display(e: Explanation, max_side: int) -> Explanation:
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     image = np.asarray(Image.fromarray(e.image).resize(size, Image.Resampling.BILINEAR))
     heat = np.asarray(Image.fromarray(e.heatmap.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
-    return dataclasses.replace(e, image=image, heatmap=np.clip(heat, 0, 1))
+    view = e.view.scaled_to(size[1], size[0]) if e.view is not None else None
+    return dataclasses.replace(e, image=image, heatmap=np.clip(heat, 0, 1), view=view)
 
 
 def explanation_png(e: Explanation, margin: float | None = DEFAULT_MARGIN, title: str | None = None,
                     dpi: int = 100) -> bytes:
     """The per-image figure: X-ray, heatmap overlay with colour bar and chest box, class probabilities."""
     h, w = e.image.shape  # the true size, shown in the title
+    view = e.view  # in the true size's pixels, shown in the legend
     e = _for_display(e, 512)
     lines = [title or (e.source or "image"),
              f"explained class: {e.target_name} | highest probability: {e.predicted} | "
              f"{'outside-mask' if e.mask is not None else 'border'} fraction "
-             f"{_fmt(e.border_fraction)} (uniform map: {_fmt(e.border_area)}; dashed line = "
+             f"{_fmt(e.border_fraction)} (uniform map{' over what the model saw' if view is not None else ''}: "
+             f"{_fmt(e.border_area)}; dashed line = "
              f"{'chest mask' if e.mask is not None else 'central chest region'})"]
+    if view is not None and view.crops:
+        lines.append(view_line(view))
     lines += check_lines(e.checks)
     # fixed axes positions (inches -> figure fractions) so that colour bar and bar labels never overlap
     fig_w, panel_w = 11.5, 3.5

@@ -1,10 +1,13 @@
 """``covidscreen explain``: heatmaps of a trained run on image files and folders.
 
-Three passes keep memory flat on large folders: (1) maps and probabilities at the model's input size for every
-file, (2) sanity checks on the first ``checks`` images, (3) one PNG per image (the file is decoded again, the map
-resized to its geometry). Outputs in the output folder: ``<name>.png`` per image, ``explanations.csv`` (one row per
-file, unreadable files included with their error), ``explain.json`` (settings and sanity-check summary) and, for a
-folder or several images, ``index.html`` (the contact sheet).
+Three passes keep memory flat on large folders: (1) maps and probabilities of the model input (the run's own
+preprocessing) for every file, (2) sanity checks on the first ``checks`` images (on the model inputs and their maps),
+(3) one PNG per image (the file is decoded again at full resolution and the map placed back where the model's input
+came from: resized to the whole image, or, for a run that crops, to its box with 0 outside). Border fractions are
+computed in the original image's geometry. Outputs in the output folder: ``<name>.png`` per image,
+``explanations.csv`` (one row per file, unreadable files included with their error; ``view_*``: the box of the image
+the model saw, in its pixels), ``explain.json`` (settings and sanity-check summary) and, for a folder or several
+images, ``index.html`` (the contact sheet).
 """
 
 from __future__ import annotations
@@ -19,15 +22,19 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..data.decode import read_image
+from ..data.preprocess import InputGeometry
 from ..errors import CovidscreenError, ImageDecodeError
 from ..inference.checkpoint import load_checkpoint
 from ..inference.predictor import expand_inputs
 from ..training.runtime import resolve_device
-from .cam import CLASS_AGNOSTIC, Explainer, Explanation, check_method, resize_map
+from .cam import CLASS_AGNOSTIC, Explainer, Explanation, check_method
 from .figures import METHOD_NAMES, check_lines, contact_sheet_html, explanation_png
-from .inputs import run_input_loader
-from .regions import DEFAULT_MARGIN, border_area, border_fraction
+from .inputs import chance_level, crop_description, crop_notes, map_to_image, run_input_loader
+from .regions import DEFAULT_MARGIN, border_fraction
 from .sanity import per_image_checks, randomisation_test, road_faithfulness
+
+#: Columns of ``explanations.csv`` that say which box of the image (full-resolution pixels) the model saw.
+VIEW_COLUMNS = ("image_height", "image_width", "view_top", "view_bottom", "view_left", "view_right")
 
 
 def _output_names(files: list[Path]) -> list[str]:
@@ -125,13 +132,14 @@ def explain_files(run_dir: str | Path, inputs: list[str | Path], output: str | P
     inputs_u8: dict[int, np.ndarray] = {}
     rows: list[dict] = []
     maps: dict[int, np.ndarray] = {}
+    geometries: dict[int, InputGeometry] = {}
     with explainer as ex:
         for i, f in enumerate(tqdm(files, desc=f"{method}", unit="img", disable=not progress)):
             row = {"path": str(f), "png": "", "error": "", "target": "", "predicted": "",
                    **{f"prob_{c}": math.nan for c in classes}, "border_fraction": math.nan, "border_area": math.nan}
             rows.append(row)
             try:
-                x = load_input(f)
+                x, geometries[i] = load_input(f)
             except ImageDecodeError as exc:
                 row["error"] = str(exc)
                 continue
@@ -163,15 +171,19 @@ def explain_files(run_dir: str | Path, inputs: list[str | Path], output: str | P
             row["error"] = str(exc)
             cards.append({"name": f.name, "error": row["error"]})
             continue
-        heat = resize_map(maps.pop(i), image.shape)
+        view = geometries[i].scaled_to(*image.shape)  # preprocessing may have decoded a JPEG at a reduced scale
+        input_map = maps.pop(i)
+        heat = map_to_image(input_map, view, image.shape)
         mask = mask_fn(image) if mask_fn is not None else None
-        e = Explanation(heatmap=heat, input_heatmap=np.empty(0), image=image,
+        e = Explanation(heatmap=heat, input_heatmap=input_map, image=image,
                         probs=np.array([row[f"prob_{c}"] for c in classes]), target=classes.index(row["target"]),
                         classes=classes, method=method, border_fraction=border_fraction(heat, mask, margin),
-                        border_area=border_area(heat.shape, mask, margin), source=str(f),
-                        checks=per_image.get(i, {}), mask=mask)
+                        border_area=chance_level(heat.shape, view, mask, margin), source=str(f),
+                        checks=per_image.get(i, {}), mask=mask, view=view if view.crops else None)
         (out / name).write_bytes(explanation_png(e, margin, title=f.name))
-        row.update({"png": name, "border_fraction": e.border_fraction, "border_area": e.border_area})
+        row.update({"png": name, "border_fraction": e.border_fraction, "border_area": e.border_area,
+                    "image_height": view.height, "image_width": view.width, "view_top": view.top,
+                    "view_bottom": view.bottom, "view_left": view.left, "view_right": view.right})
         rnd_i = e.checks.get("randomisation", {})
         row["randomisation_max_spearman"] = rnd_i.get("max", math.nan)
         row["road"] = e.checks.get("road", math.nan)
@@ -182,11 +194,16 @@ def explain_files(run_dir: str | Path, inputs: list[str | Path], output: str | P
         del image, heat, e
 
     table = pd.DataFrame(rows)
+    for col in VIEW_COLUMNS:  # pixel counts stay integers in the CSV, empty for unreadable files
+        table[col] = table[col].astype("Int64") if col in table else pd.array([pd.NA] * len(table), dtype="Int64")
     table.to_csv(out / "explanations.csv", index=False)
+    crop = crop_description(meta)
+    chances = table["border_area"].dropna().tolist()
     summary = {"run": str(Path(run_dir).resolve()), "method": method, "target": target or "most probable class",
                "classes": classes, "image_size": size, "margin": margin,
                "region": "chest mask" if mask_fn is not None else "central box", "n_files": len(files),
                "n_unreadable": len(files) - len(ok), "mean_border_fraction": _nanmean(table["border_fraction"]),
+               "crop": crop, "border_visible": bool(crop is None or any(c > 0 for c in chances)),
                "sanity": sanity_summary(rnd, road)}
     (out / "explain.json").write_text(json.dumps(summary, indent=2))
     several = len(files) > 1 or any(Path(p).is_dir() for p in inputs)
@@ -195,7 +212,8 @@ def explain_files(run_dir: str | Path, inputs: list[str | Path], output: str | P
                   f"the dashed central box (band of {margin:.3g} x each side, where burnt-in text and markers sit)")
         notes = [f"{METHOD_NAMES[method]} of {Path(run_dir).name} ({len(ok)} of {len(files)} file(s) readable). "
                  f"Border fraction: share of the heatmap outside {region}; a uniform map scores the share of the "
-                 "image outside it (shown per image)."] + sanity_notes(summary["sanity"], method)
+                 "image outside it (shown per image)."]
+        notes += crop_notes(crop, chances, mask_fn is not None) + sanity_notes(summary["sanity"], method)
         (out / "index.html").write_text(contact_sheet_html(cards, f"covidscreen explain: {Path(run_dir).name}",
                                                            notes))
     bad = [r for r in rows if r["error"]]

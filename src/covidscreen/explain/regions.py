@@ -8,6 +8,10 @@ chest region. By default that region is a box that leaves a band of ``margin`` t
 
 A uniform map scores :func:`border_area` (the band's share of the image, 0.4375 for the default margin): values well
 above that mean the map concentrates on borders and corners, values near 0 mean it stays inside the chest.
+
+Explanations score maps in the original image's geometry. For a run that crops its inputs (border crop, lung crop)
+the map is 0 outside what the model saw, and the fair chance level is a map spread evenly over that box
+(``inputs.chance_level``); when the crop removed the whole band, the border fraction is 0 by construction.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@
   ``(mean LeRF change - mean MoRF change) / 2`` of the target class's probability. Higher is more faithful: removing
   what the map calls important should hurt the prediction more than removing what it calls unimportant. Around 0
   the map is no better than an arbitrary one.
+
+Geometry: both checks work on the model's ``(S, S)`` input and its map, before the map is placed back into the
+original image (``inputs.py``). ROAD must perturb what the model actually sees; and for a run that crops its inputs,
+the placed map is 0 outside the crop whatever the weights, so its rank correlations would be inflated by ties.
 """
 
 from __future__ import annotations

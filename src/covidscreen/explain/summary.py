@@ -5,6 +5,10 @@ negatives of the positive class at the run's operating threshold, then images sp
 ``explain/`` into the run folder (``heatmaps.csv``, ``summary.json``, one PNG per example shown) and returns an HTML
 fragment: the border fraction (shortcut indicator) averaged per true class, per site and per outcome, the sanity
 checks, example heatmaps of each outcome and the images whose heatmaps sit most on the border.
+
+Maps are computed on the model's input (the run's own preprocessing); border fractions and figures use them placed
+back into the original image (``inputs.py``: for a run that crops, the map is 0 outside what the model saw); the
+sanity checks use the model inputs and their square maps.
 """
 
 from __future__ import annotations
@@ -24,11 +28,11 @@ from ..errors import CheckpointError, ImageDecodeError
 from ..evaluation.metrics import predict_labels
 from ..inference.checkpoint import load_checkpoint
 from ..training.runtime import resolve_device
-from .cam import Explainer, Explanation, check_method, explain, resize_map
+from .cam import Explainer, Explanation, check_method
 from .figures import METHOD_NAMES, check_lines, explanation_png, img_tag, overlay_png
 from .files import fmt_value, sanity_notes, sanity_summary
-from .inputs import run_input_loader
-from .regions import DEFAULT_MARGIN, border_area, border_fraction
+from .inputs import chance_level, crop_description, crop_notes, map_to_image, run_input_loader
+from .regions import DEFAULT_MARGIN, border_fraction
 from .sanity import per_image_checks, randomisation_test, road_faithfulness
 
 OUTCOMES = {
@@ -95,17 +99,23 @@ def heatmap_provider(run_dir: str | Path, method: str = "gradcam", target: str |
                      device: str = "auto") -> Callable[[Path], np.ndarray]:
     """A ``heatmap_fn(path) -> (H, W) map in [0, 1]`` of a run, e.g. for the report's example thumbnails.
 
-    The model is loaded once; every call registers and releases its own hooks (nothing stays hooked between
-    calls). ``target`` defaults to the run's positive class, else each image's most probable class.
+    The map is of the input the run's model sees (its own preprocessing), placed back into the image as
+    ``read_image(path)`` decodes it (0 outside what the model saw when the run crops). The model is loaded once;
+    every call registers and releases its own hooks (nothing stays hooked between calls). ``target`` defaults to the
+    run's positive class, else each image's most probable class.
     """
     check_method(method)
     model, meta = load_checkpoint(run_dir, resolve_device(device))
     classes, size = list(meta["classes"]), int(meta["image_size"])
     if target is None and meta.get("positive_class") in classes:
         target = meta["positive_class"]
+    load_input, _ = run_input_loader(meta, run_dir)
 
     def heatmap_fn(path: Path) -> np.ndarray:
-        return explain(model, path, target=target, method=method, classes=classes, image_size=size)
+        x, geometry = load_input(path)
+        with Explainer(model, method=method, classes=classes, image_size=size) as ex:
+            maps, _, _ = ex.maps(x[None], target)
+        return map_to_image(maps[0], geometry, read_image(path).shape)
 
     return heatmap_fn
 
@@ -157,13 +167,15 @@ def heatmap_summary(run_dir: str | Path, n: int = 32, output: str | Path | None 
     load_input, lung_mask_fn = run_input_loader(meta, run_dir)  # the run's preprocessing, its lung mask
     if mask_fn is None:
         mask_fn = lung_mask_fn
-    records, inputs = [], []
+    records, inputs, geometries = [], [], []
     for i in rows:
         try:
-            inputs.append(load_input(root / test.at[i, "image"]))
-            records.append(i)
+            x_i, geometry = load_input(root / test.at[i, "image"])
         except ImageDecodeError:
             continue  # images that fail here failed in training too and are listed in skipped.csv
+        inputs.append(x_i)
+        geometries.append(geometry)
+        records.append(i)
     if not records:
         return title + f"<p class='warn'>None of the sampled test images could be read from {html.escape(str(root))}."
     x = np.stack(inputs)
@@ -175,13 +187,17 @@ def heatmap_summary(run_dir: str | Path, n: int = 32, output: str | Path | None 
     df["target"] = [classes[t] for t in idx]
     for j, c in enumerate(classes):
         df[f"prob_{c}"] = p_now[:, j]
-    # The box is relative and a mask is resized with the map, so scores on the square input map equal those of the
-    # map in the image's geometry (the input is a plain stretch of the image).
+    # Scores in the original image's geometry, at the size preprocessing decoded it (the band is relative and a mask
+    # is resized to the map, so the full-resolution decode would give the same numbers): a cropping run's map is 0
+    # outside what its model saw.
     masks: list[np.ndarray | None] = [None] * len(df)
     if mask_fn is not None:
         masks = [mask_fn(read_image(root / name)) for name in df["image"]]
-    df["border_fraction"] = [border_fraction(m, k, margin) for m, k in zip(maps, masks, strict=True)]
-    df["border_area"] = [border_area(m.shape, k, margin) for m, k in zip(maps, masks, strict=True)]
+    placed = [map_to_image(m, g, (g.height, g.width)) for m, g in zip(maps, geometries, strict=True)]
+    df["border_fraction"] = [border_fraction(m, k, margin) for m, k in zip(placed, masks, strict=True)]
+    df["border_area"] = [chance_level(m.shape, g, k, margin) for m, g, k in zip(placed, geometries, masks, strict=True)]
+    df["view_fraction"] = [(g.bottom - g.top) * (g.right - g.left) / (g.height * g.width) for g in geometries]
+    del placed
     chance = float(df["border_area"].mean())
 
     # sanity checks on the first images whose map is not empty (an empty map has nothing to check)
@@ -207,11 +223,12 @@ def heatmap_summary(run_dir: str | Path, n: int = 32, output: str | Path | None 
             image = read_image(src)
         except ImageDecodeError:
             continue
-        heat = resize_map(maps[j], image.shape)
+        view = geometries[j].scaled_to(*image.shape)
+        heat = map_to_image(maps[j], view, image.shape)
         e = Explanation(heatmap=heat, input_heatmap=maps[j], image=image, probs=p_now[j], target=int(idx[j]),
                         classes=classes, method=method, border_fraction=border_fraction(heat, masks[j], margin),
-                        border_area=border_area(heat.shape, masks[j], margin), source=str(src),
-                        checks=per_image.get(j, {}), mask=masks[j])
+                        border_area=chance_level(heat.shape, view, masks[j], margin), source=str(src),
+                        checks=per_image.get(j, {}), mask=masks[j], view=view if view.crops else None)
         name = f"{j:03d}_{df.at[j, 'outcome']}_{Path(df.at[j, 'image']).stem}.png"
         (out / "examples" / name).write_bytes(explanation_png(e, margin, title=str(df.at[j, "image"])))
         df.loc[j, "png"] = f"examples/{name}"
@@ -226,8 +243,12 @@ def heatmap_summary(run_dir: str | Path, n: int = 32, output: str | Path | None 
     df.to_csv(out / "heatmaps.csv", index=False)
     per_class, per_site, per_out = (_group_table(df, by, pos) for by in ("label", "site", "outcome"))
     sanity = sanity_summary(rnd, road)
+    crop = crop_description(meta)
     summary = {"method": method, "explained_class": pos or "most probable class", "margin": margin,
-               "region": "chest mask" if mask_fn is not None else "central box",
+               "region": "chest mask" if mask_fn is not None else "central box", "crop": crop,
+               "border_visible": bool(crop is None or (df["border_area"] > 0).any()),
+               "mean_view_fraction": float(df["view_fraction"].mean()),
+               "crop_notes": crop_notes(crop, df["border_area"].tolist(), mask_fn is not None),
                "image_size": size, "map_resolution": list(resolution) if resolution else None,
                "uniform_map_border_fraction": chance, "n_explained": len(df), "n_test": len(test),
                "mean_border_fraction": _nanmean(df["border_fraction"]),
@@ -275,6 +296,7 @@ def _fragment(title: str, summary: dict, per_class: pd.DataFrame, per_site: pd.D
         warn.append("The model-randomisation test failed: these heatmaps hardly depend on the model's weights and "
                     "must not be read as evidence of what it learned.")
     parts += [f"<div class='warn'>{html.escape(w)}</div>" for w in warn]
+    parts += [f"<p>{html.escape(note)}</p>" for note in summary.get("crop_notes", [])]
     parts.append("<h3>Border fraction by true class</h3>" + per_class.to_html(**fmt))
     parts.append("<h3>Border fraction by site</h3>" + per_site.to_html(**fmt))
     parts.append("<h3>Border fraction by outcome</h3>" + per_out.to_html(**fmt))
