@@ -256,3 +256,36 @@ def test_leave_one_site_out_columns_come_from_the_holdout_block(tmp_path):
     assert shown.loc[0, "held-out site: COVID-vs-rest specificity [95% CI]"] == "0.610 [0.550, 0.660]"
     assert shown.loc[0, "held-out site: pneumonia AUC [95% CI]"] == "0.720 [0.670, 0.770]"
     assert holdout_columns({"classes": CLASSES}) == {}
+
+
+def test_paired_difference_to_the_baseline_on_the_same_test_images(tmp_path):
+    """A variant tested on the baseline's images gets the within-site AUC difference with a paired interval; a run
+    tested on other images (another seed's split) is not paired with it."""
+    from covidscreen.training.comparison import paired_baseline_columns
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"grid": {"seed": [0, 1], "variant": {"baseline": {}, "better": {"epochs": 2}}}},
+                                   sort_keys=False))
+    plan = load_plan(grid, tmp_path / "exp")
+    for r in plan.runs:
+        seed = int(r.params["seed"])
+        preds = split_in_two(fake_predictions(200, seed=seed))
+        if r.params["variant"] == "better":  # push cohen's COVID images up: a real within-cohen gain
+            lift = (preds["label"] == "covid") & (preds["site"] == "cohen")
+            preds.loc[lift, "prob_covid"] = np.clip(preds.loc[lift, "prob_covid"] + 0.3, 0, 0.999)
+        write_run(r.cfg.output, preds)
+    cols = paired_baseline_columns(plan, ["cohen"], n_boot=200)
+    assert set(cols) == {"seed=0__variant=better", "seed=1__variant=better"}
+    for seed in (0, 1):
+        def within(name):
+            t = pd.read_csv(tmp_path / "exp" / "runs" / name / "predictions.csv")
+            t = t[(t["split"] == "test") & (t["site"] == "cohen")]
+            return roc_auc_score(t["label"] == "covid", t["prob_covid"])
+        c = cols[f"seed={seed}__variant=better"]
+        expected = within(f"seed={seed}__variant=better") - within(f"seed={seed}__variant=baseline")
+        assert c["within_cohen_test_auc_minus_baseline"] == pytest.approx(expected)
+        key = "within_cohen_test_auc_minus_baseline"
+        assert 0 < c[f"{key}_lo"] < expected < c[f"{key}_hi"]
+    shown = write_comparison(plan, {}, n_boot=100)
+    assert "cohen AUC minus baseline, paired [95% CI]" in (plan.output / "comparison.md").read_text()
+    assert shown["within_cohen_test_auc_minus_baseline"].notna().sum() == 2

@@ -231,6 +231,61 @@ def _mean_train_size(fold_dirs: list[Path]) -> float:
     return float(np.mean(sizes)) if sizes else math.nan
 
 
+def _test_site_scores(run_dir: Path, site: str) -> pd.DataFrame | None:
+    """Test rows of one site from a run's ``predictions.csv``: image, truth, positive score, patient (or None)."""
+    metrics = _read_json(run_dir / "metrics.json")
+    pos = metrics.get("positive_class")
+    f = run_dir / "predictions.csv"
+    if not pos or not f.is_file():
+        return None
+    p = pd.read_csv(f, keep_default_na=False)
+    p = p[(p["split"] == "test") & (p["site"].astype(str) == site)]
+    if p.empty or f"prob_{pos}" not in p:
+        return None
+    return pd.DataFrame({"image": p["image"].astype(str), "y": p["label"].astype(str) == pos,
+                         "score": p[f"prob_{pos}"].astype(float),
+                         "group": p["group"].astype(str) if "group" in p else p["image"].astype(str)})
+
+
+def paired_baseline_columns(plan: ExperimentPlan, sites: list[str], n_boot: int = 1000,
+                            seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per run: the within-site test AUC minus that of a ``baseline`` run tested on exactly the same images.
+
+    A run is a baseline when one of its grid values is ``baseline``. Each other run is paired with the baseline run
+    whose test images of the site are the same (same split or the same cross-validation folds; with a ``seed`` axis
+    that is the baseline of the same seed), and the difference gets a paired, patient-level, class-stratified
+    bootstrap interval (:func:`covidscreen.evaluation.bootstrap.paired_auc_difference`). Runs without such a
+    baseline get nothing. Returns ``{run name: {column: value}}``.
+    """
+    from ..evaluation.bootstrap import paired_auc_difference
+
+    baselines = [r for r in plan.runs if "baseline" in {str(v) for v in r.params.values()}]
+    out: dict[str, dict[str, Any]] = {}
+    for site in sites:
+        base_scores = [(b, _test_site_scores(Path(b.cfg.output), site)) for b in baselines]
+        base_scores = [(b, s) for b, s in base_scores if s is not None]
+        for run in plan.runs:
+            if run in baselines:
+                continue
+            mine = _test_site_scores(Path(run.cfg.output), site)
+            if mine is None:
+                continue
+            for _, base in base_scores:
+                if set(zip(base["image"], base["group"])) != set(zip(mine["image"], mine["group"])) or \
+                        len(base) != len(mine):
+                    continue
+                m = mine.merge(base[["image", "group", "score"]], on=["image", "group"], suffixes=("", "_base"))
+                if m["y"].nunique() < 2:
+                    break
+                res = paired_auc_difference(m["y"].to_numpy(), m["score_base"].to_numpy(), m["score"].to_numpy(),
+                                            m["group"].to_numpy(), n_boot=n_boot, seed=seed)
+                key = f"within_{site}_test_auc_minus_baseline"
+                out.setdefault(run.name, {}).update({key: res["difference"], f"{key}_lo": res["ci"][0],
+                                                     f"{key}_hi": res["ci"][1]})
+                break
+    return out
+
+
 def comparison_table(plan: ExperimentPlan, status: dict[str, str], n_boot: int = 1000) -> pd.DataFrame:
     """One row per run and ensemble of ``plan`` (finished or not), sorted by validation AUC."""
     from ..inference.ensemble import is_ensemble
@@ -253,6 +308,10 @@ def comparison_table(plan: ExperimentPlan, status: dict[str, str], n_boot: int =
         row.update(summarise_run(d, n_boot))
         rows.append(row)
     table = pd.DataFrame(rows)
+    paired = paired_baseline_columns(plan, table_sites(table), n_boot) if n_boot else {}
+    for name, cols in paired.items():  # issue 6: paired difference to the baseline on the same test images
+        for col, v in cols.items():
+            table.loc[table["name"] == name, col] = v
     if "val_auc" in table:
         table = table.sort_values(["val_auc", "name"], ascending=[False, True], na_position="last", kind="stable")
     return table.reset_index(drop=True)
@@ -294,6 +353,11 @@ def display_table(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
             "-" if _is_missing(r.get(f"{key}_sensitivity")) and _is_missing(r.get(f"{key}_specificity"))
             else f"{_fmt(r.get(f'{key}_sensitivity'), '{:.2f}')}/{_fmt(r.get(f'{key}_specificity'), '{:.2f}')}"
             for _, r in table.iterrows()]
+        if f"{key}_auc_minus_baseline" in table:
+            d = f"{key}_auc_minus_baseline"
+            out[f"{site} AUC minus baseline, paired [95% CI]"] = [
+                "-" if _is_missing(r.get(d)) else f"{r[d]:+.3f} [{r[f'{d}_lo']:+.3f}, {r[f'{d}_hi']:+.3f}]"
+                for _, r in table.iterrows()]
         out[f"{site} test n (pos/neg)"] = [
             "-" if _is_missing(r.get(f"{key}_n_pos")) else f"{r[f'{key}_n_pos']:.0f}/{r[f'{key}_n_neg']:.0f}"
             for _, r in table.iterrows()]
