@@ -72,17 +72,21 @@ def test_config_checks():
 
 
 def test_fit_with_within_site_ranking_loss_sees_pairs(tmp_path, monkeypatch):
-    """A tiny run with the ranking loss: every epoch's batches hold same-site (covid, other) pairs of cohen."""
+    """A tiny run with the ranking loss: every epoch's batches hold same-site (covid, other) pairs of cohen. An
+    epoch of the site-balanced sampler (with replacement) is never longer than the training split, as with plain
+    shuffling, so variants compared at equal epochs get equal steps."""
     from covidscreen.training.trainer import fit
 
     monkeypatch.setenv("COVIDSCREEN_CACHE", str(tmp_path / "cache"))
     cfg = TrainConfig(model="squeezenet1_1", pretrained=False, image_size=32, epochs=2, batch_size=16,
-                      samples_per_epoch=64, max_per_class=60, keep_mixed_sites=True, site_balanced=True,
+                      samples_per_epoch=100_000, max_per_class=60, keep_mixed_sites=True, site_balanced=True,
                       within_site_rank_weight=1.0, bootstrap=0, audit=False, seed=0, output=str(tmp_path / "run"),
                       device="cpu", eval_batch_size=64)
     run = fit(cfg, progress=False)
     history = pd.read_csv(run / "history.csv")
     assert (history["rank_pairs"] > 0).all()
+    n_train = int((pd.read_csv(run / "split.csv")["split"] == "train").sum())
+    assert (history["train_images"] == n_train).all()
     assert np.isfinite(history["train_loss"]).all()
 
 

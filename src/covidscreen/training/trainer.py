@@ -198,7 +198,11 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
         groups = site_groups(table, train_idx, cfg.positive_class)
         loss_fn = WithinSiteRankLoss(loss_fn, cfg.within_site_rank_weight, classes.index(cfg.positive_class))
 
-    epoch_length = len(epoch_rows(train_idx, y_all[train_idx], cfg.samples_per_epoch, np.random.default_rng(0),
+    # images per epoch: samples_per_epoch, but never more than the training split holds, whatever the sampler; the
+    # samplers that draw with replacement would otherwise give an epoch several times longer than plain shuffling,
+    # and variants compared at the same number of epochs would differ in training steps
+    epoch_images = None if cfg.samples_per_epoch is None else min(cfg.samples_per_epoch, len(train_idx))
+    epoch_length = len(epoch_rows(train_idx, y_all[train_idx], epoch_images, np.random.default_rng(0),
                                   cfg.sampler))
     batch_size = effective_batch_size(cfg.batch_size, epoch_length)
     if batch_size < cfg.batch_size:
@@ -225,9 +229,9 @@ def fit(cfg: TrainConfig, progress: bool = True) -> Path:
         if warmup.set_epoch(epoch):
             log(f"epoch {epoch}: head warm-up (trunk frozen)")
         if cfg.site_balanced:  # issue 6
-            order = site_balanced_rows(train_idx, y_all, table["site"].to_numpy(), cfg.samples_per_epoch, rng)
+            order = site_balanced_rows(train_idx, y_all, table["site"].to_numpy(), epoch_images, rng)
         else:
-            order = epoch_rows(train_idx, y_all[train_idx], cfg.samples_per_epoch, rng, cfg.sampler)
+            order = epoch_rows(train_idx, y_all[train_idx], epoch_images, rng, cfg.sampler)
         adv_stats: dict[str, float] = {}
         if adversary is not None:  # issue 6: domain-adversarial epoch
             from .adversarial import train_one_epoch_adversarial
