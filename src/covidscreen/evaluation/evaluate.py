@@ -21,18 +21,8 @@ from .assess import DEFAULT_N_BOOT, assess
 from .breakdown import subgroup_breakdown
 from .external import compare_blocks
 from .report import write_report
+from .run_files import read_optional_json
 from .within_site import mixed_sites, within_site_metrics  # issue 6
-
-
-def _run_metrics(run_dir: Path) -> dict[str, Any]:
-    """The run's own ``metrics.json`` (empty when absent or damaged: only the comparison needs it)."""
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}
 
 
 def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: str | Path, device: str = "auto",
@@ -75,7 +65,7 @@ def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: 
     points = predictor.meta.get("operating_points") or {}
     groups = table["group"].to_numpy() if "group" in table else None
     m = assess(y, probs, classes, pos, predictor.threshold, groups, points, n_boot=n_boot, seed=seed)
-    run_metrics = _run_metrics(run_dir)
+    run_metrics = read_optional_json(run_dir / "metrics.json")  # only the comparison needs it
     metrics: dict[str, Any] = {
         "classes": classes, "positive_class": pos, "operating_points": points,
         "operating_points_val": run_metrics.get("operating_points_val"), "temperature": predictor.meta.get(

@@ -7,13 +7,14 @@ thresholds and how they were chosen, calibration, subgroup and external results,
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from .run_files import read_optional_json
 
 CARD_FILE = "model_card.md"
 LABELS = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "sensitivity": "Sensitivity", "specificity": "Specificity",
@@ -37,19 +38,10 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}
-
-
 def model_card(run_dir: str | Path) -> str:
     """The model card of a run folder as Markdown text."""
     run_dir = Path(run_dir)
-    meta, metrics, audit = (_read(run_dir / f) for f in ("model.json", "metrics.json", "audit.json"))
+    meta, metrics, audit = (read_optional_json(run_dir / f) for f in ("model.json", "metrics.json", "audit.json"))
     cfg = meta.get("config", {})
     classes = meta.get("classes", metrics.get("classes", []))
     pos = metrics.get("positive_class") or meta.get("positive_class")

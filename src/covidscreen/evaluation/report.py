@@ -25,6 +25,7 @@ import pandas as pd
 from ..audit.confounding import confounding_warnings
 from . import plots
 from .html import esc, fmt, fmt_ci, img, page, table
+from .run_files import read_optional_json
 
 METRIC_LABELS = {
     "roc_auc": "ROC AUC", "pr_auc": "PR AUC (average precision)", "sensitivity": "Sensitivity (recall)",
@@ -313,14 +314,8 @@ def _data_dir_of(run_dir: Path, metrics: dict) -> Path | None:
     for cand in (metrics.get("data_dir"), metrics.get("data")):
         if cand:
             return Path(cand)
-    side = run_dir / "model.json"
-    if side.is_file():
-        try:
-            d = json.loads(side.read_text()).get("data_dir")
-            return Path(d) if d else None
-        except json.JSONDecodeError:
-            return None
-    return None
+    d = read_optional_json(run_dir / "model.json").get("data_dir")
+    return Path(d) if d else None
 
 
 def write_report(run_dir: str | Path, metrics_file: str = "metrics.json", predictions_file: str = "predictions.csv",
