@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -113,7 +114,8 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tiny_run, tmp_path):
     src = Path(__file__).resolve().parents[2] / "src"
     proc = subprocess.run([sys.executable, "-m", "covidscreen.cli", "explain", str(tiny_run), str(img), "--output",
                            str(tmp_path / "o"), "--class", "pneumonia"], capture_output=True, text=True,
-                          env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}, timeout=300)
+                          env={"PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])),
+                               "PATH": "/usr/bin:/bin"}, timeout=300)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: class 'pneumonia' is not a class of this model")
