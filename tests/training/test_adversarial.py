@@ -13,7 +13,6 @@ from covidscreen.training.adversarial import (
     feature_size,
     grad_reverse,
     grl_schedule,
-    site_probe,
     train_one_epoch_adversarial,
 )
 
@@ -94,20 +93,3 @@ def test_adversarial_epoch_trains_model_and_site_head():
     assert changed > len(params) // 2
     feats = extract_features(model, images, np.arange(16), torch.device("cpu"), 8)
     assert feats.shape[0] == 16
-
-
-def test_site_probe_finds_site_information_within_a_label():
-    rng = np.random.default_rng(0)
-    n = 120
-    labels = np.repeat(["normal", "pneumonia"], n // 2)
-    sites = np.tile(["a", "b"], n // 2)
-    informative = rng.normal(0, 1, (n, 6))
-    informative[:, 0] += np.where(sites == "a", 2.5, -2.5)
-    noise = rng.normal(0, 1, (n, 6))
-    hi = site_probe(informative, sites, labels)
-    lo = site_probe(noise, sites, labels)
-    assert set(hi["per_label"]) == {"normal", "pneumonia"}
-    assert hi["mean_balanced_accuracy"] > 0.9 and hi["mean_chance"] == 0.5
-    assert abs(lo["mean_balanced_accuracy"] - 0.5) < 0.15
-    one_site = site_probe(noise, np.full(n, "a"), labels)
-    assert one_site["per_label"] == {} and np.isnan(one_site["mean_balanced_accuracy"])

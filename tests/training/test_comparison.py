@@ -109,6 +109,24 @@ def test_columns_of_the_issue6_runs(tmp_path):
     assert "site_probe_balanced_accuracy" not in row and "lungs_not_found" not in row
 
 
+def test_site_probe_falls_back_to_the_audits_within_label_probe(tmp_path):
+    """Runs trained without ``site_probe`` but audited: the audit's within-label probe on the model's features."""
+    run, _ = _run(tmp_path)
+    (run / "audit.json").write_text(json.dumps({"shortcut": {"model_features": {
+        "site": {"balanced_accuracy": 0.9, "chance": 0.25},  # the plain probe, inflated by the label: not used
+        "site_within_label": {"balanced_accuracy": 0.61, "chance": 0.4, "n": 300}}}}))
+    row = summarise_run(run, n_boot=50)
+    assert (row["site_probe_balanced_accuracy"], row["site_probe_chance"]) == (0.61, 0.4)
+    assert row["site_probe_source"] == "audit"
+    trained, _ = _run(tmp_path, name="trained", site_probe=(0.72, 0.42))  # the training probe wins when present
+    (trained / "audit.json").write_text((run / "audit.json").read_text())
+    row = summarise_run(trained, n_boot=50)
+    assert row["site_probe_balanced_accuracy"] == 0.72 and row["site_probe_source"] == "training (site_probe)"
+    (run / "audit.json").write_text("{ damaged")  # a damaged audit leaves the column empty, the row intact
+    row = summarise_run(run, n_boot=50)
+    assert "site_probe_balanced_accuracy" not in row and row["site_probe_source"] == ""
+
+
 def test_cross_validation_folder_pooled_before_within_site_existed(tmp_path):
     """A CV folder whose pooled metrics.json lacks the within-site blocks (written by older code) still tabulates:
     the within-site columns are computed from its pooled out-of-fold predictions, equal to what the new code stores;

@@ -37,8 +37,10 @@ def _probe_cell(r: dict[str, Any] | None) -> str:
         return "-"
     if "skipped" in r:
         return f"<span class='small'>{esc(r['skipped'])}</span>"
+    auc = f"AUC {r['roc_auc']:.2f}, " if "roc_auc" in r else ""
+    per = "; ".join(f"{esc(lab)} {100 * v['balanced_accuracy']:.0f}%" for lab, v in r.get("per_label", {}).items())
     return (f"{100 * r['balanced_accuracy']:.0f}% <span class='ci'>(chance {100 * r['chance']:.0f}%, "
-            f"AUC {r['roc_auc']:.2f}, n={r['n']})</span>")
+            f"{auc}n={r['n']}{'; ' + per if per else ''})</span>")
 
 
 def audit_section(audit: dict[str, Any]) -> str:
@@ -58,13 +60,18 @@ def audit_section(audit: dict[str, Any]) -> str:
     if sc:
         mf = sc.get("model_features", {})
         rows = []
-        for name in ("site", "low_resolution", "pediatric"):
-            rows.append({"what is predicted": esc(name.replace("_", " ")),
+        names = {"site": "site", "site_within_label": "site, within each label", "low_resolution": "low resolution",
+                 "pediatric": "pediatric"}
+        for name, shown in names.items():
+            rows.append({"what is predicted": esc(shown),
                          "from the images": _probe_cell(sc.get("pixels", {}).get(name)),
                          "from the model's features": _probe_cell(mf.get(name)) if "skipped" not in mf
                          else f"<span class='small'>{esc(mf['skipped'])}</span>"})
         parts.append("<h3>Shortcut probe</h3><p class='small'>Balanced accuracy of a cross-validated logistic "
-                     "regression (folds grouped by patient). Images: " + esc(sc.get("features", {}).get("pixels", ""))
+                     "regression (folds grouped by patient). 'Within each label' predicts the site among images of "
+                     "one label only (the mean over labels that hold two or more sites), where the disease cannot "
+                     "explain it; when site and label are aligned, the plain site probe is inflated by the label. "
+                     "Images: " + esc(sc.get("features", {}).get("pixels", ""))
                      + ". Model: " + esc(sc.get("features", {}).get("model", "")) + ".</p>"
                      + table(rows, ["what is predicted", "from the images", "from the model's features"]))
     leak = audit.get("leakage", {})

@@ -53,8 +53,8 @@ def findings(confounding: dict, leakage: dict, shortcut: dict) -> list[dict[str,
     out: list[dict[str, str]] = []
     aligned = is_aligned(confounding)
     site_pix = shortcut.get("pixels", {}).get("site", {})
-    site_model = shortcut.get("model_features", {}).get("site", {}) if isinstance(
-        shortcut.get("model_features"), dict) else {}
+    model_feats = shortcut.get("model_features") if isinstance(shortcut.get("model_features"), dict) else {}
+    site_model, site_model_within = model_feats.get("site", {}), model_feats.get("site_within_label", {})
     predictable = [(src, r) for src, r in (("the images alone", site_pix), ("the model's own features", site_model))
                    if is_predictable(r)]
     if predictable and aligned:
@@ -63,9 +63,15 @@ def findings(confounding: dict, leakage: dict, shortcut: dict) -> list[dict[str,
         single = confounding.get("single_source_classes", {})
         why = "; ".join(f"{100 * v['share']:.0f}% of '{k}' images come from {v['site']}" for k, v in single.items())
         why = why or f"Cramér's V between site and label is {confounding.get('cramers_v', math.nan):.2f}"
+        within = [f"{src} {100 * r['balanced_accuracy']:.0f}% (chance {100 * r['chance']:.0f}%)" for src, r in (
+            ("from the images", shortcut.get("pixels", {}).get("site_within_label", {})),
+            ("from the model's features", site_model_within)) if "balanced_accuracy" in r]
+        within_text = (f" Within each label, where the disease cannot explain it, the site is predicted with "
+                       f"balanced accuracy {' and '.join(within)}." if within else "")
         out.append({"severity": "high", "text": (
             f"Shortcut risk: a simple model can tell which site an image comes from using {how}, and site is "
-            f"aligned with the label ({why}). High scores may mean the model recognises where an image was taken, "
+            f"aligned with the label ({why}).{within_text} High scores may mean the model recognises where an "
+            "image was taken, "
             "not the disease. Treat the metrics below as an upper bound that may not hold at another hospital; "
             "look at the per-site results and at external validation.")})
     elif predictable:
@@ -200,6 +206,7 @@ def audit_data_dir(data_dir: str | Path, run_dir: str | Path | None = None, outp
     """
     from ..data.cache import ImageCache
     from ..data.locate import resolve_data_dir
+    from ..data.preprocess import PreprocessConfig, load_segmenter_for
     from ..data.table import load_table
     from ..inference.checkpoint import read_sidecar
     from ..training.runtime import resolve_device
@@ -209,9 +216,14 @@ def audit_data_dir(data_dir: str | Path, run_dir: str | Path | None = None, outp
     run = Path(run_dir) if run_dir is not None else None
     table = load_table(data_dir)
     table, source = _audit_split(table, Path(data_dir), run, seed)
+    meta = read_sidecar(run) if run is not None else {}
     if image_size is None:
-        image_size = int(read_sidecar(run)["image_size"]) if run is not None else 224
-    cache = ImageCache(table["path"].tolist(), image_size, progress=progress)
+        image_size = int(meta["image_size"]) if run is not None else 224
+    # a run's model is probed on what it was trained on: its own preprocessing (lung ROI, intensity, border crop),
+    # as the audit at the end of training does
+    preprocess = PreprocessConfig.from_dict(meta.get("preprocessing"))
+    cache = ImageCache(table["path"].tolist(), image_size, progress=progress, preprocess=preprocess,
+                       segmenter=load_segmenter_for(preprocess, base_dir=run))
     table = table[cache.ok].reset_index(drop=True)
     rows = cache.rows(table["path"].tolist())
     model = None

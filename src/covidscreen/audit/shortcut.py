@@ -14,6 +14,7 @@ encode it. Either is only harmful when site and label are aligned, which :mod:`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -110,6 +111,66 @@ def probe(features: np.ndarray, target: pd.Series, groups: np.ndarray | None = N
             "recall_per_class": recall, "n_splits": int(k), "grouped": g is not None}
 
 
+def site_probe(features: np.ndarray, sites: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
+               folds: int = 5, min_per_site: int = 5, seed: int = 0) -> dict:
+    """How well a linear model predicts the site from features *within each label* (cross-validated).
+
+    Within one label the site is not explained by the disease, so a probe that beats chance there shows the
+    features still carry the source. Folds are grouped by patient when ``groups`` is given.
+
+    Returns:
+        ``{"per_label": {label: {"balanced_accuracy", "chance", "n", "sites"}}, "mean_balanced_accuracy",
+        "mean_chance"}``; labels with fewer than two sites of ``min_per_site`` images are skipped.
+    """
+    sites, labels = np.asarray(sites).astype(str), np.asarray(labels).astype(str)
+    groups = np.arange(len(sites)) if groups is None else np.asarray(groups)
+    out: dict = {"per_label": {}}
+    for label in np.unique(labels):
+        m = labels == label
+        counts = {s: int((sites[m] == s).sum()) for s in np.unique(sites[m])}
+        keep_sites = [s for s, n in counts.items() if n >= min_per_site]
+        if len(keep_sites) < 2:
+            continue
+        m &= np.isin(sites, keep_sites)
+        x, y, g = features[m], sites[m], groups[m]
+        k = min(folds, min(int((y == s).sum()) for s in keep_sites))
+        pred = np.empty(len(y), dtype=object)
+        for train, test in StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(x, y, g):
+            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1, class_weight="balanced"))
+            clf.fit(x[train], y[train])
+            pred[test] = clf.predict(x[test])
+        out["per_label"][str(label)] = {"balanced_accuracy": float(balanced_accuracy_score(y, pred.astype(str))),
+                                        "chance": 1.0 / len(keep_sites), "n": int(m.sum()), "sites": keep_sites}
+    vals = list(out["per_label"].values())
+    out["mean_balanced_accuracy"] = float(np.mean([v["balanced_accuracy"] for v in vals])) if vals else math.nan
+    out["mean_chance"] = float(np.mean([v["chance"] for v in vals])) if vals else math.nan
+    return out
+
+
+def site_within_label(features: np.ndarray, table: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
+    """:func:`site_probe` of ``table``'s rows (``site``, ``label``, ``group``), summarised like :func:`probe`.
+
+    The plain site probe is inflated whenever site and label are aligned: features that encode the disease then
+    also predict the site. Within one label that cannot happen, so this is the figure that shows whether the
+    features (or the pixels) carry the source itself.
+
+    Returns:
+        ``balanced_accuracy`` and ``chance`` (means over the labels that hold two or more sites), ``n``, and
+        ``per_label``; or ``{"skipped": reason}``.
+    """
+    if "label" not in table:
+        return {"skipped": "the table has no labels"}
+    sites = table["site"].astype(str)
+    combo = (table["label"].astype(str) + "|" + sites).where(sites != "", None).reset_index(drop=True)
+    rows = _subsample(combo, MAX_SAMPLES, seed)  # as balanced over (label, site) as the data allow
+    res = site_probe(np.asarray(features)[rows], sites.to_numpy()[rows], table["label"].astype(str).to_numpy()[rows],
+                     table["group"].astype(str).to_numpy()[rows], seed=seed)
+    if not res["per_label"]:
+        return {"skipped": "no label has images of two sites (at least 5 each)"}
+    return {"balanced_accuracy": res["mean_balanced_accuracy"], "chance": res["mean_chance"],
+            "n": int(sum(v["n"] for v in res["per_label"].values())), "per_label": res["per_label"]}
+
+
 def is_predictable(result: dict[str, Any]) -> bool:
     """Balanced accuracy at least halfway from chance to perfect."""
     if "balanced_accuracy" not in result:
@@ -173,6 +234,11 @@ def shortcut_probes(table: pd.DataFrame, stats: ImageStats, pediatric_sites: tup
         if features is not None and feature_rows is not None and len(feature_rows):
             sub = target.iloc[feature_rows].reset_index(drop=True)
             out["model_features"][name] = probe(features, sub, groups[feature_rows], seed=seed)
+    with threadpool_limits(1):
+        out["pixels"]["site_within_label"] = site_within_label(pix, table, seed)
+        if features is not None and feature_rows is not None and len(feature_rows):
+            out["model_features"]["site_within_label"] = site_within_label(
+                features, table.iloc[feature_rows].reset_index(drop=True), seed)
     if features is None:
         out["model_features"] = {"skipped": "no trained model given"}
     out["features"] = {"pixels": "16x16 thumbnail + 32-bin intensity histogram + sharpness of the cached image",
@@ -185,6 +251,7 @@ def describe(name: str, result: dict[str, Any]) -> str:
     if "skipped" in result:
         return f"{name}: not probed ({result['skipped']})"
     pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
+    values = f"{len(result['classes'])} values, " if "classes" in result else ""
     return (f"{name}: predicted with balanced accuracy {pct(result['balanced_accuracy'])} (chance "
-            f"{pct(result['chance'])}, {len(result['classes'])} values, n={result['n']})")
+            f"{pct(result['chance'])}, {values}n={result['n']})")
 

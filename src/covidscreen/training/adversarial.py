@@ -10,8 +10,8 @@ adversary would also fight the label. By default the adversary is *conditional* 
 features plus the one-hot label): it can only gain from site information *beyond* what the label explains, which is
 exactly the shortcut to remove.
 
-Also here: :func:`site_probe`, which measures how well a linear model still predicts the site from the features
-within each label (the audit's probe), before and after.
+Whether it worked is measured by :func:`covidscreen.audit.shortcut.site_probe`: how well a linear model still
+predicts the site from the features within each label.
 """
 
 from __future__ import annotations
@@ -203,45 +203,3 @@ def extract_features(model: nn.Module, images: np.ndarray, rows: np.ndarray, dev
     finally:
         tap.remove()
     return np.concatenate(out) if out else np.zeros((0, 0))
-
-
-def site_probe(features: np.ndarray, sites: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
-               folds: int = 5, min_per_site: int = 5, seed: int = 0) -> dict:
-    """How well a linear model predicts the site from features *within each label* (cross-validated).
-
-    Within one label the site is not explained by the disease, so a probe that beats chance there shows the
-    features still carry the source. Folds are grouped by patient when ``groups`` is given.
-
-    Returns:
-        ``{"per_label": {label: {"balanced_accuracy", "chance", "n", "sites"}}, "mean_balanced_accuracy",
-        "mean_chance"}``; labels with fewer than two sites of ``min_per_site`` images are skipped.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score
-    from sklearn.model_selection import StratifiedGroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    sites, labels = np.asarray(sites).astype(str), np.asarray(labels).astype(str)
-    groups = np.arange(len(sites)) if groups is None else np.asarray(groups)
-    out: dict = {"per_label": {}}
-    for label in np.unique(labels):
-        m = labels == label
-        counts = {s: int((sites[m] == s).sum()) for s in np.unique(sites[m])}
-        keep_sites = [s for s, n in counts.items() if n >= min_per_site]
-        if len(keep_sites) < 2:
-            continue
-        m &= np.isin(sites, keep_sites)
-        x, y, g = features[m], sites[m], groups[m]
-        k = min(folds, min(int((y == s).sum()) for s in keep_sites))
-        pred = np.empty(len(y), dtype=object)
-        for train, test in StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(x, y, g):
-            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1, class_weight="balanced"))
-            clf.fit(x[train], y[train])
-            pred[test] = clf.predict(x[test])
-        out["per_label"][str(label)] = {"balanced_accuracy": float(balanced_accuracy_score(y, pred.astype(str))),
-                                        "chance": 1.0 / len(keep_sites), "n": int(m.sum()), "sites": keep_sites}
-    vals = list(out["per_label"].values())
-    out["mean_balanced_accuracy"] = float(np.mean([v["balanced_accuracy"] for v in vals])) if vals else math.nan
-    out["mean_chance"] = float(np.mean([v["chance"] for v in vals])) if vals else math.nan
-    return out

@@ -38,6 +38,7 @@ import pandas as pd
 
 from ..evaluation.bootstrap import BinaryTask, bootstrap_tasks, percentile_interval
 from ..evaluation.metrics import rank_auc
+from ..evaluation.run_files import read_optional_json
 from ..evaluation.within_site import mixed_sites, sens_spec, within_site_auc, within_site_metrics
 
 if TYPE_CHECKING:
@@ -146,10 +147,17 @@ def _training_columns(run_dir: Path, metrics: dict[str, Any], fold_dirs: list[Pa
     """Site probe, lungs not found and best epoch, of the run or (cross-validation) of its fold runs."""
     sources = [_read_json(d / "metrics.json") for d in fold_dirs] if fold_dirs else [metrics]
     row: dict[str, Any] = {}
-    probes = [m["site_probe"] for m in sources if m.get("site_probe")]
+    probes = [(m["site_probe"]["mean_balanced_accuracy"], m["site_probe"]["mean_chance"])
+              for m in sources if m.get("site_probe")]
+    row["site_probe_source"] = "training (site_probe)" if probes else ""
+    if not probes:  # else the audit's within-label probe on the model's features, when the run was audited
+        audits = [read_optional_json(d / "audit.json") for d in (fold_dirs or [run_dir])]
+        within = [a.get("shortcut", {}).get("model_features", {}).get("site_within_label", {}) for a in audits]
+        probes = [(w["balanced_accuracy"], w["chance"]) for w in within if "balanced_accuracy" in w]
+        row["site_probe_source"] = "audit" if probes else ""
     if probes:  # mean over the folds of a cross-validation
-        row["site_probe_balanced_accuracy"] = float(np.mean([p["mean_balanced_accuracy"] for p in probes]))
-        row["site_probe_chance"] = float(np.mean([p["mean_chance"] for p in probes]))
+        row["site_probe_balanced_accuracy"] = float(np.mean([b for b, _ in probes]))
+        row["site_probe_chance"] = float(np.mean([ch for _, ch in probes]))
     stats = [m["preprocessing_stats"] for m in sources if "preprocessing_stats" in m]
     if stats:  # the folds preprocess the same images: the largest count is the number of images
         row["lungs_not_found"] = int(max(s.get("roi_fallback", 0) for s in stats))

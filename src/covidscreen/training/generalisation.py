@@ -152,8 +152,9 @@ def attach_preprocessing(run_dir: Path, pp: PreprocessConfig, sidecar: dict) -> 
 
 def probe_sites(model: torch.nn.Module, images: np.ndarray, rows: np.ndarray, table: pd.DataFrame,
                 device: torch.device, batch_size: int, amp: Any, seed: int) -> dict:
-    """The site probe on the given rows (see :func:`covidscreen.training.adversarial.site_probe`)."""
-    from .adversarial import extract_features, site_probe
+    """The site probe on the given rows (see :func:`covidscreen.audit.shortcut.site_probe`)."""
+    from ..audit.shortcut import site_probe
+    from .adversarial import extract_features
 
     feats = extract_features(model, images, rows, device, batch_size, amp)
     return site_probe(feats, table["site"].to_numpy(), table["label"].to_numpy(), table["group"].to_numpy(),
