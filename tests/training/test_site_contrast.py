@@ -40,7 +40,7 @@ def test_rank_loss_uses_same_site_pairs_only_and_matches_manual():
 def test_no_pairs_gives_zero_with_gradient_graph():
     logits = torch.randn(4, 3, requires_grad=True)
     loss, n = within_site_rank_loss(logits, torch.tensor([0, 0, 1, 2]), torch.tensor([0, 0, 1, NO_SITE]), 0)
-    assert n == 0 and float(loss) == 0.0
+    assert n == 0 and float(loss.detach()) == 0.0 and loss.requires_grad
     loss.backward()  # must not raise
     assert torch.all(logits.grad == 0)
 
@@ -51,6 +51,7 @@ def test_gradient_raises_positive_above_same_site_negative():
     target, groups = torch.tensor([0, 1]), torch.tensor([0, 0])
     base = nn.CrossEntropyLoss()(logits, target)
     loss = loss_fn(logits, target, groups)
+    loss, base = loss.detach(), base.detach()
     assert float(loss) > float(base)  # ranking term added (log 2 at equal scores)
     assert float(loss - base) == pytest.approx(math.log(2), rel=1e-5)
     logits_r = logits.detach().clone().requires_grad_(True)
