@@ -17,7 +17,7 @@ from ..data.decode import IMAGE_SUFFIXES
 from ..data.preprocess import PreprocessConfig, load_preprocessed, load_segmenter_for  # issue 6
 from ..errors import DataError, ImageDecodeError
 from ..evaluation.metrics import predict_labels
-from ..training.runtime import amp_dtype, autocast, resolve_device, to_input
+from ..training.runtime import amp_dtype, autocast, exact_float32, resolve_device, to_input
 from .checkpoint import load_checkpoint
 
 
@@ -42,7 +42,11 @@ class Predictor:
     """A trained run, ready to predict: ``Predictor(run_dir).predict_files(paths)``."""
 
     def __init__(self, run_dir: str | Path, device: str = "auto", operating_point: str = "default",
-                 backend: str = "torch") -> None:
+                 backend: str = "torch", mixed_precision: bool = False) -> None:
+        """By default a GPU computes in exact float32 (no autocast, no TF32), so that predictions, evaluations and
+        local calibrations agree across devices: on an H100, bfloat16 autocast moved COVID probabilities by up to
+        0.08 against the CPU and changed 3 of 204 decisions; exact float32 stayed within 3e-6 and changed none.
+        ``mixed_precision=True`` turns autocast on (faster on large batches; decoding dominates small ones)."""
         if backend not in ("torch", "onnx"):
             raise DataError(f"backend {backend!r} is unknown; use torch or onnx")
         self.device = resolve_device(device if backend == "torch" else "cpu")
@@ -53,7 +57,7 @@ class Predictor:
             from .onnx import OnnxModel
 
             self.onnx = OnnxModel(run_dir)
-        self.amp = amp_dtype(self.device)
+        self.amp = amp_dtype(self.device, enabled=mixed_precision)
         self.classes: list[str] = self.meta["classes"]
         self.size = int(self.meta["image_size"])
         pos = self.meta.get("positive_class")
@@ -77,7 +81,7 @@ class Predictor:
         if self.onnx is not None:
             return self.onnx.probabilities(np.ascontiguousarray(images, dtype=np.float32)[:, None] / 255.0)
         x = to_input(torch.from_numpy(np.ascontiguousarray(images)), self.device)
-        with autocast(self.device, self.amp):
+        with autocast(self.device, self.amp), exact_float32(self.device, enabled=self.amp is None):
             logits = self.model(x)
         return torch.softmax(logits.float() / self.temperature, 1).cpu().numpy().astype(np.float64)
 

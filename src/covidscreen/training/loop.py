@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..data.augment import AugmentConfig, augment_batch
 from .finetune import freeze_batchnorm
-from .runtime import autocast, to_input
+from .runtime import autocast, exact_float32, to_input
 
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int, floor: float = 0.01) -> Callable[[int], float]:
@@ -112,13 +112,14 @@ def predict_probs(
     desc: str = "predict",
     progress: bool = True,
 ) -> np.ndarray:
-    """Class probabilities ``(len(rows), C)`` of ``images[rows]`` (float64, rows sum to 1)."""
+    """Class probabilities ``(len(rows), C)`` of ``images[rows]`` (float64, rows sum to 1); without ``amp``, in
+    exact float32 on a GPU too (no TF32), as :class:`~covidscreen.inference.predictor.Predictor` predicts."""
     model.eval()
     out = []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
         idx = rows[start:start + batch_size]
         x = to_input(torch.from_numpy(np.ascontiguousarray(images[idx])), device)
-        with autocast(device, amp):
+        with autocast(device, amp), exact_float32(device, enabled=amp is None):
             logits = model(x)
         out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     if not out:

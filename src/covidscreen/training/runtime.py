@@ -41,6 +41,22 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@contextlib.contextmanager
+def exact_float32(device: torch.device, enabled: bool = True):
+    """Within: float32 convolutions and matrix products on a CUDA device without TF32 (which PyTorch allows for
+    cuDNN convolutions by default), so that GPU probabilities match the CPU's to float32 rounding; no-op on a CPU
+    or when not ``enabled``."""
+    if not enabled or device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (CPU and CUDA); returns a generator for the run's own random draws."""
     random.seed(seed)

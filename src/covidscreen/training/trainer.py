@@ -293,7 +293,9 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
     """Predict val and test, choose operating points on val, write checkpoint, metrics and report."""
     table, classes = data.table, data.classes
     eval_mask = table["split"].isin(["val", "test"]).to_numpy()
-    probs = predict_probs(model, data.cache.images, data.rows[eval_mask], device, cfg.eval_batch_size, amp,
+    # exact float32 on every device (no autocast): the operating points and metrics chosen here must hold for
+    # predict/evaluate/calibrate, which compute in float32 by default (bfloat16 changed 3 of 204 decisions on an H100)
+    probs = predict_probs(model, data.cache.images, data.rows[eval_mask], device, cfg.eval_batch_size, None,
                           desc="predict val+test", progress=progress)
     preds = table.loc[eval_mask, ["image", "label", "split", "site", "view", "group"]].reset_index(drop=True)
     for i, c in enumerate(classes):
