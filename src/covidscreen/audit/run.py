@@ -206,9 +206,8 @@ def audit_data_dir(data_dir: str | Path, run_dir: str | Path | None = None, outp
     """
     from ..data.cache import ImageCache
     from ..data.locate import resolve_data_dir
-    from ..data.preprocess import PreprocessConfig, load_segmenter_for
     from ..data.table import load_table
-    from ..inference.checkpoint import read_sidecar
+    from ..inference.predictor import Predictor
     from ..training.runtime import resolve_device
     from .render import write_audit_html
 
@@ -216,22 +215,18 @@ def audit_data_dir(data_dir: str | Path, run_dir: str | Path | None = None, outp
     run = Path(run_dir) if run_dir is not None else None
     table = load_table(data_dir)
     table, source = _audit_split(table, Path(data_dir), run, seed)
-    meta = read_sidecar(run) if run is not None else {}
+    # a run's model is probed on what it was trained on: its own preprocessing (lung ROI, intensity, border crop)
+    # and segmenter, as the audit at the end of training does; Predictor resolves them as evaluate and predict do
+    predictor = Predictor(run, device=device) if run is not None else None
     if image_size is None:
-        image_size = int(meta["image_size"]) if run is not None else 224
-    # a run's model is probed on what it was trained on: its own preprocessing (lung ROI, intensity, border crop),
-    # as the audit at the end of training does
-    preprocess = PreprocessConfig.from_dict(meta.get("preprocessing"))
-    cache = ImageCache(table["path"].tolist(), image_size, progress=progress, preprocess=preprocess,
-                       segmenter=load_segmenter_for(preprocess, base_dir=run))
+        image_size = predictor.size if predictor is not None else 224
+    cache = ImageCache(table["path"].tolist(), image_size, progress=progress,
+                       preprocess=predictor.preprocess if predictor is not None else None,
+                       segmenter=predictor.segmenter if predictor is not None else None)
     table = table[cache.ok].reset_index(drop=True)
     rows = cache.rows(table["path"].tolist())
-    model = None
-    dev = resolve_device(device)
-    if run is not None:
-        from ..inference.checkpoint import load_checkpoint
-
-        model, _ = load_checkpoint(run, dev)
+    model = predictor.model if predictor is not None else None
+    dev = predictor.device if predictor is not None else resolve_device(device)
     out = Path(output) if output is not None else (run if run is not None else Path(f"audit-{Path(data_dir).name}"))
     audit_table(table, cache.images, rows, out, model=model, device=dev, pediatric_sites=pediatric_sites, seed=seed,
                 split_source=source, data_dir=str(Path(data_dir).resolve()),
