@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from covidscreen.training.runtime import amp_dtype, exact_float32
+from covidscreen.training.runtime import amp_dtype, exact_float32, prediction_precision
 
 
 def test_mixed_precision_only_on_cuda_and_only_when_enabled():
@@ -24,5 +24,7 @@ def test_exact_float32_turns_tf32_off_inside_and_restores_it():
         for device, enabled in ((torch.device("cpu"), True), (torch.device("cuda"), False)):
             with exact_float32(device, enabled=enabled):  # no-op
                 assert torch.backends.cudnn.allow_tf32
+        with prediction_precision(torch.device("cuda"), None):  # a prediction without autocast: exact float32
+            assert not torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul

@@ -17,7 +17,7 @@ from ..data.decode import IMAGE_SUFFIXES
 from ..data.preprocess import PreprocessConfig, load_preprocessed, load_segmenter_for  # issue 6
 from ..errors import DataError, ImageDecodeError
 from ..evaluation.metrics import predict_labels
-from ..training.runtime import amp_dtype, autocast, exact_float32, resolve_device, to_input
+from ..training.runtime import amp_dtype, prediction_precision, resolve_device, to_input
 from .checkpoint import load_checkpoint
 
 
@@ -81,7 +81,7 @@ class Predictor:
         if self.onnx is not None:
             return self.onnx.probabilities(np.ascontiguousarray(images, dtype=np.float32)[:, None] / 255.0)
         x = to_input(torch.from_numpy(np.ascontiguousarray(images)), self.device)
-        with autocast(self.device, self.amp), exact_float32(self.device, enabled=self.amp is None):
+        with prediction_precision(self.device, self.amp):
             logits = self.model(x)
         return torch.softmax(logits.float() / self.temperature, 1).cpu().numpy().astype(np.float64)
 

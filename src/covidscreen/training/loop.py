@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..data.augment import AugmentConfig, augment_batch
 from .finetune import freeze_batchnorm
-from .runtime import autocast, exact_float32, to_input
+from .runtime import autocast, prediction_precision, to_input
 
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int, floor: float = 0.01) -> Callable[[int], float]:
@@ -119,7 +119,7 @@ def predict_probs(
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
         idx = rows[start:start + batch_size]
         x = to_input(torch.from_numpy(np.ascontiguousarray(images[idx])), device)
-        with autocast(device, amp), exact_float32(device, enabled=amp is None):
+        with prediction_precision(device, amp):
             logits = model(x)
         out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     if not out:

@@ -57,6 +57,11 @@ def exact_float32(device: torch.device, enabled: bool = True):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+def prediction_precision(device: torch.device, dtype: torch.dtype | None):
+    """The numerics of a prediction: ``dtype`` autocast when given (mixed precision), else exact float32."""
+    return autocast(device, dtype) if dtype is not None else exact_float32(device)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (CPU and CUDA); returns a generator for the run's own random draws."""
     random.seed(seed)
