@@ -19,8 +19,8 @@ from covidscreen.data.decode import load_resized
 from covidscreen.data.locate import resolve_data_dir
 from covidscreen.data.table import load_table
 from covidscreen.models import create_model
+from covidscreen.runtime import amp_dtype, autocast, resolve_device, to_input
 from covidscreen.training.finetune import set_trainable_stages
-from covidscreen.training.runtime import amp_dtype, autocast, resolve_device, to_input
 
 
 def rate(n: int, seconds: float) -> float:

@@ -12,11 +12,11 @@ import torch
 
 from covidscreen.inference.ensemble import EnsembleModel
 from covidscreen.models import create_model
+from covidscreen.runtime import amp_dtype, resolve_device
 from covidscreen.training.finetune import HeadWarmup, discriminative_param_groups, set_trainable_stages
-from covidscreen.training.loop import predict_probs, train_one_epoch
+from covidscreen.training.loop import Optimisation, classification_step, predict_probs, train_one_epoch
 from covidscreen.training.losses import FocalLoss
 from covidscreen.training.mixup import BatchMixer
-from covidscreen.training.runtime import amp_dtype, resolve_device
 
 
 def main() -> None:
@@ -40,9 +40,10 @@ def main() -> None:
         for epoch in (1, 2):
             warm.set_epoch(epoch)
             t0 = time.time()
-            loss = train_one_epoch(model, images, np.arange(256), labels, loss_fn, opt, None, device, 32,
-                                   torch.Generator().manual_seed(epoch), None, amp, scaler, progress=False,
-                                   mixer=mixer)
+            state = Optimisation(model, opt, None, device, 32, torch.Generator().manual_seed(epoch), amp=amp,
+                                 scaler=scaler, mixer=mixer)
+            step = classification_step(model, loss_fn, device, amp)
+            loss = train_one_epoch(state, images, np.arange(256), labels, step, progress=False)["loss"]
             print(f"seed {seed} epoch {epoch}: loss {loss:.4f} finite={np.isfinite(loss)} {time.time() - t0:.2f}s")
         models.append(model)
     ens = EnsembleModel(models).eval()

@@ -9,6 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+# fixtures shared by the tests of several packages (explain/, reporting/, workflows/; audit/, workflows/)
+pytest_plugins = ["tests.explain_fixtures", "tests.audit_fixtures"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 

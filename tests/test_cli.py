@@ -14,7 +14,7 @@ runner = CliRunner()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "covidscreen.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "covidscreen", *args], capture_output=True, text=True, timeout=300)
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess, pattern: str) -> None:

@@ -77,7 +77,7 @@ def test_valid_options_are_accepted_and_round_trip(tmp_path):
 
 
 def test_cli_prints_one_line_error_and_exits_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "covidscreen.cli", "train", "--folds", "1"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "covidscreen", "train", "--folds", "1"], capture_output=True,
                           text=True, cwd=tmp_path, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [

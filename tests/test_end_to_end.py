@@ -8,10 +8,10 @@ import pytest
 from safetensors.torch import load_file
 
 from covidscreen.config import resolve_train_config
-from covidscreen.evaluation.evaluate import evaluate_run
-from covidscreen.inference.checkpoint import load_checkpoint
 from covidscreen.inference.predictor import Predictor
-from covidscreen.training.trainer import fit
+from covidscreen.inference.run import load_checkpoint
+from covidscreen.workflows.evaluate import evaluate_run
+from covidscreen.workflows.fit import fit
 from tests.test_cli import assert_clean_error, run_cli
 
 
@@ -98,8 +98,8 @@ def test_tampered_weights_are_refused(small_run, tmp_path):
         fh.seek(-4, 2)
         fh.write(b"\x00\x01\x02\x03")
     assert_clean_error(run_cli("predict", str(copy), str(tmp_path)), "sha256")
-    model, meta = load_checkpoint(small_run)
-    assert model.training is False and meta["classes"][0] == "covid"
+    model, run = load_checkpoint(small_run)
+    assert model.training is False and run.classes[0] == "covid"
 
 
 def test_onnx_export_matches_torch(small_run, shared_data, tmp_path):

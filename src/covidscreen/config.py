@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,84 @@ import yaml
 
 from .errors import ConfigError
 
+ROI_CHOICES = ("none", "lungs-crop", "lungs-mask", "lungs-crop-mask")
+INTENSITY_CHOICES = ("none", "clahe", "histeq", "standardize")
+PREPROCESS_VERSION = 1  # bump when any step below changes its output
+DEFAULT_N_BOOT = 1000  # bootstrap replicates of every confidence interval, unless a caller asks for others
+MODALITIES = ("cxr", "ct")  # chest X-ray (CR/DX), chest CT slices
 LOSSES = ("cross_entropy", "focal")
 SAMPLERS = ("random", "balanced")
 TASKS = ("multiclass", "binary")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Preprocessing settings of a classification run (stored in its sidecar as ``preprocessing``).
+
+    Attributes:
+        roi: ``none``, ``lungs-crop``, ``lungs-mask`` or ``lungs-crop-mask``.
+        intensity: ``none``, ``clahe``, ``histeq`` or ``standardize``.
+        border_crop: fraction of the height and width removed from every side, in [0, 0.25).
+        roi_margin: margin around the lung bounding box, as a fraction of the box's height/width.
+        segmentation_model: lung segmentation checkpoint (folder) used by the ``lungs-*`` options.
+        segmentation_sha256: sha256 of its weights; part of the cache key, checked when the segmenter is loaded.
+    """
+
+    roi: str = "none"
+    intensity: str = "none"
+    border_crop: float = 0.0
+    roi_margin: float = 0.1
+    segmentation_model: str | None = None
+    segmentation_sha256: str | None = None
+
+    def validate(self) -> PreprocessConfig:
+        if self.roi not in ROI_CHOICES:
+            raise ConfigError(f"roi {self.roi!r} is not known; use one of {', '.join(ROI_CHOICES)}")
+        if self.intensity not in INTENSITY_CHOICES:
+            raise ConfigError(f"intensity {self.intensity!r} is not known; use one of {', '.join(INTENSITY_CHOICES)}")
+        if not 0 <= self.border_crop < 0.25:
+            raise ConfigError(f"border_crop {self.border_crop!r} is invalid: expected a fraction in [0, 0.25)")
+        if not 0 <= self.roi_margin <= 1:
+            raise ConfigError(f"roi_margin {self.roi_margin!r} is invalid: expected a fraction in [0, 1]")
+        if self.needs_segmentation and not self.segmentation_model:
+            raise ConfigError(f"roi {self.roi!r} needs a lung segmenter: set segmentation_model to a folder written "
+                              "by 'covidscreen segment train'")
+        return self
+
+    @property
+    def needs_segmentation(self) -> bool:
+        return self.roi != "none"
+
+    @property
+    def crops(self) -> bool:
+        return self.roi in ("lungs-crop", "lungs-crop-mask")
+
+    @property
+    def masks(self) -> bool:
+        return self.roi in ("lungs-mask", "lungs-crop-mask")
+
+    @property
+    def is_identity(self) -> bool:
+        return self.roi == "none" and self.intensity == "none" and self.border_crop == 0
+
+    def key(self) -> str:
+        """What makes two preprocessed caches different (the segmenter by its weights, not its path)."""
+        if self.is_identity:
+            return ""
+        seg = self.segmentation_sha256 if self.needs_segmentation else None
+        return (f"pp{PREPROCESS_VERSION}|roi={self.roi}|margin={self.roi_margin if self.needs_segmentation else 0}"
+                f"|int={self.intensity}|border={self.border_crop}|seg={seg}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> PreprocessConfig:
+        """From a sidecar's ``preprocessing`` block (absent in runs that predate it: identity)."""
+        if not d:
+            return cls()
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known).validate()
 
 
 @dataclass
@@ -29,39 +104,38 @@ class TrainConfig:
 
     data: str | None = None  # data folder; None: $COVIDSCREEN_DATA, else ../shared/data/cxr
     output: str | None = None  # run folder; None: runs/<model>-<timestamp>
-    model: str = "efficientnet_lite0"
-    pretrained: bool = True
+    model: str = "efficientnet_lite0"  # registry or timm model name (covidscreen models lists them)
+    pretrained: bool = True  # start from ImageNet weights (--no-pretrained: random initialisation)
     weights: str | None = None  # local weights file instead of the registry's source
-    image_size: int = 224
-    # fine-tuning depth: train only the last k trunk stages (+ head); None = every stage, 0 = head only
-    train_stages: int | None = 5
-    epochs: int = 4
+    image_size: int = 224  # square input side in pixels
+    modality: str = "cxr"  # what the model reads: cxr (chest X-ray, CR/DX) or ct (chest CT slices)
+    train_stages: int | None = 5  # fine-tune only the last k trunk stages (+ head); null: all, 0: head only
+    epochs: int = 4  # number of epochs
     samples_per_epoch: int | None = 2500  # random subset of the training set per epoch (None = all)
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.01
+    batch_size: int = 32  # training batch size
+    lr: float = 1e-3  # peak learning rate (AdamW, warm-up then cosine decay)
+    weight_decay: float = 0.01  # AdamW weight decay
     warmup_fraction: float = 0.1  # share of all steps spent warming the learning rate up
     class_weights: bool = True  # inverse-frequency weights in the loss (the data is imbalanced)
-    augment: bool = True
+    augment: bool = True  # X-ray-safe augmentation (small affine, brightness/contrast, no flips)
     patience: int = 3  # early stopping: epochs without validation improvement
-    seed: int = 0
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0  # seed of everything random (and of the split, unless split_seed is set)
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, val, test fractions of the patients
     positive_class: str = "covid"  # the class of the COVID-vs-rest metrics and operating point
     max_per_class: int | None = None  # use at most this many images of each class (quick experiments, tests)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
-    eval_batch_size: int = 64
-    cache_dir: str | None = None
-    # --- evaluation and audit (issue 4) ---
+    eval_batch_size: int = 64  # batch size of validation and test predictions
+    cache_dir: str | None = None  # decode cache folder; None: $COVIDSCREEN_CACHE, else ~/.cache/covidscreen
+    # evaluation and audit
     target_sensitivity: float = 0.95  # operating point "sensitivity_<t>", chosen on validation
     target_specificity: float = 0.95  # operating point "specificity_<t>", chosen on validation
     temperature_scaling: bool = False  # fit a temperature on validation and apply it to every probability
-    bootstrap: int = 1000  # patient-level bootstrap replicates for confidence intervals (0 = none)
+    bootstrap: int = DEFAULT_N_BOOT  # patient-level bootstrap replicates for confidence intervals (0 = none)
     audit: bool = True  # leakage / shortcut / confounding audit at the end of the run (audit.json)
     holdout_site: str | None = None  # leave this site out of train/val/test and evaluate on it at the end
-    # --- end issue 4 ---
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored with the run
-    # --- transfer-learning options of the literature (issue 3); each is off by default ---
+    # transfer-learning options of the literature; each is off by default (docs/transfer_learning.md)
     lr_decay: float = 1.0  # discriminative LRs: each stage below the head gets lr * lr_decay**depth (1 = off)
     head_warmup_epochs: int = 0  # train only the head for this many epochs, then unfreeze to train_stages
     loss: str = "cross_entropy"  # cross_entropy | focal
@@ -78,12 +152,9 @@ class TrainConfig:
     train_fraction: float = 1.0  # use this share of the training patients (learning curves; nested across values)
     folds: int | None = None  # patient-grouped stratified k-fold cross-validation (None = one train/val/test split)
     fold: int | None = None  # with folds: train only this fold's model (test = this fold, val = the next one)
-    # --- issue 6: generalisation to unseen sites (begin); mechanisms in data/preprocess.py, training/generalisation.py
-    roi: str = "none"  # none | lungs-crop | lungs-mask | lungs-crop-mask (needs segmentation_model)
-    roi_margin: float = 0.1  # margin around the lung box, as a fraction of its size
-    intensity: str = "none"  # none | clahe | histeq | standardize
-    border_crop: float = 0.0  # fraction of height/width cut from every side
-    segmentation_model: str | None = None  # folder written by `covidscreen segment train`
+    # generalisation to unseen sites (docs/generalisation.md); mechanisms in data/preprocess.py and
+    # workflows/generalisation.py. Preprocessing: YAML ``preprocess: {roi: ...}`` or the flat keys (``roi: ...``)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     select_on: str = "auc"  # epoch selection: auc (pooled) | within_site_auc (sites with both classes)
     site_balanced: bool = False  # sample each label's sites equally (and the labels equally)
     adversarial_weight: float = 0.0  # > 0: site classifier behind a gradient-reversal layer (Ganin & Lempitsky)
@@ -91,12 +162,12 @@ class TrainConfig:
     keep_mixed_sites: bool = False  # with max_per_class: keep every image of sites that hold both classes
     site_probe: bool = False  # measure how well a linear probe predicts site from the features (val+test)
     within_site_rank_weight: float = 0.0  # > 0: + w * ranking loss over same-site (positive, other) pairs
-    # --- issue 6 (end) ---
 
     def validate(self) -> TrainConfig:
         """Check values that types cannot express; raise :class:`ConfigError` naming the first bad key."""
         checks = [
             ("image_size", 32 <= self.image_size <= 1024, "an integer from 32 to 1024"),
+            ("modality", self.modality in MODALITIES, f"one of {', '.join(MODALITIES)}"),
             ("epochs", self.epochs >= 1, "at least 1"),
             ("batch_size", self.batch_size >= 2, "at least 2"),
             ("lr", self.lr > 0, "positive"),
@@ -112,7 +183,6 @@ class TrainConfig:
             ("target_sensitivity", 0 < self.target_sensitivity < 1, "a number strictly between 0 and 1"),
             ("target_specificity", 0 < self.target_specificity < 1, "a number strictly between 0 and 1"),
             ("bootstrap", self.bootstrap >= 0, "0 (no intervals) or a number of replicates"),
-            # --- issue 3 options ---
             ("lr_decay", 0 < self.lr_decay <= 1, "in (0, 1] (1 = one learning rate for every stage)"),
             ("head_warmup_epochs", 0 <= self.head_warmup_epochs < self.epochs, "from 0 to epochs - 1"),
             ("loss", self.loss in LOSSES, f"one of {', '.join(LOSSES)}"),
@@ -136,7 +206,7 @@ class TrainConfig:
             ("fold", self.fold is None or (self.folds is not None and 0 <= self.fold < self.folds),
              "null, or from 0 to folds - 1 when folds is set"),
         ]
-        checks += [  # issue 6
+        checks += [
             ("select_on", self.select_on in ("auc", "within_site_auc"), "auc or within_site_auc"),
             ("adversarial_weight", self.adversarial_weight >= 0, "non-negative"),
             ("adversarial_weight", self.adversarial_weight == 0 or (self.mixup_alpha == 0 and self.cutmix_alpha == 0),
@@ -152,10 +222,43 @@ class TrainConfig:
         for key, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"config key '{key}' = {getattr(self, key)!r} is invalid: expected {expected}")
-        from .data.preprocess import PreprocessConfig  # issue 6: roi/intensity/border_crop checks live there
+        self.preprocess.validate()
+        return self
 
-        PreprocessConfig(roi=self.roi, intensity=self.intensity, border_crop=self.border_crop,
-                         roi_margin=self.roi_margin, segmentation_model=self.segmentation_model).validate()
+
+@dataclass
+class SegmentConfig:
+    """Everything that defines a lung segmentation training run (``covidscreen segment train``)."""
+
+    data: str | None = None  # data folder with metadata.csv and a lung_mask column; None: ../shared/data/cxr
+    output: str = "runs/lung-seg"  # folder for the segmentation checkpoint
+    encoder: str = "mobilenet_v2_035"  # registry encoder: mobilenet_v2_035 or efficientnet_lite0
+    pretrained: bool = True  # ImageNet weights for the encoder
+    image_size: int = 160  # square side, a multiple of 32
+    equalize: bool = True  # histogram-equalise inputs (robust to exposure differences between sites)
+    epochs: int = 30  # number of epochs
+    batch_size: int = 16  # training batch size
+    lr: float = 2e-3  # peak learning rate (AdamW)
+    weight_decay: float = 1e-4  # AdamW weight decay
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, val, test fractions of the patients
+    seed: int = 0  # seed of the split and the training
+    max_minutes: float | None = None  # stop after this much training time (the best epoch so far is kept)
+    max_images: int | None = None  # use at most this many masked images (tests, quick runs)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def validate(self) -> SegmentConfig:
+        checks = [
+            ("image_size", self.image_size % 32 == 0 and 64 <= self.image_size <= 1024, "a multiple of 32, 64..1024"),
+            ("epochs", self.epochs >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 2, "at least 2"),
+            ("lr", self.lr > 0, "positive"),
+            ("split", len(self.split) == 3 and abs(sum(self.split) - 1) < 1e-6 and min(self.split) > 0,
+             "three positive fractions train,val,test summing to 1"),
+            ("max_images", self.max_images is None or self.max_images >= 6, "null or at least 6"),
+        ]
+        for key, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"segmentation option {key} = {getattr(self, key)!r} is invalid: expected {expected}")
         return self
 
 
@@ -209,14 +312,46 @@ def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
     return True, value
 
 
+#: keys of a nested config that may also be given at the top level (the YAML files and runs written before the
+#: preprocessing settings were grouped): ``roi: lungs-crop`` means ``preprocess: {roi: lungs-crop}``
+FLAT_ALIASES = {"preprocess": ("roi", "roi_margin", "intensity", "border_crop", "segmentation_model")}
+
+
+def nest_flat_keys(overrides: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """Move flat keys of nested configs (:data:`FLAT_ALIASES`) and dotted keys (``preprocess.roi``) into their
+    nested mappings, for a config whose fields are ``names``."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        parent = next((p for p, keys in FLAT_ALIASES.items() if key in keys and p in names), None)
+        if "." in key:
+            parent, key = key.split(".", 1)
+        if parent is None:
+            out[key] = value
+            continue
+        nested = out.setdefault(parent, {})
+        if not isinstance(nested, dict):
+            raise ConfigError(f"'{parent}' must be a mapping of keys to values, not {nested!r}")
+        nested[key] = value
+    for parent, nested in list(out.items()):
+        if parent in FLAT_ALIASES and isinstance(overrides.get(parent), dict):
+            out[parent] = {**overrides[parent], **nested}
+    return out
+
+
 def apply_overrides(cfg: Any, overrides: dict[str, Any], source: str = "config") -> Any:
-    """Return a copy of dataclass ``cfg`` with ``overrides`` applied after type checks."""
+    """Return a copy of dataclass ``cfg`` with ``overrides`` applied after type checks (nested configs take a
+    mapping, a dotted key or, for :data:`FLAT_ALIASES`, the plain key)."""
     hints = typing.get_type_hints(type(cfg))
     names = {f.name for f in fields(cfg)}
     changes = {}
-    for key, value in overrides.items():
+    for key, value in nest_flat_keys(overrides, names).items():
         if key not in names:
             raise ConfigError(f"{source}: unknown key '{key}'. Known keys: {', '.join(sorted(names))}")
+        if dataclasses.is_dataclass(hints[key]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: key '{key}' must be a mapping of its keys to values, not {value!r}")
+            changes[key] = apply_overrides(getattr(cfg, key), value, source=f"{source}: {key}")
+            continue
         ok, coerced = _type_ok(value, hints[key])
         if not ok:
             raise ConfigError(f"{source}: key '{key}' has value {value!r} of the wrong type; expected {hints[key]}")
@@ -249,5 +384,11 @@ def resolve_train_config(config_file: str | Path | None = None, **cli: Any) -> T
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as plain YAML/JSON data (tuples as lists, nested configs as mappings)."""
     d = dataclasses.asdict(cfg)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def from_dict(cls: type, data: dict[str, Any], source: str = "stored config") -> Any:
+    """A config of type ``cls`` from :func:`to_dict` output (or an older run's flat one); unknown keys are errors."""
+    return apply_overrides(cls(), data, source=source)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from covidscreen.config import PreprocessConfig
 from covidscreen.data.cache import ImageCache
 from covidscreen.data.decode import load_resized, resize_square
 from covidscreen.data.preprocess import (
     MASK_DILATION,
     InputGeometry,
-    PreprocessConfig,
     crop_border,
     iter_preprocessed,
     load_preprocessed,

@@ -14,8 +14,7 @@ from PIL import Image
 from covidscreen.errors import CovidscreenError, ImageDecodeError
 from covidscreen.explain import METHODS, Explainer, ExplainError, explain, resize_map
 from covidscreen.models import create_model, list_models
-
-from .conftest import hook_count, make_tiny, synthetic_images
+from tests.explain_fixtures import hook_count, make_tiny, synthetic_images
 
 
 @pytest.mark.parametrize("name", list_models())

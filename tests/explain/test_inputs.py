@@ -2,16 +2,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from covidscreen.config import PreprocessConfig
 from covidscreen.data.decode import load_resized, read_image
-from covidscreen.data.preprocess import InputGeometry, PreprocessConfig, load_preprocessed
+from covidscreen.data.preprocess import InputGeometry, load_preprocessed
 from covidscreen.explain import inputs as explain_inputs
 from covidscreen.explain.cam import ExplainError, resize_map
 from covidscreen.explain.inputs import chance_level, crop_description, crop_notes, map_to_image, run_input_loader
 
 
+def _loader(meta: dict, run_dir):
+    """The input loader of a run whose sidecar holds ``meta``."""
+    return run_input_loader(PreprocessConfig.from_dict(meta.get("preprocessing")), meta["image_size"], run_dir)
+
+
 def test_plain_run_sees_the_resized_image(shared_data, tmp_path):
     f = shared_data / "samples" / "16747_3_1.jpg"
-    load, mask_fn = run_input_loader({"image_size": 64}, tmp_path)
+    load, mask_fn = _loader({"image_size": 64}, tmp_path)
     x, geometry = load(f)
     np.testing.assert_array_equal(x, load_resized(f, 64))
     assert not geometry.crops and mask_fn is None
@@ -20,7 +26,7 @@ def test_plain_run_sees_the_resized_image(shared_data, tmp_path):
 def test_intensity_preprocessing_is_applied_as_in_training(shared_data, tmp_path):
     f = shared_data / "samples" / "16747_3_1.jpg"
     meta = {"image_size": 64, "preprocessing": {"intensity": "clahe"}}
-    load, _ = run_input_loader(meta, tmp_path)
+    load, _ = _loader(meta, tmp_path)
     x, geometry = load(f)
     np.testing.assert_array_equal(x, load_preprocessed(f, 64, PreprocessConfig(intensity="clahe"), None))
     assert not np.array_equal(x, load_resized(f, 64)) and not geometry.crops
@@ -28,7 +34,7 @@ def test_intensity_preprocessing_is_applied_as_in_training(shared_data, tmp_path
 
 def test_a_border_cropping_run_is_explained_with_its_box(shared_data, tmp_path):
     f = shared_data / "samples" / "nih_00000001_000.png"
-    load, _ = run_input_loader({"image_size": 64, "preprocessing": {"border_crop": 0.1}}, tmp_path)
+    load, _ = _loader({"image_size": 64, "preprocessing": {"border_crop": 0.1}}, tmp_path)
     x, geometry = load(f)
     h, w = read_image(f).shape
     assert geometry == InputGeometry(h, w, round(0.1 * h), h - round(0.1 * h), round(0.1 * w), w - round(0.1 * w))
@@ -38,7 +44,7 @@ def test_a_border_cropping_run_is_explained_with_its_box(shared_data, tmp_path):
 def test_a_run_whose_segmenter_copy_is_missing_is_refused_clearly(tmp_path):
     meta = {"image_size": 64, "preprocessing": {"roi": "lungs-crop", "segmentation_model": "lung_seg"}}
     with pytest.raises(ExplainError, match="needs its lung segmenter, which cannot be loaded"):
-        run_input_loader(meta, tmp_path)
+        _loader(meta, tmp_path)
 
 
 def test_a_peak_of_the_input_map_lands_where_that_input_pixel_came_from():
@@ -93,7 +99,7 @@ def test_a_hot_spot_of_the_model_input_goes_back_to_its_place_in_the_full_image(
     path = tmp_path / "phantom.jpg"
     centre = _lung_phantom(path)
     meta = {"image_size": 64, "preprocessing": {"segmentation_model": "x", **pre}}
-    load, _ = run_input_loader(meta, tmp_path)
+    load, _ = _loader(meta, tmp_path)
     x, geometry = load(path)
     assert geometry.crops
     heat = np.clip((x.astype(np.float32) - 200) / 55, 0, 1)  # 'hot' where the model input shows the disc
@@ -117,8 +123,8 @@ def test_chance_level_is_a_map_uniform_over_what_the_model_saw():
 
 
 def test_crop_words_and_notes():
-    assert crop_description({"image_size": 64}) is None and crop_notes(None, [0.0]) == []
-    words = crop_description({"preprocessing": {"roi": "lungs-crop", "border_crop": 0.05, "segmentation_model": "x"}})
+    assert crop_description(PreprocessConfig()) is None and crop_notes(None, [0.0]) == []
+    words = crop_description(PreprocessConfig(roi="lungs-crop", border_crop=0.05, segmentation_model="x"))
     assert "border crop of 0.05" in words and "lungs' bounding box" in words
     notes = " ".join(crop_notes(words, [0.0, 0.0]))
     assert "the model cannot see the border: it was cropped away" in notes.lower()

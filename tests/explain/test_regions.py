@@ -9,8 +9,7 @@ import pytest
 
 from covidscreen.errors import CovidscreenError
 from covidscreen.explain import Explainer, border_area, border_fraction, central_region
-
-from .conftest import MARKER, SIZE, synthetic_images
+from tests.explain_fixtures import MARKER, SIZE, synthetic_images
 
 
 def test_central_region_leaves_a_band_of_margin_times_each_side():

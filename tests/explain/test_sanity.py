@@ -17,8 +17,7 @@ from covidscreen.explain.sanity import (
     road_faithfulness,
     top_layer_paths,
 )
-
-from .conftest import SIZE, hook_count, make_tiny, synthetic_images
+from tests.explain_fixtures import SIZE, hook_count, make_tiny, synthetic_images
 
 
 def test_rank_correlation():

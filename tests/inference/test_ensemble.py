@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from covidscreen.errors import CheckpointError, ModelError
-from covidscreen.inference.checkpoint import load_checkpoint, read_sidecar, save_checkpoint
-from covidscreen.inference.ensemble import EnsembleModel, build_ensemble, write_manifest
+from covidscreen.inference.checkpoint import save_checkpoint
+from covidscreen.inference.ensemble import EnsembleModel, write_manifest
 from covidscreen.inference.predictor import Predictor
+from covidscreen.inference.run import load_checkpoint, read_sidecar
+from covidscreen.workflows.ensemble import build_ensemble
 
 CLASSES = ["covid", "normal", "pneumonia"]
 
@@ -56,8 +58,8 @@ def test_ensemble_model_averages_member_softmax():
 def test_ensemble_folder_loads_like_one_model(tmp_path):
     (a, ma), (b, mb) = _member(tmp_path, "a", 0), _member(tmp_path, "b", 1)
     ens_dir = build_ensemble([a, b], tmp_path / "ens")
-    model, meta = load_checkpoint(ens_dir)
-    assert isinstance(model, EnsembleModel) and meta["architecture"] == "ensemble"
+    model, run = load_checkpoint(ens_dir)
+    assert isinstance(model, EnsembleModel) and run.architecture == "ensemble" and run.kind == "ensemble"
     assert read_sidecar(ens_dir)["classes"] == CLASSES
     images = np.random.default_rng(0).integers(0, 255, (4, 32, 32), dtype=np.uint8)
     pred = Predictor(ens_dir, device="cpu")
@@ -66,7 +68,7 @@ def test_ensemble_folder_loads_like_one_model(tmp_path):
     with torch.no_grad():
         want = (torch.softmax(ma.eval()(x), 1) + torch.softmax(mb.eval()(x), 1)) / 2
     assert np.allclose(got, want.numpy(), atol=1e-5)
-    assert pred.threshold == meta["threshold"]
+    assert pred.threshold == run.threshold()
 
 
 def test_ensemble_threshold_and_metrics_come_from_averaged_validation(tmp_path):

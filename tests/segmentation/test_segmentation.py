@@ -11,7 +11,7 @@ from covidscreen.errors import CheckpointError, ModelError
 from covidscreen.segmentation.checkpoint import load_segmenter, save_segmenter
 from covidscreen.segmentation.model import ENCODER_LAYOUTS, LungSegNet
 from covidscreen.segmentation.predict import LungSegmenter, clean_mask, predict_lung_mask
-from covidscreen.segmentation.train import dice
+from covidscreen.workflows.segment import dice
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / ".." / "shared" / "weights"
 
@@ -97,7 +97,8 @@ def test_checkpoint_roundtrip_and_sha256(tmp_path):
 
 @pytest.mark.slow
 def test_train_command_on_a_few_masked_images(tmp_path):
-    from covidscreen.segmentation.train import SegmentConfig, train_segmenter
+    from covidscreen.config import SegmentConfig
+    from covidscreen.workflows.segment import train_segmenter
 
     out = train_segmenter(SegmentConfig(output=str(tmp_path / "seg"), image_size=64, epochs=1, max_images=24,
                                         batch_size=8, device="cpu"), progress=False)

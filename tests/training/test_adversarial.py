@@ -9,12 +9,13 @@ from covidscreen.training.adversarial import (
     FeatureTap,
     GradientReversal,
     SiteAdversary,
+    adversarial_step,
     extract_features,
     feature_size,
     grad_reverse,
     grl_schedule,
-    train_one_epoch_adversarial,
 )
+from covidscreen.training.loop import Optimisation, train_one_epoch
 
 
 def test_gradient_reversal_flips_and_scales_gradients():
@@ -83,11 +84,14 @@ def test_adversarial_epoch_trains_model_and_site_head():
     params = [p for p in model.parameters()] + list(adv.parameters())
     before = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=1e-3)
-    stats = train_one_epoch_adversarial(model, adv, images, np.arange(16), rng.integers(0, 2, 16),
-                                        rng.integers(0, 2, 16), torch.nn.CrossEntropyLoss(), opt, None,
-                                        torch.device("cpu"), 8, torch.Generator().manual_seed(0), 1.0, 0.5, 1.0,
-                                        progress=False)
+    cpu = torch.device("cpu")
+    state = Optimisation(model, opt, None, cpu, 8, torch.Generator().manual_seed(0))
+    labels, sites = rng.integers(0, 2, 16), rng.integers(0, 2, 16)
+    with FeatureTap(model) as tap:
+        step = adversarial_step(model, adv, torch.nn.CrossEntropyLoss(), tap, 1.0, 0.5, 1.0, cpu)
+        stats = train_one_epoch(state, images, np.arange(16), labels, step, {"sites": sites}, progress=False)
     assert set(stats) == {"loss", "site_loss", "site_accuracy"} and all(np.isfinite(list(stats.values())))
+    assert not model.backbone.get_submodule(model.spec.head)._forward_pre_hooks  # the tap is gone after the epoch
     assert adv.grl.coeff > 0
     changed = sum(not torch.equal(a, b) for a, b in zip(before, params, strict=True))
     assert changed > len(params) // 2

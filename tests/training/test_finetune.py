@@ -8,7 +8,7 @@ import torch
 from covidscreen.errors import ConfigError
 from covidscreen.models import create_model
 from covidscreen.training.finetune import HeadWarmup, discriminative_param_groups, set_trainable_stages
-from covidscreen.training.loop import train_one_epoch
+from covidscreen.training.loop import Optimisation, classification_step, train_one_epoch
 
 
 def _model():
@@ -24,8 +24,9 @@ def _step(model, optimizer, epochs: int = 1):
     images = np.random.default_rng(0).integers(0, 255, (6, 32, 32), dtype=np.uint8)
     labels = np.array([0, 1, 2, 0, 1, 2])
     for _ in range(epochs):
-        train_one_epoch(model, images, np.arange(6), labels, torch.nn.CrossEntropyLoss(), optimizer, None,
-                        torch.device("cpu"), 6, torch.Generator().manual_seed(0), progress=False)
+        opt = Optimisation(model, optimizer, None, torch.device("cpu"), 6, torch.Generator().manual_seed(0))
+        step = classification_step(model, torch.nn.CrossEntropyLoss(), torch.device("cpu"))
+        train_one_epoch(opt, images, np.arange(6), labels, step, progress=False)
 
 
 def _stage_keys(model, stage):

@@ -6,9 +6,6 @@
   or from the trained model's features?
 - ``confounding.py``: label-by-site table, Cramér's V and plain-words warnings.
 - ``hashing.py`` / ``imagestats.py``: file hashes, perceptual hashes and per-image summaries from the image cache.
-- ``run.py``: runs everything and writes ``audit.json`` / ``audit_pairs.csv``; ``render.py``: its HTML.
+The audit of a data folder or a run (``workflows/audit.py``) runs them and writes ``audit.json``; its HTML is
+``reporting/audit_page.py``.
 """
-
-from .run import audit_data_dir, audit_table
-
-__all__ = ["audit_data_dir", "audit_table"]

@@ -27,6 +27,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from ..runtime import to_input
 from .imagestats import ImageStats, pooled
 
 MAX_SAMPLES = 3000  # the probe uses at most this many images (stratified by target): seconds, not minutes
@@ -187,8 +188,6 @@ def model_features(model: torch.nn.Module, images: np.ndarray, rows: np.ndarray,
     A forward hook on the head (``spec.head`` of the registry) captures its input; 4-D inputs (a convolutional head)
     are global-average-pooled.
     """
-    from ..training.runtime import to_input
-
     head = model.backbone.get_submodule(model.spec.head)
     captured: list[torch.Tensor] = []
 

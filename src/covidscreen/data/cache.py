@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..config import PreprocessConfig
 from ..errors import DataError, ImageDecodeError
 from .decode import load_resized
-from .preprocess import PreprocessConfig, iter_preprocessed  # issue 6: preprocessing options
+from .preprocess import iter_preprocessed
 
 CACHE_VERSION = 1  # bump when decoding or resizing changes
 
@@ -29,7 +30,7 @@ def default_cache_dir() -> Path:
 
 
 def _key(paths: list[str], size: int, preprocess_key: str = "") -> str:
-    # issue 6: the preprocessing settings (with the lung segmenter's sha256) are part of the key; "" = none
+    # the preprocessing settings (with the lung segmenter's sha256) are part of the key; "" = none
     h = hashlib.sha256(f"v{CACHE_VERSION}|{size}{'|' + preprocess_key if preprocess_key else ''}".encode())
     for p in paths:
         st = os.stat(p)
@@ -60,7 +61,7 @@ class ImageCache:
             raise DataError("no images to cache")
         self.paths = list(paths)
         self.size = size
-        # issue 6: optional preprocessing (data/preprocess.py); ``segmenter`` is needed for the lung ROI options
+        # optional preprocessing (data/preprocess.py); ``segmenter`` is needed for the lung ROI options
         self.preprocess = preprocess if preprocess is not None and not preprocess.is_identity else None
         self.segmenter = segmenter
         self.index = {p: i for i, p in enumerate(self.paths)}
@@ -86,7 +87,7 @@ class ImageCache:
         errors: dict[str, str] = {}
         stats: dict[str, int] = {}
         workers = workers or min(4, os.cpu_count() or 1)
-        if self.preprocess is not None:  # issue 6
+        if self.preprocess is not None:
             for i, img, err in iter_preprocessed(self.paths, self.size, self.preprocess, self.segmenter, workers,
                                                  progress, stats=stats):
                 self._store(arr, i, img, err, errors)
@@ -112,7 +113,7 @@ class ImageCache:
         del arr
         os.replace(tmp, self.file)
         meta = {"size": self.size, "n": len(self.paths), "errors": errors, "built": True}
-        if self.preprocess is not None:  # issue 6
+        if self.preprocess is not None:
             meta.update(preprocessing=self.preprocess.to_dict(), stats=stats)
         meta_file.write_text(json.dumps(meta))
 

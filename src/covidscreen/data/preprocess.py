@@ -34,7 +34,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,95 +42,13 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from ..config import INTENSITY_CHOICES, PreprocessConfig
 from ..errors import ConfigError, ImageDecodeError
 from .decode import read_image, resize_square
 
-ROI_CHOICES = ("none", "lungs-crop", "lungs-mask", "lungs-crop-mask")
-INTENSITY_CHOICES = ("none", "clahe", "histeq", "standardize")
-PREPROCESS_VERSION = 1  # bump when any step below changes its output
 MIN_LUNG_FRACTION = 0.05  # smaller predicted lungs are not believed (not a chest X-ray, or a failed segmentation)
 MASK_DILATION = 0.02  # the lung mask is grown by this fraction of the side: borders of the lungs carry findings too
 CLAHE_CLIP, CLAHE_TILES = 2.0, 8
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """Preprocessing settings of a classification run (stored in its sidecar as ``preprocessing``).
-
-    Attributes:
-        roi: ``none``, ``lungs-crop``, ``lungs-mask`` or ``lungs-crop-mask``.
-        intensity: ``none``, ``clahe``, ``histeq`` or ``standardize``.
-        border_crop: fraction of the height and width removed from every side, in [0, 0.25).
-        roi_margin: margin around the lung bounding box, as a fraction of the box's height/width.
-        segmentation_model: lung segmentation checkpoint (folder) used by the ``lungs-*`` options.
-        segmentation_sha256: sha256 of its weights; part of the cache key, checked when the segmenter is loaded.
-    """
-
-    roi: str = "none"
-    intensity: str = "none"
-    border_crop: float = 0.0
-    roi_margin: float = 0.1
-    segmentation_model: str | None = None
-    segmentation_sha256: str | None = None
-
-    def validate(self) -> PreprocessConfig:
-        if self.roi not in ROI_CHOICES:
-            raise ConfigError(f"roi {self.roi!r} is not known; use one of {', '.join(ROI_CHOICES)}")
-        if self.intensity not in INTENSITY_CHOICES:
-            raise ConfigError(f"intensity {self.intensity!r} is not known; use one of {', '.join(INTENSITY_CHOICES)}")
-        if not 0 <= self.border_crop < 0.25:
-            raise ConfigError(f"border_crop {self.border_crop!r} is invalid: expected a fraction in [0, 0.25)")
-        if not 0 <= self.roi_margin <= 1:
-            raise ConfigError(f"roi_margin {self.roi_margin!r} is invalid: expected a fraction in [0, 1]")
-        if self.needs_segmentation and not self.segmentation_model:
-            raise ConfigError(f"roi {self.roi!r} needs a lung segmenter: set segmentation_model to a folder written "
-                              "by 'covidscreen segment train'")
-        return self
-
-    @property
-    def needs_segmentation(self) -> bool:
-        return self.roi != "none"
-
-    @property
-    def crops(self) -> bool:
-        return self.roi in ("lungs-crop", "lungs-crop-mask")
-
-    @property
-    def masks(self) -> bool:
-        return self.roi in ("lungs-mask", "lungs-crop-mask")
-
-    @property
-    def is_identity(self) -> bool:
-        return self.roi == "none" and self.intensity == "none" and self.border_crop == 0
-
-    def key(self) -> str:
-        """What makes two preprocessed caches different (the segmenter by its weights, not its path)."""
-        if self.is_identity:
-            return ""
-        seg = self.segmentation_sha256 if self.needs_segmentation else None
-        return (f"pp{PREPROCESS_VERSION}|roi={self.roi}|margin={self.roi_margin if self.needs_segmentation else 0}"
-                f"|int={self.intensity}|border={self.border_crop}|seg={seg}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> PreprocessConfig:
-        """From a sidecar's ``preprocessing`` block (absent in runs that predate it: identity)."""
-        if not d:
-            return cls()
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known).validate()
-
-    def with_segmenter(self, path: str | Path | None) -> PreprocessConfig:
-        """A copy naming the segmentation checkpoint ``path`` and its weights' sha256."""
-        if path is None or not self.needs_segmentation:
-            return replace(self, segmentation_model=None, segmentation_sha256=None)
-        from ..models.weights import sha256_file
-        from ..segmentation.checkpoint import resolve_segmenter_files
-
-        weights, _ = resolve_segmenter_files(path)
-        return replace(self, segmentation_model=str(path), segmentation_sha256=sha256_file(weights))
 
 
 Box = tuple[int, int, int, int]  # (top, bottom, left, right), end-exclusive, in pixels
@@ -367,21 +285,6 @@ def load_preprocessed_with_geometry(path: str | Path, size: int, cfg: Preprocess
     ((out, (t, b, lo, r)),) = _preprocess_batch([crop_border(decoded, cfg.border_crop)], size, cfg, segmenter, stats)
     h, w = decoded.shape
     return out, InputGeometry(h, w, top + t, top + b, left + lo, left + r)
-
-
-def load_segmenter_for(cfg: PreprocessConfig, base_dir: str | Path | None = None, device: str = "cpu") -> Any:
-    """The lung segmenter a config names (None when it needs none), its weights checked against the config's sha256.
-
-    A relative ``segmentation_model`` is resolved against ``base_dir`` (a run folder carries its own copy).
-    """
-    if not cfg.needs_segmentation:
-        return None
-    from ..segmentation.predict import LungSegmenter
-
-    path = Path(cfg.segmentation_model)
-    if not path.is_absolute() and base_dir is not None:
-        path = Path(base_dir) / path
-    return LungSegmenter.load(path, device=device, expected_sha256=cfg.segmentation_sha256)
 
 
 def _decode_job(args: tuple[str, int, PreprocessConfig]) -> tuple[np.ndarray | None, str | None]:

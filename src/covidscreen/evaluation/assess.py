@@ -22,14 +22,13 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix
 
+from ..config import DEFAULT_N_BOOT
 from .bootstrap import BinaryTask, bootstrap_tasks, percentile_interval
 from .breakdown import subgroup_breakdown
 from .calibration import apply_temperature, calibration_summary, fit_temperature
 from .delong import delong_ci
 from .metrics import binary_metrics, classification_metrics, predict_labels
 from .thresholds import describe_points, operating_points
-
-DEFAULT_N_BOOT = 1000
 
 
 def assess(

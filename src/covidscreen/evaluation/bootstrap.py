@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..config import DEFAULT_N_BOOT
 from ..errors import ConfigError
 
 BINARY_METRICS = ("sensitivity", "specificity", "precision", "npv", "f1", "accuracy", "roc_auc", "pr_auc")
@@ -168,7 +169,7 @@ class BinaryTask:
 def bootstrap_tasks(
     tasks: list[BinaryTask],
     groups: Sequence | np.ndarray | None = None,
-    n_boot: int = 1000,
+    n_boot: int = DEFAULT_N_BOOT,
     seed: int = 0,
     level: float = 0.95,
     extra: dict[str, np.ndarray] | None = None,
@@ -238,7 +239,7 @@ def bootstrap_tasks(
 
 
 def binary_ci(y: np.ndarray, pred: np.ndarray, score: np.ndarray | None = None,
-              groups: Sequence | np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
+              groups: Sequence | np.ndarray | None = None, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
               level: float = 0.95, stratified: bool = False) -> dict[str, list[float]]:
     """Patient-level bootstrap CIs of the binary metrics of one task: ``{metric: [lo, hi]}``.
 
@@ -252,7 +253,7 @@ def binary_ci(y: np.ndarray, pred: np.ndarray, score: np.ndarray | None = None,
 
 
 def paired_auc_difference(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray,
-                          groups: Sequence | np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
+                          groups: Sequence | np.ndarray | None = None, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
                           level: float = 0.95, stratified: bool = True) -> dict[str, Any]:
     """``AUC(b) - AUC(a)`` on the same images, with a paired patient-level bootstrap interval.
 

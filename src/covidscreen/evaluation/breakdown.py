@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..config import DEFAULT_N_BOOT
 from .bootstrap import BinaryTask, bootstrap_tasks
 from .metrics import binary_metrics, predict_labels
 
 
 def subgroup_breakdown(preds: pd.DataFrame, classes: list[str], positive_class: str | None, threshold: float | None,
-                       by: str, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> list[dict[str, Any]]:
+                       by: str, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, level: float = 0.95
+                       ) -> list[dict[str, Any]]:
     """One row per value of column ``by``.
 
     Args:

@@ -4,6 +4,8 @@
   ECE is the image-weighted mean gap between the mean prediction and the observed rate in each bin.
 - ``brier_score``: mean squared error of the probabilities (binary, or summed over classes for multi-class).
 - ``fit_temperature`` / ``apply_temperature``: temperature scaling (Guo et al. 2017) fitted on validation data.
+- ``fit_specificity_threshold``: a local operating point at a target specificity with out-of-bag expected rates
+  (used by ``covidscreen calibrate``, ``workflows/calibrate.py``).
   It divides the logits by one number ``T``; it never changes which class has the highest probability, only how
   confident the probabilities are. Probabilities suffice: ``softmax(log p / T) == softmax(z / T)`` because softmax
   ignores a constant added to every logit.
@@ -16,7 +18,9 @@ import math
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from ..errors import ConfigError
+from ..config import DEFAULT_N_BOOT
+from ..errors import ConfigError, DataError
+from .thresholds import threshold_for_specificity
 
 _EPS = 1e-12
 
@@ -98,7 +102,8 @@ def _nll(probs: np.ndarray, y: np.ndarray, temperature: float) -> float:
     return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], _EPS, 1.0))))
 
 
-def fit_temperature(probs: np.ndarray, y_true: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+def fit_temperature(probs: np.ndarray, y_true: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0),
+                    xatol: float = 1e-4) -> float:
     """Temperature minimising the negative log-likelihood of ``y_true`` (class indices) under ``probs``.
 
     The NLL is convex in ``1/T``; a bounded scalar search on ``log T`` finds it.
@@ -111,7 +116,7 @@ def fit_temperature(probs: np.ndarray, y_true: np.ndarray, bounds: tuple[float, 
     if len(y) == 0 or len(np.unique(y)) < 2:
         raise ConfigError("temperature scaling needs validation images of at least two classes")
     res = minimize_scalar(lambda lt: _nll(probs, y, math.exp(lt)), bounds=tuple(math.log(b) for b in bounds),
-                          method="bounded", options={"xatol": 1e-4})
+                          method="bounded", options={"xatol": xatol})
     return float(math.exp(res.x))
 
 
@@ -127,3 +132,61 @@ def calibration_summary(y: np.ndarray, probs: np.ndarray, positive_index: int | 
         out.update({"ece_positive": expected_calibration_error(yp, pp, n_bins), "brier_positive": brier_score(yp, pp),
                     "reliability_positive": reliability_curve(yp, pp, n_bins)})
     return out
+
+
+MIN_NEGATIVES = 10  # a local operating point needs at least this many non-positive images
+
+
+def _rate(hits: int, n: int) -> float:
+    return hits / n if n else math.nan
+
+
+def fit_specificity_threshold(y_pos: np.ndarray, score: np.ndarray, target_specificity: float,
+                              n_boot: int = DEFAULT_N_BOOT, level: float = 0.95, seed: int = 0) -> dict:
+    """Threshold reaching ``target_specificity`` on the sample, with apparent and out-of-bag expected rates.
+
+    Args:
+        y_pos: True for positive images (may be all False: a sample of normals only).
+        score: the positive class's score.
+        target_specificity: wanted share of negatives below the threshold.
+
+    Returns:
+        ``threshold``, ``apparent`` and ``expected`` blocks (``specificity``, ``sensitivity`` with ``*_ci``), sizes.
+    """
+    y = np.asarray(y_pos, dtype=bool)
+    s = np.asarray(score, dtype=float)
+    if (~y).sum() < MIN_NEGATIVES:
+        raise DataError(f"local calibration needs at least {MIN_NEGATIVES} images of non-positive classes, got "
+                        f"{int((~y).sum())}")
+    thr = threshold_for_specificity(y, s, target_specificity)
+    pred = s >= thr
+    apparent = {"specificity": _rate(int((~pred & ~y).sum()), int((~y).sum())),
+                "sensitivity": _rate(int((pred & y).sum()), int(y.sum()))}
+    rng = np.random.default_rng(seed)
+    pos_idx, neg_idx = np.flatnonzero(y), np.flatnonzero(~y)
+    specs, senss = [], []
+    for _ in range(n_boot):
+        bn = neg_idx[rng.integers(0, len(neg_idx), len(neg_idx))]
+        bp = pos_idx[rng.integers(0, len(pos_idx), len(pos_idx))] if len(pos_idx) else pos_idx
+        t = threshold_for_specificity(y[np.r_[bp, bn]], s[np.r_[bp, bn]], target_specificity)
+        oob_n = np.setdiff1d(neg_idx, bn)
+        oob_p = np.setdiff1d(pos_idx, bp)
+        if len(oob_n):
+            specs.append(float(np.mean(s[oob_n] < t)))
+        if len(oob_p):
+            senss.append(float(np.mean(s[oob_p] >= t)))
+    alpha = (1 - level) / 2
+
+    def summary(v: list[float]) -> tuple[float, list[float]]:
+        if not v:
+            return math.nan, [math.nan, math.nan]
+        return float(np.mean(v)), [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))]
+
+    spec_mean, spec_ci = summary(specs)
+    sens_mean, sens_ci = summary(senss)
+    return {"threshold": float(thr), "target_specificity": float(target_specificity),
+            "n_negative": int((~y).sum()), "n_positive": int(y.sum()),
+            "apparent": apparent,
+            "expected": {"specificity": spec_mean, "specificity_ci": spec_ci,
+                         "sensitivity": sens_mean, "sensitivity_ci": sens_ci,
+                         "method": f"out-of-bag bootstrap of the threshold fit ({n_boot} resamples, {level:.0%})"}}

@@ -20,11 +20,11 @@ import math
 import numpy as np
 import pandas as pd
 
+from ..config import DEFAULT_N_BOOT
 from ..errors import DataError
 from .bootstrap import BinaryTask, bootstrap_tasks
 from .metrics import rank_auc as auc_or_nan  # the one rank-based AUC of the package
 
-DEFAULT_N_BOOT = 1000
 DEFAULT_LEVEL = 0.95
 
 

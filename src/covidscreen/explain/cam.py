@@ -30,7 +30,7 @@ from torch import nn
 from ..data.decode import load_resized, read_image, resize_square
 from ..data.preprocess import InputGeometry
 from ..errors import CovidscreenError
-from ..training.runtime import to_input
+from ..runtime import to_input
 from .regions import DEFAULT_MARGIN, border_area, border_fraction
 
 

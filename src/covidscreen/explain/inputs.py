@@ -22,21 +22,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ..data.preprocess import InputGeometry, PreprocessConfig, load_preprocessed_with_geometry, load_segmenter_for
+from ..config import PreprocessConfig
+from ..data.preprocess import InputGeometry, load_preprocessed_with_geometry
 from ..errors import CovidscreenError
+from ..segmentation import load_segmenter_for
 from .cam import ExplainError, resize_map
 from .regions import DEFAULT_MARGIN, border_area, border_fraction
 
 InputLoader = Callable[[str | Path], tuple[np.ndarray, InputGeometry]]
 
 
-def run_input_loader(meta: dict[str, Any], run_dir: str | Path
+def run_input_loader(pp: PreprocessConfig, size: int, run_dir: str | Path
                      ) -> tuple[InputLoader, Callable[[np.ndarray], np.ndarray] | None]:
-    """``(load(path) -> ((S, S) uint8 model input, its geometry), lung_mask_fn or None)`` for a run.
+    """``(load(path) -> ((S, S) uint8 model input, its geometry), lung_mask_fn or None)`` for a run's preprocessing
+    ``pp`` and input side ``size`` (:attr:`Run.preprocess <covidscreen.inference.run.Run.preprocess>`,
+    ``Run.image_size``); a relative segmenter path is resolved in ``run_dir``.
 
     ``lung_mask_fn(image)`` segments any decoded image with the run's own lung segmenter (True inside the lungs).
 
@@ -44,8 +47,6 @@ def run_input_loader(meta: dict[str, Any], run_dir: str | Path
         ExplainError: the run's preprocessing needs its lung segmenter and the copy in the run folder is missing or
             does not match the weights the run was trained with.
     """
-    pp = PreprocessConfig.from_dict(meta.get("preprocessing"))
-    size = int(meta["image_size"])
     try:
         segmenter = load_segmenter_for(pp, base_dir=run_dir)
     except CovidscreenError as exc:
@@ -95,9 +96,8 @@ def chance_level(shape: tuple[int, int], view: InputGeometry, mask: np.ndarray |
     return border_fraction(uniform, mask, margin)
 
 
-def crop_description(meta: dict[str, Any]) -> str | None:
-    """Plain words for how a run crops its inputs; None when it does not."""
-    pp = PreprocessConfig.from_dict(meta.get("preprocessing"))
+def crop_description(pp: PreprocessConfig) -> str | None:
+    """Plain words for how a run's preprocessing crops its inputs; None when it does not."""
     parts = []
     if pp.border_crop > 0:
         parts.append(f"a border crop of {pp.border_crop:.3g} of each side")

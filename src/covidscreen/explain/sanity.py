@@ -36,8 +36,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 from scipy.stats import spearmanr
 from torch import nn
 
-from ..training.runtime import to_input
-from .cam import Explainer, ExplainError, _as_models, _tensor
+from ..runtime import to_input
+from .cam import CLASS_AGNOSTIC, Explainer, ExplainError, _as_models, _tensor
+from .figures import METHOD_NAMES
 
 #: Maps whose mean rank correlation with the trained model's stays at or above this after randomising the top
 #: layers (at any level of the cascade) are flagged as not depending on the model's weights.
@@ -229,3 +230,46 @@ def road_faithfulness(model: nn.Module | Sequence[nn.Module], images: np.ndarray
         for m, mode in zip(models, modes, strict=True):
             m.train(mode)
     return np.asarray(scores, dtype=np.float64).reshape(len(images))
+
+
+def sanity_summary(randomisation: dict | None, road: np.ndarray | None) -> dict:
+    """JSON-ready summary of the batch sanity checks."""
+    out: dict = {}
+    if randomisation:
+        out["randomisation"] = {k: randomisation[k] for k in ("max_mean", "threshold", "passed")}
+        out["randomisation"]["levels"] = [{k: lv[k] for k in ("randomised", "layers", "mean")}
+                                          for lv in randomisation["levels"]]
+        out["randomisation"]["n_images"] = len(randomisation["levels"][0]["spearman"])
+    if road is not None and len(road):
+        out["road"] = {"mean": float(np.mean(road)), "n_images": int(len(road)),
+                       "meaning": "(LeRF - MoRF)/2 change of the explained class's probability; higher = more "
+                                  "faithful, about 0 = no better than an arbitrary map"}
+    return out
+
+
+def sanity_notes(summary: dict, method: str) -> list[str]:
+    """Plain-language sentences about the sanity checks, for HTML pages."""
+    notes = []
+    rnd = summary.get("randomisation")
+    if rnd:
+        levels = "; ".join(f"{lv['randomised']}: {fmt_value(lv['mean'])}" for lv in rnd["levels"])
+        if rnd["passed"]:
+            verdict = "the maps change when the model's weights are destroyed, as they should"
+        else:
+            verdict = ("WARNING: the maps hardly change when the model's weights are destroyed, so they show "
+                       "the image rather than what the model learned; do not read them as evidence")
+        notes.append(f"Model-randomisation test (Adebayo et al. 2018) on {rnd['n_images']} image(s): mean Spearman "
+                     f"rank correlation with the trained model's maps after re-initialising {levels}. Flagged when "
+                     f"any level reaches {rnd['threshold']}: {verdict}.")
+        if method in CLASS_AGNOSTIC:
+            notes.append(f"{METHOD_NAMES[method]} ignores the classifier head, so re-initialising the head alone "
+                         "cannot change its maps.")
+    if "road" in summary:
+        notes.append(f"ROAD faithfulness (Rong et al. 2022) on {summary['road']['n_images']} image(s): mean "
+                     f"{summary['road']['mean']:.3f} ({summary['road']['meaning']}).")
+    return notes
+
+
+def fmt_value(v: float) -> str:
+    """Two decimals, or n/a for None and NaN."""
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"

@@ -1,8 +1,9 @@
 """Ensembles: several trained runs used as one model, averaging their class probabilities.
 
 An ensemble folder holds ``ensemble.json`` (the members, as paths relative to the folder, with the sha256 of each
-member's weights, plus classes, input size and operating points). :func:`~covidscreen.inference.checkpoint.
-load_checkpoint` returns an :class:`EnsembleModel` for such a folder, so ``covidscreen evaluate``, ``predict`` and
+member's weights, plus classes, input size and operating points). :func:`~covidscreen.inference.run.
+load_run` reads such a folder as a :class:`~covidscreen.inference.run.Run` of kind ``ensemble`` whose model is an
+:class:`EnsembleModel`, so ``covidscreen evaluate``, ``predict`` and
 anything built on :class:`~covidscreen.inference.predictor.Predictor` use an ensemble exactly like one model.
 
 Operating threshold: when every member was trained on the same split of the same data (equal split fingerprints),
@@ -16,18 +17,17 @@ passes the one chosen on the pooled out-of-fold validation predictions) or is th
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from ..errors import CheckpointError, ModelError
+from ..models.checkpoint import read_json_record, write_json
+from .checkpoint import load_model_weights, read_model_sidecar
 
 ENSEMBLE_FILE = "ensemble.json"
 FORMAT_VERSION = 1
@@ -62,19 +62,17 @@ class EnsembleModel(nn.Module):
 
 
 def _member_meta(run_dir: Path) -> dict[str, Any]:
-    from .checkpoint import read_sidecar
-
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist; give folders written by covidscreen train")
     if is_ensemble(run_dir):
         raise CheckpointError(f"{run_dir} is itself an ensemble; list its member runs instead")
-    return read_sidecar(run_dir)
+    return read_model_sidecar(run_dir)
 
 
 def read_manifest(ens_dir: str | Path) -> dict[str, Any]:
     """Read and check ``ensemble.json``; member paths are returned absolute under ``member_dirs``."""
     ens_dir = Path(ens_dir)
     path = ens_dir / ENSEMBLE_FILE
-    from .checkpoint import read_json_record
-
     meta = read_json_record(path, ("members", "classes", "image_size"), "ensemble folder")
     meta["member_dirs"] = [str((ens_dir / m["path"]).resolve()) for m in meta["members"]]
     return meta
@@ -86,14 +84,13 @@ def load_ensemble(ens_dir: str | Path, device: str | torch.device = "cpu") -> tu
     Raises:
         CheckpointError: a member is missing, was retrained since the ensemble was built, or does not fit.
     """
-    from .checkpoint import load_checkpoint
-
     meta = read_manifest(ens_dir)
     models = []
     for entry, member in zip(meta["members"], meta["member_dirs"], strict=True):
         if not Path(member).is_dir():
             raise CheckpointError(f"ensemble {ens_dir}: member {entry['path']} ({member}) does not exist")
-        model, mmeta = load_checkpoint(member, device)
+        mmeta = _member_meta(Path(member))
+        model = load_model_weights(Path(member), mmeta, device)
         if entry.get("weights_sha256") and mmeta.get("weights_sha256") != entry["weights_sha256"]:
             raise CheckpointError(f"ensemble {ens_dir}: member {member} has other weights than when the ensemble "
                                   "was built (retrained?); rebuild the ensemble")
@@ -166,65 +163,4 @@ def write_manifest(ens_dir: str | Path, member_dirs: list[str | Path], metas: li
         "split_fingerprint": first.get("split_fingerprint") if shared else None,
         **(extra or {}),
     }
-    path = ens_dir / ENSEMBLE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(path)
-    return path
-
-
-def averaged_predictions(member_dirs: list[str | Path], classes: list[str]) -> pd.DataFrame:
-    """Mean of the members' ``predictions.csv`` probabilities, row by row (members must share their split)."""
-    cols = [f"prob_{c}" for c in classes]
-    frames = []
-    for d in member_dirs:
-        f = Path(d) / "predictions.csv"
-        if not f.is_file():
-            raise CheckpointError(f"{d} has no predictions.csv; it is not a finished run")
-        frames.append(pd.read_csv(f, keep_default_na=False))
-    base = frames[0].drop(columns=cols)
-    for d, fr in zip(member_dirs[1:], frames[1:], strict=True):
-        if not (fr["image"].tolist() == base["image"].tolist() and fr["split"].tolist() == base["split"].tolist()):
-            raise CheckpointError(f"{d}: predictions.csv lists other images than {member_dirs[0]} although the "
-                                  "split fingerprints agree; rerun the member")
-    mean = np.mean([fr[cols].to_numpy(dtype=float) for fr in frames], axis=0)
-    return pd.concat([base, pd.DataFrame(mean, columns=cols)], axis=1)
-
-
-def build_ensemble(member_dirs: list[str | Path], ens_dir: str | Path) -> Path:
-    """Make an ensemble folder from finished runs (``covidscreen ensemble RUN_DIR... -o ENSEMBLE_DIR``).
-
-    No model is run: with a common split the ensemble's validation and test probabilities are the mean of the
-    members' stored ones (which is what :class:`EnsembleModel` computes), and its threshold is chosen on its own
-    validation probabilities. See the module docstring for members with different splits.
-
-    Returns:
-        The ensemble folder.
-    """
-    from ..evaluation.report import write_report
-    from ..training.run_metrics import metrics_from_predictions
-
-    ens_dir = Path(ens_dir)
-    member_dirs = [Path(m).resolve() for m in member_dirs]
-    if ens_dir.resolve() in member_dirs:
-        raise CheckpointError(f"the ensemble folder {ens_dir} cannot be one of its members")
-    metas = check_members(member_dirs)
-    classes, pos = metas[0]["classes"], metas[0].get("positive_class")
-    for stale in ("predictions.csv", "metrics.json", "split.csv", "report.html"):
-        (ens_dir / stale).unlink(missing_ok=True)
-    if not common_split(metas):
-        points = mean_operating_points(metas)
-        return write_manifest(ens_dir, member_dirs, metas, points,
-                              "mean of the members' own validation thresholds (the members were validated on "
-                              "different splits, so no split is common to all of them)").parent
-    preds = averaged_predictions(member_dirs, classes)
-    metrics = metrics_from_predictions(preds, classes, pos,
-                                       threshold_source="the ensemble's validation split (max Youden J)")
-    ens_dir.mkdir(parents=True, exist_ok=True)
-    preds.to_csv(ens_dir / "predictions.csv", index=False)
-    metrics["members"] = [str(m) for m in member_dirs]
-    (ens_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
-    shutil.copyfile(member_dirs[0] / "split.csv", ens_dir / "split.csv")
-    write_manifest(ens_dir, member_dirs, metas, metrics["operating_points"], metrics["threshold_source"])
-    write_report(ens_dir, title=f"covidscreen ensemble of {len(member_dirs)} runs")
-    return ens_dir
+    return write_json(ens_dir / ENSEMBLE_FILE, manifest)

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, CovidscreenError
-from .checkpoint import load_checkpoint, read_sidecar, write_sidecar
+from ..runtime import sha256_file
+from .checkpoint import load_model_weights, read_model_sidecar, write_sidecar
+from .ensemble import is_ensemble
 
 ONNX_FILE = "model.onnx"
 
@@ -25,10 +27,11 @@ def export_onnx(run_dir: str | Path, opset: int = 17, tolerance: float = 1e-3) -
         import onnxruntime as ort
     except ImportError:
         raise CovidscreenError("ONNX export needs onnx and onnxruntime: pip install 'covidscreen[onnx]'") from None
-    from ..models.weights import sha256_file
-
     run_dir = Path(run_dir)
-    model, meta = load_checkpoint(run_dir, "cpu")
+    if is_ensemble(run_dir):
+        raise CheckpointError(f"{run_dir} is an ensemble; export each member run instead")
+    meta = read_model_sidecar(run_dir)
+    model = load_model_weights(run_dir, meta, "cpu")
     size = int(meta["image_size"])
     x = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
     out = run_dir / ONNX_FILE
@@ -47,7 +50,6 @@ def export_onnx(run_dir: str | Path, opset: int = 17, tolerance: float = 1e-3) -
         raise CheckpointError(f"ONNX export of {meta['architecture']} deviates from PyTorch by {dev:.2e} "
                               f"(> {tolerance}); not written")
     tmp.replace(out)
-    meta = read_sidecar(run_dir)
     meta["onnx"] = {"file": ONNX_FILE, "sha256": sha256_file(out), "opset": opset, "max_abs_deviation": dev}
     write_sidecar(run_dir, meta)
     return out
@@ -59,10 +61,8 @@ class OnnxModel:
     def __init__(self, run_dir: str | Path, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        from ..models.weights import sha256_file
-
         run_dir = Path(run_dir)
-        meta = read_sidecar(run_dir)
+        meta = read_model_sidecar(run_dir) if not is_ensemble(run_dir) else {}
         info = meta.get("onnx")
         path = run_dir / ONNX_FILE
         if not info or not path.is_file():

@@ -14,11 +14,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.decode import IMAGE_SUFFIXES
-from ..data.preprocess import PreprocessConfig, load_preprocessed, load_segmenter_for  # issue 6
+from ..data.preprocess import load_preprocessed
 from ..errors import DataError, ImageDecodeError
 from ..evaluation.metrics import predict_labels
-from ..training.runtime import amp_dtype, prediction_precision, resolve_device, to_input
-from .checkpoint import load_checkpoint
+from ..runtime import amp_dtype, prediction_precision, resolve_device, to_input
+from ..segmentation import load_segmenter_for
+from .onnx import OnnxModel
+from .run import Run, load_run
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -41,7 +43,7 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
 class Predictor:
     """A trained run, ready to predict: ``Predictor(run_dir).predict_files(paths)``."""
 
-    def __init__(self, run_dir: str | Path, device: str = "auto", operating_point: str = "default",
+    def __init__(self, run_dir: str | Path | Run, device: str = "auto", operating_point: str = "default",
                  backend: str = "torch", mixed_precision: bool = False) -> None:
         """By default a GPU computes in exact float32 (no autocast, no TF32), so that predictions, evaluations and
         local calibrations agree across devices: on an H100, bfloat16 autocast moved COVID probabilities by up to
@@ -49,31 +51,23 @@ class Predictor:
         ``mixed_precision=True`` turns autocast on (faster on large batches; decoding dominates small ones)."""
         if backend not in ("torch", "onnx"):
             raise DataError(f"backend {backend!r} is unknown; use torch or onnx")
+        self.run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
+        self.operating_point = operating_point
+        point = self.run.point(operating_point)  # fails early, listing the run's points, on an unknown name
         self.device = resolve_device(device if backend == "torch" else "cpu")
-        self.model, self.meta = load_checkpoint(run_dir, self.device)
-        self.model = self.model.to(memory_format=torch.channels_last)
-        self.onnx = None
-        if backend == "onnx":
-            from .onnx import OnnxModel
-
-            self.onnx = OnnxModel(run_dir)
+        self.model = self.run.load_model(self.device).to(memory_format=torch.channels_last)
+        self.onnx = OnnxModel(self.run.path) if backend == "onnx" else None
         self.amp = amp_dtype(self.device, enabled=mixed_precision)
-        self.classes: list[str] = self.meta["classes"]
-        self.size = int(self.meta["image_size"])
-        pos = self.meta.get("positive_class")
-        self.positive_index = self.classes.index(pos) if pos in self.classes else None
-        points = self.meta.get("operating_points") or {}
-        if operating_point != "default" and operating_point not in points:
-            raise DataError(f"operating point {operating_point!r} is not in this run; available: "
-                            f"{', '.join(points) or 'none'}")
-        self.threshold = points.get(operating_point, self.meta.get("threshold"))
-        # issue 6: the run's preprocessing (lung ROI, intensity, border crop), applied exactly as in training
-        self.preprocess = PreprocessConfig.from_dict(self.meta.get("preprocessing"))
-        self.segmenter = load_segmenter_for(self.preprocess, base_dir=run_dir)
-        # temperature (1 = none): a locally calibrated operating point may carry its own (issue 6); otherwise the
-        # run's, fitted on validation (issue 4). Thresholds were chosen on the probabilities so scaled.
-        local = (self.meta.get("local_calibration") or {}).get(operating_point) or {}
-        self.temperature = float(local.get("temperature") or self.meta.get("temperature") or 1.0)
+        self.classes: list[str] = list(self.run.classes)
+        self.size = self.run.image_size
+        self.positive_index = self.run.positive_index
+        self.threshold = None if point is None else point.threshold
+        # the run's preprocessing (lung ROI, intensity, border crop), applied exactly as in training
+        self.preprocess = self.run.preprocess
+        self.segmenter = load_segmenter_for(self.preprocess, base_dir=self.run.path)
+        # thresholds were chosen on probabilities scaled by this temperature (1 = none): a locally calibrated point
+        # may carry its own, otherwise the run's, fitted on validation
+        self.temperature = self.run.temperature_for(operating_point)
 
     @torch.inference_mode()
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:

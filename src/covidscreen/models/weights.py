@@ -11,7 +11,6 @@ Heads (classification layers) are never loaded: covidscreen trains its own for i
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -19,15 +18,8 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from .registry import ModelSpec
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+from ..runtime import sha256_file
+from .spec import ModelSpec
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

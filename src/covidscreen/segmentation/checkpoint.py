@@ -7,13 +7,16 @@ verified on load.
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..config import PreprocessConfig
 from ..errors import CheckpointError, CovidscreenError
+from ..models.checkpoint import read_checkpoint_weights, read_json_record, write_checkpoint
+from ..runtime import sha256_file
 from .model import LungSegNet
 
 WEIGHTS_FILE = "lung_seg.safetensors"
@@ -37,23 +40,9 @@ def resolve_segmenter_files(path: str | Path) -> tuple[Path, Path]:
 
 def save_segmenter(out_dir: str | Path, model: LungSegNet, meta: dict[str, Any]) -> Path:
     """Write weights and sidecar into ``out_dir``; returns the weights path."""
-    from safetensors.torch import save_file
-
-    from ..inference.checkpoint import library_versions
-    from ..models.weights import sha256_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / WEIGHTS_FILE
-    tmp = weights.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(weights)
-    sidecar = {**meta, **model.describe(), "format_version": FORMAT_VERSION, "kind": "lung_segmentation",
-               "weights_file": WEIGHTS_FILE, "weights_sha256": sha256_file(weights), "versions": library_versions()}
-    tmp = out_dir / (SIDECAR_FILE + ".tmp")
-    tmp.write_text(json.dumps(sidecar, indent=2))
-    tmp.replace(out_dir / SIDECAR_FILE)
-    return weights
+    write_checkpoint(out_dir, model.state_dict(), {**meta, **model.describe(), "kind": "lung_segmentation"},
+                     WEIGHTS_FILE, SIDECAR_FILE, FORMAT_VERSION)
+    return Path(out_dir) / WEIGHTS_FILE
 
 
 def load_segmenter(path: str | Path, device: str | torch.device = "cpu",
@@ -67,29 +56,27 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu",
     Raises:
         CheckpointError: missing, damaged or changed files.
     """
-    from safetensors.torch import load_file
-
-    from ..models.weights import sha256_file
-
     weights, sidecar = resolve_segmenter_files(path)
-    try:
-        meta = json.loads(sidecar.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{sidecar} is not valid JSON ({exc.msg}); the checkpoint is damaged") from None
+    meta = read_json_record(sidecar, ("encoder", "decoder_channels", "image_size"), "lung segmentation checkpoint")
     if meta.get("kind") != "lung_segmentation":
         raise CheckpointError(f"{sidecar} is not a lung segmentation sidecar (kind {meta.get('kind')!r})")
-    digest = sha256_file(weights)
-    for want, what in ((meta.get("weights_sha256"), SIDECAR_FILE), (expected_sha256, "the classification run")):
-        if want and digest != want:
-            raise CheckpointError(f"{weights} has sha256 {digest[:12]}..., but {what} expects {want[:12]}...: the "
-                                  "segmentation weights were changed or replaced")
+    state = read_checkpoint_weights(weights, {SIDECAR_FILE: meta.get("weights_sha256"),
+                                              "the classification run": expected_sha256})
     try:
         model = LungSegNet(meta["encoder"], pretrained=False, decoder_channels=tuple(meta["decoder_channels"]),
                            image_size=int(meta["image_size"]), equalize=bool(meta.get("equalize", True)))
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(state)
     except CovidscreenError:
         raise
     except Exception as exc:
         raise CheckpointError(
             f"{weights} could not be loaded as a {meta.get('encoder')} lung segmenter: {exc}") from None
     return model.to(device).eval(), meta
+
+
+def bind_segmenter(cfg: PreprocessConfig, path: str | Path | None) -> PreprocessConfig:
+    """A copy of ``cfg`` naming the segmentation checkpoint ``path`` and its weights' sha256."""
+    if path is None or not cfg.needs_segmentation:
+        return replace(cfg, segmentation_model=None, segmentation_sha256=None)
+    weights, _ = resolve_segmenter_files(path)
+    return replace(cfg, segmentation_model=str(path), segmentation_sha256=sha256_file(weights))

@@ -9,13 +9,16 @@ stray blobs would otherwise stretch a lung bounding box.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ..config import PreprocessConfig
 from ..data.decode import resize_square
+from .checkpoint import load_segmenter
 from .model import LungSegNet
 
 
@@ -95,10 +98,21 @@ class LungSegmenter:
     def load(cls, path: str | Path, device: str | torch.device = "cpu",
              expected_sha256: str | None = None) -> LungSegmenter:
         """Load a checkpoint folder; ``expected_sha256`` (from a run's sidecar) must match its weights when given."""
-        from .checkpoint import load_segmenter
-
         model, meta = load_segmenter(path, device, expected_sha256)
         return cls(model, meta, float(meta.get("threshold", 0.5)))
 
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
         return [clean_mask(p >= self.threshold) for p in predict_lung_probs(self.model, images)]
+
+
+def load_segmenter_for(cfg: PreprocessConfig, base_dir: str | Path | None = None, device: str = "cpu") -> Any:
+    """The lung segmenter a config names (None when it needs none), its weights checked against the config's sha256.
+
+    A relative ``segmentation_model`` is resolved against ``base_dir`` (a run folder carries its own copy).
+    """
+    if not cfg.needs_segmentation:
+        return None
+    path = Path(cfg.segmentation_model)
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    return LungSegmenter.load(path, device=device, expected_sha256=cfg.segmentation_sha256)

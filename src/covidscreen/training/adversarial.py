@@ -22,12 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..data.augment import AugmentConfig, augment_batch
-from .finetune import freeze_batchnorm
-from .loop import optimizer_step
-from .runtime import autocast, to_input
+from ..runtime import autocast, to_input
+from .loop import Batch, TrainStep
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -77,6 +74,12 @@ class FeatureTap:
     def remove(self) -> None:
         self._handle.remove()
 
+    def __enter__(self) -> FeatureTap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
 
 class SiteAdversary(nn.Module):
     """Site classifier behind a gradient-reversal layer, optionally conditioned on the class label.
@@ -123,68 +126,27 @@ def feature_size(model: nn.Module, image_size: int, device: torch.device) -> int
         tap.remove()
 
 
-def train_one_epoch_adversarial(
-    model: nn.Module,
-    adversary: SiteAdversary,
-    images: np.ndarray,
-    rows: np.ndarray,
-    labels: np.ndarray,
-    sites: np.ndarray,
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    device: torch.device,
-    batch_size: int,
-    generator: torch.Generator,
-    weight: float,
-    progress_start: float,
-    progress_end: float,
-    augment: AugmentConfig | None = None,
-    amp: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    desc: str = "train",
-    progress: bool = True,
-) -> dict[str, float]:
-    """One epoch of classification loss + site loss through the GRL (same batching as ``loop.train_one_epoch``).
+def adversarial_step(model: nn.Module, adversary: SiteAdversary, loss_fn: nn.Module, tap: FeatureTap,
+                     weight: float, progress_start: float, progress_end: float, device: torch.device,
+                     amp: torch.dtype | None = None) -> TrainStep:
+    """The step of a domain-adversarial epoch: classification loss + site loss through the GRL, whose strength
+    follows :func:`grl_schedule` over the share of training done (``progress_start`` to ``progress_end`` over the
+    epoch). The epoch needs the ``sites`` column; the step reports ``site_loss`` and ``site_accuracy``.
 
-    Args:
-        sites: site index per entry of ``rows``.
-        weight: the ``adversarial_weight``.
-        progress_start, progress_end: share of all training done at this epoch's start and end (for the ramp).
+    The optimiser minimises the sum; the epoch reports the classification loss as its ``loss``."""
 
-    Returns:
-        Mean classification loss, mean site loss and site accuracy of the adversary over the epoch.
-    """
-    model.train()
-    adversary.train()
-    freeze_batchnorm(model)
-    tap = FeatureTap(model)
-    n_batches = len(rows) // batch_size
-    totals = {"loss": 0.0, "site_loss": 0.0, "site_accuracy": 0.0}
-    try:
-        bar = tqdm(range(n_batches), desc=desc, unit="batch", disable=not progress, leave=False)
-        for b in bar:
-            sl = slice(b * batch_size, (b + 1) * batch_size)
-            x = to_input(torch.from_numpy(np.ascontiguousarray(images[rows[sl]])), device)
-            y = torch.from_numpy(np.asarray(labels[sl], dtype=np.int64)).to(device)
-            s = torch.from_numpy(np.asarray(sites[sl], dtype=np.int64)).to(device)
-            if augment is not None:
-                x = augment_batch(x, augment, generator)
-            p = progress_start + (progress_end - progress_start) * b / max(1, n_batches)
-            adversary.grl.coeff = grl_schedule(p, weight)
-            with autocast(device, amp):
-                cls_loss = loss_fn(model(x), y)
-                site_logits = adversary(tap.features, y)
-                site_loss = F.cross_entropy(site_logits.float(), s, weight=adversary.site_weights)
-                loss = cls_loss + site_loss
-            optimizer_step(loss, optimizer, scheduler, scaler, b)
-            totals["loss"] += cls_loss.item()
-            totals["site_loss"] += site_loss.item()
-            totals["site_accuracy"] += float((site_logits.argmax(1) == s).float().mean())
-            bar.set_postfix(loss=f"{totals['loss'] / (b + 1):.4f}", site=f"{totals['site_loss'] / (b + 1):.3f}")
-    finally:
-        tap.remove()
-    return {k: v / max(n_batches, 1) for k, v in totals.items()}
+    def step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        p = progress_start + (progress_end - progress_start) * batch.index / max(1, batch.n_batches)
+        adversary.grl.coeff = grl_schedule(p, weight)
+        sites = batch.extras["sites"]
+        with autocast(device, amp):
+            cls_loss = loss_fn(model(batch.x), batch.y)
+            site_logits = adversary(tap.features, batch.y)
+            site_loss = F.cross_entropy(site_logits.float(), sites, weight=adversary.site_weights)
+        return cls_loss + site_loss, {"loss": cls_loss.item(), "site_loss": site_loss.item(),
+                                      "site_accuracy": float((site_logits.argmax(1) == sites).float().mean())}
+
+    return step
 
 
 @torch.inference_mode()

@@ -1,4 +1,4 @@
-"""Within-site ranking loss (issue 6): learn the contrasts that a site cannot explain.
+"""Within-site ranking loss: learn the contrasts that a site cannot explain.
 
 On the shared data every COVID image comes from one collection (``cohen``), so "COVID vs the rest" can be learned as
 "cohen vs the rest". The only pairs of images whose difference cannot be the collection are a COVID and a non-COVID
@@ -9,9 +9,9 @@ logistic ranking loss (a smooth surrogate of 1 - AUC) over exactly those pairs i
     s = log-odds of the positive class = logit_pos - logsumexp(other logits)
 
 so the model is pushed to rank every positive image above every other image of its own site, which is the
-within-site AUC that issue 6 judges on. Images of sites holding only one class take part in the classification
-loss only. It needs batches that contain such pairs: pair it with ``site_balanced: true``, which draws the mixed
-site's rare negatives far more often than uniform sampling.
+within-site AUC that the generalisation study judges on (docs/generalisation.md). Images of sites holding only one
+class take part in the classification loss only. It needs batches that contain such pairs: pair it with
+``site_balanced: true``, which draws the mixed site's rare negatives far more often than uniform sampling.
 """
 
 from __future__ import annotations

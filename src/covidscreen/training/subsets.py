@@ -105,3 +105,9 @@ def filter_rows(table: pd.DataFrame, sites: list[str] | None, labels: list[str] 
                             f"{', '.join(sorted(present))}")
         mask &= table[col].isin(wanted).to_numpy()
     return mask
+
+
+def subsample_per_class(table: pd.DataFrame, max_per_class: int, seed: int) -> pd.DataFrame:
+    """At most ``max_per_class`` rows of each label, drawn with the seed (whole patients are not guaranteed)."""
+    parts = [g.sample(n=min(len(g), max_per_class), random_state=seed) for _, g in table.groupby("label", sort=True)]
+    return pd.concat(parts).sort_index().reset_index(drop=True)

@@ -1,0 +1,5 @@
+"""``python -m covidscreen`` (and ``torchrun -m covidscreen``) runs the CLI."""
+
+from .cli import main
+
+main()

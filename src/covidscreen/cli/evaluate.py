@@ -1,0 +1,88 @@
+"""``covidscreen evaluate``, ``audit`` and ``calibrate``: judge a run, a data folder, a local operating point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import CovidscreenError
+from .options import DataOpt, DeviceOpt
+
+app = typer.Typer()
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="run folder written by train")],
+    data: DataOpt = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="folder for this evaluation")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Metrics of a trained run on its test split, or on another data folder (external validation)."""
+    from ..workflows.evaluate import evaluate_run
+
+    out = evaluate_run(run_dir, data=data, output=output, device=device)
+    import json
+
+    from ..evaluation.external import drop_summary
+
+    m = json.loads((out / "metrics.json").read_text())
+    if "covid_vs_rest" in m:
+        cv = m["covid_vs_rest"]
+        ci = cv.get("ci", {})
+        fmt = lambda k: f"{cv[k]:.3f}" + (f" (95% CI {ci[k][0]:.3f}-{ci[k][1]:.3f})" if k in ci else "")  # noqa: E731
+        typer.echo(f"{m['n_test']} images: {m['positive_class']}-vs-rest ROC AUC {fmt('roc_auc')}, sensitivity "
+                   f"{fmt('sensitivity')}, specificity {fmt('specificity')}")
+    comparison = (m.get("internal_vs_external") or {}).get("comparison", [])
+    for metric in ("roc_auc", "sensitivity", "specificity", "multi-class accuracy", "macro_roc_auc"):
+        line = drop_summary(comparison, metric)
+        if line:
+            typer.echo(line)
+    typer.echo(f"report: {out / 'report.html'}")
+
+
+@app.command()
+def audit(
+    data_dir: Annotated[str, typer.Argument(help="data folder to audit (metadata.csv or <label>/ tree)")],
+    run_dir: Annotated[Path | None, typer.Argument(help="run folder: audit its split and its model's features")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="folder for audit.json/audit.html "
+                                                "(default: RUN_DIR, else ./audit-<data folder name>)")] = None,
+    image_size: Annotated[int | None, typer.Option(
+        "--image-size", help="side of the cached images (default: the run's input size, else 224)")] = None,
+    pediatric_site: Annotated[list[str] | None, typer.Option(
+        "--pediatric-site", help="a site whose images are all pediatric (repeatable), for the age probe")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Leakage (patients across splits, duplicates, near-duplicates), shortcut probe and label/site confounding."""
+    from ..reporting.audit_page import read_audit
+    from ..workflows.audit import audit_data_dir
+
+    if image_size is not None and not 32 <= image_size <= 1024:
+        raise CovidscreenError(f"--image-size {image_size}: use an integer from 32 to 1024")
+    out = audit_data_dir(data_dir, run_dir, output, image_size=image_size, pediatric_sites=tuple(pediatric_site or ()),
+                         device=device, seed=seed)
+    for f in (read_audit(out) or {}).get("findings", []):
+        typer.echo(f"[{f['severity']}] {f['text']}")
+    typer.echo(f"audit: {out / 'audit.json'} | {out / 'audit.html'}")
+
+
+@app.command()
+def calibrate(
+    run_dir: Annotated[Path, typer.Argument(help="run folder written by train")],
+    data: Annotated[str, typer.Option("--data", help="labelled local sample (metadata.csv or <label>/ folders)")],
+    target_specificity: Annotated[float, typer.Option("--target-specificity", help="wanted local specificity")] = 0.9,
+    name: Annotated[str, typer.Option("--name", help="name of the operating point to store")] = "local",
+    temperature: Annotated[bool, typer.Option("--temperature", help="also fit a temperature (needs positives)")]
+    = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Fit the operating threshold on a small labelled sample of your own site and store it in the run."""
+    from ..workflows.calibrate import calibrate_run, describe_calibration
+
+    record = calibrate_run(run_dir, data, target_specificity=target_specificity, name=name, temperature=temperature,
+                           device=device)
+    for line in describe_calibration(record, name):
+        typer.echo(line)

@@ -1,0 +1,63 @@
+"""``covidscreen ensemble``, ``experiment`` and ``models``: several runs at once, and the registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer()
+
+
+@app.command()
+def ensemble(
+    run_dirs: Annotated[list[Path], typer.Argument(help="finished run folders (same classes and image size)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="ensemble folder to write")],
+) -> None:
+    """Average the probabilities of several runs; the folder is then used like one run (evaluate, predict)."""
+    import json
+
+    from ..workflows.ensemble import build_ensemble
+
+    out = build_ensemble(run_dirs, output)
+    metrics = out / "metrics.json"
+    if metrics.is_file():
+        cv = json.loads(metrics.read_text()).get("covid_vs_rest")
+        if cv:
+            typer.echo(f"ensemble of {len(run_dirs)} on the members' common test split: ROC AUC {cv['roc_auc']:.4f}, "
+                       f"sensitivity {cv['sensitivity']:.3f}, specificity {cv['specificity']:.3f}")
+        typer.echo(f"report: {out / 'report.html'}")
+    else:
+        typer.echo(f"ensemble of {len(run_dirs)} written to {out} (members were split differently: no common test "
+                   "split; evaluate it with --data)")
+
+
+@app.command()
+def experiment(
+    grid: Annotated[Path, typer.Argument(help="grid YAML file (see configs/)")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="experiment folder (default from the file)")
+                      ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="check the grid and list its runs, train nothing")] = False,
+) -> None:
+    """Run a grid of training configurations (resumable) and write a comparison table with confidence intervals."""
+    from ..workflows.experiment import load_plan, run_experiment
+
+    plan = load_plan(grid, output)
+    if dry_run:
+        for r in plan.runs:
+            typer.echo(f"{r.name}: {r.cfg.output}")
+        for name, members in plan.ensembles.items():
+            typer.echo(f"ensemble {name}: {', '.join(members)}")
+        return
+    out = run_experiment(grid, output)
+    typer.echo(f"comparison: {out / 'comparison.html'} ({out / 'comparison.csv'})")
+
+
+@app.command("models")
+def list_models_cmd() -> None:
+    """List the registry's models with their pretrained-weight sources."""
+    from ..models.registry import MODEL_SPECS
+
+    for name, spec in sorted(MODEL_SPECS.items()):
+        typer.echo(f"{name:22s} weights: {spec.weights:60s} gradcam: {spec.gradcam_layer}")

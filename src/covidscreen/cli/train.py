@@ -1,0 +1,53 @@
+"""``covidscreen quickstart`` and ``covidscreen train``: a config from defaults, YAML and options, then fit."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..config import TrainConfig
+from .config_options import with_config_options
+from .options import DataOpt, DeviceOpt
+
+app = typer.Typer()
+
+
+@app.command()
+def quickstart(
+    output: Annotated[Path, typer.Option("--output", "-o", help="run folder to write")] = Path("runs/quickstart"),
+    data: DataOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Fine-tune the default model on the shared chest X-rays, evaluate it on a held-out test split, write a report."""
+    from ..config import resolve_train_config
+    from ..workflows.fit import fit
+
+    cfg = resolve_train_config(None, data=data, output=str(output), device=device)
+    run = fit(cfg)
+    typer.echo(f"report: {run / 'report.html'}")
+
+
+@app.command()
+@with_config_options(TrainConfig)
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file overriding defaults")] = None,
+    full_finetune: Annotated[bool, typer.Option("--full-finetune", help="train every stage (train_stages: null)")]
+    = False,
+    overrides: dict | None = None,
+) -> None:
+    """Fine-tune a model on a data folder and write a run folder (checkpoint, metrics, report).
+
+    Every key of the training config is an option (defaults < --config YAML < options); the lists of choices and
+    what each option does: docs/transfer_learning.md and docs/generalisation.md.
+    """
+    from ..config import resolve_train_config
+    from ..workflows.fit import fit
+
+    cfg = resolve_train_config(config, **(overrides or {}))
+    if full_finetune:
+        cfg = dataclasses.replace(cfg, train_stages=None)
+    run = fit(cfg)
+    typer.echo(f"report: {run / 'report.html'}")

@@ -1,0 +1,140 @@
+"""The floor every layer stands on: device selection, mixed precision, memory format, seeding, file hashing,
+atomic writes and library versions.
+
+On a GPU, training and inference use it with AMP (bfloat16 where supported, else float16 with a grad scaler) and
+channels_last without any change to the calling code; on the CPU, channels_last is kept (faster convolutions) and
+AMP is off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import ConfigError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not valid; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return dev
+
+
+def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def exact_float32(device: torch.device, enabled: bool = True):
+    """Within: float32 convolutions and matrix products on a CUDA device without TF32 (which PyTorch allows for
+    cuDNN convolutions by default), so that GPU probabilities match the CPU's to float32 rounding; no-op on a CPU
+    or when not ``enabled``."""
+    if not enabled or device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def prediction_precision(device: torch.device, dtype: torch.dtype | None):
+    """The numerics of a prediction: ``dtype`` autocast when given (mixed precision), else exact float32."""
+    return autocast(device, dtype) if dtype is not None else exact_float32(device)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); returns a generator for the run's own random draws."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+        torch.backends.cudnn.benchmark = False
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+def to_input(batch_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 ``(B, H, W)`` or ``(B, 1, H, W)`` -> float ``(B, 1, H, W)`` in [0, 1] on ``device``, channels_last."""
+    if batch_u8.ndim == 3:
+        batch_u8 = batch_u8.unsqueeze(1)
+    x = batch_u8.to(device, non_blocking=True).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a temporary name beside ``path``, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def read_optional_json(path: Path) -> Any:
+    """The parsed JSON of ``path``, or ``{}`` when the file is absent or not valid JSON.
+
+    For what reports and model cards show: a missing or damaged optional file reads as empty instead of failing the
+    whole page. Files a step cannot do without are read strictly (:func:`covidscreen.inference.run.load_run`).
+    """
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+
+
+def library_versions() -> dict[str, str]:
+    """Versions recorded with every checkpoint, so that a run says what computed it."""
+    import numpy
+    import timm
+    import torchvision
+
+
+    return {
+        "covidscreen": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "numpy": numpy.__version__,
+    }

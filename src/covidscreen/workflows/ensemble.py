@@ -1,0 +1,73 @@
+"""Building an ensemble folder from finished runs (``covidscreen ensemble RUN_DIR... -o ENSEMBLE_DIR``).
+
+The ensemble model itself (:class:`~covidscreen.inference.ensemble.EnsembleModel`) and its manifest live in
+``inference/ensemble.py``; this job scores the members' stored predictions and writes the folder's report.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import CheckpointError
+from ..inference.ensemble import check_members, common_split, mean_operating_points, write_manifest
+from ..reporting.report import write_report
+from .run_metrics import metrics_from_predictions
+
+
+def averaged_predictions(member_dirs: list[str | Path], classes: list[str]) -> pd.DataFrame:
+    """Mean of the members' ``predictions.csv`` probabilities, row by row (members must share their split)."""
+    cols = [f"prob_{c}" for c in classes]
+    frames = []
+    for d in member_dirs:
+        f = Path(d) / "predictions.csv"
+        if not f.is_file():
+            raise CheckpointError(f"{d} has no predictions.csv; it is not a finished run")
+        frames.append(pd.read_csv(f, keep_default_na=False))
+    base = frames[0].drop(columns=cols)
+    for d, fr in zip(member_dirs[1:], frames[1:], strict=True):
+        if not (fr["image"].tolist() == base["image"].tolist() and fr["split"].tolist() == base["split"].tolist()):
+            raise CheckpointError(f"{d}: predictions.csv lists other images than {member_dirs[0]} although the "
+                                  "split fingerprints agree; rerun the member")
+    mean = np.mean([fr[cols].to_numpy(dtype=float) for fr in frames], axis=0)
+    return pd.concat([base, pd.DataFrame(mean, columns=cols)], axis=1)
+
+
+def build_ensemble(member_dirs: list[str | Path], ens_dir: str | Path) -> Path:
+    """Make an ensemble folder from finished runs (``covidscreen ensemble RUN_DIR... -o ENSEMBLE_DIR``).
+
+    No model is run: with a common split the ensemble's validation and test probabilities are the mean of the
+    members' stored ones (which is what :class:`EnsembleModel` computes), and its threshold is chosen on its own
+    validation probabilities. See the module docstring for members with different splits.
+
+    Returns:
+        The ensemble folder.
+    """
+    ens_dir = Path(ens_dir)
+    member_dirs = [Path(m).resolve() for m in member_dirs]
+    if ens_dir.resolve() in member_dirs:
+        raise CheckpointError(f"the ensemble folder {ens_dir} cannot be one of its members")
+    metas = check_members(member_dirs)
+    classes, pos = metas[0]["classes"], metas[0].get("positive_class")
+    for stale in ("predictions.csv", "metrics.json", "split.csv", "report.html"):
+        (ens_dir / stale).unlink(missing_ok=True)
+    if not common_split(metas):
+        points = mean_operating_points(metas)
+        return write_manifest(ens_dir, member_dirs, metas, points,
+                              "mean of the members' own validation thresholds (the members were validated on "
+                              "different splits, so no split is common to all of them)").parent
+    preds = averaged_predictions(member_dirs, classes)
+    metrics = metrics_from_predictions(preds, classes, pos,
+                                       threshold_source="the ensemble's validation split (max Youden J)")
+    ens_dir.mkdir(parents=True, exist_ok=True)
+    preds.to_csv(ens_dir / "predictions.csv", index=False)
+    metrics["members"] = [str(m) for m in member_dirs]
+    (ens_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
+    shutil.copyfile(member_dirs[0] / "split.csv", ens_dir / "split.csv")
+    write_manifest(ens_dir, member_dirs, metas, metrics["operating_points"], metrics["threshold_source"])
+    write_report(ens_dir, title=f"covidscreen ensemble of {len(member_dirs)} runs")
+    return ens_dir

@@ -1,0 +1,129 @@
+"""Evaluate a trained run: on its own test split, or on another data folder (external validation).
+
+Thresholds and temperature are the run's own (chosen on its validation split): external data never tune them. For
+external data the run's internal test metrics are put side by side with the external ones (the drop).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..config import DEFAULT_N_BOOT
+from ..data.cache import ImageCache
+from ..data.locate import resolve_data_dir
+from ..data.table import load_table
+from ..errors import DataError
+from ..evaluation.assess import assess
+from ..evaluation.breakdown import subgroup_breakdown
+from ..evaluation.external import compare_blocks
+from ..evaluation.within_site import mixed_sites, within_site_metrics
+from ..inference.predictor import Predictor
+from ..inference.run import load_run
+from ..reporting.report import write_report
+from ..runtime import read_optional_json
+from ..training.subsets import apply_task
+
+
+def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: str | Path, device: str = "auto",
+                   batch_size: int = 64, progress: bool = True, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+                   description: str = "", data_dir: str | Path | None = None, notes: list[str] | None = None) -> Path:
+    """Predict every image of ``table`` with the run's model and write ``metrics.json``, ``predictions.csv``,
+    ``split.csv`` and ``report.html`` into ``output``.
+
+    Args:
+        table: rows with ``image``, ``path``, ``label`` (a class of the run), optional ``group``, ``site``, ``view``.
+        name: the metrics block (``test`` or ``external``).
+        description: one sentence for the report's external-validation section.
+        data_dir: the folder ``image`` paths are relative to (for thumbnails).
+        notes: warnings to show with the comparison (e.g. classes that could not be evaluated).
+    """
+    run_dir = Path(run_dir)
+    predictor = Predictor(run_dir, device=device)
+    classes = predictor.classes
+    if table.empty:
+        raise DataError("nothing to evaluate: the chosen images are none")
+    cache = ImageCache(table["path"].tolist(), predictor.size, progress=progress, preprocess=predictor.preprocess,
+                       segmenter=predictor.segmenter)  # the run's own preprocessing
+    table = table[cache.ok].reset_index(drop=True)
+    if table.empty:
+        raise DataError("nothing to evaluate: none of the images could be decoded")
+    rows = cache.rows(table["path"].tolist())
+    probs = np.concatenate([predictor.predict_arrays(cache.images[rows[i:i + batch_size]])
+                            for i in range(0, len(rows), batch_size)])
+    y = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    preds = table[[c for c in ["image", "label", "split", "site", "view", "group"] if c in table]].copy()
+    preds["split"] = name
+    for i, c in enumerate(classes):
+        preds[f"prob_{c}"] = probs[:, i]
+    preds["prediction"] = predictor.decide(probs)
+    preds.to_csv(out / "predictions.csv", index=False)
+    run = predictor.run
+    pos = run.positive_class if run.positive_class in classes else None
+    points = run.thresholds
+    groups = table["group"].to_numpy() if "group" in table else None
+    m = assess(y, probs, classes, pos, predictor.threshold, groups, points, n_boot=n_boot, seed=seed)
+    run_metrics = read_optional_json(run_dir / "metrics.json")  # only the comparison needs it
+    metrics: dict[str, Any] = {
+        "classes": classes, "positive_class": pos, "operating_points": points,
+        "operating_points_val": run_metrics.get("operating_points_val"), "temperature": run.sidecar.get(
+            "temperature"), "threshold_source": "the run's validation split", name: m, "n_test": m["n"],
+        "skipped_files": int((~cache.ok).sum()), "data_dir": str(data_dir) if data_dir else None,
+        "data": str(data_dir) if data_dir else run.data_dir,
+    }
+    if "covid_vs_rest" in m:
+        metrics["covid_vs_rest"] = m["covid_vs_rest"]
+    metrics["breakdown"] = {by: subgroup_breakdown(preds, classes, pos, predictor.threshold, by, n_boot=n_boot,
+                                                   seed=seed) for by in ("site", "view") if by in preds}
+    internal = run_metrics.get("test")
+    if name != "test" and internal is not None:
+        metrics["internal_vs_external"] = {
+            "description": description or f"The run's own test split (internal) against {len(preds)} images of "
+                                          f"{data_dir or 'another folder'} (external).",
+            "comparison": compare_blocks(internal, m), "notes": notes or []}
+    # within-site metrics for every site of these data that holds both classes
+    if pos in classes and mixed_sites(preds, pos):
+        m["within_site"] = within_site_metrics(preds, classes, pos, predictor.threshold)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    table.assign(split=name)[[c for c in ["image", "label", "site", "split"] if c in table or c == "split"]].to_csv(
+        out / "split.csv", index=False)
+    write_report(out, split_name=name, title=f"covidscreen evaluation ({name}) of {run_dir.name}")
+    return out
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None, output: str | Path | None = None,
+                 device: str = "auto", batch_size: int = 64, progress: bool = True,
+                 n_boot: int = DEFAULT_N_BOOT) -> Path:
+    """Compute metrics of a run on its test split (default) or on every image of another data folder.
+
+    Returns:
+        The folder holding ``metrics.json``, ``predictions.csv`` and ``report.html`` of this evaluation.
+    """
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    classes = list(run.classes)
+    if data is None:
+        split_file = run_dir / "split.csv"
+        if not split_file.is_file():
+            raise DataError(f"{run_dir} has no split.csv; pass --data DIR to evaluate on another folder")
+        table = pd.read_csv(split_file, keep_default_na=False)
+        root = Path(run.data_dir)
+        table = table[table["split"] == "test"].reset_index(drop=True)
+        table["path"] = [str(root / p) for p in table["image"]]
+        name, data_dir = "test", root
+    elif run.task == "binary":  # a binary run scores every other label as non-<positive>
+        table = apply_task(load_table(resolve_data_dir(data)), "binary", run.positive_class,
+                           require_positive=False)
+        name, data_dir = "external", Path(table.attrs.get("root", data))
+    else:
+        table = load_table(resolve_data_dir(data), classes=classes)
+        name, data_dir = "external", Path(table.attrs["root"])
+    out = Path(output) if output else run_dir / f"eval-{name}"
+    return evaluate_table(run_dir, table, name, out, device=device, batch_size=batch_size, progress=progress,
+                          n_boot=n_boot, seed=int(run.seed or 0), data_dir=data_dir)

@@ -1,0 +1,51 @@
+"""What training does after its checkpoint is written: audit, leave-one-site-out evaluation, report, model card.
+
+Kept out of ``training/trainer.py`` so that the trainer only calls :func:`finalize_run` once.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainConfig
+from ..reporting.model_card import write_model_card
+from ..reporting.report import write_report
+from .audit import audit_table
+from .holdout import evaluate_holdout_site
+
+SHOWN = ("roc_auc", "sensitivity", "specificity", "multi-class accuracy", "macro_roc_auc")
+
+
+def finalize_run(run_dir: str | Path, cfg: TrainConfig, data: Any, model: Any = None, device: Any = "cpu",
+                 progress: bool = True, log: Any = print) -> None:
+    """Audit the run's data (and model), evaluate a held-out site, then rebuild ``report.html`` and write
+    ``model_card.md``.
+
+    Args:
+        run_dir: the run folder (checkpoint, metrics and predictions already written).
+        cfg: the training config (``audit``, ``holdout_site``, ``seed``).
+        data: the trainer's prepared data (``table`` with splits, ``cache``, ``rows``, ``data_dir``).
+        model: the trained model, for the feature probe of the audit.
+    """
+    run_dir = Path(run_dir)
+    if cfg.audit:
+        audit = audit_table(data.table, data.cache.images, data.rows, run_dir, model=model, device=device,
+                            seed=cfg.seed,
+                            split_source=f"this run's patient-grouped split (seed {cfg.seed})",
+                            data_dir=str(data.data_dir), run_dir=str(run_dir.resolve()))
+        for f in audit["findings"]:
+            if f["severity"] == "high":
+                log(f"audit: {f['text']}")
+        log(f"audit: {len(audit['findings'])} finding(s) in {audit['seconds']} s (audit.json)")
+    if cfg.holdout_site:
+        block = evaluate_holdout_site(run_dir, cfg, progress=progress)
+        for note in block.get("notes", []):
+            log(f"holdout: {note}")
+        for r in block.get("comparison", []):
+            if r["metric"] in SHOWN and math.isfinite(r["external"]):
+                log(f"holdout site {block['site']}: {r['metric']} internal {r['internal']:.3f} -> external "
+                    f"{r['external']:.3f}")
+    write_report(run_dir)
+    write_model_card(run_dir)

@@ -1,0 +1,89 @@
+"""The typed run: sidecars of every format version load, with their figures; bad folders are refused clearly."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from covidscreen.errors import CheckpointError, DataError
+from covidscreen.inference.checkpoint import FORMAT_VERSION, SIDECAR_FILE, save_checkpoint
+from covidscreen.inference.predictor import Predictor
+from covidscreen.inference.run import load_run
+from covidscreen.models import create_model
+from covidscreen.runtime import sha256_file
+
+DATA = Path(__file__).parent / "data"
+
+
+def _weights(run_dir: Path, classes: int = 3) -> dict:
+    """A real (untrained) efficientnet_lite0 checkpoint in ``run_dir``; returns what the writer recorded."""
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", pretrained=False, num_classes=classes)
+    save_checkpoint(run_dir, model, {"classes": ["covid", "normal", "pneumonia"][:classes], "image_size": 64,
+                                     "positive_class": "covid", "operating_points": {"youden": 0.3, "default": 0.3}})
+    return json.loads((run_dir / SIDECAR_FILE).read_text())
+
+
+def test_a_version_1_run_folder_written_by_an_earlier_covidscreen_loads(tmp_path):
+    """model_v1.json is the sidecar a covidscreen of format 1 wrote (before modality and the points' figures were
+    stored in it); its figures come from the run's metrics.json."""
+    _weights(tmp_path)
+    old = json.loads((DATA / "model_v1.json").read_text())
+    old["weights_sha256"] = sha256_file(tmp_path / "model.safetensors")  # the old record, pointing at these weights
+    (tmp_path / SIDECAR_FILE).write_text(json.dumps(old))
+    shutil.copy(DATA / "metrics_v1.json", tmp_path / "metrics.json")
+    run = load_run(tmp_path)
+    assert run.format_version == 1 and run.kind == "model" and run.modality == "cxr"
+    assert run.classes == ("covid", "normal", "pneumonia") and run.positive_class == "covid"
+    assert run.image_size == 96 and run.preprocess.is_identity and run.temperature == 1.0
+    assert run.default_point == "youden" and run.threshold() == pytest.approx(0.18163973093032837)
+    spec = run.point("specificity_0.95")
+    assert spec.threshold == pytest.approx(0.28245157003402716) and spec.specificity == 1.0 and spec.sensitivity == 0.5
+    assert run.thresholds == old["operating_points"]
+    assert run.model_id.endswith("@" + old["weights_sha256"][:12])
+    probs = Predictor(run, device="cpu").predict_arrays(np.zeros((2, 96, 96), np.uint8))
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1)
+
+
+def test_a_current_sidecar_carries_modality_and_figures(tmp_path):
+    meta = _weights(tmp_path)
+    assert meta["format_version"] == FORMAT_VERSION == 2
+    meta.update({"modality": "ct", "operating_point_figures": {"youden": {"sensitivity": 0.9, "specificity": 0.8}}})
+    (tmp_path / SIDECAR_FILE).write_text(json.dumps(meta))
+    run = load_run(tmp_path)
+    assert run.modality == "ct" and run.point("youden").sensitivity == 0.9 and run.point("youden").specificity == 0.8
+    assert math.isnan(run.point("default").sensitivity)  # no figures stored for that name
+
+
+def test_unknown_points_and_bad_folders_are_refused_with_what_is_expected(tmp_path):
+    meta = _weights(tmp_path)
+    with pytest.raises(DataError, match="operating point 'nope' is not in this run; available: youden, default"):
+        load_run(tmp_path).point("nope")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_run(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a covidscreen run folder"):
+        load_run(tmp_path / "empty")
+    (tmp_path / SIDECAR_FILE).write_text(json.dumps({**meta, "format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(CheckpointError, match="newer covidscreen"):
+        load_run(tmp_path)
+    (tmp_path / SIDECAR_FILE).write_text(json.dumps({**meta, "modality": "mri"}))
+    with pytest.raises(CheckpointError, match="modality 'mri' is unknown"):
+        load_run(tmp_path)
+    (tmp_path / SIDECAR_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_run(tmp_path)
+
+
+def test_tampered_weights_are_refused_before_loading(tmp_path):
+    _weights(tmp_path)
+    run = load_run(tmp_path)
+    with open(tmp_path / "model.safetensors", "r+b") as fh:
+        fh.seek(-4, 2)
+        fh.write(b"\x00\x01\x02\x03")
+    with pytest.raises(CheckpointError, match="changed or replaced"):
+        run.load_model()

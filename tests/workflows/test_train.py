@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from covidscreen.config import resolve_train_config
+from covidscreen.models import create_model
+from covidscreen.training.finetune import set_trainable_stages
+from covidscreen.training.loop import cosine_with_warmup
+from covidscreen.training.losses import inverse_frequency_weights
+from covidscreen.workflows.fit import fit
+from tests.conftest import make_image_folder
+
+
+def _cfg(root, out, **kw):
+    base = dict(data=str(root), output=str(out), model="mobilenet_v2_035", pretrained=False, image_size=32,
+                epochs=2, batch_size=4, samples_per_epoch=None, split=[0.5, 0.25, 0.25], train_stages=None)
+    base.update(kw)
+    return resolve_train_config(None, **base)
+
+
+def test_corrupt_image_is_skipped_and_counted_and_seeded_runs_repeat(tmp_path):
+    root = make_image_folder(tmp_path / "d", n_per_class=12, size=40)
+    (root / "images" / "covid_3.png").write_bytes(b"corrupt")
+    a = fit(_cfg(root, tmp_path / "a"), progress=False)
+    b = fit(_cfg(root, tmp_path / "b"), progress=False)
+    skipped = pd.read_csv(a / "skipped.csv")
+    assert len(skipped) == 1 and "covid_3.png" in skipped["path"].iloc[0]
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
+    assert ma["skipped_files"] == 1
+    assert ma["covid_vs_rest"]["roc_auc"] == mb["covid_vs_rest"]["roc_auc"]
+    pa, pb = pd.read_csv(a / "predictions.csv"), pd.read_csv(b / "predictions.csv")
+    np.testing.assert_allclose(pa["prob_covid"], pb["prob_covid"], atol=1e-6)
+    ha = pd.read_csv(a / "history.csv")
+    assert list(ha.columns[:5]) == ["epoch", "train_loss", "val_loss", "val_auc", "val_accuracy"]
+    assert json.loads((a / "model.json").read_text())["split_fingerprint"] == \
+        json.loads((b / "model.json").read_text())["split_fingerprint"]
+
+
+def test_learnable_signal_is_learned(tmp_path):
+    root = make_image_folder(tmp_path / "d", n_per_class=16, size=40)
+    # ImageNet weights: with pretrained BatchNorm statistics a few steps suffice (random BN needs far more)
+    run = fit(_cfg(root, tmp_path / "r", model="efficientnet_lite0", pretrained=True, image_size=48, epochs=3,
+                   train_stages=2, lr=3e-3), progress=False)
+    assert json.loads((run / "metrics.json").read_text())["val"]["covid_vs_rest"]["roc_auc"] > 0.9
+
+
+def test_frozen_stages_do_not_change():
+    model = create_model("resnet18", pretrained=False, num_classes=3)
+    trained = set_trainable_stages(model, 1)
+    assert trained == ["layer4", "head"]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    loss = model(torch.rand(2, 1, 64, 64)).sum()
+    loss.backward()
+    opt.step()
+    for n, p in model.named_parameters():
+        changed = not torch.equal(before[n], p)
+        assert changed == (n.startswith("backbone.layer4") or n.startswith("backbone.fc")), n
+    with pytest.raises(Exception, match="stages"):
+        set_trainable_stages(model, 99)
+
+
+def test_class_weights_balance_the_classes():
+    w = inverse_frequency_weights(np.array([0] * 90 + [1] * 10), 3)
+    assert w[0] * 90 == pytest.approx(w[1] * 10) and w[2] == 0
+    assert (w[:2] * torch.tensor([90.0, 10.0])).sum() / 100 == pytest.approx(1.0)
+
+
+def test_cosine_with_warmup_shape():
+    f = cosine_with_warmup(100, 10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(55) < f(20) and f(99) == pytest.approx(0.01, abs=0.01)
