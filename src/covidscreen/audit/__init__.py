@@ -8,4 +8,12 @@
 - ``hashing.py`` / ``imagestats.py``: file hashes, perceptual hashes and per-image summaries from the image cache.
 The audit of a data folder or a run (``workflows/audit.py``) runs them and writes ``audit.json``; its HTML is
 ``reporting/audit_page.py``.
+
+Each analysis module registers itself in ``registry.py`` (its analysis, findings and page section) when it is
+imported; importing this package imports and so registers them all. A new audit: one module, one import below.
 """
+
+from . import confounding, leakage, shortcut
+from .registry import AuditContext, all_findings, registered
+
+__all__ = ["AuditContext", "all_findings", "confounding", "leakage", "registered", "shortcut"]

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .registry import EVAL_SPLITS, Audit, AuditContext, Finding, Section, Table, register
+
 SINGLE_SOURCE_SHARE = 0.9  # a class with at least this share of its images from one site is flagged
 
 
@@ -73,3 +75,27 @@ def is_aligned(block: dict[str, Any]) -> bool:
     """Site and label aligned: a class (almost) from one site, or Cramér's V of at least 0.5."""
     v = block.get("cramers_v")
     return bool(block.get("single_source_classes")) or (v is not None and not math.isnan(v) and v >= 0.5)
+
+
+def _analyse(ctx: AuditContext) -> dict[str, Any]:
+    return confounding_audit(ctx.table[ctx.table["split"].isin(EVAL_SPLITS)])
+
+
+def _findings(results: dict[str, dict[str, Any]]) -> list[Finding]:
+    return [{"severity": "medium", "text": w} for w in results["confounding"].get("warnings", [])]
+
+
+def _section(conf: dict[str, Any]) -> Section | None:
+    lbs = conf.get("label_by_site", {})
+    if not lbs:
+        return None
+    sites = sorted({s for row in lbs.values() for s in row})
+    v = conf.get("cramers_v")
+    shown = "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+    return Section("Label by site (images)", [
+        Table(["label", *sites],
+              [{"label": lab, **{s: str(row.get(s, 0)) for s in sites}} for lab, row in lbs.items()]),
+        f"Cramér's V between site and label: {shown} (0 = independent, 1 = the site determines the label)."])
+
+
+register(Audit("confounding", order=0, analyse=_analyse, findings=_findings, section=_section))

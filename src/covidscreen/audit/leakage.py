@@ -21,10 +21,10 @@ import pandas as pd
 
 from .hashing import close_pairs, dhash_from_pooled, file_sha256, phash_from_pooled, popcount
 from .imagestats import pooled
+from .registry import EVAL_SPLITS, Audit, AuditContext, Finding, Section, Table, register
 
 MAX_PHASH_DISTANCE = 10
 MIN_CORRELATION = 0.97
-EVAL_SPLITS = ("train", "val", "test", "external")
 MAX_LISTED = 200  # pairs listed in audit.json; all of them go to audit_pairs.csv
 
 
@@ -143,3 +143,76 @@ def leakage_audit(table: pd.DataFrame, thumbs: np.ndarray,
         },
     }
     return block, pairs
+
+
+def _analyse(ctx: AuditContext) -> dict[str, Any]:
+    block, pairs = leakage_audit(ctx.table, ctx.stats.thumbs, ctx.sha256)
+    ctx.artefacts["audit_pairs.csv"] = pairs
+    return block
+
+
+def _findings(results: dict[str, dict[str, Any]]) -> list[Finding]:
+    leakage = results["leakage"]
+    out: list[Finding] = []
+    n_multi = leakage.get("n_patients_in_several_splits", 0)
+    if n_multi:
+        out.append({"severity": "high", "text": f"Leakage: {n_multi} patient(s) have images in more than one split; "
+                    "test results are optimistic. Split by patient."})
+    n_exact = leakage.get("n_exact_duplicate_sets_cross_split", 0)
+    near = leakage.get("near_duplicates", {})
+    n_cross = near.get("n_cross_split", 0)
+    if n_exact or n_cross:
+        out.append({"severity": "high", "text": (
+            f"Leakage: {n_cross} pair(s) of (near-)identical images sit in different splits"
+            f"{f', {n_exact} set(s) of byte-identical files among them' if n_exact else ''}. The model may have "
+            "been tested on images it was trained on (pairs listed in audit_pairs.csv).")})
+    n_within = near.get("n_within_split_other_patient", 0)
+    if n_within:
+        out.append({"severity": "medium", "text": (
+            f"{n_within} pair(s) of (near-)identical images are filed under different patients within one split: "
+            "duplicated sources or wrong patient ids. A future split could leak them.")})
+    if near.get("n_label_conflicts"):
+        out.append({"severity": "medium", "text": f"{near['n_label_conflicts']} (near-)duplicate pair(s) carry "
+                    "different labels: label noise."})
+    return out
+
+
+def _section(leak: dict[str, Any]) -> Section | None:
+    if not leak:
+        return None
+    near = leak.get("near_duplicates", {})
+    counts = [
+        ("patients with images in more than one split", leak.get("n_patients_in_several_splits", 0)),
+        ("sets of byte-identical files", leak.get("n_exact_duplicate_sets", 0)),
+        ("... of which span splits", leak.get("n_exact_duplicate_sets_cross_split", 0)),
+        ("near-duplicate pairs across splits (leakage)", near.get("n_cross_split", 0)),
+        ("near-duplicate pairs within a split, different patients", near.get("n_within_split_other_patient", 0)),
+        ("near-duplicate pairs of the same patient (expected)", near.get("n_same_patient", 0)),
+        ("near-duplicate pairs with different labels", near.get("n_label_conflicts", 0)),
+    ]
+    blocks: list[str | Table] = [Table(["check", "count"], [{"check": c, "count": str(n)} for c, n in counts]),
+                                 f"Near-duplicates: {near.get('method', '')}."]
+    multi = leak.get("patients_in_several_splits", [])
+    if multi:
+        blocks.append(Table(["patient", "splits", "images"], [
+            {"patient": m["patient"], "splits": ", ".join(m["splits"]), "images": str(m["n_images"])}
+            for m in multi[:30]], title="Patients in several splits"))
+    if near.get("by_site_pair"):
+        blocks.append(Table(["sites", "kind", "pairs"], [
+            {"sites": r["sites"], "kind": r["kind"], "pairs": str(r["pairs"])} for r in near["by_site_pair"]],
+            title="Near-duplicate pairs by site pair", left=2))
+    if near.get("n_unused"):
+        blocks.append(f"{near['n_unused']} more pair(s) involve images this run did not use (listed in "
+                      "audit_pairs.csv).")
+    pairs = [p for p in near.get("pairs", []) if p.get("kind") != "unused"]
+    if pairs:
+        blocks.append(Table(
+            ["image a", "image b", "splits", "labels", "kind", "correlation", "pHash bits"],
+            [{"image a": p["image_a"], "image b": p["image_b"], "splits": f"{p['split_a']} / {p['split_b']}",
+              "labels": f"{p['label_a']} / {p['label_b']}", "kind": p["kind"], "correlation": f"{p['correlation']:.3f}",
+              "pHash bits": str(p["phash_distance"])} for p in pairs[:30]],
+            title=f"Near-duplicate pairs (first {min(30, len(pairs))}; all in audit_pairs.csv)", left=5))
+    return Section("Leakage", blocks)
+
+
+register(Audit("leakage", order=2, analyse=_analyse, findings=_findings, section=_section))

@@ -28,7 +28,9 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from ..runtime import to_input
+from .confounding import is_aligned
 from .imagestats import ImageStats, pooled
+from .registry import Audit, AuditContext, Cell, Finding, Section, Table, register
 
 MAX_SAMPLES = 3000  # the probe uses at most this many images (stratified by target): seconds, not minutes
 
@@ -254,3 +256,78 @@ def describe(name: str, result: dict[str, Any]) -> str:
     return (f"{name}: predicted with balanced accuracy {pct(result['balanced_accuracy'])} (chance "
             f"{pct(result['chance'])}, {values}n={result['n']})")
 
+
+
+def _analyse(ctx: AuditContext) -> dict[str, Any]:
+    return shortcut_probes(ctx.table, ctx.stats, tuple(ctx.pediatric_sites), ctx.seed, ctx.features, ctx.feature_rows)
+
+
+def _findings(results: dict[str, dict[str, Any]]) -> list[Finding]:
+    """The shortcut risk (the site is predictable and aligned with the label) and the other predictable targets."""
+    shortcut, confounding = results["shortcut"], results.get("confounding", {})
+    out: list[Finding] = []
+    aligned = is_aligned(confounding)
+    site_pix = shortcut.get("pixels", {}).get("site", {})
+    model_feats = shortcut.get("model_features") if isinstance(shortcut.get("model_features"), dict) else {}
+    site_model, site_model_within = model_feats.get("site", {}), model_feats.get("site_within_label", {})
+    predictable = [(src, r) for src, r in (("the images alone", site_pix), ("the model's own features", site_model))
+                   if is_predictable(r)]
+    if predictable and aligned:
+        how = " and ".join(f"{src} (balanced accuracy {100 * r['balanced_accuracy']:.0f}%, chance "
+                           f"{100 * r['chance']:.0f}%)" for src, r in predictable)
+        single = confounding.get("single_source_classes", {})
+        why = "; ".join(f"{100 * v['share']:.0f}% of '{k}' images come from {v['site']}" for k, v in single.items())
+        why = why or f"Cramér's V between site and label is {confounding.get('cramers_v', math.nan):.2f}"
+        within = [f"{src} {100 * r['balanced_accuracy']:.0f}% (chance {100 * r['chance']:.0f}%)" for src, r in (
+            ("from the images", shortcut.get("pixels", {}).get("site_within_label", {})),
+            ("from the model's features", site_model_within)) if "balanced_accuracy" in r]
+        within_text = (f" Within each label, where the disease cannot explain it, the site is predicted with "
+                       f"balanced accuracy {' and '.join(within)}." if within else "")
+        out.append({"severity": "high", "text": (
+            f"Shortcut risk: a simple model can tell which site an image comes from using {how}, and site is "
+            f"aligned with the label ({why}).{within_text} High scores may mean the model recognises where an "
+            "image was taken, "
+            "not the disease. Treat the metrics below as an upper bound that may not hold at another hospital; "
+            "look at the per-site results and at external validation.")})
+    elif predictable:
+        out.append({"severity": "info", "text": "The site can be predicted from the images (" + "; ".join(
+            describe("site", r) for _, r in predictable) + "), but site and label are not strongly aligned."})
+    for name in ("low_resolution", "pediatric"):
+        r = shortcut.get("pixels", {}).get(name, {})
+        if is_predictable(r):
+            out.append({"severity": "info", "text": describe(f"{name.replace('_', ' ')} (from the images)", r)})
+    return out
+
+
+def _probe_cell(r: dict[str, Any] | None) -> Cell:
+    if not r:
+        return Cell("-")
+    if "skipped" in r:
+        return Cell("", r["skipped"], "small")
+    auc = f"AUC {r['roc_auc']:.2f}, " if "roc_auc" in r else ""
+    per = "; ".join(f"{lab} {100 * v['balanced_accuracy']:.0f}%" for lab, v in r.get("per_label", {}).items())
+    return Cell(f"{100 * r['balanced_accuracy']:.0f}%",
+                f"(chance {100 * r['chance']:.0f}%, {auc}n={r['n']}{'; ' + per if per else ''})")
+
+
+PROBED = {"site": "site", "site_within_label": "site, within each label", "low_resolution": "low resolution",
+          "pediatric": "pediatric"}
+
+
+def _section(sc: dict[str, Any]) -> Section | None:
+    if not sc:
+        return None
+    mf = sc.get("model_features", {})
+    rows: list[dict[str, str | Cell]] = [
+        {"what is predicted": shown, "from the images": _probe_cell(sc.get("pixels", {}).get(name)),
+         "from the model's features": _probe_cell(mf.get(name)) if "skipped" not in mf
+         else Cell("", mf["skipped"], "small")} for name, shown in PROBED.items()]
+    return Section("Shortcut probe", [
+        "Balanced accuracy of a cross-validated logistic regression (folds grouped by patient). 'Within each label' "
+        "predicts the site among images of one label only (the mean over labels that hold two or more sites), where "
+        "the disease cannot explain it; when site and label are aligned, the plain site probe is inflated by the "
+        f"label. Images: {sc.get('features', {}).get('pixels', '')}. Model: {sc.get('features', {}).get('model', '')}.",
+        Table(["what is predicted", "from the images", "from the model's features"], rows)])
+
+
+register(Audit("shortcut", order=1, analyse=_analyse, findings=_findings, section=_section))

@@ -12,7 +12,6 @@ Two entry points:
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..audit.confounding import confounding_audit, is_aligned
+from ..audit import AuditContext, all_findings, registered
 from ..audit.hashing import file_sha256
 from ..audit.imagestats import image_stats
-from ..audit.leakage import EVAL_SPLITS, leakage_audit
-from ..audit.shortcut import describe, is_predictable, model_features, shortcut_probes
+from ..audit.shortcut import model_features
 from ..data.cache import ImageCache
 from ..data.locate import resolve_data_dir
 from ..data.splits import patient_grouped_split
@@ -58,63 +56,6 @@ def _feature_rows(table: pd.DataFrame, seed: int) -> np.ndarray:
     return np.sort(np.concatenate([picked, rest]))
 
 
-def findings(confounding: dict, leakage: dict, shortcut: dict) -> list[dict[str, str]]:
-    """Plain-words findings, most serious first (``severity``: high, medium or info)."""
-    out: list[dict[str, str]] = []
-    aligned = is_aligned(confounding)
-    site_pix = shortcut.get("pixels", {}).get("site", {})
-    model_feats = shortcut.get("model_features") if isinstance(shortcut.get("model_features"), dict) else {}
-    site_model, site_model_within = model_feats.get("site", {}), model_feats.get("site_within_label", {})
-    predictable = [(src, r) for src, r in (("the images alone", site_pix), ("the model's own features", site_model))
-                   if is_predictable(r)]
-    if predictable and aligned:
-        how = " and ".join(f"{src} (balanced accuracy {100 * r['balanced_accuracy']:.0f}%, chance "
-                           f"{100 * r['chance']:.0f}%)" for src, r in predictable)
-        single = confounding.get("single_source_classes", {})
-        why = "; ".join(f"{100 * v['share']:.0f}% of '{k}' images come from {v['site']}" for k, v in single.items())
-        why = why or f"Cramér's V between site and label is {confounding.get('cramers_v', math.nan):.2f}"
-        within = [f"{src} {100 * r['balanced_accuracy']:.0f}% (chance {100 * r['chance']:.0f}%)" for src, r in (
-            ("from the images", shortcut.get("pixels", {}).get("site_within_label", {})),
-            ("from the model's features", site_model_within)) if "balanced_accuracy" in r]
-        within_text = (f" Within each label, where the disease cannot explain it, the site is predicted with "
-                       f"balanced accuracy {' and '.join(within)}." if within else "")
-        out.append({"severity": "high", "text": (
-            f"Shortcut risk: a simple model can tell which site an image comes from using {how}, and site is "
-            f"aligned with the label ({why}).{within_text} High scores may mean the model recognises where an "
-            "image was taken, "
-            "not the disease. Treat the metrics below as an upper bound that may not hold at another hospital; "
-            "look at the per-site results and at external validation.")})
-    elif predictable:
-        out.append({"severity": "info", "text": "The site can be predicted from the images (" + "; ".join(
-            describe("site", r) for _, r in predictable) + "), but site and label are not strongly aligned."})
-    n_multi = leakage.get("n_patients_in_several_splits", 0)
-    if n_multi:
-        out.append({"severity": "high", "text": f"Leakage: {n_multi} patient(s) have images in more than one split; "
-                    "test results are optimistic. Split by patient."})
-    n_exact = leakage.get("n_exact_duplicate_sets_cross_split", 0)
-    near = leakage.get("near_duplicates", {})
-    n_cross = near.get("n_cross_split", 0)
-    if n_exact or n_cross:
-        out.append({"severity": "high", "text": (
-            f"Leakage: {n_cross} pair(s) of (near-)identical images sit in different splits"
-            f"{f', {n_exact} set(s) of byte-identical files among them' if n_exact else ''}. The model may have "
-            "been tested on images it was trained on (pairs listed in audit_pairs.csv).")})
-    n_within = near.get("n_within_split_other_patient", 0)
-    if n_within:
-        out.append({"severity": "medium", "text": (
-            f"{n_within} pair(s) of (near-)identical images are filed under different patients within one split: "
-            "duplicated sources or wrong patient ids. A future split could leak them.")})
-    if near.get("n_label_conflicts"):
-        out.append({"severity": "medium", "text": f"{near['n_label_conflicts']} (near-)duplicate pair(s) carry "
-                    "different labels: label noise."})
-    out += [{"severity": "medium", "text": w} for w in confounding.get("warnings", [])]
-    for name in ("low_resolution", "pediatric"):
-        r = shortcut.get("pixels", {}).get(name, {})
-        if is_predictable(r):
-            out.append({"severity": "info", "text": describe(f"{name.replace('_', ' ')} (from the images)", r)})
-    return out
-
-
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
@@ -129,12 +70,13 @@ def audit_table(table: pd.DataFrame, images: np.ndarray, rows: np.ndarray | None
                 out_dir: str | Path | None = None, model: Any = None, device: Any = "cpu",
                 pediatric_sites: tuple[str, ...] = (), seed: int = 0, split_source: str = "",
                 data_dir: str | None = None, run_dir: str | None = None) -> dict[str, Any]:
-    """Leakage, shortcut and confounding audits of ``table`` (with ``split``, ``group``, ``path`` columns).
+    """Every registered audit (leakage, shortcut, confounding, ...) of ``table`` (with ``split``, ``group``, ``path``
+    columns), with the findings of all of them.
 
     Args:
         table: one row per image.
         images: cached ``uint8`` images; ``images[rows[i]]`` is row ``i`` of ``table``.
-        out_dir: where to write ``audit.json`` and ``audit_pairs.csv`` (None: write nothing).
+        out_dir: where to write ``audit.json`` and the audits' CSV files (``audit_pairs.csv``; None: write nothing).
         model: a trained :class:`~covidscreen.models.ScreeningModel` for the feature probe (optional).
         pediatric_sites: sites known to be pediatric (for the pediatric-vs-adult probe).
         split_source: where the splits come from, for the reader.
@@ -145,28 +87,26 @@ def audit_table(table: pd.DataFrame, images: np.ndarray, rows: np.ndarray | None
         if col not in table.columns:
             raise DataError(f"audit: the table lacks column '{col}'")
     rows = np.arange(len(table)) if rows is None else np.asarray(rows)
-    stats = image_stats(images, rows)
-    sha = file_sha256(table["path"].tolist())
-    leakage, pairs = leakage_audit(table, stats.thumbs, sha)
-    confounding = confounding_audit(table[table["split"].isin(EVAL_SPLITS)])
-    feats, frows = None, None
+    ctx = AuditContext(table, images, rows, image_stats(images, rows), file_sha256(table["path"].tolist()), seed,
+                       tuple(pediatric_sites))
     if model is not None:
-        frows = _feature_rows(table, seed)
-        feats = model_features(model, images, rows[frows], device)
-    shortcut = shortcut_probes(table, stats, tuple(pediatric_sites), seed, feats, frows)
+        ctx.feature_rows = _feature_rows(table, seed)
+        ctx.features = model_features(model, images, rows[ctx.feature_rows], device)
+    results = {a.name: a.analyse(ctx) for a in registered()}
     audit = {
         "data_dir": data_dir, "run_dir": run_dir, "n_images": int(len(table)),
         "split_source": split_source,
         "split_counts": {str(k): int(v) for k, v in table["split"].value_counts().items()},
-        "findings": findings(confounding, leakage, shortcut),
-        "confounding": confounding, "leakage": leakage, "shortcut": shortcut,
+        "findings": all_findings(results),
+        **results,
         "seconds": round(time.time() - t0, 1),
     }
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / AUDIT_FILE).write_text(json.dumps(audit, indent=2, default=_jsonable))
-        pairs.to_csv(out / PAIRS_FILE, index=False)
+        for name, frame in ctx.artefacts.items():
+            frame.to_csv(out / name, index=False)
     return audit
 
 
