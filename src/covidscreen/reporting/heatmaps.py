@@ -17,13 +17,16 @@ import html
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ..data.decode import read_image
+from ..data.preprocess import InputGeometry
 from ..errors import CheckpointError, ImageDecodeError
 from ..evaluation.metrics import predict_labels
 from ..explain.cam import Explainer, Explanation, check_method
@@ -38,7 +41,7 @@ from ..explain.sanity import (
     sanity_notes,
     sanity_summary,
 )
-from ..inference.run import load_checkpoint
+from ..inference.run import Run, load_checkpoint
 from ..runtime import resolve_device
 
 OUTCOMES = {
@@ -153,27 +156,95 @@ def heatmap_summary(run_dir: str | Path, n: int = 32, output: str | Path | None 
     run_dir = Path(run_dir)
     out = Path(output) if output else run_dir / "explain"
     model, run = load_checkpoint(run_dir, resolve_device(device))
-    classes, size = list(run.classes), run.image_size
-    pos = run.positive_class if run.positive_class in classes else None
-    pred_file = run_dir / "predictions.csv"
-    if not pred_file.is_file():
-        raise CheckpointError(f"{run_dir} has no predictions.csv; train the run to the end first")
-    preds = pd.read_csv(pred_file, keep_default_na=False)
-    test = preds[preds["split"] == "test"].reset_index(drop=True) if "split" in preds else preds.iloc[:0]
+    pos = run.positive_class if run.positive_class in run.classes else None
     title = f"<h2>Where the model looks: {METHOD_NAMES[method]} audit of the test split</h2>"
+    test = _test_split(run)
     if test.empty:
         return title + "<p>No test images in this run: nothing to explain.</p>"
+    root = Path(run.data_dir or ".")
+    # the run's preprocessing, and its lung mask
+    load_input, lung_mask_fn = run_input_loader(run.preprocess, run.image_size, run.path)
+    mask_fn = mask_fn if mask_fn is not None else lung_mask_fn
+    sample = _explain_sample(model, run, test, sample_rows(test, n, per_outcome, seed), root, load_input, method, pos)
+    if sample is None:
+        return title + f"<p class='warn'>None of the sampled test images could be read from {html.escape(str(root))}."
+    df = sample.table
+    _border_scores(sample, root, mask_fn, margin)
+    # sanity checks on the first images whose map is not empty (an empty map has nothing to check)
+    checked = [j for j in range(len(df)) if np.isfinite(df.at[j, "border_fraction"])][:checks]
+    rnd = road = None
+    if checked:
+        rnd = randomisation_test(model, sample.inputs[checked], sample.targets[checked], method, list(run.classes),
+                                 run.image_size, seed=seed, original=sample.maps[checked])
+        road = road_faithfulness(model, sample.inputs[checked], sample.maps[checked], sample.targets[checked],
+                                 seed=seed)
+    per_image = dict(zip(checked, per_image_checks(rnd, road, len(checked)), strict=True))
+    df["randomisation_max_spearman"] = [per_image.get(j, {}).get("randomisation", {}).get("max", math.nan)
+                                        for j in range(len(df))]
+    df["road"] = [per_image.get(j, {}).get("road", math.nan) for j in range(len(df))]
+
+    shown_outcome = [j for j in range(len(df)) if (df["outcome"][:j + 1] == df["outcome"][j]).sum() <= per_outcome]
+    finite = df["border_fraction"].fillna(-1).to_numpy()
+    shown_worst = [int(j) for j in np.argsort(-finite, kind="stable")[:worst] if finite[j] >= 0]
+    thumbs = _example_figures(sample, sorted(set(shown_outcome) | set(shown_worst)), root, per_image, method, margin,
+                              out, progress)
+    df.to_csv(out / "heatmaps.csv", index=False)
+    per_class, per_site, per_out = (_group_table(df, by, pos) for by in ("label", "site", "outcome"))
+    crop = crop_description(run.preprocess)
+    summary = {"method": method, "explained_class": pos or "most probable class", "margin": margin,
+               "region": "chest mask" if mask_fn is not None else "central box", "crop": crop,
+               "border_visible": bool(crop is None or (df["border_area"] > 0).any()),
+               "mean_view_fraction": float(df["view_fraction"].mean()),
+               "crop_notes": crop_notes(crop, df["border_area"].tolist(), mask_fn is not None),
+               "image_size": run.image_size,
+               "map_resolution": list(sample.resolution) if sample.resolution else None,
+               "uniform_map_border_fraction": float(df["border_area"].mean()), "n_explained": len(df),
+               "n_test": len(test), "mean_border_fraction": _nanmean(df["border_fraction"]),
+               "per_class": per_class.to_dict(orient="records"), "per_site": per_site.to_dict(orient="records"),
+               "per_outcome": per_out.to_dict(orient="records"), "sanity": sanity_summary(rnd, road)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+
+    return _fragment(title, summary, per_class, per_site, per_out, df, thumbs, shown_outcome, shown_worst, pos,
+                     method, out)
+
+
+def _test_split(run: Run) -> pd.DataFrame:
+    """The run's test predictions with each image's outcome (TP/FP/FN/TN at the default operating point)."""
+    pred_file = run.path / "predictions.csv"
+    if not pred_file.is_file():
+        raise CheckpointError(f"{run.path} has no predictions.csv; train the run to the end first")
+    preds = pd.read_csv(pred_file, keep_default_na=False)
+    test = preds[preds["split"] == "test"].reset_index(drop=True) if "split" in preds else preds.iloc[:0]
+    if test.empty:
+        return test
     if "site" not in test:
         test["site"] = "unknown"
+    classes = list(run.classes)
+    pos = run.positive_class if run.positive_class in classes else None
     probs = test[[f"prob_{c}" for c in classes]].to_numpy(float)
     test["outcome"] = outcomes(test["label"].to_numpy(), probs, classes, pos, run.threshold())
-    rows = sample_rows(test, n, per_outcome, seed)
-    root = Path(run.data_dir or ".")
+    return test
 
-    # the run's preprocessing, and its lung mask
-    load_input, lung_mask_fn = run_input_loader(run.preprocess, size, run.path)
-    if mask_fn is None:
-        mask_fn = lung_mask_fn
+
+@dataclass
+class _Sample:
+    """The explained test images: a table row each, with their model inputs, maps, targets and input geometry."""
+
+    classes: list[str]
+    table: pd.DataFrame
+    inputs: np.ndarray
+    maps: np.ndarray
+    probs: np.ndarray
+    targets: np.ndarray
+    geometries: list[InputGeometry]
+    resolution: tuple[int, int] | None
+    masks: list[np.ndarray | None] = field(default_factory=list)
+
+
+def _explain_sample(model: Any, run: Run, test: pd.DataFrame, rows: list[int], root: Path, load_input: Callable,
+                    method: str, pos: str | None) -> _Sample | None:
+    """The maps of the sampled test images that can be read (None when none can)."""
+    classes = list(run.classes)
     records, inputs, geometries = [], [], []
     for i in rows:
         try:
@@ -184,58 +255,55 @@ def heatmap_summary(run_dir: str | Path, n: int = 32, output: str | Path | None 
         geometries.append(geometry)
         records.append(i)
     if not records:
-        return title + f"<p class='warn'>None of the sampled test images could be read from {html.escape(str(root))}."
+        return None
     x = np.stack(inputs)
-    with Explainer(model, method=method, classes=classes, image_size=size) as ex:
-        targets = pos if pos else None
-        maps, p_now, idx = ex.maps(x, targets)
+    with Explainer(model, method=method, classes=classes, image_size=run.image_size) as ex:
+        maps, p_now, idx = ex.maps(x, pos if pos else None)
         resolution = ex.map_resolution
     df = test.loc[records, ["image", "label", "site", "outcome"]].reset_index(drop=True)
     df["target"] = [classes[t] for t in idx]
     for j, c in enumerate(classes):
         df[f"prob_{c}"] = p_now[:, j]
-    # Scores in the original image's geometry, at the size preprocessing decoded it (the band is relative and a mask
-    # is resized to the map, so the full-resolution decode would give the same numbers): a cropping run's map is 0
-    # outside what its model saw.
-    masks: list[np.ndarray | None] = [None] * len(df)
+    return _Sample(classes, df, x, maps, p_now, idx, geometries, resolution)
+
+
+def _border_scores(sample: _Sample, root: Path, mask_fn: Callable | None, margin: float) -> None:
+    """Border fraction, its chance level and the share of the image the model saw, per explained image.
+
+    Scores are in the original image's geometry, at the size preprocessing decoded it (the band is relative and a
+    mask is resized to the map, so the full-resolution decode would give the same numbers): a cropping run's map is
+    0 outside what its model saw."""
+    df, geometries = sample.table, sample.geometries
+    sample.masks = [None] * len(df)
     if mask_fn is not None:
-        masks = [mask_fn(read_image(root / name)) for name in df["image"]]
-    placed = [map_to_image(m, g, (g.height, g.width)) for m, g in zip(maps, geometries, strict=True)]
-    df["border_fraction"] = [border_fraction(m, k, margin) for m, k in zip(placed, masks, strict=True)]
-    df["border_area"] = [chance_level(m.shape, g, k, margin) for m, g, k in zip(placed, geometries, masks, strict=True)]
+        sample.masks = [mask_fn(read_image(root / name)) for name in df["image"]]
+    placed = [map_to_image(m, g, (g.height, g.width)) for m, g in zip(sample.maps, geometries, strict=True)]
+    df["border_fraction"] = [border_fraction(m, k, margin) for m, k in zip(placed, sample.masks, strict=True)]
+    df["border_area"] = [chance_level(m.shape, g, k, margin)
+                         for m, g, k in zip(placed, geometries, sample.masks, strict=True)]
     df["view_fraction"] = [(g.bottom - g.top) * (g.right - g.left) / (g.height * g.width) for g in geometries]
-    del placed
-    chance = float(df["border_area"].mean())
 
-    # sanity checks on the first images whose map is not empty (an empty map has nothing to check)
-    checked = [j for j in range(len(df)) if np.isfinite(df.at[j, "border_fraction"])][:checks]
-    rnd = road = None
-    if checked:
-        rnd = randomisation_test(model, x[checked], idx[checked], method, classes, size, seed=seed,
-                                 original=maps[checked])
-        road = road_faithfulness(model, x[checked], maps[checked], idx[checked], seed=seed)
-    per_image = dict(zip(checked, per_image_checks(rnd, road, len(checked)), strict=True))
-    df["randomisation_max_spearman"] = [per_image.get(j, {}).get("randomisation", {}).get("max", math.nan)
-                                        for j in range(len(df))]
-    df["road"] = [per_image.get(j, {}).get("road", math.nan) for j in range(len(df))]
 
+def _example_figures(sample: _Sample, shown: list[int], root: Path, per_image: dict[int, dict], method: str,
+                     margin: float, out: Path, progress: bool) -> dict[int, str]:
+    """The PNG of every shown example (``examples/``) and its thumbnail card for the report."""
+    df, classes = sample.table, sample.classes
     (out / "examples").mkdir(parents=True, exist_ok=True)
-    shown_outcome = [j for j in range(len(df)) if (df["outcome"][:j + 1] == df["outcome"][j]).sum() <= per_outcome]
-    finite = df["border_fraction"].fillna(-1).to_numpy()
-    shown_worst = [int(j) for j in np.argsort(-finite, kind="stable")[:worst] if finite[j] >= 0]
     thumbs: dict[int, str] = {}
-    for j in tqdm(sorted(set(shown_outcome) | set(shown_worst)), desc="heatmap figures", disable=not progress):
+    for j in tqdm(shown, desc="heatmap figures", disable=not progress):
         src = root / df.at[j, "image"]
         try:
             image = read_image(src)
         except ImageDecodeError:
             continue
-        view = geometries[j].scaled_to(*image.shape)
-        heat = map_to_image(maps[j], view, image.shape)
-        e = Explanation(heatmap=heat, input_heatmap=maps[j], image=image, probs=p_now[j], target=int(idx[j]),
-                        classes=classes, method=method, border_fraction=border_fraction(heat, masks[j], margin),
-                        border_area=chance_level(heat.shape, view, masks[j], margin), source=str(src),
-                        checks=per_image.get(j, {}), mask=masks[j], view=view if view.crops else None)
+        view = sample.geometries[j].scaled_to(*image.shape)
+        heat = map_to_image(sample.maps[j], view, image.shape)
+        mask = sample.masks[j]
+        e = Explanation(heatmap=heat, input_heatmap=sample.maps[j], image=image, probs=sample.probs[j],
+                        target=int(sample.targets[j]), classes=classes, method=method,
+                        border_fraction=border_fraction(heat, mask, margin),
+                        border_area=chance_level(heat.shape, view, mask, margin), source=str(src),
+                        checks=per_image.get(j, {}), mask=mask, view=view if view.crops else None)
         name = f"{j:03d}_{df.at[j, 'outcome']}_{Path(df.at[j, 'image']).stem}.png"
         (out / "examples" / name).write_bytes(explanation_png(e, margin, title=str(df.at[j, "image"])))
         df.loc[j, "png"] = f"examples/{name}"
@@ -246,25 +314,7 @@ def heatmap_summary(run_dir: str | Path, n: int = 32, output: str | Path | None 
         thumbs[j] = (f"<div style='width:200px;font-size:.8em'>{thumb}<br>"
                      f"{'<br>'.join(html.escape(c) for c in caption)}</div>")
         del image, heat, e
-
-    df.to_csv(out / "heatmaps.csv", index=False)
-    per_class, per_site, per_out = (_group_table(df, by, pos) for by in ("label", "site", "outcome"))
-    sanity = sanity_summary(rnd, road)
-    crop = crop_description(run.preprocess)
-    summary = {"method": method, "explained_class": pos or "most probable class", "margin": margin,
-               "region": "chest mask" if mask_fn is not None else "central box", "crop": crop,
-               "border_visible": bool(crop is None or (df["border_area"] > 0).any()),
-               "mean_view_fraction": float(df["view_fraction"].mean()),
-               "crop_notes": crop_notes(crop, df["border_area"].tolist(), mask_fn is not None),
-               "image_size": size, "map_resolution": list(resolution) if resolution else None,
-               "uniform_map_border_fraction": chance, "n_explained": len(df), "n_test": len(test),
-               "mean_border_fraction": _nanmean(df["border_fraction"]),
-               "per_class": per_class.to_dict(orient="records"), "per_site": per_site.to_dict(orient="records"),
-               "per_outcome": per_out.to_dict(orient="records"), "sanity": sanity}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-
-    return _fragment(title, summary, per_class, per_site, per_out, df, thumbs, shown_outcome, shown_worst, pos,
-                     method, out)
+    return thumbs
 
 
 def _fragment(title: str, summary: dict, per_class: pd.DataFrame, per_site: pd.DataFrame, per_out: pd.DataFrame,

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,7 +39,7 @@ from ..explain.sanity import (
     sanity_summary,
 )
 from ..inference.predictor import expand_inputs
-from ..inference.run import load_checkpoint
+from ..inference.run import Run, load_checkpoint
 from ..runtime import resolve_device
 
 #: Columns of ``explanations.csv`` that say which box of the image (full-resolution pixels) the model saw.
@@ -83,109 +85,134 @@ def explain_files(run_dir: str | Path, inputs: list[str | Path], output: str | P
     if checks < 0:
         raise CovidscreenError(f"checks must be 0 or more images, got {checks}")
     model, run = load_checkpoint(run_dir, resolve_device(device))
-    classes, size = list(run.classes), run.image_size
     # the run's preprocessing, and its lung mask
-    load_input, lung_mask_fn = run_input_loader(run.preprocess, size, run.path)
-    if mask_fn is None:
-        mask_fn = lung_mask_fn
-    explainer = Explainer(model, method=method, classes=classes, image_size=size)
+    load_input, lung_mask_fn = run_input_loader(run.preprocess, run.image_size, run.path)
+    mask_fn = mask_fn if mask_fn is not None else lung_mask_fn
+    explainer = Explainer(model, method=method, classes=list(run.classes), image_size=run.image_size)
     target_idx = explainer.resolve_target(target)  # a bad class fails before any work
     files = expand_inputs(inputs)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    names = _output_names(files)
-    inputs_u8: dict[int, np.ndarray] = {}
-    rows: list[dict] = []
-    maps: dict[int, np.ndarray] = {}
-    geometries: dict[int, InputGeometry] = {}
-    with explainer as ex:
-        for i, f in enumerate(tqdm(files, desc=f"{method}", unit="img", disable=not progress)):
-            row = {"path": str(f), "png": "", "error": "", "target": "", "predicted": "",
-                   **{f"prob_{c}": math.nan for c in classes}, "border_fraction": math.nan, "border_area": math.nan}
-            rows.append(row)
-            try:
-                x, geometries[i] = load_input(f)
-            except ImageDecodeError as exc:
-                row["error"] = str(exc)
-                continue
-            m, probs, idx = ex.maps(x[None], target_idx)
-            maps[i], inputs_u8[i] = m[0], x
-            row.update({"target": classes[idx[0]], "predicted": classes[int(np.argmax(probs[0]))],
-                        **{f"prob_{c}": float(p) for c, p in zip(classes, probs[0], strict=True)}})
+    first = _input_maps(explainer, files, load_input, target_idx, method, progress)
+    checked = [i for i, r in enumerate(first.rows) if not r["error"] and np.ptp(first.maps[i]) > 0][:checks]
+    rnd, road, per_image = _sanity_checks(model, first, checked, method, run)
+    cards = [_figure(f, name, row, i, first, per_image, mask_fn, margin, method, out)
+             for i, (f, name, row) in enumerate(zip(files, _output_names(files), first.rows, strict=True))]
 
-    ok = [i for i, r in enumerate(rows) if not r["error"]]
-    checked = [i for i in ok if np.ptp(maps[i]) > 0][:checks]  # an empty map has nothing to check
-    rnd, road = None, None
-    if checked:
-        imgs = np.stack([inputs_u8[i] for i in checked])
-        tg = [classes.index(rows[i]["target"]) for i in checked]
-        orig = np.stack([maps[i] for i in checked])
-        rnd = randomisation_test(model, imgs, tg, method, classes, size, original=orig)
-        road = road_faithfulness(model, imgs, orig, tg)
-    per_image = dict(zip(checked, per_image_checks(rnd, road, len(checked)), strict=True))
-    del inputs_u8
-
-    cards = []
-    for i, (f, name, row) in enumerate(zip(files, names, rows, strict=True)):
-        if row["error"]:
-            cards.append({"name": f.name, "error": row["error"]})
-            continue
-        try:
-            image = read_image(f)
-        except ImageDecodeError as exc:  # changed on disk since pass 1
-            row["error"] = str(exc)
-            cards.append({"name": f.name, "error": row["error"]})
-            continue
-        view = geometries[i].scaled_to(*image.shape)  # preprocessing may have decoded a JPEG at a reduced scale
-        input_map = maps.pop(i)
-        heat = map_to_image(input_map, view, image.shape)
-        mask = mask_fn(image) if mask_fn is not None else None
-        e = Explanation(heatmap=heat, input_heatmap=input_map, image=image,
-                        probs=np.array([row[f"prob_{c}"] for c in classes]), target=classes.index(row["target"]),
-                        classes=classes, method=method, border_fraction=border_fraction(heat, mask, margin),
-                        border_area=chance_level(heat.shape, view, mask, margin), source=str(f),
-                        checks=per_image.get(i, {}), mask=mask, view=view if view.crops else None)
-        (out / name).write_bytes(explanation_png(e, margin, title=f.name))
-        row.update({"png": name, "border_fraction": e.border_fraction, "border_area": e.border_area,
-                    "image_height": view.height, "image_width": view.width, "view_top": view.top,
-                    "view_bottom": view.bottom, "view_left": view.left, "view_right": view.right})
-        rnd_i = e.checks.get("randomisation", {})
-        row["randomisation_max_spearman"] = rnd_i.get("max", math.nan)
-        row["road"] = e.checks.get("road", math.nan)
-        cards.append({"name": f.name, "href": name, "caption": [
-            f.name, f"class '{e.target_name}': p={e.probs[e.target]:.3f} | top: {e.predicted}",
-            f"border fraction {fmt_value(e.border_fraction)} (uniform {fmt_value(e.border_area)})",
-            *check_lines(e.checks)]})
-        del image, heat, e
-
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(first.rows)
     for col in VIEW_COLUMNS:  # pixel counts stay integers in the CSV, empty for unreadable files
         table[col] = table[col].astype("Int64") if col in table else pd.array([pd.NA] * len(table), dtype="Int64")
     table.to_csv(out / "explanations.csv", index=False)
-    crop = crop_description(run.preprocess)
-    chances = table["border_area"].dropna().tolist()
-    summary = {"run": str(Path(run_dir).resolve()), "method": method, "target": target or "most probable class",
-               "classes": classes, "image_size": size, "margin": margin,
-               "region": "chest mask" if mask_fn is not None else "central box", "n_files": len(files),
-               "n_unreadable": len(files) - len(ok), "mean_border_fraction": _nanmean(table["border_fraction"]),
-               "crop": crop, "border_visible": bool(crop is None or any(c > 0 for c in chances)),
-               "sanity": sanity_summary(rnd, road)}
-    (out / "explain.json").write_text(json.dumps(summary, indent=2))
-    several = len(files) > 1 or any(Path(p).is_dir() for p in inputs)
-    if several:
-        region = ("the dashed chest mask" if mask_fn is not None else
-                  f"the dashed central box (band of {margin:.3g} x each side, where burnt-in text and markers sit)")
-        notes = [f"{METHOD_NAMES[method]} of {Path(run_dir).name} ({len(ok)} of {len(files)} file(s) readable). "
-                 f"Border fraction: share of the heatmap outside {region}; a uniform map scores the share of the "
-                 "image outside it (shown per image)."]
-        notes += crop_notes(crop, chances, mask_fn is not None) + sanity_notes(summary["sanity"], method)
-        (out / "index.html").write_text(contact_sheet_html(cards, f"covidscreen explain: {Path(run_dir).name}",
-                                                           notes))
-    bad = [r for r in rows if r["error"]]
+    _write_summary(out, run, table, files, inputs, cards, method, target, margin, mask_fn is not None, rnd, road)
+    bad = [r for r in first.rows if r["error"]]
     if bad:
         raise CovidscreenError(f"{len(bad)} of {len(files)} file(s) could not be read (the others were written to "
                                f"{out}); first: {bad[0]['error']}")
     return table
+
+
+@dataclass
+class _FirstPass:
+    """Per file: its CSV row; for readable files the model input, its map and where the input came from."""
+
+    classes: list[str]
+    rows: list[dict]
+    inputs: dict[int, np.ndarray]
+    maps: dict[int, np.ndarray]
+    geometries: dict[int, InputGeometry]
+
+
+def _input_maps(explainer: Explainer, files: list[Path], load_input: Callable, target_idx: int | None, method: str,
+                progress: bool) -> _FirstPass:
+    """Pass 1: the heatmap of every readable file's model input (the hooks are held once for all files)."""
+    classes = list(explainer.classes)
+    first = _FirstPass(classes, [], {}, {}, {})
+    with explainer as ex:
+        for i, f in enumerate(tqdm(files, desc=f"{method}", unit="img", disable=not progress)):
+            row = {"path": str(f), "png": "", "error": "", "target": "", "predicted": "",
+                   **{f"prob_{c}": math.nan for c in classes}, "border_fraction": math.nan, "border_area": math.nan}
+            first.rows.append(row)
+            try:
+                x, first.geometries[i] = load_input(f)
+            except ImageDecodeError as exc:
+                row["error"] = str(exc)
+                continue
+            m, probs, idx = ex.maps(x[None], target_idx)
+            first.maps[i], first.inputs[i] = m[0], x
+            row.update({"target": classes[idx[0]], "predicted": classes[int(np.argmax(probs[0]))],
+                        **{f"prob_{c}": float(p) for c, p in zip(classes, probs[0], strict=True)}})
+    return first
+
+
+def _sanity_checks(model: Any, first: _FirstPass, checked: list[int], method: str, run: Run
+                   ) -> tuple[dict | None, np.ndarray | None, dict[int, dict]]:
+    """The randomisation test and ROAD on the ``checked`` images (their model inputs are released after)."""
+    rnd, road = None, None
+    classes = list(run.classes)
+    if checked:
+        imgs = np.stack([first.inputs[i] for i in checked])
+        tg = [classes.index(first.rows[i]["target"]) for i in checked]
+        orig = np.stack([first.maps[i] for i in checked])
+        rnd = randomisation_test(model, imgs, tg, method, classes, run.image_size, original=orig)
+        road = road_faithfulness(model, imgs, orig, tg)
+    first.inputs.clear()
+    return rnd, road, dict(zip(checked, per_image_checks(rnd, road, len(checked)), strict=True))
+
+
+def _figure(f: Path, name: str, row: dict, i: int, first: _FirstPass, per_image: dict[int, dict],
+            mask_fn: Callable | None, margin: float, method: str, out: Path) -> dict:
+    """Pass 2 for one file: its map on the original image, its PNG, its CSV columns; returns its contact-sheet card."""
+    if row["error"]:
+        return {"name": f.name, "error": row["error"]}
+    try:
+        image = read_image(f)
+    except ImageDecodeError as exc:  # changed on disk since pass 1
+        row["error"] = str(exc)
+        return {"name": f.name, "error": row["error"]}
+    classes = first.classes
+    view = first.geometries[i].scaled_to(*image.shape)  # preprocessing may have decoded a JPEG at a reduced scale
+    input_map = first.maps.pop(i)
+    heat = map_to_image(input_map, view, image.shape)
+    mask = mask_fn(image) if mask_fn is not None else None
+    e = Explanation(heatmap=heat, input_heatmap=input_map, image=image,
+                    probs=np.array([row[f"prob_{c}"] for c in classes]), target=classes.index(row["target"]),
+                    classes=classes, method=method, border_fraction=border_fraction(heat, mask, margin),
+                    border_area=chance_level(heat.shape, view, mask, margin), source=str(f),
+                    checks=per_image.get(i, {}), mask=mask, view=view if view.crops else None)
+    (out / name).write_bytes(explanation_png(e, margin, title=f.name))
+    row.update({"png": name, "border_fraction": e.border_fraction, "border_area": e.border_area,
+                "image_height": view.height, "image_width": view.width, "view_top": view.top,
+                "view_bottom": view.bottom, "view_left": view.left, "view_right": view.right})
+    row["randomisation_max_spearman"] = e.checks.get("randomisation", {}).get("max", math.nan)
+    row["road"] = e.checks.get("road", math.nan)
+    return {"name": f.name, "href": name, "caption": [
+        f.name, f"class '{e.target_name}': p={e.probs[e.target]:.3f} | top: {e.predicted}",
+        f"border fraction {fmt_value(e.border_fraction)} (uniform {fmt_value(e.border_area)})",
+        *check_lines(e.checks)]}
+
+
+def _write_summary(out: Path, run: Run, table: pd.DataFrame, files: list[Path], inputs: list, cards: list[dict],
+                   method: str, target: str | None, margin: float, masked: bool, rnd: dict | None,
+                   road: np.ndarray | None) -> None:
+    """``explain.json`` and, for several images, the contact sheet ``index.html``."""
+    crop = crop_description(run.preprocess)
+    chances = table["border_area"].dropna().tolist()
+    n_ok = int((table["error"] == "").sum())
+    summary = {"run": str(run.path.resolve()), "method": method, "target": target or "most probable class",
+               "classes": list(run.classes), "image_size": run.image_size, "margin": margin,
+               "region": "chest mask" if masked else "central box", "n_files": len(files),
+               "n_unreadable": len(files) - n_ok, "mean_border_fraction": _nanmean(table["border_fraction"]),
+               "crop": crop, "border_visible": bool(crop is None or any(c > 0 for c in chances)),
+               "sanity": sanity_summary(rnd, road)}
+    (out / "explain.json").write_text(json.dumps(summary, indent=2))
+    if len(files) > 1 or any(Path(p).is_dir() for p in inputs):
+        region = ("the dashed chest mask" if masked else
+                  f"the dashed central box (band of {margin:.3g} x each side, where burnt-in text and markers sit)")
+        notes = [f"{METHOD_NAMES[method]} of {run.path.name} ({n_ok} of {len(files)} file(s) readable). "
+                 f"Border fraction: share of the heatmap outside {region}; a uniform map scores the share of the "
+                 "image outside it (shown per image)."]
+        notes += crop_notes(crop, chances, masked) + sanity_notes(summary["sanity"], method)
+        (out / "index.html").write_text(contact_sheet_html(cards, f"covidscreen explain: {run.path.name}", notes))
 
 
 def _nanmean(values) -> float:
