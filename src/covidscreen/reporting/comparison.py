@@ -31,7 +31,7 @@ import math
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,8 +44,9 @@ from ..inference.ensemble import is_ensemble
 from ..runtime import read_optional_json
 from .html import STYLE
 
-if TYPE_CHECKING:
-    from ..workflows.experiment import ExperimentPlan
+#: An experiment grid's plan (:class:`covidscreen.workflows.experiment.ExperimentPlan`): the comparison reads its
+#: runs, axes, ensembles and output folder. Typed loosely because the plan is made by a job one floor above.
+ExperimentPlan = Any
 
 CI_METRICS = ("val_auc", "test_auc", "test_sensitivity", "test_specificity")
 WITHIN_AUC = re.compile(r"^within_(.+)_test_auc$")  # per-site columns: within_<site>_test_auc[_lo|_hi], ...

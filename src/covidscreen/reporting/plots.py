@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 
@@ -80,7 +82,6 @@ def reliability_plot(curve: dict, title: str, curve_after: dict | None = None) -
 
 def thumbnail(image: np.ndarray, heatmap: np.ndarray | None = None, side: int = 160, alpha: float = 0.4) -> bytes:
     """PNG thumbnail of a greyscale ``uint8`` image; a heatmap (same shape, values 0..1) is blended in when given."""
-    from PIL import Image
 
     rgb = np.repeat(np.asarray(image, dtype=np.float32)[..., None] / 255.0, 3, axis=2)
     if heatmap is not None:
@@ -108,8 +109,6 @@ def confusion_plot(cm: list[list[int]], classes: list[str], title: str) -> bytes
 
 
 def history_plot(history: list[dict] | object) -> bytes:
-    import pandas as pd
-
     h = pd.DataFrame(history)
     fig, ax = plt.subplots(1, 2, figsize=(8, 3.2))
     ax[0].plot(h["epoch"], h["train_loss"], "o-", label="train")

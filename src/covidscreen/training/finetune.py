@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from ..errors import ConfigError
 from ..models import ScreeningModel
 
@@ -35,7 +37,6 @@ def set_trainable_stages(model: ScreeningModel, train_stages: int | None) -> lis
 
 def freeze_batchnorm(model: ScreeningModel) -> None:
     """Put BatchNorm layers whose parameters are all frozen in eval mode (call after ``model.train()``)."""
-    from torch import nn
 
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):

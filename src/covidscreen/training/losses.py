@@ -7,15 +7,12 @@ with soft targets, the plain mean over the batch. So focal loss with ``gamma = 0
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from ..config import TrainConfig
+from ..config import TrainConfig
 
 
 def inverse_frequency_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
