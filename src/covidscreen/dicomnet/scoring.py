@@ -1,0 +1,185 @@
+"""Scoring DICOM images held in memory with a run: the run's :class:`Predictor` and its Grad-CAM figure.
+
+The probabilities are the Predictor's (temperature and operating point included), computed on exactly the input that
+``covidscreen predict`` would feed the model for the same file (same decode, same preprocessing), so the node and
+``predict`` agree. The figure is the one ``covidscreen explain --class <positive class>`` draws (same preprocessing,
+the map placed back where the model's input came from, same PNG), with the Predictor's probabilities in its bars.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..auditlog import code_version
+from ..data.preprocess import InputGeometry, preprocess_with_geometry
+from ..evaluation.run_files import read_optional_json
+from ..explain.cam import Explainer, Explanation
+from ..explain.figures import explanation_png
+from ..explain.inputs import chance_level, map_to_image
+from ..explain.regions import DEFAULT_MARGIN, border_fraction
+from ..inference.predictor import Predictor
+from ..models.weights import sha256_file
+
+#: Modalities the models are trained for (plain chest radiographs).
+RADIOGRAPH_MODALITIES = ("CR", "DX")
+
+
+@dataclass(frozen=True)
+class PointInfo:
+    """The operating point a decision was made at, with what it achieved on the run's validation split."""
+
+    name: str
+    threshold: float | None
+    sensitivity: float | None
+    specificity: float | None
+
+
+@dataclass
+class Score:
+    """One image's result.
+
+    Attributes:
+        probabilities: class name -> probability (the Predictor's).
+        decision: the class decided at ``point``.
+        positive_class: the run's positive class (``covid``), None for a run without one.
+        point: the operating point and its validation sensitivity/specificity.
+        figure_png: the Grad-CAM figure (None when heatmaps are off).
+        warnings: image-quality warnings, ``"<code>: <message>"``.
+        seconds: time spent scoring this image (its share of the batch).
+    """
+
+    probabilities: dict[str, float]
+    decision: str
+    positive_class: str | None
+    point: PointInfo
+    figure_png: bytes | None = None
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def positive_probability(self) -> float | None:
+        return self.probabilities.get(self.positive_class) if self.positive_class else None
+
+
+def dataset_warnings(ds, image_shape: tuple[int, int] | None = None) -> list[str]:
+    """What makes a received image unlike what the model was trained on (it is scored all the same)."""
+    out = []
+    modality = str(getattr(ds, "Modality", "") or "").upper()
+    if modality and modality not in RADIOGRAPH_MODALITIES:
+        out.append(f"modality: DICOM Modality is {modality}; the model was trained on CR/DX chest radiographs")
+    view = str(getattr(ds, "ViewPosition", "") or "").upper()
+    if view in ("LL", "RL", "LAT", "LATERAL"):
+        out.append(f"view: ViewPosition is {view} (lateral); the model was trained on frontal (PA/AP) views")
+    if image_shape is not None and min(image_shape) < 256:
+        out.append(f"small_image: the image is only {image_shape[1]} x {image_shape[0]} pixels")
+    return out
+
+
+def _finite(value) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+class DicomScorer:
+    """A run ready to score decoded images: ``DicomScorer(run_dir).score([image], ["title"])``.
+
+    Args:
+        run_dir: a run or ensemble folder.
+        operating_point: the decision's operating point (``default``: the run's, i.e. ``youden``).
+        device: ``auto``, ``cpu``, ``cuda``.
+        backend: ``torch`` or ``onnx`` (probabilities); heatmaps always use the PyTorch model.
+        heatmap: draw the Grad-CAM figure of the positive class.
+        method: the CAM method (``gradcam``, ``gradcam++``, ``scorecam``, ``eigencam``).
+    """
+
+    def __init__(self, run_dir: str | Path, operating_point: str = "default", device: str = "auto",
+                 backend: str = "torch", heatmap: bool = True, method: str = "gradcam",
+                 margin: float = DEFAULT_MARGIN) -> None:
+        self.run_dir = Path(run_dir)
+        self.predictor = Predictor(run_dir, device=device, operating_point=operating_point, backend=backend)
+        meta = self.predictor.meta
+        self.classes = list(self.predictor.classes)
+        self.positive_class = meta.get("positive_class") if meta.get("positive_class") in self.classes else None
+        self.heatmap = heatmap
+        self.method = method
+        self.margin = margin
+        self.point = self._point_info(operating_point)
+        self.model_id = f"{self.run_dir.resolve().name}:{meta.get('architecture', 'model')}"
+        sha = meta.get("weights_sha256")
+        if not sha:  # an ensemble: its manifest names (and pins) the members' weights
+            manifest = self.run_dir / "ensemble.json"
+            sha = sha256_file(manifest) if manifest.is_file() else "unknown"
+        self.weights_sha256 = str(sha)
+        self.code_version = code_version()
+        seg = self.predictor.segmenter
+        self._mask_fn = (lambda image: seg([image])[0]) if seg is not None else None
+        self._explainer = Explainer(self.predictor.model, method=method, classes=self.classes,
+                                    image_size=self.predictor.size) if heatmap else None
+
+    def _point_info(self, name: str) -> PointInfo:
+        meta = self.predictor.meta
+        points = meta.get("operating_points") or {}
+        threshold = _finite(self.predictor.threshold)
+        shown = name
+        if name == "default":  # name the point the default stands for (youden), as the model card does
+            same = [k for k, v in points.items() if k != "default" and _finite(v) == threshold]
+            shown = "youden" if "youden" in same else (same[0] if same else "default")
+        val = (read_optional_json(self.run_dir / "metrics.json") or {}).get("operating_points_val") or {}
+        figures = val.get(shown) or val.get(name) or {}
+        local = ((meta.get("local_calibration") or {}).get(shown) or {}).get("expected") or {}
+        sens = _finite(figures.get("sensitivity", local.get("sensitivity")))
+        spec = _finite(figures.get("specificity", local.get("specificity")))
+        return PointInfo(shown, threshold, sens, spec)
+
+    def score(self, images: Sequence[np.ndarray], titles: Sequence[str] | None = None,
+              warnings: Sequence[list[str]] | None = None) -> list[Score]:
+        """Score decoded images (2-D ``uint8``, as :func:`~covidscreen.data.decode.decode_dicom_dataset` gives).
+
+        Args:
+            images: the decoded images.
+            titles: first line of each figure (never a patient identifier: it is burnt into pixels).
+            warnings: image-quality warnings per image, carried into the results.
+        """
+        if not images:
+            return []
+        start = time.perf_counter()
+        p = self.predictor
+        prepared = [preprocess_with_geometry(img, p.size, p.preprocess, p.segmenter) for img in images]
+        batch = np.stack([x for x, _ in prepared])
+        probs = p.predict_arrays(batch)
+        decisions = p.decide(probs)
+        figures: list[bytes | None] = [None] * len(images)
+        if self._explainer is not None:
+            figures = self._figures(images, prepared, batch, probs, titles)
+        per_image = (time.perf_counter() - start) / len(images)
+        return [Score({c: float(v) for c, v in zip(self.classes, pr, strict=True)}, d, self.positive_class,
+                      self.point, fig, list(warnings[i]) if warnings else [], per_image)
+                for i, (pr, d, fig) in enumerate(zip(probs, decisions, figures, strict=True))]
+
+    def _figures(self, images: Sequence[np.ndarray], prepared: list[tuple[np.ndarray, InputGeometry]],
+                 batch: np.ndarray, probs: np.ndarray, titles: Sequence[str] | None) -> list[bytes]:
+        target = self.positive_class  # explain the COVID evidence, as `covidscreen explain --class covid`
+        with self._explainer as ex:
+            maps, _, idx = ex.maps(batch, target)
+        out = []
+        for i, (image, (_, geometry)) in enumerate(zip(images, prepared, strict=True)):
+            view = geometry.scaled_to(*image.shape)
+            heat = map_to_image(maps[i], view, image.shape)
+            mask = self._mask_fn(image) if self._mask_fn is not None else None
+            title = titles[i] if titles else "DICOM image"
+            e = Explanation(heatmap=heat, input_heatmap=maps[i], image=image, probs=probs[i], target=int(idx[i]),
+                            classes=self.classes, method=self.method,
+                            border_fraction=border_fraction(heat, mask, self.margin),
+                            border_area=chance_level(heat.shape, view, mask, self.margin), source=title, mask=mask,
+                            view=view if view.crops else None)
+            out.append(explanation_png(e, self.margin, title=title))
+        return out
