@@ -91,3 +91,59 @@ class Sink:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}:{self.ae_title}"
+
+
+@pytest.fixture()
+def sink():
+    s = Sink()
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def make_node(tiny_run, tmp_path):
+    """``make_node(**config)``: a started node on a free port (stopped after the test)."""
+    from covidscreen.dicomnet import DicomNode, NodeConfig
+
+    nodes = []
+
+    def make(**kw):
+        kw.setdefault("workdir", tmp_path / "node")
+        kw.setdefault("db", f"sqlite:///{tmp_path / 'audit.sqlite'}")
+        kw.setdefault("device", "cpu")
+        kw.setdefault("port", free_port())
+        kw.setdefault("retry_min_s", 0.2)
+        kw.setdefault("retry_max_s", 0.5)
+        node = DicomNode(NodeConfig(kw.pop("run_dir", tiny_run), **kw)).start()
+        nodes.append(node)
+        return node
+
+    yield make
+    for n in nodes:
+        n.stop()
+
+
+def scu_store(port: int, datasets, ae_title: str = "COVIDSCREEN", calling: str = "TESTSCU") -> list[int]:
+    """C-STORE each dataset (or file path) in one association; the DIMSE status of each (-1: no answer)."""
+    import pydicom
+
+    ae = AE(ae_title=calling)
+    contexts = set()
+    for ds in datasets:
+        if isinstance(ds, str | Path):  # sent as its bytes are: only the file meta is read
+            meta = pydicom.filereader.read_file_meta_info(ds)
+            contexts.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+        else:
+            contexts.add((str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
+    for sop_class, syntax in sorted(contexts):
+        ae.add_requested_context(sop_class, syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+    assert assoc.is_established, "the node refused the association"
+    out = []
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            out.append(int(status.Status) if status is not None and "Status" in status else -1)
+    finally:
+        assoc.release()
+    return out

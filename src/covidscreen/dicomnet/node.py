@@ -501,7 +501,7 @@ class DicomNode:
             report = self.outbox.send(dest, self.config.ae_title, pending, self.config.timeout_s)
             self._count("forwarded", len(report.sent))
             if report.failed:
-                log.warning("%d result(s) not delivered to %s (%s); retrying in %.0f s", len(report.failed), dest,
+                log.warning("%d result(s) not delivered to %s (%s); retrying in %.1f s", len(report.failed), dest,
                             report.failed[0][1], delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.config.retry_max_s)

@@ -52,8 +52,8 @@ def store(datasets: Sequence[Dataset], to: AeAddress, calling_aet: str = "COVIDS
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(to.host, to.port, ae_title=to.ae_title)
     if not assoc.is_established:
-        why = "rejected the association" if assoc.is_rejected else (
-            "aborted the association" if assoc.is_aborted else "could not be reached")
+        # pynetdicom reports a refused TCP connection as an abort: both mean "not there now"
+        why = "rejected the association" if assoc.is_rejected else "could not be reached (or aborted the association)"
         raise SendError(f"{to} {why} (is the PACS running, and is AE title {calling_aet} allowed to store there?)")
     results: list[str | None] = []
     try:
