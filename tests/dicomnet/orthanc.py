@@ -21,7 +21,7 @@ class Orthanc:
     """``Orthanc(folder, node_port).start()``; REST helpers; ``stop()``."""
 
     def __init__(self, folder: Path, node_port: int, http_port: int, dicom_port: int,
-                 node_aet: str = "COVIDSCREEN") -> None:
+                 node_aet: str = "COVIDSCREEN", lua: str | None = None) -> None:
         self.folder, self.http_port, self.dicom_port = Path(folder), http_port, dicom_port
         self.config = {
             "Name": "covidscreen-test-pacs",
@@ -39,6 +39,10 @@ class Orthanc:
             "SaveJobs": False,
             "DicomScuTimeout": 30,
         }
+        if lua:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / "route.lua").write_text(lua)
+            self.config["LuaScripts"] = [str(self.folder / "route.lua")]
         self.process: subprocess.Popen | None = None
 
     @staticmethod

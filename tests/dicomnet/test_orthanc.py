@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pydicom
@@ -40,16 +41,36 @@ def distinct_copies(files: list[Path], folder: Path) -> list[Path]:
     return out
 
 
-@pytest.fixture()
-def orthanc_and_node(tmp_path, make_node):
+#: the auto-routing rule of docs/pacs.md: new radiographs go to the node, its SR/SC results do not
+ROUTE_LUA = """
+function OnStoredInstance(instanceId, tags, metadata, origin)
+  if (tags['Modality'] == 'CR' or tags['Modality'] == 'DX') and origin['RequestOrigin'] ~= 'Lua' then
+    SendToModality(instanceId, 'covidscreen')
+  end
+end
+"""
+
+
+def start_pair(tmp_path, make_node, lua: str | None = None):
     missing = [b for b in ("Orthanc", "dciodvfy") if shutil.which(b) is None]
     if missing:
         pytest.skip(f"{' and '.join(missing)} not installed (Debian packages orthanc, dicom3tools; "
                     "scripts/apt.d/dicomnet.txt lists them)")
     node_port, http_port, dicom_port = free_port(), free_port(), free_port()
     node = make_node(port=node_port, forward_to=AeAddress("127.0.0.1", dicom_port, ORTHANC_AET))
-    pacs = Orthanc(tmp_path / "orthanc", node_port, http_port, dicom_port)
-    pacs.start()
+    return Orthanc(tmp_path / "orthanc", node_port, http_port, dicom_port, lua=lua).start(), node
+
+
+@pytest.fixture()
+def orthanc_and_node(tmp_path, make_node):
+    pacs, node = start_pair(tmp_path, make_node)
+    yield pacs, node
+    pacs.stop()
+
+
+@pytest.fixture()
+def routing_orthanc_and_node(tmp_path, make_node):
+    pacs, node = start_pair(tmp_path, make_node, ROUTE_LUA)
     yield pacs, node
     pacs.stop()
 
@@ -82,3 +103,18 @@ def test_orthanc_routes_images_and_gets_sr_and_heatmap_back(orthanc_and_node, sh
                 assert got == pytest.approx(expected.loc[str(f), "prob_covid"], abs=1e-6)
             else:
                 assert ds.pixel_array.shape == (ds.Rows, ds.Columns, 3)
+
+
+def test_orthanc_lua_rule_routes_new_radiographs_automatically(routing_orthanc_and_node, shared_dicoms, tmp_path):
+    pacs, node = routing_orthanc_and_node
+    (f,) = distinct_copies(shared_dicoms[:1], tmp_path / "inputs")
+    study = pacs.upload(f)["ParentStudy"]  # no explicit store: the rule sends it
+    end = time.monotonic() + 120
+    while node.stats["received"] < 1 and time.monotonic() < end:
+        time.sleep(0.1)
+    assert node.wait_idle(120)
+    while len(pacs.series_of_study(study)) < 3 and time.monotonic() < end:
+        time.sleep(0.1)
+    assert sorted(s["MainDicomTags"]["Modality"] for s in pacs.series_of_study(study)) == ["CR", "OT", "SR"]
+    time.sleep(1.0)
+    assert node.stats["received"] == 1 and node.stats["refused"] == 0  # its own results were not routed back

@@ -189,3 +189,17 @@ class Outbox:
             else:
                 self.remove(item)
                 report.sent.append(item)
+
+
+def resolve_outbox(path: str | Path) -> Outbox:
+    """The outbox a user means by ``path``: an outbox folder, a node's work folder, or a run folder (its
+    ``dicomnet/outbox``).
+
+    Raises:
+        CovidscreenError: ``path`` is none of these.
+    """
+    path = Path(path)
+    for candidate in (path / "dicomnet" / "outbox", path / "outbox", path):
+        if candidate.is_dir() and (candidate.name == "outbox" or any(candidate.glob(f"*/{ITEM_FILE}"))):
+            return Outbox(candidate)
+    raise CovidscreenError(f"{path} holds no outbox: give a run folder, a node's --workdir or its outbox/ folder")
