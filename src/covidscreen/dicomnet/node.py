@@ -173,7 +173,6 @@ class Received:
     sha256: str
     calling_aet: str
     received: float = field(default_factory=time.monotonic)
-    time: object = field(default_factory=utc_now)
 
 
 class ResultWriter:
