@@ -186,7 +186,7 @@ def test_pacs_down_then_up_pending_results_arrive(make_node, tmp_path):
     pacs = Sink()  # its port is chosen but nothing listens yet: the PACS is down
     node = make_node(forward_to=node_module.AeAddress.parse(pacs.address))
     assert scu_store(node.port, [cr_dataset(seed=20), cr_dataset(seed=21)]) == [0x0000, 0x0000]
-    assert wait_for(lambda: len(node.outbox.pending()) == 2 and all(i.attempts >= 1 for i in node.outbox.pending()))
+    assert wait_for(lambda: len(node.outbox.pending()) == 4 and all(i.attempts >= 1 for i in node.outbox.pending()))
     assert "could not be reached" in node.outbox.pending()[0].last_error
     pacs.start()
     try:
@@ -200,16 +200,17 @@ def test_pending_results_survive_a_restart_and_can_be_resent(make_node, tmp_path
     pacs = Sink()
     node = make_node(forward_to=node_module.AeAddress.parse(pacs.address), workdir=tmp_path / "w")
     assert scu_store(node.port, [cr_dataset(seed=30)]) == [0x0000]
-    assert wait_for(lambda: len(node.outbox.pending()) == 1)
+    assert wait_for(lambda: len(node.outbox.pending()) == 2)  # the SR, then the heatmap
     node.stop()
     outbox = node_module.Outbox(tmp_path / "w" / "outbox")
-    assert len(outbox.pending()) == 1 and outbox.pending()[0].destination == pacs.address
+    assert [i.files for i in outbox.pending()] == [["0-sr.dcm"], ["0-sc.dcm"]]
+    assert all(i.destination == pacs.address for i in outbox.pending())
     report = outbox.send()  # still down: kept, attempt recorded
-    assert not report.sent and len(outbox.pending()) == 1 and outbox.pending()[0].attempts >= 2
+    assert not report.sent and len(outbox.pending()) == 2 and outbox.pending()[0].attempts >= 1
     pacs.start()
     try:
         report = outbox.send()
-        assert len(report.sent) == 1 and not report.failed and not outbox.pending()
+        assert len(report.sent) == 2 and not report.failed and not outbox.pending()
         assert sorted(ds.Modality for ds in pacs.received) == ["OT", "SR"]
     finally:
         pacs.stop()

@@ -18,7 +18,7 @@ def test_send_scores_files_and_stores_results(tiny_run, shared_dicoms, sink, tmp
                          workdir=tmp_path / "outbox", db=f"sqlite:///{tmp_path / 'a.sqlite'}", device="cpu")
     assert len(summary.scored) == len(shared_dicoms)
     assert [p for p, _ in summary.refused] == [str(tmp_path / "notes.dcm")]
-    assert len(summary.delivery.sent) == len(shared_dicoms) and not summary.delivery.failed
+    assert len(summary.delivery.sent) == 2 * len(shared_dicoms) and not summary.delivery.failed  # SRs, heatmaps
     assert sorted(ds.Modality for ds in sink.received) == sorted(["OT", "SR"] * len(shared_dicoms))
     assert not Outbox(tmp_path / "outbox").pending()
 

@@ -26,6 +26,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,37 +180,47 @@ class ResultWriter:
     """Scores batches of decoded datasets, logs them and puts their SR/SC into the outbox (node and dicom-send)."""
 
     def __init__(self, scorer: DicomScorer, audit: AuditLog, outbox: Outbox, destination: AeAddress | None,
-                 uid_root: str | None, source: str = "dicom") -> None:
+                 uid_root: str | None, source: str = "dicom", on_written: Callable[[], None] | None = None) -> None:
         self.scorer, self.audit, self.outbox = scorer, audit, outbox
         self.destination, self.uid_root, self.source = destination, uid_root, source
+        self.on_written = on_written or (lambda: None)
 
     def write(self, items: list[Received]) -> list[str]:
-        """Returns the outbox item id of each input.
+        """Score, log and put the results into the outbox: first every SR, then (with heatmaps) every Secondary
+        Capture, so that the SRs can leave while the slower heatmaps are drawn.
+
+        Returns:
+            The outbox item ids (SRs first).
 
         Raises:
             AuditLogError: the audit log cannot be written (then nothing of this batch is put into the outbox).
         """
-        titles = [_figure_title(it.dataset) for it in items]
         warnings = [dataset_warnings(it.dataset, it.image.shape) for it in items]
-        scores = self.scorer.score([it.image for it in items], titles, warnings)
-        results = []
-        for it, score in zip(items, scores, strict=True):
-            objects = [build_sr(it.dataset, score, self.scorer.model_id, self.scorer.weights_sha256,
-                                self.scorer.code_version, self.uid_root, new_uid(self.uid_root))]
-            if score.figure_png is not None:
-                objects.append(build_secondary_capture(it.dataset, score, self.scorer.model_id,
-                                                       self.scorer.weights_sha256, self.uid_root,
-                                                       new_uid(self.uid_root)))
-            results.append(objects)
+        images = [it.image for it in items]
+        scores = self.scorer.score(images, warnings=warnings, figures=False)
+        s = self.scorer
+        reports = [build_sr(it.dataset, score, s.model_id, s.weights_sha256, s.code_version, self.uid_root,
+                            new_uid(self.uid_root)) for it, score in zip(items, scores, strict=True)]
         records = [PredictionRecord(
-            time=utc_now(), request_id=it.id, source=self.source, input_sha256=it.sha256,
-            model_id=self.scorer.model_id, weights_sha256=self.scorer.weights_sha256,
-            code_version=self.scorer.code_version, operating_point=score.point.name,
+            time=utc_now(), request_id=it.id, source=self.source, input_sha256=it.sha256, model_id=s.model_id,
+            weights_sha256=s.weights_sha256, code_version=s.code_version, operating_point=score.point.name,
             probabilities=score.probabilities, decision=score.decision, warnings=score.warnings,
             latency_ms=max(0.0, (time.monotonic() - it.received) * 1000.0), site=it.calling_aet[:64])
             for it, score in zip(items, scores, strict=True)]
         self.audit.record_many(records)  # logged before the result leaves: no answer without its row
-        return [self.outbox.add(objects, self.destination).id for objects in results]
+        ids = [self.outbox.add([sr], self.destination).id for sr in reports]
+        self.on_written()
+        if s.heatmap:
+            try:
+                s.add_figures(images, scores, [_figure_title(it.dataset) for it in items])
+                captures = [build_secondary_capture(it.dataset, score, s.model_id, s.weights_sha256, self.uid_root,
+                                                    new_uid(self.uid_root)) for it, score in zip(items, scores,
+                                                                                             strict=True)]
+            except Exception:  # the SRs are out already: a heatmap that fails must not send them twice
+                log.exception("heatmap failed for %d image(s); their SRs were sent without it", len(items))
+                return ids
+            ids += [self.outbox.add([sc], self.destination).id for sc in captures]
+        return ids
 
 
 def _figure_title(ds: Dataset) -> str:
@@ -255,11 +266,12 @@ class DicomNode:
         self.scorer = scorer or DicomScorer(config.run_dir, config.operating_point, config.device, config.backend,
                                             config.heatmap, config.method)
         self.audit = audit or AuditLog(config.db or config.run_dir)
-        self.writer = ResultWriter(self.scorer, self.audit, self.outbox, config.forward_to, config.uid_root)
+        self._wake_forwarder = threading.Event()
+        self.writer = ResultWriter(self.scorer, self.audit, self.outbox, config.forward_to, config.uid_root,
+                                   on_written=self._wake_forwarder.set)
         self.queue: queue.Queue[Received] = queue.Queue(maxsize=config.max_queue)
         self.syntaxes = decodable_transfer_syntaxes()
         self._stop = threading.Event()
-        self._wake_forwarder = threading.Event()
         self._inflight = 0  # accepted and not yet scored (queued, or in the worker's batch)
         self._inflight_lock = threading.Lock()
         self._threads: list[threading.Thread] = []

@@ -141,13 +141,15 @@ class DicomScorer:
         return PointInfo(shown, threshold, sens, spec)
 
     def score(self, images: Sequence[np.ndarray], titles: Sequence[str] | None = None,
-              warnings: Sequence[list[str]] | None = None) -> list[Score]:
+              warnings: Sequence[list[str]] | None = None, figures: bool | None = None) -> list[Score]:
         """Score decoded images (2-D ``uint8``, as :func:`~covidscreen.data.decode.decode_dicom_dataset` gives).
 
         Args:
             images: the decoded images.
             titles: first line of each figure (never a patient identifier: it is burnt into pixels).
             warnings: image-quality warnings per image, carried into the results.
+            figures: draw the Grad-CAM figures now (default: when the scorer makes heatmaps); the node draws them
+                later with :meth:`add_figures`, so that the SR does not wait for them.
         """
         if not images:
             return []
@@ -157,13 +159,33 @@ class DicomScorer:
         batch = np.stack([x for x, _ in prepared])
         probs = p.predict_arrays(batch)
         decisions = p.decide(probs)
-        figures: list[bytes | None] = [None] * len(images)
-        if self._explainer is not None:
-            figures = self._figures(images, prepared, batch, probs, titles)
+        pngs: list[bytes | None] = [None] * len(images)
+        if self._explainer is not None and figures is not False:
+            pngs = self._figures(images, prepared, batch, probs, titles)
         per_image = (time.perf_counter() - start) / len(images)
         return [Score({c: float(v) for c, v in zip(self.classes, pr, strict=True)}, d, self.positive_class,
-                      self.point, fig, list(warnings[i]) if warnings else [], per_image)
-                for i, (pr, d, fig) in enumerate(zip(probs, decisions, figures, strict=True))]
+                      self.point, png, list(warnings[i]) if warnings else [], per_image)
+                for i, (pr, d, png) in enumerate(zip(probs, decisions, pngs, strict=True))]
+
+    def add_figures(self, images: Sequence[np.ndarray], scores: Sequence[Score],
+                    titles: Sequence[str] | None = None) -> None:
+        """Draw the Grad-CAM figure of each (already scored) image into its score's ``figure_png``.
+
+        Raises:
+            ValueError: the scorer was made with ``heatmap=False``.
+        """
+        if self._explainer is None:
+            raise ValueError("this scorer makes no heatmaps (heatmap=False)")
+        if not images:
+            return
+        start = time.perf_counter()
+        p = self.predictor
+        prepared = [preprocess_with_geometry(img, p.size, p.preprocess, p.segmenter) for img in images]
+        batch = np.stack([x for x, _ in prepared])
+        probs = np.array([[sc.probabilities[c] for c in self.classes] for sc in scores])
+        for sc, png in zip(scores, self._figures(images, prepared, batch, probs, titles), strict=True):
+            sc.figure_png = png
+            sc.seconds += (time.perf_counter() - start) / len(images)
 
     def _figures(self, images: Sequence[np.ndarray], prepared: list[tuple[np.ndarray, InputGeometry]],
                  batch: np.ndarray, probs: np.ndarray, titles: Sequence[str] | None) -> list[bytes]:
