@@ -12,7 +12,8 @@
   resent by command).
 - ``node.py``: :class:`DicomNode`, the C-STORE / C-ECHO SCP (``covidscreen dicom-node``) with a bounded queue.
 - ``send.py``: ``covidscreen dicom-send``: score local DICOM files and store the results in a PACS.
-- ``commands.py``: the thin CLI commands (``dicom-node``, ``dicom-send``, ``dicom-outbox list|resend``).
+
+Their commands (``dicom-node``, ``dicom-send``, ``dicom-outbox list|resend``) are in ``cli/dicomnet.py``.
 """
 
 from .address import AeAddress

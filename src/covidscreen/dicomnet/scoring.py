@@ -18,13 +18,14 @@ import numpy as np
 
 from ..auditlog import code_version
 from ..data.preprocess import InputGeometry, preprocess_with_geometry
-from ..evaluation.run_files import read_optional_json
 from ..explain.cam import Explainer, Explanation
 from ..explain.figures import explanation_png
 from ..explain.inputs import chance_level, map_to_image
 from ..explain.regions import DEFAULT_MARGIN, border_fraction
+from ..inference.ensemble import ENSEMBLE_FILE
 from ..inference.predictor import Predictor
-from ..models.weights import sha256_file
+from ..inference.run import DEFAULT_POINT
+from ..runtime import sha256_file
 
 #: Modalities the models are trained for (plain chest radiographs).
 RADIOGRAPH_MODALITIES = ("CR", "DX")
@@ -104,19 +105,18 @@ class DicomScorer:
     def __init__(self, run_dir: str | Path, operating_point: str = "default", device: str = "auto",
                  backend: str = "torch", heatmap: bool = True, method: str = "gradcam",
                  margin: float = DEFAULT_MARGIN) -> None:
-        self.run_dir = Path(run_dir)
         self.predictor = Predictor(run_dir, device=device, operating_point=operating_point, backend=backend)
-        meta = self.predictor.meta
-        self.classes = list(self.predictor.classes)
-        self.positive_class = meta.get("positive_class") if meta.get("positive_class") in self.classes else None
+        run = self.run = self.predictor.run
+        self.classes = list(run.classes)
+        self.positive_class = run.positive_class if run.positive_class in self.classes else None
         self.heatmap = heatmap
         self.method = method
         self.margin = margin
         self.point = self._point_info(operating_point)
-        self.model_id = f"{self.run_dir.resolve().name}:{meta.get('architecture', 'model')}"
-        sha = meta.get("weights_sha256")
+        self.model_id = run.model_id  # the project's one model id (folder@weights digest), as the service logs it
+        sha = run.weights_sha256
         if not sha:  # an ensemble: its manifest names (and pins) the members' weights
-            manifest = self.run_dir / "ensemble.json"
+            manifest = run.path / ENSEMBLE_FILE
             sha = sha256_file(manifest) if manifest.is_file() else "unknown"
         self.weights_sha256 = str(sha)
         self.code_version = code_version()
@@ -126,19 +126,13 @@ class DicomScorer:
                                     image_size=self.predictor.size) if heatmap else None
 
     def _point_info(self, name: str) -> PointInfo:
-        meta = self.predictor.meta
-        points = meta.get("operating_points") or {}
-        threshold = _finite(self.predictor.threshold)
-        shown = name
-        if name == "default":  # name the point the default stands for (youden), as the model card does
-            same = [k for k, v in points.items() if k != "default" and _finite(v) == threshold]
-            shown = "youden" if "youden" in same else (same[0] if same else "default")
-        val = (read_optional_json(self.run_dir / "metrics.json") or {}).get("operating_points_val") or {}
-        figures = val.get(shown) or val.get(name) or {}
-        local = ((meta.get("local_calibration") or {}).get(shown) or {}).get("expected") or {}
-        sens = _finite(figures.get("sensitivity", local.get("sensitivity")))
-        spec = _finite(figures.get("specificity", local.get("specificity")))
-        return PointInfo(shown, threshold, sens, spec)
+        run = self.run
+        point = run.point(name)
+        shown = run.default_point if name == DEFAULT_POINT else name  # the point "default" stands for (youden)
+        figures = run.operating_points.get(shown, point)
+        if point is None:
+            return PointInfo(shown, None, None, None)
+        return PointInfo(shown, _finite(point.threshold), _finite(figures.sensitivity), _finite(figures.specificity))
 
     def score(self, images: Sequence[np.ndarray], titles: Sequence[str] | None = None,
               warnings: Sequence[list[str]] | None = None, figures: bool | None = None) -> list[Score]:

@@ -1,5 +1,5 @@
 """``covidscreen dicom-node``, ``dicom-send`` and ``dicom-outbox``: covidscreen on the DICOM network (thin: parse the
-options, call :mod:`covidscreen.dicomnet`, print). ``register(app)`` adds them to the CLI."""
+options, call :mod:`covidscreen.dicomnet`, print)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ from typing import Annotated
 
 import typer
 
+from .options import DeviceOpt
+
+app = typer.Typer()
+
 RunArg = Annotated[Path, typer.Argument(help="run or ensemble folder")]
 DbOpt = Annotated[str | None, typer.Option("--db", help="audit-log database URL or file (default: in RUN_DIR)")]
 UidRootOpt = Annotated[str | None, typer.Option("--uid-root", help="organisation UID root for the new UIDs")]
 PointOpt = Annotated[str, typer.Option("--operating-point", help="decision threshold (default: the run's)")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N")]
 AetOpt = Annotated[str, typer.Option("--ae-title", help="this node's AE title")]
 
 outbox_app = typer.Typer(no_args_is_help=True, help="Results waiting for the PACS: list them, send them again.")
+app.add_typer(outbox_app, name="dicom-outbox")
 
 
 def _logging() -> None:
@@ -24,6 +28,7 @@ def _logging() -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
+@app.command("dicom-node")
 def dicom_node(
     run_dir: RunArg,
     ae_title: AetOpt = "COVIDSCREEN",
@@ -41,7 +46,7 @@ def dicom_node(
     device: DeviceOpt = "auto",
 ) -> None:
     """Receive CR/DX images over DICOM (C-STORE SCP), score them, file an SR and a heatmap into their study."""
-    from . import AeAddress, DicomNode, NodeConfig
+    from ..dicomnet import AeAddress, DicomNode, NodeConfig
 
     _logging()
     cfg = NodeConfig(run_dir, ae_title=ae_title, host=host, port=port, workdir=workdir, db=db,
@@ -53,6 +58,7 @@ def dicom_node(
     node.serve_forever()
 
 
+@app.command("dicom-send")
 def dicom_send(
     run_dir: RunArg,
     files: Annotated[list[Path], typer.Argument(help="DICOM files or folders")],
@@ -67,8 +73,8 @@ def dicom_send(
     device: DeviceOpt = "auto",
 ) -> None:
     """Score local DICOM files and store their results (SR, heatmap) in a PACS."""
-    from . import AeAddress
-    from .send import dicom_send as send
+    from ..dicomnet import AeAddress
+    from ..dicomnet.send import dicom_send as send
 
     summary = send(run_dir, files, AeAddress.parse(to), workdir=workdir, db=db, calling_aet=ae_title,
                    heatmap=not no_heatmap, operating_point=operating_point, uid_root=uid_root, device=device)
@@ -86,7 +92,7 @@ def dicom_send(
 @outbox_app.command("list")
 def outbox_list(folder: Annotated[Path, typer.Argument(help="run folder, node --workdir or outbox folder")]) -> None:
     """List the results the PACS has not confirmed yet."""
-    from .outbox import resolve_outbox
+    from ..dicomnet.outbox import resolve_outbox
 
     outbox = resolve_outbox(folder)
     items = outbox.pending()
@@ -104,8 +110,8 @@ def outbox_resend(
     ae_title: AetOpt = "COVIDSCREEN",
 ) -> None:
     """Send the pending results now; those still refused stay, with their error."""
-    from . import AeAddress
-    from .outbox import resolve_outbox
+    from ..dicomnet import AeAddress
+    from ..dicomnet.outbox import resolve_outbox
 
     outbox = resolve_outbox(folder)
     report = outbox.send(AeAddress.parse(to) if to else None, ae_title)
@@ -113,10 +119,3 @@ def outbox_resend(
     if report.failed:
         typer.echo(f"error: {report.failed[0][1]}", err=True)
         raise typer.Exit(1)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the DICOM commands to the main app."""
-    app.command("dicom-node")(dicom_node)
-    app.command("dicom-send")(dicom_send)
-    app.add_typer(outbox_app, name="dicom-outbox")

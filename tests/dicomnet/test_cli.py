@@ -1,4 +1,5 @@
-"""``dicom-node`` as a user starts it (a process, stopped with Ctrl-C), ``dicom-send`` and ``dicom-outbox``."""
+"""The DICOM commands (``cli/dicomnet.py``): ``dicom-node`` as a user starts it (a process, stopped with Ctrl-C),
+``dicom-send`` and ``dicom-outbox``."""
 
 from __future__ import annotations
 
@@ -7,26 +8,21 @@ import subprocess
 import sys
 import time
 
-import typer
 from typer.testing import CliRunner
 
+from covidscreen.cli import app
 from covidscreen.dicomnet import AeAddress
-from covidscreen.dicomnet.commands import register
 from covidscreen.dicomnet.scu import echo
-from covidscreen.errors import ConfigError
 
 from .conftest import Sink, free_port, scu_store
 
-app = typer.Typer()
-register(app)
 runner = CliRunner()
-CLI = "import typer; from covidscreen.dicomnet.commands import register; app = typer.Typer(); register(app); app()"
 
 
 def test_dicom_node_process_scores_and_stops_on_ctrl_c(tiny_run, shared_dicoms, sink, tmp_path):
     sink.start()
     port = free_port()
-    cmd = [sys.executable, "-c", CLI, "dicom-node", str(tiny_run), "--port", str(port), "--forward-to",
+    cmd = [sys.executable, "-m", "covidscreen", "dicom-node", str(tiny_run), "--port", str(port), "--forward-to",
            sink.address, "--workdir", str(tmp_path / "w"), "--db", f"sqlite:///{tmp_path / 'a.sqlite'}",
            "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -63,5 +59,7 @@ def test_dicom_send_and_outbox_commands(tiny_run, shared_dicoms, tmp_path):
         pacs.stop()
     res = runner.invoke(app, ["dicom-outbox", "list", str(tmp_path / "outbox")])
     assert res.exit_code == 0 and "0 pending" in res.output
-    res = runner.invoke(app, ["dicom-send", str(tiny_run), str(shared_dicoms[0]), "--to", "nonsense"])
-    assert isinstance(res.exception, ConfigError) and "HOST:PORT:AET" in str(res.exception)
+    bad = subprocess.run([sys.executable, "-m", "covidscreen", "dicom-send", str(tiny_run), str(shared_dicoms[0]),
+                          "--to", "nonsense"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: destination 'nonsense' is invalid")
+    assert "HOST:PORT:AET" in bad.stderr and "Traceback" not in bad.stderr
