@@ -226,7 +226,7 @@ def test_spooled_inputs_are_scored_after_a_restart(make_node, sink, tmp_path, mo
         raise AuditLogError("database is down")
 
     monkeypatch.setattr(node.writer, "write", db_down)
-    assert scu_store(node.port, [cr_dataset(seed=40)]) == [0x0000]
+    assert scu_store(node.port, [cr_dataset(seed=40)], calling="WARD3CR") == [0x0000]
     assert wait_for(lambda: node.stats["failed"] == 1)
     node.stop()
     # no result without its audit row: the accepted image waits in the spool, not lost
@@ -234,6 +234,7 @@ def test_spooled_inputs_are_scored_after_a_restart(make_node, sink, tmp_path, mo
     again = make_node(workdir=tmp_path / "w", forward_to=node_module.AeAddress.parse(sink.address))
     assert again.wait_idle(60)
     assert sorted(ds.Modality for ds in sink.received) == ["OT", "SR"]
+    assert [r.site for r in again.audit.query()] == ["WARD3CR"]  # the sender is still known after the restart
 
 
 def test_audit_log_rows_without_patient_identifiers(make_node, tmp_path):

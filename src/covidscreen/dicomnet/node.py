@@ -404,13 +404,14 @@ class DicomNode:
             self._count("refused")
             return _status(CANNOT_UNDERSTAND, f"pixel data cannot be decoded: {exc}")
         item_id, sha256 = new_request_id(), hashlib.sha256(raw).hexdigest()
-        spool = self.spool / f"{time.time_ns():020d}-{item_id}-{sha256}.dcm"  # what a restart needs, by name
+        calling = str(event.assoc.requestor.ae_title).strip()
+        # what a restart needs is in the name: order, id, the input's sha256 and the sender's AE title (hex)
+        spool = self.spool / f"{time.time_ns():020d}-{item_id}-{sha256}-{calling.encode().hex()}.dcm"
         try:
             self._write_spool(spool, event.encoded_dataset())
         except OSError as exc:
             self._count("out_of_resources")
             return _status(OUT_OF_RESOURCES, f"cannot spool the image to disk: {exc}")
-        calling = str(event.assoc.requestor.ae_title).strip()
         item = Received(item_id, spool, ds, image, sha256, calling)
         try:
             self._put(item)
@@ -440,10 +441,10 @@ class DicomNode:
             if self._stop.is_set():
                 return
             try:
-                _, item_id, sha256 = path.stem.split("-")
+                _, item_id, sha256, calling = path.stem.split("-")
                 ds = pydicom.dcmread(path)
                 image = decode_dicom_dataset(ds, str(path))
-                item = Received(item_id, path, ds, image, sha256, "spool")
+                item = Received(item_id, path, ds, image, sha256, bytes.fromhex(calling).decode(errors="replace"))
             except Exception as exc:  # unreadable leftovers are kept aside, never dropped silently
                 log.error("spooled %s cannot be read (%s); moved to %s", path.name, exc, self.failed)
                 path.replace(self.failed / path.name)
