@@ -49,14 +49,28 @@ def _decode_dicom(path: Path) -> np.ndarray:
     from pydicom.errors import InvalidDicomError
 
     try:
+        ds = pydicom.dcmread(str(path))
+    except InvalidDicomError as exc:
+        raise ImageDecodeError(f"{path}: not a valid DICOM file ({exc}). Accepted: {ACCEPTED}") from None
+    return decode_dicom_dataset(ds, str(path))
+
+
+def decode_dicom_dataset(ds, path: str = "DICOM dataset") -> np.ndarray:
+    """Decode a DICOM dataset already in memory (e.g. received over the network) exactly as :func:`read_image`
+    decodes a DICOM file: modality LUT, VOI LUT/window, MONOCHROME1 inverted, to 2-D ``uint8``.
+
+    Args:
+        ds: a ``pydicom.Dataset`` with its ``file_meta`` (the transfer syntax says how to read the pixel data).
+        path: how to name the dataset in error messages.
+
+    Raises:
+        ImageDecodeError: no pixel data, undecodable pixel data, several frames, or an image smaller than 8x8.
+    """
+    try:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:  # pydicom 2.x
         from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
 
-    try:
-        ds = pydicom.dcmread(str(path))
-    except InvalidDicomError as exc:
-        raise ImageDecodeError(f"{path}: not a valid DICOM file ({exc}). Accepted: {ACCEPTED}") from None
     if "PixelData" not in ds:
         raise ImageDecodeError(f"{path}: DICOM file has no pixel data (not an image object). Accepted: {ACCEPTED}")
     try:
@@ -83,7 +97,10 @@ def _decode_dicom(path: Path) -> np.ndarray:
     arr = np.asarray(arr, dtype=np.float32)
     if photometric == "MONOCHROME1":
         arr = arr.max() - arr
-    return _to_uint8(arr)
+    out = _to_uint8(arr)
+    if out.ndim != 2 or min(out.shape) < 8:
+        raise ImageDecodeError(f"{path}: image of shape {out.shape} is too small (need at least 8x8 pixels)")
+    return out
 
 
 def _decode_pil(path: Path, draft_size: int | None) -> np.ndarray:

@@ -277,10 +277,18 @@ def load_preprocessed_with_geometry(path: str | Path, size: int, cfg: Preprocess
         ImageDecodeError: the file cannot be read.
     """
     cfg = cfg or PreprocessConfig()
+    draft = size if cfg.is_identity else _draft_size(size, cfg)
+    return preprocess_with_geometry(read_image(path, draft_size=draft), size, cfg, segmenter, stats)
+
+
+def preprocess_with_geometry(decoded: np.ndarray, size: int, cfg: PreprocessConfig | None = None,
+                             segmenter: Any = None, stats: dict[str, int] | None = None
+                             ) -> tuple[np.ndarray, InputGeometry]:
+    """:func:`load_preprocessed_with_geometry` of an image decoded already (e.g. a DICOM dataset received over the
+    network): the same steps, so a file and its in-memory decode give the same model input."""
+    cfg = cfg or PreprocessConfig()
     if cfg.is_identity:
-        image = read_image(path, draft_size=size)
-        return resize_square(image, size), InputGeometry.whole(image.shape)
-    decoded = read_image(path, draft_size=_draft_size(size, cfg))
+        return resize_square(decoded, size), InputGeometry.whole(decoded.shape)
     top, _, left, _ = border_box(decoded.shape, cfg.border_crop)
     ((out, (t, b, lo, r)),) = _preprocess_batch([crop_border(decoded, cfg.border_crop)], size, cfg, segmenter, stats)
     h, w = decoded.shape

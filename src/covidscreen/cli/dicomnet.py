@@ -1,0 +1,121 @@
+"""``covidscreen dicom-node``, ``dicom-send`` and ``dicom-outbox``: covidscreen on the DICOM network (thin: parse the
+options, call :mod:`covidscreen.dicomnet`, print)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .options import DeviceOpt
+
+app = typer.Typer()
+
+RunArg = Annotated[Path, typer.Argument(help="run or ensemble folder")]
+DbOpt = Annotated[str | None, typer.Option("--db", help="audit-log database URL or file (default: in RUN_DIR)")]
+UidRootOpt = Annotated[str | None, typer.Option("--uid-root", help="organisation UID root for the new UIDs")]
+PointOpt = Annotated[str, typer.Option("--operating-point", help="decision threshold (default: the run's)")]
+AetOpt = Annotated[str, typer.Option("--ae-title", help="this node's AE title")]
+
+outbox_app = typer.Typer(no_args_is_help=True, help="Results waiting for the PACS: list them, send them again.")
+app.add_typer(outbox_app, name="dicom-outbox")
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+@app.command("dicom-node")
+def dicom_node(
+    run_dir: RunArg,
+    ae_title: AetOpt = "COVIDSCREEN",
+    host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="DICOM port")] = 11112,
+    forward_to: Annotated[str | None, typer.Option("--forward-to", help="PACS for the results: HOST:PORT:AET")] = None,
+    db: DbOpt = None,
+    workdir: Annotated[Path | None, typer.Option("--workdir", help="spool and outbox (default RUN_DIR/dicomnet)")
+                       ] = None,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="images waiting to be scored; 0xA700 past it")] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="images per forward pass")] = 4,
+    no_heatmap: Annotated[bool, typer.Option("--no-heatmap", help="send the SR only, no Grad-CAM image")] = False,
+    operating_point: PointOpt = "default",
+    uid_root: UidRootOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Receive CR/DX images over DICOM (C-STORE SCP), score them, file an SR and a heatmap into their study."""
+    from ..dicomnet import AeAddress, DicomNode, NodeConfig
+
+    _logging()
+    cfg = NodeConfig(run_dir, ae_title=ae_title, host=host, port=port, workdir=workdir, db=db,
+                     forward_to=AeAddress.parse(forward_to) if forward_to else None, max_queue=max_queue,
+                     batch_size=batch_size, heatmap=not no_heatmap, operating_point=operating_point,
+                     uid_root=uid_root, device=device)
+    node = DicomNode(cfg).start()
+    typer.echo(f"DICOM node {cfg.ae_title} listening on {cfg.host}:{node.port}; Ctrl-C stops it")
+    node.serve_forever()
+
+
+@app.command("dicom-send")
+def dicom_send(
+    run_dir: RunArg,
+    files: Annotated[list[Path], typer.Argument(help="DICOM files or folders")],
+    to: Annotated[str, typer.Option("--to", help="PACS: HOST:PORT:AET")],
+    ae_title: AetOpt = "COVIDSCREEN",
+    db: DbOpt = None,
+    workdir: Annotated[Path | None, typer.Option("--workdir", help="outbox (default RUN_DIR/dicomnet/outbox)")
+                       ] = None,
+    no_heatmap: Annotated[bool, typer.Option("--no-heatmap", help="send the SR only")] = False,
+    operating_point: PointOpt = "default",
+    uid_root: UidRootOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Score local DICOM files and store their results (SR, heatmap) in a PACS."""
+    from ..dicomnet import AeAddress
+    from ..dicomnet.send import dicom_send as send
+
+    summary = send(run_dir, files, AeAddress.parse(to), workdir=workdir, db=db, calling_aet=ae_title,
+                   heatmap=not no_heatmap, operating_point=operating_point, uid_root=uid_root, device=device)
+    for path, why in summary.refused:
+        typer.echo(f"skipped {path}: {why}", err=True)
+    stored = sum(len(item.files) for item in summary.delivery.sent)
+    typer.echo(f"scored {len(summary.scored)} file(s); {stored} result object(s) (SR, heatmap) stored in {to}")
+    if summary.delivery.failed:
+        typer.echo(f"error: {len(summary.delivery.failed)} result object(s) not delivered "
+                   f"({summary.delivery.failed[0][1]}); they wait in {summary.outbox}: "
+                   f"covidscreen dicom-outbox resend {summary.outbox}", err=True)
+        raise typer.Exit(1)
+
+
+@outbox_app.command("list")
+def outbox_list(folder: Annotated[Path, typer.Argument(help="run folder, node --workdir or outbox folder")]) -> None:
+    """List the results the PACS has not confirmed yet."""
+    from ..dicomnet.outbox import resolve_outbox
+
+    outbox = resolve_outbox(folder)
+    items = outbox.pending()
+    typer.echo(f"{len(items)} pending in {outbox.root}")
+    for it in items:
+        error = f"; last error: {it.last_error}" if it.last_error else ""
+        typer.echo(f"{it.id}  created {it.created}  to {it.destination or '(none)'}  {len(it.files)} file(s)  "
+                   f"attempts {it.attempts}{error}")
+
+
+@outbox_app.command("resend")
+def outbox_resend(
+    folder: Annotated[Path, typer.Argument(help="run folder, node --workdir or outbox folder")],
+    to: Annotated[str | None, typer.Option("--to", help="HOST:PORT:AET (default: each item's own)")] = None,
+    ae_title: AetOpt = "COVIDSCREEN",
+) -> None:
+    """Send the pending results now; those still refused stay, with their error."""
+    from ..dicomnet import AeAddress
+    from ..dicomnet.outbox import resolve_outbox
+
+    outbox = resolve_outbox(folder)
+    report = outbox.send(AeAddress.parse(to) if to else None, ae_title)
+    typer.echo(f"sent {len(report.sent)}, still pending {len(report.failed)}")
+    if report.failed:
+        typer.echo(f"error: {report.failed[0][1]}", err=True)
+        raise typer.Exit(1)

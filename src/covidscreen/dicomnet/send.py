@@ -1,0 +1,94 @@
+"""``covidscreen dicom-send``: score local DICOM files and store their results (SR, Secondary Capture) in a PACS.
+
+The results go through the same durable outbox as the node's: a PACS that is down keeps them on disk, and
+``covidscreen dicom-outbox resend`` delivers them later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from ..auditlog import AuditLog
+from ..data.decode import decode_dicom_dataset
+from ..errors import DataError, ImageDecodeError
+from ..inference.predictor import expand_inputs
+from .address import AeAddress
+from .node import RADIOGRAPH_SOP_CLASSES, Received, ResultWriter, check_radiograph
+from .objects import check_uid_root
+from .outbox import Outbox, SendReport
+from .scoring import DicomScorer
+
+
+@dataclass
+class SendSummary:
+    """What ``dicom-send`` did: scored files, refused files (with why), and the delivery report."""
+
+    scored: list[str] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    delivery: SendReport = field(default_factory=SendReport)
+    outbox: Path | None = None
+
+
+def read_radiograph(path: Path) -> Received:
+    """A local DICOM file as the node would receive it.
+
+    Raises:
+        ImageDecodeError: not DICOM, not a CR/DX radiograph, or undecodable pixels.
+    """
+    data = path.read_bytes()
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError) as exc:
+        raise ImageDecodeError(f"{path}: not a readable DICOM file ({exc})") from None
+    sop_class = str(getattr(ds, "SOPClassUID", ""))
+    if sop_class not in RADIOGRAPH_SOP_CLASSES:
+        raise ImageDecodeError(f"{path}: SOP class {sop_class or 'missing'} is not accepted; accepted: "
+                               f"{', '.join(RADIOGRAPH_SOP_CLASSES.values())}")
+    problem = check_radiograph(ds, sop_class)
+    if problem is not None:
+        raise ImageDecodeError(f"{path}: {problem[1]}")
+    image = decode_dicom_dataset(ds, str(path))
+    return Received(path.name, path, ds, image, hashlib.sha256(data).hexdigest(), "dicom-send")
+
+
+def dicom_send(run_dir: str | Path, inputs: list[str | Path], to: AeAddress, workdir: str | Path | None = None,
+               db: str | None = None, calling_aet: str = "COVIDSCREEN", heatmap: bool = True,
+               operating_point: str = "default", uid_root: str | None = None, device: str = "auto",
+               batch_size: int = 4, timeout_s: float = 30.0) -> SendSummary:
+    """Score ``inputs`` (DICOM files or folders) and store the results in ``to``.
+
+    Raises:
+        DataError: no input could be scored (each file's reason is in the message).
+    """
+    files = expand_inputs(inputs)
+    uid_root = check_uid_root(uid_root)
+    outbox = Outbox(Path(workdir) if workdir else Path(run_dir) / "dicomnet" / "outbox")
+    scorer = DicomScorer(run_dir, operating_point, device, heatmap=heatmap)
+    summary = SendSummary(outbox=outbox.root)
+    ids = []
+    with AuditLog(db or run_dir) as audit:
+        writer = ResultWriter(scorer, audit, outbox, to, uid_root, source="cli")
+        ready: list[Received] = []
+        for f in files:
+            try:
+                ready.append(read_radiograph(f))
+            except ImageDecodeError as exc:
+                summary.refused.append((str(f), str(exc)))
+                continue
+            if len(ready) >= batch_size:
+                ids += writer.write(ready)
+                summary.scored += [str(r.spool) for r in ready]
+                ready = []
+        if ready:
+            ids += writer.write(ready)
+            summary.scored += [str(r.spool) for r in ready]
+    if not summary.scored:
+        raise DataError(f"none of the {len(files)} file(s) could be scored; first: {summary.refused[0][1]}")
+    items = [i for i in outbox.pending() if i.id in set(ids)]
+    summary.delivery = outbox.send(to, calling_aet, items, timeout_s)
+    return summary

@@ -1,0 +1,269 @@
+"""The node against pynetdicom's own SCU on 127.0.0.1: statuses, results, overload, a PACS that is down, audit log."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import BasicTextSRStorage, ComputedRadiographyImageStorage, Verification
+
+from covidscreen.dicomnet import node as node_module
+from covidscreen.dicomnet.objects import PATIENT_STUDY_KEYWORDS
+from covidscreen.inference.predictor import Predictor
+
+from .conftest import Sink, free_port, scu_store
+
+
+def wait_for(condition, timeout: float = 60.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def cr_dataset(rows: int = 96, seed: int = 0, **tags) -> Dataset:
+    """A small uncompressed CR image with patient identifiers that must never reach the audit log."""
+    rng = np.random.default_rng(seed)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    ds.SOPClassUID = ComputedRadiographyImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.AccessionNumber = "Doe^Jane", "SECRET-PID-4711", "ACC-0815-XYZ"
+    ds.PatientBirthDate, ds.PatientSex, ds.StudyDate, ds.StudyTime = "19700101", "F", "20260101", "101010"
+    ds.StudyID, ds.ReferringPhysicianName = "S1", "Who^Doctor"
+    ds.Modality, ds.ViewPosition, ds.BodyPartExamined, ds.PixelSpacing = "CR", "PA", "CHEST", [0.2, 0.2]
+    ds.SeriesNumber, ds.InstanceNumber = 3, 7
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows = ds.Columns = rows
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (rng.random((rows, rows)) * 4000).astype(np.uint16).tobytes()
+    for k, v in tags.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def results_by_modality(received) -> dict[str, Dataset]:
+    return {ds.Modality: ds for ds in received}
+
+
+def test_echo(make_node):
+    node = make_node()
+    ae = AE("TESTSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="COVIDSCREEN")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+
+
+def test_shared_cr_scored_and_results_filed_in_the_study(make_node, sink, shared_dicoms, tiny_run):
+    sink.start()
+    node = make_node(forward_to=node_module.AeAddress.parse(sink.address))
+    src = shared_dicoms[0]
+    assert scu_store(node.port, [src]) == [0x0000]
+    assert wait_for(lambda: len(sink.received) == 2), f"results not delivered: {node.stats}"
+    got = results_by_modality(sink.received)
+    sr, sc = got["SR"], got["OT"]
+    original = pydicom.dcmread(src)
+    expected = Predictor(tiny_run, device="cpu").predict_files([src], progress=False)
+    for ds in (sr, sc):
+        assert ds.StudyInstanceUID == original.StudyInstanceUID
+        assert ds.PatientID == original.PatientID and ds.PatientName == original.PatientName
+        assert ds.SeriesInstanceUID != original.SeriesInstanceUID
+        assert ds.SOPInstanceUID != original.SOPInstanceUID
+        # nothing of the input beyond the patient/study modules: no pixel spacing, no view, no lossy JPEG syntax
+        assert "PixelSpacing" not in ds and "ViewPosition" not in ds and "SeriesDescription" in ds
+        assert ds.SeriesDescription != original.SeriesDescription
+    assert sr.SeriesInstanceUID != sc.SeriesInstanceUID
+    assert "PatientAge" not in sr  # the input's "62" is not a valid AS value: left out rather than copied
+    items = {it.ConceptNameCodeSequence[0].CodeValue: it for it in sr.ContentSequence}
+    prob = items["COVID19-PROB"].MeasuredValueSequence[0]
+    assert prob.FloatingPointValue == pytest.approx(expected.loc[0, "prob_covid"], abs=1e-6)
+    assert float(prob.NumericValue) == pytest.approx(expected.loc[0, "prob_covid"], abs=1e-9)
+    assert expected.loc[0, "prediction"] in items["DECISION"].TextValue
+    assert items["OP-VAL-SENS"].MeasuredValueSequence[0].FloatingPointValue == 0.875
+    assert items["OP-VAL-SPEC"].MeasuredValueSequence[0].FloatingPointValue == 0.8125
+    assert "youden" in items["OP-NAME"].TextValue
+    assert "not a medical device" in items["121106"].TextValue
+    assert len(items["WEIGHTS-SHA256"].TextValue) == 64
+    assert items["121112"].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
+    assert sc.PhotometricInterpretation == "RGB" and sc.BurnedInAnnotation == "YES"
+    assert sc.pixel_array.shape == (sc.Rows, sc.Columns, 3)
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
+
+
+def test_only_patient_and_study_modules_are_copied(make_node, sink):
+    sink.start()
+    node = make_node(forward_to=node_module.AeAddress.parse(sink.address), uid_root="1.2.826.0.1.3680043.10.999")
+    src = cr_dataset(InstitutionName="Secret Hospital", OperatorsName="Op^Erator", DeviceSerialNumber="SN1")
+    assert scu_store(node.port, [src]) == [0x0000]
+    assert wait_for(lambda: len(sink.received) == 2)
+    for ds in sink.received:
+        for kw in ("InstitutionName", "OperatorsName", "DeviceSerialNumber", "PixelSpacing", "ViewPosition"):
+            assert kw not in ds
+        for kw in PATIENT_STUDY_KEYWORDS:
+            if kw in src:
+                assert ds[kw].value == src[kw].value, kw
+        assert ds.SOPInstanceUID.startswith("1.2.826.0.1.3680043.10.999.")
+        assert ds.SeriesInstanceUID.startswith("1.2.826.0.1.3680043.10.999.")
+
+
+def test_non_image_sop_class_refused_and_node_keeps_serving(make_node):
+    node = make_node()
+    sr = Dataset()
+    sr.file_meta = FileMetaDataset()
+    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sr.SOPClassUID, sr.SOPInstanceUID = BasicTextSRStorage, generate_uid()
+    sr.StudyInstanceUID, sr.SeriesInstanceUID, sr.Modality = generate_uid(), generate_uid(), "SR"
+    ot = cr_dataset(seed=1)  # a Secondary Capture that is not a radiograph
+    ot.SOPClassUID = ot.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ot.Modality = "OT"
+    assert scu_store(node.port, [sr, ot, cr_dataset(seed=2)]) == [0x0122, 0x0122, 0x0000]
+    assert node.stats["refused"] == 2
+
+
+def test_corrupt_datasets_answered_with_failure_statuses(make_node, tmp_path, monkeypatch):
+    import pynetdicom
+
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)  # send file bytes unparsed
+    node = make_node()
+    no_pixels = cr_dataset(seed=3)
+    del no_pixels.PixelData
+    truncated = cr_dataset(seed=4)
+    truncated.PixelData = truncated.PixelData[:100]
+    # a file whose dataset bytes are garbage: pynetdicom sends a file's dataset bytes as they are
+    garbage = tmp_path / "garbage.dcm"
+    good = cr_dataset(seed=5)
+    good.save_as(garbage, enforce_file_format=True)
+    data = garbage.read_bytes()
+    meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")  # preamble, DICM, group length element
+    garbage.write_bytes(data[:meta_end] + b"\x08\x00\x16\x00ZZ\x04\x00abcd")  # an unknown VR
+    statuses = scu_store(node.port, [no_pixels, truncated, str(garbage), cr_dataset(seed=6)])
+    assert statuses[0] == node_module.DATASET_DOES_NOT_MATCH
+    assert statuses[1] == node_module.CANNOT_UNDERSTAND
+    assert statuses[2] == node_module.CANNOT_DECODE_DATASET
+    assert statuses[3] == 0x0000  # still serving, on the same association
+    assert scu_store(node.port, [cr_dataset(seed=7)]) == [0x0000]  # and on a new one
+
+
+def test_overload_answers_out_of_resources_and_keeps_serving(make_node, sink, monkeypatch):
+    sink.start()
+    node = make_node(max_queue=1, batch_size=1, forward_to=node_module.AeAddress.parse(sink.address))
+    entered, release = threading.Event(), threading.Event()
+    write = node.writer.write
+
+    def slow_write(items):
+        entered.set()
+        assert release.wait(60)
+        return write(items)
+
+    monkeypatch.setattr(node.writer, "write", slow_write)
+    assert scu_store(node.port, [cr_dataset(seed=10)]) == [0x0000]
+    assert entered.wait(30)  # the worker holds the first image: the queue (1 place) is empty
+    statuses = scu_store(node.port, [cr_dataset(seed=11), cr_dataset(seed=12), cr_dataset(seed=13)])
+    assert statuses == [0x0000, node_module.OUT_OF_RESOURCES, node_module.OUT_OF_RESOURCES]
+    assert node.stats["out_of_resources"] == 2
+    release.set()
+    assert node.wait_idle(60)
+    assert len(sink.received) == 4  # SR + SC of each of the two accepted images
+    assert scu_store(node.port, [cr_dataset(seed=14)]) == [0x0000]
+
+
+def test_pacs_down_then_up_pending_results_arrive(make_node, tmp_path):
+    pacs = Sink()  # its port is chosen but nothing listens yet: the PACS is down
+    node = make_node(forward_to=node_module.AeAddress.parse(pacs.address))
+    assert scu_store(node.port, [cr_dataset(seed=20), cr_dataset(seed=21)]) == [0x0000, 0x0000]
+    assert wait_for(lambda: len(node.outbox.pending()) == 4 and all(i.attempts >= 1 for i in node.outbox.pending()))
+    assert "could not be reached" in node.outbox.pending()[0].last_error
+    pacs.start()
+    try:
+        assert node.wait_idle(60), f"pending results not delivered: {node.outbox.pending()}"
+        assert sorted(ds.Modality for ds in pacs.received) == ["OT", "OT", "SR", "SR"]
+    finally:
+        pacs.stop()
+
+
+def test_pending_results_survive_a_restart_and_can_be_resent(make_node, tmp_path, tiny_run):
+    pacs = Sink()
+    node = make_node(forward_to=node_module.AeAddress.parse(pacs.address), workdir=tmp_path / "w")
+    assert scu_store(node.port, [cr_dataset(seed=30)]) == [0x0000]
+    assert wait_for(lambda: len(node.outbox.pending()) == 2)  # the SR, then the heatmap
+    node.stop()
+    outbox = node_module.Outbox(tmp_path / "w" / "outbox")
+    assert [i.files for i in outbox.pending()] == [["0-sr.dcm"], ["0-sc.dcm"]]
+    assert all(i.destination == pacs.address for i in outbox.pending())
+    report = outbox.send()  # still down: kept, attempt recorded
+    assert not report.sent and len(outbox.pending()) == 2 and outbox.pending()[0].attempts >= 1
+    pacs.start()
+    try:
+        report = outbox.send()
+        assert len(report.sent) == 2 and not report.failed and not outbox.pending()
+        assert sorted(ds.Modality for ds in pacs.received) == ["OT", "SR"]
+    finally:
+        pacs.stop()
+
+
+def test_spooled_inputs_are_scored_after_a_restart(make_node, sink, tmp_path, monkeypatch):
+    from covidscreen.auditlog import AuditLogError
+
+    sink.start()
+    node = make_node(workdir=tmp_path / "w", forward_to=node_module.AeAddress.parse(sink.address))
+
+    def db_down(items):
+        raise AuditLogError("database is down")
+
+    monkeypatch.setattr(node.writer, "write", db_down)
+    assert scu_store(node.port, [cr_dataset(seed=40)], calling="WARD3CR") == [0x0000]
+    assert wait_for(lambda: node.stats["failed"] == 1)
+    node.stop()
+    # no result without its audit row: the accepted image waits in the spool, not lost
+    assert len(list((tmp_path / "w" / "spool").glob("*.dcm"))) == 1 and not sink.received
+    again = make_node(workdir=tmp_path / "w", forward_to=node_module.AeAddress.parse(sink.address))
+    assert again.wait_idle(60)
+    assert sorted(ds.Modality for ds in sink.received) == ["OT", "SR"]
+    assert [r.site for r in again.audit.query()] == ["WARD3CR"]  # the sender is still known after the restart
+
+
+def test_audit_log_rows_without_patient_identifiers(make_node, tmp_path):
+    node = make_node(db=f"sqlite:///{tmp_path / 'a.sqlite'}", heatmap=False)
+    src = cr_dataset(seed=50)
+    assert scu_store(node.port, [src], calling="MODALITY7") == [0x0000]
+    assert node.wait_idle(60, delivered=False)
+    node.stop()
+    rows = node.audit.query()
+    assert len(rows) == 1
+    rec = rows[0]
+    assert rec.source == "dicom" and rec.site == "MODALITY7" and rec.operating_point == "youden"
+    assert set(rec.probabilities) == {"covid", "normal", "pneumonia"}
+    dump = "\n".join(sqlite3.connect(tmp_path / "a.sqlite").iterdump())
+    blob = (tmp_path / "a.sqlite").read_bytes() + dump.encode()
+    for secret in ("Doe", "Jane", "SECRET-PID-4711", "ACC-0815-XYZ", "19700101"):
+        assert secret.encode() not in blob, f"{secret} reached the audit log"
+    assert len(node.outbox.pending()) == 1  # no destination: the SR waits in the outbox (no heatmap asked)
+    assert [f.endswith("sr.dcm") for f in node.outbox.pending()[0].files] == [True]
+
+
+def test_port_and_config_errors_are_clear(tiny_run):
+    from covidscreen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ae-title .* 1-16 printable ASCII"):
+        node_module.NodeConfig(tiny_run, ae_title="X" * 17)
+    with pytest.raises(ConfigError, match="UID root"):
+        node_module.NodeConfig(tiny_run, uid_root="1.02.abc")
+    with pytest.raises(ConfigError, match="HOST:PORT:AET"):
+        node_module.AeAddress.parse("localhost:104")
+    assert str(node_module.AeAddress.parse("127.0.0.1:104:PACS")) == "127.0.0.1:104:PACS"
+    assert free_port() > 0
