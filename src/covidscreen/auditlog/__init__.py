@@ -18,7 +18,7 @@ Usage::
 
 from .records import SOURCES, PredictionRecord, code_version, new_request_id, sha256_bytes, utc_now, warning_code
 from .store import DEFAULT_FILE, AuditLog, AuditLogError, resolve_url
-from .summary import AuditSummary, DaySummary, summarise
+from .summary import AuditSummary, DaySummary, describe, summarise
 
 __all__ = [
     "DEFAULT_FILE",
@@ -29,6 +29,7 @@ __all__ = [
     "DaySummary",
     "PredictionRecord",
     "code_version",
+    "describe",
     "new_request_id",
     "resolve_url",
     "sha256_bytes",

@@ -108,3 +108,18 @@ def _drift(days: list[DaySummary], baseline_days: int, min_day: int, min_baselin
                     out.append(f"{day.day} {where}: {what} {direction} to {p_day:.0%} of {day.n} "
                                f"(previous {baseline_days} days: {p_base:.0%} of {base_n})")
     return out
+
+
+def describe(summary: AuditSummary) -> list[str]:
+    """Plain-text lines: a table of days (decisions, warnings) and the drift warnings."""
+    if not summary.total:
+        return ["no predictions in this period"]
+    classes = sorted(summary.decisions())
+    head = f"{'day':10} {'site':12} {'n':>6} " + " ".join(f"{c[:10]:>10}" for c in classes) + "  warnings"
+    lines = [f"{summary.total} prediction(s) on {len({d.day for d in summary.days})} day(s)", head]
+    for d in summary.days:
+        warn = ", ".join(f"{k} {v}" for k, v in d.warnings.most_common()) or "-"
+        lines.append(f"{d.day.isoformat():10} {(d.site or '-')[:12]:12} {d.n:>6} "
+                     + " ".join(f"{d.decisions[c]:>10}" for c in classes) + f"  {warn}")
+    lines += ["drift warnings:" if summary.drift else "no drift warnings"] + [f"  {w}" for w in summary.drift]
+    return lines

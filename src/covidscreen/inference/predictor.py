@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ..data.decode import IMAGE_SUFFIXES
 from ..data.preprocess import load_preprocessed
 from ..errors import DataError, ImageDecodeError
+from ..evaluation.calibration import apply_temperature
 from ..evaluation.metrics import predict_labels
 from ..runtime import amp_dtype, prediction_precision, resolve_device, to_input
 from ..segmentation import load_segmenter_for
@@ -73,7 +74,9 @@ class Predictor:
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """Probabilities for a ``(B, size, size)`` uint8 batch."""
         if self.onnx is not None:
-            return self.onnx.probabilities(np.ascontiguousarray(images, dtype=np.float32)[:, None] / 255.0)
+            probs = self.onnx.probabilities(np.ascontiguousarray(images, dtype=np.float32)[:, None] / 255.0)
+            # the same probabilities as the PyTorch path, which divides its logits by the temperature
+            return probs if self.temperature == 1.0 else apply_temperature(probs, self.temperature)
         x = to_input(torch.from_numpy(np.ascontiguousarray(images)), self.device)
         with prediction_precision(self.device, self.amp):
             logits = self.model(x)

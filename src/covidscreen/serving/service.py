@@ -1,0 +1,322 @@
+"""The service's work, without HTTP: a run's Predictor behind a micro-batcher, image-quality warnings, Grad-CAM
+overlays made as ``covidscreen explain`` makes them, and the audit log written before any answer is given."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..auditlog import AuditLog, AuditLogError, PredictionRecord, code_version, sha256_bytes, utc_now
+from ..data.preprocess import load_preprocessed
+from ..data.quality import quality_warnings, read_facts
+from ..errors import CovidscreenError, DataError, ImageDecodeError
+from ..evaluation.calibration import apply_temperature
+from ..evaluation.metrics import predict_labels
+from ..inference.predictor import Predictor
+from .batcher import MicroBatcher, QueueFull
+from .config import ServeConfig
+from .modelinfo import model_id, model_info, operating_points, weights_id
+from .schemas import FileResult, ModelInfo
+
+NOTICE = "Research tool, not a diagnosis: every result must be checked by a qualified reader."
+
+
+class ServiceError(Exception):
+    """An answer other than 200 for the whole request (the HTTP layer turns it into JSON)."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after_s: int | None = None,
+                 results: list[FileResult] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.retry_after_s, self.results = retry_after_s, results
+
+
+@dataclass
+class Upload:
+    filename: str
+    data: bytes
+
+
+@dataclass
+class _Work:
+    upload: Upload
+    result: FileResult
+    path: Path | None = None
+    image: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _b64png(arr: np.ndarray | None = None, png: bytes | None = None) -> str:
+    if png is None:
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG", optimize=False)
+        png = buf.getvalue()
+    return base64.b64encode(png).decode()
+
+
+class Screening:
+    """One loaded run answering predictions (create in the serving process; ``await start()`` before use)."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        run_dir = config.run_dir
+        backend = config.backend
+        if backend == "auto":
+            backend = "onnx" if (run_dir / "model.onnx").is_file() and _has_onnxruntime() else "torch"
+        self.backend = backend
+        self.predictor = Predictor(run_dir, device=config.device, operating_point=config.operating_point,
+                                   backend=backend)
+        meta = self.predictor.meta
+        self.default_point = config.operating_point
+        self.points = operating_points(meta, _metrics(run_dir))
+        self.model_id = model_id(run_dir, meta)
+        self.weights_sha256 = weights_id(meta)
+        self.modality = str(meta.get("modality", "cxr"))
+        self.explain_available = "members" not in meta  # Grad-CAM of an ensemble is undefined (as in explain)
+        self.info: ModelInfo = model_info(run_dir, meta, backend, self.default_point, self.explain_available)
+        self.audit = AuditLog(config.db or run_dir)
+        self.audit_ok = False
+        self.ready = False
+        self.batcher = MicroBatcher(self.predictor.predict_arrays, max_batch=config.max_batch,
+                                    max_wait_s=config.batch_wait_ms / 1000, max_queue=config.max_queue)
+        self._decoders = ThreadPoolExecutor(max_workers=config.decode_threads, thread_name_prefix="covidscreen-decode")
+        self._tmp = Path(tempfile.mkdtemp(prefix="covidscreen-serve-"))
+        self._explain_parts = None
+
+    # -- life cycle ------------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.batcher.start()
+        size = self.predictor.size
+        await self.batcher.run_exclusive(self.predictor.predict_arrays, np.zeros((1, size, size), np.uint8))
+        self.ready = True
+        try:
+            await asyncio.to_thread(self.audit.check)
+            self.audit_ok = True
+        except AuditLogError:
+            self.audit_ok = False  # /readyz says why; the service becomes ready when the database answers
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.batcher.stop()
+        self._decoders.shutdown(wait=True)
+        self.audit.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    async def readiness(self) -> list[str]:
+        """Why the service is not ready (empty: ready)."""
+        reasons = []
+        if not self.ready:
+            reasons.append("the model is not loaded and warmed up yet")
+        try:
+            await asyncio.to_thread(self.audit.check)
+            self.audit_ok = True
+        except AuditLogError as exc:
+            self.audit_ok = False
+            reasons.append(str(exc))
+        return reasons
+
+    # -- requests --------------------------------------------------------------------------------------------------
+    def resolve_point(self, name: str | None) -> str:
+        name = name or self.default_point
+        if name != "default" and name not in self.points:
+            raise ServiceError(422, "unknown_operating_point", f"operating point {name!r} is not in this run; "
+                               f"available: {', '.join(sorted(self.points))}")
+        return name
+
+    async def predict(self, uploads: list[Upload], request_id: str, operating_point: str | None = None,
+                      explain: bool = False, target: str | None = None, figure: bool = False) -> list[FileResult]:
+        """Results for each upload, in order; raises ServiceError when no answer can be given at all."""
+        t0 = time.perf_counter()
+        point = self.resolve_point(operating_point)
+        if explain and not self.explain_available:
+            raise ServiceError(409, "explain_unavailable", "Grad-CAM of an ensemble is not defined (its members look "
+                               "at different layers); use /v1/predict, or serve one member run to explain")
+        if explain and target is not None and target not in self.predictor.classes:
+            raise ServiceError(422, "unknown_class", f"class {target!r} is not a class of this model; classes: "
+                               f"{', '.join(self.predictor.classes)}")
+        if not uploads:
+            raise ServiceError(422, "no_files", "no files were sent: put one or more PNG, JPEG or DICOM files in the "
+                               "multipart form field 'files'")
+        if len(uploads) > self.config.max_files:
+            raise ServiceError(413, "too_many_files", f"too many files: {len(uploads)} in one request, at most "
+                               f"{self.config.max_files}; send them in several requests")
+        if not self.ready:
+            raise ServiceError(503, "not_ready", "the model is still loading; retry shortly", retry_after_s=2)
+        if not self.audit_ok:
+            # a prediction that cannot be logged is not given: do not spend the model's time on it
+            try:
+                await asyncio.to_thread(self.audit.check)
+                self.audit_ok = True
+            except AuditLogError as exc:
+                raise ServiceError(503, "audit_log_unavailable", str(exc), retry_after_s=5) from None
+        try:
+            self.batcher.reserve(len(uploads))
+        except QueueFull as exc:
+            raise ServiceError(503, "at_capacity", str(exc), retry_after_s=exc.retry_after_s) from None
+        works = [_Work(u, FileResult(filename=_safe_name(u.filename)), started=t0) for u in uploads]
+        try:
+            await asyncio.gather(*(self._one(w, point) for w in works))
+            if explain:
+                for w in works:  # one at a time on the model thread, between forward passes
+                    if w.result.error is None:
+                        await self._explain(w, target, figure)
+        finally:
+            for w in works:
+                if w.path is not None:
+                    w.path.unlink(missing_ok=True)
+        done = [w for w in works if w.result.error is None]
+        if done:
+            now = utc_now()
+            records = [PredictionRecord(
+                time=now, request_id=request_id, source="http", input_sha256=w.result.input_sha256,
+                model_id=self.model_id, weights_sha256=self.weights_sha256, code_version=code_version(),
+                operating_point=point, probabilities=w.result.probabilities, decision=w.result.decision,
+                warnings=w.result.warnings, latency_ms=(time.perf_counter() - w.started) * 1000) for w in done]
+            try:
+                await asyncio.to_thread(self.audit.record_many, records)
+            except AuditLogError as exc:
+                self.audit_ok = False
+                raise ServiceError(503, "audit_log_unavailable", str(exc), retry_after_s=5) from None
+        results = [w.result for w in works]
+        if not done:
+            first = results[0]
+            raise ServiceError(first.status, "unreadable_files" if len(results) > 1 else "unreadable_file",
+                               first.error if len(results) == 1 else
+                               f"none of the {len(results)} files could be used; first: {first.error}",
+                               results=results)
+        return results
+
+    async def _one(self, w: _Work, point: str) -> None:
+        loop = asyncio.get_running_loop()
+        res, data = w.result, w.upload.data
+        submitted = False
+        try:
+            res.input_sha256 = sha256_bytes(data)
+            if not data:
+                raise _FileError(422, "the file is empty (0 bytes); send a PNG, JPEG or DICOM image")
+            fd, name = tempfile.mkstemp(dir=self._tmp, suffix=".upload")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            w.path = Path(name)
+            image, warnings = await loop.run_in_executor(self._decoders, self._load, w.path, res.filename)
+            res.warnings = warnings
+            submitted = True
+            probs = await self.batcher.submit(image)
+        except _FileError as exc:
+            res.error, res.status = exc.message, exc.status
+        except QueueFull as exc:  # pragma: no cover - reservations were made up front
+            res.error, res.status = str(exc), 503
+        finally:
+            if not submitted:
+                self.batcher.cancel(1)
+        if res.error is not None:
+            return
+        threshold, temperature = self.predictor.operating_point(point)
+        if temperature != self.predictor.temperature:
+            probs = apply_temperature(probs[None], temperature / self.predictor.temperature)[0]
+        decision = predict_labels(probs[None], self.predictor.positive_index, threshold)[0]
+        info = self.points.get(point)
+        res.probabilities = {c: float(p) for c, p in zip(self.predictor.classes, probs)}
+        res.decision = self.predictor.classes[int(decision)]
+        res.operating_point = point
+        res.threshold = threshold
+        res.sensitivity = info.sensitivity if info else None
+        res.specificity = info.specificity if info else None
+
+    def _load(self, path: Path, filename: str) -> tuple[np.ndarray, list[str]]:
+        """On a decoder thread: header facts, pixel limit, then the run's preprocessing."""
+        facts = read_facts(path)
+        if facts.height and facts.width and facts.height * facts.width > self.config.max_pixels:
+            raise _FileError(413, f"the image is {facts.width} x {facts.height} pixels, more than the "
+                                  f"{self.config.max_pixels:,} allowed; downscale it first")
+        p = self.predictor
+        try:
+            image = load_preprocessed(path, p.size, p.preprocess, p.segmenter)
+        except ImageDecodeError as exc:
+            raise _FileError(422, str(exc).replace(str(path), filename)) from None
+        except (CovidscreenError, ValueError, OSError, MemoryError) as exc:
+            raise _FileError(422, f"{filename}: the image could not be prepared for the model ({exc})") from None
+        return image, quality_warnings(facts, image, run_modality=self.modality)
+
+    def _explain_setup(self):
+        if self._explain_parts is None:
+            from ..explain.inputs import run_input_loader
+
+            self._explain_parts = run_input_loader(self.predictor.meta, self.config.run_dir)
+        return self._explain_parts
+
+    def _explain_sync(self, path: Path, target: str | None, figure: bool, title: str) -> dict:
+        from ..explain.cam import Explainer
+        from ..explain.figures import explanation_png, overlay_png
+        from ..explain.image import explain_image
+
+        load_input, mask_fn = self._explain_setup()
+        p = self.predictor
+        with Explainer(p.model, method="gradcam", classes=p.classes, image_size=p.size) as ex:
+            e = explain_image(ex, load_input, path, target, mask_fn)
+        shown = e.image
+        if max(shown.shape) > 256:  # the resolution the overlay is drawn at (figures.overlay_png)
+            scale = 256 / max(shown.shape)
+            shown = np.asarray(Image.fromarray(shown).resize((max(1, round(shown.shape[1] * scale)),
+                                                              max(1, round(shown.shape[0] * scale)))))
+        out = {"overlay_png": _b64png(png=overlay_png(e, inches=3.6, dpi=100)), "image_png": _b64png(shown),
+               "explained_class": e.target_name}
+        if figure:
+            out["figure_png"] = _b64png(png=explanation_png(e, title=title))
+        return out
+
+    async def _explain(self, w: _Work, target: str | None, figure: bool) -> None:
+        try:
+            parts = await self.batcher.run_exclusive(self._explain_sync, w.path, target, figure, w.result.filename)
+        except ImageDecodeError as exc:  # changed between the two reads: cannot happen to a temp file, but say so
+            w.result.error, w.result.status = str(exc).replace(str(w.path), w.result.filename), 422
+            return
+        except CovidscreenError as exc:
+            w.result.warnings.append(f"explain: no heatmap ({exc})")
+            return
+        for k, v in parts.items():
+            setattr(w.result, k, v)
+
+
+class _FileError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _safe_name(name: str | None) -> str:
+    base = os.path.basename(name or "") or "upload"
+    return base[:200]
+
+
+def _metrics(run_dir: Path) -> dict:
+    import json
+
+    try:
+        data = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+__all__ = ["NOTICE", "Screening", "ServiceError", "Upload", "DataError"]
