@@ -20,7 +20,7 @@ def read_api_keys(path: str | Path) -> list[str]:
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
-        raise ConfigError(f"API-key file {path} cannot be read ({exc.strerror}); give a file with one key per line") from None
+        raise ConfigError(f"API-key file {path} cannot be read ({exc.strerror}); write one key per line") from None
     keys = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
     if not keys:
         raise ConfigError(f"API-key file {path} holds no key; write one key (16+ characters) per line")

@@ -57,7 +57,7 @@ class ServeConfig:
             ipaddress.ip_address(self.host)
         except ValueError:
             if self.host != "localhost":
-                raise ConfigError(f"host {self.host!r} is not an IP address to bind to (e.g. 127.0.0.1, 0.0.0.0)") from None
+                raise ConfigError(f"host {self.host!r} is not an IP address (e.g. 127.0.0.1, 0.0.0.0)") from None
         if not 0 < self.port < 65536:
             raise ConfigError(f"port {self.port} is out of range 1-65535")
         for name in ("max_upload_mb", "max_files", "max_pixels", "max_queue", "max_batch", "decode_threads"):

@@ -251,10 +251,14 @@ class Screening:
         return image, quality_warnings(facts, image, run_modality=self.modality)
 
     def _explain_setup(self):
+        """The explained model, loaded as covidscreen explain loads it (its own copy: the Predictor's is in
+        channels-last memory format, which moves Grad-CAM maps by float rounding), and the run's input loader."""
         if self._explain_parts is None:
             from ..explain.inputs import run_input_loader
+            from ..inference.checkpoint import load_checkpoint
 
-            self._explain_parts = run_input_loader(self.predictor.meta, self.config.run_dir)
+            model, meta = load_checkpoint(self.config.run_dir, self.predictor.device)
+            self._explain_parts = (model, *run_input_loader(meta, self.config.run_dir))
         return self._explain_parts
 
     def _explain_sync(self, path: Path, target: str | None, figure: bool, title: str) -> dict:
@@ -262,9 +266,9 @@ class Screening:
         from ..explain.figures import explanation_png, overlay_png
         from ..explain.image import explain_image
 
-        load_input, mask_fn = self._explain_setup()
+        model, load_input, mask_fn = self._explain_setup()
         p = self.predictor
-        with Explainer(p.model, method="gradcam", classes=p.classes, image_size=p.size) as ex:
+        with Explainer(model, method="gradcam", classes=p.classes, image_size=p.size) as ex:
             e = explain_image(ex, load_input, path, target, mask_fn)
         shown = e.image
         if max(shown.shape) > 256:  # the resolution the overlay is drawn at (figures.overlay_png)
