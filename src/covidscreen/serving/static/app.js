@@ -60,10 +60,11 @@ function showPointFigures() {
     `${fmtRate(p.specificity)} (${p.source})` : "";
 }
 
-function newCard(file) {
+function newCard(file, before) {
+  // the newest batch on top, its files in the order they were chosen
   const node = $("card").content.firstElementChild.cloneNode(true);
   node.querySelector(".name").textContent = file.name;
-  $("results").prepend(node);
+  $("results").insertBefore(node, before === undefined ? $("results").firstChild : before);
   return node;
 }
 
@@ -171,7 +172,8 @@ async function handleFiles(fileList) {
     files = files.slice(0, MAX_FILES);
   }
   if (!files.length) return;
-  const cards = files.map(newCard);
+  const anchor = $("results").firstChild;
+  const cards = files.map((f) => newCard(f, anchor));
   let done = 0;
   $("progress-box").hidden = false;
   $("progress").max = files.length;
