@@ -94,6 +94,7 @@ class Screening:
         self._decoders = ThreadPoolExecutor(max_workers=config.decode_threads, thread_name_prefix="covidscreen-decode")
         self._tmp = Path(tempfile.mkdtemp(prefix="covidscreen-serve-"))
         self._explain_parts = None
+        self._writer = GroupCommit(self.audit.record_many)
 
     # -- life cycle ------------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -185,7 +186,7 @@ class Screening:
                 operating_point=point, probabilities=w.result.probabilities, decision=w.result.decision,
                 warnings=w.result.warnings, latency_ms=(time.perf_counter() - w.started) * 1000) for w in done]
             try:
-                await asyncio.to_thread(self.audit.record_many, records)
+                await self._writer.write(records)
             except AuditLogError as exc:
                 self.audit_ok = False
                 raise ServiceError(503, "audit_log_unavailable", str(exc), retry_after_s=5) from None
@@ -292,6 +293,39 @@ class Screening:
             return
         for k, v in parts.items():
             setattr(w.result, k, v)
+
+
+class GroupCommit:
+    """Audit records of requests that finish together go into one transaction (one disk sync instead of one per
+    request); each request still waits until its own records are committed, and a failed commit fails them all."""
+
+    def __init__(self, write_many) -> None:
+        self.write_many = write_many
+        self.pending: list[tuple[list[PredictionRecord], asyncio.Future]] = []
+        self.task: asyncio.Task | None = None
+        self.commits = 0
+
+    async def write(self, records: list[PredictionRecord]) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.append((records, fut))
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._drain())
+        await fut
+
+    async def _drain(self) -> None:
+        while self.pending:
+            group, self.pending = self.pending, []
+            try:
+                await asyncio.to_thread(self.write_many, [r for recs, _ in group for r in recs])
+            except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            self.commits += 1
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_result(None)
 
 
 class _FileError(Exception):
