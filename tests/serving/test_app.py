@@ -346,3 +346,20 @@ def test_bad_configuration_fails_before_serving(tiny_run, tmp_path):
     with pytest.raises(CovidscreenError, match="operating point"):
         create_app(ServeConfig(run_dir=tiny_run, operating_point="nope"))
     _ = xray_png
+
+
+def test_an_ensemble_folder_is_served(tmp_path, png_file):
+    from covidscreen.inference.checkpoint import read_sidecar
+    from covidscreen.inference.ensemble import write_manifest
+    from tests.serving.runs import make_run
+
+    a, b = make_run(tmp_path / "a"), make_run(tmp_path / "b")
+    ens = tmp_path / "ens"
+    write_manifest(ens, [a, b], [read_sidecar(a), read_sidecar(b)], {"default": 0.5, "youden": 0.5}, "test")
+    app = create_app(ServeConfig(run_dir=ens, db=str(tmp_path / "l.sqlite"), backend="torch"))
+    with TestClient(app) as c:
+        info = c.get("/v1/model").json()
+        assert info["kind"] == "ensemble" and not info["explain_available"] and len(info["weights_sha256"]) == 64
+        r = c.post("/v1/predict", files=upload(("a.png", png_file.read_bytes())))
+        assert r.status_code == 200 and r.json()["results"][0]["threshold"] == 0.5
+        assert_json_error(c.post("/v1/explain", files=upload(("a.png", png_file.read_bytes()))), 409, "ensemble")
