@@ -100,6 +100,20 @@ def test_page_shows_results_heatmaps_and_inline_errors(browser, tiny_run, shared
         shot = out / "service.png"
         assert browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
+        # twenty files at once: all answered, the progress bar counts them
+        many = []
+        for i in range(20):
+            src = files[i % 3]
+            many.append(tmp_path / f"batch{i:02d}{src.suffix}")
+            shutil.copy(src, many[-1])
+        browser.execute_script("arguments[0].hidden = false;", picker)
+        picker.send_keys("\n".join(str(f) for f in many))
+        wait.until(lambda d: d.find_element(By.ID, "progress-text").text == "20 of 20 done")
+        decided = [c for c in browser.find_elements(By.CSS_SELECTOR, "#results .card")
+                   if c.find_element(By.CSS_SELECTOR, ".name").text.startswith("batch")
+                   and c.find_element(By.CSS_SELECTOR, ".decision").text.startswith("Decision: ")]
+        assert len(decided) == 20
+        assert browser.find_element(By.ID, "progress").get_attribute("value") == "20"
         # script errors only: the 422 of the broken file is logged by the browser as a failed resource, as it should
         logs = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
         assert not logs, logs
