@@ -76,11 +76,16 @@ def test_serve_runs_a_real_server_that_logs_json(tiny_run, tmp_path, png_file):
                 time.sleep(0.1)
         r = httpx.post(url + "/v1/predict", files=[("files", ("a.png", png_file.read_bytes(), "image/png"))])
         assert r.status_code == 200 and r.json()["results"][0]["decision"]
+        second = httpx.post(url + "/v1/predict", files=[("files", ("b.dcm", b"DICM", "application/dicom")),
+                                                         ("files", ("c.png", png_file.read_bytes(), "image/png"))])
+        assert second.status_code == 200
+        proc.kill()  # no shutdown at all: what was answered must already be on disk
     finally:
-        proc.terminate()
+        proc.kill()
         _, err = proc.communicate(timeout=30)
     assert "serving run:squeezenet1_1 (onnx) on http://127.0.0.1" in err
     lines = [__import__("json").loads(x) for x in err.splitlines() if x.startswith("{")]
     assert any(x["path"] == "/v1/predict" and x["status"] == 200 and x["request_id"] == r.headers["x-request-id"]
                for x in lines)
-    assert AuditLog(tmp_path / "log.sqlite").count() == 1
+    logged = AuditLog(tmp_path / "log.sqlite").query()
+    assert [x.request_id for x in logged] == [r.headers["x-request-id"], second.headers["x-request-id"]]
