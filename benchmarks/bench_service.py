@@ -33,7 +33,8 @@ import sys
 from covidscreen.serving import ServeConfig
 from covidscreen.serving.server import run_server
 run_server(ServeConfig(run_dir=sys.argv[1], port=int(sys.argv[2]), backend=sys.argv[3], db=sys.argv[4],
-                       max_queue=int(sys.argv[5]), device="cpu"))
+                       max_queue=int(sys.argv[5]), device="cpu", model_threads=int(sys.argv[6]) or None,
+                       batch_wait_ms=float(sys.argv[7])))
 """
 
 
@@ -84,13 +85,15 @@ def rss_mb(pid: int) -> float:
 
 
 class Server:
-    def __init__(self, run: Path, backend: str, workdir: Path, max_queue: int = 64) -> None:
+    def __init__(self, run: Path, backend: str, workdir: Path, max_queue: int = 64, model_threads: int = 0,
+                 batch_wait_ms: float = 10.0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(workdir / f"server-{backend}-{max_queue}.log", "w")
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
         self.proc = subprocess.Popen([sys.executable, "-c", SERVER, str(run), str(self.port), backend,
-                                      str(workdir / f"audit-{backend}-{max_queue}.sqlite"), str(max_queue)],
+                                      str(workdir / f"audit-{backend}-{max_queue}.sqlite"), str(max_queue),
+                                      str(model_threads), str(batch_wait_ms)],
                                      stdout=self.log, stderr=self.log, env=env)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -201,6 +204,8 @@ def main() -> None:
     ap.add_argument("--levels", default="1,4,16")
     ap.add_argument("--backends", default="torch,onnx")
     ap.add_argument("--max-seconds", type=float, default=120, help="time limit per level")
+    ap.add_argument("--model-threads", type=int, default=0, help="the server's model_threads (0: library default)")
+    ap.add_argument("--batch-wait-ms", type=float, default=10.0, help="the server's batch_wait_ms")
     ap.add_argument("--overload-clients", type=int, default=48)
     ap.add_argument("--overload-queue", type=int, default=8, help="max_queue of the overload server")
     args = ap.parse_args()
@@ -212,7 +217,7 @@ def main() -> None:
     rows = []
     for backend in args.backends.split(","):
         plain, plain_cpu = plain_predict(run, backend, files)
-        server = Server(run, backend, work)
+        server = Server(run, backend, work, model_threads=args.model_threads, batch_wait_ms=args.batch_wait_ms)
         try:
             load(server.url, payloads, 1, 4, 30)  # warm the connection path
             for clients in levels:

@@ -363,3 +363,16 @@ def test_an_ensemble_folder_is_served(tmp_path, png_file):
         r = c.post("/v1/predict", files=upload(("a.png", png_file.read_bytes())))
         assert r.status_code == 200 and r.json()["results"][0]["threshold"] == 0.5
         assert_json_error(c.post("/v1/explain", files=upload(("a.png", png_file.read_bytes()))), 409, "ensemble")
+
+
+def test_model_threads_limits_the_forward_pass_threads(tiny_run, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        app = create_app(ServeConfig(run_dir=tiny_run, db=str(tmp_path / "l.sqlite"), backend="onnx",
+                                     model_threads=1))
+        assert torch.get_num_threads() == 1
+        assert app.state.screening.predictor.onnx.session.get_session_options().intra_op_num_threads == 1
+    finally:
+        torch.set_num_threads(before)

@@ -30,6 +30,9 @@ class ServeConfig:
         max_batch: most images per forward pass.
         batch_wait_ms: how long a forward pass waits for images of other requests that are already being decoded.
         decode_threads: threads decoding uploads (PIL and pydicom release the GIL for the heavy parts).
+        model_threads: threads of one forward pass (PyTorch intra-op, ONNX Runtime intra-op); None: the library's
+            default (all cores). Fewer leaves cores to decoding: forward passes and decoding then overlap instead
+            of fighting for the same cores.
         operating_point: the default operating point (a request may pick another with ``?operating_point=``).
     """
 
@@ -47,6 +50,7 @@ class ServeConfig:
     max_batch: int = 16
     batch_wait_ms: float = 10.0
     decode_threads: int = 2
+    model_threads: int | None = None
     operating_point: str = "default"
 
     def __post_init__(self) -> None:

@@ -78,6 +78,8 @@ class Screening:
         self.backend = backend
         self.predictor = Predictor(run_dir, device=config.device, operating_point=config.operating_point,
                                    backend=backend)
+        if config.model_threads:
+            self._limit_model_threads(config.model_threads)
         meta = self.predictor.meta
         self.default_point = config.operating_point
         self.points = operating_points(meta, _metrics(run_dir))
@@ -95,6 +97,15 @@ class Screening:
         self._tmp = Path(tempfile.mkdtemp(prefix="covidscreen-serve-"))
         self._explain_parts = None
         self._writer = GroupCommit(self.audit.record_many)
+
+    def _limit_model_threads(self, n: int) -> None:
+        import torch
+
+        torch.set_num_threads(n)
+        if self.predictor.onnx is not None:
+            from ..inference.onnx import OnnxModel
+
+            self.predictor.onnx = OnnxModel(self.config.run_dir, threads=n)
 
     # -- life cycle ------------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -201,17 +212,10 @@ class Screening:
 
     async def _one(self, w: _Work, point: str) -> None:
         loop = asyncio.get_running_loop()
-        res, data = w.result, w.upload.data
+        res = w.result
         submitted = False
         try:
-            res.input_sha256 = sha256_bytes(data)
-            if not data:
-                raise _FileError(422, "the file is empty (0 bytes); send a PNG, JPEG or DICOM image")
-            fd, name = tempfile.mkstemp(dir=self._tmp, suffix=".upload")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            w.path = Path(name)
-            image, warnings = await loop.run_in_executor(self._decoders, self._load, w.path, res.filename)
+            image, warnings = await loop.run_in_executor(self._decoders, self._receive, w)
             res.warnings = warnings
             submitted = True
             probs = await self.batcher.submit(image)
@@ -235,6 +239,20 @@ class Screening:
         res.threshold = threshold
         res.sensitivity = info.sensitivity if info else None
         res.specificity = info.specificity if info else None
+
+    def _receive(self, w: _Work) -> tuple[np.ndarray, list[str]]:
+        """On a decoder thread (hashing and writing a large upload would stall the event loop): the checksum, a
+        private temporary file for the decoders, then :meth:`_load`."""
+        data = w.upload.data
+        w.result.input_sha256 = sha256_bytes(data)
+        if not data:
+            raise _FileError(422, f"{w.result.filename}: the file is empty (0 bytes); send a PNG, JPEG or DICOM "
+                                  "image")
+        fd, name = tempfile.mkstemp(dir=self._tmp, suffix=".upload")
+        w.path = Path(name)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return self._load(w.path, w.result.filename)
 
     def _load(self, path: Path, filename: str) -> tuple[np.ndarray, list[str]]:
         """On a decoder thread: header facts, pixel limit, then the run's preprocessing."""
