@@ -94,7 +94,7 @@ def test_predict_png_and_dicom_are_answered_and_logged(client, db_path):
     r = client.post("/v1/predict", files=upload(("chest.png", png), (shared_dicom().name, dcm)))
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["model_id"].endswith(":squeezenet1_1") and len(body["weights_sha256"]) == 64
+    assert body["model_id"] == f"run@{body['weights_sha256'][:12]}" and len(body["weights_sha256"]) == 64
     assert "not a diagnosis" in body["notice"]
     for res, data in zip(body["results"], (png, dcm)):
         assert res["input_sha256"] == sha256_bytes(data)
@@ -125,7 +125,7 @@ def test_operating_point_per_request(client):
 
 
 def test_explain_overlay_is_the_one_covidscreen_explain_draws(client, tiny_run, tmp_path):
-    from covidscreen.explain.files import explain_files
+    from covidscreen.workflows.explain import explain_files
 
     dcm = shared_dicom()
     r = client.post("/v1/explain?figure=true", files=upload((dcm.name, dcm.read_bytes())))
@@ -349,7 +349,7 @@ def test_bad_configuration_fails_before_serving(tiny_run, tmp_path):
 
 
 def test_an_ensemble_folder_is_served(tmp_path, png_file):
-    from covidscreen.inference.checkpoint import read_sidecar
+    from covidscreen.inference.run import read_sidecar
     from covidscreen.inference.ensemble import write_manifest
     from tests.serving.runs import make_run
 

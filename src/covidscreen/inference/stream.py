@@ -8,6 +8,7 @@ already in the file (a row cut short by the interruption is dropped and scored a
 from __future__ import annotations
 
 import csv
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,8 @@ def predict_to_csv(predictor: Predictor, inputs: list[str | Path], output: str |
         if new_file:
             writer.writeheader()
         for row in predictor.iter_predictions(todo, batch_size=batch_size, progress=progress):
-            writer.writerow(row)
+            # an unreadable file's probabilities are empty cells, as pandas writes NaN
+            writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
             written += 1
             unreadable += bool(row["error"])
             if written % batch_size == 0:

@@ -1,12 +1,13 @@
-"""What ``GET /v1/model`` says: the model card's facts, read once from the run folder at start-up."""
+"""What ``GET /v1/model`` says: the model card's facts, read once from the run at start-up."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
+import hashlib
+import math
 
 from ..auditlog import code_version
+from ..inference.run import Run
+from ..runtime import read_optional_json
 from .schemas import ModelInfo, OperatingPointInfo
 
 INTENDED_USE = ("Research tool and second reader: it does not diagnose. Every decision must be checked by a "
@@ -14,75 +15,40 @@ INTENDED_USE = ("Research tool and second reader: it does not diagnose. Every de
                 "recalibrated on local data (covidscreen calibrate).")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def _num(v: float | None) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
+def point_info(run: Run, name: str) -> OperatingPointInfo | None:
+    """A named point with the sensitivity/specificity it had where it was chosen (None: the run has no threshold)."""
+    p = run.point(name)
+    if p is None:
         return None
-    return f if f == f else None  # NaN -> None (JSON has no NaN)
+    local = p.temperature is not None or name in (run.sidecar.get("local_calibration") or {})
+    return OperatingPointInfo(name=name, threshold=_num(p.threshold), sensitivity=_num(p.sensitivity),
+                              specificity=_num(p.specificity), source="local calibration" if local else "validation")
 
 
-def operating_points(meta: dict[str, Any], metrics: dict[str, Any]) -> dict[str, OperatingPointInfo]:
-    """Each named point with the sensitivity/specificity it had where it was chosen."""
-    val = metrics.get("operating_points_val") or meta.get("operating_points_val") or {}
-    local = meta.get("local_calibration") or {}
-    out: dict[str, OperatingPointInfo] = {}
-    for name, threshold in (meta.get("operating_points") or {}).items():
-        if name in local:
-            exp = local[name].get("expected") or {}
-            sens = exp.get("sensitivity", exp.get("sensitivity_from_validation"))
-            if isinstance(sens, dict):
-                sens = sens.get("sensitivity", sens.get("value"))
-            out[name] = OperatingPointInfo(name=name, threshold=_num(threshold), sensitivity=_num(sens),
-                                           specificity=_num(exp.get("specificity")), source="local calibration")
-        else:
-            v = val.get(name) or {}
-            out[name] = OperatingPointInfo(name=name, threshold=_num(threshold), sensitivity=_num(v.get("sensitivity")),
-                                           specificity=_num(v.get("specificity")), source="validation")
-    if "default" not in out:
-        out["default"] = OperatingPointInfo(name="default", threshold=_num(meta.get("threshold")), source="validation")
-    return out
+def weights_id(run: Run) -> str:
+    """The weights sha256 (an ensemble: the sha256 of its members' sha256s, in order)."""
+    if run.weights_sha256:
+        return str(run.weights_sha256)
+    members = [str(m.get("weights_sha256", "")) for m in run.sidecar.get("members", []) if isinstance(m, dict)]
+    return hashlib.sha256("".join(members).encode()).hexdigest()
 
 
-def model_info(run_dir: Path, meta: dict[str, Any], backend: str, default_point: str,
-               explain_available: bool) -> ModelInfo:
-    metrics = _read_json(run_dir / "metrics.json")
-    audit = _read_json(run_dir / "audit.json")
+def model_info(run: Run, backend: str, default_point: str, explain_available: bool) -> ModelInfo:
+    metrics = read_optional_json(run.path / "metrics.json")
+    audit = read_optional_json(run.path / "audit.json")
     findings = [f.get("text", "") for f in audit.get("findings", []) if isinstance(f, dict)
                 and f.get("severity") in ("high", "medium")]
-    kind = "ensemble" if "members" in meta else "model"
     training = {k: metrics[k] for k in ("split_counts", "label_counts", "site_counts", "n_test") if k in metrics}
-    for k in ("split_fingerprint", "seed", "data_dir"):
-        if k in meta:
-            training[k] = meta[k]
+    training.update({k: v for k, v in (("split_fingerprint", run.split_fingerprint), ("seed", run.seed),
+                                       ("data_dir", run.data_dir)) if v is not None})
+    points = [info for name in run.operating_points if (info := point_info(run, name)) is not None]
     return ModelInfo(
-        model_id=model_id(run_dir, meta), kind=kind, architecture=str(meta.get("architecture", kind)),
-        classes=list(meta["classes"]), positive_class=meta.get("positive_class"),
-        image_size=int(meta["image_size"]), modality=str(meta.get("modality", "cxr")), backend=backend,
-        weights_sha256=weights_id(meta), code_version=code_version(), default_operating_point=default_point,
-        operating_points=list(operating_points(meta, metrics).values()),
-        temperature=float(meta.get("temperature") or 1.0), training_data=training, audit_warnings=findings,
+        model_id=run.model_id, kind=run.kind, architecture=run.architecture, classes=list(run.classes),
+        positive_class=run.positive_class, image_size=run.image_size, modality=run.modality, backend=backend,
+        weights_sha256=weights_id(run), code_version=code_version(), default_operating_point=default_point,
+        operating_points=points, temperature=run.temperature, training_data=training, audit_warnings=findings,
         explain_available=explain_available, intended_use=INTENDED_USE)
-
-
-def model_id(run_dir: Path, meta: dict[str, Any]) -> str:
-    return f"{Path(run_dir).resolve().name}:{meta.get('architecture', 'ensemble')}"
-
-
-def weights_id(meta: dict[str, Any]) -> str:
-    """The weights sha256 (an ensemble: its members' joined, then hashed)."""
-    if meta.get("weights_sha256"):
-        return str(meta["weights_sha256"])
-    import hashlib
-
-    members = meta.get("member_weights_sha256") or [m.get("weights_sha256", "") for m in meta.get("members", [])
-                                                    if isinstance(m, dict)]
-    return hashlib.sha256("".join(map(str, members)).encode()).hexdigest()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..auditlog import AuditLog, AuditLogError, PredictionRecord, code_version, sha256_bytes, utc_now
@@ -23,10 +24,15 @@ from ..data.quality import quality_warnings, read_facts
 from ..errors import CovidscreenError, DataError, ImageDecodeError
 from ..evaluation.calibration import apply_temperature
 from ..evaluation.metrics import predict_labels
+from ..explain.cam import Explainer
+from ..explain.figures import explanation_png, overlay_png
+from ..explain.image import explain_image
+from ..explain.inputs import run_input_loader
+from ..inference.onnx import OnnxModel
 from ..inference.predictor import Predictor
 from .batcher import MicroBatcher, QueueFull
 from .config import ServeConfig
-from .modelinfo import model_id, model_info, operating_points, weights_id
+from .modelinfo import model_info, point_info, weights_id
 from .schemas import FileResult, ModelInfo
 
 NOTICE = "Research tool, not a diagnosis: every result must be checked by a qualified reader."
@@ -80,14 +86,12 @@ class Screening:
                                    backend=backend)
         if config.model_threads:
             self._limit_model_threads(config.model_threads)
-        meta = self.predictor.meta
+        run = self.run = self.predictor.run
         self.default_point = config.operating_point
-        self.points = operating_points(meta, _metrics(run_dir))
-        self.model_id = model_id(run_dir, meta)
-        self.weights_sha256 = weights_id(meta)
-        self.modality = str(meta.get("modality", "cxr"))
-        self.explain_available = "members" not in meta  # Grad-CAM of an ensemble is undefined (as in explain)
-        self.info: ModelInfo = model_info(run_dir, meta, backend, self.default_point, self.explain_available)
+        self.model_id = run.model_id
+        self.weights_sha256 = weights_id(run)
+        self.explain_available = run.kind != "ensemble"  # Grad-CAM of an ensemble is undefined (as in explain)
+        self.info: ModelInfo = model_info(run, backend, self.default_point, self.explain_available)
         self.audit = AuditLog(config.db or run_dir)
         self.audit_ok = False
         self.ready = False
@@ -99,12 +103,8 @@ class Screening:
         self._writer = GroupCommit(self.audit.record_many)
 
     def _limit_model_threads(self, n: int) -> None:
-        import torch
-
         torch.set_num_threads(n)
         if self.predictor.onnx is not None:
-            from ..inference.onnx import OnnxModel
-
             self.predictor.onnx = OnnxModel(self.config.run_dir, threads=n)
 
     # -- life cycle ------------------------------------------------------------------------------------------------
@@ -142,9 +142,10 @@ class Screening:
     # -- requests --------------------------------------------------------------------------------------------------
     def resolve_point(self, name: str | None) -> str:
         name = name or self.default_point
-        if name != "default" and name not in self.points:
-            raise ServiceError(422, "unknown_operating_point", f"operating point {name!r} is not in this run; "
-                               f"available: {', '.join(sorted(self.points))}")
+        try:
+            self.run.point(name)
+        except DataError as exc:
+            raise ServiceError(422, "unknown_operating_point", str(exc)) from None
         return name
 
     async def predict(self, uploads: list[Upload], request_id: str, operating_point: str | None = None,
@@ -228,11 +229,11 @@ class Screening:
                 self.batcher.cancel(1)
         if res.error is not None:
             return
-        threshold, temperature = self.predictor.operating_point(point)
-        if temperature != self.predictor.temperature:
+        threshold, temperature = self.run.threshold(point), self.run.temperature_for(point)
+        if temperature != self.predictor.temperature:  # the batch was scaled by the service's default point's
             probs = apply_temperature(probs[None], temperature / self.predictor.temperature)[0]
         decision = predict_labels(probs[None], self.predictor.positive_index, threshold)[0]
-        info = self.points.get(point)
+        info = point_info(self.run, point)
         res.probabilities = {c: float(p) for c, p in zip(self.predictor.classes, probs)}
         res.decision = self.predictor.classes[int(decision)]
         res.operating_point = point
@@ -267,24 +268,17 @@ class Screening:
             raise _FileError(422, str(exc).replace(str(path), filename)) from None
         except (CovidscreenError, ValueError, OSError, MemoryError) as exc:
             raise _FileError(422, f"{filename}: the image could not be prepared for the model ({exc})") from None
-        return image, quality_warnings(facts, image, run_modality=self.modality)
+        return image, quality_warnings(facts, image, run_modality=self.run.modality)
 
     def _explain_setup(self):
         """The explained model, loaded as covidscreen explain loads it (its own copy: the Predictor's is in
         channels-last memory format, which moves Grad-CAM maps by float rounding), and the run's input loader."""
         if self._explain_parts is None:
-            from ..explain.inputs import run_input_loader
-            from ..inference.checkpoint import load_checkpoint
-
-            model, meta = load_checkpoint(self.config.run_dir, self.predictor.device)
-            self._explain_parts = (model, *run_input_loader(meta, self.config.run_dir))
+            model = self.run.load_model(self.predictor.device)
+            self._explain_parts = (model, *run_input_loader(self.run.preprocess, self.run.image_size, self.run.path))
         return self._explain_parts
 
     def _explain_sync(self, path: Path, target: str | None, figure: bool, title: str) -> dict:
-        from ..explain.cam import Explainer
-        from ..explain.figures import explanation_png, overlay_png
-        from ..explain.image import explain_image
-
         model, load_input, mask_fn = self._explain_setup()
         p = self.predictor
         with Explainer(model, method="gradcam", classes=p.classes, image_size=p.size) as ex:
@@ -355,16 +349,6 @@ class _FileError(Exception):
 def _safe_name(name: str | None) -> str:
     base = os.path.basename(name or "") or "upload"
     return base[:200]
-
-
-def _metrics(run_dir: Path) -> dict:
-    import json
-
-    try:
-        data = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _has_onnxruntime() -> bool:

@@ -1,4 +1,4 @@
-"""The serve and audit-log commands: thin wrappers, run through typer's test runner and a real server process."""
+"""``covidscreen serve`` and ``covidscreen audit-log``: through typer's test runner and as a real server process."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from datetime import timedelta
 
 import httpx
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from covidscreen.auditlog import AuditLog, utc_now
-from covidscreen.serving.commands import register
+from covidscreen.cli import app as cli_app
 from tests.auditlog.test_store import make_record
 from tests.postgres import free_port
 
@@ -24,9 +23,7 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def cli():
-    app = typer.Typer()
-    register(app)
-    return app
+    return cli_app
 
 
 def test_audit_log_summary_and_csv(cli, tmp_path):
@@ -58,12 +55,10 @@ def test_audit_log_bad_input(cli, tmp_path):
 
 def test_serve_runs_a_real_server_that_logs_json(tiny_run, tmp_path, png_file):
     port = free_port()
-    code = ("import typer; from covidscreen.serving.commands import register; app = typer.Typer(); register(app); "
-            "app()")
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(tiny_run), "--port", str(port), "--backend",
-                             "onnx", "--db", f"sqlite:///{tmp_path / 'log.sqlite'}"], stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "covidscreen", "serve", str(tiny_run), "--port", str(port),
+                             "--backend", "onnx", "--db", f"sqlite:///{tmp_path / 'log.sqlite'}"],
+                            stderr=subprocess.PIPE, text=True, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(600):  # bounded wait for start-up
@@ -83,7 +78,7 @@ def test_serve_runs_a_real_server_that_logs_json(tiny_run, tmp_path, png_file):
     finally:
         proc.kill()
         _, err = proc.communicate(timeout=30)
-    assert "serving run:squeezenet1_1 (onnx) on http://127.0.0.1" in err
+    assert f"serving run@{r.json()['weights_sha256'][:12]} (onnx) on http://127.0.0.1" in err
     lines = [__import__("json").loads(x) for x in err.splitlines() if x.startswith("{")]
     assert any(x["path"] == "/v1/predict" and x["status"] == 200 and x["request_id"] == r.headers["x-request-id"]
                for x in lines)

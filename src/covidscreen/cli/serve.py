@@ -1,7 +1,4 @@
-"""``covidscreen serve`` and ``covidscreen audit-log``: thin commands (parse, call the library, print).
-
-Registered in the command-line interface with ``register(app)``.
-"""
+"""``covidscreen serve`` and ``covidscreen audit-log``: the second-reader service and its audit log."""
 
 from __future__ import annotations
 
@@ -10,7 +7,12 @@ from typing import Annotated
 
 import typer
 
+from .options import DeviceOpt
 
+app = typer.Typer()
+
+
+@app.command()
 def serve(
     run_dir: Annotated[Path, typer.Argument(help="run or ensemble folder")],
     host: Annotated[str, typer.Option("--host", help="bind address; 0.0.0.0 exposes it to the network")]
@@ -23,7 +25,7 @@ def serve(
     api_key_file: Annotated[Path | None, typer.Option("--api-key-file", help="file of accepted API keys, one per "
                                                       "line; without it no key is asked")] = None,
     operating_point: Annotated[str, typer.Option("--operating-point", help="default operating point")] = "default",
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N")] = "auto",
+    device: DeviceOpt = "auto",
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="largest request body")] = 32.0,
     max_files: Annotated[int, typer.Option("--max-files", help="most files per request")] = 20,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="most pixels per image")] = 60_000_000,
@@ -33,8 +35,8 @@ def serve(
     = 10.0,
 ) -> None:
     """Serve a run over HTTP as a second reader: API under /v1 (OpenAPI at /docs), web page at /, audit log."""
-    from .config import ServeConfig
-    from .server import run_server
+    from ..serving.config import ServeConfig
+    from ..serving.server import run_server
 
     run_server(ServeConfig(run_dir=run_dir, host=host, port=port, backend=backend, db=db, api_key_file=api_key_file,
                            device=device, max_upload_mb=max_upload_mb, max_files=max_files, max_pixels=max_pixels,
@@ -42,6 +44,7 @@ def serve(
                            operating_point=operating_point))
 
 
+@app.command("audit-log")
 def audit_log(
     run_or_db: Annotated[str, typer.Argument(help="run folder, SQLite file or database URL of the audit log")],
     since: Annotated[str | None, typer.Option("--since", help="first day, YYYY-MM-DD (UTC)")] = None,
@@ -49,12 +52,7 @@ def audit_log(
     csv: Annotated[Path | None, typer.Option("--csv", help="export the records to this CSV file")] = None,
 ) -> None:
     """Summarise the audit log per day (decisions, warnings, drift) and list or export its records."""
-    from .server import audit_log_report
+    from ..serving.server import audit_log_report
 
     for line in audit_log_report(run_or_db, since=since, until=until, csv=csv):
         typer.echo(line)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("serve")(serve)
-    app.command("audit-log")(audit_log)
