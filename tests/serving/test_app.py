@@ -349,8 +349,8 @@ def test_bad_configuration_fails_before_serving(tiny_run, tmp_path):
 
 
 def test_an_ensemble_folder_is_served(tmp_path, png_file):
-    from covidscreen.inference.run import read_sidecar
     from covidscreen.inference.ensemble import write_manifest
+    from covidscreen.inference.run import read_sidecar
     from tests.serving.runs import make_run
 
     a, b = make_run(tmp_path / "a"), make_run(tmp_path / "b")

@@ -7,7 +7,8 @@
 - ``batcher.py``: bounded admission (503 past it) and micro-batching into one forward pass.
 - ``middleware.py``: request ids, one JSON log line per request, the upload size limit (413).
 - ``auth.py``: optional API keys; ``schemas.py``: pydantic request/response models; ``modelinfo.py``: the model card
-  facts of ``/v1/model``; ``server.py``: running it under uvicorn, and the ``serve`` / ``audit-log`` commands.
+  facts of ``/v1/model``; ``server.py``: running it under uvicorn, and what ``covidscreen serve`` / ``audit-log``
+  (``cli/serve.py``) call.
 - ``static/``: the web page (plain HTML, CSS and JavaScript; no build step).
 """
 
