@@ -113,10 +113,13 @@ class Server:
         except httpx.HTTPError:
             return False
 
-    def stop(self) -> None:
+    def stop(self) -> dict:
+        """Stop the server; its closing statistics (forward passes, images, mean batch, audit commits)."""
         self.proc.terminate()
         self.proc.wait(30)
         self.log.close()
+        lines = [ln for ln in Path(self.log.name).read_text().splitlines() if '"event": "stopped"' in ln]
+        return json.loads(lines[-1]) if lines else {}
 
 
 BOUNDARY = "covidscreen-bench-boundary"
@@ -214,7 +217,7 @@ def main() -> None:
     files = pick_files(args.images)
     payloads = [(f.name, f.read_bytes()) for f in files]
     levels = [int(x) for x in args.levels.split(",")]
-    rows = []
+    rows, stats = [], {}
     for backend in args.backends.split(","):
         plain, plain_cpu = plain_predict(run, backend, files)
         server = Server(run, backend, work, model_threads=args.model_threads, batch_wait_ms=args.batch_wait_ms)
@@ -229,7 +232,7 @@ def main() -> None:
                              "server_cpu_ms_img": cpu, "plain_cpu_ms_img": plain_cpu})
                 print(json.dumps(rows[-1]), flush=True)
         finally:
-            server.stop()
+            stats[backend] = server.stop()
     print("\n| backend | clients | requests ok | images/s | plain predict images/s | ratio | p50 ms | p95 ms | "
           "p99 ms | p99/p50 | server CPU ms/img | plain CPU ms/img |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -237,6 +240,10 @@ def main() -> None:
         print(f"| {r['backend']} | {r['clients']} | {r['ok']}/{r['sent']} | {r['img_s']:.1f} | {r['plain_img_s']:.1f} "
               f"| {r['ratio']:.2f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['p99/p50']:.2f} "
               f"| {r['server_cpu_ms_img']:.0f} | {r['plain_cpu_ms_img']:.0f} |")
+
+    for backend, st in stats.items():
+        print(f"{backend} server, all levels: {st.get('images')} images in {st.get('forward_passes')} forward passes "
+              f"(mean batch {st.get('mean_batch')}), {st.get('audit_commits')} audit-log commits")
 
     # past capacity: many clients against a small admission limit, no retries
     backend = args.backends.split(",")[0]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
+import logging
 import os
 import shutil
 import tempfile
@@ -35,6 +37,7 @@ from .config import ServeConfig
 from .modelinfo import model_info, point_info, weights_id
 from .schemas import FileResult, ModelInfo
 
+logger = logging.getLogger("covidscreen.serving")
 NOTICE = "Research tool, not a diagnosis: every result must be checked by a qualified reader."
 
 
@@ -122,6 +125,10 @@ class Screening:
     async def stop(self) -> None:
         self.ready = False
         await self.batcher.stop()
+        b = self.batcher
+        logger.info(json.dumps({"event": "stopped", "forward_passes": b.batches, "images": b.images,
+                                "mean_batch": round(b.images / b.batches, 2) if b.batches else 0,
+                                "audit_commits": self._writer.commits}))
         self._decoders.shutdown(wait=True)
         self.audit.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
