@@ -210,6 +210,7 @@ def main() -> None:
     ap.add_argument("--model-threads", type=int, default=0, help="the server's model_threads (0: library default)")
     ap.add_argument("--batch-wait-ms", type=float, default=10.0, help="the server's batch_wait_ms")
     ap.add_argument("--overload-clients", type=int, default=48)
+    ap.add_argument("--overload-rounds", type=int, default=3, help="rounds of the overload test")
     ap.add_argument("--overload-queue", type=int, default=8, help="max_queue of the overload server")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="covidscreen-bench-service-"))
@@ -251,7 +252,7 @@ def main() -> None:
     try:
         before = rss_mb(server.proc.pid)
         rounds = []
-        for _ in range(3):
+        for _ in range(args.overload_rounds):
             res = load(server.url, payloads, args.overload_clients, args.overload_clients * 4, args.max_seconds)
             rounds.append((res, rss_mb(server.proc.pid)))
         alive = server.alive()
