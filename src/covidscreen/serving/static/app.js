@@ -83,9 +83,10 @@ function showResult(card, r) {
   const dec = card.querySelector(".decision");
   dec.textContent = `Decision: ${r.decision}`;
   dec.classList.add(r.decision === pos ? "positive" : "negative");
-  card.querySelector(".point").textContent = `at operating point ${r.operating_point} (threshold ` +
-    `${r.threshold === undefined || r.threshold === null ? "n/a" : r.threshold.toFixed(3)}; validation sensitivity ` +
-    `${fmtRate(r.sensitivity)}, specificity ${fmtRate(r.specificity)})`;
+  const rule = r.threshold === undefined || r.threshold === null ? "the most probable class" :
+    `${pos} when p(${pos}) ≥ ${r.threshold.toFixed(3)}, else the most probable other class`;
+  card.querySelector(".point").textContent = `Operating point ${r.operating_point}: ${rule}. Validation ` +
+    `sensitivity ${fmtRate(r.sensitivity)}, specificity ${fmtRate(r.specificity)}.`;
   const bars = card.querySelector(".bars");
   for (const [cls, p] of Object.entries(r.probabilities)) {
     const dt = document.createElement("dt");
