@@ -376,3 +376,12 @@ def test_model_threads_limits_the_forward_pass_threads(tiny_run, tmp_path):
         assert app.state.screening.predictor.onnx.session.get_session_options().intra_op_num_threads == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_site_label_goes_into_the_audit_log(client, db_path):
+    r = client.post("/v1/predict?site=ward-3", files=upload(("a.png", png_bytes(seed=11))))
+    assert r.status_code == 200
+    [rec] = [x for x in AuditLog(db_path).query() if x.request_id == r.json()["request_id"]]
+    assert rec.site == "ward-3"
+    bad = client.post("/v1/predict?site=Doe%5EJohn%20PID-1", files=upload(("a.png", png_bytes())))
+    assert_json_error(bad, 422, "site label", "letters, digits")

@@ -40,6 +40,7 @@ def browser(tmp_path):
 
 def test_page_shows_results_heatmaps_and_inline_errors(browser, tiny_run, shared_data, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     dicoms = sorted((shared_data / "dicom").glob("*.dcm"))
@@ -88,8 +89,8 @@ def test_page_shows_results_heatmaps_and_inline_errors(browser, tiny_run, shared
         overlay = img.get_attribute("src")
         toggle.click()
         assert toggle.get_attribute("aria-pressed") == "false" and img.get_attribute("src") != overlay
-        toggle.click()
-        assert img.get_attribute("src") == overlay
+        toggle.send_keys(Keys.SPACE)  # a real button: operable from the keyboard
+        assert toggle.get_attribute("aria-pressed") == "true" and img.get_attribute("src") == overlay
         browser.execute_script("window.scrollTo(0, 0)")
         browser.execute_script("arguments[0].hidden = true;", picker)
         height = browser.execute_script("return document.documentElement.scrollHeight")

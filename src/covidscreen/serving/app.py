@@ -126,33 +126,35 @@ def create_app(config: ServeConfig, screening: Screening | None = None) -> FastA
     async def model() -> ModelInfo:
         return screening.info
 
-    async def _predict(request: Request, files: list[UploadFile], operating_point: str | None, explain: bool,
-                       target: str | None = None, figure: bool = False) -> PredictResponse:
+    async def _predict(request: Request, files: list[UploadFile], operating_point: str | None, site: str | None,
+                       explain: bool, target: str | None = None, figure: bool = False) -> PredictResponse:
         uploads = [Upload(f.filename or "upload", await f.read()) for f in files]
         request.scope["state"]["log"]["files"] = len(uploads)
         rid = _request_id(request)
         results = await screening.predict(uploads, rid, operating_point, explain=explain, target=target,
-                                          figure=figure)
+                                          figure=figure, site=site or "")
         request.scope["state"]["log"]["statuses"] = [r.status for r in results]
         return PredictResponse(request_id=rid, model_id=screening.model_id, weights_sha256=screening.weights_sha256,
                                results=results, notice=NOTICE)
 
     point_q = Query(None, description="operating point (default: the service's); see /v1/model")
+    site_q = Query(None, description="label of the sending ward or station, stored in the audit log so that drift "
+                   "can be seen per site (1-64 letters, digits, '.', '_', '-'; never a patient identifier)")
 
     @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True, responses=ERRORS,
               dependencies=[Depends(require_key)], summary="probabilities and decision for each uploaded image")
     async def predict(request: Request, files: Annotated[list[UploadFile], File(description=ACCEPTED)],
-                      operating_point: str | None = point_q) -> PredictResponse:
-        return await _predict(request, files, operating_point, explain=False)
+                      operating_point: str | None = point_q, site: str | None = site_q) -> PredictResponse:
+        return await _predict(request, files, operating_point, site, explain=False)
 
     @app.post("/v1/explain", response_model=PredictResponse, response_model_exclude_none=True, responses=ERRORS,
               dependencies=[Depends(require_key)], summary="the same plus a Grad-CAM overlay per image")
     async def explain(request: Request, files: Annotated[list[UploadFile], File(description=ACCEPTED)],
-                      operating_point: str | None = point_q,
+                      operating_point: str | None = point_q, site: str | None = site_q,
                       target: str | None = Query(None, description="class to explain (default: most probable)"),
                       figure: bool = Query(False, description="also return the figure covidscreen explain writes")
                       ) -> PredictResponse:
-        return await _predict(request, files, operating_point, explain=True, target=target, figure=figure)
+        return await _predict(request, files, operating_point, site, explain=True, target=target, figure=figure)
 
     # outermost first: the log line sees the 413 of the body limit
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_upload_bytes)

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -38,6 +39,7 @@ from .modelinfo import model_info, point_info, weights_id
 from .schemas import FileResult, ModelInfo
 
 logger = logging.getLogger("covidscreen.serving")
+SITE_LABEL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 NOTICE = "Research tool, not a diagnosis: every result must be checked by a qualified reader."
 
 
@@ -156,10 +158,14 @@ class Screening:
         return name
 
     async def predict(self, uploads: list[Upload], request_id: str, operating_point: str | None = None,
-                      explain: bool = False, target: str | None = None, figure: bool = False) -> list[FileResult]:
+                      explain: bool = False, target: str | None = None, figure: bool = False,
+                      site: str = "") -> list[FileResult]:
         """Results for each upload, in order; raises ServiceError when no answer can be given at all."""
         t0 = time.perf_counter()
         point = self.resolve_point(operating_point)
+        if site and not SITE_LABEL.match(site):
+            raise ServiceError(422, "bad_site", f"site label {site[:80]!r} is not accepted: use 1-64 letters, digits, "
+                               "'.', '_' or '-' (a ward or station name, never a patient identifier)")
         if explain and not self.explain_available:
             raise ServiceError(409, "explain_unavailable", "Grad-CAM of an ensemble is not defined (its members look "
                                "at different layers); use /v1/predict, or serve one member run to explain")
@@ -203,7 +209,8 @@ class Screening:
                 time=now, request_id=request_id, source="http", input_sha256=w.result.input_sha256,
                 model_id=self.model_id, weights_sha256=self.weights_sha256, code_version=code_version(),
                 operating_point=point, probabilities=w.result.probabilities, decision=w.result.decision,
-                warnings=w.result.warnings, latency_ms=(time.perf_counter() - w.started) * 1000) for w in done]
+                warnings=w.result.warnings, latency_ms=(time.perf_counter() - w.started) * 1000, site=site)
+                for w in done]
             try:
                 await self._writer.write(records)
             except AuditLogError as exc:
