@@ -17,7 +17,10 @@ app = typer.Typer()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="run folder written by train")],
     inputs: Annotated[list[str], typer.Argument(help="image files (PNG, JPEG, DICOM) or folders")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write .csv or .json")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write .csv (rows appended as they come) or "
+                                                ".json")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="keep an existing --output CSV and skip the files it "
+                                         "already holds")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     operating_point: Annotated[str, typer.Option(
         "--operating-point", help="named threshold of the run (chosen on validation): default, youden, "
@@ -33,17 +36,23 @@ def predict(
 
     if output is not None and output.suffix.lower() not in (".csv", ".json"):
         raise CovidscreenError(f"--output {output}: use a .csv or .json file name")
+    if resume and (output is None or output.suffix.lower() != ".csv"):
+        raise CovidscreenError("--resume needs a CSV --output to resume into")
     predictor = Predictor(run_dir, device=device, operating_point=operating_point, backend=backend,
                           mixed_precision=mixed_precision)
+    if output is not None and output.suffix.lower() == ".csv":
+        from ..inference.stream import predict_to_csv
+
+        done = predict_to_csv(predictor, inputs, output, resume=resume, batch_size=batch_size)
+        typer.echo(f"{done.written} file(s) scored, {done.unreadable} unreadable, {done.skipped} already in "
+                   f"{output}")
+        return
     df = predictor.predict_files(inputs, batch_size=batch_size)
     if output is None:
         typer.echo(df.to_csv(index=False), nl=False)
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
-        if output.suffix.lower() == ".json":
-            df.to_json(output, orient="records", indent=2)
-        else:
-            df.to_csv(output, index=False)
+        df.to_json(output, orient="records", indent=2)
         typer.echo(f"{len(df)} file(s), {int((df['error'] != '').sum())} unreadable: {output}")
 
 

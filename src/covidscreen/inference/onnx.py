@@ -72,6 +72,9 @@ class OnnxModel:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        # idle worker threads sleep instead of spinning: between the irregular batches of a service (and on shared
+        # CPUs) spinning burns the cores that decoding needs
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ A file that cannot be read gets a row with an ``error`` and empty probabilities;
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 from ..data.decode import IMAGE_SUFFIXES
 from ..data.preprocess import load_preprocessed
 from ..errors import DataError, ImageDecodeError
+from ..evaluation.calibration import apply_temperature
 from ..evaluation.metrics import predict_labels
 from ..runtime import amp_dtype, prediction_precision, resolve_device, to_input
 from ..segmentation import load_segmenter_for
@@ -73,7 +75,9 @@ class Predictor:
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """Probabilities for a ``(B, size, size)`` uint8 batch."""
         if self.onnx is not None:
-            return self.onnx.probabilities(np.ascontiguousarray(images, dtype=np.float32)[:, None] / 255.0)
+            probs = self.onnx.probabilities(np.ascontiguousarray(images, dtype=np.float32)[:, None] / 255.0)
+            # the same probabilities as the PyTorch path, which divides its logits by the temperature
+            return probs if self.temperature == 1.0 else apply_temperature(probs, self.temperature)
         x = to_input(torch.from_numpy(np.ascontiguousarray(images)), self.device)
         with prediction_precision(self.device, self.amp):
             logits = self.model(x)
@@ -83,7 +87,17 @@ class Predictor:
         return [self.classes[i] for i in predict_labels(probs, self.positive_index, self.threshold)]
 
     def predict_files(self, inputs: list[str | Path], batch_size: int = 32, progress: bool = True) -> pd.DataFrame:
-        files = expand_inputs(inputs)
+        rows = self.iter_predictions(expand_inputs(inputs), batch_size=batch_size, progress=progress)
+        return pd.DataFrame(list(rows), columns=self.columns)
+
+    @property
+    def columns(self) -> list[str]:
+        """Columns of a prediction row: ``path``, ``prob_<class>``..., ``prediction``, ``error``."""
+        return ["path", *[f"prob_{c}" for c in self.classes], "prediction", "error"]
+
+    def iter_predictions(self, files: list[Path], batch_size: int = 32, progress: bool = True) -> Iterator[dict]:
+        """One row per file, in order, yielded as each batch is done (memory stays bounded for any number of
+        files; an unreadable file gets its ``error`` and empty probabilities)."""
         rows: list[dict] = []
         batch: list[tuple[int, np.ndarray]] = []
 
@@ -119,6 +133,7 @@ class Predictor:
                     if len(batch) >= batch_size:
                         flush()
                     bar.update()
-            flush()
+                flush()  # a chunk's rows are complete: hand them out
+                yield from rows
+                rows.clear()
         bar.close()
-        return pd.DataFrame(rows, columns=["path", *[f"prob_{c}" for c in self.classes], "prediction", "error"])

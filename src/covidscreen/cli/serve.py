@@ -1,0 +1,58 @@
+"""``covidscreen serve`` and ``covidscreen audit-log``: the second-reader service and its audit log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .options import DeviceOpt
+
+app = typer.Typer()
+
+
+@app.command()
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="run or ensemble folder")],
+    host: Annotated[str, typer.Option("--host", help="bind address; 0.0.0.0 exposes it to the network")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    backend: Annotated[str, typer.Option("--backend", help="torch, onnx, or auto (onnx when model.onnx exists)")]
+    = "auto",
+    db: Annotated[str | None, typer.Option("--db", help="audit log: sqlite:///PATH or postgresql://USER@HOST/DB "
+                                           "(default: audit_log.sqlite in the run folder)")] = None,
+    api_key_file: Annotated[Path | None, typer.Option("--api-key-file", help="file of accepted API keys, one per "
+                                                      "line; without it no key is asked")] = None,
+    operating_point: Annotated[str, typer.Option("--operating-point", help="default operating point")] = "default",
+    device: DeviceOpt = "auto",
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="largest request body")] = 32.0,
+    max_files: Annotated[int, typer.Option("--max-files", help="most files per request")] = 20,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="most pixels per image")] = 60_000_000,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="images in progress before answering 503")] = 64,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="most images per forward pass")] = 16,
+    batch_wait_ms: Annotated[float, typer.Option("--batch-wait-ms", help="wait for images of other requests")]
+    = 10.0,
+) -> None:
+    """Serve a run over HTTP as a second reader: API under /v1 (OpenAPI at /docs), web page at /, audit log."""
+    from ..serving.config import ServeConfig
+    from ..serving.server import run_server
+
+    run_server(ServeConfig(run_dir=run_dir, host=host, port=port, backend=backend, db=db, api_key_file=api_key_file,
+                           device=device, max_upload_mb=max_upload_mb, max_files=max_files, max_pixels=max_pixels,
+                           max_queue=max_queue, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                           operating_point=operating_point))
+
+
+@app.command("audit-log")
+def audit_log(
+    run_or_db: Annotated[str, typer.Argument(help="run folder, SQLite file or database URL of the audit log")],
+    since: Annotated[str | None, typer.Option("--since", help="first day, YYYY-MM-DD (UTC)")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="day after the last, YYYY-MM-DD (UTC)")] = None,
+    csv: Annotated[Path | None, typer.Option("--csv", help="export the records to this CSV file")] = None,
+) -> None:
+    """Summarise the audit log per day (decisions, warnings, drift) and list or export its records."""
+    from ..serving.server import audit_log_report
+
+    for line in audit_log_report(run_or_db, since=since, until=until, csv=csv):
+        typer.echo(line)
