@@ -16,7 +16,6 @@ import pandas as pd
 from ..errors import DataError
 from .decode import dicom_modality, is_dicom
 
-from ..config import MODALITIES
 DEFAULT_MODALITY = "cxr"
 #: DICOM Modality values that tell which of our modalities an image is.
 DICOM_MODALITIES = {"CR": "cxr", "DX": "cxr", "CT": "ct"}

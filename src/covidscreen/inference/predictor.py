@@ -1,10 +1,14 @@
 """Prediction on files: expand folders, decode (PNG/JPEG/DICOM), batch, and report one row per file.
 
-A file that cannot be read gets a row with an ``error`` and empty probabilities; it never stops the batch.
+A file that cannot be read gets a row with an ``error`` and empty probabilities; it never stops the batch. So does a
+file of the other modality (a CT slice sent to an X-ray model or the reverse, told by its DICOM ``Modality``); files
+whose modality cannot be told (PNG/JPEG) are predicted, and one warning for the batch says so
+(``DataFrame.attrs["warnings"]`` and a Python warning).
 """
 
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,12 +19,17 @@ from tqdm.auto import tqdm
 
 from ..data.decode import IMAGE_SUFFIXES
 from ..data.preprocess import load_preprocessed
-from ..errors import DataError, ImageDecodeError
+from ..errors import DataError, ImageDecodeError, ModalityError
 from ..evaluation.metrics import predict_labels
 from ..runtime import amp_dtype, prediction_precision, resolve_device, to_input
 from ..segmentation import load_segmenter_for
+from .modality import check_input_modality, summarise_warnings
 from .onnx import OnnxModel
 from .run import Run, load_run
+
+
+class ModalityWarning(UserWarning):
+    """Inputs whose modality could not be checked against the model's."""
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -60,6 +69,7 @@ class Predictor:
         self.amp = amp_dtype(self.device, enabled=mixed_precision)
         self.classes: list[str] = list(self.run.classes)
         self.size = self.run.image_size
+        self.modality = self.run.modality
         self.positive_index = self.run.positive_index
         self.threshold = None if point is None else point.threshold
         # the run's preprocessing (lung ROI, intensity, border crop), applied exactly as in training
@@ -79,6 +89,11 @@ class Predictor:
             logits = self.model(x)
         return torch.softmax(logits.float() / self.temperature, 1).cpu().numpy().astype(np.float64)
 
+    def check_modality(self, path: str | Path) -> str | None:
+        """Refuse a file of the other modality (:class:`~covidscreen.errors.ModalityError`); a warning (or None)
+        for one that cannot be checked. Every file-based interface calls this before decoding."""
+        return check_input_modality(path, self.modality)
+
     def decide(self, probs: np.ndarray) -> list[str]:
         return [self.classes[i] for i in predict_labels(probs, self.positive_index, self.threshold)]
 
@@ -96,10 +111,15 @@ class Predictor:
                 rows[i]["prediction"] = label
             batch.clear()
 
+        unchecked: list[str] = []
+
         def load(f: Path) -> np.ndarray | str:
             try:
+                note = self.check_modality(f)
+                if note:
+                    unchecked.append(note)
                 return load_preprocessed(f, self.size, self.preprocess, self.segmenter)
-            except ImageDecodeError as exc:
+            except (ImageDecodeError, ModalityError) as exc:
                 return str(exc)
 
         # decoding (PIL, pydicom) releases the GIL for the heavy parts: overlap it with inference, a bounded
@@ -121,4 +141,9 @@ class Predictor:
                     bar.update()
             flush()
         bar.close()
-        return pd.DataFrame(rows, columns=["path", *[f"prob_{c}" for c in self.classes], "prediction", "error"])
+        out = pd.DataFrame(rows, columns=["path", *[f"prob_{c}" for c in self.classes], "prediction", "error"])
+        summary = summarise_warnings(unchecked, self.modality)
+        out.attrs["warnings"] = [summary] if summary else []
+        if summary:
+            warnings.warn(summary, ModalityWarning, stacklevel=2)
+        return out
