@@ -115,16 +115,26 @@ def ct_slice_to_uint8(ds: object, window: tuple[float, float] = LUNG_WINDOW, sou
         ImageDecodeError: no or undecodable pixel data, several frames, colour data or a bad window.
     """
     level, width = check_window(window)
+    return apply_window(ct_slice_hu(ds, source), level, width)
+
+
+def ct_slice_hu(ds: object, source: str = "CT slice") -> np.ndarray:
+    """A CT slice (a read pydicom dataset) in Hounsfield units (float32, 2-D).
+
+    Raises:
+        ImageDecodeError: no or undecodable pixel data, several frames, colour data or unusable rescale tags.
+    """
     pixels = _pixels(ds, source)
     if pixels.ndim != 2:
         raise ImageDecodeError(f"{source}: a CT slice must be one greyscale frame, got pixel data of shape "
                                f"{pixels.shape}")
     try:
-        hu = hounsfield_units(pixels, float(getattr(ds, "RescaleSlope", 1) or 1),
-                              float(getattr(ds, "RescaleIntercept", 0) or 0))
+        slope = getattr(ds, "RescaleSlope", None)
+        intercept = getattr(ds, "RescaleIntercept", None)
+        return hounsfield_units(pixels, 1.0 if slope in (None, "") else float(slope),
+                                0.0 if intercept in (None, "") else float(intercept))
     except (TypeError, ValueError) as exc:
         raise ImageDecodeError(f"{source}: RescaleSlope/RescaleIntercept unusable ({exc})") from None
-    return apply_window(hu, level, width)
 
 
 def _pixels(ds: object, source: str) -> np.ndarray:
