@@ -5,6 +5,7 @@ Checks, each failing with a :class:`SeriesError` that says what is wrong:
 - every file is DICOM (other files are skipped and counted; a file with a DICOM preamble that cannot be parsed is
   an error), with pixel data, ImagePositionPatient and ImageOrientationPatient;
 - one SeriesInstanceUID (a folder mixing series is refused, naming them and their slice counts);
+- one Modality, CT (or absent/OT/SC, which the scorer warns about); radiographs are refused (``ModalityError``);
 - one orientation (row/column direction cosines within 1e-3), one PixelSpacing, one image size;
 - no two slices at the same position.
 
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..data.decode import LUNG_WINDOW, ct_slice_to_uint8, dicom_modality_of
-from ..errors import DataError
+from ..errors import DataError, ModalityError
 
 ORIENTATION_TOLERANCE = 1e-3
 SPACING_TOLERANCE = 1e-3  # mm
@@ -213,6 +214,12 @@ def read_series(path: str | Path) -> CTSeries:
     if len(uids) > 1:
         listing = ", ".join(f"{u} ({n} slices)" for u, n in sorted(uids.items(), key=lambda kv: -kv[1]))
         raise SeriesError(f"{path}: {len(uids)} series are mixed here: {listing}; give one series per folder or zip")
+    modalities = {dicom_modality_of(ds) for _, ds in datasets}
+    if len(modalities) > 1:
+        raise SeriesError(f"{path}: slices of several modalities {sorted(m or 'none' for m in modalities)}")
+    modality = next(iter(modalities))
+    if modality not in (None, "CT", "OT", "SC"):  # a radiograph or another modality is not a CT series
+        raise ModalityError(f"{path}: DICOM Modality {modality}, not a CT series; give CT slices (Modality CT)")
     for s, ds in datasets:
         if "PixelData" not in ds:
             raise SeriesError(f"{s}: no pixel data (not an image slice)")
@@ -223,12 +230,9 @@ def read_series(path: str | Path) -> CTSeries:
     if max(np.abs(np.array(spacings) - np.array(spacings[0])).max(1)) > SPACING_TOLERANCE:
         raise SeriesError(f"{path}: slices have different PixelSpacing ({sorted(set(spacings))[:3]}); a series has "
                           "one pixel spacing")
-    modalities = {dicom_modality_of(ds) for _, ds in datasets}
-    if len(modalities) > 1:
-        raise SeriesError(f"{path}: slices of several modalities {sorted(m or 'none' for m in modalities)}")
     slices, normal, spacing, gaps = order_slices(datasets, str(path))
     first = datasets[0][1]
-    return CTSeries(source=str(path), series_instance_uid=next(iter(uids)), modality=modalities.pop(), slices=slices,
+    return CTSeries(source=str(path), series_instance_uid=next(iter(uids)), modality=modality, slices=slices,
                     normal=tuple(float(v) for v in normal), pixel_spacing=tuple(float(v) for v in spacings[0]),
                     spacing=spacing, gaps=gaps, skipped=skipped,
                     study_instance_uid=str(getattr(first, "StudyInstanceUID", "")),
