@@ -26,8 +26,8 @@ def make_ct_folder(root: Path, n_per_class: int = 10, modality_column: bool = Tr
     (root / "images").mkdir(parents=True, exist_ok=True)
     for label in ("covid", "non_covid"):
         for i in range(n_per_class):
-            img = apply_window(phantom_hu(48, opacity=label == "covid") + np.random.default_rng(i).normal(0, 30, (48, 48)),
-                               -600, 1500)
+            noise = np.random.default_rng(i).normal(0, 30, (48, 48))
+            img = apply_window(phantom_hu(48, opacity=label == "covid") + noise, -600, 1500)
             name = f"images/{label}_{i}.png"
             Image.fromarray(img).save(root / name)
             rows.append({"image": name, "label": label, "patient_id": f"{label}_{i // 2}", "view": "axial",

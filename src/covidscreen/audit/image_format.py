@@ -91,14 +91,17 @@ def format_audit(table: pd.DataFrame, images: np.ndarray, rows: np.ndarray, seed
         table: one row per image (``label``, ``group``, ``path``; optional ``width``, ``height``).
         images: cached ``uint8`` images, ``images[rows[i]]`` for row ``i``.
     """
-    feats = format_features(images, np.asarray(rows), original_sizes(table))
+    sizes = original_sizes(table)
+    feats = format_features(images, np.asarray(rows), sizes)
     labels = table["label"].astype(str).reset_index(drop=True)
     by_label = {}
     for label in sorted(labels.unique()):
         m = (labels == label).to_numpy()
         med = feats[m].median()
-        by_label[label] = {"n": int(m.sum()), "width": float(np.exp(med["log_width"])),
-                           "height": float(np.exp(med["log_height"])), "aspect": float(med["aspect"]),
+        with np.errstate(all="ignore"):
+            width, height = (float(np.nanmedian(sizes[m, k])) if np.isfinite(sizes[m, k]).any() else math.nan
+                             for k in (0, 1))
+        by_label[label] = {"n": int(m.sum()), "width": width, "height": height, "aspect": float(med["aspect"]),
                            "white": float(med["white"]), "black": float(med["black"]),
                            "border_mean": float(med["border_mean"]), "border_std": float(med["border_std"]),
                            "edge_marks": float(med["edge_marks"])}
@@ -117,7 +120,8 @@ def format_finding(block: dict[str, Any]) -> dict[str, str] | None:
         return None
     parts = []
     for label, s in block["by_label"].items():
-        parts.append(f"'{label}': median {s['width']:.0f}x{s['height']:.0f} px, {100 * s['white']:.0f}% saturated "
+        size = f"{s['width']:.0f}x{s['height']:.0f} px, " if math.isfinite(s["width"] + s["height"]) else ""
+        parts.append(f"'{label}': median {size}{100 * s['white']:.0f}% saturated "
                      f"white pixels, border brightness {s['border_mean']:.0f}/255, "
                      f"{100 * s['edge_marks']:.1f}% sharp steps near the edges")
     return {"severity": "high", "text": (
