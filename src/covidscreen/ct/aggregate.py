@@ -8,8 +8,9 @@ Rules (``name``: what it computes from the series' slice probabilities of the po
 - ``mean``: the mean of all slices (a diffuse finding; diluted by the many slices without lungs in a full series).
 
 :func:`fit_aggregation` scores every rule on the run's *validation* patients (each patient's slices play the role of a
-series), keeps the one with the highest patient-level ROC AUC (ties: the earlier, simpler rule in :data:`RULES`) and
-its Youden threshold on those patients; the test patients are scored with the chosen rule only to report how it
+series), keeps the one with the highest patient-level ROC AUC (ties: the earlier rule in :data:`RULES`) and its Youden
+threshold on those patients. Rules are compared on the patients with two or more slices when there are such patients
+of both classes (a patient with one slice scores the same under every rule); the test patients are scored with the chosen rule only to report how it
 holds. Nothing is tuned on the test split. The result is stored in the run folder (``ct_aggregation.json``).
 
 A learned rule (e.g. a logistic regression on several of these statistics) was left out on purpose: the shared CT
@@ -80,21 +81,31 @@ def fit_aggregation(preds: pd.DataFrame, positive_class: str) -> dict[str, Any]:
     val = preds[preds["split"] == "val"]
     if val.empty or val["label"].eq(positive_class).all() or not val["label"].eq(positive_class).any():
         raise DataError("choosing a series aggregation needs validation patients of both classes")
+    # a patient with one slice scores the same under every rule: only patients with several slices tell rules apart
+    sizes = val.groupby("group")["label"].agg(["size", "first"])
+    multi = sizes[sizes["size"] >= 2]
+    use_multi = multi["first"].eq(positive_class).any() and multi["first"].ne(positive_class).any()
     by_rule: dict[str, dict[str, Any]] = {}
     for rule in RULES:
         pv = patient_scores(val, positive_class, rule)
         entry: dict[str, Any] = {"val_auc": rank_auc(pv["y"].to_numpy(), pv["score"].to_numpy()),
                                  "val_patients": int(len(pv))}
+        if use_multi:
+            pm = pv[pv["group"].isin(multi.index)]
+            entry.update(val_auc_multi_slice=rank_auc(pm["y"].to_numpy(), pm["score"].to_numpy()),
+                         val_patients_multi_slice=int(len(pm)))
         test = preds[preds["split"] == "test"]
         if not test.empty and test["label"].nunique() > 1:
             pt = patient_scores(test, positive_class, rule)
             entry.update(test_auc=rank_auc(pt["y"].to_numpy(), pt["score"].to_numpy()), test_patients=int(len(pt)))
         by_rule[rule] = entry
-    best = max(RULES, key=lambda r: (by_rule[r]["val_auc"], -RULES.index(r)))
+    key = "val_auc_multi_slice" if use_multi else "val_auc"
+    best = max(RULES, key=lambda r: (by_rule[r][key], -RULES.index(r)))
     pv = patient_scores(val, positive_class, best)
     threshold = float(youden_threshold(pv["y"].to_numpy(), pv["score"].to_numpy()))
     return {"rule": best, "threshold": threshold, "positive_class": positive_class, "chosen_on": "validation patients",
-            "criterion": "patient-level ROC AUC (Youden threshold)", "rules": by_rule,
+            "criterion": f"patient-level ROC AUC ({key}; Youden threshold on all validation patients)",
+            "rules": by_rule,
             "median_slices_per_val_patient": float(pv["n_slices"].median())}
 
 
