@@ -15,7 +15,7 @@ from PIL import Image
 
 from covidscreen.config import resolve_train_config
 from covidscreen.data.decode import apply_window
-from covidscreen.training.trainer import fit
+from covidscreen.workflows.fit import fit
 from tests.conftest import make_image_folder
 from tests.ct.synthetic_ct import phantom_hu
 

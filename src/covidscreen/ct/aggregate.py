@@ -7,11 +7,12 @@ Rules (``name``: what it computes from the series' slice probabilities of the po
   spurious slice;
 - ``mean``: the mean of all slices (a diffuse finding; diluted by the many slices without lungs in a full series).
 
-:func:`fit_aggregation` scores every rule on the run's *validation* patients (each patient's slices play the role of a
-series), keeps the one with the highest patient-level ROC AUC (ties: the earlier rule in :data:`RULES`) and its Youden
-threshold on those patients. Rules are compared on the patients with two or more slices when there are such patients
-of both classes (a patient with one slice scores the same under every rule); the test patients are scored with the chosen rule only to report how it
-holds. Nothing is tuned on the test split. The result is stored in the run folder (``ct_aggregation.json``).
+:func:`fit_aggregation` scores every rule on the run's *validation* patients (each patient's slices play the role of
+a series), keeps the one with the highest patient-level ROC AUC (ties: the earlier rule in :data:`RULES`) and its
+Youden threshold on those patients. Rules are compared on the patients with two or more slices when there are such
+patients of both classes (a patient with one slice scores the same under every rule); the test patients are scored
+with every rule only to report how the choice holds. Nothing is tuned on the test split. The result is stored in the
+run folder (``ct_aggregation.json``).
 
 A learned rule (e.g. a logistic regression on several of these statistics) was left out on purpose: the shared CT
 data has about 35 validation patients, too few to fit more than a choice among a handful of rules.

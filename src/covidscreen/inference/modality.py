@@ -1,9 +1,10 @@
 """The one modality check of every interface: is this input of the modality the model reads?
 
 A run reads one modality (:attr:`~covidscreen.inference.run.Run.modality`: ``cxr`` or ``ct``; runs that predate
-the sidecar key read chest radiographs). :class:`~covidscreen.inference.predictor.Predictor` calls :func:`check_input_modality` on every file
-before decoding it, and the CT series reader calls :func:`check_dicom_modality` with the series' tag, so ``predict``,
-``explain``, ``evaluate``, the HTTP service and the DICOM node all refuse the same inputs with the same message.
+the sidecar key read chest radiographs). :class:`~covidscreen.inference.predictor.Predictor` calls
+:func:`check_input_modality` on every file before decoding it, and the CT series scorer calls
+:func:`check_dicom_modality` with the series' tag, so ``predict``, ``explain``, ``evaluate``, the HTTP service and
+the DICOM node all refuse the same inputs with the same message.
 
 - A DICOM input whose ``Modality`` tells (CR/DX: radiograph, CT: CT slice) and disagrees is refused
   (:class:`~covidscreen.errors.ModalityError`).
