@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from covidscreen.audit.format import FEATURES, format_audit, format_features, format_finding
+from covidscreen.audit.image_format import FEATURES, format_audit, format_features, format_finding
 
 
 def _data(n=40, confounded=True, seed=0):
