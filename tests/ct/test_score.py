@@ -6,7 +6,8 @@ import pytest
 
 from covidscreen.ct.score import predict_series, score_series, series_table
 from covidscreen.errors import ModalityError
-from covidscreen.inference.predictor import ModalityWarning, Predictor
+from covidscreen.inference.modality import ModalityWarning
+from covidscreen.inference.predictor import Predictor
 from tests.ct.synthetic_ct import radiograph_dataset, write, write_series
 
 

@@ -20,6 +20,11 @@ from ..data.decode import dicom_modality, is_dicom
 from ..data.modality import DICOM_MODALITIES, modality_from_dicom
 from ..errors import DataError, ModalityError
 
+
+class ModalityWarning(UserWarning):
+    """Inputs whose modality could not be checked against the model's (PNG/JPEG, DICOM without a telling tag)."""
+
+
 NAMES = {"cxr": "chest radiographs (DICOM CR/DX)", "ct": "CT slices (DICOM CT)"}
 
 

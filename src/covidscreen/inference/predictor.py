@@ -23,13 +23,9 @@ from ..errors import DataError, ImageDecodeError, ModalityError
 from ..evaluation.metrics import predict_labels
 from ..runtime import amp_dtype, prediction_precision, resolve_device, to_input
 from ..segmentation import load_segmenter_for
-from .modality import check_input_modality, summarise_warnings
+from .modality import ModalityWarning, check_input_modality, summarise_warnings
 from .onnx import OnnxModel
 from .run import Run, load_run
-
-
-class ModalityWarning(UserWarning):
-    """Inputs whose modality could not be checked against the model's."""
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:

@@ -39,8 +39,8 @@ from ..explain.sanity import (
     sanity_notes,
     sanity_summary,
 )
-from ..inference.modality import check_input_modality, summarise_warnings
-from ..inference.predictor import ModalityWarning, expand_inputs
+from ..inference.modality import ModalityWarning, check_input_modality, summarise_warnings
+from ..inference.predictor import expand_inputs
 from ..inference.run import Run, load_checkpoint
 from ..runtime import resolve_device
 
