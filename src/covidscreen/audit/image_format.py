@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image, UnidentifiedImageError
 
+from ..data.decode import read_dicom_header
 from .registry import Audit, AuditContext, Finding, Section, Table, register
 from .shortcut import probe
 
@@ -32,16 +34,12 @@ FLAG_AUC = 0.75  # a label told from format alone at this ROC AUC (or better) is
 
 
 def _original_size(path: str) -> tuple[float, float]:
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             return float(im.size[0]), float(im.size[1])
     except (OSError, UnidentifiedImageError, ValueError):
         pass
     try:
-        from ..data.decode import read_dicom_header
-
         ds = read_dicom_header(path)
         return float(ds.Columns), float(ds.Rows)
     except Exception:  # unreadable header: the size is simply unknown for this image

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..data.decode import LUNG_WINDOW, apply_window, check_window, ct_slice_hu
 from ..data.preprocess import crop_border, preprocess_decoded
-from ..errors import DataError
+from ..errors import CovidscreenError, DataError, ModalityError
 from ..inference.modality import check_dicom_modality
 from ..inference.predictor import Predictor
 from .aggregate import aggregate, load_or_fit_aggregation
@@ -120,8 +120,6 @@ def predict_series(run_dir: str | Path, series: list[str | Path], window: tuple[
                    device: str = "auto") -> list[dict[str, Any]]:
     """Score several series with one run; a series that fails its checks gets ``{"source", "error"}``, never stops
     the others. A run of the wrong modality fails at once (every series would be refused)."""
-    from ..errors import CovidscreenError, ModalityError
-
     predictor = Predictor(run_dir, device=device)
     if predictor.modality != "ct":
         raise ModalityError(f"{run_dir} reads {predictor.modality}, not CT series; use a run trained on CT slices "

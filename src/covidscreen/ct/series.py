@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
 
 from ..data.decode import LUNG_WINDOW, ct_slice_to_uint8, dicom_modality_of
 from ..errors import DataError, ModalityError
@@ -80,9 +82,6 @@ class CTSeries:
 
 
 def _parse(data: bytes | str, source: str) -> Any:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     try:
         return pydicom.dcmread(io.BytesIO(data) if isinstance(data, bytes) else data)
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
