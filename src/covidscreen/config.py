@@ -108,7 +108,7 @@ class TrainConfig:
     pretrained: bool = True  # start from ImageNet weights (--no-pretrained: random initialisation)
     weights: str | None = None  # local weights file instead of the registry's source
     image_size: int = 224  # square input side in pixels
-    modality: str = "cxr"  # what the model reads: cxr (chest X-ray, CR/DX) or ct (chest CT slices)
+    modality: str | None = None  # what the model reads: cxr (X-ray, CR/DX) or ct (CT slices); null: from the data
     train_stages: int | None = 5  # fine-tune only the last k trunk stages (+ head); null: all, 0: head only
     epochs: int = 4  # number of epochs
     samples_per_epoch: int | None = 2500  # random subset of the training set per epoch (None = all)
@@ -167,7 +167,8 @@ class TrainConfig:
         """Check values that types cannot express; raise :class:`ConfigError` naming the first bad key."""
         checks = [
             ("image_size", 32 <= self.image_size <= 1024, "an integer from 32 to 1024"),
-            ("modality", self.modality in MODALITIES, f"one of {', '.join(MODALITIES)}"),
+            ("modality", self.modality is None or self.modality in MODALITIES,
+             f"null (from the data: modality or view column, DICOM Modality) or one of {', '.join(MODALITIES)}"),
             ("epochs", self.epochs >= 1, "at least 1"),
             ("batch_size", self.batch_size >= 2, "at least 2"),
             ("lr", self.lr > 0, "positive"),

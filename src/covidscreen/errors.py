@@ -18,6 +18,10 @@ class ImageDecodeError(DataError):
     """One image file could not be decoded."""
 
 
+class ModalityError(DataError):
+    """An input of another imaging modality than the model reads (a CT slice sent to an X-ray model, or the reverse)."""
+
+
 class ModelError(CovidscreenError):
     """Unknown model name, unavailable weights or a weights file that does not match."""
 

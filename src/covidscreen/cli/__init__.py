@@ -12,13 +12,14 @@ import sys
 import typer
 
 from ..errors import CovidscreenError
-from . import dicomnet, evaluate, experiment, predict, segment, serve, train
+from . import ct, dicomnet, evaluate, experiment, predict, segment, serve, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="COVID-19 / pneumonia screening on chest X-rays by transfer learning, evaluated honestly.")
 app.add_typer(train.app)
 app.add_typer(evaluate.app)
 app.add_typer(predict.app)
+app.add_typer(ct.app)
 app.add_typer(experiment.app)
 app.add_typer(segment.app, name="segment")
 app.add_typer(serve.app)

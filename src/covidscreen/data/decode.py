@@ -3,6 +3,11 @@
 Everything downstream (cache, training, prediction, explanations) sees the same representation: a 2-D ``uint8``
 array in the image's own geometry. High bit-depth images are scaled linearly from their own min..max; DICOM files get
 the modality LUT, then the VOI LUT / window, and MONOCHROME1 is inverted so that bone is bright in every image.
+
+CT slices (DICOM ``Modality`` CT) are different: their pixel values are calibrated. They are converted to Hounsfield
+units (``RescaleSlope`` / ``RescaleIntercept``) and shown through a fixed window, by default the lung window
+(level -600 HU, width 1500 HU), whatever window the scanner stored: a model must see the same mapping of tissue
+densities on every slice, from every scanner.
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ from ..errors import ImageDecodeError
 
 ACCEPTED = "PNG or JPEG (8/16-bit greyscale or RGB) and DICOM (uncompressed or with an installed pixel handler)"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+
+#: (level, width) in HU. Lung: air (-1000) near black, lung (-800) dark grey, soft tissue (40) near white.
+LUNG_WINDOW = (-600.0, 1500.0)
+#: Soft tissue / mediastinum (not used by the models: they see one lung-window channel).
+MEDIASTINAL_WINDOW = (40.0, 400.0)
 
 # Decompression bombs: a chest X-ray is at most a few thousand pixels a side.
 Image.MAX_IMAGE_PIXELS = 12_000 * 12_000
@@ -44,7 +54,107 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
-def _decode_dicom(path: Path) -> np.ndarray:
+def hounsfield_units(pixels: np.ndarray, slope: float = 1.0, intercept: float = 0.0) -> np.ndarray:
+    """Stored CT values to Hounsfield units: ``HU = stored * RescaleSlope + RescaleIntercept`` (float32)."""
+    hu = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    if not np.isfinite(hu).all():
+        raise ValueError("CT pixel data gives NaN or infinite Hounsfield units")
+    return hu
+
+
+def apply_window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
+    """Map ``[level - width/2, level + width/2]`` HU linearly onto 0..255 (``uint8``), clipping outside it."""
+    if not width > 0:
+        raise ValueError(f"window width must be positive, got {width}")
+    lo = level - width / 2.0
+    scaled = (hu.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / width)
+    return np.round(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+
+
+def check_window(window: tuple[float, float]) -> tuple[float, float]:
+    """A (level, width) pair in HU, validated (width > 0)."""
+    try:
+        level, width = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise ImageDecodeError(f"CT window {window!r} is invalid: expected (level, width) in HU, "
+                               "e.g. -600,1500") from None
+    if not (np.isfinite(level) and np.isfinite(width) and width > 0):
+        raise ImageDecodeError(f"CT window {window!r} is invalid: expected a finite level and a width > 0 HU")
+    return level, width
+
+
+def dicom_modality_of(ds: object) -> str | None:
+    """The DICOM ``Modality`` of a dataset, upper case, or None when the tag is absent or empty."""
+    value = str(getattr(ds, "Modality", "") or "").strip().upper()
+    return value or None
+
+
+def read_dicom_header(path: str | Path) -> object:
+    """A DICOM file's header (no pixel data). Raises :class:`ImageDecodeError` for a file that is not DICOM."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(f"{path}: not a valid DICOM file ({exc}). Accepted: {ACCEPTED}") from None
+
+
+def dicom_modality(path: str | Path) -> str | None:
+    """The ``Modality`` of a DICOM file (CR, DX, CT, ...), None for other formats or a DICOM file without it."""
+    path = Path(path)
+    if not is_dicom(path):
+        return None
+    return dicom_modality_of(read_dicom_header(path))
+
+
+def ct_slice_to_uint8(ds: object, window: tuple[float, float] = LUNG_WINDOW, source: str = "CT slice") -> np.ndarray:
+    """A CT slice (a read pydicom dataset) as a windowed ``uint8`` image: HU, then ``window`` = (level, width).
+
+    Raises:
+        ImageDecodeError: no or undecodable pixel data, several frames, colour data or a bad window.
+    """
+    level, width = check_window(window)
+    return apply_window(ct_slice_hu(ds, source), level, width)
+
+
+def ct_slice_hu(ds: object, source: str = "CT slice") -> np.ndarray:
+    """A CT slice (a read pydicom dataset) in Hounsfield units (float32, 2-D).
+
+    Raises:
+        ImageDecodeError: no or undecodable pixel data, several frames, colour data or unusable rescale tags.
+    """
+    pixels = _pixels(ds, source)
+    if pixels.ndim != 2:
+        raise ImageDecodeError(f"{source}: a CT slice must be one greyscale frame, got pixel data of shape "
+                               f"{pixels.shape}")
+    try:
+        slope = getattr(ds, "RescaleSlope", None)
+        intercept = getattr(ds, "RescaleIntercept", None)
+        return hounsfield_units(pixels, 1.0 if slope in (None, "") else float(slope),
+                                0.0 if intercept in (None, "") else float(intercept))
+    except (TypeError, ValueError) as exc:
+        raise ImageDecodeError(f"{source}: RescaleSlope/RescaleIntercept unusable ({exc})") from None
+
+
+def _pixels(ds: object, source: str) -> np.ndarray:
+    if "PixelData" not in ds:
+        raise ImageDecodeError(f"{source}: DICOM file has no pixel data (not an image object). Accepted: {ACCEPTED}")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # missing decoder for a compressed transfer syntax, truncated data, ...
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        raise ImageDecodeError(
+            f"{source}: DICOM pixel data could not be decoded (transfer syntax {syntax}: {exc}). "
+            "Compressed DICOM needs pylibjpeg or gdcm installed."
+        ) from None
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageDecodeError(f"{source}: multi-frame DICOM ({frames} frames); a single image is expected")
+    return pixels
+
+
+def _decode_dicom(path: Path, ct_window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -52,12 +162,13 @@ def _decode_dicom(path: Path) -> np.ndarray:
         ds = pydicom.dcmread(str(path))
     except InvalidDicomError as exc:
         raise ImageDecodeError(f"{path}: not a valid DICOM file ({exc}). Accepted: {ACCEPTED}") from None
-    return decode_dicom_dataset(ds, str(path))
+    return decode_dicom_dataset(ds, str(path), ct_window)
 
 
-def decode_dicom_dataset(ds, path: str = "DICOM dataset") -> np.ndarray:
+def decode_dicom_dataset(ds, path: str = "DICOM dataset", ct_window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
     """Decode a DICOM dataset already in memory (e.g. received over the network) exactly as :func:`read_image`
-    decodes a DICOM file: modality LUT, VOI LUT/window, MONOCHROME1 inverted, to 2-D ``uint8``.
+    decodes a DICOM file: a CT slice to Hounsfield units through ``ct_window``; otherwise modality LUT, VOI
+    LUT/window, MONOCHROME1 inverted; to 2-D ``uint8``.
 
     Args:
         ds: a ``pydicom.Dataset`` with its ``file_meta`` (the transfer syntax says how to read the pixel data).
@@ -71,19 +182,9 @@ def decode_dicom_dataset(ds, path: str = "DICOM dataset") -> np.ndarray:
     except ImportError:  # pydicom 2.x
         from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
 
-    if "PixelData" not in ds:
-        raise ImageDecodeError(f"{path}: DICOM file has no pixel data (not an image object). Accepted: {ACCEPTED}")
-    try:
-        pixels = ds.pixel_array
-    except Exception as exc:  # missing decoder for a compressed transfer syntax, truncated data, ...
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise ImageDecodeError(
-            f"{path}: DICOM pixel data could not be decoded (transfer syntax {syntax}: {exc}). "
-            "Compressed DICOM needs pylibjpeg or gdcm installed."
-        ) from None
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise ImageDecodeError(f"{path}: multi-frame DICOM ({frames} frames); a single chest radiograph is expected")
+    if dicom_modality_of(ds) == "CT":
+        return ct_slice_to_uint8(ds, ct_window, source=path)
+    pixels = _pixels(ds, path)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if pixels.ndim == 3:  # colour DICOM (RGB / YBR): convert to grey
         if "YBR" in photometric:
@@ -131,12 +232,14 @@ def _decode_pil(path: Path, draft_size: int | None) -> np.ndarray:
         raise ImageDecodeError(f"{path}: image is damaged or truncated ({exc}). Accepted: {ACCEPTED}") from None
 
 
-def read_image(path: str | Path, draft_size: int | None = None) -> np.ndarray:
+def read_image(path: str | Path, draft_size: int | None = None,
+               ct_window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
     """Read one chest image as a 2-D greyscale ``uint8`` array.
 
     Args:
         path: PNG, JPEG or DICOM file (the format is detected from the content, not the suffix).
         draft_size: when set, JPEGs may be decoded at a reduced scale whose sides stay >= this size (for the cache).
+        ct_window: (level, width) in HU for DICOM CT slices (default: the lung window).
 
     Raises:
         ImageDecodeError: the file is missing, not an image, damaged, or of an unsupported kind.
@@ -146,7 +249,7 @@ def read_image(path: str | Path, draft_size: int | None = None) -> np.ndarray:
         raise ImageDecodeError(f"{path}: file not found. Accepted: {ACCEPTED}")
     if path.stat().st_size == 0:
         raise ImageDecodeError(f"{path}: file is empty. Accepted: {ACCEPTED}")
-    arr = _decode_dicom(path) if is_dicom(path) else _decode_pil(path, draft_size)
+    arr = _decode_dicom(path, ct_window) if is_dicom(path) else _decode_pil(path, draft_size)
     if arr.ndim != 2 or min(arr.shape) < 8:
         raise ImageDecodeError(f"{path}: image of shape {arr.shape} is too small (need at least 8x8 pixels)")
     return arr

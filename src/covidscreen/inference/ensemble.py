@@ -115,12 +115,14 @@ def check_members(member_dirs: list[str | Path]) -> list[dict[str, Any]]:
         raise CheckpointError("the same run is listed twice; list each member once")
     metas = [_member_meta(d) for d in dirs]
     first = metas[0]
+    for m in metas:  # runs that predate the modality key read chest radiographs
+        m.setdefault("modality", "cxr")
     for d, m in zip(dirs[1:], metas[1:], strict=True):
-        for key in ("classes", "positive_class", "image_size"):
+        for key in ("classes", "positive_class", "image_size", "modality"):
             if m.get(key) != first.get(key):
                 raise CheckpointError(f"ensemble members disagree on {key}: {dirs[0]} has {first.get(key)!r}, {d} "
-                                      f"has {m.get(key)!r}; members must share classes, positive class and "
-                                      "image size")
+                                      f"has {m.get(key)!r}; members must share classes, positive class, "
+                                      "image size and modality")
     return metas
 
 
@@ -154,6 +156,7 @@ def write_manifest(ens_dir: str | Path, member_dirs: list[str | Path], metas: li
         "classes": first["classes"],
         "positive_class": first.get("positive_class"),
         "image_size": first["image_size"],
+        "modality": first.get("modality", "cxr"),
         "task": first.get("task", "multiclass"),
         "operating_points": points,
         "threshold": points.get("default"),

@@ -1,10 +1,14 @@
 """Prediction on files: expand folders, decode (PNG/JPEG/DICOM), batch, and report one row per file.
 
-A file that cannot be read gets a row with an ``error`` and empty probabilities; it never stops the batch.
+A file that cannot be read gets a row with an ``error`` and empty probabilities; it never stops the batch. So does a
+file of the other modality (a CT slice sent to an X-ray model or the reverse, told by its DICOM ``Modality``); files
+whose modality cannot be told (PNG/JPEG) are predicted, and one warning for the batch says so
+(``DataFrame.attrs["warnings"]`` and a Python warning).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,11 +20,12 @@ from tqdm.auto import tqdm
 
 from ..data.decode import IMAGE_SUFFIXES
 from ..data.preprocess import load_preprocessed
-from ..errors import DataError, ImageDecodeError
+from ..errors import DataError, ImageDecodeError, ModalityError
 from ..evaluation.calibration import apply_temperature
 from ..evaluation.metrics import predict_labels
 from ..runtime import amp_dtype, prediction_precision, resolve_device, to_input
 from ..segmentation import load_segmenter_for
+from .modality import ModalityWarning, check_input_modality, summarise_warnings
 from .onnx import OnnxModel
 from .run import Run, load_run
 
@@ -62,6 +67,8 @@ class Predictor:
         self.amp = amp_dtype(self.device, enabled=mixed_precision)
         self.classes: list[str] = list(self.run.classes)
         self.size = self.run.image_size
+        self.modality = self.run.modality
+        self.last_warnings: list[str] = []  # of the last predict_files / iter_predictions
         self.positive_index = self.run.positive_index
         self.threshold = None if point is None else point.threshold
         # the run's preprocessing (lung ROI, intensity, border crop), applied exactly as in training
@@ -83,12 +90,21 @@ class Predictor:
             logits = self.model(x)
         return torch.softmax(logits.float() / self.temperature, 1).cpu().numpy().astype(np.float64)
 
+    def check_modality(self, path: str | Path) -> str | None:
+        """Refuse a file of the other modality (:class:`~covidscreen.errors.ModalityError`); a warning (or None)
+        for one that cannot be checked. Every file-based interface calls this before decoding."""
+        return check_input_modality(path, self.modality)
+
     def decide(self, probs: np.ndarray) -> list[str]:
         return [self.classes[i] for i in predict_labels(probs, self.positive_index, self.threshold)]
 
     def predict_files(self, inputs: list[str | Path], batch_size: int = 32, progress: bool = True) -> pd.DataFrame:
+        """One row per file (see :meth:`iter_predictions`); ``attrs["warnings"]`` holds the modality warning of
+        files whose modality could not be checked (PNG/JPEG), which is also issued as a ``ModalityWarning``."""
         rows = self.iter_predictions(expand_inputs(inputs), batch_size=batch_size, progress=progress)
-        return pd.DataFrame(list(rows), columns=self.columns)
+        out = pd.DataFrame(list(rows), columns=self.columns)
+        out.attrs["warnings"] = list(self.last_warnings)
+        return out
 
     @property
     def columns(self) -> list[str]:
@@ -97,8 +113,12 @@ class Predictor:
 
     def iter_predictions(self, files: list[Path], batch_size: int = 32, progress: bool = True) -> Iterator[dict]:
         """One row per file, in order, yielded as each batch is done (memory stays bounded for any number of
-        files; an unreadable file gets its ``error`` and empty probabilities)."""
+        files; an unreadable file, or a DICOM of the other modality, gets its ``error`` and empty probabilities).
+        When all rows are out, :attr:`last_warnings` holds the summary of files whose modality could not be
+        checked, also issued as a ``ModalityWarning``."""
         rows: list[dict] = []
+        unchecked: list[str] = []
+        self.last_warnings = []
         batch: list[tuple[int, np.ndarray]] = []
 
         def flush() -> None:
@@ -110,10 +130,15 @@ class Predictor:
                 rows[i]["prediction"] = label
             batch.clear()
 
+        unchecked: list[str] = []
+
         def load(f: Path) -> np.ndarray | str:
             try:
+                note = self.check_modality(f)
+                if note:
+                    unchecked.append(note)
                 return load_preprocessed(f, self.size, self.preprocess, self.segmenter)
-            except ImageDecodeError as exc:
+            except (ImageDecodeError, ModalityError) as exc:
                 return str(exc)
 
         # decoding (PIL, pydicom) releases the GIL for the heavy parts: overlap it with inference, a bounded
@@ -137,3 +162,7 @@ class Predictor:
                 yield from rows
                 rows.clear()
         bar.close()
+        summary = summarise_warnings(unchecked, self.modality)
+        if summary:
+            self.last_warnings = [summary]
+            warnings.warn(summary, ModalityWarning, stacklevel=2)

@@ -16,8 +16,9 @@ import pandas as pd
 from ..config import DEFAULT_N_BOOT
 from ..data.cache import ImageCache
 from ..data.locate import resolve_data_dir
+from ..data.modality import table_modality
 from ..data.table import load_table
-from ..errors import DataError
+from ..errors import DataError, ModalityError
 from ..evaluation.assess import assess
 from ..evaluation.breakdown import subgroup_breakdown
 from ..evaluation.external import compare_blocks
@@ -124,6 +125,11 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, output: st
     else:
         table = load_table(resolve_data_dir(data), classes=classes)
         name, data_dir = "external", Path(table.attrs["root"])
+    if data is not None:  # external data of the other modality: refused before any image is scored
+        modality, source = table_modality(table)
+        if modality != run.modality and not source.startswith("nothing"):
+            raise ModalityError(f"{data_dir} holds {modality} images (from {source}), but {run_dir} reads "
+                                f"{run.modality}; evaluate it on data of its own modality")
     out = Path(output) if output else run_dir / f"eval-{name}"
     return evaluate_table(run_dir, table, name, out, device=device, batch_size=batch_size, progress=progress,
                           n_boot=n_boot, seed=int(run.seed or 0), data_dir=data_dir)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..data.decode import read_image
 from ..data.preprocess import InputGeometry
-from ..errors import CovidscreenError, ImageDecodeError
+from ..errors import CovidscreenError, ImageDecodeError, ModalityError
 from ..explain.cam import Explainer, Explanation, check_method
 from ..explain.figures import METHOD_NAMES, check_lines, contact_sheet_html, explanation_png
 from ..explain.inputs import chance_level, crop_description, crop_notes, map_to_image, run_input_loader
@@ -38,6 +39,7 @@ from ..explain.sanity import (
     sanity_notes,
     sanity_summary,
 )
+from ..inference.modality import ModalityWarning, check_input_modality, summarise_warnings
 from ..inference.predictor import expand_inputs
 from ..inference.run import Run, load_checkpoint
 from ..runtime import resolve_device
@@ -93,7 +95,18 @@ def explain_files(run_dir: str | Path, inputs: list[str | Path], output: str | P
     files = expand_inputs(inputs)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    first = _input_maps(explainer, files, load_input, target_idx, method, progress)
+    unchecked: list[str] = []
+
+    def checked_input(f: Path) -> tuple[np.ndarray, InputGeometry]:
+        note = check_input_modality(f, run.modality)  # a CT slice to an X-ray model (or the reverse): refused
+        if note:
+            unchecked.append(note)
+        return load_input(f)
+
+    first = _input_maps(explainer, files, checked_input, target_idx, method, progress)
+    summary = summarise_warnings(unchecked, run.modality)
+    if summary:
+        warnings.warn(summary, ModalityWarning, stacklevel=2)
     checked = [i for i, r in enumerate(first.rows) if not r["error"] and np.ptp(first.maps[i]) > 0][:checks]
     rnd, road, per_image = _sanity_checks(model, first, checked, method, run)
     cards = [_figure(f, name, row, i, first, per_image, mask_fn, margin, method, out)
@@ -134,7 +147,7 @@ def _input_maps(explainer: Explainer, files: list[Path], load_input: Callable, t
             first.rows.append(row)
             try:
                 x, first.geometries[i] = load_input(f)
-            except ImageDecodeError as exc:
+            except (ImageDecodeError, ModalityError) as exc:
                 row["error"] = str(exc)
                 continue
             m, probs, idx = ex.maps(x[None], target_idx)

@@ -27,6 +27,7 @@ from ..config import TrainConfig, to_dict
 from ..data.augment import AugmentConfig
 from ..data.cache import ImageCache
 from ..data.locate import resolve_data_dir
+from ..data.modality import table_modality
 from ..data.splits import split_fingerprint
 from ..data.table import class_names, load_table
 from ..errors import ConfigError, DataError
@@ -84,6 +85,7 @@ class PreparedData:
     fingerprint: str
     data_dir: Path
     preprocess: Any = None  # the run's PreprocessConfig
+    modality: str = "cxr"  # what the model reads (cxr | ct), recorded in the sidecar
 
 
 def log(msg: str) -> None:
@@ -100,6 +102,8 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
     data_dir = resolve_data_dir(cfg.data)
     data_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     table = load_table(data_dir)
+    modality, modality_source = table_modality(table, cfg.modality)
+    log(f"modality: {modality} (from {modality_source})")
     if cfg.holdout_site:  # leave-one-site-out: the site is evaluated as external data at the end
         table = exclude_site(table, cfg.holdout_site)
     if table.attrs.get("missing"):
@@ -136,6 +140,7 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
         fingerprint=split_fingerprint(table, table["split"]),
         data_dir=Path(data_dir).resolve(),
         preprocess=pp,
+        modality=modality,
     )
 
 
@@ -400,8 +405,8 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
     sidecar = {
         "classes": classes,
         "positive_class": pos,
+        "modality": data.modality,
         "image_size": cfg.image_size,
-        "modality": cfg.modality,
         "operating_points": points,
         "operating_point_figures": metrics.get("operating_points_val") or {},
         "threshold": threshold,

@@ -1,0 +1,52 @@
+"""``covidscreen predict-series``: score chest CT series (folders or zips of DICOM slices) with a CT run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import CovidscreenError
+from .options import DeviceOpt
+
+app = typer.Typer()
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """``LEVEL,WIDTH`` in HU (e.g. ``-600,1500``)."""
+    try:
+        level, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise CovidscreenError(f"--window {text!r}: give LEVEL,WIDTH in HU, e.g. -600,1500 (lung)") from None
+    return level, width
+
+
+@app.command("predict-series")
+def predict_series(
+    run_dir: Annotated[Path, typer.Argument(help="run folder of a model trained on CT slices")],
+    series: Annotated[list[Path], typer.Argument(help="CT series: folders of DICOM slices or zips of them")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write .json (everything) or .csv (one "
+                                                "row per series)")] = None,
+    window: Annotated[str, typer.Option("--window", help="LEVEL,WIDTH in HU (default: the lung window)")
+                      ] = "-600,1500",
+    device: DeviceOpt = "auto",
+) -> None:
+    """Per-slice and per-series COVID probability of CT series, naming the slices that drove each decision."""
+    from ..ct.score import predict_series as score
+    from ..ct.score import series_table
+
+    if output is not None and output.suffix.lower() not in (".csv", ".json"):
+        raise CovidscreenError(f"--output {output}: use a .csv or .json file name")
+    results = score(run_dir, [str(s) for s in series], parse_window(window), device=device)
+    table = series_table(results)
+    if output is None:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix.lower() == ".json":
+        output.write_text(json.dumps(results, indent=2))
+    else:
+        table.to_csv(output, index=False)
+    typer.echo(f"{len(results)} series, {int((table['error'] != '').sum())} refused: {output}")
