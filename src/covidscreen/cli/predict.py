@@ -30,12 +30,21 @@ def predict(
 ) -> None:
     """Class probabilities and the decision at the run's operating point, one row per file."""
     from ..inference.predictor import Predictor
+    from ..runtime import resolve_device
+    from ..training import distributed
+    from ..workflows.sharded import predict_files_sharded
 
     if output is not None and output.suffix.lower() not in (".csv", ".json"):
         raise CovidscreenError(f"--output {output}: use a .csv or .json file name")
+    world = distributed.start()  # under torchrun each rank predicts its share of the files; rank 0 writes them all
+    if world.distributed and backend == "torch":
+        device = str(world.local_device(resolve_device(device)))
     predictor = Predictor(run_dir, device=device, operating_point=operating_point, backend=backend,
                           mixed_precision=mixed_precision)
-    df = predictor.predict_files(inputs, batch_size=batch_size)
+    df = predict_files_sharded(predictor, inputs, world, batch_size=batch_size)
+    distributed.stop(world)
+    if df is None:  # not rank 0
+        return
     if output is None:
         typer.echo(df.to_csv(index=False), nl=False)
     else:
