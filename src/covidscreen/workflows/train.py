@@ -237,7 +237,7 @@ class TrainingSetup:
     loss_fn: torch.nn.Module
     warmup: HeadWarmup
     train_idx: np.ndarray
-    epoch_images: int | None
+    drawn: int | None
     adversary: tuple[Any, np.ndarray, list[str]] | None  # site adversary, site index per row, site names
     groups: np.ndarray | None  # site group per row for the within-site ranking loss
     world: distributed.World = dataclasses.field(default_factory=distributed.World)  # ranks under torchrun
@@ -281,8 +281,8 @@ def build_training(cfg: TrainConfig, data: PreparedData, model: torch.nn.Module,
     # images per epoch: samples_per_epoch, but never more than the training split holds, whatever the sampler; the
     # samplers that draw with replacement would otherwise give an epoch several times longer than plain shuffling,
     # and variants compared at the same number of epochs would differ in training steps
-    epoch_images = None if cfg.samples_per_epoch is None else min(cfg.samples_per_epoch, len(train_idx))
-    epoch_length = len(epoch_rows(train_idx, y_all[train_idx], epoch_images, np.random.default_rng(0),
+    drawn = None if cfg.samples_per_epoch is None else min(cfg.samples_per_epoch, len(train_idx))
+    epoch_length = len(epoch_rows(train_idx, y_all[train_idx], drawn, np.random.default_rng(0),
                                   cfg.sampler))
     batch_size = effective_batch_size(cfg.batch_size, epoch_length)
     if batch_size < cfg.batch_size:
@@ -300,15 +300,15 @@ def build_training(cfg: TrainConfig, data: PreparedData, model: torch.nn.Module,
                        augment=AugmentConfig() if cfg.augment else None, amp=amp,
                        scaler=torch.amp.GradScaler("cuda") if amp == torch.float16 else None,
                        mixer=mixer if mixer.active else None)
-    return TrainingSetup(opt, eval_loss, loss_fn, warmup, train_idx, epoch_images, adversary, groups)
+    return TrainingSetup(opt, eval_loss, loss_fn, warmup, train_idx, drawn, adversary, groups)
 
 
 def epoch_order(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, rng: np.random.Generator) -> np.ndarray:
     """The table rows of one epoch, in training order (sampled as the config says)."""
     y_all = data.table["y"].to_numpy()
     if cfg.site_balanced:
-        return site_balanced_rows(setup.train_idx, y_all, data.table["site"].to_numpy(), setup.epoch_images, rng)
-    return epoch_rows(setup.train_idx, y_all[setup.train_idx], setup.epoch_images, rng, cfg.sampler)
+        return site_balanced_rows(setup.train_idx, y_all, data.table["site"].to_numpy(), setup.drawn, rng)
+    return epoch_rows(setup.train_idx, y_all[setup.train_idx], setup.drawn, rng, cfg.sampler)
 
 
 def validate(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, progress: bool) -> dict[str, float]:
@@ -350,8 +350,8 @@ def train_epochs(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, rng
         if setup.warmup.set_epoch(epoch):
             log(f"epoch {epoch}: head warm-up (trunk frozen)")
         # under torchrun: this rank's share of every global batch of the epoch (training/distributed.py)
-        epoch_images = epoch_order(cfg, data, setup, rng)
-        order = setup.world.shard(epoch_images, setup.opt.batch_size * setup.world.world_size)
+        drawn = epoch_order(cfg, data, setup, rng)
+        order = setup.world.shard(drawn, setup.opt.batch_size * setup.world.world_size)
         with setup.epoch_step(cfg, epoch) as (step, extras):
             stats = train_one_epoch(setup.opt, data.cache.images, data.rows[order], y_all[order], step,
                                     {k: v[order] for k, v in extras.items()}, desc=f"epoch {epoch}/{cfg.epochs}",
@@ -367,12 +367,12 @@ def train_epochs(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, rng
         secs = time.time() - te
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_auc": val["auc"],
                         "val_accuracy": val["accuracy"], "lr": setup.opt.optimizer.param_groups[0]["lr"],
-                        "seconds": secs, "train_images": len(epoch_images), "val_within_site_auc": val["within_site_auc"],
+                        "seconds": secs, "train_images": len(drawn), "val_within_site_auc": val["within_site_auc"],
                         **stats})
         improved = np.isfinite(val["score"]) and val["score"] > best_score + 1e-6 or best_state is None
         log(f"epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f} | val loss {val['loss']:.4f} | val AUC "
             f"{val['auc']:.4f} (within-site {val['within_site_auc']:.4f}) | val acc {val['accuracy']:.4f} | "
-            f"{len(epoch_images) / secs:.1f} img/s incl. validation | {secs:.0f}s{' *best*' if improved else ''}")
+            f"{len(drawn) / secs:.1f} img/s incl. validation | {secs:.0f}s{' *best*' if improved else ''}")
         pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
         if improved:
             best_score = val["score"] if np.isfinite(val["score"]) else best_score
