@@ -28,6 +28,12 @@ def run(tmp_path_factory):
     return fit(cfg, progress=False)
 
 
+def test_fit_writes_its_phase_timings_apart_from_the_metrics(run):
+    phases = json.loads((run / "timings.json").read_text())["phases"]
+    assert list(phases) == ["cache", "epochs", "evaluation", "audit", "report"]
+    assert "timings" not in json.loads((run / "metrics.json").read_text())
+
+
 def test_int8_serves_when_the_test_split_allows_and_is_verified(run):
     result = export_int8(run, calibration_images=8, max_auc_drop=1.0, max_changed=1.0)
     assert result.accepted and result.serving == INT8_FILE
