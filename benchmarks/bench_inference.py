@@ -145,8 +145,11 @@ def main() -> None:
                         fn(images[start:start + batch])
                     rate = args.images / (time.perf_counter() - t)
                     best[name, batch] = max(best.get((name, batch), 0.0), rate)
+            peak = max(peak, matmul_peak(args.matmul))  # the limit, too, from the least disturbed measurement
             print(f"  round {r + 1}/{args.rounds} done | load {os.getloadavg()[0]:.1f}", flush=True)
 
+    limit = peak / flops
+    print(f"\nbest FP32 matmul peak {peak / 1e9:.1f} GFLOP/s -> limit {limit:.1f} images/s")
     print("\n| path | batch | images/s | vs eager | share of the limit |\n|---|---|---|---|---|")
     for batch in (1, 32):
         base = best["PyTorch eager", batch]

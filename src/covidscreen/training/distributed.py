@@ -110,11 +110,12 @@ class World:
 
     @contextmanager
     def main_first(self) -> Iterator[None]:
-        """Rank 0 runs the block first (e.g. builds the decode cache), the other ranks after it (and read it)."""
-        if self.distributed and not self.is_main:
+        """The first rank of each machine (``LOCAL_RANK`` 0) runs the block first (e.g. builds the decode cache in
+        its machine's cache folder), the other ranks after it (and read what it wrote)."""
+        if self.distributed and self.local_rank != 0:
             dist.barrier()
         yield
-        if self.distributed and self.is_main:
+        if self.distributed and self.local_rank == 0:
             dist.barrier()
 
     def run_dir(self, run_dir: Path) -> Path:

@@ -167,7 +167,7 @@ def fit_single(cfg: TrainConfig, progress: bool = True) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     timer = PhaseTimer()
-    with timer.phase("cache"), world.main_first():  # rank 0 builds the decode cache, the others read it
+    with timer.phase("cache"), world.main_first():  # one rank per machine builds the cache first
         data = prepare_data(cfg, progress=progress)
     write_split(run_dir, data, cfg)
     model, init_from = build_model(cfg, data, device, amp)
