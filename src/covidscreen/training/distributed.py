@@ -183,7 +183,10 @@ def state_digest(model: nn.Module) -> str:
 
 def check_replicas(model: nn.Module, world: World) -> list[str]:
     """Each rank's :func:`state_digest` of ``model``, in rank order; raises if the ranks' weights differ (a rank
-    that drifted would make the checkpoint of rank 0 stand for a model the others did not train)."""
+    that drifted would make the checkpoint of rank 0 stand for a model the others did not train); ``[]`` in a
+    single process, where there is nothing to compare."""
+    if not world.distributed:
+        return []
     digests = world.gather(state_digest(model))
     if len(set(digests)) > 1:
         raise RuntimeError(f"the ranks' weights differ after training: {digests}")
