@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -177,8 +178,9 @@ def fit_single(cfg: TrainConfig, progress: bool = True) -> Path:
         selected = train_epochs(cfg, data, setup, rng, run_dir, progress)
     model.load_state_dict(selected.state)
     replicas = distributed.check_replicas(model, world)
-    if not world.is_main:  # rank 0 evaluates and writes the run
+    if not world.is_main:  # rank 0 evaluates and writes the run; this rank's scratch copies go
         distributed.stop(world)
+        shutil.rmtree(run_dir, ignore_errors=True)
         return out_dir
 
     with timer.phase("evaluation"):
