@@ -12,4 +12,13 @@ Folders, one concern each:
 - ``cli.py``: the thin command-line layer.
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# OpenMP threads that wait by sleeping instead of spinning. On a CPU shared with other busy processes (a laptop, a
+# shared workstation, several ranks of torchrun on one machine) a spinning thread holds a core that the thread it
+# waits for needs: a training step of the default model took 5-10x longer with the default (active) policy than with
+# this one on this project's shared 2-core machine (docs/performance.md). Set here, before anything imports PyTorch
+# and loads its OpenMP runtime; an OMP_WAIT_POLICY set by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -64,11 +64,17 @@ class OnnxModel:
         run_dir = Path(run_dir)
         meta = read_model_sidecar(run_dir) if not is_ensemble(run_dir) else {}
         info = meta.get("onnx")
-        path = run_dir / ONNX_FILE
-        if not info or not path.is_file():
+        if not info:
             raise CheckpointError(f"{run_dir} has no ONNX export; run: covidscreen export {run_dir}")
-        if sha256_file(path) != info["sha256"]:
+        # the file that serves: the INT8 model when ``export --int8`` accepted it, else the FP32 export
+        serving = info.get("serving") or {"file": ONNX_FILE, "sha256": info["sha256"], "precision": "fp32"}
+        path = run_dir / Path(serving["file"]).name
+        if not path.is_file():
+            raise CheckpointError(f"{path} (recorded as the serving ONNX model) is missing; run: covidscreen export "
+                                  f"{run_dir}")
+        if sha256_file(path) != serving["sha256"]:
             raise CheckpointError(f"{path} does not match the sha256 recorded at export: changed or damaged")
+        self.file, self.precision = path.name, serving.get("precision", "fp32")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads

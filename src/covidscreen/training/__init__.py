@@ -8,4 +8,5 @@ share and site/label filters (``subsets.py``), sequential fine-tuning (``init_fr
 (``crossval.py``). Experiments: the grid runner (``experiment.py``), its comparison table (``comparison.py``, with
 within-site columns and the per-variant summary over seeds), resuming (``resume.py``) and run metrics from
 predictions (``run_metrics.py``); confidence intervals come from ``evaluation/bootstrap.py``. Options and their
-tests: ``docs/transfer_learning.md``."""
+tests: ``docs/transfer_learning.md``. Data-parallel training under ``torchrun`` (DDP, the sampler that shards each
+epoch across ranks): ``distributed.py``, documented in ``docs/performance.md``."""

@@ -14,12 +14,13 @@ from ..reporting.model_card import write_model_card
 from ..reporting.report import write_report
 from .audit import audit_table
 from .holdout import evaluate_holdout_site
+from .timing import PhaseTimer
 
 SHOWN = ("roc_auc", "sensitivity", "specificity", "multi-class accuracy", "macro_roc_auc")
 
 
 def finalize_run(run_dir: str | Path, cfg: TrainConfig, data: Any, model: Any = None, device: Any = "cpu",
-                 progress: bool = True, log: Any = print) -> None:
+                 progress: bool = True, log: Any = print, timer: PhaseTimer | None = None) -> None:
     """Audit the run's data (and model), evaluate a held-out site, then rebuild ``report.html`` and write
     ``model_card.md``.
 
@@ -28,8 +29,21 @@ def finalize_run(run_dir: str | Path, cfg: TrainConfig, data: Any, model: Any = 
         cfg: the training config (``audit``, ``holdout_site``, ``seed``).
         data: the trainer's prepared data (``table`` with splits, ``cache``, ``rows``, ``data_dir``).
         model: the trained model, for the feature probe of the audit.
+        timer: where the seconds of the audit, held-out site and report phases are added.
     """
     run_dir = Path(run_dir)
+    timer = timer or PhaseTimer()
+    with timer.phase("audit"):
+        _audit(run_dir, cfg, data, model, device, log)
+    if cfg.holdout_site:
+        with timer.phase("held-out site"):
+            _holdout(run_dir, cfg, progress, log)
+    with timer.phase("report"):
+        write_report(run_dir)
+        write_model_card(run_dir)
+
+
+def _audit(run_dir: Path, cfg: TrainConfig, data: Any, model: Any, device: Any, log: Any) -> None:
     if cfg.audit:
         audit = audit_table(data.table, data.cache.images, data.rows, run_dir, model=model, device=device,
                             seed=cfg.seed,
@@ -39,6 +53,9 @@ def finalize_run(run_dir: str | Path, cfg: TrainConfig, data: Any, model: Any = 
             if f["severity"] == "high":
                 log(f"audit: {f['text']}")
         log(f"audit: {len(audit['findings'])} finding(s) in {audit['seconds']} s (audit.json)")
+
+
+def _holdout(run_dir: Path, cfg: TrainConfig, progress: bool, log: Any) -> None:
     if cfg.holdout_site:
         block = evaluate_holdout_site(run_dir, cfg, progress=progress)
         for note in block.get("notes", []):
@@ -47,5 +64,3 @@ def finalize_run(run_dir: str | Path, cfg: TrainConfig, data: Any, model: Any = 
             if r["metric"] in SHOWN and math.isfinite(r["external"]):
                 log(f"holdout site {block['site']}: {r['metric']} internal {r['internal']:.3f} -> external "
                     f"{r['external']:.3f}")
-    write_report(run_dir)
-    write_model_card(run_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from ..evaluation.metrics import headline_auc
 from ..inference.checkpoint import save_checkpoint
 from ..models import create_model, get_spec
 from ..runtime import amp_dtype, resolve_device, seed_everything
+from ..training import distributed
 from ..training.adversarial import FeatureTap, adversarial_step
 from ..training.finetune import HeadWarmup, discriminative_param_groups, set_trainable_stages
 from ..training.loop import (
@@ -71,6 +73,7 @@ from .generalisation import (  # generalisation to unseen sites (docs/generalisa
 )
 from .holdout import exclude_site
 from .init_from import check_no_leak, load_trunk
+from .timing import PhaseTimer
 
 
 @dataclass
@@ -159,22 +162,42 @@ def fit_single(cfg: TrainConfig, progress: bool = True) -> Path:
     cfg = cfg.validate()
     get_spec(cfg.model)  # fail fast on an unknown model name, before any data is read
     t0 = time.time()
-    generator = seed_everything(cfg.seed)
+    world = distributed.start()  # one process unless launched by torchrun (docs/performance.md)
+    progress = progress and world.is_main
+    generator = seed_everything(cfg.seed)  # the same seed on every rank: same split, weights and epoch order
     rng = np.random.default_rng(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = world.local_device(resolve_device(cfg.device))
     amp = amp_dtype(device, cfg.amp)
-    run_dir = Path(cfg.output) if cfg.output else default_run_dir(cfg)
+    out_dir = Path(cfg.output) if cfg.output else default_run_dir(cfg)
+    run_dir = world.run_dir(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    data = prepare_data(cfg, progress=progress)
+    timer = PhaseTimer()
+    with timer.phase("cache"), world.main_first():  # one rank per machine builds the cache first
+        data = prepare_data(cfg, progress=progress)
     write_split(run_dir, data, cfg)
     model, init_from = build_model(cfg, data, device, amp)
     setup = build_training(cfg, data, model, device, amp, generator)
-    selected = train_epochs(cfg, data, setup, rng, run_dir, progress)
+    setup.opt, setup.world = distributed.adapt(setup.opt, world, cfg), world
+    with timer.phase("epochs"):
+        selected = train_epochs(cfg, data, setup, rng, run_dir, progress)
     model.load_state_dict(selected.state)
+    replicas = distributed.check_replicas(model, world)
+    if not world.is_main:  # rank 0 evaluates and writes the run; this rank's scratch copies go
+        distributed.stop(world)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return out_dir
 
-    result = finish_run(run_dir, model, data, cfg, device, amp, selected.epoch, selected.history, progress, init_from)
-    finalize_run(run_dir, cfg, data, model, device, progress, log)  # audit, held-out site, report, model card
+    with timer.phase("evaluation"):
+        result = finish_run(run_dir, model, data, cfg, device, amp, selected.epoch, selected.history, progress,
+                            init_from)
+    # audit, held-out site, report, model card
+    finalize_run(run_dir, cfg, data, model, device, progress, log, timer=timer)
+    timer.write(run_dir)
+    if world.distributed:
+        write_distributed(run_dir, world, setup.opt.batch_size, replicas)
+        distributed.stop(world)
+    log(timer.summary())
     log(f"done in {(time.time() - t0) / 60:.1f} min: {run_dir}")
     return result
 
@@ -221,9 +244,10 @@ class TrainingSetup:
     loss_fn: torch.nn.Module
     warmup: HeadWarmup
     train_idx: np.ndarray
-    epoch_images: int | None
+    drawn: int | None
     adversary: tuple[Any, np.ndarray, list[str]] | None  # site adversary, site index per row, site names
     groups: np.ndarray | None  # site group per row for the within-site ranking loss
+    world: distributed.World = dataclasses.field(default_factory=distributed.World)  # ranks under torchrun
 
     @contextmanager
     def epoch_step(self, cfg: TrainConfig, epoch: int) -> Iterator[tuple[TrainStep, dict[str, np.ndarray]]]:
@@ -232,7 +256,8 @@ class TrainingSetup:
         model, device, amp = self.opt.model, self.opt.device, self.opt.amp
         if self.adversary is None:
             extras = {} if self.groups is None else {"groups": self.groups}
-            yield classification_step(model, self.loss_fn, device, amp), extras
+            # under torchrun, DistributedDataParallel averages the gradients of the ranks' shares of each batch
+            yield classification_step(self.world.wrap(model, device), self.loss_fn, device, amp), extras
             return
         with FeatureTap(model) as tap:
             yield (adversarial_step(model, self.adversary[0], self.loss_fn, tap, cfg.adversarial_weight,
@@ -263,8 +288,8 @@ def build_training(cfg: TrainConfig, data: PreparedData, model: torch.nn.Module,
     # images per epoch: samples_per_epoch, but never more than the training split holds, whatever the sampler; the
     # samplers that draw with replacement would otherwise give an epoch several times longer than plain shuffling,
     # and variants compared at the same number of epochs would differ in training steps
-    epoch_images = None if cfg.samples_per_epoch is None else min(cfg.samples_per_epoch, len(train_idx))
-    epoch_length = len(epoch_rows(train_idx, y_all[train_idx], epoch_images, np.random.default_rng(0),
+    drawn = None if cfg.samples_per_epoch is None else min(cfg.samples_per_epoch, len(train_idx))
+    epoch_length = len(epoch_rows(train_idx, y_all[train_idx], drawn, np.random.default_rng(0),
                                   cfg.sampler))
     batch_size = effective_batch_size(cfg.batch_size, epoch_length)
     if batch_size < cfg.batch_size:
@@ -282,15 +307,15 @@ def build_training(cfg: TrainConfig, data: PreparedData, model: torch.nn.Module,
                        augment=AugmentConfig() if cfg.augment else None, amp=amp,
                        scaler=torch.amp.GradScaler("cuda") if amp == torch.float16 else None,
                        mixer=mixer if mixer.active else None)
-    return TrainingSetup(opt, eval_loss, loss_fn, warmup, train_idx, epoch_images, adversary, groups)
+    return TrainingSetup(opt, eval_loss, loss_fn, warmup, train_idx, drawn, adversary, groups)
 
 
 def epoch_order(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, rng: np.random.Generator) -> np.ndarray:
     """The table rows of one epoch, in training order (sampled as the config says)."""
     y_all = data.table["y"].to_numpy()
     if cfg.site_balanced:
-        return site_balanced_rows(setup.train_idx, y_all, data.table["site"].to_numpy(), setup.epoch_images, rng)
-    return epoch_rows(setup.train_idx, y_all[setup.train_idx], setup.epoch_images, rng, cfg.sampler)
+        return site_balanced_rows(setup.train_idx, y_all, data.table["site"].to_numpy(), setup.drawn, rng)
+    return epoch_rows(setup.train_idx, y_all[setup.train_idx], setup.drawn, rng, cfg.sampler)
 
 
 def validate(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, progress: bool) -> dict[str, float]:
@@ -331,7 +356,9 @@ def train_epochs(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, rng
         te = time.time()
         if setup.warmup.set_epoch(epoch):
             log(f"epoch {epoch}: head warm-up (trunk frozen)")
-        order = epoch_order(cfg, data, setup, rng)
+        # under torchrun: this rank's share of every global batch of the epoch (training/distributed.py)
+        drawn = epoch_order(cfg, data, setup, rng)
+        order = setup.world.shard(drawn, setup.opt.batch_size * setup.world.world_size)
         with setup.epoch_step(cfg, epoch) as (step, extras):
             stats = train_one_epoch(setup.opt, data.cache.images, data.rows[order], y_all[order], step,
                                     {k: v[order] for k, v in extras.items()}, desc=f"epoch {epoch}/{cfg.epochs}",
@@ -342,16 +369,17 @@ def train_epochs(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, rng
         if setup.groups is not None:  # how many same-site pairs the ranking loss saw this epoch
             stats["rank_pairs"] = setup.loss_fn.pairs_seen
             setup.loss_fn.pairs_seen = 0
-        val = validate(cfg, data, setup, progress)
+        distributed.sync_buffers(model, setup.world)
+        val = setup.world.from_main(lambda: validate(cfg, data, setup, progress))  # one decision for every rank
         secs = time.time() - te
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_auc": val["auc"],
                         "val_accuracy": val["accuracy"], "lr": setup.opt.optimizer.param_groups[0]["lr"],
-                        "seconds": secs, "train_images": len(order), "val_within_site_auc": val["within_site_auc"],
+                        "seconds": secs, "train_images": len(drawn), "val_within_site_auc": val["within_site_auc"],
                         **stats})
         improved = np.isfinite(val["score"]) and val["score"] > best_score + 1e-6 or best_state is None
         log(f"epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f} | val loss {val['loss']:.4f} | val AUC "
             f"{val['auc']:.4f} (within-site {val['within_site_auc']:.4f}) | val acc {val['accuracy']:.4f} | "
-            f"{len(order) / secs:.1f} img/s incl. validation | {secs:.0f}s{' *best*' if improved else ''}")
+            f"{len(drawn) / secs:.1f} img/s incl. validation | {secs:.0f}s{' *best*' if improved else ''}")
         pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
         if improved:
             best_score = val["score"] if np.isfinite(val["score"]) else best_score
@@ -362,6 +390,13 @@ def train_epochs(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, rng
                 log(f"early stopping: no validation improvement for {cfg.patience} epoch(s)")
                 break
     return Selection(best_state, best_epoch, history)
+
+
+def write_distributed(run_dir: Path, world: distributed.World, rank_batch_size: int, replicas: list[str]) -> None:
+    """``distributed.json``: how a torchrun run was split, and each rank's digest of its final weights."""
+    (run_dir / "distributed.json").write_text(json.dumps({
+        "world_size": world.world_size, "backend": world.backend, "rank_batch_size": rank_batch_size,
+        "global_batch_size": rank_batch_size * world.world_size, "replica_state_sha256": replicas}, indent=2))
 
 
 def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: TrainConfig, device: torch.device,

@@ -1,0 +1,281 @@
+"""Seconds per training epoch: a plain torchvision ``ImageFolder`` pipeline vs covidscreen's training loop.
+
+Both sides run in this one process, on the same training and validation images, the same network (the registry's
+``--model`` with its ImageNet weights) and the same input size:
+
+* **plain**: the pipeline of the seed code (Deep-COVID's training script, itself the PyTorch transfer-learning
+  tutorial): ``torchvision.datasets.ImageFolder`` over a class-per-folder tree, every image decoded and resized by
+  PIL in every epoch, ``DataLoader(num_workers=0)``, every parameter fine-tuned with SGD (lr 0.001, momentum 0.9),
+  contiguous (NCHW) tensors.
+* **covidscreen**: what ``covidscreen train`` does with its default ``TrainConfig``: the decode cache (each image
+  decoded and resized once into a memory-mapped uint8 array), channels_last, augmentation on whole batches, the last
+  ``train_stages`` stages fine-tuned (frozen early stages need no backward pass) with AdamW and the warm-up/cosine
+  schedule, the class-weighted loss, and the same ``train_one_epoch`` that ``covidscreen train`` runs.
+
+The machine this was written on is shared by several sessions, so the two sides' epochs are *interleaved* (plain,
+covidscreen, covidscreen, plain, ...): both see the same load, and the ratio of their medians is what to compare;
+absolute seconds move with the load. The first epoch of each side is reported apart (it pays the cache build).
+
+Also printed: each side's validation AUC (COVID vs rest), a profile of covidscreen's epoch (data, forward, backward,
+optimizer), and with ``--variants`` covidscreen's epoch with alternatives (contiguous tensors, batch 16/64, one
+thread), each interleaved with the default.
+
+Run::
+
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_epoch.py --n-train 192 --n-val 96 --epochs 5 --variants
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from covidscreen.config import TrainConfig
+from covidscreen.data.augment import AugmentConfig, augment_batch
+from covidscreen.data.cache import ImageCache
+from covidscreen.data.locate import resolve_data_dir
+from covidscreen.data.table import load_table
+from covidscreen.evaluation.metrics import headline_auc
+from covidscreen.models import create_model
+from covidscreen.runtime import seed_everything, to_input
+from covidscreen.training.finetune import discriminative_param_groups, freeze_batchnorm, set_trainable_stages
+from covidscreen.training.loop import (
+    Optimisation,
+    classification_step,
+    cosine_with_warmup,
+    predict_probs,
+    train_one_epoch,
+)
+from covidscreen.training.losses import criterion
+
+
+def pick_images(n_train: int, n_val: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """A class-stratified sample of the shared chest X-rays, split into train and val (both sides use this split;
+    only their speed and relative accuracy are compared, so patient grouping does not matter here)."""
+    table = load_table(resolve_data_dir(None))
+    classes = sorted(table["label"].unique())
+    per_class = (n_train + n_val) // len(classes)
+    sample = pd.concat([g.sample(n=min(per_class, len(g)), random_state=seed) for _, g in table.groupby("label")])
+    sample = sample.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    sample["y"] = sample["label"].map({c: i for i, c in enumerate(classes)})
+    is_val = np.zeros(len(sample), bool)
+    for _, idx in sample.groupby("label").groups.items():  # the same share of each class in val
+        is_val[np.asarray(idx)[: round(len(idx) * n_val / (n_train + n_val))]] = True
+    return sample[~is_val].reset_index(drop=True), sample[is_val].reset_index(drop=True), classes
+
+
+def image_folder(root: Path, table: pd.DataFrame) -> Path:
+    """A class-per-folder tree of symlinks, as ImageFolder reads it."""
+    for i, row in table.iterrows():
+        d = root / row["label"]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{i:05d}{Path(row['path']).suffix}").symlink_to(row["path"])
+    return root
+
+
+class PlainTrainer:
+    """The seed code's pipeline (see the module docstring)."""
+
+    def __init__(self, train: pd.DataFrame, val: pd.DataFrame, classes: list[str], args: argparse.Namespace,
+                 tmp: Path) -> None:
+        from torchvision import datasets, transforms
+
+        size = args.image_size
+        # one channel because the network takes one (its ImageNet normalisation sits inside the model)
+        train_tf = transforms.Compose([transforms.Grayscale(1), transforms.Resize((size, size)),
+                                       transforms.RandomHorizontalFlip(), transforms.ToTensor()])
+        val_tf = transforms.Compose([transforms.Grayscale(1), transforms.Resize((size, size)), transforms.ToTensor()])
+        train_ds = datasets.ImageFolder(str(image_folder(tmp / "plain_train", train)), transform=train_tf)
+        val_ds = datasets.ImageFolder(str(image_folder(tmp / "plain_val", val)), transform=val_tf)
+        assert train_ds.classes == classes, (train_ds.classes, classes)
+        seed_everything(args.seed)
+        self.loader = torch.utils.data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, num_workers=0,
+                                                  drop_last=True)
+        self.val_loader = torch.utils.data.DataLoader(val_ds, batch_size=64, shuffle=False, num_workers=0)
+        self.model = create_model(args.model, pretrained=True, num_classes=len(classes))
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.001, momentum=0.9)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.classes = classes
+
+    def epoch(self) -> None:
+        self.model.train()
+        for x, y in self.loader:
+            self.optimizer.zero_grad()
+            self.loss_fn(self.model(x), y).backward()
+            self.optimizer.step()
+
+    def auc(self) -> float:
+        self.model.eval()
+        probs, ys = [], []
+        with torch.inference_mode():
+            for x, y in self.val_loader:
+                probs.append(torch.softmax(self.model(x), 1).numpy())
+                ys.append(y.numpy())
+        return headline_auc(np.concatenate(ys), np.concatenate(probs), self.classes, "covid")
+
+
+class CovidscreenTrainer:
+    """covidscreen's default training, on a decode cache built at the first epoch."""
+
+    def __init__(self, train: pd.DataFrame, val: pd.DataFrame, classes: list[str], args: argparse.Namespace,
+                 cache_dir: Path, batch_size: int, channels_last: bool = True) -> None:
+        self.train, self.val, self.classes, self.args = train, val, classes, args
+        self.cache_dir, self.channels_last = cache_dir, channels_last
+        self.cache: ImageCache | None = None
+        cfg = TrainConfig(model=args.model, image_size=args.image_size, batch_size=batch_size, epochs=args.epochs)
+        generator = seed_everything(args.seed)
+        model = create_model(cfg.model, pretrained=True, num_classes=len(classes))
+        set_trainable_stages(model, cfg.train_stages)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.loss_fn = criterion(cfg, classes, train["y"].to_numpy())
+        steps = len(train) // batch_size * cfg.epochs
+        optimizer = torch.optim.AdamW(discriminative_param_groups(model, cfg.lr, cfg.lr_decay), lr=cfg.lr,
+                                      weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                      cosine_with_warmup(steps, int(cfg.warmup_fraction * steps)))
+        self.opt = Optimisation(model, optimizer, scheduler, torch.device("cpu"), batch_size, generator,
+                                augment=AugmentConfig() if cfg.augment else None)
+        self.rng = np.random.default_rng(args.seed)
+        self.profile = dict(data=0.0, forward=0.0, backward=0.0, optimizer=0.0)
+
+    def images(self) -> np.ndarray:
+        if self.cache is None:  # the first epoch pays the decode, as a first run does (later runs reuse the cache)
+            self.cache = ImageCache(self.train["path"].tolist() + self.val["path"].tolist(), self.args.image_size,
+                                    cache_dir=str(self.cache_dir), progress=False)
+        return self.cache.images
+
+    def epoch(self) -> None:
+        """One epoch of ``train_one_epoch``, as ``covidscreen train`` runs it."""
+        images = self.images()
+        order = self.rng.permutation(len(self.train))
+        step = classification_step(self.opt.model, self.loss_fn, self.opt.device)
+        train_one_epoch(self.opt, images, order, self.train["y"].to_numpy()[order], step, progress=False)
+
+    def profiled_epoch(self) -> None:
+        """The steps of ``train_one_epoch`` timed one by one (data: cache read, to_input, augmentation); with
+        ``channels_last=False`` the batches stay NCHW-contiguous."""
+        images, opt, y = self.images(), self.opt, self.train["y"].to_numpy()
+        model = opt.model
+        model.train()
+        freeze_batchnorm(model)
+        order = self.rng.permutation(len(self.train))
+        bs = opt.batch_size
+        for b in range(len(order) // bs):
+            t0 = time.perf_counter()
+            idx = order[b * bs:(b + 1) * bs]
+            x = to_input(torch.from_numpy(np.ascontiguousarray(images[idx])), opt.device)
+            x = augment_batch(x, opt.augment, opt.generator)
+            if not self.channels_last:
+                x = x.contiguous()
+            target = torch.from_numpy(y[idx])
+            t1 = time.perf_counter()
+            loss = self.loss_fn(model(x), target)
+            t2 = time.perf_counter()
+            opt.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            t3 = time.perf_counter()
+            opt.optimizer.step()
+            opt.scheduler.step()
+            t4 = time.perf_counter()
+            for k, dt in zip(self.profile, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                self.profile[k] += dt
+
+    def auc(self) -> float:
+        rows = np.arange(len(self.train), len(self.train) + len(self.val))
+        probs = predict_probs(self.opt.model, self.images(), rows, self.opt.device, 64, progress=False)
+        return headline_auc(self.val["y"].to_numpy(), probs, self.classes, "covid")
+
+
+def timed(fn, threads: int | None = None) -> float:
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    t = time.perf_counter()
+    fn()
+    secs = time.perf_counter() - t
+    torch.set_num_threads(before)
+    return secs
+
+
+def interleave(a, b, epochs: int, threads_b: int | None = None) -> tuple[list[float], list[float]]:
+    """Seconds of ``epochs`` epochs of ``a`` and of ``b`` in the order a b b a a b b a ... (drift cancels)."""
+    ta, tb = [], []
+    for e in range(epochs):
+        if e % 2 == 0:
+            ta.append(timed(a))
+            tb.append(timed(b, threads_b))
+        else:
+            tb.append(timed(b, threads_b))
+            ta.append(timed(a))
+        print(f"  epoch {e + 1}: {ta[-1]:.1f}s vs {tb[-1]:.1f}s | load {os.getloadavg()[0]:.1f}", flush=True)
+    return ta, tb
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=TrainConfig.model)
+    ap.add_argument("--image-size", type=int, default=TrainConfig.image_size)
+    ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    ap.add_argument("--n-train", type=int, default=192)
+    ap.add_argument("--n-val", type=int, default=96)
+    ap.add_argument("--epochs", type=int, default=5, help="epochs per side (the first is reported apart)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", action="store_true", help="also time covidscreen with alternative settings")
+    args = ap.parse_args()
+    if args.epochs < 2:
+        ap.error("--epochs must be at least 2 (seconds per epoch are measured after the first)")
+    train, val, classes = pick_images(args.n_train, args.n_val, args.seed)
+    print(f"torch {torch.__version__} | {os.cpu_count()} CPUs, {torch.get_num_threads()} threads | load "
+          f"{os.getloadavg()[0]:.1f} | model {args.model} | {args.image_size}px | batch {args.batch_size} | "
+          f"{len(train)} train / {len(val)} val images | {args.epochs} epochs", flush=True)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        plain = PlainTrainer(train, val, classes, args, tmp)
+        cs = CovidscreenTrainer(train, val, classes, args, tmp / "cache", args.batch_size)
+        print("plain vs covidscreen, interleaved:", flush=True)
+        plain_t, cs_t = interleave(plain.epoch, cs.epoch, args.epochs)
+        plain_s, cs_s = float(np.median(plain_t[1:])), float(np.median(cs_t[1:]))
+        plain_auc, cs_auc = plain.auc(), cs.auc()
+        paired = np.array(plain_t[1:]) / np.array(cs_t[1:])
+        print(f"\n| pipeline | first epoch (s) | median s/epoch after the first | img/s | val AUC covid-vs-rest |\n"
+              f"|---|---|---|---|---|\n"
+              f"| plain ImageFolder, num_workers=0 | {plain_t[0]:.1f} | {plain_s:.1f} | {len(train) / plain_s:.1f} | "
+              f"{plain_auc:.3f} |\n"
+              f"| covidscreen | {cs_t[0]:.1f} | {cs_s:.1f} | {len(train) / cs_s:.1f} | {cs_auc:.3f} |\n"
+              f"speed-up per epoch after the first: {plain_s / cs_s:.2f}x (ratio of medians); paired epochs "
+              f"{', '.join(f'{r:.2f}x' for r in paired)}", flush=True)
+
+        cs.profiled_epoch()
+        total = sum(cs.profile.values())
+        print("profile of one covidscreen epoch: " + ", ".join(f"{k} {v:.1f}s ({v / total:.0%})"
+                                                               for k, v in cs.profile.items()), flush=True)
+        if args.variants:
+            rows = []
+            n = max(2, args.epochs - 1)
+            nchw = CovidscreenTrainer(train, val, classes, args, tmp / "cache", args.batch_size, channels_last=False)
+            a, b = interleave(cs.profiled_epoch, nchw.profiled_epoch, n)
+            rows.append(("contiguous NCHW instead of channels_last", np.median(a) / np.median(b)))
+            for bs in (16, 64):
+                if bs <= len(train):
+                    other = CovidscreenTrainer(train, val, classes, args, tmp / "cache", bs)
+                    a, b = interleave(cs.epoch, other.epoch, n)
+                    rows.append((f"batch {bs} instead of {args.batch_size}", np.median(a) / np.median(b)))
+            if torch.get_num_threads() > 1:
+                a, b = interleave(cs.epoch, cs.epoch, n, threads_b=1)
+                rows.append((f"1 intra-op thread instead of {torch.get_num_threads()}", np.median(a) / np.median(b)))
+            print("\n| covidscreen variant (interleaved with the default) | speed vs the default |\n|---|---|")
+            for name, ratio in rows:
+                print(f"| {name} | {ratio:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

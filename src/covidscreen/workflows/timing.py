@@ -1,0 +1,49 @@
+"""Wall-clock seconds per phase of a job (cache, epochs, evaluation, audit, report), printed at its end and written
+to ``timings.json`` in the run folder, so that a slow run says where its time went."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+TIMINGS_FILE = "timings.json"
+
+
+class PhaseTimer:
+    """Accumulates the seconds spent in named phases, in the order they first ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the ``with`` block as phase ``name`` (added to earlier blocks of the same name)."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+
+    def total(self) -> float:
+        """Seconds since the timer was made (phases plus whatever ran between them)."""
+        return time.perf_counter() - self._start
+
+    def summary(self) -> str:
+        """One line: each phase's seconds and share of the total."""
+        total = max(self.total(), 1e-9)
+        parts = [f"{name} {secs:.1f}s ({secs / total:.0%})" for name, secs in self.seconds.items()]
+        other = total - sum(self.seconds.values())
+        if other >= 0.05:
+            parts.append(f"other {other:.1f}s ({other / total:.0%})")
+        return f"time per phase: {', '.join(parts)}; total {total:.1f}s"
+
+    def write(self, run_dir: str | Path) -> Path:
+        """Write ``timings.json``: ``{"phases": {name: seconds}, "total_seconds": ...}``."""
+        path = Path(run_dir) / TIMINGS_FILE
+        body = {"phases": {k: round(v, 3) for k, v in self.seconds.items()}, "total_seconds": round(self.total(), 3)}
+        path.write_text(json.dumps(body, indent=2))
+        return path

@@ -1,0 +1,90 @@
+"""``torchrun --nproc_per_node=2 -m covidscreen train`` and ``predict`` on CPU (gloo, loopback), against one process."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from covidscreen.inference.predictor import Predictor
+from covidscreen.training.distributed import state_digest
+from tests.conftest import make_image_folder
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _env() -> dict:
+    # loopback only; one intra-op thread per rank so that two ranks share the two cores instead of fighting
+    return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "covidscreen",
+           *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _single(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "covidscreen", *args], capture_output=True, text=True, timeout=600,
+                          env=_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    root = make_image_folder(tmp / "data", n_per_class=16, size=40)
+    cfg = tmp / "cfg.yaml"
+    cfg.write_text("model: mobilenet_v2_035\npretrained: false\nimage_size: 32\nepochs: 2\nbatch_size: 8\n"
+                   "samples_per_epoch: null\nsplit: [0.5, 0.25, 0.25]\ntrain_stages: null\naudit: false\n"
+                   f"bootstrap: 0\ncache_dir: {tmp / 'cache'}\n")
+    common = ("train", "--config", str(cfg), "--data", str(root), "--device", "cpu")
+    scratch = set(Path(tempfile.gettempdir()).glob("covidscreen-rank*"))
+    ddp = _torchrun(*common, "--output", str(tmp / "ddp"))
+    ddp.leftover = set(Path(tempfile.gettempdir()).glob("covidscreen-rank*")) - scratch
+    _single(*common, "--output", str(tmp / "one"))
+    return root, tmp / "ddp", tmp / "one", ddp
+
+
+def test_ranks_train_one_identical_checkpoint(runs):
+    _, ddp, _, proc = runs
+    info = json.loads((ddp / "distributed.json").read_text())
+    assert info["world_size"] == 2 and info["backend"] == "gloo" and info["global_batch_size"] == 8
+    digests = info["replica_state_sha256"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    # the checkpoint rank 0 wrote loads, and holds the weights every rank ended with
+    assert state_digest(Predictor(ddp, device="cpu").model) == digests[0]
+    assert proc.stdout.count("epoch 1/2:") == 1  # only rank 0 logs
+    assert not proc.leftover  # the other rank's scratch folder (its copies of the per-epoch files) is removed
+
+
+def test_metrics_match_one_process_within_noise(runs):
+    _, ddp, one, _ = runs
+    m_ddp, m_one = (json.loads((r / "metrics.json").read_text()) for r in (ddp, one))
+    assert m_ddp["split_counts"] == m_one["split_counts"]
+    h_ddp, h_one = pd.read_csv(ddp / "history.csv"), pd.read_csv(one / "history.csv")
+    assert (h_ddp["train_images"] == h_one["train_images"]).all()  # same images per epoch, split across ranks
+    # same data, seed, global batches and averaged gradients; only BatchNorm statistics (per rank: half batches)
+    # and the augmentation draws differ
+    assert abs(h_ddp["train_loss"].iloc[0] - h_one["train_loss"].iloc[0]) < 0.15
+    assert abs(m_ddp["val"]["covid_vs_rest"]["roc_auc"] - m_one["val"]["covid_vs_rest"]["roc_auc"]) <= 0.25
+
+
+def test_sharded_predict_equals_unsharded(runs, tmp_path):
+    root, ddp, _, _ = runs
+    _torchrun("predict", str(ddp), str(root / "images"), "--output", str(tmp_path / "sharded.csv"), "--device", "cpu")
+    _single("predict", str(ddp), str(root / "images"), "--output", str(tmp_path / "one.csv"), "--device", "cpu")
+    sharded, one = pd.read_csv(tmp_path / "sharded.csv"), pd.read_csv(tmp_path / "one.csv")
+    assert len(one) == 32
+    assert sharded["path"].tolist() == one["path"].tolist()
+    assert sharded["prediction"].tolist() == one["prediction"].tolist()
+    np.testing.assert_allclose(sharded["prob_covid"], one["prob_covid"], atol=1e-6)

@@ -1,0 +1,25 @@
+import json
+import time
+
+import pytest
+
+from covidscreen.workflows.timing import PhaseTimer
+
+
+def test_phases_accumulate_in_order_and_are_written(tmp_path):
+    timer = PhaseTimer()
+    with timer.phase("cache"):
+        time.sleep(0.02)
+    with timer.phase("epochs"):
+        time.sleep(0.01)
+    with timer.phase("cache"):  # a phase run twice adds up
+        time.sleep(0.02)
+    with pytest.raises(ValueError), timer.phase("report"):  # a failing phase still counts its time
+        raise ValueError
+    assert list(timer.seconds) == ["cache", "epochs", "report"]
+    assert timer.seconds["cache"] >= 0.04 and timer.seconds["epochs"] >= 0.01
+    assert timer.total() >= sum(timer.seconds.values())
+    line = timer.summary()
+    assert line.startswith("time per phase: cache ") and "epochs" in line and "total" in line
+    body = json.loads(timer.write(tmp_path).read_text())
+    assert set(body["phases"]) == {"cache", "epochs", "report"} and body["total_seconds"] >= 0.05
