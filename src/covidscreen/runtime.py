@@ -136,7 +136,26 @@ def atomic_write_csv(path: str | Path, table: Any, **to_csv: Any) -> Path:
     return atomic_write_text(path, table.to_csv(**to_csv))
 
 
-def disk_full_message(path: Path, needed: int) -> str:
+@contextlib.contextmanager
+def atomic_output(path: str | Path):
+    """Within: write the file at the yielded temporary path (for writers that take a path, e.g. ONNX export); on
+    success it is renamed to ``path``, on failure removed, and a full disk raises :class:`DiskFullError`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        written = tmp.stat().st_size if tmp.exists() else 0
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(disk_full_message(path, written, "more than ")) from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def disk_full_message(path: Path, needed: int, bound: str = "") -> str:
     """What a user reads when ``path`` could not be written for lack of space: the file, what it needs, what is
     free, and that the previous version was kept."""
     try:
@@ -144,8 +163,8 @@ def disk_full_message(path: Path, needed: int) -> str:
     except OSError:
         free = "free space unknown"
     kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
-    return (f"no space left on the disk of {path.parent} to write {path.name} (needs about {needed / 1e6:.1f} MB, "
-            f"{free}); {kept}. Free some space (or write the run to another disk) and rerun")
+    return (f"no space left on the disk of {path.parent} to write {path.name} (needs {bound or 'about '}"
+            f"{needed / 1e6:.1f} MB, {free}); {kept}. Free some space (or write to another disk) and rerun")
 
 
 def read_optional_json(path: Path) -> Any:

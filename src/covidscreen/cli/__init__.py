@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from ..errors import CovidscreenError
+from ..errors import CovidscreenError, Interrupted
 from . import evaluate, experiment, predict, segment, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -26,9 +26,12 @@ app.add_typer(segment.app, name="segment")
 def main() -> None:
     try:
         app(standalone_mode=True)
+    except Interrupted as exc:  # Ctrl-C during training: what was kept and the command that continues
+        print(f"\ninterrupted: {exc}", file=sys.stderr)
+        sys.exit(130)
     except CovidscreenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("\ninterrupted", file=sys.stderr)
         sys.exit(130)

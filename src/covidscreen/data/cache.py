@@ -1,7 +1,10 @@
 """Preprocessed image cache: decoded, resized ``uint8`` images in one memory-mapped ``.npy`` file.
 
-The key is a hash of the image side, the preprocessing version and, for every image, its absolute path, byte size
-and modification time: a changed file or another size gives another cache, a rerun reuses it. Epochs after the
+The key is a hash of the image side, the preprocessing version and, for every image, its absolute path, byte size,
+modification time and status-change time (ctime, which a sync job that restores the old modification time still
+changes): a changed or replaced file or another size gives another cache, so changed files are re-read, never
+trusted; a rerun on unchanged files reuses it. :meth:`ImageCache.changed` tells which files changed or vanished
+since the cache was opened (e.g. during a long training), so that later steps leave them out. Epochs after the
 first (and later runs) read pixels straight from the memory map instead of decoding JPEGs. Files that fail to
 decode are listed in the cache's JSON sidecar, so every user of the cache reports them instead of dropping them.
 """
@@ -19,23 +22,33 @@ from tqdm.auto import tqdm
 
 from ..config import PreprocessConfig
 from ..errors import DataError, ImageDecodeError
+from ..runtime import atomic_write_text
 from .decode import load_resized
 from .preprocess import iter_preprocessed
 
-CACHE_VERSION = 1  # bump when decoding or resizing changes
+CACHE_VERSION = 2  # bump when decoding, resizing or the key changes
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("COVIDSCREEN_CACHE", Path.home() / ".cache" / "covidscreen"))
 
 
-def _key(paths: list[str], size: int, preprocess_key: str = "") -> str:
+def file_signature(path: str) -> str:
+    """Size, modification and status-change times of a file ("missing" when it cannot be found)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+
+
+def _key(paths: list[str], size: int, preprocess_key: str = "") -> tuple[str, list[str]]:
     # the preprocessing settings (with the lung segmenter's sha256) are part of the key; "" = none
     h = hashlib.sha256(f"v{CACHE_VERSION}|{size}{'|' + preprocess_key if preprocess_key else ''}".encode())
-    for p in paths:
-        st = os.stat(p)
-        h.update(f"|{p}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:24]
+    signatures = [file_signature(p) for p in paths]
+    for p, sig in zip(paths, signatures):
+        h.update(f"|{p}|{sig}".encode())
+    return h.hexdigest()[:24], signatures
 
 
 def _load_one(args: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
@@ -67,7 +80,7 @@ class ImageCache:
         self.index = {p: i for i, p in enumerate(self.paths)}
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
-        key = _key(self.paths, size, self.preprocess.key() if self.preprocess else "")
+        key, self.signatures = _key(self.paths, size, self.preprocess.key() if self.preprocess else "")
         self.file = folder / f"{key}_{size}px.npy"
         meta_file = self.file.with_suffix(".json")
         if not (self.file.is_file() and meta_file.is_file()):
@@ -115,7 +128,7 @@ class ImageCache:
         meta = {"size": self.size, "n": len(self.paths), "errors": errors, "built": True}
         if self.preprocess is not None:
             meta.update(preprocessing=self.preprocess.to_dict(), stats=stats)
-        meta_file.write_text(json.dumps(meta))
+        atomic_write_text(meta_file, json.dumps(meta))
 
     def _store(self, arr: np.ndarray, i: int, img: np.ndarray | None, err: str | None, errors: dict) -> None:
         if err is not None:
@@ -123,6 +136,17 @@ class ImageCache:
             arr[i] = 0
         else:
             arr[i] = img
+
+    def changed(self, paths: list[str] | None = None) -> dict[str, str]:
+        """``{path: what happened}`` for the files (of ``paths``, default all) that vanished or changed since the
+        cache was opened: their cached pixels no longer show what the file holds."""
+        out = {}
+        for p in self.paths if paths is None else paths:
+            now = file_signature(p)
+            if now != self.signatures[self.index[p]]:
+                out[p] = (f"{p}: file vanished after it was cached" if now == "missing" else
+                          f"{p}: file changed after it was cached (size or time differ)")
+        return out
 
     def rows(self, paths: list[str]) -> np.ndarray:
         """Row indices of ``paths`` in the cache."""

@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from ..config import TrainConfig, to_dict
-from ..errors import CheckpointError, ConfigError, Interrupted
+from ..errors import CheckpointError, ConfigError, CovidscreenError, DiskFullError, Interrupted
 from ..runtime import atomic_write_text
 from ..training.checkpointing import (
     STATE_FILE,
@@ -133,8 +133,12 @@ class EpochCheckpoints:
         """Checkpoint the end of ``epoch`` (``stop``: training ends here early)."""
         self.progress = LoopProgress(epoch, best_score, best_state, best_epoch, stale, list(history),
                                      stop or epoch >= self.cfg.epochs)
-        with InterruptGuard.current().saving():
-            save_state(self.folder, capture(self.objects, self.progress), self.meta)
+        try:
+            with InterruptGuard.current().saving():
+                save_state(self.folder, capture(self.objects, self.progress), self.meta)
+        except DiskFullError as exc:
+            kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no epoch is saved yet"
+            raise DiskFullError(f"{exc}; {kept}. Then continue with: {resume_command(self.folder.parent)}") from None
 
 
 @contextmanager
@@ -154,6 +158,20 @@ def training_interrupts(run_dir: str | Path) -> Iterator[InterruptGuard]:
             saved = (f"epoch {record['epoch']} is saved in {Path(run_dir) / RESUME_DIR}" if record
                      else "no epoch had ended yet, nothing to keep")
             raise Interrupted(f"training interrupted; {saved}. Continue with: {resume_command(run_dir)}") from None
+
+
+@contextmanager
+def after_training(run_dir: str | Path) -> Iterator[None]:
+    """Within (what follows training): an error caused by the environment (a full disk, files that vanished, an
+    unreadable file) ends with the command that redoes only this part, instead of a traceback."""
+    way_out = f"once fixed, redo only what follows training with: covidscreen finish {run_dir}"
+    try:
+        yield
+    except CovidscreenError as exc:
+        raise type(exc)(f"{exc}; {way_out}") from None
+    except OSError as exc:
+        raise CheckpointError(f"{exc.filename or run_dir}: {exc.strerror or exc} while finishing the run (training "
+                              f"ended and is saved); {way_out}") from None
 
 
 def discard_training_state(run_dir: str | Path) -> None:

@@ -70,7 +70,8 @@ from .generalisation import (  # generalisation to unseen sites (docs/generalisa
 )
 from .holdout import exclude_site
 from .init_from import check_no_leak, load_trunk
-from .resume import EpochCheckpoints, discard_training_state, training_interrupts
+from .resume import EpochCheckpoints, after_training, discard_training_state, training_interrupts
+from .skipped import leave_out_changed_files
 
 
 @dataclass
@@ -170,8 +171,10 @@ def fit_single(cfg: TrainConfig, progress: bool = True) -> Path:
         selected = train_epochs(cfg, data, setup, rng, run_dir, progress)
     model.load_state_dict(selected.state)
 
-    result = finish_run(run_dir, model, data, cfg, device, amp, selected.epoch, selected.history, progress, init_from)
-    finalize_run(run_dir, cfg, data, model, device, progress, log)  # audit, held-out site, report, model card
+    with after_training(run_dir):  # an error from here on names `covidscreen finish RUN_DIR`
+        result = finish_run(run_dir, model, data, cfg, device, amp, selected.epoch, selected.history, progress,
+                            init_from)
+        finalize_run(run_dir, cfg, data, model, device, progress, log)  # audit, held-out site, report, model card
     discard_training_state(run_dir)  # model.safetensors holds the selected weights; `finish` can redo the rest
     log(f"done in {(time.time() - t0) / 60:.1f} min: {run_dir}")
     return result
@@ -368,6 +371,7 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
                amp: torch.dtype | None, best_epoch: int, history: list[dict[str, Any]], progress: bool,
                init_from: dict | None = None) -> Path:
     """Predict val and test, choose operating points on val, write checkpoint, metrics and report."""
+    leave_out_changed_files(run_dir, data, log)  # vanished or changed since they were cached: not evaluated
     table, classes = data.table, data.classes
     eval_mask = table["split"].isin(["val", "test"]).to_numpy()
     # exact float32 on every device (no autocast): the operating points and metrics chosen here must hold for
