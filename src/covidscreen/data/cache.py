@@ -1,8 +1,8 @@
 """Preprocessed image cache: decoded, resized ``uint8`` images in one memory-mapped ``.npy`` file.
 
 The key is a hash of the image side, the preprocessing version and, for every image, its absolute path, byte size,
-modification time and status-change time (ctime, which a sync job that restores the old modification time still
-changes): a changed or replaced file or another size gives another cache, so changed files are re-read, never
+modification time, status-change time and inode (which a sync job that replaces a file and restores its old
+modification time still changes): a changed or replaced file or another size gives another cache, so changed files are re-read, never
 trusted; a rerun on unchanged files reuses it. :meth:`ImageCache.changed` tells which files changed or vanished
 since the cache was opened (e.g. during a long training), so that later steps leave them out. Epochs after the
 first (and later runs) read pixels straight from the memory map instead of decoding JPEGs. Files that fail to
@@ -34,12 +34,12 @@ def default_cache_dir() -> Path:
 
 
 def file_signature(path: str) -> str:
-    """Size, modification and status-change times of a file ("missing" when it cannot be found)."""
+    """Size, modification and status-change times and inode of a file ("missing" when it cannot be found)."""
     try:
         st = os.stat(path)
     except OSError:
         return "missing"
-    return f"{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+    return f"{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
 
 
 def _key(paths: list[str], size: int, preprocess_key: str = "") -> tuple[str, list[str]]:

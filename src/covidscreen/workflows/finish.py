@@ -20,7 +20,7 @@ from ..runtime import amp_dtype, resolve_device, seed_everything
 from ..training.checkpointing import load_state, read_state_record
 from .finalize import finalize_run
 from .fit import fit
-from .resume import RESUME_DIR, discard_training_state, resume_command
+from .resume import RESUME_DIR, after_training, discard_training_state, resume_command
 from .train import PreparedData, build_model, finish_run, log, prepare_data, write_split
 
 
@@ -57,7 +57,7 @@ def align_to_run_split(data: PreparedData, run_dir: Path) -> PreparedData:
         errors = dict(zip(data.skipped["path"], data.skipped["error"], strict=True))
         paths = [str(data.data_dir / p) for p in gone["image"]]
         extra = pd.DataFrame({"path": paths, "error": [errors.get(p, f"{p}: no longer listed in the data table")
-                                                       for p in paths]})
+                                                       for p in paths], "stage": "gone since training"})
         log(f"warning: {len(gone)} image(s) of the run's split are gone or unreadable now; they are left out "
             "(listed in skipped.csv)")
         data.skipped = pd.concat([data.skipped[~data.skipped["path"].isin(paths)], extra], ignore_index=True)
@@ -93,6 +93,7 @@ def finish(run_dir: str | Path, device: str | None = None, progress: bool = True
     model, init_from = build_model(cfg, data, dev, amp)
     if record is not None:  # training ended in its epoch checkpoint: the selected epoch's weights are there
         tree, _ = load_state(run_dir / RESUME_DIR)
+        data.fingerprint = record["split_fingerprint"]  # the split trained on, whatever is left of it now
         p = tree["progress"]
         model.load_state_dict(p["best_state"])
         best_epoch, history = p["best_epoch"], p["history"]
@@ -101,12 +102,14 @@ def finish(run_dir: str | Path, device: str | None = None, progress: bool = True
         model.backbone.load_state_dict(read_checkpoint_weights(run_dir / WEIGHTS_FILE,
                                                                {SIDECAR_FILE: meta.get("weights_sha256")}))
         best_epoch = int(meta.get("best_epoch", 0))
+        data.fingerprint = meta.get("split_fingerprint", data.fingerprint)
         init_from = meta.get("init_from", init_from)
         hist = run_dir / "history.csv"
         history = pd.read_csv(hist).to_dict("records") if hist.is_file() else []
     log(f"finish: {run_dir} (epoch {best_epoch} selected); evaluating, auditing and reporting")
-    finish_run(run_dir, model, data, cfg, dev, amp, best_epoch, history, progress, init_from)
-    finalize_run(run_dir, cfg, data, model, dev, progress, log)
+    with after_training(run_dir):
+        finish_run(run_dir, model, data, cfg, dev, amp, best_epoch, history, progress, init_from)
+        finalize_run(run_dir, cfg, data, model, dev, progress, log)
     discard_training_state(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     log(f"done in {(time.time() - t0) / 60:.1f} min: {run_dir} ({metrics.get('n_test', '?')} test images)")

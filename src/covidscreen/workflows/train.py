@@ -116,7 +116,8 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
     if cache.stats.get("roi_fallback"):
         log(f"warning: no lungs found in {cache.stats['roi_fallback']} image(s); they were used whole, unmasked")
     ok = cache.ok
-    skipped = pd.DataFrame({"path": table["path"][~ok], "error": [cache.errors[p] for p in table["path"][~ok]]})
+    skipped = pd.DataFrame({"path": table["path"][~ok], "error": [cache.errors[p] for p in table["path"][~ok]],
+                            "stage": "decode"})
     if len(skipped):
         log(f"warning: {len(skipped)} image(s) could not be decoded and were skipped (listed in skipped.csv), e.g. "
             f"{skipped['error'].iloc[0]}")
