@@ -61,7 +61,7 @@ def _same_results(a: Path, b: Path) -> None:
 
 
 def _env(cache: Path) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COVIDSCREEN_CACHE": str(cache), "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COVIDSCREEN_CACHE": str(cache)}
     return env
 
 

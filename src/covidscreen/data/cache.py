@@ -2,11 +2,12 @@
 
 The key is a hash of the image side, the preprocessing version and, for every image, its absolute path, byte size,
 modification time, status-change time and inode (which a sync job that replaces a file and restores its old
-modification time still changes): a changed or replaced file or another size gives another cache, so changed files are re-read, never
-trusted; a rerun on unchanged files reuses it. :meth:`ImageCache.changed` tells which files changed or vanished
-since the cache was opened (e.g. during a long training), so that later steps leave them out. Epochs after the
-first (and later runs) read pixels straight from the memory map instead of decoding JPEGs. Files that fail to
-decode are listed in the cache's JSON sidecar, so every user of the cache reports them instead of dropping them.
+modification time still changes): a changed or replaced file or another size gives another cache, so changed files
+are re-read, never trusted; a rerun on unchanged files reuses it. :meth:`ImageCache.changed` tells which files
+changed or vanished since the cache was opened (e.g. during a long training), so that later steps leave them out.
+Epochs after the first (and later runs) read pixels straight from the memory map instead of decoding JPEGs. Files
+that fail to decode are listed in the cache's JSON sidecar, so every user of the cache reports them instead of
+dropping them.
 """
 
 from __future__ import annotations

@@ -163,7 +163,7 @@ def training_interrupts(run_dir: str | Path) -> Iterator[InterruptGuard]:
 @contextmanager
 def after_training(run_dir: str | Path) -> Iterator[None]:
     """Within (what follows training): an error caused by the environment (a full disk, files that vanished, an
-    unreadable file) ends with the command that redoes only this part, instead of a traceback."""
+    unreadable file) or Ctrl-C ends with the command that redoes only this part, instead of a traceback."""
     way_out = f"once fixed, redo only what follows training with: covidscreen finish {run_dir}"
     try:
         yield
@@ -172,6 +172,8 @@ def after_training(run_dir: str | Path) -> Iterator[None]:
     except OSError as exc:
         raise CheckpointError(f"{exc.filename or run_dir}: {exc.strerror or exc} while finishing the run (training "
                               f"ended and is saved); {way_out}") from None
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted after training ended (it is saved); {way_out}") from None
 
 
 def discard_training_state(run_dir: str | Path) -> None:
