@@ -33,14 +33,16 @@ SETTINGS = dict(model="mobilenet_v2_035", pretrained=False, image_size=32, epoch
 TIMINGS = ("seconds",)  # keys that measure time, not results
 
 
-def _cfg(root: Path, out: Path, **kw):
-    return resolve_train_config(None, data=str(root), output=str(out), **{**SETTINGS, **kw})
-
-
-def _config_file(tmp_path: Path, root: Path) -> Path:
-    path = tmp_path / "train.yaml"
+def _config_file(folder: Path, root: Path) -> Path:
+    """The settings as a YAML file (options given as None would leave the defaults in place)."""
+    path = folder / "train.yaml"
     path.write_text(yaml.safe_dump({**SETTINGS, "data": str(root)}))
     return path
+
+
+def _cfg(root: Path, out: Path):
+    """The config `covidscreen train --config train.yaml --output OUT` runs."""
+    return resolve_train_config(_config_file(out.parent, root), output=str(out))
 
 
 def _without_timings(obj):
