@@ -12,11 +12,12 @@ import sys
 import typer
 
 from ..errors import CovidscreenError, Interrupted
-from . import evaluate, experiment, predict, segment, train
+from . import evaluate, experiment, finish, predict, segment, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="COVID-19 / pneumonia screening on chest X-rays by transfer learning, evaluated honestly.")
 app.add_typer(train.app)
+app.add_typer(finish.app)
 app.add_typer(evaluate.app)
 app.add_typer(predict.app)
 app.add_typer(experiment.app)

@@ -71,15 +71,3 @@ def resume_run(run_dir: Path, config: Path | None, full_finetune: bool, override
                           f"{', '.join('--' + k.replace('_', '-') for k in others)} (only --device may change)")
     return resume_training(run_dir, device=overrides.get("device"))
 
-
-@app.command()
-def finish(
-    run_dir: Annotated[Path, typer.Argument(help="run folder whose training ended")],
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N")] = None,
-) -> None:
-    """Redo what follows training for a run folder (evaluation, audit, explanations, report, model card), e.g.
-    after a crash, a full disk or data that vanished at the end of a run."""
-    from ..workflows.finish import finish as finish_run_folder
-
-    run = finish_run_folder(run_dir, device=device)
-    typer.echo(f"report: {run / 'report.html'}")
