@@ -208,3 +208,18 @@ def test_images_deleted_or_truncated_during_the_run_are_left_out_and_listed(tmp_
     assert again["n_test"] == n_test - 2 and (run / "report.html").is_file()
     assert json.loads((run / "model.json").read_text())["split_fingerprint"] == fingerprint
     assert set(pd.read_csv(run / "skipped.csv")["path"]) >= {deleted, truncated}
+
+
+def test_a_run_with_an_epoch_checkpoint_left_is_not_finished(tmp_path):
+    from covidscreen.config import TrainConfig, to_dict
+    from covidscreen.workflows.resume import is_finished
+
+    cfg = TrainConfig(output=str(tmp_path / "r"), epochs=2).validate()
+    run = tmp_path / "r"
+    (run / "resume").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    for name in ("metrics.json", "model.json"):
+        (run / name).write_text("{}")
+    assert not is_finished(run, cfg)  # report or model card were cut short: grids and folds finish it again
+    (run / "resume").rmdir()
+    assert is_finished(run, cfg)

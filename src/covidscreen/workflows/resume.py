@@ -56,7 +56,8 @@ def is_finished(run_dir: str | Path, cfg: TrainConfig) -> bool:
     """
     run_dir = Path(run_dir)
     done = (run_dir / "metrics.json").is_file() and (run_dir / "config.yaml").is_file() and (
-        (run_dir / "model.json").is_file() or (run_dir / "ensemble.json").is_file())
+        (run_dir / "model.json").is_file() or (run_dir / "ensemble.json").is_file()) and not (
+        run_dir / RESUME_DIR).exists()  # an epoch checkpoint is removed only once report and model card are written
     if not done:
         return False
     stored = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
