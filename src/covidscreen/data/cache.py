@@ -25,7 +25,7 @@ from ..config import PreprocessConfig
 from ..errors import DataError, ImageDecodeError
 from ..runtime import atomic_write_text
 from .decode import load_resized
-from .preprocess import iter_preprocessed
+from .preprocess import ignore_sigint, iter_preprocessed
 
 CACHE_VERSION = 2  # bump when decoding, resizing or the key changes
 
@@ -110,7 +110,7 @@ class ImageCache:
         jobs = [(p, self.size) for p in self.paths]
         bar = tqdm(total=len(jobs), desc=f"caching images at {self.size}px", unit="img", disable=not progress)
         if workers > 1 and len(jobs) > 64:
-            with ProcessPoolExecutor(workers) as pool:
+            with ProcessPoolExecutor(workers, initializer=ignore_sigint) as pool:
                 results = pool.map(_load_one, jobs, chunksize=32)
                 for i, (img, err) in enumerate(results):
                     self._store(arr, i, img, err, errors)
