@@ -21,7 +21,8 @@ from ..training.checkpointing import load_state, read_state_record
 from .finalize import finalize_run
 from .fit import fit
 from .resume import RESUME_DIR, after_training, discard_training_state, resume_command
-from .train import PreparedData, build_model, finish_run, log, prepare_data, write_split
+from .skipped import align_to_run_split
+from .train import build_model, finish_run, log, prepare_data, write_split
 
 
 def run_config(run_dir: str | Path, device: str | None = None) -> TrainConfig:
@@ -40,30 +41,6 @@ def resume_training(run_dir: str | Path, device: str | None = None, progress: bo
     """Continue the run of ``run_dir`` from its last complete epoch (from the start if none ended) with the config
     it was started with, then evaluate, audit and report it as an uninterrupted run would."""
     return fit(run_config(run_dir, device), progress=progress)
-
-
-def align_to_run_split(data: PreparedData, run_dir: Path) -> PreparedData:
-    """Give ``data`` the split the run was trained with (``split.csv``): images read now that the run did not use
-    are dropped, and images of the run that are gone or unreadable now are left out and listed as skipped."""
-    split_file = run_dir / "split.csv"
-    if not split_file.is_file():
-        raise CheckpointError(f"{run_dir} has no split.csv; its training never started: {resume_command(run_dir)}")
-    split = pd.read_csv(split_file, keep_default_na=False, dtype=str)
-    split_of = dict(zip(split["image"], split["split"], strict=True))
-    table = data.table[data.table["image"].isin(split_of)].reset_index(drop=True)
-    table["split"] = table["image"].map(split_of)
-    gone = split[~split["image"].isin(set(table["image"]))]
-    if len(gone):
-        errors = dict(zip(data.skipped["path"], data.skipped["error"], strict=True))
-        paths = [str(data.data_dir / p) for p in gone["image"]]
-        extra = pd.DataFrame({"path": paths, "error": [errors.get(p, f"{p}: no longer listed in the data table")
-                                                       for p in paths], "stage": "gone since training"})
-        log(f"warning: {len(gone)} image(s) of the run's split are gone or unreadable now; they are left out "
-            "(listed in skipped.csv)")
-        data.skipped = pd.concat([data.skipped[~data.skipped["path"].isin(paths)], extra], ignore_index=True)
-    data.table = table
-    data.rows = data.cache.rows(table["path"].tolist())
-    return data
 
 
 def finish(run_dir: str | Path, device: str | None = None, progress: bool = True) -> Path:
@@ -88,7 +65,7 @@ def finish(run_dir: str | Path, device: str | None = None, progress: bool = True
     seed_everything(cfg.seed)
     dev = resolve_device(cfg.device)
     amp = amp_dtype(dev, cfg.amp)
-    data = align_to_run_split(prepare_data(cfg, progress=progress), run_dir)
+    data = align_to_run_split(prepare_data(cfg, progress=progress), run_dir, log)
     write_split(run_dir, data, cfg)
     model, init_from = build_model(cfg, data, dev, amp)
     if record is not None:  # training ended in its epoch checkpoint: the selected epoch's weights are there

@@ -28,6 +28,7 @@ from ..training.checkpointing import (
     restore,
     save_state,
 )
+from .skipped import align_to_run_split
 
 # keys that change where or how fast a run is computed, not what it computes
 IGNORED_KEYS = ("output", "device", "cache_dir", "eval_batch_size")
@@ -175,6 +176,19 @@ def after_training(run_dir: str | Path) -> Iterator[None]:
                               f"ended and is saved); {way_out}") from None
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted after training ended (it is saved); {way_out}") from None
+
+
+def continue_on_run_split(run_dir: str | Path, data: Any, log: Any = print) -> Any:
+    """When ``run_dir`` holds an epoch checkpoint made on other data (images vanished, became unreadable or were
+    added since the run started), continue on the run's own split (``split.csv``) without the images that are gone:
+    a new split would put training images into the test set."""
+    record = read_state_record(Path(run_dir) / RESUME_DIR)
+    if record is None or record.get("split_fingerprint") == data.fingerprint:
+        return data
+    log(f"warning: the data of {run_dir} changed since its training started; continuing on the run's own split")
+    data = align_to_run_split(data, Path(run_dir), log)
+    data.fingerprint = record["split_fingerprint"]  # the split trained on, less the images that are gone
+    return data
 
 
 def discard_training_state(run_dir: str | Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..errors import CheckpointError
 from ..runtime import atomic_write_csv
 
 SKIPPED_FILE = "skipped.csv"
@@ -54,3 +55,29 @@ def leave_out_changed_files(run_dir: str | Path, data: Any, log: Callable[[str],
     if trained:
         log(f"warning: {len(trained)} training image(s) vanished or changed during the run; training used the copy "
             f"read at the start (listed in {Path(run_dir) / SKIPPED_FILE})")
+
+
+def align_to_run_split(data: Any, run_dir: Path, log: Callable[[str], None] = print) -> Any:
+    """Give ``data`` the split the run was trained with (``split.csv``): images read now that the run did not use
+    are dropped, and images of the run that are gone or unreadable now are left out and listed as skipped."""
+    split_file = run_dir / "split.csv"
+    if not split_file.is_file():
+        raise CheckpointError(f"{run_dir} has no split.csv; its training never started: covidscreen train --resume "
+                              f"{run_dir}")
+    split = pd.read_csv(split_file, keep_default_na=False, dtype=str)
+    split_of = dict(zip(split["image"], split["split"], strict=True))
+    table = data.table[data.table["image"].isin(split_of)].reset_index(drop=True)
+    table["split"] = table["image"].map(split_of)
+    gone = split[~split["image"].isin(set(table["image"]))]
+    if len(gone):
+        errors = dict(zip(data.skipped["path"], data.skipped["error"], strict=True))
+        paths = [str(data.data_dir / p) for p in gone["image"]]
+        why = [errors.get(p, f"{p}: file vanished" if not Path(p).exists() else f"{p}: no longer in the data table")
+               for p in paths]
+        extra = pd.DataFrame({"path": paths, "error": why, "stage": "gone since the run started"})
+        log(f"warning: {len(gone)} image(s) of the run's split are gone or unreadable now; they are left out "
+            "(listed in skipped.csv)")
+        data.skipped = pd.concat([data.skipped[~data.skipped["path"].isin(paths)], extra], ignore_index=True)
+    data.table = table
+    data.rows = data.cache.rows(table["path"].tolist())
+    return data

@@ -70,7 +70,13 @@ from .generalisation import (  # generalisation to unseen sites (docs/generalisa
 )
 from .holdout import exclude_site
 from .init_from import check_no_leak, load_trunk
-from .resume import EpochCheckpoints, after_training, discard_training_state, training_interrupts
+from .resume import (
+    EpochCheckpoints,
+    after_training,
+    continue_on_run_split,
+    discard_training_state,
+    training_interrupts,
+)
 from .skipped import leave_out_changed_files
 
 
@@ -164,7 +170,7 @@ def fit_single(cfg: TrainConfig, progress: bool = True) -> Path:
     run_dir = Path(cfg.output) if cfg.output else default_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    data = prepare_data(cfg, progress=progress)
+    data = continue_on_run_split(run_dir, prepare_data(cfg, progress=progress), log)  # same split when resuming
     write_split(run_dir, data, cfg)
     model, init_from = build_model(cfg, data, device, amp)
     setup = build_training(cfg, data, model, device, amp, generator)
