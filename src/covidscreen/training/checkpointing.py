@@ -17,6 +17,7 @@ restarted (elastic) job reads the same folder and continues from the same epoch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import signal
@@ -171,9 +172,10 @@ def save_state(folder: str | Path, tree: dict[str, Any], meta: dict[str, Any]) -
     encoded = _encode(tree, tensors)
     epoch = tree["progress"]["epoch"]
     name = f"epoch-{epoch:03d}.safetensors"
-    atomic_write_bytes(folder / name, save(tensors))
+    blob = save(tensors)
+    atomic_write_bytes(folder / name, blob)
     record = {"format_version": FORMAT_VERSION, "epoch": epoch, "complete": tree["progress"]["complete"],
-              "tensors_file": name, "tensors_sha256": sha256_file(folder / name), **meta, "state": encoded}
+              "tensors_file": name, "tensors_sha256": hashlib.sha256(blob).hexdigest(), **meta, "state": encoded}
     atomic_write_text(folder / STATE_FILE, json.dumps(record))
     for old in folder.glob("epoch-*.safetensors"):  # only now: state.json no longer names them
         if old.name != name:
