@@ -32,3 +32,11 @@ class ConfigError(CovidscreenError):
 
 class CheckpointError(CovidscreenError):
     """A run folder or checkpoint is missing or damaged."""
+
+
+class DiskFullError(CovidscreenError):
+    """A file could not be written because its disk or quota is full; the previous version of the file is kept."""
+
+
+class Interrupted(CovidscreenError):
+    """The user interrupted a job (Ctrl-C); the message says what was saved and how to continue."""

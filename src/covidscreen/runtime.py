@@ -9,11 +9,13 @@ AMP is off.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import platform
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .errors import ConfigError
+from .errors import ConfigError, DiskFullError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -100,13 +102,69 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to a temporary name beside ``path``, then rename: a crash never leaves half a file."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary name beside ``path``, flush it to disk, then rename: a crash or a full disk
+    leaves the previous file (or none), never half a file.
+
+    Raises:
+        DiskFullError: the disk (or quota) is full; the message names ``path`` and the space needed.
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(disk_full_message(path, len(data))) from None
+        raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_csv(path: str | Path, table: Any, **to_csv: Any) -> Path:
+    """A pandas DataFrame as CSV (``index=False`` unless given), written atomically."""
+    to_csv.setdefault("index", False)
+    return atomic_write_text(path, table.to_csv(**to_csv))
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path):
+    """Within: write the file at the yielded temporary path (for writers that take a path, e.g. ONNX export); on
+    success it is renamed to ``path``, on failure removed, and a full disk raises :class:`DiskFullError`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        written = tmp.stat().st_size if tmp.exists() else 0
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(disk_full_message(path, written, "more than ")) from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def disk_full_message(path: Path, needed: int, bound: str = "") -> str:
+    """What a user reads when ``path`` could not be written for lack of space: the file, what it needs, what is
+    free, and that the previous version was kept."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 1e6:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+    return (f"no space left on the disk of {path.parent} to write {path.name} (needs {bound or 'about '}"
+            f"{needed / 1e6:.1f} MB, {free}); {kept}. Free some space (or write to another disk) and rerun")
 
 
 def read_optional_json(path: Path) -> Any:

@@ -29,6 +29,19 @@ def file_sha256(paths: Sequence[str]) -> list[str]:
     return [sha256_file(p) for p in paths]
 
 
+def try_file_sha256(paths: Sequence[str]) -> tuple[list[str | None], dict[str, str]]:
+    """sha256 of each file's bytes (None where the file cannot be read), and ``{path: why}`` for those."""
+    digests: list[str | None] = []
+    errors: dict[str, str] = {}
+    for p in paths:
+        try:
+            digests.append(sha256_file(p))
+        except OSError as exc:
+            digests.append(None)
+            errors[p] = f"{p}: could not be read for the audit ({exc.strerror or exc})"
+    return digests, errors
+
+
 def _pack(bits: np.ndarray) -> np.ndarray:
     """``(N, 64)`` booleans -> ``(N,)`` uint64."""
     return np.packbits(bits.astype(np.uint8), axis=1).view(">u8").ravel().astype(np.uint64)

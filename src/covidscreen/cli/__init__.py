@@ -11,12 +11,13 @@ import sys
 
 import typer
 
-from ..errors import CovidscreenError
-from . import ct, dicomnet, evaluate, experiment, predict, segment, serve, train
+from ..errors import CovidscreenError, Interrupted
+from . import ct, dicomnet, evaluate, experiment, finish, predict, segment, serve, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="COVID-19 / pneumonia screening on chest X-rays by transfer learning, evaluated honestly.")
 app.add_typer(train.app)
+app.add_typer(finish.app)
 app.add_typer(evaluate.app)
 app.add_typer(predict.app)
 app.add_typer(ct.app)
@@ -29,9 +30,12 @@ app.add_typer(dicomnet.app)
 def main() -> None:
     try:
         app(standalone_mode=True)
+    except Interrupted as exc:  # Ctrl-C during training: what was kept and the command that continues
+        print(f"\ninterrupted: {exc}", file=sys.stderr)
+        sys.exit(130)
     except CovidscreenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("\ninterrupted", file=sys.stderr)
         sys.exit(130)

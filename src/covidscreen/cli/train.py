@@ -36,6 +36,9 @@ def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file overriding defaults")] = None,
     full_finetune: Annotated[bool, typer.Option("--full-finetune", help="train every stage (train_stages: null)")]
     = False,
+    resume: Annotated[Path | None, typer.Option("--resume", help="continue an interrupted run folder from its last "
+                                                "complete epoch, with its own config (only --device may change)")]
+    = None,
     overrides: dict | None = None,
 ) -> None:
     """Fine-tune a model on a data folder and write a run folder (checkpoint, metrics, report).
@@ -46,8 +49,25 @@ def train(
     from ..config import resolve_train_config
     from ..workflows.fit import fit
 
+    if resume is not None:
+        run = resume_run(resume, config, full_finetune, overrides or {})
+        typer.echo(f"report: {run / 'report.html'}")
+        return
     cfg = resolve_train_config(config, **(overrides or {}))
     if full_finetune:
         cfg = dataclasses.replace(cfg, train_stages=None)
     run = fit(cfg)
     typer.echo(f"report: {run / 'report.html'}")
+
+
+def resume_run(run_dir: Path, config: Path | None, full_finetune: bool, overrides: dict) -> Path:
+    from ..errors import ConfigError
+    from ..workflows.finish import resume_training
+
+    others = sorted(k for k in overrides if k != "device") + (["config"] if config else []) + (
+        ["full_finetune"] if full_finetune else [])
+    if others:
+        raise ConfigError(f"--resume continues {run_dir} with the config it was started with; drop "
+                          f"{', '.join('--' + k.replace('_', '-') for k in others)} (only --device may change)")
+    return resume_training(run_dir, device=overrides.get("device"))
+

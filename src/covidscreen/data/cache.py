@@ -1,9 +1,13 @@
 """Preprocessed image cache: decoded, resized ``uint8`` images in one memory-mapped ``.npy`` file.
 
-The key is a hash of the image side, the preprocessing version and, for every image, its absolute path, byte size
-and modification time: a changed file or another size gives another cache, a rerun reuses it. Epochs after the
-first (and later runs) read pixels straight from the memory map instead of decoding JPEGs. Files that fail to
-decode are listed in the cache's JSON sidecar, so every user of the cache reports them instead of dropping them.
+The key is a hash of the image side, the preprocessing version and, for every image, its absolute path, byte size,
+modification time, status-change time and inode (which a sync job that replaces a file and restores its old
+modification time still changes): a changed or replaced file or another size gives another cache, so changed files
+are re-read, never trusted; a rerun on unchanged files reuses it. :meth:`ImageCache.changed` tells which files
+changed or vanished since the cache was opened (e.g. during a long training), so that later steps leave them out.
+Epochs after the first (and later runs) read pixels straight from the memory map instead of decoding JPEGs. Files
+that fail to decode are listed in the cache's JSON sidecar, so every user of the cache reports them instead of
+dropping them.
 """
 
 from __future__ import annotations
@@ -19,23 +23,33 @@ from tqdm.auto import tqdm
 
 from ..config import PreprocessConfig
 from ..errors import DataError, ImageDecodeError
+from ..runtime import atomic_write_text
 from .decode import load_resized
-from .preprocess import iter_preprocessed
+from .preprocess import ignore_sigint, iter_preprocessed
 
-CACHE_VERSION = 1  # bump when decoding or resizing changes
+CACHE_VERSION = 2  # bump when decoding, resizing or the key changes
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("COVIDSCREEN_CACHE", Path.home() / ".cache" / "covidscreen"))
 
 
-def _key(paths: list[str], size: int, preprocess_key: str = "") -> str:
+def file_signature(path: str) -> str:
+    """Size, modification and status-change times and inode of a file ("missing" when it cannot be found)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+
+
+def _key(paths: list[str], size: int, preprocess_key: str = "") -> tuple[str, list[str]]:
     # the preprocessing settings (with the lung segmenter's sha256) are part of the key; "" = none
     h = hashlib.sha256(f"v{CACHE_VERSION}|{size}{'|' + preprocess_key if preprocess_key else ''}".encode())
-    for p in paths:
-        st = os.stat(p)
-        h.update(f"|{p}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:24]
+    signatures = [file_signature(p) for p in paths]
+    for p, sig in zip(paths, signatures):
+        h.update(f"|{p}|{sig}".encode())
+    return h.hexdigest()[:24], signatures
 
 
 def _load_one(args: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
@@ -67,7 +81,7 @@ class ImageCache:
         self.index = {p: i for i, p in enumerate(self.paths)}
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
-        key = _key(self.paths, size, self.preprocess.key() if self.preprocess else "")
+        key, self.signatures = _key(self.paths, size, self.preprocess.key() if self.preprocess else "")
         self.file = folder / f"{key}_{size}px.npy"
         meta_file = self.file.with_suffix(".json")
         if not (self.file.is_file() and meta_file.is_file()):
@@ -96,7 +110,7 @@ class ImageCache:
         jobs = [(p, self.size) for p in self.paths]
         bar = tqdm(total=len(jobs), desc=f"caching images at {self.size}px", unit="img", disable=not progress)
         if workers > 1 and len(jobs) > 64:
-            with ProcessPoolExecutor(workers) as pool:
+            with ProcessPoolExecutor(workers, initializer=ignore_sigint) as pool:
                 results = pool.map(_load_one, jobs, chunksize=32)
                 for i, (img, err) in enumerate(results):
                     self._store(arr, i, img, err, errors)
@@ -115,7 +129,7 @@ class ImageCache:
         meta = {"size": self.size, "n": len(self.paths), "errors": errors, "built": True}
         if self.preprocess is not None:
             meta.update(preprocessing=self.preprocess.to_dict(), stats=stats)
-        meta_file.write_text(json.dumps(meta))
+        atomic_write_text(meta_file, json.dumps(meta))
 
     def _store(self, arr: np.ndarray, i: int, img: np.ndarray | None, err: str | None, errors: dict) -> None:
         if err is not None:
@@ -123,6 +137,17 @@ class ImageCache:
             arr[i] = 0
         else:
             arr[i] = img
+
+    def changed(self, paths: list[str] | None = None) -> dict[str, str]:
+        """``{path: what happened}`` for the files (of ``paths``, default all) that vanished or changed since the
+        cache was opened: their cached pixels no longer show what the file holds."""
+        out = {}
+        for p in self.paths if paths is None else paths:
+            now = file_signature(p)
+            if now != self.signatures[self.index[p]]:
+                out[p] = (f"{p}: file vanished after it was cached" if now == "missing" else
+                          f"{p}: file changed after it was cached (size or time differ)")
+        return out
 
     def rows(self, paths: list[str]) -> np.ndarray:
         """Row indices of ``paths`` in the cache."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -106,6 +107,12 @@ class InputGeometry:
         # a box is never empty: the model saw at least one pixel
         return InputGeometry(int(height), int(width), top, max(top + 1, min(bottom, height)), left,
                              max(left + 1, min(right, width)))
+
+
+def ignore_sigint() -> None:
+    """In decoding workers: Ctrl-C is the parent's to handle (it stops the pool), so that the user sees one
+    message instead of a traceback from every worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def border_box(shape: tuple[int, ...], fraction: float) -> Box:
@@ -312,7 +319,8 @@ def iter_preprocessed(paths: list[str], size: int, cfg: PreprocessConfig, segmen
     segmentation (when needed) in batches in this process (a network is not shared across forked workers)."""
     workers = workers or min(4, os.cpu_count() or 1)
     bar = tqdm(total=len(paths), desc=f"preprocessing images at {size}px", unit="img", disable=not progress)
-    pool = ProcessPoolExecutor(workers) if workers > 1 and len(paths) > chunk else None
+    pool = (ProcessPoolExecutor(workers, initializer=ignore_sigint) if workers > 1 and len(paths) > chunk
+            else None)
     try:
         for start in range(0, len(paths), chunk):
             jobs = [(p, size, cfg) for p in paths[start:start + chunk]]

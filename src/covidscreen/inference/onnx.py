@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, CovidscreenError
-from ..runtime import sha256_file
+from ..runtime import atomic_output, sha256_file
 from .checkpoint import load_model_weights, read_model_sidecar, write_sidecar
 from .ensemble import is_ensemble
 
@@ -35,21 +35,19 @@ def export_onnx(run_dir: str | Path, opset: int = 17, tolerance: float = 1e-3) -
     size = int(meta["image_size"])
     x = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
     out = run_dir / ONNX_FILE
-    tmp = out.with_suffix(".tmp.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
-        torch.onnx.export(model, (x,), str(tmp), input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
-                          dynamo=False)
-    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        ref = model(x).numpy()
-    dev = float(np.abs(session.run(None, {"image": x.numpy()})[0] - ref).max())
-    if dev > tolerance:
-        tmp.unlink()
-        raise CheckpointError(f"ONNX export of {meta['architecture']} deviates from PyTorch by {dev:.2e} "
-                              f"(> {tolerance}); not written")
-    tmp.replace(out)
+    with atomic_output(out) as tmp:  # renamed into place only when checked; a full disk is a clear error
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
+            torch.onnx.export(model, (x,), str(tmp), input_names=["image"], output_names=["logits"],
+                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+                              dynamo=False)
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            ref = model(x).numpy()
+        dev = float(np.abs(session.run(None, {"image": x.numpy()})[0] - ref).max())
+        if dev > tolerance:
+            raise CheckpointError(f"ONNX export of {meta['architecture']} deviates from PyTorch by {dev:.2e} "
+                                  f"(> {tolerance}); not written")
     meta["onnx"] = {"file": ONNX_FILE, "sha256": sha256_file(out), "opset": opset, "max_abs_deviation": dev}
     write_sidecar(run_dir, meta)
     return out

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..runtime import atomic_write_text, library_versions, sha256_file
+from ..runtime import atomic_write_bytes, atomic_write_text, library_versions, sha256_file
 
 
 def _jsonable(obj: Any) -> Any:
@@ -37,14 +37,12 @@ def write_checkpoint(folder: str | Path, state: dict[str, torch.Tensor], sidecar
     Returns:
         The sidecar as written.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / weights_file
-    tmp = weights.with_name(weights.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
-    tmp.replace(weights)
+    atomic_write_bytes(weights, save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
     meta = {**sidecar, "format_version": format_version, "weights_file": weights_file,
             "weights_sha256": sha256_file(weights), "versions": library_versions()}
     write_json(folder / sidecar_file, meta)

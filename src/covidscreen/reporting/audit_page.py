@@ -8,6 +8,7 @@ from typing import Any
 
 from ..audit import registered
 from ..audit.registry import Cell, Section, Table
+from ..runtime import atomic_write_text
 from .html import esc, page, table
 
 SEVERITY_CLASS = {"high": "high", "medium": "warn", "info": "info"}
@@ -74,5 +75,5 @@ def write_audit_html(folder: str | Path) -> Path:
             + (f"; run: {esc(audit['run_dir'])}" if audit.get("run_dir") else "") + "</p>",
             "<h2>Findings</h2>", findings_html(audit), audit_section(audit)]
     out = folder / "audit.html"
-    out.write_text(page("covidscreen audit", body))
+    atomic_write_text(out, page("covidscreen audit", body))
     return out

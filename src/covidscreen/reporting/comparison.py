@@ -41,7 +41,7 @@ from ..evaluation.bootstrap import BinaryTask, bootstrap_tasks, paired_auc_diffe
 from ..evaluation.metrics import rank_auc
 from ..evaluation.within_site import mixed_sites, sens_spec, within_site_auc, within_site_metrics
 from ..inference.ensemble import is_ensemble
-from ..runtime import read_optional_json
+from ..runtime import atomic_write_bytes, atomic_write_csv, atomic_write_text, read_optional_json
 from .html import STYLE
 
 #: An experiment grid's plan (:class:`covidscreen.workflows.experiment.ExperimentPlan`): the comparison reads its
@@ -558,20 +558,20 @@ def write_comparison(plan: ExperimentPlan, status: dict[str, str], n_boot: int =
     ``comparison.png``; with a ``seed`` axis also ``comparison_by_variant.csv`` (raw) and ``.md``."""
     table = comparison_table(plan, status, n_boot)
     out = plan.output
-    table.to_csv(out / "comparison.csv", index=False)
+    atomic_write_csv(out / "comparison.csv", table)
     png = comparison_plot(table, plan)
-    (out / "comparison.png").write_bytes(png)
+    atomic_write_bytes(out / "comparison.png", png)
     shown = display_table(table, plan.axes)
-    (out / "comparison.md").write_text(markdown_table(shown))
+    atomic_write_text(out / "comparison.md", markdown_table(shown))
     by_variant = ""
     variant_axes = seed_variants(plan)
     if variant_axes is not None:
         runs = table[~table["kind"].str.startswith("ensemble")].set_index("name")
         in_order = runs.loc[[r.name for r in plan.runs if r.from_grid]].reset_index()  # grid order, not sorted
         agg, baseline = aggregate_over_seeds(in_order, variant_axes)
-        agg.to_csv(out / "comparison_by_variant.csv", index=False)
+        atomic_write_csv(out / "comparison_by_variant.csv", agg)
         shown_agg = display_by_variant(agg, baseline)
-        (out / "comparison_by_variant.md").write_text(markdown_table(shown_agg))
+        atomic_write_text(out / "comparison_by_variant.md", markdown_table(shown_agg))
         by_variant = (f"<h2>Over seeds, per variant</h2><p class='small'>Paired: minus the {html.escape(baseline)} "
                       "run of the same seed (same subsample and split), so split-to-split noise cancels; sd over "
                       "seeds.</p>" + shown_agg.to_html(index=False, escape=True))
@@ -588,5 +588,5 @@ def write_comparison(plan: ExperimentPlan, status: dict[str, str], n_boot: int =
              shown.to_html(index=False, escape=True),
              f'<img alt="comparison plot" src="data:image/png;base64,{base64.b64encode(png).decode()}">',
              by_variant, "</body></html>"]
-    (out / "comparison.html").write_text("\n".join(parts))
+    atomic_write_text(out / "comparison.html", "\n".join(parts))
     return table

@@ -42,7 +42,7 @@ from ..explain.sanity import (
     sanity_summary,
 )
 from ..inference.run import Run, load_checkpoint
-from ..runtime import resolve_device
+from ..runtime import atomic_write_bytes, atomic_write_csv, atomic_write_text, resolve_device
 
 OUTCOMES = {
     "TP": "true positives", "FP": "false positives", "FN": "false negatives", "TN": "true negatives",
@@ -188,7 +188,7 @@ def heatmap_summary(run_dir: str | Path, n: int = 32, output: str | Path | None 
     shown_worst = [int(j) for j in np.argsort(-finite, kind="stable")[:worst] if finite[j] >= 0]
     thumbs = _example_figures(sample, sorted(set(shown_outcome) | set(shown_worst)), root, per_image, method, margin,
                               out, progress)
-    df.to_csv(out / "heatmaps.csv", index=False)
+    atomic_write_csv(out / "heatmaps.csv", df)
     per_class, per_site, per_out = (_group_table(df, by, pos) for by in ("label", "site", "outcome"))
     crop = crop_description(run.preprocess)
     summary = {"method": method, "explained_class": pos or "most probable class", "margin": margin,
@@ -202,7 +202,7 @@ def heatmap_summary(run_dir: str | Path, n: int = 32, output: str | Path | None 
                "n_test": len(test), "mean_border_fraction": _nanmean(df["border_fraction"]),
                "per_class": per_class.to_dict(orient="records"), "per_site": per_site.to_dict(orient="records"),
                "per_outcome": per_out.to_dict(orient="records"), "sanity": sanity_summary(rnd, road)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
 
     return _fragment(title, summary, per_class, per_site, per_out, df, thumbs, shown_outcome, shown_worst, pos,
                      method, out)
@@ -305,7 +305,7 @@ def _example_figures(sample: _Sample, shown: list[int], root: Path, per_image: d
                         border_area=chance_level(heat.shape, view, mask, margin), source=str(src),
                         checks=per_image.get(j, {}), mask=mask, view=view if view.crops else None)
         name = f"{j:03d}_{df.at[j, 'outcome']}_{Path(df.at[j, 'image']).stem}.png"
-        (out / "examples" / name).write_bytes(explanation_png(e, margin, title=str(df.at[j, "image"])))
+        atomic_write_bytes(out / "examples" / name, explanation_png(e, margin, title=str(df.at[j, "image"])))
         df.loc[j, "png"] = f"examples/{name}"
         caption = [f"{df.at[j, 'image']}", f"true {df.at[j, 'label']} | site {df.at[j, 'site']} | "
                    f"{df.at[j, 'outcome']}", f"p({e.target_name})={e.probs[e.target]:.3f} | border fraction "

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..runtime import read_optional_json
+from ..runtime import atomic_write_text, read_optional_json
 
 CARD_FILE = "model_card.md"
 LABELS = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "sensitivity": "Sensitivity", "specificity": "Specificity",
@@ -235,5 +235,5 @@ def model_card(run_dir: str | Path) -> str:
 def write_model_card(run_dir: str | Path) -> Path:
     """Write ``model_card.md`` into the run folder."""
     out = Path(run_dir) / CARD_FILE
-    out.write_text(model_card(run_dir))
+    atomic_write_text(out, model_card(run_dir))
     return out

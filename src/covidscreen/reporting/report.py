@@ -26,7 +26,7 @@ from ..audit.confounding import confounding_warnings
 from ..data.decode import read_image
 from ..errors import ImageDecodeError
 from ..evaluation.breakdown import subgroup_breakdown
-from ..runtime import read_optional_json
+from ..runtime import atomic_write_text, read_optional_json
 from . import plots
 from .audit_page import audit_section, findings_html, read_audit
 from .heatmaps import heatmap_summary
@@ -64,6 +64,29 @@ def _data_section(split: pd.DataFrame) -> list[str]:
     if "split" in split:
         parts.append("<h3>Images by split and label (patient-grouped split)</h3>"
                      + split.groupby(["split", "label"]).size().unstack(fill_value=0).to_html())
+    return parts
+
+
+def skipped_section(run_dir: Path, preds: pd.DataFrame, data_dir: Path | None) -> list[str]:
+    """The images a run could not use (``skipped.csv``: where and why), and the evaluated images that are gone from
+    the data folder now (so they have no thumbnails or heatmaps below)."""
+    skipped_file = run_dir / "skipped.csv"
+    skipped = pd.read_csv(skipped_file, keep_default_na=False) if skipped_file.is_file() else pd.DataFrame()
+    gone = []
+    if data_dir is not None and Path(data_dir).is_dir() and "image" in preds:
+        gone = [str(name) for name in preds["image"] if not (Path(data_dir) / str(name)).is_file()]
+    if skipped.empty and not gone:
+        return []
+    parts = ["<h2>Images left out</h2>"]
+    if not skipped.empty:
+        parts.append(f"<div class='warn'>{len(skipped)} image(s) could not be used (listed in skipped.csv): where "
+                     "they were met and why. <i>decode</i>: unreadable, left out of the whole run; <i>evaluation</i>: "
+                     "vanished or changed during the run, left out of the metrics; <i>audit</i>: left out of the "
+                     "audit.</div>")
+        parts.append(skipped.head(50).to_html(index=False, escape=True))
+    if gone:
+        parts.append(f"<div class='warn'>{len(gone)} evaluated image(s) are no longer in the data folder: they have no "
+                     f"thumbnail or heatmap here, e.g. {esc(gone[0])}.</div>")
     return parts
 
 
@@ -342,6 +365,7 @@ def write_report(run_dir: str | Path, metrics_file: str = "metrics.json", predic
     parts += _read_first(metrics, split, audit)
     if split is not None:
         parts += _data_section(split)
+    parts += skipped_section(run_dir, preds, _data_dir_of(run_dir, metrics))
     block = metrics.get(split_name, metrics)
     sub = preds[preds["split"] == split_name] if "split" in preds else preds
     for c in classes:
@@ -372,7 +396,7 @@ def write_report(run_dir: str | Path, metrics_file: str = "metrics.json", predic
             parts.append(f"<h2>Explanations</h2><div class='warn'>Grad-CAM audit failed: {esc(str(exc))}</div>")
     # --- end explanations ---
     out = run_dir / out_name
-    out.write_text(page("covidscreen report", parts))
+    atomic_write_text(out, page("covidscreen report", parts))
     return out
 
 

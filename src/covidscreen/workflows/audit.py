@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..audit import AuditContext, all_findings, registered
-from ..audit.hashing import file_sha256
+from ..audit.hashing import try_file_sha256
 from ..audit.imagestats import image_stats
 from ..audit.shortcut import model_features
 from ..data.cache import ImageCache
@@ -33,7 +33,7 @@ from ..inference.run import load_run
 from ..reporting.audit_page import write_audit_html
 from ..reporting.model_card import write_model_card
 from ..reporting.report import write_report
-from ..runtime import resolve_device
+from ..runtime import atomic_write_csv, atomic_write_text, resolve_device
 
 AUDIT_FILE = "audit.json"
 PAIRS_FILE = "audit_pairs.csv"
@@ -87,8 +87,12 @@ def audit_table(table: pd.DataFrame, images: np.ndarray, rows: np.ndarray | None
         if col not in table.columns:
             raise DataError(f"audit: the table lacks column '{col}'")
     rows = np.arange(len(table)) if rows is None else np.asarray(rows)
-    ctx = AuditContext(table, images, rows, image_stats(images, rows), file_sha256(table["path"].tolist()), seed,
-                       tuple(pediatric_sites))
+    sha, unreadable = try_file_sha256(table["path"].tolist())
+    if unreadable:  # vanished or unreadable since the table was read: left out of the audit, listed in it
+        keep = table["path"].map(lambda p: p not in unreadable).to_numpy()
+        table, rows = table[keep].reset_index(drop=True), rows[keep]
+        sha = [d for d in sha if d is not None]
+    ctx = AuditContext(table, images, rows, image_stats(images, rows), sha, seed, tuple(pediatric_sites))
     if model is not None:
         ctx.feature_rows = _feature_rows(table, seed)
         ctx.features = model_features(model, images, rows[ctx.feature_rows], device)
@@ -100,13 +104,18 @@ def audit_table(table: pd.DataFrame, images: np.ndarray, rows: np.ndarray | None
         "findings": all_findings(results),
         **results,
         "seconds": round(time.time() - t0, 1),
+        "left_out": [{"path": p, "error": e} for p, e in unreadable.items()],
     }
+    if unreadable:
+        audit["findings"].append({"severity": "medium", "text": (
+            f"{len(unreadable)} image(s) vanished or became unreadable after the data table was read and were left "
+            f"out of this audit, e.g. {next(iter(unreadable))}. Check the data folder (a sync job?) and rerun.")})
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / AUDIT_FILE).write_text(json.dumps(audit, indent=2, default=_jsonable))
+        atomic_write_text(out / AUDIT_FILE, json.dumps(audit, indent=2, default=_jsonable))
         for name, frame in ctx.artefacts.items():
-            frame.to_csv(out / name, index=False)
+            atomic_write_csv(out / name, frame)
     return audit
 
 

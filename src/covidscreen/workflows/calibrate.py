@@ -33,6 +33,7 @@ from ..errors import ConfigError, DataError
 from ..evaluation.calibration import apply_temperature, fit_specificity_threshold, fit_temperature
 from ..inference.predictor import Predictor
 from ..inference.run import read_sidecar, write_record
+from ..runtime import atomic_write_text
 
 
 def _validation_sensitivity(run_dir: Path, classes: list[str], pos: str, threshold: float, temperature: float,
@@ -111,7 +112,7 @@ def calibrate_run(run_dir: str | Path, data: str | Path, target_specificity: flo
     meta.setdefault("operating_points", {})[name] = record["threshold"]
     meta.setdefault("local_calibration", {})[name] = record
     write_record(run_dir, meta)
-    (run_dir / f"calibration-{name}.json").write_text(json.dumps(record, indent=2))
+    atomic_write_text(run_dir / f"calibration-{name}.json", json.dumps(record, indent=2))
     return record
 
 

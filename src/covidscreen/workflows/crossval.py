@@ -35,6 +35,7 @@ from ..evaluation.within_site import format_within_site, within_site_metrics
 from ..inference.ensemble import write_manifest
 from ..inference.run import load_run
 from ..reporting.report import write_report
+from ..runtime import atomic_write_csv, atomic_write_text
 from .generalisation import add_within_site
 from .resume import is_finished
 from .run_metrics import metrics_from_predictions, prob_matrix
@@ -116,15 +117,17 @@ def summarise_folds(cv_dir: str | Path, cfg: TrainConfig) -> Path:
               "method": "patient-level percentile bootstrap", "n_boot": boot["n_boot"]}
     metrics["cross_validation"] = {"folds": k, "per_fold": rows, "mean_sd": summary, "pooled_test_auc_ci": ci,
                                    "note": "each patient is tested once, by the fold model that did not train on it"}
-    pooled_preds.to_csv(cv_dir / "predictions.csv", index=False)
-    folds.to_csv(cv_dir / "folds.csv", index=False)
-    (cv_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
-    (cv_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(dataclasses.replace(cfg, fold=None)), sort_keys=False))
+    atomic_write_csv(cv_dir / "predictions.csv", pooled_preds)
+    atomic_write_csv(cv_dir / "folds.csv", folds)
+    atomic_write_text(cv_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=True))
+    atomic_write_text(cv_dir / "config.yaml",
+                      yaml.safe_dump(to_dict(dataclasses.replace(cfg, fold=None)), sort_keys=False))
     write_manifest(cv_dir, [fold_dir(cv_dir, i) for i in range(k)], metas, metrics["operating_points"],
                    metrics["threshold_source"], extra={"kind": "cross-validation fold models"})
     report = write_report(cv_dir, title=f"covidscreen {k}-fold cross-validation (pooled out-of-fold predictions)")
     within = (metrics.get("test") or {}).get("within_site")
-    report.write_text(report.read_text().replace("</body>", _cv_section(folds, summary, ci, test, within) + "</body>"))
+    atomic_write_text(report, report.read_text().replace("</body>", _cv_section(folds, summary, ci, test, within)
+                                                         + "</body>"))
     return cv_dir
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 from ..errors import CheckpointError
 from ..inference.ensemble import check_members, common_split, mean_operating_points, write_manifest
 from ..reporting.report import write_report
+from ..runtime import atomic_write_csv, atomic_write_text
 from .run_metrics import metrics_from_predictions
 
 
@@ -64,9 +65,9 @@ def build_ensemble(member_dirs: list[str | Path], ens_dir: str | Path) -> Path:
     metrics = metrics_from_predictions(preds, classes, pos,
                                        threshold_source="the ensemble's validation split (max Youden J)")
     ens_dir.mkdir(parents=True, exist_ok=True)
-    preds.to_csv(ens_dir / "predictions.csv", index=False)
+    atomic_write_csv(ens_dir / "predictions.csv", preds)
     metrics["members"] = [str(m) for m in member_dirs]
-    (ens_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
+    atomic_write_text(ens_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=True))
     shutil.copyfile(member_dirs[0] / "split.csv", ens_dir / "split.csv")
     write_manifest(ens_dir, member_dirs, metas, metrics["operating_points"], metrics["threshold_source"])
     write_report(ens_dir, title=f"covidscreen ensemble of {len(member_dirs)} runs")

@@ -26,7 +26,7 @@ from ..evaluation.within_site import mixed_sites, within_site_metrics
 from ..inference.predictor import Predictor
 from ..inference.run import load_run
 from ..reporting.report import write_report
-from ..runtime import read_optional_json
+from ..runtime import atomic_write_csv, atomic_write_text, read_optional_json
 from ..training.subsets import apply_task
 
 
@@ -64,7 +64,7 @@ def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: 
     for i, c in enumerate(classes):
         preds[f"prob_{c}"] = probs[:, i]
     preds["prediction"] = predictor.decide(probs)
-    preds.to_csv(out / "predictions.csv", index=False)
+    atomic_write_csv(out / "predictions.csv", preds)
     run = predictor.run
     pos = run.positive_class if run.positive_class in classes else None
     points = run.thresholds
@@ -91,7 +91,7 @@ def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: 
     # within-site metrics for every site of these data that holds both classes
     if pos in classes and mixed_sites(preds, pos):
         m["within_site"] = within_site_metrics(preds, classes, pos, predictor.threshold)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     table.assign(split=name)[[c for c in ["image", "label", "site", "split"] if c in table or c == "split"]].to_csv(
         out / "split.csv", index=False)
     write_report(out, split_name=name, title=f"covidscreen evaluation ({name}) of {run_dir.name}")

@@ -42,7 +42,7 @@ from ..explain.sanity import (
 from ..inference.modality import ModalityWarning, check_input_modality, summarise_warnings
 from ..inference.predictor import expand_inputs
 from ..inference.run import Run, load_checkpoint
-from ..runtime import resolve_device
+from ..runtime import atomic_write_bytes, atomic_write_csv, atomic_write_text, resolve_device
 
 #: Columns of ``explanations.csv`` that say which box of the image (full-resolution pixels) the model saw.
 VIEW_COLUMNS = ("image_height", "image_width", "view_top", "view_bottom", "view_left", "view_right")
@@ -115,7 +115,7 @@ def explain_files(run_dir: str | Path, inputs: list[str | Path], output: str | P
     table = pd.DataFrame(first.rows)
     for col in VIEW_COLUMNS:  # pixel counts stay integers in the CSV, empty for unreadable files
         table[col] = table[col].astype("Int64") if col in table else pd.array([pd.NA] * len(table), dtype="Int64")
-    table.to_csv(out / "explanations.csv", index=False)
+    atomic_write_csv(out / "explanations.csv", table)
     _write_summary(out, run, table, files, inputs, cards, method, target, margin, mask_fn is not None, rnd, road)
     bad = [r for r in first.rows if r["error"]]
     if bad:
@@ -192,7 +192,7 @@ def _figure(f: Path, name: str, row: dict, i: int, first: _FirstPass, per_image:
                     classes=classes, method=method, border_fraction=border_fraction(heat, mask, margin),
                     border_area=chance_level(heat.shape, view, mask, margin), source=str(f),
                     checks=per_image.get(i, {}), mask=mask, view=view if view.crops else None)
-    (out / name).write_bytes(explanation_png(e, margin, title=f.name))
+    atomic_write_bytes(out / name, explanation_png(e, margin, title=f.name))
     row.update({"png": name, "border_fraction": e.border_fraction, "border_area": e.border_area,
                 "image_height": view.height, "image_width": view.width, "view_top": view.top,
                 "view_bottom": view.bottom, "view_left": view.left, "view_right": view.right})
@@ -217,7 +217,7 @@ def _write_summary(out: Path, run: Run, table: pd.DataFrame, files: list[Path], 
                "n_unreadable": len(files) - n_ok, "mean_border_fraction": _nanmean(table["border_fraction"]),
                "crop": crop, "border_visible": bool(crop is None or any(c > 0 for c in chances)),
                "sanity": sanity_summary(rnd, road)}
-    (out / "explain.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "explain.json", json.dumps(summary, indent=2))
     if len(files) > 1 or any(Path(p).is_dir() for p in inputs):
         region = ("the dashed chest mask" if masked else
                   f"the dashed central box (band of {margin:.3g} x each side, where burnt-in text and markers sit)")
@@ -225,7 +225,7 @@ def _write_summary(out: Path, run: Run, table: pd.DataFrame, files: list[Path], 
                  f"Border fraction: share of the heatmap outside {region}; a uniform map scores the share of the "
                  "image outside it (shown per image)."]
         notes += crop_notes(crop, chances, masked) + sanity_notes(summary["sanity"], method)
-        (out / "index.html").write_text(contact_sheet_html(cards, f"covidscreen explain: {run.path.name}", notes))
+        atomic_write_text(out / "index.html", contact_sheet_html(cards, f"covidscreen explain: {run.path.name}", notes))
 
 
 def _nanmean(values) -> float:

@@ -14,6 +14,7 @@ from ..reporting.model_card import write_model_card
 from ..reporting.report import write_report
 from .audit import audit_table
 from .holdout import evaluate_holdout_site
+from .skipped import record_skipped
 from .timing import PhaseTimer
 
 SHOWN = ("roc_auc", "sensitivity", "specificity", "multi-class accuracy", "macro_roc_auc")
@@ -49,6 +50,7 @@ def _audit(run_dir: Path, cfg: TrainConfig, data: Any, model: Any, device: Any, 
                             seed=cfg.seed,
                             split_source=f"this run's patient-grouped split (seed {cfg.seed})",
                             data_dir=str(data.data_dir), run_dir=str(run_dir.resolve()))
+        record_skipped(run_dir, data, {r["path"]: r["error"] for r in audit.get("left_out", [])}, "audit")
         for f in audit["findings"]:
             if f["severity"] == "high":
                 log(f"audit: {f['text']}")

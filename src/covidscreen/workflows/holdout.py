@@ -20,6 +20,7 @@ from ..data.locate import resolve_data_dir
 from ..data.table import load_table
 from ..errors import ConfigError
 from ..inference.run import load_run
+from ..runtime import atomic_write_text
 from ..training.subsets import subsample_per_class
 from .evaluate import evaluate_table
 
@@ -75,5 +76,5 @@ def evaluate_holdout_site(run_dir: str | Path, cfg: Any, progress: bool = True) 
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text())
     metrics["holdout_site"] = block
-    metrics_file.write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(metrics_file, json.dumps(metrics, indent=2))
     return block

@@ -27,7 +27,7 @@ from ..data.locate import resolve_data_dir
 from ..data.splits import patient_grouped_split, split_fingerprint
 from ..data.table import load_table
 from ..errors import ConfigError, DataError
-from ..runtime import resolve_device, seed_everything
+from ..runtime import atomic_write_csv, atomic_write_text, resolve_device, seed_everything
 from ..segmentation.checkpoint import save_segmenter
 from ..segmentation.model import ENCODER_LAYOUTS, LungSegNet
 from ..segmentation.predict import clean_mask, network_input, predict_lung_probs
@@ -130,7 +130,7 @@ def train_segmenter(cfg: SegmentConfig, progress: bool = True) -> Path:
     if cfg.max_images and len(table) > cfg.max_images:
         table = table.sample(n=cfg.max_images, random_state=cfg.seed).reset_index(drop=True)
     table["split"] = patient_grouped_split(table, cfg.split, seed=cfg.seed)
-    table[["image", "lung_mask", "group", "site", "view", "split"]].to_csv(out / "split.csv", index=False)
+    atomic_write_csv(out / "split.csv", table[["image", "lung_mask", "group", "site", "view", "split"]])
     full_images, full_masks = [], []
     for path, mpath in tqdm(list(zip(table["path"], table["mask_path"], strict=True)), desc="reading images+masks",
                             disable=not progress):
@@ -180,7 +180,7 @@ def train_segmenter(cfg: SegmentConfig, progress: bool = True) -> Path:
             best, best_state, best_epoch = val["dice_mean"], copy.deepcopy(model.state_dict()), epoch
         print(f"epoch {epoch}/{cfg.epochs}: loss {np.mean(losses):.4f} | val Dice {val['dice_mean']:.4f}"
               f"{' *best*' if improved else ''} | {time.time() - te:.0f}s", flush=True)
-        pd.DataFrame(history).to_csv(out / "history.csv", index=False)
+        atomic_write_csv(out / "history.csv", pd.DataFrame(history))
         if cfg.max_minutes is not None and (time.time() - t0) / 60 > cfg.max_minutes and epoch < cfg.epochs:
             print(f"stopping after epoch {epoch}: the time budget of {cfg.max_minutes} min is spent", flush=True)
             break
@@ -195,7 +195,7 @@ def train_segmenter(cfg: SegmentConfig, progress: bool = True) -> Path:
         "dice_definition": "mean over test images of Dice(cleaned prediction, mask) at the image's own size",
         "minutes": (time.time() - t0) / 60,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     config = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
     save_segmenter(out, model, {
         "config": config, "threshold": 0.5, "data_dir": str(resolve_data_dir(cfg.data)),

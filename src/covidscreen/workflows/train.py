@@ -36,7 +36,7 @@ from ..evaluation.assess import evaluate_fit_predictions
 from ..evaluation.metrics import headline_auc
 from ..inference.checkpoint import save_checkpoint
 from ..models import create_model, get_spec
-from ..runtime import amp_dtype, resolve_device, seed_everything
+from ..runtime import amp_dtype, atomic_write_csv, atomic_write_text, resolve_device, seed_everything
 from ..training import distributed
 from ..training.adversarial import FeatureTap, adversarial_step
 from ..training.finetune import HeadWarmup, discriminative_param_groups, set_trainable_stages
@@ -73,6 +73,14 @@ from .generalisation import (  # generalisation to unseen sites (docs/generalisa
 )
 from .holdout import exclude_site
 from .init_from import check_no_leak, load_trunk
+from .resume import (
+    EpochCheckpoints,
+    after_training,
+    continue_on_run_split,
+    discard_training_state,
+    training_interrupts,
+)
+from .skipped import leave_out_changed_files
 from .timing import PhaseTimer
 
 
@@ -121,7 +129,8 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
     if cache.stats.get("roi_fallback"):
         log(f"warning: no lungs found in {cache.stats['roi_fallback']} image(s); they were used whole, unmasked")
     ok = cache.ok
-    skipped = pd.DataFrame({"path": table["path"][~ok], "error": [cache.errors[p] for p in table["path"][~ok]]})
+    skipped = pd.DataFrame({"path": table["path"][~ok], "error": [cache.errors[p] for p in table["path"][~ok]],
+                            "stage": "decode"})
     if len(skipped):
         log(f"warning: {len(skipped)} image(s) could not be decoded and were skipped (listed in skipped.csv), e.g. "
             f"{skipped['error'].iloc[0]}")
@@ -174,12 +183,13 @@ def fit_single(cfg: TrainConfig, progress: bool = True) -> Path:
 
     timer = PhaseTimer()
     with timer.phase("cache"), world.main_first():  # one rank per machine builds the cache first
-        data = prepare_data(cfg, progress=progress)
+        data = continue_on_run_split(run_dir, prepare_data(cfg, progress=progress), log)  # same split when resuming
     write_split(run_dir, data, cfg)
     model, init_from = build_model(cfg, data, device, amp)
     setup = build_training(cfg, data, model, device, amp, generator)
     setup.opt, setup.world = distributed.adapt(setup.opt, world, cfg), world
-    with timer.phase("epochs"):
+    # Ctrl-C: stop, keep the last complete epoch, say how to continue
+    with timer.phase("epochs"), training_interrupts(run_dir):
         selected = train_epochs(cfg, data, setup, rng, run_dir, progress)
     model.load_state_dict(selected.state)
     replicas = distributed.check_replicas(model, world)
@@ -188,11 +198,13 @@ def fit_single(cfg: TrainConfig, progress: bool = True) -> Path:
         shutil.rmtree(run_dir, ignore_errors=True)
         return out_dir
 
-    with timer.phase("evaluation"):
-        result = finish_run(run_dir, model, data, cfg, device, amp, selected.epoch, selected.history, progress,
-                            init_from)
-    # audit, held-out site, report, model card
-    finalize_run(run_dir, cfg, data, model, device, progress, log, timer=timer)
+    with after_training(run_dir):  # an error from here on names `covidscreen finish RUN_DIR`
+        with timer.phase("evaluation"):
+            result = finish_run(run_dir, model, data, cfg, device, amp, selected.epoch, selected.history, progress,
+                                init_from)
+        # audit, held-out site, report, model card
+        finalize_run(run_dir, cfg, data, model, device, progress, log, timer=timer)
+    discard_training_state(run_dir)  # model.safetensors holds the selected weights; `finish` can redo the rest
     timer.write(run_dir)
     if world.distributed:
         write_distributed(run_dir, world, setup.opt.batch_size, replicas)
@@ -210,9 +222,9 @@ def write_split(run_dir: Path, data: PreparedData, cfg: TrainConfig) -> None:
     how = f"fold {cfg.fold} of {cfg.folds}, seed {split_seed}" if cfg.folds else f"seed {split_seed}"
     log(f"data: {data.data_dir} | {len(table)} images, classes {data.classes} | split (patient-grouped, {how}):\n"
         f"{counts.to_string()}")
-    table.drop(columns=["y"]).to_csv(run_dir / "split.csv", index=False)
+    atomic_write_csv(run_dir / "split.csv", table.drop(columns=["y"]))
     if len(data.skipped):
-        data.skipped.to_csv(run_dir / "skipped.csv", index=False)
+        atomic_write_csv(run_dir / "skipped.csv", data.skipped)
 
 
 def build_model(cfg: TrainConfig, data: PreparedData, device: torch.device, amp: torch.dtype | None
@@ -350,9 +362,9 @@ def train_epochs(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, rng
     without improvement; ``history.csv`` is rewritten after every epoch."""
     model = setup.opt.model
     y_all = data.table["y"].to_numpy()
-    best_score, best_state, best_epoch, stale = -np.inf, None, 0, 0
-    history: list[dict[str, Any]] = []
-    for epoch in range(1, cfg.epochs + 1):
+    ckpt = EpochCheckpoints(run_dir, cfg, data, setup, rng, log)  # continues from RUN_DIR/resume when it exists
+    best_score, best_state, best_epoch, stale, history = ckpt.resume()
+    for epoch in ckpt.epochs():
         te = time.time()
         if setup.warmup.set_epoch(epoch):
             log(f"epoch {epoch}: head warm-up (trunk frozen)")
@@ -380,15 +392,17 @@ def train_epochs(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, rng
         log(f"epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f} | val loss {val['loss']:.4f} | val AUC "
             f"{val['auc']:.4f} (within-site {val['within_site_auc']:.4f}) | val acc {val['accuracy']:.4f} | "
             f"{len(drawn) / secs:.1f} img/s incl. validation | {secs:.0f}s{' *best*' if improved else ''}")
-        pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
+        atomic_write_csv(run_dir / "history.csv", pd.DataFrame(history))
         if improved:
             best_score = val["score"] if np.isfinite(val["score"]) else best_score
             best_state, best_epoch, stale = copy.deepcopy(model.state_dict()), epoch, 0
         else:
             stale += 1
-            if stale >= cfg.patience:
-                log(f"early stopping: no validation improvement for {cfg.patience} epoch(s)")
-                break
+        stop = not improved and stale >= cfg.patience
+        ckpt.save(epoch, best_score, best_state, best_epoch, stale, history, stop)
+        if stop:
+            log(f"early stopping: no validation improvement for {cfg.patience} epoch(s)")
+            break
     return Selection(best_state, best_epoch, history)
 
 
@@ -403,6 +417,7 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
                amp: torch.dtype | None, best_epoch: int, history: list[dict[str, Any]], progress: bool,
                init_from: dict | None = None) -> Path:
     """Predict val and test, choose operating points on val, write checkpoint, metrics and report."""
+    leave_out_changed_files(run_dir, data, log)  # vanished or changed since they were cached: not evaluated
     table, classes = data.table, data.classes
     eval_mask = table["split"].isin(["val", "test"]).to_numpy()
     # exact float32 on every device (no autocast): the operating points and metrics chosen here must hold for
@@ -418,7 +433,7 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
     preds, metrics, points, temperature = evaluate_fit_predictions(preds, classes, pos, cfg)
     threshold = points.get("default")
     metrics["threshold"] = threshold  # the default operating point, read by experiment comparisons
-    preds.to_csv(run_dir / "predictions.csv", index=False)
+    atomic_write_csv(run_dir / "predictions.csv", preds)
     # within-site metrics next to the pooled ones; the site probe
     add_within_site(metrics, preds, classes, pos, threshold, cfg.seed, log)
     if cfg.site_probe:
@@ -433,10 +448,10 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
     metrics["split_counts"] = {s: int(n) for s, n in table["split"].value_counts().items()}
     metrics["skipped_files"] = int(len(data.skipped))
     metrics["data_dir"] = str(data.data_dir)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=True))
 
     config = to_dict(cfg)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     sidecar = {
         "classes": classes,
         "positive_class": pos,
