@@ -267,3 +267,19 @@ def test_port_and_config_errors_are_clear(tiny_run):
         node_module.AeAddress.parse("localhost:104")
     assert str(node_module.AeAddress.parse("127.0.0.1:104:PACS")) == "127.0.0.1:104:PACS"
     assert free_port() > 0
+
+
+def test_a_ct_run_is_refused_by_the_radiograph_node(tiny_run, tmp_path):
+    """The node receives CR/DX images: serving them with a model that reads CT slices would score the wrong thing."""
+    import json
+    import shutil
+
+    from covidscreen.dicomnet.scoring import DicomScorer
+    from covidscreen.errors import ConfigError
+
+    ct_run = tmp_path / "ct_run"
+    shutil.copytree(tiny_run, ct_run)
+    meta = json.loads((ct_run / "model.json").read_text())
+    (ct_run / "model.json").write_text(json.dumps({**meta, "modality": "ct"}))
+    with pytest.raises(ConfigError, match="reads ct images, but the DICOM node receives chest radiographs"):
+        DicomScorer(ct_run, device="cpu")

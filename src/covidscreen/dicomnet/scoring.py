@@ -18,6 +18,7 @@ import numpy as np
 
 from ..auditlog import code_version
 from ..data.preprocess import InputGeometry, preprocess_with_geometry
+from ..errors import ConfigError
 from ..explain.cam import Explainer, Explanation
 from ..explain.figures import explanation_png
 from ..explain.inputs import chance_level, map_to_image
@@ -107,6 +108,9 @@ class DicomScorer:
                  margin: float = DEFAULT_MARGIN) -> None:
         self.predictor = Predictor(run_dir, device=device, operating_point=operating_point, backend=backend)
         run = self.run = self.predictor.run
+        if run.modality != "cxr":  # the node receives radiographs (CR/DX); it must not score them with a CT model
+            raise ConfigError(f"{run.path} reads {run.modality} images, but the DICOM node receives chest radiographs "
+                              "(CR/DX); give it a chest X-ray run, and score CT series with covidscreen predict-series")
         self.classes = list(run.classes)
         self.positive_class = run.positive_class if run.positive_class in self.classes else None
         self.heatmap = heatmap

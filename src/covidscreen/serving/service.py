@@ -24,13 +24,14 @@ from PIL import Image
 from ..auditlog import AuditLog, AuditLogError, PredictionRecord, code_version, sha256_bytes, utc_now
 from ..data.preprocess import load_preprocessed
 from ..data.quality import quality_warnings, read_facts
-from ..errors import CovidscreenError, DataError, ImageDecodeError
+from ..errors import CovidscreenError, DataError, ImageDecodeError, ModalityError
 from ..evaluation.calibration import apply_temperature
 from ..evaluation.metrics import predict_labels
 from ..explain.cam import Explainer
 from ..explain.figures import explanation_png, overlay_png
 from ..explain.image import explain_image
 from ..explain.inputs import run_input_loader
+from ..inference.modality import check_dicom_modality
 from ..inference.onnx import OnnxModel
 from ..inference.predictor import Predictor
 from .batcher import MicroBatcher, QueueFull
@@ -272,6 +273,11 @@ class Screening:
     def _load(self, path: Path, filename: str) -> tuple[np.ndarray, list[str]]:
         """On a decoder thread: header facts, pixel limit, then the run's preprocessing."""
         facts = read_facts(path)
+        if facts.modality is not None:  # a DICOM of the other modality is refused, as predict refuses it
+            try:
+                check_dicom_modality(facts.modality, self.run.modality, filename)
+            except ModalityError as exc:
+                raise _FileError(422, str(exc)) from None
         if facts.height and facts.width and facts.height * facts.width > self.config.max_pixels:
             raise _FileError(413, f"the image is {facts.width} x {facts.height} pixels, more than the "
                                   f"{self.config.max_pixels:,} allowed; downscale it first")
