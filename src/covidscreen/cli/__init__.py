@@ -8,6 +8,7 @@ Errors caused by input (``CovidscreenError``) print one line ``error: ...`` and 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
@@ -27,7 +28,13 @@ app.add_typer(serve.app)
 app.add_typer(dicomnet.app)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings meant for the user (modality not checkable, ...) as one ``warning: ...`` line, not a source line."""
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def main() -> None:
+    warnings.showwarning = _one_line_warning
     try:
         app(standalone_mode=True)
     except Interrupted as exc:  # Ctrl-C during training: what was kept and the command that continues
