@@ -47,6 +47,7 @@ from ..training.loop import (
 )
 from ..training.losses import criterion
 from ..training.mixup import BatchMixer
+from ..training.optimizers import build_optimizer
 from ..training.sampling import effective_batch_size, epoch_rows
 from ..training.site_contrast import WithinSiteRankLoss, site_groups
 from ..training.subsets import (
@@ -266,8 +267,8 @@ def build_training(cfg: TrainConfig, data: PreparedData, model: torch.nn.Module,
         log(f"warning: an epoch holds only {epoch_length} training images: batch size {batch_size} instead of "
             f"{cfg.batch_size}")
     total_steps = max(1, epoch_length // batch_size * cfg.epochs)
-    optimizer = torch.optim.AdamW(discriminative_param_groups(model, cfg.lr, cfg.lr_decay), lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(cfg.optimizer, discriminative_param_groups(model, cfg.lr, cfg.lr_decay), cfg.lr,
+                                cfg.weight_decay)
     warmup = HeadWarmup(model, cfg.head_warmup_epochs)
     if adversary is not None:
         optimizer.add_param_group({"params": list(adversary[0].parameters())})
