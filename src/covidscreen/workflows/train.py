@@ -58,6 +58,7 @@ from ..training.subsets import (
     training_patient_subset,
 )
 from .finalize import finalize_run
+from .frozen_head import fit_frozen_head
 from .generalisation import (  # generalisation to unseen sites (docs/generalisation.md)
     add_within_site,
     attach_preprocessing,
@@ -165,6 +166,12 @@ def fit_single(cfg: TrainConfig, progress: bool = True) -> Path:
     data = prepare_data(cfg, progress=progress)
     write_split(run_dir, data, cfg)
     model, init_from = build_model(cfg, data, device, amp)
+    if cfg.head != "finetune":  # a scikit-learn head on frozen trunk features instead of epochs
+        history = fit_frozen_head(cfg, data, model, device, progress, log)
+        result = finish_run(run_dir, model, data, cfg, device, amp, 1, history, progress, init_from)
+        finalize_run(run_dir, cfg, data, model, device, progress, log)
+        log(f"done in {(time.time() - t0) / 60:.1f} min: {run_dir}")
+        return result
     setup = build_training(cfg, data, model, device, amp, generator)
     selected = train_epochs(cfg, data, setup, rng, run_dir, progress)
     model.load_state_dict(selected.state)
