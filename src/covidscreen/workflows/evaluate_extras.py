@@ -30,5 +30,4 @@ def add_extras(run_dir: str | Path, evaluation_dir: str | Path, robustness: bool
     split = json.loads((out / "metrics.json").read_text())
     name = "test" if "test" in split else "external"
     write_report(out, split_name=name, title=f"covidscreen evaluation ({name}) of {Path(run_dir).name}")
-    lines.append(f"report: {out / 'report.html'}")
     return lines
