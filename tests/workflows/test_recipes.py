@@ -27,7 +27,9 @@ def test_every_recipe_resolves_and_validates_at_every_budget(tmp_path, budget):
         plan = load_plan(grid)
         assert plan.runs and all(r.cfg.output.startswith(str(tmp_path / name)) for r in plan.runs)
         if budget == "tiny":  # tiny really is tiny
-            assert all(r.cfg.epochs == 1 and r.cfg.image_size <= 64 and not r.cfg.pretrained for r in plan.runs)
+            assert all(r.cfg.epochs == 1 and r.cfg.image_size <= 64 and not r.cfg.pretrained and r.cfg.bootstrap == 0
+                       and not r.cfg.audit for r in plan.runs)
+            assert plan.bootstrap == 0
 
 
 def test_unknown_recipe_budget_or_key_is_a_clear_error(tmp_path):

@@ -4,7 +4,7 @@ A recipe is an experiment grid file (:mod:`covidscreen.workflows.experiment`: ``
 ``ensembles``) whose header comment cites the paper and says what is faithful and what differs, plus a ``budget``
 section: ``tiny`` (seconds, for tests), ``laptop`` (a CPU in tens of minutes) and ``paper`` (the paper's settings).
 A budget's keys override ``base``; its ``grid``, ``runs`` or ``ensembles`` replace the recipe's (a smaller grid or
-fewer folds). ``run_recipe`` writes the resolved grid into the output folder as ``grid.yaml`` (so the folder says
+fewer folds); its ``bootstrap`` sets the replicates of the runs' and of the comparison's confidence intervals. ``run_recipe`` writes the resolved grid into the output folder as ``grid.yaml`` (so the folder says
 exactly what ran) and runs it; a finished recipe resumes or only rewrites its comparison, as any experiment does.
 """
 
@@ -24,7 +24,7 @@ from .experiment import load_plan, run_experiment
 BUDGETS = ("tiny", "laptop", "paper")
 DEFAULT_BUDGET = "laptop"
 #: budget keys that replace the recipe's own instead of overriding ``base``
-REPLACED = ("grid", "runs", "ensembles", "bootstrap")
+REPLACED = ("grid", "runs", "ensembles")
 
 
 def recipe_dir() -> Path:
@@ -86,6 +86,8 @@ def resolve_recipe(recipe: Recipe, budget: str = DEFAULT_BUDGET, overrides: dict
     for key in REPLACED:
         if key in chosen:
             data[key] = chosen.pop(key)
+    if "bootstrap" in chosen:  # the runs' confidence intervals and the comparison table's alike
+        data["bootstrap"] = chosen["bootstrap"]
     data["base"] = {**(data.get("base") or {}), **chosen, **(overrides or {})}
     data["output"] = str(output or Path("runs") / "recipes" / f"{recipe.name}-{budget}")
     data["description"] = f"recipe {recipe.name} ({budget} budget): {recipe.title}"
