@@ -4,8 +4,9 @@ A recipe is an experiment grid file (:mod:`covidscreen.workflows.experiment`: ``
 ``ensembles``) whose header comment cites the paper and says what is faithful and what differs, plus a ``budget``
 section: ``tiny`` (seconds, for tests), ``laptop`` (a CPU in tens of minutes) and ``paper`` (the paper's settings).
 A budget's keys override ``base``; its ``grid``, ``runs`` or ``ensembles`` replace the recipe's (a smaller grid or
-fewer folds); its ``bootstrap`` sets the replicates of the runs' and of the comparison's confidence intervals. ``run_recipe`` writes the resolved grid into the output folder as ``grid.yaml`` (so the folder says
-exactly what ran) and runs it; a finished recipe resumes or only rewrites its comparison, as any experiment does.
+fewer folds); its ``bootstrap`` sets the replicates of the runs' and of the comparison's confidence intervals.
+``run_recipe`` writes the resolved grid into the output folder as ``grid.yaml`` (so the folder says exactly what
+ran) and runs it; a finished recipe resumes or only rewrites its comparison, as any experiment does.
 """
 
 from __future__ import annotations
