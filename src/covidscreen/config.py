@@ -26,6 +26,8 @@ MODALITIES = ("cxr", "ct")  # chest X-ray (CR/DX), chest CT slices
 LOSSES = ("cross_entropy", "focal")
 SAMPLERS = ("random", "balanced")
 TASKS = ("multiclass", "binary")
+OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
+HEADS = ("finetune", "logistic", "gradient-boosting")
 
 
 @dataclass(frozen=True)
@@ -110,11 +112,13 @@ class TrainConfig:
     image_size: int = 224  # square input side in pixels
     modality: str | None = None  # what the model reads: cxr (X-ray, CR/DX) or ct (CT slices); null: from the data
     train_stages: int | None = 5  # fine-tune only the last k trunk stages (+ head); null: all, 0: head only
+    head: str = "finetune"  # finetune | logistic | gradient-boosting (scikit-learn on frozen features)
     epochs: int = 4  # number of epochs
     samples_per_epoch: int | None = 2500  # random subset of the training set per epoch (None = all)
     batch_size: int = 32  # training batch size
     lr: float = 1e-3  # peak learning rate (AdamW, warm-up then cosine decay)
     weight_decay: float = 0.01  # AdamW weight decay
+    optimizer: str = "adamw"  # adamw | adam | sgd (momentum 0.9, Nesterov) | rmsprop, each with its usual defaults
     warmup_fraction: float = 0.1  # share of all steps spent warming the learning rate up
     class_weights: bool = True  # inverse-frequency weights in the loss (the data is imbalanced)
     augment: bool = True  # X-ray-safe augmentation (small affine, brightness/contrast, no flips)
@@ -199,6 +203,8 @@ class TrainConfig:
             ("mixup_alpha", self.mixup_alpha >= 0, "non-negative (0 = off)"),
             ("cutmix_alpha", self.cutmix_alpha >= 0, "non-negative (0 = off)"),
             ("task", self.task in TASKS, f"one of {', '.join(TASKS)}"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+            ("head", self.head in HEADS, f"one of {', '.join(HEADS)}"),
             ("sites", self.sites is None or len(self.sites) > 0, "null or a non-empty list of site names"),
             ("labels", self.labels is None or len(self.labels) >= 2, "null or a list of at least two labels"),
             ("train_fraction", 0 < self.train_fraction <= 1, "in (0, 1]"),

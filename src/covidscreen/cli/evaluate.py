@@ -19,11 +19,20 @@ def evaluate(
     data: DataOpt = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="folder for this evaluation")] = None,
     device: DeviceOpt = "auto",
+    robustness: Annotated[bool, typer.Option("--robustness", help="also re-score the images under scale, translation, "
+                                             "rotation, crop, brightness/contrast, JPEG and noise changes")] = False,
+    readers: Annotated[Path | None, typer.Option("--readers", help="CSV: column image + one column of decisions per "
+                                                 "human reader; compared with the model (McNemar)")] = None,
 ) -> None:
     """Metrics of a trained run on its test split, or on another data folder (external validation)."""
     from ..workflows.evaluate import evaluate_run
 
     out = evaluate_run(run_dir, data=data, output=output, device=device)
+    if robustness or readers:
+        from ..workflows.evaluate_extras import add_extras
+
+        for line in add_extras(run_dir, out, robustness=robustness, readers=readers, device=device):
+            typer.echo(line)
     import json
 
     from ..evaluation.external import drop_summary

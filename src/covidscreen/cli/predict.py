@@ -97,8 +97,16 @@ def explain(
     target: Annotated[str | None, typer.Option("--class", help="class to explain (default: most probable)")] = None,
     checks: Annotated[int, typer.Option("--checks", help="sanity-check the first N images (0: none)")] = 4,
     device: DeviceOpt = "auto",
+    feature_maps: Annotated[str | None, typer.Option("--feature-maps", help="instead of heatmaps: a PNG grid of this "
+                                                     "layer's activations per image (e.g. layer2, features.4)")] = None,
 ) -> None:
     """Heatmaps (Grad-CAM family) of a trained run on images, with sanity checks and the border-fraction score."""
+    if feature_maps:
+        from ..workflows.feature_maps import feature_map_files
+
+        pngs = feature_map_files(run_dir, inputs, output, feature_maps, device=device)
+        typer.echo(f"{len(pngs)} feature-map grid(s) of {feature_maps}: {output}")
+        return
     from ..workflows.explain import explain_files
 
     table = explain_files(run_dir, inputs, output, method=method, target=target, checks=checks, device=device)

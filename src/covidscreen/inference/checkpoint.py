@@ -17,6 +17,7 @@ import torch
 from ..errors import CheckpointError, CovidscreenError
 from ..models import ScreeningModel, create_model
 from ..models.checkpoint import read_checkpoint_weights, read_json_record, write_checkpoint, write_json
+from ..models.heads import LogisticHead, TreeEnsembleHead, build_frozen_head, replace_head
 
 WEIGHTS_FILE = "model.safetensors"
 SIDECAR_FILE = "model.json"
@@ -29,6 +30,9 @@ def save_checkpoint(run_dir: str | Path, model: ScreeningModel, sidecar: dict[st
     """Write weights and sidecar into ``run_dir``; returns the weights path."""
     meta = {**sidecar, "architecture": model.spec.name, "num_classes": model.num_classes,
             "normalisation": {"mean": list(model.spec.mean), "std": list(model.spec.std)}}
+    head = model.backbone.get_submodule(model.spec.head)
+    if isinstance(head, LogisticHead | TreeEnsembleHead):  # built before its weights load (load_model_weights)
+        meta["frozen_head"] = head.describe()
     write_checkpoint(run_dir, model.backbone.state_dict(), meta, WEIGHTS_FILE, SIDECAR_FILE, FORMAT_VERSION)
     return Path(run_dir) / WEIGHTS_FILE
 
@@ -57,6 +61,8 @@ def load_model_weights(run_dir: Path, meta: dict[str, Any], device: str | torch.
     state = read_checkpoint_weights(weights, {SIDECAR_FILE: meta.get("weights_sha256")})
     try:
         model = create_model(meta["architecture"], pretrained=False, num_classes=len(meta["classes"]))
+        if meta.get("frozen_head"):
+            replace_head(model.backbone, model.spec.head, build_frozen_head(meta["frozen_head"]))
         model.backbone.load_state_dict(state)
     except CovidscreenError:
         raise

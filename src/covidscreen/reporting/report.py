@@ -29,6 +29,7 @@ from ..evaluation.breakdown import subgroup_breakdown
 from ..runtime import atomic_write_text, read_optional_json
 from . import plots
 from .audit_page import audit_section, findings_html, read_audit
+from .evaluation_extras import extra_sections
 from .heatmaps import heatmap_summary
 from .html import esc, fmt, fmt_ci, img, page, table
 
@@ -378,6 +379,7 @@ def write_report(run_dir: str | Path, metrics_file: str = "metrics.json", predic
     parts += _confusion_section(block, classes, split_name)
     parts += _breakdown_section(metrics, sub, classes, pos, split_name)
     parts += _external_section(metrics)
+    parts += extra_sections(run_dir)  # robustness, human readers: when evaluate wrote them
     examples = select_examples(sub, classes, pos, points.get("default"))
     parts += example_images_section(examples, _data_dir_of(run_dir, metrics), pos, heatmap_fn)
     if audit is not None:

@@ -50,6 +50,7 @@ from ..training.loop import (
 )
 from ..training.losses import criterion
 from ..training.mixup import BatchMixer
+from ..training.optimizers import build_optimizer
 from ..training.sampling import effective_batch_size, epoch_rows
 from ..training.site_contrast import WithinSiteRankLoss, site_groups
 from ..training.subsets import (
@@ -60,6 +61,7 @@ from ..training.subsets import (
     training_patient_subset,
 )
 from .finalize import finalize_run
+from .frozen_head import fit_frozen_head
 from .generalisation import (  # generalisation to unseen sites (docs/generalisation.md)
     add_within_site,
     attach_preprocessing,
@@ -186,6 +188,12 @@ def fit_single(cfg: TrainConfig, progress: bool = True) -> Path:
         data = continue_on_run_split(run_dir, prepare_data(cfg, progress=progress), log)  # same split when resuming
     write_split(run_dir, data, cfg)
     model, init_from = build_model(cfg, data, device, amp)
+    if cfg.head != "finetune":  # a scikit-learn head on frozen trunk features instead of epochs
+        history = fit_frozen_head(cfg, data, model, device, progress, log)
+        result = finish_run(run_dir, model, data, cfg, device, amp, 1, history, progress, init_from)
+        finalize_run(run_dir, cfg, data, model, device, progress, log)
+        log(f"done in {(time.time() - t0) / 60:.1f} min: {run_dir}")
+        return result
     setup = build_training(cfg, data, model, device, amp, generator)
     setup.opt, setup.world = distributed.adapt(setup.opt, world, cfg), world
     # Ctrl-C: stop, keep the last complete epoch, say how to continue
@@ -308,8 +316,8 @@ def build_training(cfg: TrainConfig, data: PreparedData, model: torch.nn.Module,
         log(f"warning: an epoch holds only {epoch_length} training images: batch size {batch_size} instead of "
             f"{cfg.batch_size}")
     total_steps = max(1, epoch_length // batch_size * cfg.epochs)
-    optimizer = torch.optim.AdamW(discriminative_param_groups(model, cfg.lr, cfg.lr_decay), lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(cfg.optimizer, discriminative_param_groups(model, cfg.lr, cfg.lr_decay), cfg.lr,
+                                cfg.weight_decay)
     warmup = HeadWarmup(model, cfg.head_warmup_epochs)
     if adversary is not None:
         optimizer.add_param_group({"params": list(adversary[0].parameters())})
