@@ -63,8 +63,13 @@ def predict(
     if output is None:
         typer.echo(df.to_csv(index=False), nl=False)
     else:
+        from ..runtime import atomic_write_csv, atomic_write_text
+
         output.parent.mkdir(parents=True, exist_ok=True)
-        df.to_json(output, orient="records", indent=2)
+        if output.suffix.lower() == ".csv":  # the merged result of the ranks of torchrun
+            atomic_write_csv(output, df)
+        else:
+            atomic_write_text(output, df.to_json(orient="records", indent=2))
         typer.echo(f"{len(df)} file(s), {int((df['error'] != '').sum())} unreadable: {output}")
 
 
