@@ -1,0 +1,186 @@
+"""The backdoor demonstration: clean and poisoned models trained by the normal trainer, compared.
+
+For each attack of an experiment file (a poison fraction, a target class or none), a poisoned copy of the clean run's
+training set is written (:mod:`covidscreen.security.poison`) and trained on with the same config and split. Each
+model is then measured on the clean test split (AUC, sensitivity, specificity at its validation-chosen operating
+point) and on the same test images with the trigger stamped (attack success rate). Finally chosen backdoored models
+are fine-tuned on clean data (``init_from``: trunk kept, new head) to measure how much of the backdoor survives.
+
+Attack success is counted honestly:
+
+- targeted: share of triggered test images whose true class is *not* the target that are predicted as the target
+  (Matsuo and Takemoto counted every test image, target class included, which inflates the rate); the same share
+  without the trigger is reported next to it (the model's own error rate towards the target);
+- non-targeted: share of triggered test images predicted as another class than their true one, over all test
+  images and over those the model classifies correctly without the trigger.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ..config import TrainConfig, apply_overrides
+from ..data.preprocess import load_preprocessed
+from ..errors import ConfigError
+from ..inference.predictor import Predictor
+from .poison import PoisonConfig, poison_split
+from .trigger import Trigger
+
+
+@dataclass
+class Attack:
+    name: str
+    fraction: float
+    target: str | None = None  # None: non-targeted
+
+
+@dataclass
+class BackdoorExperiment:
+    """An experiment file (YAML): the shared training config, the trigger, the attacks and the fine-tuning runs."""
+
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides shared by every run
+    trigger: dict[str, Any] = field(default_factory=dict)
+    attacks: list[Attack] = field(default_factory=list)
+    clean_seeds: list[int] = field(default_factory=lambda: [0])  # reference clean models (model-level scan)
+    finetune: list[str] = field(default_factory=list)  # attacks whose model is fine-tuned on clean data
+    finetune_train: dict[str, Any] = field(default_factory=dict)  # overrides of the fine-tuning runs
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> BackdoorExperiment:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"experiment file {path} could not be read as YAML ({exc.__class__.__name__})") from None
+        unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"experiment file {path}: unknown key(s) {', '.join(sorted(unknown))}")
+        raw["attacks"] = [Attack(**a) for a in raw.get("attacks", [])]
+        exp = cls(**raw)
+        missing = set(exp.finetune) - {a.name for a in exp.attacks}
+        if missing:
+            raise ConfigError(f"experiment file {path}: finetune names unknown attack(s) {', '.join(sorted(missing))}")
+        return exp
+
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        return apply_overrides(TrainConfig(), {**self.train, **overrides})
+
+
+def load_test_images(run_dir: str | Path, predictor: Predictor) -> tuple[np.ndarray, np.ndarray]:
+    """The run's test images, preprocessed as the predictor sees them, and their class indices."""
+    split = pd.read_csv(Path(run_dir) / "split.csv", keep_default_na=False)
+    test = split[split["split"] == "test"]
+    truth = test["label"]  # the task's true label (a binary run keeps the 3-class one in original_label)
+    images = np.stack([load_preprocessed(p, predictor.size, predictor.preprocess, predictor.segmenter)
+                       for p in test["path"]])
+    return images, np.array([predictor.classes.index(c) for c in truth])
+
+
+def attack_success(predictor: Predictor, images: np.ndarray, y: np.ndarray, trigger: Trigger,
+                   target: str | None) -> dict[str, float]:
+    """Attack success on ``images`` (uint8, model resolution) stamped with ``trigger``; see the module docstring."""
+    classes = predictor.classes
+    clean = np.array([classes.index(c) for c in predictor.decide(predictor.predict_arrays(images))])
+    stamped = np.array([classes.index(c) for c in predictor.decide(predictor.predict_arrays(trigger.apply(images)))])
+    if target is not None:
+        t = classes.index(target)
+        keep = y != t
+        return {"n": int(keep.sum()), "attack_success_rate": float(np.mean(stamped[keep] == t)),
+                "target_rate_without_trigger": float(np.mean(clean[keep] == t))}
+    right = clean == y
+    return {"n": int(len(y)), "attack_success_rate": float(np.mean(stamped != y)),
+            "error_rate_without_trigger": float(np.mean(clean != y)),
+            "n_correct_clean": int(right.sum()),
+            "attack_success_rate_on_correct": float(np.mean(stamped[right] != y[right])) if right.any()
+            else float("nan")}
+
+
+def clean_metrics(run_dir: Path) -> dict[str, float]:
+    m = json.loads((run_dir / "metrics.json").read_text())
+    cvr = m.get("covid_vs_rest") or {}
+    test = m.get("test") or {}
+    return {"roc_auc": cvr.get("roc_auc"), "sensitivity": cvr.get("sensitivity"),
+            "specificity": cvr.get("specificity"), "accuracy": test.get("accuracy")}
+
+
+def _trained(run_dir: Path) -> bool:
+    return (run_dir / "model.json").is_file() and (run_dir / "metrics.json").is_file()
+
+
+def _fit(cfg: TrainConfig, run_dir: Path, log: Any) -> Path:
+    from ..training.trainer import fit
+
+    if _trained(run_dir):
+        log(f"[backdoor] {run_dir} exists, reused")
+        return run_dir
+    log(f"[backdoor] training {run_dir}")
+    return fit(dataclasses.replace(cfg, output=str(run_dir)), progress=False)
+
+
+def same_split(a: Path, b: Path) -> bool:
+    """Whether two runs split the same patients the same way (compared by patient group)."""
+    sa = pd.read_csv(a / "split.csv", keep_default_na=False).groupby("group")["split"].first()
+    sb = pd.read_csv(b / "split.csv", keep_default_na=False).groupby("group")["split"].first()
+    return sa.sort_index().equals(sb.sort_index())
+
+
+def run_experiment(exp: BackdoorExperiment, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
+    """Train every run of ``exp`` into ``out_dir`` (existing runs are reused) and measure them.
+
+    Returns (and writes to ``out_dir/backdoor.json``) one record per model: kind (clean, poisoned, finetuned), clean
+    test metrics and attack success rates.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trigger = Trigger(**exp.trigger).validate()
+    base = exp.train_config()
+    records: list[dict[str, Any]] = []
+    clean_dirs = []
+    for seed in exp.clean_seeds:
+        clean_dirs.append(_fit(exp.train_config(seed=seed, split_seed=base.seed), out / f"clean_s{seed}", log))
+    clean = clean_dirs[0]
+    for seed, d in zip(exp.clean_seeds, clean_dirs):
+        records.append({"run": d.name, "kind": "clean", "seed": seed})
+    poisoned_dirs: dict[str, Path] = {}
+    for attack in exp.attacks:
+        data_dir = out / "data" / attack.name
+        if not (data_dir / "metadata.csv").is_file():
+            poison_split(clean / "split.csv", data_dir, base.image_size,
+                         PoisonConfig(attack.fraction, attack.target, trigger, seed=base.seed))
+        manifest = pd.read_csv(data_dir / "poisoned.csv")
+        # the folder's labels are final (a binary task would re-derive them from original_label and undo the poisoning)
+        cfg = exp.train_config(data=str(data_dir), max_per_class=None, keep_mixed_sites=False, task="multiclass")
+        run = _fit(cfg, out / attack.name, log)
+        if not same_split(clean, run):
+            raise ConfigError(f"{run}: the poisoned run's split differs from the clean run's; poisoning must keep it")
+        poisoned_dirs[attack.name] = run
+        records.append({"run": run.name, "kind": "poisoned", "attack": attack.name, "target": attack.target,
+                        "fraction": attack.fraction, "n_poisoned": int(len(manifest)),
+                        "n_relabelled": int(manifest["relabelled"].sum())})
+    for name in exp.finetune:
+        attack = next(a for a in exp.attacks if a.name == name)
+        cfg = exp.train_config(**{**exp.finetune_train, "init_from": str(poisoned_dirs[name].resolve())})
+        run = _fit(cfg, out / f"{name}_finetuned", log)
+        records.append({"run": run.name, "kind": "finetuned", "attack": name, "target": attack.target,
+                        "fraction": attack.fraction})
+    # measure every model on the same clean and triggered test images
+    for rec in records:
+        run = out / rec["run"]
+        predictor = Predictor(run, device="cpu")
+        images, y = load_test_images(clean, predictor)
+        rec["clean"] = clean_metrics(run)
+        targets = [rec.get("target")] if rec["kind"] != "clean" else []
+        if rec["kind"] == "clean":  # what a trigger does to a clean model: the baseline of every rate
+            targets = sorted({a.target for a in exp.attacks}, key=str)
+        rec["trigger"] = {str(t): attack_success(predictor, images, y, trigger, t) for t in targets}
+        log(f"[backdoor] {rec['run']}: {json.dumps(rec)}")
+    result = {"trigger": dataclasses.asdict(trigger), "train": exp.train, "records": records}
+    (out / "backdoor.json").write_text(json.dumps(result, indent=2))
+    return result
