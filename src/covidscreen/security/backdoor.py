@@ -131,56 +131,72 @@ def same_split(a: Path, b: Path) -> bool:
     return sa.sort_index().equals(sb.sort_index())
 
 
-def run_experiment(exp: BackdoorExperiment, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
-    """Train every run of ``exp`` into ``out_dir`` (existing runs are reused) and measure them.
+def _measure(rec: dict[str, Any], run: Path, clean: Path, trigger: Trigger, targets: list[str | None]) -> None:
+    predictor = Predictor(run, device="cpu")
+    images, y = load_test_images(clean, predictor)
+    rec["clean"] = clean_metrics(run)
+    rec["trigger"] = {str(t): attack_success(predictor, images, y, trigger, t) for t in targets}
 
-    Returns (and writes to ``out_dir/backdoor.json``) one record per model: kind (clean, poisoned, finetuned), clean
-    test metrics and attack success rates.
+
+def run_experiment(exp: BackdoorExperiment, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
+    """Train every run of ``exp`` into ``out_dir`` (existing runs are reused) and measure each as it is done.
+
+    The order puts what matters first (a clean and a poisoned model, then the references, then the rest), and
+    ``out_dir/backdoor.json`` is rewritten after every run, so a stopped experiment keeps its results.
+
+    Returns:
+        The result: trigger, shared config and one record per model (kind clean, poisoned or finetuned; clean test
+        metrics; attack success rates, see the module docstring).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trigger = Trigger(**exp.trigger).validate()
     base = exp.train_config()
-    records: list[dict[str, Any]] = []
-    clean_dirs = []
-    for seed in exp.clean_seeds:
-        clean_dirs.append(_fit(exp.train_config(seed=seed, split_seed=base.seed), out / f"clean_s{seed}", log))
-    clean = clean_dirs[0]
-    for seed, d in zip(exp.clean_seeds, clean_dirs):
-        records.append({"run": d.name, "kind": "clean", "seed": seed})
-    poisoned_dirs: dict[str, Path] = {}
-    for attack in exp.attacks:
+    all_targets = sorted({a.target for a in exp.attacks}, key=str)
+    result: dict[str, Any] = {"trigger": dataclasses.asdict(trigger), "train": exp.train, "records": []}
+    clean = out / f"clean_s{exp.clean_seeds[0]}"
+
+    def clean_job(seed: int) -> None:
+        run = _fit(exp.train_config(seed=seed, split_seed=base.seed), out / f"clean_s{seed}", log)
+        rec = {"run": run.name, "kind": "clean", "seed": seed}
+        _measure(rec, run, clean, trigger, all_targets)  # a trigger on a clean model: the baseline of every rate
+        result["records"].append(rec)
+
+    def attack_job(attack: Attack) -> None:
         data_dir = out / "data" / attack.name
         if not (data_dir / "metadata.csv").is_file():
             poison_split(clean / "split.csv", data_dir, base.image_size,
                          PoisonConfig(attack.fraction, attack.target, trigger, seed=base.seed))
         manifest = pd.read_csv(data_dir / "poisoned.csv")
-        # the folder's labels are final (a binary task would re-derive them from original_label and undo the poisoning)
+        # the folder's labels are final (a binary task would re-derive them from original_label, undoing the poison)
         cfg = exp.train_config(data=str(data_dir), max_per_class=None, keep_mixed_sites=False, task="multiclass")
         run = _fit(cfg, out / attack.name, log)
         if not same_split(clean, run):
             raise ConfigError(f"{run}: the poisoned run's split differs from the clean run's; poisoning must keep it")
-        poisoned_dirs[attack.name] = run
-        records.append({"run": run.name, "kind": "poisoned", "attack": attack.name, "target": attack.target,
-                        "fraction": attack.fraction, "n_poisoned": int(len(manifest)),
-                        "n_relabelled": int(manifest["relabelled"].sum())})
-    for name in exp.finetune:
-        attack = next(a for a in exp.attacks if a.name == name)
-        cfg = exp.train_config(**{**exp.finetune_train, "init_from": str(poisoned_dirs[name].resolve())})
-        run = _fit(cfg, out / f"{name}_finetuned", log)
-        records.append({"run": run.name, "kind": "finetuned", "attack": name, "target": attack.target,
-                        "fraction": attack.fraction})
-    # measure every model on the same clean and triggered test images
-    for rec in records:
-        run = out / rec["run"]
-        predictor = Predictor(run, device="cpu")
-        images, y = load_test_images(clean, predictor)
-        rec["clean"] = clean_metrics(run)
-        targets = [rec.get("target")] if rec["kind"] != "clean" else []
-        if rec["kind"] == "clean":  # what a trigger does to a clean model: the baseline of every rate
-            targets = sorted({a.target for a in exp.attacks}, key=str)
-        rec["trigger"] = {str(t): attack_success(predictor, images, y, trigger, t) for t in targets}
-        log(f"[backdoor] {rec['run']}: {json.dumps(rec)}")
-    result = {"trigger": dataclasses.asdict(trigger), "train": exp.train, "records": records}
-    (out / "backdoor.json").write_text(json.dumps(result, indent=2))
+        rec = {"run": run.name, "kind": "poisoned", "attack": attack.name, "target": attack.target,
+               "fraction": attack.fraction, "n_poisoned": int(len(manifest)),
+               "n_relabelled": int(manifest["relabelled"].sum())}
+        _measure(rec, run, clean, trigger, [attack.target])
+        result["records"].append(rec)
+
+    def finetune_job(attack: Attack) -> None:
+        source = out / attack.name
+        cfg = exp.train_config(**{**exp.finetune_train, "init_from": str(source.resolve())})
+        run = _fit(cfg, out / f"{attack.name}_finetuned", log)
+        rec = {"run": run.name, "kind": "finetuned", "attack": attack.name, "target": attack.target,
+               "fraction": attack.fraction}
+        _measure(rec, run, clean, trigger, [attack.target])
+        result["records"].append(rec)
+
+    jobs: list[tuple[Any, Any]] = [(clean_job, exp.clean_seeds[0])]
+    attacks = list(exp.attacks)
+    if attacks:
+        jobs.append((attack_job, attacks.pop(0)))
+    jobs += [(clean_job, s) for s in exp.clean_seeds[1:]]
+    jobs += [(attack_job, a) for a in attacks]
+    jobs += [(finetune_job, next(a for a in exp.attacks if a.name == n)) for n in exp.finetune]
+    for job, arg in jobs:
+        job(arg)
+        log(f"[backdoor] {json.dumps(result['records'][-1])}")
+        (out / "backdoor.json").write_text(json.dumps(result, indent=2))
     return result
