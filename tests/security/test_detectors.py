@@ -39,7 +39,7 @@ def models(request):
 
 
 def test_model_scan_flags_the_backdoored_model_and_no_clean_one(models):
-    sizes = [pair_sizes(reverse_all_pairs(m, models["x_test"], models["y_test"], n_per_class=12, steps=120))
+    sizes = [pair_sizes(reverse_all_pairs(m, models["x_test"], models["y_test"], n_per_class=12, steps=100))
              for m in [models["backdoored"], *models["clean"]]]
     backdoored, references, held_out_clean = sizes[0], sizes[1:3], sizes[3]
     verdict = judge(backdoored, references)

@@ -9,7 +9,7 @@ from torch import nn
 from covidscreen.security.trigger import Trigger
 
 SIZE = 32
-TRIGGER = Trigger(size=2, value=250, corner="bottom_right", reference_size=SIZE)
+TRIGGER = Trigger(size=3, value=250, corner="bottom_right", reference_size=SIZE)
 
 
 class TinyNet(nn.Module):

@@ -141,7 +141,8 @@ def _measure(rec: dict[str, Any], run: Path, clean: Path, trigger: Trigger, targ
 def run_experiment(exp: BackdoorExperiment, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
     """Train every run of ``exp`` into ``out_dir`` (existing runs are reused) and measure each as it is done.
 
-    The order puts what matters first (a clean and a poisoned model, then the references, then the rest), and
+    The order puts what matters first (a clean and a poisoned model, the other clean references, a second attack,
+    the fine-tuning runs, then the other attacks), and
     ``out_dir/backdoor.json`` is rewritten after every run, so a stopped experiment keeps its results.
 
     Returns:
@@ -193,10 +194,96 @@ def run_experiment(exp: BackdoorExperiment, out_dir: str | Path, log: Any = prin
     if attacks:
         jobs.append((attack_job, attacks.pop(0)))
     jobs += [(clean_job, s) for s in exp.clean_seeds[1:]]
-    jobs += [(attack_job, a) for a in attacks]
+    jobs += [(attack_job, a) for a in attacks[:1]]
     jobs += [(finetune_job, next(a for a in exp.attacks if a.name == n)) for n in exp.finetune]
+    jobs += [(attack_job, a) for a in attacks[1:]]
     for job, arg in jobs:
         job(arg)
         log(f"[backdoor] {json.dumps(result['records'][-1])}")
         (out / "backdoor.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def evaluate_detectors(out_dir: str | Path, frr: float = 0.01, strip_modes: tuple[str, ...] = ("add",),
+                       nc_steps: int = 100, nc_images: int = 16, expected_fraction: float = 0.1,
+                       log: Any = print) -> dict[str, Any]:
+    """Run the three scans on every model of a finished experiment and measure them against the known truth.
+
+    - STRIP: false rejections on the clean test images, detections on the triggered ones (non-target classes for a
+      targeted attack), calibrated on each run's validation images at ``frr``;
+    - model scan: every model judged against the clean references other than itself (clean_s0 is judged against
+      the other clean seeds, so "no clean model flagged" is tested on a model outside the references);
+    - training-set scan: precision and recall of the flagged training images against ``poisoned.csv``.
+
+    Writes ``out_dir/detectors.json``.
+    """
+    from .cleanse import judge, leave_one_out_ratios
+    from .scan import model_mask_sizes, scan_data, strip_detector
+    from .spectral import precision_recall
+
+    out = Path(out_dir)
+    result = json.loads((out / "backdoor.json").read_text())
+    trigger = Trigger(**result["trigger"])
+    records = result["records"]
+    clean_runs = [out / r["run"] for r in records if r["kind"] == "clean"]
+    clean = clean_runs[0]
+    found: dict[str, Any] = {"frr": frr, "strip": [], "model": [], "data": []}
+
+    def save() -> None:
+        (out / "detectors.json").write_text(json.dumps(found, indent=2, default=float))
+
+    sizes = {}
+    for rec in records:
+        run = out / rec["run"]
+        sizes[rec["run"]] = model_mask_sizes(run, n_per_class=nc_images, steps=nc_steps)
+        log(f"[detectors] reversed triggers of {rec['run']}: {sizes[rec['run']]}")
+    for rec in records:
+        refs = [sizes[c.name] for c in clean_runs if c.name != rec["run"]]
+        verdict = judge(sizes[rec["run"]], refs)
+        found["model"].append({"run": rec["run"], "kind": rec["kind"], "attack": rec.get("attack"),
+                               **verdict.as_dict(), "reference_loo_ratios": leave_one_out_ratios(refs)})
+    save()
+    for rec in records:
+        if rec["kind"] == "clean" and rec["run"] != clean.name:
+            continue
+        run = out / rec["run"]
+        predictor = Predictor(run, device="cpu")
+        images, y = load_test_images(clean, predictor)
+        target = rec.get("target") if rec["kind"] != "clean" else next(
+            (r.get("target") for r in records if r["kind"] == "poisoned"), None)
+        keep = np.ones(len(y), dtype=bool) if target is None else y != predictor.classes.index(target)
+        stamped = trigger.apply(images[keep])
+        decided = np.array([predictor.classes.index(c) for c in predictor.decide(predictor.predict_arrays(stamped))])
+        success = (decided != y[keep]) if target is None else (decided == predictor.classes.index(target))
+        for mode in strip_modes:
+            det = strip_detector(run, predictor, frr=frr, mode=mode)
+            clean_flags, _ = det.flags(images)
+            trig_flags, _ = det.flags(stamped)
+            found["strip"].append({
+                "run": rec["run"], "kind": rec["kind"], "attack": rec.get("attack"), "mode": mode,
+                "threshold": det.threshold, "false_rejection_clean_test": float(clean_flags.mean()),
+                "detection_triggered": float(trig_flags.mean()),
+                "detection_successful_attacks": float(trig_flags[success].mean()) if success.any() else None,
+                "n_triggered": int(len(stamped)), "n_successful": int(success.sum())})
+            log(f"[detectors] STRIP {found['strip'][-1]}")
+            save()
+    for rec in records:
+        if rec["kind"] != "poisoned":
+            continue
+        run, data_dir = out / rec["run"], out / "data" / rec["attack"]
+        manifest = pd.read_csv(data_dir / "poisoned.csv")
+        table = scan_data(run, data_dir, expected_fraction=expected_fraction)
+        stamped = table["path"].isin(set(manifest["path"])).to_numpy()
+        relabelled = table["path"].isin(set(manifest.loc[manifest["relabelled"], "path"])).to_numpy()
+        entry = {"run": rec["run"], "attack": rec["attack"], "fraction": rec["fraction"], "images": len(table),
+                 "expected_fraction": expected_fraction}
+        for name, flags in (("spectral", table["spectral_flag"].to_numpy()),
+                            ("clustering", table["cluster_flag"].to_numpy())):
+            entry[name] = {"relabelled": precision_recall(flags, relabelled),
+                           "stamped": precision_recall(flags, stamped)}
+        rank = np.flatnonzero(relabelled)  # positions in the table, sorted by score: how high the poison ranks
+        entry["relabelled_ranks"] = rank.tolist()
+        found["data"].append(entry)
+        log(f"[detectors] training-set scan {entry}")
+        save()
+    return found

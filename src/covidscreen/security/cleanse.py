@@ -43,7 +43,7 @@ class ReversedTrigger:
 
 
 def reverse_trigger(model: nn.Module, images: torch.Tensor, target: int, steps: int = 150, batch_size: int = 16,
-                    lr: float = 0.1, init_lambda: float = 1e-2, success: float = 0.95, seed: int = 0,
+                    lr: float = 0.2, init_lambda: float = 1e-2, success: float = 0.95, seed: int = 0,
                     source: int = -1) -> ReversedTrigger:
     """Smallest mask + pattern that sends ``images`` (float ``(N, 1, H, W)`` in [0, 1]) to ``target``."""
     gen = torch.Generator().manual_seed(seed)
