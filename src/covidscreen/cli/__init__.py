@@ -12,7 +12,7 @@ import sys
 import typer
 
 from ..errors import CovidscreenError
-from . import evaluate, experiment, predict, segment, train
+from . import evaluate, experiment, predict, security, segment, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="COVID-19 / pneumonia screening on chest X-rays by transfer learning, evaluated honestly.")
@@ -21,6 +21,8 @@ app.add_typer(evaluate.app)
 app.add_typer(predict.app)
 app.add_typer(experiment.app)
 app.add_typer(segment.app, name="segment")
+app.add_typer(security.app)
+app.add_typer(security.security_app, name="security")
 
 
 def main() -> None:

@@ -27,15 +27,24 @@ def predict(
     mixed_precision: Annotated[bool, typer.Option(
         "--mixed-precision", help="bfloat16/float16 autocast on a GPU: faster, but its probabilities differ from "
         "the CPU's (by up to 0.08 on an H100); default: exact float32 on every device")] = False,
+    expect_sha256: Annotated[str | None, typer.Option(
+        "--expect-sha256", help="refuse the model unless its weights have this sha256 (a value you trust)")] = None,
+    manifest: Annotated[Path | None, typer.Option(
+        "--manifest", help="refuse the model unless a YAML/JSON list of allowed models names its sha256")] = None,
+    strip: Annotated[bool, typer.Option(
+        "--strip", help="screen each image for a backdoor trigger (STRIP; adds strip_entropy, strip_flag)")] = False,
 ) -> None:
     """Class probabilities and the decision at the run's operating point, one row per file."""
     from ..inference.predictor import Predictor
+    from ..security.integrity import trusted_sha256
+    from ..security.scan import predict_screened
 
     if output is not None and output.suffix.lower() not in (".csv", ".json"):
         raise CovidscreenError(f"--output {output}: use a .csv or .json file name")
     predictor = Predictor(run_dir, device=device, operating_point=operating_point, backend=backend,
-                          mixed_precision=mixed_precision)
-    df = predictor.predict_files(inputs, batch_size=batch_size)
+                          mixed_precision=mixed_precision, expected_sha256=trusted_sha256(run_dir, expect_sha256,
+                                                                                          manifest))
+    df = predict_screened(predictor, run_dir, inputs, strip=strip, batch_size=batch_size)
     if output is None:
         typer.echo(df.to_csv(index=False), nl=False)
     else:

@@ -31,6 +31,7 @@ from ..config import TrainConfig, apply_overrides
 from ..data.preprocess import load_preprocessed
 from ..errors import ConfigError
 from ..inference.predictor import Predictor
+from ..workflows.fit import fit
 from .poison import PoisonConfig, poison_split
 from .trigger import Trigger
 
@@ -115,8 +116,6 @@ def _trained(run_dir: Path) -> bool:
 
 
 def _fit(cfg: TrainConfig, run_dir: Path, log: Any) -> Path:
-    from ..training.trainer import fit
-
     if _trained(run_dir):
         log(f"[backdoor] {run_dir} exists, reused")
         return run_dir
