@@ -238,6 +238,8 @@ def evaluate_detectors(out_dir: str | Path, frr: float = 0.01, strip_modes: tupl
         log(f"[detectors] reversed triggers of {rec['run']}: {sizes[rec['run']]}")
     for rec in records:
         refs = [sizes[c.name] for c in clean_runs if c.name != rec["run"]]
+        if not refs:
+            continue
         verdict = judge(sizes[rec["run"]], refs)
         found["model"].append({"run": rec["run"], "kind": rec["kind"], "attack": rec.get("attack"),
                                **verdict.as_dict(), "reference_loo_ratios": leave_one_out_ratios(refs)})
