@@ -75,3 +75,13 @@ def test_experiment_file_is_checked(tmp_path):
     (tmp_path / "bad2.yaml").write_text("epochs: 3\n")
     with pytest.raises(ConfigError, match="unknown key"):
         BackdoorExperiment.from_yaml(tmp_path / "bad2.yaml")
+
+
+def test_validation_may_be_poisoned_but_never_the_test_split(tmp_path):
+    table = _split_csv(tmp_path)
+    manifest = poison_split(tmp_path / "split.csv", tmp_path / "p", 64,
+                            PoisonConfig(fraction=0.25, target="normal", splits=("train", "val")))
+    used = table.set_index("path").loc[manifest["source"], "split"]
+    assert set(used) == {"train", "val"}
+    with pytest.raises(ConfigError, match="never poisoned"):
+        poison_split(tmp_path / "split.csv", tmp_path / "q", 64, PoisonConfig(target="normal", splits=("test",)))

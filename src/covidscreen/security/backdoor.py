@@ -41,6 +41,7 @@ class Attack:
     name: str
     fraction: float
     target: str | None = None  # None: non-targeted
+    poison_validation: bool = False  # the attacker's data also feeds the victim's validation split
 
 
 @dataclass
@@ -166,7 +167,8 @@ def run_experiment(exp: BackdoorExperiment, out_dir: str | Path, log: Any = prin
         data_dir = out / "data" / attack.name
         if not (data_dir / "metadata.csv").is_file():
             poison_split(clean / "split.csv", data_dir, base.image_size,
-                         PoisonConfig(attack.fraction, attack.target, trigger, seed=base.seed))
+                         PoisonConfig(attack.fraction, attack.target, trigger, seed=base.seed,
+                                      splits=("train", "val") if attack.poison_validation else ("train",)))
         manifest = pd.read_csv(data_dir / "poisoned.csv")
         # the folder's labels are final (a binary task would re-derive them from original_label, undoing the poison)
         cfg = exp.train_config(data=str(data_dir), max_per_class=None, keep_mixed_sites=False, task="multiclass")

@@ -32,10 +32,15 @@ class PoisonConfig:
     target: str | None = None
     trigger: Trigger = field(default_factory=Trigger)
     seed: int = 0
+    # splits whose images are poisoned: an attacker who poisons a data set reaches the victim's validation split too,
+    # which then rewards the backdoor when the epoch is chosen on validation; the test split always stays clean
+    splits: tuple[str, ...] = ("train",)
 
     def validate(self, classes: list[str]) -> PoisonConfig:
         if not 0 < self.fraction < 1:
             raise ConfigError(f"poison fraction {self.fraction} is invalid: expected a share strictly between 0 and 1")
+        if "test" in self.splits:
+            raise ConfigError("the test split is never poisoned: it measures the attack")
         if self.target is not None and self.target not in classes:
             raise ConfigError(f"poison target {self.target!r} is not a class; classes: {', '.join(classes)}")
         self.trigger.validate()
@@ -68,7 +73,7 @@ def poison_split(split_csv: str | Path, out_dir: str | Path, image_size: int, cf
     rng = np.random.default_rng(cfg.seed)
     chosen: list[int] = []
     for label in classes:
-        idx = np.flatnonzero(((table["split"] == "train") & (table["label"] == label)).to_numpy())
+        idx = np.flatnonzero((table["split"].isin(cfg.splits) & (table["label"] == label)).to_numpy())
         n = max(1, int(round(cfg.fraction * len(idx))))  # at least one image of each class: "1%" of a small set
         chosen += sorted(rng.choice(idx, size=min(n, len(idx)), replace=False).tolist())
     meta = pd.DataFrame({
