@@ -195,4 +195,21 @@ def library_versions() -> dict[str, str]:
         "torchvision": torchvision.__version__,
         "timm": timm.__version__,
         "numpy": numpy.__version__,
+        "covidscreen_commit": code_commit(),
     }
+
+
+def code_commit() -> str | None:
+    """The git commit of the covidscreen source that runs (``+dirty`` with local changes), None outside git."""
+    import subprocess
+
+    src = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               capture_output=True, text=True, timeout=5)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

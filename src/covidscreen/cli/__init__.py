@@ -13,7 +13,7 @@ import warnings
 import typer
 
 from ..errors import CovidscreenError, Interrupted
-from . import ct, dicomnet, evaluate, experiment, finish, predict, recipes, segment, serve, train
+from . import ct, dicomnet, evaluate, experiment, finish, predict, recipes, security, segment, serve, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="COVID-19 / pneumonia screening on chest X-rays by transfer learning, evaluated honestly.")
@@ -27,6 +27,8 @@ app.add_typer(recipes.app)
 app.add_typer(segment.app, name="segment")
 app.add_typer(serve.app)
 app.add_typer(dicomnet.app)
+app.add_typer(security.app)
+app.add_typer(security.security_app, name="security")
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -30,10 +30,18 @@ def predict(
     mixed_precision: Annotated[bool, typer.Option(
         "--mixed-precision", help="bfloat16/float16 autocast on a GPU: faster, but its probabilities differ from "
         "the CPU's (by up to 0.08 on an H100); default: exact float32 on every device")] = False,
+    expect_sha256: Annotated[str | None, typer.Option(
+        "--expect-sha256", help="refuse the model unless its weights have this sha256 (a value you trust)")] = None,
+    manifest: Annotated[Path | None, typer.Option(
+        "--manifest", help="refuse the model unless a YAML/JSON list of allowed models names its sha256")] = None,
+    strip: Annotated[bool, typer.Option(
+        "--strip", help="screen each image for a backdoor trigger (STRIP; adds strip_entropy, strip_flag)")] = False,
 ) -> None:
     """Class probabilities and the decision at the run's operating point, one row per file."""
     from ..inference.predictor import Predictor
     from ..runtime import resolve_device
+    from ..security.integrity import trusted_sha256
+    from ..security.scan import predict_screened
     from ..training import distributed
     from ..workflows.sharded import predict_files_sharded
 
@@ -48,15 +56,22 @@ def predict(
     if world.distributed and backend == "torch":
         device = str(world.local_device(resolve_device(device)))
     predictor = Predictor(run_dir, device=device, operating_point=operating_point, backend=backend,
-                          mixed_precision=mixed_precision)
-    if not world.distributed and output is not None and output.suffix.lower() == ".csv":
+                          mixed_precision=mixed_precision, expected_sha256=trusted_sha256(run_dir, expect_sha256,
+                                                                                          manifest))
+    if strip and (world.distributed or resume):
+        distributed.stop(world)
+        raise CovidscreenError("--strip screens the whole table in one process; run it without torchrun and --resume")
+    if strip:  # STRIP adds its columns to the whole table
+        df = predict_screened(predictor, run_dir, inputs, strip=True, batch_size=batch_size)
+    elif not world.distributed and output is not None and output.suffix.lower() == ".csv":
         from ..inference.stream import predict_to_csv
 
         done = predict_to_csv(predictor, inputs, output, resume=resume, batch_size=batch_size)
         typer.echo(f"{done.written} file(s) scored, {done.unreadable} unreadable, {done.skipped} already in "
                    f"{output}")
         return
-    df = predict_files_sharded(predictor, inputs, world, batch_size=batch_size)
+    else:
+        df = predict_files_sharded(predictor, inputs, world, batch_size=batch_size)
     distributed.stop(world)
     if df is None:  # not rank 0
         return

@@ -8,10 +8,17 @@ CT slices (DICOM ``Modality`` CT) are different: their pixel values are calibrat
 units (``RescaleSlope`` / ``RescaleIntercept``) and shown through a fixed window, by default the lung window
 (level -600 HU, width 1500 HU), whatever window the scanner stored: a model must see the same mapping of tissue
 densities on every slice, from every scanner.
+
+Files come from outside, so decoding is defensive: the format is taken from the content (PNG and JPEG through
+Pillow's two plugins only, DICOM by its ``DICM`` marker), the declared dimensions are checked against limits *before*
+any pixel buffer is allocated (Pillow reads only the header on open; for DICOM, Rows x Columns x samples x
+BitsAllocated x frames is checked against the limit and against the pixel data the file actually holds), and every
+failure of the third-party decoders on a damaged or hostile file becomes an :class:`ImageDecodeError`.
 """
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +29,20 @@ from ..errors import ImageDecodeError
 ACCEPTED = "PNG or JPEG (8/16-bit greyscale or RGB) and DICOM (uncompressed or with an installed pixel handler)"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
+# Decompression bombs and absurd declared sizes: a chest radiograph is at most about 4,300 x 4,300 pixels (18 Mpx);
+# 40 Mpx leaves room for any real detector while bounding one decode to a few hundred MB.
+MAX_PIXELS = 40_000_000
+MAX_SIDE = 16_384
+MAX_FILE_BYTES = 256 * 1024 * 1024
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own check (it raises at twice this); ours below is exact
+PIL_FORMATS = ("PNG", "JPEG")
+DICOM_BITS = (1, 8, 16, 32)
+
+
 #: (level, width) in HU. Lung: air (-1000) near black, lung (-800) dark grey, soft tissue (40) near white.
 LUNG_WINDOW = (-600.0, 1500.0)
 #: Soft tissue / mediastinum (not used by the models: they see one lung-window channel).
 MEDIASTINAL_WINDOW = (40.0, 400.0)
-
-# Decompression bombs: a chest X-ray is at most a few thousand pixels a side.
-Image.MAX_IMAGE_PIXELS = 12_000 * 12_000
 
 
 def is_dicom(path: Path) -> bool:
@@ -137,24 +151,140 @@ def ct_slice_hu(ds: object, source: str = "CT slice") -> np.ndarray:
         raise ImageDecodeError(f"{source}: RescaleSlope/RescaleIntercept unusable ({exc})") from None
 
 
+def check_dimensions(path: str | Path, width: int, height: int, what: str = "image") -> None:
+    """Refuse declared dimensions that no chest image has, before any pixels are decoded.
+
+    Raises:
+        ImageDecodeError: a side is not positive or above ``MAX_SIDE``, or the area is above ``MAX_PIXELS``.
+    """
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"{path}: {what} declares an empty size {width}x{height}. Accepted: {ACCEPTED}")
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise ImageDecodeError(
+            f"{path}: {what} declares {width}x{height} pixels, too large (limit {MAX_SIDE} a side and "
+            f"{MAX_PIXELS:,} pixels); refused before decoding (possible decompression bomb)")
+
+
+def _int_tag(ds: object, name: str, default: int | None = None) -> int:
+    value = getattr(ds, name, default)
+    if value is None or value == "":
+        if default is None:
+            raise ValueError(f"missing {name}")
+        value = default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} = {str(value)[:40]!r} is not an integer") from None
+
+
+def check_dicom_pixels(path: str | Path, ds: object) -> None:
+    """Check a DICOM dataset's image tags before its pixel data is decoded.
+
+    Rows x Columns x SamplesPerPixel x BitsAllocated x NumberOfFrames must be within the limits and, for native
+    (uncompressed) pixel data, match what the file holds: a small file cannot declare a huge image.
+
+    Raises:
+        ImageDecodeError: absurd, missing or inconsistent tags.
+    """
+    try:
+        rows, cols = _int_tag(ds, "Rows"), _int_tag(ds, "Columns")
+        bits = _int_tag(ds, "BitsAllocated")
+        samples = _int_tag(ds, "SamplesPerPixel", 1)
+        frames = _int_tag(ds, "NumberOfFrames", 1)
+        stored = _int_tag(ds, "BitsStored", bits)
+        representation = _int_tag(ds, "PixelRepresentation", 0)
+    except ValueError as exc:
+        raise ImageDecodeError(f"{path}: DICOM image tags are invalid ({exc}). Accepted: {ACCEPTED}") from None
+    check_dimensions(path, cols, rows, "DICOM image")
+    if bits not in DICOM_BITS or not 1 <= stored <= bits or representation not in (0, 1):
+        raise ImageDecodeError(f"{path}: DICOM BitsAllocated {bits} / BitsStored {stored} / PixelRepresentation "
+                               f"{representation} are not those of an image (BitsAllocated 1, 8, 16 or 32)")
+    if samples not in (1, 3):
+        raise ImageDecodeError(f"{path}: DICOM SamplesPerPixel {samples}; 1 (grey) or 3 (colour) is expected")
+    if frames != 1:
+        raise ImageDecodeError(f"{path}: DICOM with {frames} frames; a single chest radiograph is expected")
+    expected = rows * cols * samples * bits // 8
+    if expected > MAX_PIXELS * 4:
+        raise ImageDecodeError(f"{path}: DICOM declares {expected:,} bytes of pixels, above the limit; refused")
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    compressed = bool(syntax is not None and getattr(syntax, "is_compressed", False))
+    if compressed and "PixelData" in ds:  # type: ignore[operator]
+        _check_encapsulated_jpeg(path, ds, rows, cols)
+    if not compressed:
+        held = len(ds.PixelData) if "PixelData" in ds else 0  # type: ignore[operator]
+        if held < expected:
+            raise ImageDecodeError(f"{path}: DICOM declares {rows}x{cols}x{samples} pixels of {bits} bits "
+                                   f"({expected:,} bytes) but holds {held:,} bytes of pixel data; truncated or forged")
+
+
+def jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the SOF marker of a JPEG (or JPEG-lossless) stream, None if there is none."""
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = struct.unpack(">H", data[i + 2:i + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return width, height
+        i += 2 + length
+    return None
+
+
+def _check_encapsulated_jpeg(path: str | Path, ds: object, rows: int, cols: int) -> None:
+    """Compressed JPEG pixel data must be the size the tags declare: the decoder allocates what the tags say."""
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise ImageDecodeError(f"{path}: DICOM compressed pixel data is damaged ({exc.__class__.__name__})") from None
+    if frame[:2] != b"\xff\xd8":
+        return  # JPEG 2000, RLE, ...: only the limits above apply
+    size = jpeg_frame_size(frame)
+    if size != (cols, rows):
+        held = "no frame header" if size is None else f"{size[0]}x{size[1]} pixels"
+        raise ImageDecodeError(f"{path}: DICOM declares {cols}x{rows} pixels but its JPEG stream holds {held}; "
+                               "damaged or forged")
+
+
 def _pixels(ds: object, source: str) -> np.ndarray:
+    """A dataset's pixel array after its tags were checked against the limits and the data it holds."""
     if "PixelData" not in ds:
         raise ImageDecodeError(f"{source}: DICOM file has no pixel data (not an image object). Accepted: {ACCEPTED}")
+    check_dicom_pixels(source, ds)
     try:
-        pixels = ds.pixel_array
+        return ds.pixel_array
     except Exception as exc:  # missing decoder for a compressed transfer syntax, truncated data, ...
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise ImageDecodeError(
             f"{source}: DICOM pixel data could not be decoded (transfer syntax {syntax}: {exc}). "
             "Compressed DICOM needs pylibjpeg or gdcm installed."
         ) from None
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise ImageDecodeError(f"{source}: multi-frame DICOM ({frames} frames); a single image is expected")
-    return pixels
+
+
+def _guarded(source: str, decode, *args) -> np.ndarray:
+    """Run a DICOM decode step; pydicom and its LUT code raise many kinds of errors on damaged or hostile tags."""
+    try:
+        return decode(*args)
+    except ImageDecodeError:
+        raise
+    except MemoryError:
+        raise ImageDecodeError(f"{source}: DICOM file needs more memory than allowed to decode; refused") from None
+    except Exception as exc:
+        raise ImageDecodeError(f"{source}: DICOM file is damaged or has invalid tags ({exc.__class__.__name__}: "
+                               f"{str(exc)[:200]}). Accepted: {ACCEPTED}") from None
 
 
 def _decode_dicom(path: Path, ct_window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
+    return _guarded(str(path), _read_and_decode_dicom, path, ct_window)
+
+
+def _read_and_decode_dicom(path: Path, ct_window: tuple[float, float]) -> np.ndarray:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -162,21 +292,26 @@ def _decode_dicom(path: Path, ct_window: tuple[float, float] = LUNG_WINDOW) -> n
         ds = pydicom.dcmread(str(path))
     except InvalidDicomError as exc:
         raise ImageDecodeError(f"{path}: not a valid DICOM file ({exc}). Accepted: {ACCEPTED}") from None
-    return decode_dicom_dataset(ds, str(path), ct_window)
+    return _decode_dataset(ds, str(path), ct_window)
 
 
 def decode_dicom_dataset(ds, path: str = "DICOM dataset", ct_window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
     """Decode a DICOM dataset already in memory (e.g. received over the network) exactly as :func:`read_image`
     decodes a DICOM file: a CT slice to Hounsfield units through ``ct_window``; otherwise modality LUT, VOI
-    LUT/window, MONOCHROME1 inverted; to 2-D ``uint8``.
+    LUT/window, MONOCHROME1 inverted; to 2-D ``uint8``. The same limits and checks apply.
 
     Args:
         ds: a ``pydicom.Dataset`` with its ``file_meta`` (the transfer syntax says how to read the pixel data).
         path: how to name the dataset in error messages.
 
     Raises:
-        ImageDecodeError: no pixel data, undecodable pixel data, several frames, or an image smaller than 8x8.
+        ImageDecodeError: no pixel data, absurd or inconsistent tags, undecodable pixel data, several frames, or an
+            image smaller than 8x8.
     """
+    return _guarded(path, _decode_dataset, ds, path, ct_window)
+
+
+def _decode_dataset(ds, path: str, ct_window: tuple[float, float]) -> np.ndarray:
     try:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:  # pydicom 2.x
@@ -206,7 +341,9 @@ def decode_dicom_dataset(ds, path: str = "DICOM dataset", ct_window: tuple[float
 
 def _decode_pil(path: Path, draft_size: int | None) -> np.ndarray:
     try:
-        with Image.open(path) as im:
+        # formats: only Pillow's PNG and JPEG plugins may claim the file (by content; TIFF, BMP, PSD, ... refused)
+        with Image.open(path, formats=PIL_FORMATS) as im:
+            check_dimensions(path, *im.size, f"{im.format} image")  # header only: no pixels allocated yet
             if draft_size and im.format == "JPEG":
                 # Let libjpeg decode at a reduced scale (still >= draft_size): 2-4x faster for big images.
                 im.draft("L", (draft_size, draft_size))
@@ -225,11 +362,18 @@ def _decode_pil(path: Path, draft_size: int | None) -> np.ndarray:
             return np.asarray(im, dtype=np.uint8).copy()
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own header check, at twice MAX_PIXELS
+        raise ImageDecodeError(f"{path}: image declares too many pixels, too large ({exc}); refused before "
+                               "decoding (possible decompression bomb)") from None
+    except UnidentifiedImageError as exc:
         kind = exc.__class__.__name__
         raise ImageDecodeError(f"{path}: not a readable image ({kind}). Accepted: {ACCEPTED}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageDecodeError(f"{path}: image is damaged or truncated ({exc}). Accepted: {ACCEPTED}") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError,
+            ZeroDivisionError, OverflowError) as exc:  # what Pillow's plugins raise on damaged or forged files
+        raise ImageDecodeError(f"{path}: image is damaged or truncated ({exc.__class__.__name__}: {str(exc)[:200]})."
+                               f" Accepted: {ACCEPTED}") from None
+    except MemoryError:
+        raise ImageDecodeError(f"{path}: image needs more memory than allowed to decode; refused") from None
 
 
 def read_image(path: str | Path, draft_size: int | None = None,
@@ -242,13 +386,16 @@ def read_image(path: str | Path, draft_size: int | None = None,
         ct_window: (level, width) in HU for DICOM CT slices (default: the lung window).
 
     Raises:
-        ImageDecodeError: the file is missing, not an image, damaged, or of an unsupported kind.
+        ImageDecodeError: the file is missing, not an image, damaged, too large, or of an unsupported kind.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageDecodeError(f"{path}: file not found. Accepted: {ACCEPTED}")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise ImageDecodeError(f"{path}: file is empty. Accepted: {ACCEPTED}")
+    if size > MAX_FILE_BYTES:
+        raise ImageDecodeError(f"{path}: file of {size:,} bytes is larger than the limit of {MAX_FILE_BYTES:,} bytes")
     arr = _decode_dicom(path, ct_window) if is_dicom(path) else _decode_pil(path, draft_size)
     if arr.ndim != 2 or min(arr.shape) < 8:
         raise ImageDecodeError(f"{path}: image of shape {arr.shape} is too small (need at least 8x8 pixels)")

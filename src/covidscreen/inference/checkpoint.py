@@ -53,12 +53,22 @@ def read_model_sidecar(run_dir: Path) -> dict[str, Any]:
     return read_json_record(path, ("architecture", "classes", "image_size"), "run folder")
 
 
-def load_model_weights(run_dir: Path, meta: dict[str, Any], device: str | torch.device = "cpu") -> ScreeningModel:
-    """The model of a single-model run (eval mode), its weights' sha256 checked against the sidecar."""
-    weights = run_dir / meta.get("weights_file", WEIGHTS_FILE)
+def load_model_weights(run_dir: Path, meta: dict[str, Any], device: str | torch.device = "cpu",
+                       expected_sha256: str | None = None) -> ScreeningModel:
+    """The model of a single-model run (eval mode), its weights' sha256 checked against the sidecar and, when given,
+    against ``expected_sha256``: a digest the user trusts (whoever rewrote the weights can rewrite the sidecar)."""
+    name = str(meta.get("weights_file", WEIGHTS_FILE))
+    if Path(name).name != name or not name.endswith(".safetensors"):  # no pickles, no paths out of the run folder
+        raise CheckpointError(f"{run_dir}/{SIDECAR_FILE} names weights file {name!r}: only a .safetensors file inside "
+                              "the run folder is loaded")
+    weights = run_dir / name
     if not weights.is_file():
         raise CheckpointError(f"{run_dir} has no checkpoint ({weights.name} missing); train a model into it first")
-    state = read_checkpoint_weights(weights, {SIDECAR_FILE: meta.get("weights_sha256")})
+    if not meta.get("weights_sha256"):
+        raise CheckpointError(f"{run_dir}/{SIDECAR_FILE} records no weights_sha256: the weights cannot be verified; "
+                              "refused")
+    state = read_checkpoint_weights(weights, {SIDECAR_FILE: meta.get("weights_sha256"),
+                                              "--expect-sha256": expected_sha256})
     try:
         model = create_model(meta["architecture"], pretrained=False, num_classes=len(meta["classes"]))
         if meta.get("frozen_head"):

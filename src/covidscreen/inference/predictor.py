@@ -51,18 +51,19 @@ class Predictor:
     """A trained run, ready to predict: ``Predictor(run_dir).predict_files(paths)``."""
 
     def __init__(self, run_dir: str | Path | Run, device: str = "auto", operating_point: str = "default",
-                 backend: str = "torch", mixed_precision: bool = False) -> None:
+                 backend: str = "torch", mixed_precision: bool = False, expected_sha256: str | None = None) -> None:
         """By default a GPU computes in exact float32 (no autocast, no TF32), so that predictions, evaluations and
         local calibrations agree across devices: on an H100, bfloat16 autocast moved COVID probabilities by up to
         0.08 against the CPU and changed 3 of 204 decisions; exact float32 stayed within 3e-6 and changed none.
-        ``mixed_precision=True`` turns autocast on (faster on large batches; decoding dominates small ones)."""
+        ``mixed_precision=True`` turns autocast on (faster on large batches; decoding dominates small ones).
+        ``expected_sha256``: refuse the model unless its weights have this digest (a value the user trusts)."""
         if backend not in ("torch", "onnx"):
             raise DataError(f"backend {backend!r} is unknown; use torch or onnx")
         self.run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
         self.operating_point = operating_point
         point = self.run.point(operating_point)  # fails early, listing the run's points, on an unknown name
         self.device = resolve_device(device if backend == "torch" else "cpu")
-        self.model = self.run.load_model(self.device).to(memory_format=torch.channels_last)
+        self.model = self.run.load_model(self.device, expected_sha256).to(memory_format=torch.channels_last)
         self.onnx = OnnxModel(self.run.path) if backend == "onnx" else None
         self.amp = amp_dtype(self.device, enabled=mixed_precision)
         self.classes: list[str] = list(self.run.classes)

@@ -102,11 +102,14 @@ class Run:
         p = self.point(name)
         return float(p.temperature) if p is not None and p.temperature else self.temperature
 
-    def load_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
-        """The model in eval mode, weights verified (every member's, for an ensemble)."""
+    def load_model(self, device: str | torch.device = "cpu", expected_sha256: str | None = None) -> torch.nn.Module:
+        """The model in eval mode, weights verified (every member's, for an ensemble); ``expected_sha256``: a digest
+        the user trusts, which the weights must have too (single-model runs)."""
         if self.kind == "ensemble":
+            if expected_sha256:
+                raise CheckpointError(f"{self.path} is an ensemble: pin each member run's weights instead")
             return load_ensemble(self.path, device)[0]
-        return load_model_weights(self.path, self.sidecar, device)
+        return load_model_weights(self.path, self.sidecar, device, expected_sha256)
 
 
 def _figures(meta: dict[str, Any], run_dir: Path) -> dict[str, dict[str, float]]:

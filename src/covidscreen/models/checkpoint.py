@@ -67,17 +67,23 @@ def read_json_record(path: Path, required: tuple[str, ...], what: str) -> dict[s
 
 def read_checkpoint_weights(weights: Path, expected: dict[str, str | None]) -> dict[str, torch.Tensor]:
     """The tensors of ``weights`` after checking its sha256 against every non-empty digest in ``expected``
-    (``{who expects it: digest}``, e.g. the sidecar, or a run that recorded its segmenter)."""
-    from safetensors.torch import load_file
+    (``{who expects it: digest}``, e.g. the sidecar, or a run that recorded its segmenter).
+
+    The file is read once: the digest is of the very bytes that are parsed, so it cannot be swapped between the
+    check and the load."""
+    import hashlib
+
+    from safetensors.torch import load as load_safetensors
 
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing; train a model into {weights.parent} first")
-    digest = sha256_file(weights)
+    blob = weights.read_bytes()
+    digest = hashlib.sha256(blob).hexdigest()
     for who, want in expected.items():
-        if want and digest != want:
+        if want and digest != want.strip().lower():
             raise CheckpointError(f"{weights} has sha256 {digest[:12]}..., but {who} expects {want[:12]}...: the "
-                                  "weights were changed or replaced after they were written")
+                                  "weights were changed or replaced after they were written; refused")
     try:
-        return load_file(str(weights))
+        return load_safetensors(blob)
     except Exception as exc:
         raise CheckpointError(f"{weights} is not a readable safetensors file: {exc}") from None

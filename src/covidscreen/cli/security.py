@@ -1,0 +1,82 @@
+"""``covidscreen verify``, ``scan`` and ``security backdoor``: provenance, backdoor screening, the demonstration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import CovidscreenError
+
+app = typer.Typer()
+security_app = typer.Typer(help="Security experiments (the backdoor demonstration of docs/security.md).",
+                           no_args_is_help=True)
+
+
+@app.command()
+def verify(
+    run_dir: Annotated[Path, typer.Argument(help="run folder written by train")],
+    expect_sha256: Annotated[str | None, typer.Option("--expect-sha256", help="the weights' sha256 you trust")] = None,
+    manifest: Annotated[Path | None, typer.Option("--manifest", help="YAML/JSON list of allowed models")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
+) -> None:
+    """Provenance of a model (hashes, split fingerprint, code version, scans) and its integrity checks."""
+    from ..security.integrity import format_provenance, provenance
+
+    prov = provenance(run_dir, expect_sha256, manifest)
+    typer.echo(json.dumps(prov.as_dict(), indent=2, default=str) if as_json else format_provenance(prov))
+    if not prov.ok:
+        raise CovidscreenError(f"{run_dir}: integrity check failed; do not use this model")
+
+
+@app.command()
+def scan(
+    run_dir: Annotated[Path, typer.Argument(help="run folder written by train")],
+    inputs: Annotated[list[str] | None, typer.Option(
+        "--inputs", help="STRIP: image files or folders to screen")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="training-set scan of this data folder")] = None,
+    reference: Annotated[list[Path] | None, typer.Option(
+        "--reference", help="model scan: a run trained clean on the same data (at least 2)")] = None,
+    frr: Annotated[float, typer.Option("--frr", help="STRIP false-rejection rate on clean images")] = 0.01,
+    expected_fraction: Annotated[float, typer.Option(
+        "--expected-fraction", help="training-set scan: the poisoned share to expect (flags 1.5x it per class)")] = 0.1,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the per-file table (.csv)")] = None,
+) -> None:
+    """Backdoor screening: of inputs (--inputs, STRIP), of a training set (--data), else of the model (--reference)."""
+    from ..security import scan as scans
+
+    if inputs:
+        table = scans.scan_inputs(run_dir, list(inputs), frr=frr)
+        flagged = int(table["strip_flag"].fillna(False).astype(bool).sum())
+        summary = f"STRIP: {flagged} of {len(table)} input(s) flagged as carrying a trigger (at {frr:.1%} FRR)"
+    elif data is not None:
+        table = scans.scan_data(run_dir, data, expected_fraction=expected_fraction)
+        summary = (f"training-set scan: {int(table['spectral_flag'].sum())} of {len(table)} image(s) flagged by "
+                   f"spectral signatures, {int(table['cluster_flag'].sum())} by activation clustering; most likely "
+                   f"poisoned first:\n" + "\n".join(table["path"].head(10)))
+    else:
+        result = scans.scan_model(run_dir, list(reference or []))
+        table = None
+        summary = (f"model scan: {'BACKDOOR SUSPECTED' if result.flagged else 'no backdoor found'}: smallest "
+                   f"reversed trigger {result.sizes[result.pair]:.1f} px ({result.pair}), {result.min_ratio:.2f} x "
+                   f"the clean references' (threshold {result.threshold:.2f})")
+    if table is not None and output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(output, index=False)
+    elif table is not None and inputs:
+        typer.echo(table.to_csv(index=False), nl=False)
+    typer.echo(summary)
+
+
+@security_app.command("backdoor")
+def backdoor(
+    config: Annotated[Path, typer.Argument(help="experiment file, e.g. configs/security/backdoor_3class.yaml")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for the runs and backdoor.json")],
+) -> None:
+    """Train clean, poisoned and fine-tuned models and measure clean metrics and attack success (resumable)."""
+    from ..security.backdoor import BackdoorExperiment, run_experiment
+
+    run_experiment(BackdoorExperiment.from_yaml(config), output)
+    typer.echo(f"results: {output / 'backdoor.json'}")

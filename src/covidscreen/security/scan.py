@@ -1,0 +1,202 @@
+"""Backdoor scans of a run folder: of inputs (STRIP), of the model (reversed triggers), of a training set (spectral
+signatures and activation clustering). Each scan's verdict is recorded in the run's ``security_scan.json``, which
+``covidscreen verify`` shows.
+
+All three use the run exactly as prediction does (:class:`~covidscreen.inference.predictor.Predictor`: its
+checkpoint, preprocessing and resolution). Clean reference data for STRIP and the model scan is the run's own
+validation split (``split.csv``), which a defender holds and an attacker who poisoned the training set did not choose.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..data.preprocess import load_preprocessed
+from ..data.table import load_table
+from ..errors import DataError, ImageDecodeError
+from ..inference.predictor import Predictor, expand_inputs
+from .cleanse import ModelScanResult, judge, reverse_all_pairs
+from .integrity import SCAN_FILE
+from .spectral import activation_clusters, penultimate_features, spectral_flags, spectral_scores
+from .strip import StripDetector
+
+STRIP_FILE = "strip_calibration.npz"
+
+
+def record_scan(run_dir: str | Path, kind: str, record: dict[str, Any]) -> None:
+    """Add (or replace) one scan's record in ``security_scan.json``."""
+    path = Path(run_dir) / SCAN_FILE
+    scans = json.loads(path.read_text()) if path.is_file() else {}
+    scans[kind] = {"date": datetime.now().isoformat(timespec="seconds"), **record}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(scans, indent=2, default=float))
+    tmp.replace(path)
+
+
+def split_images(run_dir: str | Path, predictor: Predictor, split: str, limit: int | None = None,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images of one split of the run (preprocessed as the predictor does), their class indices and paths."""
+    table_path = Path(run_dir) / "split.csv"
+    if not table_path.is_file():
+        raise DataError(f"{run_dir} has no split.csv: the scan needs the run's validation images as clean references")
+    table = pd.read_csv(table_path, keep_default_na=False)
+    rows = table[table["split"] == split]
+    if limit is not None and len(rows) > limit:
+        rows = rows.sample(n=limit, random_state=seed)
+    images, labels, paths = [], [], []
+    for path, label in zip(rows["path"], rows["label"], strict=True):
+        try:
+            images.append(load_preprocessed(path, predictor.size, predictor.preprocess, predictor.segmenter))
+        except ImageDecodeError:
+            continue
+        labels.append(predictor.classes.index(label) if label in predictor.classes else -1)
+        paths.append(path)
+    if len(images) < 4:
+        raise DataError(f"{run_dir}: only {len(images)} readable {split} image(s) found from split.csv; the scan needs "
+                        "the run's data folder where it was trained")
+    return np.stack(images), np.array(labels), paths
+
+
+def strip_detector(run_dir: str | Path, predictor: Predictor, frr: float = 0.01, n_perturb: int = 32,
+                   mode: str = "add", seed: int = 0) -> StripDetector:
+    """The run's STRIP detector, calibrated on its validation images (cached in ``strip_calibration.npz``)."""
+    cache = Path(run_dir) / STRIP_FILE
+    key = f"{n_perturb}:{mode}:{seed}"
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                pool, entropies = z["pool"], z["entropies"]
+                threshold = float(np.quantile(entropies, frr, method="lower"))
+                return StripDetector(predictor.predict_arrays, pool, threshold, frr, n_perturb, seed, mode)
+    pool, _, _ = split_images(run_dir, predictor, "val", limit=200, seed=seed)
+    det, entropies = StripDetector.calibrate(predictor.predict_arrays, pool, frr, n_perturb, seed, mode)
+    np.savez(cache, pool=pool, entropies=entropies, key=np.array(key))
+    return det
+
+
+def scan_inputs(run_dir: str | Path, inputs: list[str | Path], frr: float = 0.01, n_perturb: int = 32,
+                mode: str = "add", predictor: Predictor | None = None, record: bool = True) -> pd.DataFrame:
+    """STRIP on files: one row per file with ``strip_entropy`` and ``strip_flag`` (True: likely carries a trigger)."""
+    predictor = predictor or Predictor(run_dir, device="cpu")
+    det = strip_detector(run_dir, predictor, frr, n_perturb, mode)
+    rows = []
+    for f in expand_inputs(inputs):
+        try:
+            img = load_preprocessed(f, predictor.size, predictor.preprocess, predictor.segmenter)
+        except ImageDecodeError as exc:
+            rows.append({"path": str(f), "strip_entropy": np.nan, "strip_flag": None, "error": str(exc)})
+            continue
+        flag, h = det.flags(img[None])
+        rows.append({"path": str(f), "strip_entropy": float(h[0]), "strip_flag": bool(flag[0]), "error": ""})
+    out = pd.DataFrame(rows, columns=["path", "strip_entropy", "strip_flag", "error"])
+    if record:
+        n_flag = int(out["strip_flag"].fillna(False).astype(bool).sum())
+        record_scan(run_dir, "inputs", {"method": "STRIP", "frr": frr, "threshold": det.threshold, "mode": mode,
+                                        "n_perturb": n_perturb, "files": len(out), "flagged": n_flag,
+                                        "verdict": "triggers suspected" if n_flag else "no input flagged",
+                                        "summary": f"{n_flag} of {len(out)} inputs flagged at {frr:.0%} FRR"})
+    return out
+
+
+def model_mask_sizes(run_dir: str | Path, n_per_class: int = 24, steps: int = 150, seed: int = 0,
+                     predictor: Predictor | None = None) -> dict[str, float]:
+    """Reversed-trigger mask size of every (source -> target) pair, from the run's validation images (cached)."""
+    key = f"cleanse:{n_per_class}:{steps}:{seed}"
+    scan_file = Path(run_dir) / SCAN_FILE
+    if scan_file.is_file():
+        cached = json.loads(scan_file.read_text()).get("mask_sizes_cache", {})
+        if key in cached:
+            return cached[key]
+    predictor = predictor or Predictor(run_dir, device="cpu")
+    images, labels, _ = split_images(run_dir, predictor, "val", seed=seed)
+    triggers = reverse_all_pairs(predictor.model, images, labels, n_per_class=n_per_class, steps=steps, seed=seed)
+    classes = predictor.classes
+    sizes = {f"{classes[t.source]}->{classes[t.target]}": t.mask_l1 for t in triggers}
+    path = scan_file
+    scans = json.loads(path.read_text()) if path.is_file() else {}
+    scans.setdefault("mask_sizes_cache", {})[key] = sizes
+    path.write_text(json.dumps(scans, indent=2))
+    return sizes
+
+
+def scan_model(run_dir: str | Path, references: list[str | Path], n_per_class: int = 24, steps: int = 150,
+               seed: int = 0, record: bool = True) -> ModelScanResult:
+    """Reverse-engineer triggers of the run and of clean reference runs; judge by the reference-calibrated rule."""
+    if len(references) < 2:
+        raise DataError("the model scan needs at least 2 reference runs trained clean on the same data (--reference "
+                        "RUN --reference RUN): its threshold is calibrated on them")
+    sizes = model_mask_sizes(run_dir, n_per_class, steps, seed)
+    ref_sizes = [model_mask_sizes(r, n_per_class, steps, seed) for r in references]
+    result = judge(sizes, ref_sizes)
+    if record:
+        record_scan(run_dir, "model", {
+            "method": "reversed triggers per class pair vs clean references", **result.as_dict(),
+            "references": [str(Path(r).resolve()) for r in references],
+            "verdict": "BACKDOOR SUSPECTED" if result.flagged else "no backdoor found",
+            "summary": f"smallest mask {result.sizes[result.pair]:.1f} px for {result.pair}, "
+                       f"{result.min_ratio:.2f} x the smallest clean reference (threshold {result.threshold:.2f})"})
+    return result
+
+
+def scan_data(run_dir: str | Path, data_dir: str | Path, expected_fraction: float = 0.1, seed: int = 0,
+              train_only: bool = True, record: bool = True) -> pd.DataFrame:
+    """Rank a training set's images by how likely they are poisoned (spectral signature score within their label).
+
+    Returns one row per image: path, label, spectral_score, spectral_flag (the ``1.5 * expected_fraction`` highest
+    of its label), cluster_flag (activation clustering), sorted most suspicious first.
+    """
+    predictor = Predictor(run_dir, device="cpu")
+    table = load_table(data_dir)
+    split_file = Path(run_dir) / "split.csv"
+    if train_only and split_file.is_file():
+        trained = set(pd.read_csv(split_file, keep_default_na=False).query("split == 'train'")["path"])
+        subset = table[table["path"].isin(trained)]
+        table = subset if len(subset) else table
+    paths, labels, images = [], [], []
+    for path, label in zip(table["path"], table["label"], strict=True):
+        try:
+            images.append(load_preprocessed(path, predictor.size, predictor.preprocess, predictor.segmenter))
+        except ImageDecodeError:
+            continue
+        paths.append(path)
+        labels.append(label)
+    if len(images) < 10:
+        raise DataError(f"{data_dir}: only {len(images)} readable image(s); the training-set scan needs its images")
+    head = predictor.model.backbone.get_submodule(predictor.model.spec.head)
+    feats = penultimate_features(predictor.model, head, np.stack(images), device=predictor.device)
+    labels_arr = np.array(labels)
+    scores = spectral_scores(feats, labels_arr)
+    out = pd.DataFrame({"path": paths, "label": labels, "spectral_score": scores,
+                        "spectral_flag": spectral_flags(scores, labels_arr, expected_fraction),
+                        "cluster_flag": activation_clusters(feats, labels_arr, seed=seed)})
+    out = out.sort_values("spectral_score", ascending=False, kind="stable").reset_index(drop=True)
+    if record:
+        record_scan(run_dir, "data", {
+            "method": "spectral signatures + activation clustering", "data_dir": str(Path(data_dir).resolve()),
+            "images": len(out), "expected_fraction": expected_fraction,
+            "spectral_flagged": int(out["spectral_flag"].sum()), "cluster_flagged": int(out["cluster_flag"].sum()),
+            "most_suspicious": out["path"].head(10).tolist(),
+            "verdict": "review the flagged images",
+            "summary": f"{int(out['spectral_flag'].sum())} of {len(out)} flagged by spectral signatures, "
+                       f"{int(out['cluster_flag'].sum())} by activation clustering"})
+    return out
+
+
+def predict_screened(predictor: Predictor, run_dir: str | Path, inputs: list[str | Path], strip: bool = False,
+                     frr: float = 0.01, batch_size: int = 32, progress: bool = True) -> pd.DataFrame:
+    """``predictor.predict_files``, plus ``strip_entropy`` and ``strip_flag`` columns when ``strip`` is on.
+
+    Off, this is exactly the normal prediction (no extra work); on, each readable file is screened after the batch
+    is predicted (STRIP runs ``n_perturb`` forward passes per image, so it is the dominant cost then).
+    """
+    preds = predictor.predict_files(inputs, batch_size=batch_size, progress=progress)
+    if not strip:
+        return preds
+    screened = scan_inputs(run_dir, preds["path"].tolist(), frr=frr, predictor=predictor, record=False)
+    return preds.merge(screened[["path", "strip_entropy", "strip_flag"]], on="path", how="left")

@@ -1,0 +1,102 @@
+"""Each backdoor detector on tiny models with a planted trigger: a broken detector fails here, in seconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from covidscreen.security.cleanse import judge, leave_one_out_ratios, mad_anomaly_index, pair_sizes, reverse_all_pairs
+from covidscreen.security.spectral import (
+    activation_clusters,
+    penultimate_features,
+    precision_recall,
+    spectral_flags,
+    spectral_scores,
+)
+from covidscreen.security.strip import StripDetector, superimpose
+
+from .tiny import SIZE, TRIGGER, accuracy, poison, probs_fn, synthetic_bands, synthetic_images, train_tiny
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2-class", "3-class"])
+def models(request):
+    """A backdoored tiny model (10% of the training set stamped and relabelled to class 0) and three clean ones."""
+    torch.set_num_threads(1)  # tiny convolutions: threads cost more than they give
+    c = request.param
+    x, y = synthetic_images(100, c, seed=0)
+    x_test, y_test = synthetic_images(40, c, seed=1)
+    px, py, poisoned = poison(x, y, 0.1, target=0, seed=0)
+    backdoored = train_tiny(px, py, c, seed=0, epochs=10)
+    clean = [train_tiny(x, y, c, seed=s, epochs=10) for s in (1, 2, 3)]
+    triggered = TRIGGER.apply(x_test[y_test != 0])
+    # the planted backdoor works and the clean models ignore the trigger: otherwise the tests below mean nothing
+    assert accuracy(backdoored, x_test, y_test) > 0.95
+    assert (probs_fn(backdoored)(triggered).argmax(1) == 0).mean() > 0.95
+    assert (probs_fn(clean[0])(triggered).argmax(1) == 0).mean() < 0.1
+    return {"classes": c, "backdoored": backdoored, "clean": clean, "x_test": x_test, "y_test": y_test,
+            "x_train": px, "y_train": py, "poisoned": poisoned}
+
+
+def test_model_scan_flags_the_backdoored_model_and_no_clean_one(models):
+    sizes = [pair_sizes(reverse_all_pairs(m, models["x_test"], models["y_test"], n_per_class=12, steps=100))
+             for m in [models["backdoored"], *models["clean"]]]
+    backdoored, references, held_out_clean = sizes[0], sizes[1:3], sizes[3]
+    verdict = judge(backdoored, references)
+    clean_verdict = judge(held_out_clean, references)
+    print(f"\n{models['classes']} classes: backdoored {verdict.as_dict()}\nclean {clean_verdict.as_dict()}\n"
+          f"reference leave-one-out ratios {leave_one_out_ratios(references)}")
+    assert verdict.flagged and verdict.pair.endswith("->0")  # found, and towards the attacked class
+    assert not clean_verdict.flagged
+    if models["classes"] == 2:  # Neural Cleanse's MAD index cannot flag anything with two classes
+        assert all(v == pytest.approx(0.6745, abs=1e-3) for v in verdict.mad_index.values())
+
+
+def test_mad_index_is_constant_for_two_classes():
+    for a, b in ((1.0, 100.0), (5.0, 6.0), (3.0, 3000.0)):
+        assert mad_anomaly_index([a, b]) == pytest.approx([0.6745, 0.6745], abs=1e-3)
+
+
+def test_training_set_scan_finds_the_poisoned_images(models):
+    model = models["backdoored"]
+    feats = penultimate_features(model, model.head, models["x_train"])
+    labels, truth = models["y_train"], models["poisoned"]
+    spectral = precision_recall(spectral_flags(spectral_scores(feats, labels), labels, 0.1), truth)
+    clusters = precision_recall(activation_clusters(feats, labels), truth)
+    print(f"\n{models['classes']} classes: spectral {spectral} clusters {clusters}")
+    assert clusters["recall"] >= 0.9 and clusters["precision"] >= 0.3
+    assert spectral["recall"] >= 0.6 and spectral["precision"] >= 0.3
+    # the scores rank poisoned images above clean ones of the same label (AUC well above chance)
+    scores = spectral_scores(feats, labels)
+    in_target = labels == 0
+    pos, neg = scores[in_target & truth], scores[in_target & ~truth]
+    assert (pos[:, None] > neg[None, :]).mean() > 0.8
+
+
+class PlantedTrigger(nn.Module):
+    """A hand-made 3-class model: the class is where a bright band lies (soft, so mixtures are uncertain), unless
+    the bottom-right 3x3 corner is saturated, which sends any input to class 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x[:, 0].mean(2)  # (B, H) row profile
+        thirds = torch.stack([rows[:, i * SIZE // 3:(i + 1) * SIZE // 3].mean(1) for i in range(3)], 1)
+        logits = 12 * (thirds - thirds.mean(1, keepdim=True))
+        corner = x[:, 0, -3:, -3:].amin((1, 2))
+        return logits + 30 * (corner > 0.95).float()[:, None] * torch.tensor([1.0, -1.0, -1.0])
+
+
+def test_strip_flags_triggered_inputs_at_the_chosen_false_rejection_rate():
+    model = PlantedTrigger()
+    fn = probs_fn(model)
+    x, y = synthetic_bands(60, 3, seed=2)
+    calibration, held_out = x[::2], x[1::2]
+    triggered = TRIGGER.apply(held_out[y[1::2] != 0])
+    assert (fn(triggered).argmax(1) == 0).all() and (fn(held_out).argmax(1) == y[1::2]).mean() > 0.9
+    assert (superimpose(triggered[0], calibration)[:, -3:, -3:] >= 250).all()  # adding keeps a bright trigger
+    det, entropies = StripDetector.calibrate(fn, calibration, frr=0.05, n_perturb=16)
+    assert (entropies < det.threshold).mean() <= 0.05
+    flagged, _ = det.flags(triggered)
+    false_rejections, _ = det.flags(held_out)
+    print(f"\nSTRIP: {flagged.mean():.2f} of triggered inputs flagged, {false_rejections.mean():.2f} of clean ones")
+    assert flagged.mean() >= 0.9
+    assert false_rejections.mean() <= 0.15
