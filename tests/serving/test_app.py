@@ -15,7 +15,9 @@ from PIL import Image
 from sqlalchemy import event, inspect, select, text
 
 from covidscreen.auditlog import AuditLog, sha256_bytes
+from covidscreen.security.fuzz import hostile_corpus
 from covidscreen.serving import ServeConfig, create_app
+from tests.security.test_fuzz import seeds  # noqa: F401  (a fixture: the real files the corpus mutates)
 from tests.serving.runs import POINTS, xray_png
 
 SHARED_DICOM = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom"
@@ -388,3 +390,21 @@ def test_site_label_goes_into_the_audit_log(client, db_path):
     assert rec.site == "ward-3"
     bad = client.post("/v1/predict?site=Doe%5EJohn%20PID-1", files=upload(("a.png", png_bytes())))
     assert_json_error(bad, 422, "site label", "letters, digits")
+
+
+def test_the_fuzz_corpus_through_the_api_gets_no_5xx(client, seeds):  # noqa: F811
+    """The decoders' hostile corpus (truncated, bit-flipped, header-mangled, bombs, random bytes, absurd DICOM tags),
+    posted four files at a time: every file is answered with a result or a 4xx naming it, never a 5xx."""
+    cases = list(hostile_corpus(seeds, mutations_per_seed=130, seed=2))
+    assert len(cases) >= 1000
+    statuses: dict[int, int] = {}
+    for start in range(0, len(cases), 4):
+        part = cases[start:start + 4]
+        r = client.post("/v1/predict", files=upload(*[(f"case{start + i}.bin", data) for i, (_, data) in
+                                                      enumerate(part)]))
+        assert r.status_code < 500 and "Traceback" not in r.text, (part[0][0], r.text[:300])
+        for res in r.json().get("results", []):
+            statuses[res["status"]] = statuses.get(res["status"], 0) + 1
+            assert res["status"] == 200 or (400 <= res["status"] < 500 and res["error"])
+    assert sum(statuses.values()) == len(cases) and statuses.get(200, 0) > 0
+    assert client.get("/readyz").status_code == 200  # still serving
