@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 # fixtures shared by the tests of several packages (explain/, reporting/, workflows/; audit/, workflows/)
@@ -22,6 +23,15 @@ def shared_data() -> Path:
     if not (path / "cxr" / "metadata.csv").is_file():
         pytest.fail(f"the shared data folder {path} is missing: tests read the real images from ../shared/data")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _same_threads_after_each_test():
+    """A test that changes torch's thread count must not change the numbers of the tests after it (float sums
+    differ between 1 and 2 threads, and some tests compare an in-process run with a subprocess run)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

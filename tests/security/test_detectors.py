@@ -22,8 +22,15 @@ from .tiny import SIZE, TRIGGER, accuracy, poison, probs_fn, synthetic_bands, sy
 @pytest.fixture(scope="module", params=[2, 3], ids=["2-class", "3-class"])
 def models(request):
     """A backdoored tiny model (10% of the training set stamped and relabelled to class 0) and three clean ones."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny convolutions: threads cost more than they give
-    c = request.param
+    try:
+        yield _models(request.param)
+    finally:  # other tests compare in-process runs with subprocesses that use the default thread count
+        torch.set_num_threads(threads)
+
+
+def _models(c: int) -> dict:
     x, y = synthetic_images(100, c, seed=0)
     x_test, y_test = synthetic_images(40, c, seed=1)
     px, py, poisoned = poison(x, y, 0.1, target=0, seed=0)
