@@ -36,6 +36,15 @@ def test_trigger_scales_from_the_reference_resolution():
     assert Trigger(corner="top_left").mask(64, 64)[0, 0]
     with pytest.raises(ConfigError):
         Trigger(value=300).validate()
+    with pytest.raises(ConfigError, match="checkerboard"):
+        Trigger(pattern="stripes").validate()
+
+
+def test_checkerboard_trigger_alternates_value_and_its_complement():
+    t = Trigger(size=3, value=250, reference_size=64, pattern="checkerboard")
+    out = t.apply(np.full((64, 64), 100, dtype=np.uint8))
+    np.testing.assert_array_equal(out[-3:, -3:], [[250, 5, 250], [5, 250, 5], [250, 5, 250]])
+    assert (out[:-3] == 100).all() and (out[:, :-3] == 100).all()
 
 
 def test_poisoned_folder_changes_only_training_images_and_keeps_the_split(tmp_path):

@@ -33,6 +33,15 @@ def serve(
     max_batch: Annotated[int, typer.Option("--max-batch", help="most images per forward pass")] = 16,
     batch_wait_ms: Annotated[float, typer.Option("--batch-wait-ms", help="wait for images of other requests")]
     = 10.0,
+    expect_sha256: Annotated[str | None, typer.Option(
+        "--expect-sha256", help="refuse to start unless the weights have this sha256 (a value you trust)")] = None,
+    manifest: Annotated[Path | None, typer.Option(
+        "--manifest", help="refuse to start unless a YAML/JSON list of allowed models names the run's sha256")] = None,
+    strip: Annotated[bool, typer.Option(
+        "--strip", help="screen each image for a backdoor trigger (STRIP: 32 extra forward passes per image; adds "
+        "strip_entropy, strip_flag and a warning when flagged)")] = False,
+    strip_frr: Annotated[float, typer.Option("--strip-frr", help="STRIP's false-rejection rate on clean validation "
+                                             "images")] = 0.01,
 ) -> None:
     """Serve a run over HTTP as a second reader: API under /v1 (OpenAPI at /docs), web page at /, audit log."""
     from ..serving.config import ServeConfig
@@ -41,7 +50,8 @@ def serve(
     run_server(ServeConfig(run_dir=run_dir, host=host, port=port, backend=backend, db=db, api_key_file=api_key_file,
                            device=device, max_upload_mb=max_upload_mb, max_files=max_files, max_pixels=max_pixels,
                            max_queue=max_queue, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
-                           operating_point=operating_point))
+                           operating_point=operating_point, expect_sha256=expect_sha256, manifest=manifest,
+                           strip=strip, strip_frr=strip_frr))
 
 
 @app.command("audit-log")

@@ -34,6 +34,11 @@ class ServeConfig:
             default (all cores). Fewer leaves cores to decoding: forward passes and decoding then overlap instead
             of fighting for the same cores.
         operating_point: the default operating point (a request may pick another with ``?operating_point=``).
+        expect_sha256: refuse to start unless the weights have this sha256 (a value the operator trusts).
+        manifest: refuse to start unless this YAML/JSON list of allowed models names the run's weights.
+        strip: screen every image for a backdoor trigger (STRIP, calibrated on the run's validation images at
+            ``strip_frr`` false rejections); adds ``strip_entropy``/``strip_flag`` and a warning per flagged image.
+            It costs ``n_perturb`` (32) extra forward passes per image: off by default.
     """
 
     run_dir: Path
@@ -52,6 +57,10 @@ class ServeConfig:
     decode_threads: int = 2
     model_threads: int | None = None
     operating_point: str = "default"
+    expect_sha256: str | None = None
+    manifest: Path | None = None
+    strip: bool = False
+    strip_frr: float = 0.01
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -71,6 +80,10 @@ class ServeConfig:
             raise ConfigError(f"batch_wait_ms must be 0 or more, got {self.batch_wait_ms}")
         if self.api_key_file is not None:
             self.api_key_file = Path(self.api_key_file)
+        if self.manifest is not None:
+            self.manifest = Path(self.manifest)
+        if not 0 < self.strip_frr < 0.5:
+            raise ConfigError(f"strip_frr {self.strip_frr} is invalid: expected a share in (0, 0.5), e.g. 0.01")
 
     @property
     def max_upload_bytes(self) -> int:

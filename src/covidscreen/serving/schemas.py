@@ -30,6 +30,8 @@ class ModelInfo(BaseModel):
     training_data: dict = Field(description="images per split and per label, split fingerprint, seed")
     audit_warnings: list[str] = Field(description="the data audit's warnings about the training data")
     explain_available: bool
+    strip_threshold: float | None = Field(None, description="served with --strip: the STRIP entropy threshold (set "
+                                          "on clean validation images); null: inputs are not screened")
     intended_use: str
 
 
@@ -49,6 +51,10 @@ class FileResult(BaseModel):
     image_png: str | None = Field(None, description="/v1/explain: the X-ray as shown under the overlay, base64 PNG")
     figure_png: str | None = Field(None, description="/v1/explain?figure=true: the figure covidscreen explain writes")
     explained_class: str | None = None
+    strip_entropy: float | None = Field(None, description="--strip: STRIP entropy (bits); low = the prediction "
+                                        "survives superimposition, as a backdoor trigger's does")
+    strip_flag: bool | None = Field(None, description="--strip: True when the entropy is below the threshold set "
+                                    "on clean validation images")
     error: str | None = Field(None, description="why this file got no prediction")
     status: int = Field(200, description="HTTP status this file alone would have had")
 

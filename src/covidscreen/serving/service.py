@@ -34,6 +34,8 @@ from ..explain.inputs import run_input_loader
 from ..inference.modality import check_dicom_modality
 from ..inference.onnx import OnnxModel
 from ..inference.predictor import Predictor
+from ..security.integrity import trusted_sha256
+from ..security.scan import strip_detector
 from .batcher import MicroBatcher, QueueFull
 from .config import ServeConfig
 from .modelinfo import model_info, point_info, weights_id
@@ -89,7 +91,8 @@ class Screening:
             backend = "onnx" if (run_dir / "model.onnx").is_file() and _has_onnxruntime() else "torch"
         self.backend = backend
         self.predictor = Predictor(run_dir, device=config.device, operating_point=config.operating_point,
-                                   backend=backend)
+                                   backend=backend, expected_sha256=trusted_sha256(run_dir, config.expect_sha256,
+                                                                                   config.manifest))
         if config.model_threads:
             self._limit_model_threads(config.model_threads)
         run = self.run = self.predictor.run
@@ -98,6 +101,9 @@ class Screening:
         self.weights_sha256 = weights_id(run)
         self.explain_available = run.kind != "ensemble"  # Grad-CAM of an ensemble is undefined (as in explain)
         self.info: ModelInfo = model_info(run, backend, self.default_point, self.explain_available)
+        # STRIP, calibrated now (cached in the run folder) so that a run without validation images fails at start
+        self.strip = strip_detector(run_dir, self.predictor, frr=config.strip_frr) if config.strip else None
+        self.info.strip_threshold = self.strip.threshold if self.strip is not None else None
         self.audit = AuditLog(config.db or run_dir)
         self.audit_ok = False
         self.ready = False
@@ -255,6 +261,13 @@ class Screening:
         res.threshold = threshold
         res.sensitivity = info.sensitivity if info else None
         res.specificity = info.specificity if info else None
+        if self.strip is not None:  # on the model thread, between forward passes: STRIP is forward passes too
+            flags, entropy = await self.batcher.run_exclusive(self.strip.flags, image[None])
+            res.strip_entropy, res.strip_flag = float(entropy[0]), bool(flags[0])
+            if res.strip_flag:
+                res.warnings.append(f"backdoor_trigger_suspected: STRIP entropy {entropy[0]:.3f} is below the "
+                                    f"{self.strip.threshold:.3f} of all but {self.strip.frr:.0%} of clean validation "
+                                    "images; the prediction may be driven by a planted trigger")
 
     def _receive(self, w: _Work) -> tuple[np.ndarray, list[str]]:
         """On a decoder thread (hashing and writing a large upload would stall the event loop): the checksum, a
