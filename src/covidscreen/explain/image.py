@@ -15,9 +15,25 @@ from pathlib import Path
 import numpy as np
 
 from ..data.decode import read_image
+from ..data.preprocess import InputGeometry
 from .cam import Explainer, Explanation
 from .inputs import InputLoader, chance_level, map_to_image
 from .regions import DEFAULT_MARGIN, border_fraction
+
+
+def place_on_image(input_map: np.ndarray, geometry: InputGeometry, image: np.ndarray, probs: np.ndarray,
+                   target: int, classes: list[str], method: str, source: str,
+                   mask_fn: Callable[[np.ndarray], np.ndarray] | None = None, margin: float = DEFAULT_MARGIN,
+                   checks: dict | None = None) -> Explanation:
+    """An explanation of a model input's map, placed into the full-resolution decode ``image`` of the same file
+    (0 where a cropping run's model saw nothing), with the border fraction and its chance level measured there."""
+    view = geometry.scaled_to(*image.shape)  # preprocessing may have decoded a JPEG at a reduced scale
+    heat = map_to_image(input_map, view, image.shape)
+    mask = mask_fn(image) if mask_fn is not None else None
+    return Explanation(heatmap=heat, input_heatmap=input_map, image=image, probs=np.asarray(probs), target=int(target),
+                       classes=list(classes), method=method, border_fraction=border_fraction(heat, mask, margin),
+                       border_area=chance_level(heat.shape, view, mask, margin), source=source,
+                       checks=checks or {}, mask=mask, view=view if view.crops else None)
 
 
 def explain_image(explainer: Explainer, load_input: InputLoader, path: str | Path, target: int | str | None = None,
@@ -38,12 +54,5 @@ def explain_image(explainer: Explainer, load_input: InputLoader, path: str | Pat
     """
     x, geometry = load_input(path)
     maps, probs, idx = explainer.maps(x[None], explainer.resolve_target(target))
-    image = read_image(path)
-    view = geometry.scaled_to(*image.shape)  # preprocessing may have decoded a JPEG at a reduced scale
-    heat = map_to_image(maps[0], view, image.shape)
-    mask = mask_fn(image) if mask_fn is not None else None
-    return Explanation(heatmap=heat, input_heatmap=maps[0], image=image, probs=np.asarray(probs[0]),
-                       target=int(idx[0]), classes=list(explainer.classes), method=explainer.method,
-                       border_fraction=border_fraction(heat, mask, margin),
-                       border_area=chance_level(heat.shape, view, mask, margin), source=str(path), mask=mask,
-                       view=view if view.crops else None)
+    return place_on_image(maps[0], geometry, read_image(path), probs[0], idx[0], explainer.classes, explainer.method,
+                          str(path), mask_fn, margin)

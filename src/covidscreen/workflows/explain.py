@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 from ..data.decode import read_image
 from ..data.preprocess import InputGeometry
 from ..errors import CovidscreenError, ImageDecodeError, ModalityError
-from ..explain.cam import Explainer, Explanation, check_method
+from ..explain.cam import Explainer, check_method
 from ..explain.figures import METHOD_NAMES, check_lines, contact_sheet_html, explanation_png
-from ..explain.inputs import chance_level, crop_description, crop_notes, map_to_image, run_input_loader
-from ..explain.regions import DEFAULT_MARGIN, border_fraction
+from ..explain.image import place_on_image
+from ..explain.inputs import crop_description, crop_notes, run_input_loader
+from ..explain.regions import DEFAULT_MARGIN
 from ..explain.sanity import (
     fmt_value,
     per_image_checks,
@@ -183,15 +184,9 @@ def _figure(f: Path, name: str, row: dict, i: int, first: _FirstPass, per_image:
         row["error"] = str(exc)
         return {"name": f.name, "error": row["error"]}
     classes = first.classes
-    view = first.geometries[i].scaled_to(*image.shape)  # preprocessing may have decoded a JPEG at a reduced scale
-    input_map = first.maps.pop(i)
-    heat = map_to_image(input_map, view, image.shape)
-    mask = mask_fn(image) if mask_fn is not None else None
-    e = Explanation(heatmap=heat, input_heatmap=input_map, image=image,
-                    probs=np.array([row[f"prob_{c}"] for c in classes]), target=classes.index(row["target"]),
-                    classes=classes, method=method, border_fraction=border_fraction(heat, mask, margin),
-                    border_area=chance_level(heat.shape, view, mask, margin), source=str(f),
-                    checks=per_image.get(i, {}), mask=mask, view=view if view.crops else None)
+    e = place_on_image(first.maps.pop(i), first.geometries[i], image, np.array([row[f"prob_{c}"] for c in classes]),
+                       classes.index(row["target"]), classes, method, str(f), mask_fn, margin, per_image.get(i, {}))
+    view = first.geometries[i].scaled_to(*image.shape)
     atomic_write_bytes(out / name, explanation_png(e, margin, title=f.name))
     row.update({"png": name, "border_fraction": e.border_fraction, "border_area": e.border_area,
                 "image_height": view.height, "image_width": view.width, "view_top": view.top,
