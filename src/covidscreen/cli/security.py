@@ -80,3 +80,22 @@ def backdoor(
 
     run_experiment(BackdoorExperiment.from_yaml(config), output)
     typer.echo(f"results: {output / 'backdoor.json'}")
+
+
+@security_app.command("detectors")
+def detectors(
+    output: Annotated[Path, typer.Argument(help="folder of a finished 'covidscreen security backdoor' experiment")],
+    frr: Annotated[float, typer.Option("--frr", help="STRIP's false-rejection rate on clean validation images")]
+    = 0.01,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="optimisation steps per reversed trigger")] = 100,
+    images: Annotated[int, typer.Option("--images", min=2, help="validation images per class per reversed "
+                                        "trigger")] = 16,
+) -> None:
+    """Run STRIP, the model scan and the training-set scan on every model of the experiment, against the truth."""
+    from ..errors import DataError
+    from ..security.backdoor import evaluate_detectors
+
+    if not (output / "backdoor.json").is_file():
+        raise DataError(f"{output} has no backdoor.json: run 'covidscreen security backdoor CONFIG -o {output}' first")
+    evaluate_detectors(output, frr=frr, nc_steps=steps, nc_images=images)
+    typer.echo(f"results: {output / 'detectors.json'}")
