@@ -107,3 +107,10 @@ def test_strip_flags_triggered_inputs_at_the_chosen_false_rejection_rate():
     print(f"\nSTRIP: {flagged.mean():.2f} of triggered inputs flagged, {false_rejections.mean():.2f} of clean ones")
     assert flagged.mean() >= 0.9
     assert false_rejections.mean() <= 0.15
+
+
+def test_one_reference_gives_no_leave_one_out_ratio_and_the_default_threshold():
+    ref = {"a->b": 40.0, "b->a": 50.0}
+    assert leave_one_out_ratios([ref]) == []
+    verdict = judge({"a->b": 4.0, "b->a": 45.0}, [ref])
+    assert verdict.threshold == 0.5 and verdict.min_ratio == 0.1 and verdict.flagged

@@ -33,6 +33,7 @@ from ..errors import ConfigError
 from ..inference.predictor import Predictor
 from ..workflows.fit import fit
 from .poison import PoisonConfig, poison_split
+from .sensitivity import corner_ratios, input_sensitivity
 from .trigger import Trigger
 
 
@@ -136,6 +137,10 @@ def _measure(rec: dict[str, Any], run: Path, clean: Path, trigger: Trigger, targ
     images, y = load_test_images(clean, predictor)
     rec["clean"] = clean_metrics(run)
     rec["trigger"] = {str(t): attack_success(predictor, images, y, trigger, t) for t in targets}
+    # where the model can see a trigger at all (security/sensitivity.py)
+    side = trigger.box(predictor.size, predictor.size)[0]
+    sens = input_sensitivity(predictor.model, images[:64], device=predictor.device)
+    rec["corner_sensitivity"] = corner_ratios(sens, side.stop - side.start)
 
 
 def run_experiment(exp: BackdoorExperiment, out_dir: str | Path, log: Any = print) -> dict[str, Any]:

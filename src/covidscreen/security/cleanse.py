@@ -145,7 +145,9 @@ def min_ratio(sizes: dict[str, float], references: list[dict[str, float]]) -> tu
 
 
 def leave_one_out_ratios(references: list[dict[str, float]]) -> list[float]:
-    """Each reference model's smallest ratio against the other references."""
+    """Each reference model's smallest ratio against the other references (none with fewer than 2 references)."""
+    if len(references) < 2:
+        return []
     return [min_ratio(r, references[:i] + references[i + 1:])[0] for i, r in enumerate(references)]
 
 
