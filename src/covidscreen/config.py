@@ -104,7 +104,7 @@ class PreprocessConfig:
 class TrainConfig:
     """Everything that defines a training run. Defaults are the quickstart's (tuned on validation, CPU-friendly)."""
 
-    data: str | None = None  # data folder; None: $COVIDSCREEN_DATA, else ../shared/data/cxr
+    data: str | None = None  # data folder; None: $COVIDSCREEN_DATA, else ../shared/data/cxr (ct/ for modality ct)
     output: str | None = None  # run folder; None: runs/<model>-<timestamp>
     model: str = "efficientnet_lite0"  # registry or timm model name (covidscreen models lists them)
     pretrained: bool = True  # start from ImageNet weights (--no-pretrained: random initialisation)

@@ -103,3 +103,19 @@ def test_head_warmup_freezes_the_trunk_then_unfreezes_it():
     _step(model, opt)
     later = model.state_dict()
     assert sum(not torch.equal(after[k], later[k]) for k in trunk_keys) > len(trunk_keys) // 2
+
+
+@pytest.mark.parametrize(("name", "convs"), [("vgg16", [2, 2, 3, 3, 3]), ("vgg19", [2, 2, 4, 4, 4])])
+def test_vgg_train_stages_count_convolution_blocks(name, convs):
+    """Lee et al. 2020 fine-tune VGG-16/19's last k of five convolution blocks: train_stages=k unfreezes exactly the
+    convolutions of those blocks (the two hidden fully connected layers and the head always train)."""
+    model = create_model(name, pretrained=False, num_classes=2)
+    conv_layers = [m for m in model.backbone.features if isinstance(m, torch.nn.Conv2d)]
+    assert len(conv_layers) == sum(convs)
+    for k in range(6):
+        set_trainable_stages(model, k)
+        trainable = [c.weight.requires_grad for c in conv_layers]
+        assert trainable == [False] * sum(convs[:5 - k]) + [True] * sum(convs[5 - k:]), k
+        assert all(p.requires_grad for p in model.backbone.classifier.parameters())
+    with pytest.raises(ConfigError, match="5 stages"):
+        set_trainable_stages(model, 6)

@@ -1,9 +1,13 @@
-"""``covidscreen recipes`` (list) and ``covidscreen recipe NAME`` (run): published systems as one command each."""
+"""``covidscreen recipes`` (list them) and the recipe runner behind ``covidscreen train --recipe NAME``.
+
+``covidscreen recipe NAME`` is kept as an alias of ``covidscreen train --recipe NAME`` (for commands written before
+``train`` took recipes), with ``--set KEY=VALUE`` for values that no option can express (``labels=null``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -11,6 +15,12 @@ from ..errors import ConfigError
 from .options import DataOpt, DeviceOpt
 
 app = typer.Typer()
+
+BudgetOpt = Annotated[str | None, typer.Option("--budget", help="with --recipe: tiny (seconds, a smoke test), laptop "
+                                               "(a CPU, minutes to an hour; the default) or paper (the paper's "
+                                               "settings)")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="with --recipe: write and check the resolved grid, list "
+                                         "its runs, train nothing")]
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -29,9 +39,30 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
+def run_recipe_command(name: str, budget: str | None, config: Path | None, overrides: dict[str, Any],
+                       dry_run: bool) -> None:
+    """Resolve recipe ``name`` (``--config`` keys < options), then list its runs (``dry_run``) or run it."""
+    from ..workflows.experiment import load_plan
+    from ..workflows.recipes import DEFAULT_BUDGET, find_recipe, run_recipe, user_overrides, write_recipe_grid
+
+    keys, output = user_overrides(config, overrides)
+    budget = budget or DEFAULT_BUDGET
+    if dry_run:
+        grid = write_recipe_grid(find_recipe(name), budget, keys, output)
+        plan = load_plan(grid)
+        for r in plan.runs:
+            typer.echo(f"{r.name}: {r.cfg.model}, {r.cfg.output}")
+        for ens, members in plan.ensembles.items():
+            typer.echo(f"ensemble {ens}: {', '.join(members)}")
+        typer.echo(f"grid: {grid}")
+        return
+    out = run_recipe(name, budget, keys, output)
+    typer.echo(f"comparison: {out / 'comparison.html'} ({out / 'comparison.csv'})")
+
+
 @app.command("recipes")
 def list_recipes_cmd() -> None:
-    """List the recipes (configs/recipes): one per published system, each run by `covidscreen recipe NAME`."""
+    """List the recipes: one per published system, each run by `covidscreen train --recipe NAME`."""
     from ..workflows.recipes import list_recipes
 
     for r in list_recipes():
@@ -41,30 +72,16 @@ def list_recipes_cmd() -> None:
 @app.command()
 def recipe(
     name: Annotated[str, typer.Argument(help="recipe name (covidscreen recipes lists them)")],
-    budget: Annotated[str, typer.Option("--budget", help="tiny (seconds, a smoke test), laptop (a CPU, minutes to "
-                                        "an hour) or paper (the paper's settings)")] = "laptop",
+    budget: BudgetOpt = None,
     data: DataOpt = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="experiment folder (default "
                                                 "runs/recipes/NAME-BUDGET)")] = None,
     device: DeviceOpt = "auto",
     sets: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE training-config override, repeatable "
-                                                   "(e.g. --set pretrained=false)")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="write and check the resolved grid, train nothing")]
-    = False,
+                                                   "(e.g. --set labels=null)")] = None,
+    dry_run: DryRunOpt = False,
 ) -> None:
-    """Run a published system's recipe (a grid of runs, cross-validation or ensemble) at a compute budget."""
-    from ..workflows.experiment import load_plan
-    from ..workflows.recipes import find_recipe, run_recipe, write_recipe_grid
-
-    overrides = {**parse_sets(sets or []), "device": device, **({"data": data} if data else {})}
-    if dry_run:
-        grid = write_recipe_grid(find_recipe(name), budget, overrides, output)
-        plan = load_plan(grid)
-        for r in plan.runs:
-            typer.echo(f"{r.name}: {r.cfg.model}, {r.cfg.output}")
-        for ens, members in plan.ensembles.items():
-            typer.echo(f"ensemble {ens}: {', '.join(members)}")
-        typer.echo(f"grid: {grid}")
-        return
-    out = run_recipe(name, budget, overrides, output)
-    typer.echo(f"comparison: {out / 'comparison.html'} ({out / 'comparison.csv'})")
+    """Alias of `covidscreen train --recipe NAME` (which takes every training option), with --set KEY=VALUE."""
+    overrides = {**parse_sets(sets or []), "device": device, **({"data": data} if data else {}),
+                 **({"output": str(output)} if output else {})}
+    run_recipe_command(name, budget, None, overrides, dry_run)

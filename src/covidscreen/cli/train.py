@@ -11,6 +11,7 @@ import typer
 from ..config import TrainConfig
 from .config_options import with_config_options
 from .options import DataOpt, DeviceOpt
+from .recipes import BudgetOpt, DryRunOpt, run_recipe_command
 
 app = typer.Typer()
 
@@ -39,16 +40,34 @@ def train(
     resume: Annotated[Path | None, typer.Option("--resume", help="continue an interrupted run folder from its last "
                                                 "complete epoch, with its own config (only --device may change)")]
     = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help="run a published system's recipe (covidscreen "
+                                               "recipes lists them): a grid of runs, cross-validation or ensemble "
+                                               "in the folder -o (default runs/recipes/NAME-BUDGET); the other "
+                                               "options override the recipe's values")] = None,
+    budget: BudgetOpt = None,
+    dry_run: DryRunOpt = False,
     overrides: dict | None = None,
 ) -> None:
     """Fine-tune a model on a data folder and write a run folder (checkpoint, metrics, report).
 
     Every key of the training config is an option (defaults < --config YAML < options); the lists of choices and
-    what each option does: docs/transfer_learning.md and docs/generalisation.md.
+    what each option does: docs/transfer_learning.md and docs/generalisation.md. With --recipe NAME, a published
+    system's recipe at --budget (recipe < --config YAML < options): docs/recipes.md.
     """
     from ..config import resolve_train_config
+    from ..errors import ConfigError
     from ..workflows.fit import fit
 
+    if recipe is not None:
+        if resume is not None:
+            raise ConfigError("--resume continues one run; a recipe resumes by running the same "
+                              f"covidscreen train --recipe {recipe} command again")
+        run_recipe_command(recipe, budget, config,
+                           {**(overrides or {}), **({"train_stages": None} if full_finetune else {})}, dry_run)
+        return
+    if dry_run or budget is not None:
+        raise ConfigError(f"{'--dry-run' if dry_run else '--budget'} needs --recipe NAME (covidscreen recipes lists "
+                          "them)")
     if resume is not None:
         run = resume_run(resume, config, full_finetune, overrides or {})
         typer.echo(f"report: {run / 'report.html'}")

@@ -135,6 +135,16 @@ MODEL_SPECS: dict[str, ModelSpec] = {
             weights="torchvision",
         ),
         ModelSpec(
+            name="vgg19",
+            build=_tv("vgg19", "classifier.6", _linear),
+            head="classifier.6",
+            gradcam_layer="features.35",
+            # the five conv blocks of VGG-19 (2, 2, 4, 4, 4 convolutions, each block closed by its max-pool)
+            stages=_paths("features", [list(range(0, 5)), list(range(5, 10)), list(range(10, 19)),
+                                       list(range(19, 28)), list(range(28, 37))]),
+            weights="torchvision",
+        ),
+        ModelSpec(
             name="mobilenet_v3_large",
             build=_tv("mobilenet_v3_large", "classifier.3", _linear),
             head="classifier.3",

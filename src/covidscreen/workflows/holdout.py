@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..data.locate import resolve_data_dir
+from ..data.locate import DEFAULT_DATASET, resolve_data_dir
 from ..data.table import load_table
 from ..errors import ConfigError
 from ..inference.run import load_run
@@ -45,7 +45,7 @@ def evaluate_holdout_site(run_dir: str | Path, cfg: Any, progress: bool = True) 
     """Evaluate a finished run on its held-out site; returns (and stores in ``metrics.json``) the summary block."""
     run_dir = Path(run_dir)
     site = cfg.holdout_site
-    data_dir = resolve_data_dir(cfg.data)
+    data_dir = resolve_data_dir(cfg.data, cfg.modality or DEFAULT_DATASET)  # modality ct: the data root's ct/
     table = load_table(data_dir)
     held = table[table["site"] == site].reset_index(drop=True)
     if cfg.max_per_class:

@@ -1,18 +1,25 @@
-"""Recipes: one YAML file per published system (``configs/recipes/NAME.yaml``), run by the experiment grid runner.
+"""Recipes: one YAML file per published system (``covidscreen/recipes/NAME.yaml``, shipped with the package), run by
+the experiment grid runner (``covidscreen train --recipe NAME``).
 
 A recipe is an experiment grid file (:mod:`covidscreen.workflows.experiment`: ``base``, ``grid``, ``runs``,
 ``ensembles``) whose header comment cites the paper and says what is faithful and what differs, plus a ``budget``
 section: ``tiny`` (seconds, for tests), ``laptop`` (a CPU in tens of minutes) and ``paper`` (the paper's settings).
 A budget's keys override ``base``; its ``grid``, ``runs`` or ``ensembles`` replace the recipe's (a smaller grid or
 fewer folds); its ``bootstrap`` sets the replicates of the runs' and of the comparison's confidence intervals.
+Training-config keys given by the user (a ``--config`` YAML file, then command-line options) override the recipe
+everywhere: ``base``, a grid axis of that key (which shrinks to the one value given) and the runs' own keys.
 ``run_recipe`` writes the resolved grid into the output folder as ``grid.yaml`` (so the folder says exactly what
 ran) and runs it; a finished recipe resumes or only rewrites its comparison, as any experiment does.
+
+The recipe files are package data, found with :mod:`importlib.resources` wherever the package is installed and
+whatever the working directory; ``$COVIDSCREEN_RECIPES`` points at another folder of recipes instead.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +36,10 @@ REPLACED = ("grid", "runs", "ensembles")
 
 
 def recipe_dir() -> Path:
-    """``$COVIDSCREEN_RECIPES``, else ``configs/recipes`` of the checkout this package runs from."""
+    """``$COVIDSCREEN_RECIPES``, else the package's own ``covidscreen/recipes`` folder (independent of the working
+    directory; an installed package carries it as package data)."""
     env = os.environ.get("COVIDSCREEN_RECIPES")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "configs" / "recipes"
+    return Path(env).expanduser() if env else Path(str(files("covidscreen") / "recipes"))
 
 
 @dataclass(frozen=True)
@@ -70,12 +78,43 @@ def find_recipe(name: str, directory: str | Path | None = None) -> Recipe:
     for r in recipes:
         if r.name == name:
             return r
-    raise ConfigError(f"no recipe named {name!r}; recipes: {', '.join(r.name for r in recipes)}")
+    raise ConfigError(f"no recipe named {name!r}; recipes: {', '.join(r.name for r in recipes)} "
+                      "(covidscreen recipes lists them)")
+
+
+def _user_wins(data: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Make the user's keys win over the recipe's own beyond ``base``: a grid axis of that key shrinks to the value
+    given, and named-axis values and extra runs that set the key get the user's value."""
+    grid = data.get("grid")
+    if isinstance(grid, dict):
+        for axis, values in list(grid.items()):
+            if axis in overrides and not isinstance(values, dict):
+                grid[axis] = [overrides[axis]]
+            elif isinstance(values, dict):
+                for value in values.values():
+                    if isinstance(value, dict):
+                        value.update({k: v for k, v in overrides.items() if k in value})
+    runs = data.get("runs")
+    if isinstance(runs, list):
+        for item in runs:
+            if isinstance(item, dict):
+                item.update({k: v for k, v in overrides.items() if k in item and k != "name"})
+
+
+def user_overrides(config: str | Path | None = None, overrides: dict[str, Any] | None = None
+                   ) -> tuple[dict[str, Any], str | None]:
+    """The training-config keys a user gives to a recipe: a ``--config`` YAML file's, then the command line's.
+    Returns ``(keys, output)``: ``output`` (the experiment folder) is taken out of the keys, since each run's own
+    folder is set by the experiment runner."""
+    merged = {**(load_yaml(config) if config is not None else {}), **(overrides or {})}
+    output = merged.pop("output", None)
+    return merged, (str(output) if output is not None else None)
 
 
 def resolve_recipe(recipe: Recipe, budget: str = DEFAULT_BUDGET, overrides: dict[str, Any] | None = None,
                    output: str | Path | None = None) -> dict[str, Any]:
-    """The experiment grid of ``recipe`` at ``budget``: base < budget < ``overrides`` (training config keys)."""
+    """The experiment grid of ``recipe`` at ``budget``: base < budget < ``overrides`` (training config keys, which
+    also replace grid axes and runs' keys of the same name)."""
     if budget not in BUDGETS:
         raise ConfigError(f"budget {budget!r} is not known; use one of {', '.join(BUDGETS)}")
     data = load_yaml(recipe.path)
@@ -90,6 +129,7 @@ def resolve_recipe(recipe: Recipe, budget: str = DEFAULT_BUDGET, overrides: dict
     if "bootstrap" in chosen:  # the runs' confidence intervals and the comparison table's alike
         data["bootstrap"] = chosen["bootstrap"]
     data["base"] = {**(data.get("base") or {}), **chosen, **(overrides or {})}
+    _user_wins(data, overrides or {})
     data["output"] = str(output or Path("runs") / "recipes" / f"{recipe.name}-{budget}")
     data["description"] = f"recipe {recipe.name} ({budget} budget): {recipe.title}"
     return data

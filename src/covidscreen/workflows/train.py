@@ -27,7 +27,7 @@ import yaml
 from ..config import TrainConfig, to_dict
 from ..data.augment import AugmentConfig
 from ..data.cache import ImageCache
-from ..data.locate import resolve_data_dir
+from ..data.locate import DEFAULT_DATASET, resolve_data_dir
 from ..data.modality import table_modality
 from ..data.splits import split_fingerprint
 from ..data.table import class_names, load_table
@@ -112,7 +112,7 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
     filters are applied as :mod:`covidscreen.training.subsets` explains, so that runs differing in those options
     share their validation and test images.
     """
-    data_dir = resolve_data_dir(cfg.data)
+    data_dir = resolve_data_dir(cfg.data, cfg.modality or DEFAULT_DATASET)  # modality ct: the data root's ct/
     data_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     table = load_table(data_dir)
     modality, modality_source = table_modality(table, cfg.modality)
