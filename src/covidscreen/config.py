@@ -8,6 +8,7 @@ impossible values raise :class:`~covidscreen.errors.ConfigError` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -20,6 +21,10 @@ from .errors import ConfigError
 
 ROI_CHOICES = ("none", "lungs-crop", "lungs-mask", "lungs-crop-mask")
 INTENSITY_CHOICES = ("none", "clahe", "histeq", "standardize")
+#: what a CT run reads: one lung-window grey channel, or lung, mediastinal, lung windows as three channels (DICOM only)
+CT_CHANNEL_CHOICES = ("lung", "lung+mediastinal")
+DEFAULT_MEDIASTINAL_WINDOW = (40.0, 400.0)  # (level, width) in HU
+LUNG_WINDOW_HU = (-600.0, 1500.0)  # (level, width) in HU: the lung window of every CT slice (data/decode.py)
 PREPROCESS_VERSION = 1  # bump when any step below changes its output
 DEFAULT_N_BOOT = 1000  # bootstrap replicates of every confidence interval, unless a caller asks for others
 MODALITIES = ("cxr", "ct")  # chest X-ray (CR/DX), chest CT slices
@@ -41,6 +46,9 @@ class PreprocessConfig:
         roi_margin: margin around the lung bounding box, as a fraction of the box's height/width.
         segmentation_model: lung segmentation checkpoint (folder) used by the ``lungs-*`` options.
         segmentation_sha256: sha256 of its weights; part of the cache key, checked when the segmenter is loaded.
+        ct_channels: ``lung`` (one grey channel: PNG/JPEG as they are, DICOM CT through the lung window) or
+            ``lung+mediastinal`` (DICOM CT only: channels lung window, mediastinal window, lung window again).
+        ct_mediastinal_window: (level, width) in HU of the mediastinal channel (with ``lung+mediastinal``).
     """
 
     roi: str = "none"
@@ -49,6 +57,17 @@ class PreprocessConfig:
     roi_margin: float = 0.1
     segmentation_model: str | None = None
     segmentation_sha256: str | None = None
+    ct_channels: str = "lung"
+    ct_mediastinal_window: tuple[float, float] = DEFAULT_MEDIASTINAL_WINDOW
+
+    def __post_init__(self) -> None:
+        # JSON and YAML give lists: store the window as a tuple of floats, so that equal settings compare equal
+        try:
+            window = tuple(float(v) for v in self.ct_mediastinal_window)
+        except (TypeError, ValueError):
+            raise ConfigError(f"ct_mediastinal_window {self.ct_mediastinal_window!r} is invalid: expected "
+                              "(level, width) in HU, e.g. 40,400") from None
+        object.__setattr__(self, "ct_mediastinal_window", window)
 
     def validate(self) -> PreprocessConfig:
         if self.roi not in ROI_CHOICES:
@@ -62,6 +81,16 @@ class PreprocessConfig:
         if self.needs_segmentation and not self.segmentation_model:
             raise ConfigError(f"roi {self.roi!r} needs a lung segmenter: set segmentation_model to a folder written "
                               "by 'covidscreen segment train'")
+        if self.ct_channels not in CT_CHANNEL_CHOICES:
+            raise ConfigError(f"ct_channels {self.ct_channels!r} is not known; use one of "
+                              f"{', '.join(CT_CHANNEL_CHOICES)}")
+        level, width = (self.ct_mediastinal_window + (float("nan"),) * 2)[:2]
+        if len(self.ct_mediastinal_window) != 2 or not (math.isfinite(level) and math.isfinite(width) and width > 0):
+            raise ConfigError(f"ct_mediastinal_window {self.ct_mediastinal_window!r} is invalid: expected "
+                              "(level, width) in HU with a finite level and a width > 0, e.g. 40,400")
+        if self.ct_channels != "lung" and self.needs_segmentation:
+            raise ConfigError(f"ct_channels {self.ct_channels} cannot be combined with roi {self.roi}: the lung "
+                              "segmenter reads chest radiographs, not CT windows; use roi none")
         return self
 
     @property
@@ -77,19 +106,44 @@ class PreprocessConfig:
         return self.roi in ("lungs-mask", "lungs-crop-mask")
 
     @property
+    def ct_windows(self) -> tuple[tuple[float, float], ...] | None:
+        """The (level, width) HU window of each input channel, or None for one grey channel (``ct_channels`` lung).
+
+        ``lung+mediastinal`` gives (lung, mediastinal, lung): the lung window fills two of the three channels an
+        ImageNet network expects, so the network starts from what a one-channel lung-window model sees (grey input
+        is the same image in all three channels) and the mediastinal window enters as the one channel that differs.
+        A mean of the two windows as the third channel would add nothing: the first convolution is linear, so it can
+        form any mix of the two channels by itself.
+        """
+        if self.ct_channels == "lung":
+            return None
+        return LUNG_WINDOW_HU, self.ct_mediastinal_window, LUNG_WINDOW_HU
+
+    @property
+    def channels(self) -> int:
+        """Channels of the model input: 1 (grey, repeated to RGB by the model) or 3 (CT windows)."""
+        return 1 if self.ct_windows is None else len(self.ct_windows)
+
+    @property
     def is_identity(self) -> bool:
-        return self.roi == "none" and self.intensity == "none" and self.border_crop == 0
+        return (self.roi == "none" and self.intensity == "none" and self.border_crop == 0
+                and self.ct_channels == "lung")
 
     def key(self) -> str:
         """What makes two preprocessed caches different (the segmenter by its weights, not its path)."""
         if self.is_identity:
             return ""
         seg = self.segmentation_sha256 if self.needs_segmentation else None
-        return (f"pp{PREPROCESS_VERSION}|roi={self.roi}|margin={self.roi_margin if self.needs_segmentation else 0}"
-                f"|int={self.intensity}|border={self.border_crop}|seg={seg}")
+        key = (f"pp{PREPROCESS_VERSION}|roi={self.roi}|margin={self.roi_margin if self.needs_segmentation else 0}"
+               f"|int={self.intensity}|border={self.border_crop}|seg={seg}")
+        if self.ct_windows is not None:  # absent for one channel: caches of earlier versions stay valid
+            key += f"|ct={','.join(f'{lv:g}/{w:g}' for lv, w in self.ct_windows)}"
+        return key
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["ct_mediastinal_window"] = list(self.ct_mediastinal_window)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> PreprocessConfig:
@@ -321,7 +375,8 @@ def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
 
 #: keys of a nested config that may also be given at the top level (the YAML files and runs written before the
 #: preprocessing settings were grouped): ``roi: lungs-crop`` means ``preprocess: {roi: lungs-crop}``
-FLAT_ALIASES = {"preprocess": ("roi", "roi_margin", "intensity", "border_crop", "segmentation_model")}
+FLAT_ALIASES = {"preprocess": ("roi", "roi_margin", "intensity", "border_crop", "segmentation_model", "ct_channels",
+                              "ct_mediastinal_window")}
 
 
 def nest_flat_keys(overrides: dict[str, Any], names: set[str]) -> dict[str, Any]:

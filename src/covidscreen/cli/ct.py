@@ -14,8 +14,10 @@ from .options import DeviceOpt
 app = typer.Typer()
 
 
-def parse_window(text: str) -> tuple[float, float]:
-    """``LEVEL,WIDTH`` in HU (e.g. ``-600,1500``)."""
+def parse_window(text: str | None) -> tuple[float, float] | None:
+    """``LEVEL,WIDTH`` in HU (e.g. ``-600,1500``); None stays None (the run's windows)."""
+    if text is None:
+        return None
     try:
         level, width = (float(v) for v in text.split(","))
     except ValueError:
@@ -29,8 +31,9 @@ def predict_series(
     series: Annotated[list[Path], typer.Argument(help="CT series: folders of DICOM slices or zips of them")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write .json (everything) or .csv (one "
                                                 "row per series)")] = None,
-    window: Annotated[str, typer.Option("--window", help="LEVEL,WIDTH in HU (default: the lung window)")
-                      ] = "-600,1500",
+    window: Annotated[str | None, typer.Option("--window", help="LEVEL,WIDTH in HU of a one-channel run (default: "
+                                               "the lung window, -600,1500); runs that read several windows use "
+                                               "the ones in their sidecar")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Per-slice and per-series COVID probability of CT series, naming the slices that drove each decision."""

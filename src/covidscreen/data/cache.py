@@ -64,7 +64,8 @@ class ImageCache:
     """Images of a list of files at one square size, decoded once.
 
     Attributes:
-        images: ``(N, size, size)`` ``uint8`` array (memory-mapped).
+        images: ``(N, size, size)`` ``uint8`` array (memory-mapped); ``(N, C, size, size)`` when the preprocessing
+            reads ``C`` CT windows as channels.
         ok: ``(N,)`` bool, False where the file could not be decoded.
         errors: message per path that failed.
     """
@@ -89,15 +90,21 @@ class ImageCache:
         meta = json.loads(meta_file.read_text())
         self.errors: dict[str, str] = meta["errors"]
         self.images = np.load(self.file, mmap_mode="r")
-        if self.images.shape != (len(self.paths), size, size):
+        if self.images.shape != (len(self.paths), *self.item_shape):
             raise DataError(f"cache file {self.file} is damaged (shape {self.images.shape}); delete it and rerun")
         self.ok = np.array([p not in self.errors for p in self.paths])
         self.built = meta.get("built", False)
         self.stats: dict[str, int] = meta.get("stats", {})
 
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """Shape of one cached image: ``(size, size)``, or ``(C, size, size)`` for several CT windows."""
+        channels = self.preprocess.channels if self.preprocess is not None else 1
+        return (self.size, self.size) if channels == 1 else (channels, self.size, self.size)
+
     def _build(self, meta_file: Path, workers: int | None, progress: bool) -> None:
         tmp = self.file.with_name(self.file.stem + f".tmp{os.getpid()}.npy")
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.paths), self.size, self.size))
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.paths), *self.item_shape))
         errors: dict[str, str] = {}
         stats: dict[str, int] = {}
         workers = workers or min(4, os.cpu_count() or 1)

@@ -7,7 +7,9 @@ the modality LUT, then the VOI LUT / window, and MONOCHROME1 is inverted so that
 CT slices (DICOM ``Modality`` CT) are different: their pixel values are calibrated. They are converted to Hounsfield
 units (``RescaleSlope`` / ``RescaleIntercept``) and shown through a fixed window, by default the lung window
 (level -600 HU, width 1500 HU), whatever window the scanner stored: a model must see the same mapping of tissue
-densities on every slice, from every scanner.
+densities on every slice, from every scanner. A run may read a CT slice through several windows instead
+(``ct_channels: lung+mediastinal``): :func:`read_ct_channels` / :func:`decode_dicom_channels` give one ``uint8``
+channel per window, ``(C, H, W)``, and refuse anything that has no Hounsfield units (PNG, JPEG, non-CT DICOM).
 
 Files come from outside, so decoding is defensive: the format is taken from the content (PNG and JPEG through
 Pillow's two plugins only, DICOM by its ``DICM`` marker), the declared dimensions are checked against limits *before*
@@ -41,7 +43,7 @@ DICOM_BITS = (1, 8, 16, 32)
 
 #: (level, width) in HU. Lung: air (-1000) near black, lung (-800) dark grey, soft tissue (40) near white.
 LUNG_WINDOW = (-600.0, 1500.0)
-#: Soft tissue / mediastinum (not used by the models: they see one lung-window channel).
+#: Soft tissue / mediastinum: the second channel of runs with ``ct_channels: lung+mediastinal`` (DICOM CT only).
 MEDIASTINAL_WINDOW = (40.0, 400.0)
 
 
@@ -400,6 +402,70 @@ def read_image(path: str | Path, draft_size: int | None = None,
     if arr.ndim != 2 or min(arr.shape) < 8:
         raise ImageDecodeError(f"{path}: image of shape {arr.shape} is too small (need at least 8x8 pixels)")
     return arr
+
+
+def ct_windows_to_uint8(hu: np.ndarray, windows: tuple[tuple[float, float], ...]) -> np.ndarray:
+    """Hounsfield units through each (level, width) window: ``(len(windows), H, W)`` ``uint8``, one channel each."""
+    return np.stack([apply_window(hu, *check_window(w)) for w in windows])
+
+
+def _no_hu(source: str, what: str, windows: tuple[tuple[float, float], ...]) -> ImageDecodeError:
+    shown = ", ".join(f"{lv:g}/{w:g}" for lv, w in windows)
+    return ImageDecodeError(f"{source}: {what} holds no Hounsfield units, but this model reads CT slices through "
+                            f"several HU windows (level/width {shown}): give the DICOM CT slice (Modality CT), "
+                            "or use a run trained with ct_channels lung on PNG/JPEG slices")
+
+
+def _ct_channels_of(ds, source: str, windows: tuple[tuple[float, float], ...]) -> np.ndarray:
+    modality = dicom_modality_of(ds)
+    if modality != "CT":
+        raise _no_hu(source, f"DICOM with Modality {modality or 'missing'}", windows)
+    return ct_windows_to_uint8(ct_slice_hu(ds, source), windows)
+
+
+def decode_dicom_channels(ds, path: str = "DICOM dataset",
+                          windows: tuple[tuple[float, float], ...] = (LUNG_WINDOW, MEDIASTINAL_WINDOW)) -> np.ndarray:
+    """A DICOM CT slice in memory through several windows, ``(C, H, W)`` ``uint8`` (see :func:`read_ct_channels`).
+
+    Raises:
+        ImageDecodeError: not a CT slice (no Hounsfield units), or its pixel data cannot be read.
+    """
+    out = _guarded(path, _ct_channels_of, ds, path, windows)
+    if min(out.shape[1:]) < 8:
+        raise ImageDecodeError(f"{path}: image of shape {out.shape[1:]} is too small (need at least 8x8 pixels)")
+    return out
+
+
+def read_ct_channels(path: str | Path,
+                     windows: tuple[tuple[float, float], ...] = (LUNG_WINDOW, MEDIASTINAL_WINDOW)) -> np.ndarray:
+    """Read a DICOM CT slice through each (level, width) window: ``(len(windows), H, W)`` ``uint8``.
+
+    Only a DICOM CT slice has Hounsfield units to window: a PNG or JPEG (already windowed by whoever made it) or a
+    DICOM of another modality is refused, never guessed.
+
+    Raises:
+        ImageDecodeError: missing, too large or damaged file, PNG/JPEG, or a DICOM that is not a CT slice.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageDecodeError(f"{path}: file not found. Accepted: DICOM CT slices")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ImageDecodeError(f"{path}: file of {size:,} bytes is larger than the limit of {MAX_FILE_BYTES:,} bytes")
+    if not is_dicom(path):
+        raise _no_hu(str(path), "a PNG/JPEG (or other non-DICOM) file", windows)
+    ds = _guarded(str(path), _read_dicom_dataset, path)
+    return decode_dicom_channels(ds, str(path), windows)
+
+
+def _read_dicom_dataset(path: Path):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(str(path))
+    except InvalidDicomError as exc:
+        raise ImageDecodeError(f"{path}: not a valid DICOM file ({exc}). Accepted: {ACCEPTED}") from None
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:

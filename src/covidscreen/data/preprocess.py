@@ -23,6 +23,11 @@ Order of operations, and why:
 
 With every option off, the result is bit-identical to :func:`covidscreen.data.decode.load_resized`.
 
+CT runs with ``ct_channels: lung+mediastinal`` read DICOM CT slices through several HU windows
+(:func:`~covidscreen.data.decode.read_ct_channels`): every channel goes through the same steps, with the same
+crop, and the model input is ``(C, size, size)`` instead of ``(size, size)``. Files without Hounsfield units
+(PNG, JPEG, non-CT DICOM) are refused with an :class:`~covidscreen.errors.ImageDecodeError`.
+
 Steps 1 and 3 crop. :func:`load_preprocessed_with_geometry` also reports where the model input came from (an
 :class:`InputGeometry`: the box of the decoded image that was resized to the square), so that explanations can put a
 heatmap of the model input back where it belongs in the original image.
@@ -45,7 +50,7 @@ from tqdm.auto import tqdm
 
 from ..config import INTENSITY_CHOICES, PreprocessConfig
 from ..errors import ConfigError, ImageDecodeError
-from .decode import read_image, resize_square
+from .decode import read_ct_channels, read_image, resize_square
 
 MIN_LUNG_FRACTION = 0.05  # smaller predicted lungs are not believed (not a chest X-ray, or a failed segmentation)
 MASK_DILATION = 0.02  # the lung mask is grown by this fraction of the side: borders of the lungs carry findings too
@@ -278,12 +283,14 @@ def load_preprocessed_with_geometry(path: str | Path, size: int, cfg: Preprocess
     is the border-cropped image (the fallback keeps the whole image).
 
     Returns:
-        ``((size, size) uint8 model input, geometry)``.
+        ``((size, size) uint8 model input, geometry)``; ``(C, size, size)`` for runs that read several CT windows.
 
     Raises:
         ImageDecodeError: the file cannot be read.
     """
     cfg = cfg or PreprocessConfig()
+    if cfg.ct_windows is not None:  # DICOM CT through each window, (C, H, W); anything without HU is refused
+        return preprocess_with_geometry(read_ct_channels(path, cfg.ct_windows), size, cfg, segmenter, stats)
     draft = size if cfg.is_identity else _draft_size(size, cfg)
     return preprocess_with_geometry(read_image(path, draft_size=draft), size, cfg, segmenter, stats)
 
@@ -292,8 +299,26 @@ def preprocess_with_geometry(decoded: np.ndarray, size: int, cfg: PreprocessConf
                              segmenter: Any = None, stats: dict[str, int] | None = None
                              ) -> tuple[np.ndarray, InputGeometry]:
     """:func:`load_preprocessed_with_geometry` of an image decoded already (e.g. a DICOM dataset received over the
-    network): the same steps, so a file and its in-memory decode give the same model input."""
+    network): the same steps, so a file and its in-memory decode give the same model input.
+
+    ``decoded`` is 2-D for one-channel runs and ``(C, H, W)`` (one channel per CT window,
+    :func:`~covidscreen.data.decode.decode_dicom_channels`) for runs with ``ct_channels`` other than ``lung``.
+
+    Raises:
+        ImageDecodeError: a one-channel image given to a run that reads CT windows (it has no Hounsfield units).
+    """
     cfg = cfg or PreprocessConfig()
+    if cfg.ct_windows is not None:
+        if decoded.ndim != 3 or decoded.shape[0] != len(cfg.ct_windows):
+            raise ImageDecodeError(
+                f"this model reads {len(cfg.ct_windows)} CT windows ({cfg.ct_channels}) as channels, but got an image "
+                f"of shape {decoded.shape}: decode the DICOM CT slice with decode_dicom_channels (PNG/JPEG and "
+                "non-CT images have no Hounsfield units)")
+        channels = [preprocess_with_geometry(ch, size, replace(cfg, ct_channels="lung"), segmenter, stats)
+                    for ch in decoded]  # the same steps and crop per channel (no step depends on the others)
+        return np.stack([out for out, _ in channels]), channels[0][1]
+    if decoded.ndim != 2:
+        raise ImageDecodeError(f"this model reads one grey channel, but got an image of shape {decoded.shape}")
     if cfg.is_identity:
         return resize_square(decoded, size), InputGeometry.whole(decoded.shape)
     top, _, left, _ = border_box(decoded.shape, cfg.border_crop)

@@ -261,7 +261,8 @@ class Explainer:
         """Maps of a batch of model-sized images.
 
         Args:
-            images: ``(B, S, S)`` uint8 (already resized to the input size).
+            images: ``(B, S, S)`` uint8 (already resized to the input size); ``(B, C, S, S)`` for runs that read
+                several CT windows as channels.
             targets: one class (name or index) for all, one per image, or None for each image's predicted class.
 
         Returns:
@@ -270,8 +271,8 @@ class Explainer:
         if not self._cams:
             raise RuntimeError("Explainer.maps() needs an open explainer: use 'with Explainer(...) as ex:'")
         images = np.asarray(images)
-        if images.ndim != 3 or images.dtype != np.uint8 or len(images) == 0:
-            raise ExplainError(f"expected a non-empty (batch, size, size) uint8 array, got {images.dtype} "
+        if images.ndim not in (3, 4) or images.dtype != np.uint8 or len(images) == 0:
+            raise ExplainError(f"expected a non-empty (batch, [channels,] size, size) uint8 array, got {images.dtype} "
                                f"{images.shape}")
         b = len(images)
         if targets is None or isinstance(targets, str | int | np.integer):

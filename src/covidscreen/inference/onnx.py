@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import PreprocessConfig
 from ..errors import CheckpointError, CovidscreenError
 from ..runtime import atomic_output, sha256_file
 from .checkpoint import load_model_weights, read_model_sidecar, write_sidecar
@@ -33,7 +34,8 @@ def export_onnx(run_dir: str | Path, opset: int = 17, tolerance: float = 1e-3) -
     meta = read_model_sidecar(run_dir)
     model = load_model_weights(run_dir, meta, "cpu")
     size = int(meta["image_size"])
-    x = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
+    channels = PreprocessConfig.from_dict(meta.get("preprocessing")).channels  # 3 for runs reading CT windows
+    x = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
     out = run_dir / ONNX_FILE
     with atomic_output(out) as tmp:  # renamed into place only when checked; a full disk is a clear error
         with warnings.catch_warnings():

@@ -81,9 +81,10 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities for a ``(B, size, size)`` uint8 batch."""
+        """Probabilities for a ``(B, size, size)`` uint8 batch (``(B, C, size, size)`` for runs reading CT windows)."""
         if self.onnx is not None:
-            probs = self.onnx.probabilities(np.ascontiguousarray(images, dtype=np.float32)[:, None] / 255.0)
+            x = np.ascontiguousarray(images, dtype=np.float32) / 255.0
+            probs = self.onnx.probabilities(x[:, None] if x.ndim == 3 else x)
             # the same probabilities as the PyTorch path, which divides its logits by the temperature
             return probs if self.temperature == 1.0 else apply_temperature(probs, self.temperature)
         x = to_input(torch.from_numpy(np.ascontiguousarray(images)), self.device)

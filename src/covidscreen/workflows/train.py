@@ -27,6 +27,7 @@ import yaml
 from ..config import TrainConfig, to_dict
 from ..data.augment import AugmentConfig
 from ..data.cache import ImageCache
+from ..data.decode import is_dicom
 from ..data.locate import DEFAULT_DATASET, resolve_data_dir
 from ..data.modality import table_modality
 from ..data.splits import split_fingerprint
@@ -126,6 +127,8 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
                  if cfg.keep_mixed_sites else subsample_per_class(table, cfg.max_per_class, data_seed))
     table = apply_task(table, cfg.task, cfg.positive_class)
     pp = run_preprocess(cfg)  # lung ROI / intensity / border crop, part of the cache key
+    if pp.ct_windows is not None:
+        check_ct_window_data(table, modality, pp)
     cache = ImageCache(table["path"].tolist(), cfg.image_size, cfg.cache_dir, progress=progress, preprocess=pp,
                        segmenter=load_run_segmenter(pp))
     if cache.stats.get("roi_fallback"):
@@ -156,6 +159,23 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
         preprocess=pp,
         modality=modality,
     )
+
+
+def check_ct_window_data(table: pd.DataFrame, modality: str, pp: Any) -> None:
+    """Several CT windows need Hounsfield units: CT data, every image a DICOM file (a PNG/JPEG slice was windowed
+    by whoever made it, so there is nothing to compute a second window from).
+
+    Raises:
+        ConfigError: the data is not CT, or some images are not DICOM.
+    """
+    if modality != "ct":
+        raise ConfigError(f"ct_channels {pp.ct_channels} reads CT windows, but the data is {modality}; use "
+                          "ct_channels lung")
+    not_dicom = [p for p in table["path"] if not is_dicom(Path(p))]
+    if not_dicom:
+        raise ConfigError(f"ct_channels {pp.ct_channels} needs DICOM CT slices (Hounsfield units), but "
+                          f"{len(not_dicom)} of {len(table)} images are not DICOM (e.g. {not_dicom[0]}): PNG/JPEG "
+                          "slices were windowed by whoever made them and carry no HU; train with ct_channels lung")
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
