@@ -116,12 +116,12 @@ def make_dicom_ct_folder(root: Path, n_per_class: int = 8) -> Path:
 def two_window_run(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("ct2win")
     return tiny_fit(make_dicom_ct_folder(base / "data"), base / "run", ct_channels="lung+mediastinal",
-                    ct_mediastinal_window=[50, 350])
+                    ct_mediastinal_window=[50, 350], audit=True)  # the audit reads the lung-window channel
 
 
 def test_two_window_run_records_and_uses_its_windows(two_window_run, tmp_path):
     run = load_run(two_window_run)
-    assert run.modality == "ct"
+    assert run.modality == "ct" and (two_window_run / "audit.json").is_file()
     assert run.preprocess.ct_channels == "lung+mediastinal"
     assert run.preprocess.ct_windows == ((-600.0, 1500.0), (50.0, 350.0), (-600.0, 1500.0))
     predictor = Predictor(two_window_run, device="cpu")

@@ -75,7 +75,8 @@ def audit_table(table: pd.DataFrame, images: np.ndarray, rows: np.ndarray | None
 
     Args:
         table: one row per image.
-        images: cached ``uint8`` images; ``images[rows[i]]`` is row ``i`` of ``table``.
+        images: cached ``uint8`` images; ``images[rows[i]]`` is row ``i`` of ``table`` (``(N, S, S)``, or
+            ``(N, C, S, S)`` for runs reading several CT windows: the audits see channel 0, the lung window).
         out_dir: where to write ``audit.json`` and the audits' CSV files (``audit_pairs.csv``; None: write nothing).
         model: a trained :class:`~covidscreen.models.ScreeningModel` for the feature probe (optional).
         pediatric_sites: sites known to be pediatric (for the pediatric-vs-adult probe).
@@ -92,7 +93,10 @@ def audit_table(table: pd.DataFrame, images: np.ndarray, rows: np.ndarray | None
         keep = table["path"].map(lambda p: p not in unreadable).to_numpy()
         table, rows = table[keep].reset_index(drop=True), rows[keep]
         sha = [d for d in sha if d is not None]
-    ctx = AuditContext(table, images, rows, image_stats(images, rows), sha, seed, tuple(pediatric_sites))
+    # image statistics, hashes and format probes read one grey image: the lung-window channel of a run that reads
+    # several CT windows (the model's feature probe below still gets every channel)
+    grey = images if images.ndim == 3 else images[:, 0]
+    ctx = AuditContext(table, grey, rows, image_stats(grey, rows), sha, seed, tuple(pediatric_sites))
     if model is not None:
         ctx.feature_rows = _feature_rows(table, seed)
         ctx.features = model_features(model, images, rows[ctx.feature_rows], device)
