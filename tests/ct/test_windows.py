@@ -152,3 +152,14 @@ def test_training_on_png_slices_with_two_windows_is_refused(tmp_path):
     data = make_ct_folder(tmp_path / "data", n_per_class=4)
     with pytest.raises(ConfigError, match="needs DICOM CT slices.*8 of 8 images are not DICOM"):
         tiny_fit(data, tmp_path / "run", ct_channels="lung+mediastinal")
+
+
+def test_two_window_run_exports_to_onnx(two_window_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from covidscreen.inference.onnx import export_onnx
+
+    export_onnx(two_window_run)
+    dcm = write(ct_dataset(phantom_hu(40, opacity=True)), tmp_path / "a.dcm")
+    torch_p = Predictor(two_window_run, device="cpu").predict_files([dcm], progress=False)
+    onnx_p = Predictor(two_window_run, backend="onnx").predict_files([dcm], progress=False)
+    assert onnx_p["prob_covid"].iloc[0] == pytest.approx(torch_p["prob_covid"].iloc[0], abs=1e-4)
