@@ -447,8 +447,12 @@ def resolve_train_config(config_file: str | Path | None = None, **cli: Any) -> T
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A config as plain YAML/JSON data (tuples as lists, nested configs as mappings)."""
-    d = dataclasses.asdict(cfg)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        return {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
 
 
 def from_dict(cls: type, data: dict[str, Any], source: str = "stored config") -> Any:

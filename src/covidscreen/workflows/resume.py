@@ -44,6 +44,8 @@ def config_differences(stored: dict, cfg: TrainConfig) -> list[str]:
         old = stored.get(key, value)  # keys added after the run was made count as their default
         if isinstance(old, tuple):
             old = list(old)
+        if isinstance(old, dict) and isinstance(value, dict):  # nested config (preprocess): the same, key by key
+            old = {**value, **old}
         if old != value:
             diffs.append(f"{key}: {old!r} -> {value!r}")
     return diffs
