@@ -163,3 +163,22 @@ def test_two_window_run_exports_to_onnx(two_window_run, tmp_path):
     torch_p = Predictor(two_window_run, device="cpu").predict_files([dcm], progress=False)
     onnx_p = Predictor(two_window_run, backend="onnx").predict_files([dcm], progress=False)
     assert onnx_p["prob_covid"].iloc[0] == pytest.approx(torch_p["prob_covid"].iloc[0], abs=1e-4)
+
+
+def test_two_window_run_over_http(two_window_run, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from covidscreen.serving import ServeConfig, create_app
+
+    dcm = write(ct_dataset(phantom_hu(40, opacity=True)), tmp_path / "a.dcm").read_bytes()
+    png = tmp_path / "b.png"
+    Image.fromarray(np.full((40, 40), 120, np.uint8)).save(png)
+    app = create_app(ServeConfig(run_dir=two_window_run, db=str(tmp_path / "log.sqlite"), backend="torch"))
+    with TestClient(app) as client:
+        r = client.post("/v1/predict", files=[("files", ("a.dcm", dcm, "application/octet-stream")),
+                                              ("files", ("b.png", png.read_bytes(), "application/octet-stream"))])
+    assert r.status_code == 200
+    scored, refused = r.json()["results"]
+    assert scored["status"] == 200 and 0 <= scored["probabilities"]["covid"] <= 1
+    assert refused["status"] == 422 and "no Hounsfield units" in refused["error"] and "50/350" in refused["error"]
