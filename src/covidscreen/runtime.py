@@ -36,8 +36,8 @@ def keep_freed_memory() -> bool:
     By default glibc serves every block above its ``mmap`` threshold (at most 32 MiB) with a fresh ``mmap`` and
     unmaps it when it is freed; a CNN's activations at 224 px are such blocks, so every training step maps them,
     faults them in page by page (zero-filled) and unmaps them again. Here large blocks come from the heap and the heap
-    is trimmed only above 1 GiB of free space at its top: a training step of the default model took 4-7x fewer page
-    faults, a third of the kernel time and 1.2-1.6x less wall time, with the same peak memory
+    is trimmed only above 1 GiB of free space at its top: a training step of the default model took 4-8x fewer page
+    faults, a quarter of the kernel time and 10-20% less CPU time, with the same peak memory
     (``benchmarks/bench_malloc.py``, docs/performance.md). A no-op (False) outside Linux/glibc, and where the user
     set any ``MALLOC_*`` variable or a ``glibc.malloc`` tunable (theirs win).
     """
