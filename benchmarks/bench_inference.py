@@ -34,6 +34,7 @@ from covidscreen.config import TrainConfig
 from covidscreen.data.decode import load_resized
 from covidscreen.data.locate import resolve_data_dir
 from covidscreen.data.table import load_table
+from covidscreen.inference.onnx import session_options
 from covidscreen.models import create_model
 from covidscreen.workflows.quantize import quantize_static_qdq
 
@@ -112,8 +113,7 @@ def main() -> None:
         fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
         export(model, size, fp32)
         quantize_static_qdq(fp32, int8, calib)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
+        opts = session_options(threads)  # the product's session (OnnxModel), with PyTorch's thread count
         sessions = {p.name: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
                     for p in (fp32, int8)}
         model_cl = create_model(args.model, pretrained=False, num_classes=3) if not args.run else None

@@ -28,3 +28,22 @@ def test_exact_float32_turns_tf32_off_inside_and_restores_it():
             assert not torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
+def test_keep_freed_memory_leaves_user_settings_alone(monkeypatch):
+    import sys
+
+    from covidscreen.runtime import keep_freed_memory
+
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")
+    assert keep_freed_memory() is False  # the user's allocator settings win
+    monkeypatch.delenv("MALLOC_MMAP_MAX_")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    if sys.platform.startswith("linux"):
+        import platform
+
+        if platform.libc_ver()[0] == "glibc":
+            assert keep_freed_memory() is True  # and allocations still work
+            assert bytearray(64 << 20)[-1] == 0

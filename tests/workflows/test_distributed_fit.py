@@ -88,3 +88,36 @@ def test_sharded_predict_equals_unsharded(runs, tmp_path):
     assert sharded["path"].tolist() == one["path"].tolist()
     assert sharded["prediction"].tolist() == one["prediction"].tolist()
     np.testing.assert_allclose(sharded["prob_covid"], one["prob_covid"], atol=1e-6)
+
+
+def _assert_close(a, b, path="metrics"):
+    """Two JSON values equal, floats within 1e-6."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _assert_close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, abs=1e-6, nan_ok=True), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("external", [False, True], ids=["test-split", "data-folder"])
+def test_sharded_evaluate_equals_unsharded(runs, tmp_path, external):
+    root, ddp, _, _ = runs
+    data = ("--data", str(root)) if external else ()
+    proc = _torchrun("evaluate", str(ddp), *data, "--output", str(tmp_path / "sharded"), "--device", "cpu")
+    assert proc.stdout.count("report:") == 1  # only rank 0 reports
+    _single("evaluate", str(ddp), *data, "--output", str(tmp_path / "one"), "--device", "cpu")
+    sharded, one = (pd.read_csv(tmp_path / d / "predictions.csv") for d in ("sharded", "one"))
+    assert len(one) == (32 if external else 8)
+    assert sharded["image"].tolist() == one["image"].tolist()
+    assert sharded["prediction"].tolist() == one["prediction"].tolist()
+    np.testing.assert_allclose(sharded["prob_covid"], one["prob_covid"], atol=1e-6)
+    m_sharded, m_one = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("sharded", "one"))
+    _assert_close(m_sharded, m_one)
+    assert (tmp_path / "sharded" / "report.html").is_file()

@@ -23,3 +23,16 @@ def test_phases_accumulate_in_order_and_are_written(tmp_path):
     assert line.startswith("time per phase: cache ") and "epochs" in line and "total" in line
     body = json.loads(timer.write(tmp_path).read_text())
     assert set(body["phases"]) == {"cache", "epochs", "report"} and body["total_seconds"] >= 0.05
+    assert set(body["cpu_seconds"]) == set(body["phases"]) and body["total_cpu_seconds"] >= 0
+    assert all(v >= 0 for v in body["cpu_seconds"].values()) and "(CPU " in line
+
+
+def test_cpu_seconds_count_work_not_waiting():
+    timer = PhaseTimer()
+    with timer.phase("sleep"):
+        time.sleep(0.2)
+    with timer.phase("work"):
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.2:
+            sum(range(1000))
+    assert timer.cpu_seconds["sleep"] < timer.cpu_seconds["work"]

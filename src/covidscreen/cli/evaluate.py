@@ -24,10 +24,26 @@ def evaluate(
     readers: Annotated[Path | None, typer.Option("--readers", help="CSV: column image + one column of decisions per "
                                                  "human reader; compared with the model (McNemar)")] = None,
 ) -> None:
-    """Metrics of a trained run on its test split, or on another data folder (external validation)."""
+    """Metrics of a trained run on its test split, or on another data folder (external validation).
+
+    Under ``torchrun`` the ranks share the scoring of the images and rank 0 writes the evaluation.
+    """
+    from ..runtime import resolve_device
+    from ..training import distributed
     from ..workflows.evaluate import evaluate_run
 
-    out = evaluate_run(run_dir, data=data, output=output, device=device)
+    world = distributed.start()  # under torchrun each rank scores its share of the images; rank 0 writes the rest
+    if world.distributed and robustness:
+        distributed.stop(world)
+        raise CovidscreenError("--robustness re-scores the images in one process; run it without torchrun")
+    if world.distributed:
+        device = str(world.local_device(resolve_device(device)))
+    try:
+        out = evaluate_run(run_dir, data=data, output=output, device=device, world=world)
+    finally:
+        distributed.stop(world)
+    if out is None:  # not rank 0
+        return
     if robustness or readers:
         from ..workflows.evaluate_extras import add_extras
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,6 +56,29 @@ def export_onnx(run_dir: str | Path, opset: int = 17, tolerance: float = 1e-3) -
     return out
 
 
+def session_options(threads: int | None = None) -> Any:
+    """The ``onnxruntime.SessionOptions`` every covidscreen session uses (``benchmarks/bench_onnx_options.py``
+    measures each choice against its alternatives; ``docs/performance.md``).
+
+    - ``ORT_ENABLE_ALL``: constant folding, Conv+BatchNorm+activation fusions and the NCHWc (blocked) layout of the
+      CPU provider, done at load (well under a second for these networks, so the optimised graph is not saved).
+    - ``threads`` intra-op threads (default: ONNX Runtime's, one per physical core); sequential execution (a CNN is
+      a chain: parallel execution of independent nodes has nothing to overlap).
+    - Worker threads that sleep instead of spinning while they wait: spinning threads hold the cores that the
+      thread they wait for (or decoding, or another process on a shared CPU) needs; on this project's busy 2-core
+      machine spinning made batch-1 inference several times slower.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 class OnnxModel:
     """Callable like the PyTorch model in the Predictor: uint8-derived float batch -> probabilities."""
 
@@ -75,13 +99,7 @@ class OnnxModel:
         if sha256_file(path) != serving["sha256"]:
             raise CheckpointError(f"{path} does not match the sha256 recorded at export: changed or damaged")
         self.file, self.precision = path.name, serving.get("precision", "fp32")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        # idle worker threads sleep instead of spinning: between the irregular batches of a service (and on shared
-        # CPUs) spinning burns the cores that decoding needs
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         logits = self.session.run(None, {"image": np.ascontiguousarray(x, dtype=np.float32)})[0].astype(np.float64)

@@ -27,12 +27,15 @@ from ..inference.predictor import Predictor
 from ..inference.run import load_run
 from ..reporting.report import write_report
 from ..runtime import atomic_write_csv, atomic_write_text, read_optional_json
+from ..training.distributed import World
 from ..training.subsets import apply_task
+from .sharded import score_paths_sharded
 
 
 def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: str | Path, device: str = "auto",
                    batch_size: int = 64, progress: bool = True, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
-                   description: str = "", data_dir: str | Path | None = None, notes: list[str] | None = None) -> Path:
+                   description: str = "", data_dir: str | Path | None = None, notes: list[str] | None = None,
+                   world: World | None = None) -> Path | None:
     """Predict every image of ``table`` with the run's model and write ``metrics.json``, ``predictions.csv``,
     ``split.csv`` and ``report.html`` into ``output``.
 
@@ -42,20 +45,34 @@ def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: 
         description: one sentence for the report's external-validation section.
         data_dir: the folder ``image`` paths are relative to (for thumbnails).
         notes: warnings to show with the comparison (e.g. classes that could not be evaluated).
+        world: under ``torchrun``, the ranks that share the scoring (each decodes and predicts every
+            ``world_size``-th image); rank 0 computes and writes everything from the merged predictions, which equal
+            a single process's, and the other ranks return ``None``.
     """
     run_dir = Path(run_dir)
+    world = world or World()
     predictor = Predictor(run_dir, device=device)
     classes = predictor.classes
     if table.empty:
         raise DataError("nothing to evaluate: the chosen images are none")
-    cache = ImageCache(table["path"].tolist(), predictor.size, progress=progress, preprocess=predictor.preprocess,
-                       segmenter=predictor.segmenter)  # the run's own preprocessing
-    table = table[cache.ok].reset_index(drop=True)
+
+    def score(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        cache = ImageCache(paths, predictor.size, progress=progress and world.is_main,
+                           preprocess=predictor.preprocess, segmenter=predictor.segmenter)  # the run's preprocessing
+        rows = cache.rows([p for p, ok in zip(paths, cache.ok, strict=True) if ok])
+        parts = [predictor.predict_arrays(cache.images[rows[i:i + batch_size]])
+                 for i in range(0, len(rows), batch_size)]
+        return cache.ok, (np.concatenate(parts) if parts else np.zeros((0, len(classes)), dtype=np.float32))
+
+    # under torchrun each rank scores its share of the images; rank 0 gets them all back in order
+    scored = score_paths_sharded(score, table["path"].tolist(), world)
+    if scored is None:  # not rank 0: its share is with rank 0, which writes the evaluation
+        return None
+    ok, probs = scored
+    skipped = int((~ok).sum())
+    table = table[ok].reset_index(drop=True)
     if table.empty:
         raise DataError("nothing to evaluate: none of the images could be decoded")
-    rows = cache.rows(table["path"].tolist())
-    probs = np.concatenate([predictor.predict_arrays(cache.images[rows[i:i + batch_size]])
-                            for i in range(0, len(rows), batch_size)])
     y = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +92,7 @@ def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: 
         "classes": classes, "positive_class": pos, "operating_points": points,
         "operating_points_val": run_metrics.get("operating_points_val"), "temperature": run.sidecar.get(
             "temperature"), "threshold_source": "the run's validation split", name: m, "n_test": m["n"],
-        "skipped_files": int((~cache.ok).sum()), "data_dir": str(data_dir) if data_dir else None,
+        "skipped_files": skipped, "data_dir": str(data_dir) if data_dir else None,
         "data": str(data_dir) if data_dir else run.data_dir,
     }
     if "covid_vs_rest" in m:
@@ -100,11 +117,15 @@ def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None, output: str | Path | None = None,
                  device: str = "auto", batch_size: int = 64, progress: bool = True,
-                 n_boot: int = DEFAULT_N_BOOT) -> Path:
+                 n_boot: int = DEFAULT_N_BOOT, world: World | None = None) -> Path | None:
     """Compute metrics of a run on its test split (default) or on every image of another data folder.
 
+    Args:
+        world: under ``torchrun``, the ranks that share the scoring (:func:`evaluate_table`).
+
     Returns:
-        The folder holding ``metrics.json``, ``predictions.csv`` and ``report.html`` of this evaluation.
+        The folder holding ``metrics.json``, ``predictions.csv`` and ``report.html`` of this evaluation (``None`` on
+        ranks other than 0).
     """
     run_dir = Path(run_dir)
     run = load_run(run_dir)
@@ -132,4 +153,4 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, output: st
                                 f"{run.modality}; evaluate it on data of its own modality")
     out = Path(output) if output else run_dir / f"eval-{name}"
     return evaluate_table(run_dir, table, name, out, device=device, batch_size=batch_size, progress=progress,
-                          n_boot=n_boot, seed=int(run.seed or 0), data_dir=data_dir)
+                          n_boot=n_boot, seed=int(run.seed or 0), data_dir=data_dir, world=world)

@@ -37,7 +37,7 @@ from ..evaluation.assess import evaluate_fit_predictions
 from ..evaluation.metrics import headline_auc
 from ..inference.checkpoint import save_checkpoint
 from ..models import create_model, get_spec
-from ..runtime import amp_dtype, atomic_write_csv, atomic_write_text, resolve_device, seed_everything
+from ..runtime import amp_dtype, atomic_write_csv, atomic_write_text, keep_freed_memory, resolve_device, seed_everything
 from ..training import distributed
 from ..training.adversarial import FeatureTap, adversarial_step
 from ..training.finetune import HeadWarmup, discriminative_param_groups, set_trainable_stages
@@ -193,6 +193,7 @@ def fit_single(cfg: TrainConfig, progress: bool = True) -> Path:
     cfg = cfg.validate()
     get_spec(cfg.model)  # fail fast on an unknown model name, before any data is read
     t0 = time.time()
+    keep_freed_memory()  # activations reuse heap pages instead of an mmap and page faults per step (runtime.py)
     world = distributed.start()  # one process unless launched by torchrun (docs/performance.md)
     progress = progress and world.is_main
     generator = seed_everything(cfg.seed)  # the same seed on every rank: same split, weights and epoch order
