@@ -47,7 +47,17 @@ def test_tiny_experiment_and_detectors(tmp_path):
     assert proc.returncode == 0, proc.stderr
     found = json.loads((out / "detectors.json").read_text())
     assert {m["run"] for m in found["model"]} == {"targeted_20", "targeted_20_finetuned"}  # judged vs clean_s0
+    assert all(0 <= m["patch_best"] <= 1 for m in found["model"])
     assert {s["run"] for s in found["strip"]} == {"clean_s0", "targeted_20", "targeted_20_finetuned"}
     (data,) = found["data"]
     assert data["run"] == "targeted_20" and 0 <= data["spectral"]["stamped"]["recall"] <= 1
     assert_clean_error(run_cli("security", "detectors", str(tmp_path)), "no backdoor.json")
+
+    # the model scan of one run against two others, recorded for `covidscreen verify`
+    proc = run_cli("scan", str(out / "targeted_20"), "--reference", str(out / "clean_s0"), "--reference",
+                   str(out / "targeted_20_finetuned"))
+    assert proc.returncode == 0, proc.stderr
+    assert "model scan:" in proc.stdout and "a patch sends" in proc.stdout and "reversed trigger" in proc.stdout
+    recorded = json.loads((out / "targeted_20" / "security_scan.json").read_text())["model"]
+    assert recorded["verdict"] in ("BACKDOOR SUSPECTED", "no backdoor found") and "patch_best" in recorded
+    assert "model scan" in run_cli("verify", str(out / "targeted_20")).stdout

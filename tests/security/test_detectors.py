@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from covidscreen.security.cleanse import judge, leave_one_out_ratios, mad_anomaly_index, pair_sizes, reverse_all_pairs
+from covidscreen.security.patches import judge_patches, patch_search, scan_targets
 from covidscreen.security.spectral import (
     activation_clusters,
     penultimate_features,
@@ -57,6 +58,33 @@ def test_model_scan_flags_the_backdoored_model_and_no_clean_one(models):
     assert not clean_verdict.flagged
     if models["classes"] == 2:  # Neural Cleanse's MAD index cannot flag anything with two classes
         assert all(v == pytest.approx(0.6745, abs=1e-3) for v in verdict.mad_index.values())
+
+
+def test_patch_search_finds_the_planted_trigger_and_flags_no_clean_model(models):
+    x, y = models["x_test"], models["y_test"]
+    best = [{str(r.target): r.success for r in scan_targets(m, x, y, side=3, n_fit=12, n_test=24, steps=10)}
+            for m in [models["backdoored"], *models["clean"]]]
+    backdoored, references, held_out_clean = best[0], best[1:3], best[3]
+    verdict, clean_verdict = judge_patches(backdoored, references), judge_patches(held_out_clean, references)
+    print(f"\n{models['classes']} classes: patch search backdoored {backdoored}, clean {best[1:]}")
+    assert verdict.flagged and verdict.target == "0" and verdict.success >= 0.9
+    assert not clean_verdict.flagged
+
+
+def test_patch_search_locates_the_trigger():
+    class CornerOnly(nn.Module):  # class 1 when the top-left 2x2 pixels are bright, else class 0
+        def forward(self, x):
+            s = 40 * (x[:, 0, :2, :2].mean((1, 2)) - 0.8)
+            return torch.stack([-s, s], 1)
+
+    images = torch.rand(10, 1, 12, 12) * 0.5
+    hit = patch_search(CornerOnly(), images[:5], images[5:], target=1, side=2, steps=30)
+    assert hit.success == 1.0 and hit.position == (0, 0) and hit.pattern.min() > 0.8
+    coarse = patch_search(CornerOnly(), images[:5], images[5:], target=1, side=2, steps=30, stride=4)
+    assert coarse.position == (0, 0) and coarse.success == 1.0
+    assert judge_patches({"0": 0.1, "1": 1.0}, [{"0": 0.2, "1": 0.25}]).flagged
+    assert not judge_patches({"0": 0.1, "1": 0.85}, [{"0": 0.2, "1": 0.7}]).flagged  # references also reach 0.7
+    assert not judge_patches({"0": 0.1, "1": 0.6}, [{"0": 0.0, "1": 0.0}]).flagged  # below min_success
 
 
 def test_mad_index_is_constant_for_two_classes():

@@ -57,11 +57,8 @@ def scan(
                    f"spectral signatures, {int(table['cluster_flag'].sum())} by activation clustering; most likely "
                    f"poisoned first:\n" + "\n".join(table["path"].head(10)))
     else:
-        result = scans.scan_model(run_dir, list(reference or []))
         table = None
-        summary = (f"model scan: {'BACKDOOR SUSPECTED' if result.flagged else 'no backdoor found'}: smallest "
-                   f"reversed trigger {result.sizes[result.pair]:.1f} px ({result.pair}), {result.min_ratio:.2f} x "
-                   f"the clean references' (threshold {result.threshold:.2f})")
+        summary = scans.scan_model(run_dir, list(reference or [])).summary()
     if table is not None and output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(output, index=False)

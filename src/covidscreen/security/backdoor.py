@@ -224,7 +224,8 @@ def evaluate_detectors(out_dir: str | Path, frr: float = 0.01, strip_modes: tupl
     Writes ``out_dir/detectors.json``.
     """
     from .cleanse import judge, leave_one_out_ratios
-    from .scan import model_mask_sizes, scan_data, strip_detector
+    from .patches import judge_patches
+    from .scan import model_mask_sizes, model_patch_success, scan_data, strip_detector
     from .spectral import precision_recall
 
     out = Path(out_dir)
@@ -238,18 +239,22 @@ def evaluate_detectors(out_dir: str | Path, frr: float = 0.01, strip_modes: tupl
     def save() -> None:
         (out / "detectors.json").write_text(json.dumps(found, indent=2, default=float))
 
-    sizes = {}
+    sizes, patches = {}, {}
     for rec in records:
         run = out / rec["run"]
         sizes[rec["run"]] = model_mask_sizes(run, n_per_class=nc_images, steps=nc_steps)
-        log(f"[detectors] reversed triggers of {rec['run']}: {sizes[rec['run']]}")
+        patches[rec["run"]] = model_patch_success(run)
+        log(f"[detectors] reversed triggers of {rec['run']}: {sizes[rec['run']]}; best patches: "
+            f"{patches[rec['run']]}")
     for rec in records:
         refs = [sizes[c.name] for c in clean_runs if c.name != rec["run"]]
         if not refs:
             continue
         verdict = judge(sizes[rec["run"]], refs)
+        patch = judge_patches(patches[rec["run"]], [patches[c.name] for c in clean_runs if c.name != rec["run"]])
         found["model"].append({"run": rec["run"], "kind": rec["kind"], "attack": rec.get("attack"),
-                               **verdict.as_dict(), "reference_loo_ratios": leave_one_out_ratios(refs)})
+                               **verdict.as_dict(), "reference_loo_ratios": leave_one_out_ratios(refs),
+                               **patch.as_dict(), "either_flagged": verdict.flagged or patch.flagged})
     save()
     for rec in records:
         if rec["kind"] == "clean" and rec["run"] != clean.name:

@@ -10,6 +10,7 @@ validation split (``split.csv``), which a defender holds and an attacker who poi
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from ..errors import DataError, ImageDecodeError
 from ..inference.predictor import Predictor, expand_inputs
 from .cleanse import ModelScanResult, judge, reverse_all_pairs
 from .integrity import SCAN_FILE
+from .patches import PatchVerdict, judge_patches, scan_targets
 from .spectral import activation_clusters, penultimate_features, spectral_flags, spectral_scores
 from .strip import StripDetector
 
@@ -125,22 +127,65 @@ def model_mask_sizes(run_dir: str | Path, n_per_class: int = 24, steps: int = 15
     return sizes
 
 
+def model_patch_success(run_dir: str | Path, side: int | None = None, steps: int = 12, seed: int = 0,
+                        predictor: Predictor | None = None) -> dict[str, float]:
+    """Best patch success towards every class (``patches.py``), from the run's validation images (cached).
+
+    ``side``: patch side in model pixels; default 5% of the input side (3 px at 64 px, 11 px at 224 px)."""
+    predictor = predictor or Predictor(run_dir, device="cpu")
+    side = side or max(2, round(0.05 * predictor.size))
+    key = f"patches:{side}:{steps}:{seed}"
+    scan_file = Path(run_dir) / SCAN_FILE
+    scans = json.loads(scan_file.read_text()) if scan_file.is_file() else {}
+    if key in scans.get("patch_cache", {}):
+        return scans["patch_cache"][key]
+    images, labels, _ = split_images(run_dir, predictor, "val", seed=seed)
+    results = scan_targets(predictor.model, images, labels, side=side, steps=steps, seed=seed)
+    best = {predictor.classes[r.target]: r.success for r in results}
+    scans = json.loads(scan_file.read_text()) if scan_file.is_file() else {}
+    scans.setdefault("patch_cache", {})[key] = best
+    scan_file.write_text(json.dumps(scans, indent=2))
+    return best
+
+
+@dataclass
+class ModelScan:
+    """Both model-level scans: reversed free-form triggers and the patch search; flagged when either flags."""
+
+    reversed: ModelScanResult
+    patches: PatchVerdict
+
+    @property
+    def flagged(self) -> bool:
+        return self.reversed.flagged or self.patches.flagged
+
+    def summary(self) -> str:
+        r, p = self.reversed, self.patches
+        return (f"model scan: {'BACKDOOR SUSPECTED' if self.flagged else 'no backdoor found'}: a patch sends "
+                f"{p.success:.0%} of other classes' images to {p.target!r} (clean references at most "
+                f"{p.reference_max:.0%}; flagged from {p.min_success:.0%} and +{p.margin:.0%}); smallest reversed "
+                f"trigger {r.sizes[r.pair]:.1f} px ({r.pair}), {r.min_ratio:.2f} x the clean references' (threshold "
+                f"{r.threshold:.2f})")
+
+
 def scan_model(run_dir: str | Path, references: list[str | Path], n_per_class: int = 24, steps: int = 150,
-               seed: int = 0, record: bool = True) -> ModelScanResult:
-    """Reverse-engineer triggers of the run and of clean reference runs; judge by the reference-calibrated rule."""
+               seed: int = 0, record: bool = True) -> ModelScan:
+    """Reverse-engineer triggers and search patches of the run and of clean reference runs; judge against them."""
     if len(references) < 2:
         raise DataError("the model scan needs at least 2 reference runs trained clean on the same data (--reference "
                         "RUN --reference RUN): its threshold is calibrated on them")
     sizes = model_mask_sizes(run_dir, n_per_class, steps, seed)
     ref_sizes = [model_mask_sizes(r, n_per_class, steps, seed) for r in references]
-    result = judge(sizes, ref_sizes)
+    result = ModelScan(judge(sizes, ref_sizes),
+                       judge_patches(model_patch_success(run_dir, seed=seed),
+                                     [model_patch_success(r, seed=seed) for r in references]))
     if record:
         record_scan(run_dir, "model", {
-            "method": "reversed triggers per class pair vs clean references", **result.as_dict(),
+            "method": "reversed triggers per class pair and patch search, vs clean references",
+            **result.reversed.as_dict(), **result.patches.as_dict(), "flagged": result.flagged,
             "references": [str(Path(r).resolve()) for r in references],
             "verdict": "BACKDOOR SUSPECTED" if result.flagged else "no backdoor found",
-            "summary": f"smallest mask {result.sizes[result.pair]:.1f} px for {result.pair}, "
-                       f"{result.min_ratio:.2f} x the smallest clean reference (threshold {result.threshold:.2f})"})
+            "summary": result.summary()})
     return result
 
 

@@ -1,0 +1,144 @@
+"""Model-level backdoor scan by patch search: does a small patch, anywhere, send most images to one class?
+
+A patch backdoor (BadNets, Matsuo and Takemoto's corner square) is a compact trigger that flips almost every image to
+the target. Neural Cleanse's free-form mask search (``cleanse.py``) cannot find it in the demonstration's 64 px
+models: clean small networks also answer to *scattered* masks of the same size, and the search ends there
+(docs/security.md). Here the mask is fixed to a ``side`` x ``side`` square and only its pixel values are optimised,
+at every position of a grid at once (one batch holds every position), for a few steps; the best position's success
+rate on held-out clean images of the other classes is the statistic. A clean model has no patch of that size that
+flips most images (0.25 at most towards any class on the demonstration's clean models); a backdoored one has its
+trigger (1.0). This is the fixed-shape special case of trigger reverse-engineering (as in TABOR's and K-Arm's compact
+triggers), written here on the registry's models because the maintained toolkits (ART) take Keras models only.
+
+Rule: a model is flagged when some target's best patch success reaches ``min_success`` (default 0.8) and exceeds every
+clean reference's best by at least ``margin`` (default 0.3). The reference comparison keeps a model whose data makes
+small patches effective for every model from being flagged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+
+@dataclass
+class PatchResult:
+    target: int
+    success: float  # share of the held-out images sent to the target by the best patch
+    position: tuple[int, int]  # its top-left (row, column) in model pixels
+    side: int
+    pattern: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+
+def _grid(h: int, w: int, side: int, stride: int) -> list[tuple[int, int]]:
+    rows = sorted({*range(0, h - side + 1, stride), h - side})
+    cols = sorted({*range(0, w - side + 1, stride), w - side})
+    return [(r, c) for r in rows for c in cols]
+
+
+def patch_search(model: nn.Module, fit_images: torch.Tensor, test_images: torch.Tensor, target: int, side: int = 3,
+                 stride: int | None = None, steps: int = 12, batch_size: int = 8, lr: float = 0.3,
+                 seed: int = 0, max_batch: int = 4096) -> PatchResult:
+    """The best ``side`` x ``side`` patch towards ``target`` over a grid of positions.
+
+    Args:
+        fit_images: float ``(N, 1, H, W)`` in [0, 1]: images of other classes the patterns are optimised on.
+        test_images: the same kind, held out: the success rate is measured on them.
+        stride: grid step (default ``side``: the candidate squares tile the image, so any square trigger overlaps one
+            by at least a quarter).
+        max_batch: most images in one forward pass (positions x images); the grid is processed in chunks.
+    """
+    if side < 1 or side > min(fit_images.shape[-2:]):
+        raise ConfigError(f"patch side {side} is invalid for {tuple(fit_images.shape[-2:])} images")
+    h, w = fit_images.shape[-2:]
+    positions = _grid(h, w, side, stride or side)
+    gen = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    grads = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    best = PatchResult(target, -1.0, (0, 0), side)
+    per_chunk = max(1, max_batch // max(batch_size, len(test_images)))
+    try:
+        for start in range(0, len(positions), per_chunk):
+            chunk = positions[start:start + per_chunk]
+            param = (torch.rand(len(chunk), side, side, generator=gen) * 4 - 2).requires_grad_(True)
+            opt = torch.optim.Adam([param], lr=lr)
+            for _ in range(steps):
+                idx = torch.randint(0, len(fit_images), (min(batch_size, len(fit_images)),), generator=gen)
+                x = _stamp(fit_images[idx], torch.sigmoid(param), chunk)
+                loss = F.cross_entropy(model(x), torch.full((len(x),), target, dtype=torch.long))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                pattern = torch.sigmoid(param)
+                pred = model(_stamp(test_images, pattern, chunk)).argmax(1).reshape(len(chunk), -1)
+                rates = (pred == target).float().mean(1)
+            i = int(rates.argmax())
+            if float(rates[i]) > best.success:
+                best = PatchResult(target, float(rates[i]), chunk[i], side, pattern[i].numpy().copy())
+    finally:
+        for p, g in zip(model.parameters(), grads, strict=True):
+            p.requires_grad_(g)
+        model.train(was_training)
+    return best
+
+
+def _stamp(images: torch.Tensor, patterns: torch.Tensor, positions: list[tuple[int, int]]) -> torch.Tensor:
+    """Every image with every position's pattern: ``(P * B, C, H, W)``, position-major."""
+    side = patterns.shape[-1]
+    out = images[None].repeat(len(positions), 1, 1, 1, 1)
+    for i, (r, c) in enumerate(positions):
+        out[i, :, :, r:r + side, c:c + side] = patterns[i][None, None]
+    return out.reshape(-1, *images.shape[1:])
+
+
+def scan_targets(model: nn.Module, images: np.ndarray, labels: np.ndarray, side: int = 3, n_fit: int = 12,
+                 n_test: int = 24, seed: int = 0, **kwargs: Any) -> list[PatchResult]:
+    """:func:`patch_search` towards every class, from uint8 ``(N, H, W)`` clean images of the other classes."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in sorted(int(c) for c in np.unique(labels[labels >= 0])):
+        idx = rng.permutation(np.flatnonzero((labels != t) & (labels >= 0)))
+        fit, test = idx[:n_fit], idx[n_fit:n_fit + n_test]
+        if len(test) == 0:
+            test = fit
+        as_x = lambda i: torch.from_numpy(images[i]).float().div(255.0).unsqueeze(1)  # noqa: E731
+        out.append(patch_search(model, as_x(fit), as_x(test), t, side=side, seed=seed + t, **kwargs))
+    return out
+
+
+@dataclass
+class PatchVerdict:
+    best: dict[str, float]  # target -> best patch success
+    references: list[dict[str, float]]
+    target: str
+    success: float
+    reference_max: float
+    flagged: bool
+    min_success: float
+    margin: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"patch_success": self.best, "patch_target": self.target, "patch_best": self.success,
+                "patch_reference_max": self.reference_max, "patch_flagged": self.flagged,
+                "patch_min_success": self.min_success, "patch_margin": self.margin}
+
+
+def judge_patches(best: dict[str, float], references: list[dict[str, float]], min_success: float = 0.8,
+                  margin: float = 0.3) -> PatchVerdict:
+    """Flag when some target's best patch success is >= ``min_success`` and >= every reference's + ``margin``."""
+    target = max(best, key=lambda k: best[k])
+    ref_max = max((max(r.values()) for r in references if r), default=0.0)
+    success = best[target]
+    return PatchVerdict(best, references, target, success, ref_max,
+                        success >= min_success and success >= ref_max + margin, min_success, margin)
