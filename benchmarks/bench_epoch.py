@@ -45,7 +45,7 @@ from covidscreen.data.locate import resolve_data_dir
 from covidscreen.data.table import load_table
 from covidscreen.evaluation.metrics import headline_auc
 from covidscreen.models import create_model
-from covidscreen.runtime import seed_everything, to_input
+from covidscreen.runtime import cpu_flags, seed_everything, to_input
 from covidscreen.training.finetune import discriminative_param_groups, freeze_batchnorm, set_trainable_stages
 from covidscreen.training.loop import (
     Optimisation,
@@ -194,15 +194,6 @@ class CovidscreenTrainer:
         rows = np.arange(len(self.train), len(self.train) + len(self.val))
         probs = predict_probs(self.opt.model, self.images(), rows, self.opt.device, 64, progress=False)
         return headline_auc(self.val["y"].to_numpy(), probs, self.classes, "covid")
-
-
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.split(":", 1)[-1].split())
 
 
 def timed(fn, threads: int | None = None) -> float:

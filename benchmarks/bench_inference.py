@@ -36,16 +36,8 @@ from covidscreen.data.locate import resolve_data_dir
 from covidscreen.data.table import load_table
 from covidscreen.inference.onnx import session_options
 from covidscreen.models import create_model
+from covidscreen.runtime import cpu_flags
 from covidscreen.workflows.quantize import quantize_static_qdq
-
-
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.split(":", 1)[-1].split())
 
 
 def matmul_peak(n: int, repeats: int = 5) -> float:
