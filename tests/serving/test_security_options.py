@@ -91,6 +91,19 @@ def test_pinned_weights_refuse_another_model_before_serving(run_with_val, tmp_pa
     assert_clean_error(run_cli("serve", str(run_with_val), "--strip", "--strip-frr", "0.9"), "strip_frr")
 
 
+def test_strip_serves_when_its_calibration_cannot_be_written(run_with_val, tmp_path, png_file):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_with_val, run)
+    (run / "strip_calibration.npz").unlink(missing_ok=True)
+    (run / "strip_calibration.npz").mkdir()  # unwritable as a file (as in a read-only deployment), even for root
+    app = create_app(ServeConfig(run_dir=run, db=str(tmp_path / "l.sqlite"), backend="torch", strip=True))
+    with TestClient(app) as c:
+        r = c.post("/v1/predict", files=[("files", ("x.png", png_file.read_bytes(), "image/png"))])
+    assert r.status_code == 200 and "strip_flag" in r.json()["results"][0]
+
+
 def test_strip_needs_the_runs_validation_images(tmp_path):
     run = make_run(tmp_path / "bare")  # no split.csv
     with pytest.raises(CovidscreenError, match="split.csv"):

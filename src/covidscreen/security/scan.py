@@ -78,7 +78,10 @@ def strip_detector(run_dir: str | Path, predictor: Predictor, frr: float = 0.01,
                 return StripDetector(predictor.predict_arrays, pool, threshold, frr, n_perturb, seed, mode)
     pool, _, _ = split_images(run_dir, predictor, "val", limit=200, seed=seed)
     det, entropies = StripDetector.calibrate(predictor.predict_arrays, pool, frr, n_perturb, seed, mode)
-    np.savez(cache, pool=pool, entropies=entropies, key=np.array(key))
+    try:
+        np.savez(cache, pool=pool, entropies=entropies, key=np.array(key))
+    except OSError:  # a read-only run folder (a deployed model): calibrate again next time
+        pass
     return det
 
 
