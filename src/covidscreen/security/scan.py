@@ -22,6 +22,7 @@ from ..data.preprocess import load_preprocessed
 from ..data.table import load_table
 from ..errors import DataError, ImageDecodeError
 from ..inference.predictor import Predictor, expand_inputs
+from ..inference.run import load_run
 from .cleanse import ModelScanResult, judge, reverse_all_pairs
 from .integrity import SCAN_FILE
 from .patches import PatchVerdict, judge_patches, scan_targets
@@ -41,6 +42,19 @@ def record_scan(run_dir: str | Path, kind: str, record: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def readable_images(predictor: Predictor, paths: list[str]) -> tuple[list[np.ndarray], list[int]]:
+    """The files preprocessed as the predictor does, and the positions in ``paths`` of those that could be read
+    (unreadable files are left out: a scan works on what it can read)."""
+    images, kept = [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(load_preprocessed(path, predictor.size, predictor.preprocess, predictor.segmenter))
+        except ImageDecodeError:
+            continue
+        kept.append(i)
+    return images, kept
+
+
 def split_images(run_dir: str | Path, predictor: Predictor, split: str, limit: int | None = None,
                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Images of one split of the run (preprocessed as the predictor does), their class indices and paths."""
@@ -51,14 +65,9 @@ def split_images(run_dir: str | Path, predictor: Predictor, split: str, limit: i
     rows = table[table["split"] == split]
     if limit is not None and len(rows) > limit:
         rows = rows.sample(n=limit, random_state=seed)
-    images, labels, paths = [], [], []
-    for path, label in zip(rows["path"], rows["label"], strict=True):
-        try:
-            images.append(load_preprocessed(path, predictor.size, predictor.preprocess, predictor.segmenter))
-        except ImageDecodeError:
-            continue
-        labels.append(predictor.classes.index(label) if label in predictor.classes else -1)
-        paths.append(path)
+    images, kept = readable_images(predictor, rows["path"].tolist())
+    labels = [predictor.classes.index(lab) if lab in predictor.classes else -1 for lab in rows["label"].iloc[kept]]
+    paths = rows["path"].iloc[kept].tolist()
     if len(images) < 4:
         raise DataError(f"{run_dir}: only {len(images)} readable {split} image(s) found from split.csv; the scan needs "
                         "the run's data folder where it was trained")
@@ -135,13 +144,14 @@ def model_patch_success(run_dir: str | Path, side: int | None = None, steps: int
     """Best patch success towards every class (``patches.py``), from the run's validation images (cached).
 
     ``side``: patch side in model pixels; default 5% of the input side (3 px at 64 px, 11 px at 224 px)."""
-    predictor = predictor or Predictor(run_dir, device="cpu")
-    side = side or max(2, round(0.05 * predictor.size))
+    size = predictor.size if predictor is not None else load_run(run_dir).image_size
+    side = side or max(2, round(0.05 * size))
     key = f"patches:{side}:{steps}:{seed}"
     scan_file = Path(run_dir) / SCAN_FILE
     scans = json.loads(scan_file.read_text()) if scan_file.is_file() else {}
-    if key in scans.get("patch_cache", {}):
+    if key in scans.get("patch_cache", {}):  # cached: the model is not even loaded
         return scans["patch_cache"][key]
+    predictor = predictor or Predictor(run_dir, device="cpu")
     images, labels, _ = split_images(run_dir, predictor, "val", seed=seed)
     results = scan_targets(predictor.model, images, labels, side=side, steps=steps, seed=seed)
     best = {predictor.classes[r.target]: r.success for r in results}
@@ -206,14 +216,8 @@ def scan_data(run_dir: str | Path, data_dir: str | Path, expected_fraction: floa
         trained = set(pd.read_csv(split_file, keep_default_na=False).query("split == 'train'")["path"])
         subset = table[table["path"].isin(trained)]
         table = subset if len(subset) else table
-    paths, labels, images = [], [], []
-    for path, label in zip(table["path"], table["label"], strict=True):
-        try:
-            images.append(load_preprocessed(path, predictor.size, predictor.preprocess, predictor.segmenter))
-        except ImageDecodeError:
-            continue
-        paths.append(path)
-        labels.append(label)
+    images, kept = readable_images(predictor, table["path"].tolist())
+    paths, labels = table["path"].iloc[kept].tolist(), table["label"].iloc[kept].tolist()
     if len(images) < 10:
         raise DataError(f"{data_dir}: only {len(images)} readable image(s); the training-set scan needs its images")
     head = predictor.model.backbone.get_submodule(predictor.model.spec.head)
