@@ -16,6 +16,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from tests.binaries import require_binaries
+
 
 def find_bin_dir() -> Path | None:
     """The folder holding initdb and pg_ctl (PATH first, then Debian's versioned folders), or None."""
@@ -95,12 +97,9 @@ class PostgresServer:
 
 def postgres_fixture():
     """Body of a session fixture: yields a started :class:`PostgresServer`, or skips saying why."""
-    import pytest
-
     bin_dir = find_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found: install Debian's postgresql package "
-                    "(scripts/apt.d/serving.txt) to run the audit log against a real server")
+    require_binaries(bin_dir is not None, "PostgreSQL binaries (initdb, pg_ctl) not found: install Debian's "
+                     "postgresql package (scripts/apt.d/serving.txt) to run the audit log against a real server")
     server = PostgresServer(bin_dir)
     try:
         server.start()

@@ -155,7 +155,6 @@ def test_training_on_png_slices_with_two_windows_is_refused(tmp_path):
 
 
 def test_two_window_run_exports_to_onnx(two_window_run, tmp_path):
-    pytest.importorskip("onnxruntime")
     from covidscreen.inference.onnx import export_onnx
 
     export_onnx(two_window_run)
@@ -166,7 +165,6 @@ def test_two_window_run_exports_to_onnx(two_window_run, tmp_path):
 
 
 def test_two_window_run_over_http(two_window_run, tmp_path):
-    pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
     from covidscreen.serving import ServeConfig, create_app

@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 
 from covidscreen.dicomnet import AeAddress
 from covidscreen.inference.predictor import Predictor
+from tests.binaries import require_binaries
 
 from .conftest import free_port
 from .orthanc import ORTHANC_AET, Orthanc
@@ -53,9 +54,8 @@ end
 
 def start_pair(tmp_path, make_node, lua: str | None = None):
     missing = [b for b in ("Orthanc", "dciodvfy") if shutil.which(b) is None]
-    if missing:
-        pytest.skip(f"{' and '.join(missing)} not installed (Debian packages orthanc, dicom3tools; "
-                    "scripts/apt.d/dicomnet.txt lists them)")
+    require_binaries(not missing, f"{' and '.join(missing)} not installed (Debian packages orthanc, dicom3tools; "
+                     "scripts/apt.d/dicomnet.txt lists them)")
     node_port, http_port, dicom_port = free_port(), free_port(), free_port()
     node = make_node(port=node_port, forward_to=AeAddress("127.0.0.1", dicom_port, ORTHANC_AET))
     return Orthanc(tmp_path / "orthanc", node_port, http_port, dicom_port, lua=lua).start(), node

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from covidscreen.serving import ServeConfig, create_app
+from tests.binaries import require_binaries
 from tests.serving.servers import uvicorn_server
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -18,10 +19,10 @@ CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 @pytest.fixture
 def browser(tmp_path):
-    if not (Path(CHROMIUM).is_file() and Path(DRIVER).is_file()):
-        pytest.skip(f"{CHROMIUM} or {DRIVER} not found: install Debian's chromium and chromium-driver "
-                    "(scripts/apt.d/serving.txt) to run the browser test")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the test extra)")
+    require_binaries(Path(CHROMIUM).is_file() and Path(DRIVER).is_file(),
+                     f"{CHROMIUM} or {DRIVER} not found: install Debian's chromium and chromium-driver "
+                     "(scripts/apt.d/serving.txt) to run the browser test")
+    from selenium import webdriver  # the test extra installs it
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()

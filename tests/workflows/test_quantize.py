@@ -13,8 +13,6 @@ from covidscreen.workflows.fit import fit
 from covidscreen.workflows.quantize import INT8_FILE, _session, export_int8, onnx_probabilities, split_images
 from tests.conftest import make_image_folder
 
-pytest.importorskip("onnxruntime")
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
