@@ -9,16 +9,19 @@ Both sides run in this one process, on the same training and validation images, 
   contiguous (NCHW) tensors.
 * **covidscreen**: what ``covidscreen train`` does with its default ``TrainConfig``: the decode cache (each image
   decoded and resized once into a memory-mapped uint8 array), channels_last, augmentation on whole batches, the last
-  ``train_stages`` stages fine-tuned (frozen early stages need no backward pass) with AdamW and the warm-up/cosine
-  schedule, the class-weighted loss, and the same ``train_one_epoch`` that ``covidscreen train`` runs.
+  ``train_stages`` stages fine-tuned (frozen early stages need no backward pass, and their BatchNorm is folded into
+  their convolutions: ``training/folding.py``) with AdamW and the warm-up/cosine schedule, the class-weighted loss,
+  and the same ``train_one_epoch`` that ``covidscreen train`` runs. With ``--torch-compile`` its model is compiled
+  by TorchInductor (``torch.compile``; the first epoch pays the compilation).
 
 The machine this was written on is shared by several sessions, so the two sides' epochs are *interleaved* (plain,
 covidscreen, covidscreen, plain, ...): both see the same load, and the ratio of their medians is what to compare;
 absolute seconds move with the load. The first epoch of each side is reported apart (it pays the cache build).
 
 Also printed: each side's validation AUC (COVID vs rest), a profile of covidscreen's epoch (data, forward, backward,
-optimizer), and with ``--variants`` covidscreen's epoch with alternatives (contiguous tensors, batch 16/64,
-bfloat16 autocast where the CPU has AVX-512 BF16 or AMX, one thread), each interleaved with the default.
+optimizer), and with ``--variants`` covidscreen's epoch with alternatives (frozen BatchNorm not folded, contiguous
+tensors, batch 16/64, bfloat16 autocast where the CPU has AVX-512 BF16 or AMX, one thread), each interleaved with
+the default.
 
 Run::
 
@@ -47,6 +50,7 @@ from covidscreen.evaluation.metrics import headline_auc
 from covidscreen.models import create_model
 from covidscreen.runtime import cpu_flags, seed_everything, to_input
 from covidscreen.training.finetune import discriminative_param_groups, freeze_batchnorm, set_trainable_stages
+from covidscreen.training.folding import folded_frozen_batchnorm
 from covidscreen.training.loop import (
     Optimisation,
     classification_step,
@@ -126,7 +130,8 @@ class CovidscreenTrainer:
     """covidscreen's default training, on a decode cache built at the first epoch."""
 
     def __init__(self, train: pd.DataFrame, val: pd.DataFrame, classes: list[str], args: argparse.Namespace,
-                 cache_dir: Path, batch_size: int, channels_last: bool = True, amp: torch.dtype | None = None) -> None:
+                 cache_dir: Path, batch_size: int, channels_last: bool = True, amp: torch.dtype | None = None,
+                 torch_compile: bool = False, fold: bool = True) -> None:
         self.train, self.val, self.classes, self.args = train, val, classes, args
         self.amp = amp  # bfloat16 autocast on the CPU: a variant, not covidscreen's default (float32 on a CPU)
         self.cache_dir, self.channels_last = cache_dir, channels_last
@@ -144,8 +149,10 @@ class CovidscreenTrainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                       cosine_with_warmup(steps, int(cfg.warmup_fraction * steps)))
         self.opt = Optimisation(model, optimizer, scheduler, torch.device("cpu"), batch_size, generator,
-                                augment=AugmentConfig() if cfg.augment else None)
+                                augment=AugmentConfig() if cfg.augment else None, fold_frozen_batchnorm=fold)
         self.rng = np.random.default_rng(args.seed)
+        # what the training step calls: the model, or with --torch-compile the model compiled by TorchInductor
+        self.forward = torch.compile(model, dynamic=False) if torch_compile else model
         self.profile = dict(data=0.0, forward=0.0, backward=0.0, optimizer=0.0)
 
     def images(self) -> np.ndarray:
@@ -158,7 +165,7 @@ class CovidscreenTrainer:
         """One epoch of ``train_one_epoch``, as ``covidscreen train`` runs it."""
         images = self.images()
         order = self.rng.permutation(len(self.train))
-        step = classification_step(self.opt.model, self.loss_fn, self.opt.device, self.amp)
+        step = classification_step(self.forward, self.loss_fn, self.opt.device, self.amp)
         train_one_epoch(self.opt, images, order, self.train["y"].to_numpy()[order], step, progress=False)
 
     def profiled_epoch(self) -> None:
@@ -169,7 +176,13 @@ class CovidscreenTrainer:
         model.train()
         freeze_batchnorm(model)
         order = self.rng.permutation(len(self.train))
-        bs = opt.batch_size
+        example = to_input(torch.from_numpy(np.ascontiguousarray(images[order[:2]])), opt.device) if (
+            opt.fold_frozen_batchnorm) else None
+        with folded_frozen_batchnorm(model, example):  # as train_one_epoch does
+            self._profiled_batches(images, order, y)
+
+    def _profiled_batches(self, images: np.ndarray, order: np.ndarray, y: np.ndarray) -> None:
+        opt, bs = self.opt, self.opt.batch_size
         for b in range(len(order) // bs):
             t0 = time.perf_counter()
             idx = order[b * bs:(b + 1) * bs]
@@ -179,7 +192,7 @@ class CovidscreenTrainer:
                 x = x.contiguous()
             target = torch.from_numpy(y[idx])
             t1 = time.perf_counter()
-            loss = self.loss_fn(model(x), target)
+            loss = self.loss_fn(self.forward(x), target)
             t2 = time.perf_counter()
             opt.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -231,17 +244,21 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5, help="epochs per side (the first is reported apart)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", action="store_true", help="also time covidscreen with alternative settings")
+    ap.add_argument("--torch-compile", action="store_true",
+                    help="covidscreen's side with torch_compile (its first epoch pays the compilation)")
     args = ap.parse_args()
     if args.epochs < 2:
         ap.error("--epochs must be at least 2 (seconds per epoch are measured after the first)")
     train, val, classes = pick_images(args.n_train, args.n_val, args.seed)
     print(f"torch {torch.__version__} | {os.cpu_count()} CPUs, {torch.get_num_threads()} threads | load "
           f"{os.getloadavg()[0]:.1f} | model {args.model} | {args.image_size}px | batch {args.batch_size} | "
-          f"{len(train)} train / {len(val)} val images | {args.epochs} epochs", flush=True)
+          f"{len(train)} train / {len(val)} val images | {args.epochs} epochs"
+          f"{' | covidscreen with torch_compile' if args.torch_compile else ''}", flush=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         plain = PlainTrainer(train, val, classes, args, tmp)
-        cs = CovidscreenTrainer(train, val, classes, args, tmp / "cache", args.batch_size)
+        cs = CovidscreenTrainer(train, val, classes, args, tmp / "cache", args.batch_size,
+                                torch_compile=args.torch_compile)
         print("plain vs covidscreen, interleaved:", flush=True)
         plain_t, cs_t = interleave(plain.epoch, cs.epoch, args.epochs)
         plain_s, cs_s = float(np.median(plain_t[1:])), float(np.median(cs_t[1:]))
@@ -265,6 +282,9 @@ def main() -> None:
             nchw = CovidscreenTrainer(train, val, classes, args, tmp / "cache", args.batch_size, channels_last=False)
             a, b = interleave(cs.profiled_epoch, nchw.profiled_epoch, n)
             rows.append(("contiguous NCHW instead of channels_last", np.median(a) / np.median(b)))
+            unfolded = CovidscreenTrainer(train, val, classes, args, tmp / "cache", args.batch_size, fold=False)
+            a, b = interleave(cs.epoch, unfolded.epoch, n)
+            rows.append(("frozen BatchNorm not folded into the convolutions", np.median(a) / np.median(b)))
             for bs in (16, 64):
                 if bs <= len(train):
                     other = CovidscreenTrainer(train, val, classes, args, tmp / "cache", bs)

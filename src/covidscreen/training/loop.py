@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from ..data.augment import AugmentConfig, augment_batch
 from ..runtime import autocast, prediction_precision, to_input
 from .finetune import freeze_batchnorm
+from .folding import folded_frozen_batchnorm
 
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int, floor: float = 0.01) -> Callable[[int], float]:
@@ -79,6 +80,7 @@ class Optimisation:
     amp: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
     mixer: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    fold_frozen_batchnorm: bool = True  # frozen stages' BatchNorm folded into their convolutions (folding.py)
 
 
 def classification_step(model: nn.Module, loss_fn: nn.Module, device: torch.device,
@@ -119,23 +121,28 @@ def train_one_epoch(opt: Optimisation, images: np.ndarray, rows: np.ndarray, lab
     seen = 0
     n_batches = len(rows) // opt.batch_size  # drop the last partial batch: BatchNorm dislikes tiny batches
     bar = tqdm(range(n_batches), desc=desc, unit="batch", disable=not progress, leave=False)
-    for b in bar:
-        sl = slice(b * opt.batch_size, (b + 1) * opt.batch_size)
-        idx = rows[sl]
-        x = to_input(torch.from_numpy(np.ascontiguousarray(images[idx])), opt.device)
-        y = torch.from_numpy(np.asarray(labels[sl], dtype=np.int64)).to(opt.device)
-        cols = {k: torch.from_numpy(np.asarray(v[sl], dtype=np.int64)).to(opt.device) for k, v in extras.items()}
-        if opt.augment is not None:
-            x = augment_batch(x, opt.augment, opt.generator)
-        if opt.mixer is not None:
-            x, y = opt.mixer(x, y)
-        loss, stats = step(Batch(x, y, cols, b, n_batches))
-        optimizer_step(loss, opt.optimizer, opt.scheduler, opt.scaler, b)
-        seen += len(idx)
-        for key, value in {"loss": loss.item(), **stats}.items():
-            totals[key] = totals.get(key, 0.0) + value * len(idx)
-        bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}", img_s=f"{bar.format_dict['rate'] * opt.batch_size:.1f}"
-                        if bar.format_dict.get("rate") else "")
+    # frozen stages' BatchNorm folded into their convolutions for this epoch, checked on two of its images
+    example = (to_input(torch.from_numpy(np.ascontiguousarray(images[rows[:2]])), opt.device)
+               if n_batches and opt.fold_frozen_batchnorm else None)
+    with folded_frozen_batchnorm(model, example):
+        for b in bar:
+            sl = slice(b * opt.batch_size, (b + 1) * opt.batch_size)
+            idx = rows[sl]
+            x = to_input(torch.from_numpy(np.ascontiguousarray(images[idx])), opt.device)
+            y = torch.from_numpy(np.asarray(labels[sl], dtype=np.int64)).to(opt.device)
+            cols = {k: torch.from_numpy(np.asarray(v[sl], dtype=np.int64)).to(opt.device) for k, v in extras.items()}
+            if opt.augment is not None:
+                x = augment_batch(x, opt.augment, opt.generator)
+            if opt.mixer is not None:
+                x, y = opt.mixer(x, y)
+            loss, stats = step(Batch(x, y, cols, b, n_batches))
+            optimizer_step(loss, opt.optimizer, opt.scheduler, opt.scaler, b)
+            seen += len(idx)
+            for key, value in {"loss": loss.item(), **stats}.items():
+                totals[key] = totals.get(key, 0.0) + value * len(idx)
+            bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}",
+                            img_s=f"{bar.format_dict['rate'] * opt.batch_size:.1f}" if bar.format_dict.get("rate")
+                            else "")
     return {k: v / max(seen, 1) for k, v in totals.items()}
 
 
