@@ -1,12 +1,15 @@
-"""Training: losses (``losses.py``), device/AMP/seed helpers (``runtime.py``), the plain loop functions
-``train_one_epoch`` and ``predict_probs`` (``loop.py``), and ``fit`` (``trainer.py``) which builds data and model
-from a :class:`~covidscreen.config.TrainConfig` and writes a complete run folder.
+"""Training primitives: what one epoch of fine-tuning is made of. Nothing here reads a data folder or writes a run
+(that is ``workflows/train.py``, which composes these from a :class:`~covidscreen.config.TrainConfig`).
 
-Transfer-learning options, one module each: fine-tuning depth, discriminative learning rates and head warm-up
-(``finetune.py``), class-balanced sampling (``sampling.py``), mixup/CutMix (``mixup.py``), task, split, training
-share and site/label filters (``subsets.py``), sequential fine-tuning (``init_from.py``), k-fold cross-validation
-(``crossval.py``). Experiments: the grid runner (``experiment.py``), its comparison table (``comparison.py``, with
-within-site columns and the per-variant summary over seeds), resuming (``resume.py``) and run metrics from
-predictions (``run_metrics.py``); confidence intervals come from ``evaluation/bootstrap.py``. Options and their
-tests: ``docs/transfer_learning.md``. Data-parallel training under ``torchrun`` (DDP, the sampler that shards each
-epoch across ranks): ``distributed.py``, documented in ``docs/performance.md``."""
+- the epoch loop with a pluggable per-batch step, and batched prediction (``loop.py``); frozen stages' BatchNorm
+  folded into their convolutions for the length of an epoch (``folding.py``);
+- losses (``losses.py``), optimizers (``optimizers.py``), fine-tuning depth, discriminative learning rates and head
+  warm-up (``finetune.py``), class-balanced sampling (``sampling.py``), mixup/CutMix (``mixup.py``), task, training
+  share and site/label filters (``subsets.py``);
+- the site adversary (``adversarial.py``), the within-site ranking loss (``site_contrast.py``), scikit-learn heads
+  on frozen features (``frozen_head.py``);
+- epoch checkpoints that survive Ctrl-C and crashes (``checkpointing.py``) and data-parallel training under
+  ``torchrun`` (DDP, the sampler that shards each epoch across ranks: ``distributed.py``, ``docs/performance.md``).
+
+Options and their tests: ``docs/transfer_learning.md``.
+"""
