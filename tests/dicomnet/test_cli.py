@@ -25,7 +25,9 @@ def test_dicom_node_process_scores_and_stops_on_ctrl_c(tiny_run, shared_dicoms, 
     cmd = [sys.executable, "-m", "covidscreen", "dicom-node", str(tiny_run), "--port", str(port), "--forward-to",
            sink.address, "--workdir", str(tmp_path / "w"), "--db", f"sqlite:///{tmp_path / 'a.sqlite'}",
            "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # the node must see Ctrl-C even where this test runs with SIGINT ignored (nohup, `&` in a script)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         end = time.monotonic() + 120
         while not echo(AeAddress("127.0.0.1", port, "COVIDSCREEN"), "TEST", 5) and time.monotonic() < end:

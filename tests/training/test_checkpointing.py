@@ -94,7 +94,15 @@ def test_damaged_checkpoints_are_clear_errors(tmp_path):
     assert load_state(tmp_path / "none") is None
 
 
-def test_ctrl_c_waits_for_the_checkpoint_being_written_and_a_second_one_does_not():
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler for the test, whatever the launcher left (nohup and ``&`` ignore SIGINT)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_waits_for_the_checkpoint_being_written_and_a_second_one_does_not(default_sigint):
     with InterruptGuard() as guard:
         assert InterruptGuard.current() is guard
         with pytest.raises(KeyboardInterrupt):
@@ -109,3 +117,14 @@ def test_ctrl_c_waits_for_the_checkpoint_being_written_and_a_second_one_does_not
                 os.kill(os.getpid(), signal.SIGINT)
                 pytest.fail("a second Ctrl-C must stop at once")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_process_that_ignores_ctrl_c_keeps_ignoring_it():
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with InterruptGuard() as guard, guard.saving():
+            os.kill(os.getpid(), signal.SIGINT)  # ignored: no KeyboardInterrupt, now or at the end of the write
+        assert guard.count == 0
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -226,7 +226,9 @@ class InterruptGuard:
     the write completes first (so the last complete epoch is on disk); a second SIGINT stops at once, whatever is
     running (the atomic writes leave the previous checkpoint). Stopping raises :class:`KeyboardInterrupt`.
 
-    Installed only in the main thread (the only one Python delivers signals to); elsewhere it does nothing.
+    Installed only in the main thread (the only one Python delivers signals to); elsewhere it does nothing. A process
+    that ignores SIGINT (started by ``nohup``, or with ``&`` from a script) keeps ignoring it: its launcher asked for
+    that.
     """
 
     _active: ClassVar[InterruptGuard | None] = None
@@ -252,7 +254,8 @@ class InterruptGuard:
         return cls._active if cls._active is not None else cls()
 
     def __enter__(self) -> InterruptGuard:
-        if threading.current_thread() is threading.main_thread():
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
             self._previous = signal.signal(signal.SIGINT, self._handler)
         self._outer, InterruptGuard._active = InterruptGuard._active, self
         return self
