@@ -56,8 +56,8 @@ def experiment(
 
 @app.command("models")
 def list_models_cmd() -> None:
-    """List the registry's models with their pretrained-weight sources."""
+    """List the registry's models with their native input size and pretrained-weight sources."""
     from ..models.registry import MODEL_SPECS
 
     for name, spec in sorted(MODEL_SPECS.items()):
-        typer.echo(f"{name:22s} weights: {spec.weights:60s} gradcam: {spec.gradcam_layer}")
+        typer.echo(f"{name:22s} {spec.input_size:4d} px  weights: {spec.weights:56s} gradcam: {spec.gradcam_layer}")
