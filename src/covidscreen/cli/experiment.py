@@ -12,7 +12,8 @@ app = typer.Typer()
 
 @app.command()
 def ensemble(
-    run_dirs: Annotated[list[Path], typer.Argument(help="finished run folders (same classes and image size)")],
+    run_dirs: Annotated[list[Path], typer.Argument(
+        help="finished run folders (same classes, modality and preprocessing; input sizes may differ)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="ensemble folder to write")],
 ) -> None:
     """Average the probabilities of several runs; the folder is then used like one run (evaluate, predict)."""
