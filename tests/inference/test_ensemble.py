@@ -17,7 +17,8 @@ from covidscreen.workflows.ensemble import build_ensemble
 CLASSES = ["covid", "normal", "pneumonia"]
 
 
-def _member(tmp_path, name, seed, fingerprint="fp", classes=CLASSES, size=32, with_predictions=True):
+def _member(tmp_path, name, seed, fingerprint="fp", classes=CLASSES, size=32, with_predictions=True,
+            preprocessing=None):
     from covidscreen.models import create_model
 
     torch.manual_seed(seed)
@@ -27,7 +28,8 @@ def _member(tmp_path, name, seed, fingerprint="fp", classes=CLASSES, size=32, wi
     run = tmp_path / name
     save_checkpoint(run, model, {"classes": classes, "positive_class": "covid", "image_size": size,
                                  "operating_points": {"default": 0.2 + 0.1 * seed}, "threshold": 0.2 + 0.1 * seed,
-                                 "data_dir": str(tmp_path), "split_fingerprint": fingerprint, "seed": seed})
+                                 "data_dir": str(tmp_path), "split_fingerprint": fingerprint, "seed": seed,
+                                 **({"preprocessing": preprocessing} if preprocessing else {})})
     if with_predictions:
         rng = np.random.default_rng(seed)
         n = 40
@@ -100,10 +102,10 @@ def test_members_with_different_splits_get_the_mean_threshold_and_no_internal_te
 def test_bad_members_are_refused(tmp_path):
     a, _ = _member(tmp_path, "a", 0)
     b, _ = _member(tmp_path, "b", 1, classes=["covid", "non_covid"])
-    c, _ = _member(tmp_path, "c", 2, size=64)
+    c, _ = _member(tmp_path, "c", 2, preprocessing={"intensity": "histeq", "border_crop": 0.05})
     with pytest.raises(CheckpointError, match="classes"):
         build_ensemble([a, b], tmp_path / "e1")
-    with pytest.raises(CheckpointError, match="image_size"):
+    with pytest.raises(CheckpointError, match="preprocessing"):
         build_ensemble([a, c], tmp_path / "e2")
     with pytest.raises(CheckpointError, match="at least two"):
         build_ensemble([a], tmp_path / "e3")
@@ -118,3 +120,33 @@ def test_retrained_member_is_detected(tmp_path):
     _member(tmp_path, "b", 5)  # b is overwritten by another model
     with pytest.raises(CheckpointError, match="other weights"):
         load_checkpoint(ens_dir)
+
+
+def test_members_at_different_input_sizes_each_read_their_own(tmp_path):
+    """Lite0 at 224 px with Lite2 at 260 px: the ensemble prepares images at the largest size and resizes them for
+    the smaller member; the stored predictions are the members' own."""
+    (a, ma), (b, mb) = _member(tmp_path, "a", 0, size=32), _member(tmp_path, "b", 1, size=48)
+    ens_dir = build_ensemble([a, b], tmp_path / "ens")
+    manifest = json.loads((ens_dir / "ensemble.json").read_text())
+    assert manifest["image_size"] == 48 and [m["image_size"] for m in manifest["members"]] == [32, 48]
+    pa, pb = pd.read_csv(a / "predictions.csv"), pd.read_csv(b / "predictions.csv")
+    pe = pd.read_csv(ens_dir / "predictions.csv")
+    assert np.allclose(pe["prob_covid"], (pa["prob_covid"] + pb["prob_covid"]) / 2)
+    pred = Predictor(ens_dir, device="cpu")
+    assert pred.size == 48
+    images = np.random.default_rng(0).integers(0, 255, (3, 48, 48), dtype=np.uint8)
+    got = pred.predict_arrays(images)
+    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    x32 = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        want = (torch.softmax(ma.eval()(x32), 1) + torch.softmax(mb.eval()(x), 1)) / 2
+    assert np.allclose(got, want.numpy(), atol=1e-5)
+
+
+def test_manifest_carries_the_members_preprocessing(tmp_path):
+    """An ensemble of histogram-equalised runs prepares images as its members did (it once read them plain)."""
+    prep = {"intensity": "histeq", "border_crop": 0.05}
+    (a, _), (b, _) = _member(tmp_path, "a", 0, preprocessing=prep), _member(tmp_path, "b", 1, preprocessing=prep)
+    ens_dir = build_ensemble([a, b], tmp_path / "ens")
+    run = load_checkpoint(ens_dir)[1]
+    assert run.preprocess.intensity == "histeq" and run.preprocess.border_crop == 0.05

