@@ -13,8 +13,9 @@ from tests.conftest import make_image_folder
 runner = CliRunner()
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "covidscreen", *args], capture_output=True, text=True, timeout=300)
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "covidscreen", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
@@ -27,13 +28,17 @@ def assert_clean_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
 
 
 def test_missing_data_folder(tmp_path):
-    assert_clean_error(run_cli("train", "--data", str(tmp_path / "nope")), "does not exist")
+    (tmp_path / "work").mkdir()
+    assert_clean_error(run_cli("train", "--data", str(tmp_path / "nope"), cwd=tmp_path / "work"), "does not exist")
+    assert list((tmp_path / "work").iterdir()) == []  # no empty runs/<model>-<time>/ folder left behind
 
 
 def test_metadata_without_label_column(tmp_path):
     root = make_image_folder(tmp_path / "d")
     pd.read_csv(root / "metadata.csv").drop(columns=["label"]).to_csv(root / "metadata.csv", index=False)
-    assert_clean_error(run_cli("train", "--data", str(root)), "missing column.*label.*Expected")
+    (tmp_path / "work").mkdir()
+    assert_clean_error(run_cli("train", "--data", str(root), cwd=tmp_path / "work"), "missing column.*label.*Expected")
+    assert list((tmp_path / "work").iterdir()) == []
 
 
 def test_unknown_model(tmp_path):

@@ -74,3 +74,24 @@ def test_cosine_with_warmup_shape():
     f = cosine_with_warmup(100, 10)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(55) < f(20) and f(99) == pytest.approx(0.01, abs=0.01)
+
+
+def test_a_failed_setup_removes_the_run_folder_it_made_and_keeps_one_that_existed(tmp_path):
+    from covidscreen.workflows.train import new_run_folder
+
+    made = tmp_path / "runs" / "model-20261128"
+    with pytest.raises(ValueError), new_run_folder(made):
+        (made / "split.csv").write_text("written before the failure\n")
+        raise ValueError("bad weights")
+    assert not (tmp_path / "runs").exists()  # the folder and the runs/ parent this call made
+
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("the user's\n")
+    with pytest.raises(ValueError), new_run_folder(existing):
+        raise ValueError("bad data")
+    assert (existing / "notes.txt").read_text() == "the user's\n"
+
+    with new_run_folder(made):  # a setup that succeeds keeps its folder
+        pass
+    assert made.is_dir()

@@ -202,13 +202,12 @@ def fit_single(cfg: TrainConfig, progress: bool = True) -> Path:
     amp = amp_dtype(device, cfg.amp)
     out_dir = Path(cfg.output) if cfg.output else default_run_dir(cfg)
     run_dir = world.run_dir(out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
     timer = PhaseTimer()
-    with timer.phase("cache"), world.main_first():  # one rank per machine builds the cache first
-        data = continue_on_run_split(run_dir, prepare_data(cfg, progress=progress), log)  # same split when resuming
-    write_split(run_dir, data, cfg)
-    model, init_from = build_model(cfg, data, device, amp)
+    with new_run_folder(run_dir):  # bad data, weights or options leave no empty run folder behind
+        with timer.phase("cache"), world.main_first():  # one rank per machine builds the cache first
+            data = continue_on_run_split(run_dir, prepare_data(cfg, progress=progress), log)  # same split if resumed
+        write_split(run_dir, data, cfg)
+        model, init_from = build_model(cfg, data, device, amp)
     if cfg.head != "finetune":  # a scikit-learn head on frozen trunk features instead of epochs
         history = fit_frozen_head(cfg, data, model, device, progress, log)
         result = finish_run(run_dir, model, data, cfg, device, amp, 1, history, progress, init_from)
@@ -254,6 +253,23 @@ def write_split(run_dir: Path, data: PreparedData, cfg: TrainConfig) -> None:
     atomic_write_csv(run_dir / "split.csv", table.drop(columns=["y"]))
     if len(data.skipped):
         atomic_write_csv(run_dir / "skipped.csv", data.skipped)
+
+
+@contextmanager
+def new_run_folder(run_dir: Path) -> Iterator[None]:
+    """Create ``run_dir`` for the setup of a run (data, split, model); if the setup fails and the folder did not
+    exist before, remove it again (and its parents this call made), with what the setup wrote into it. A folder that
+    existed (a run being resumed, a folder the user made) is left as it is."""
+    created = None if run_dir.exists() else run_dir  # the outermost folder this call makes (runs/ too, if new)
+    while created is not None and not created.parent.exists():
+        created = created.parent
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
 def build_model(cfg: TrainConfig, data: PreparedData, device: torch.device, amp: torch.dtype | None
