@@ -150,3 +150,20 @@ def test_manifest_carries_the_members_preprocessing(tmp_path):
     ens_dir = build_ensemble([a, b], tmp_path / "ens")
     run = load_checkpoint(ens_dir)[1]
     assert run.preprocess.intensity == "histeq" and run.preprocess.border_crop == 0.05
+
+
+def test_the_ensemble_command_prints_validation_first_and_test_only_when_asked(tmp_path):
+    from typer.testing import CliRunner
+
+    from covidscreen.cli import app
+
+    (a, _), (b, _) = _member(tmp_path, "a", 0), _member(tmp_path, "b", 1)
+    runner = CliRunner()
+    res = runner.invoke(app, ["ensemble", str(a), str(b), "-o", str(tmp_path / "ens")])
+    assert res.exit_code == 0, res.output
+    val_auc = json.loads((tmp_path / "ens" / "metrics.json").read_text())["val"]["covid_vs_rest"]["roc_auc"]
+    lines = res.output.splitlines()
+    assert f"validation split: ROC AUC {val_auc:.4f}" in lines[0] and "test split" in lines[1]
+    res = runner.invoke(app, ["ensemble", str(a), str(b), "-o", str(tmp_path / "ens2"), "--no-show-test"])
+    assert res.exit_code == 0, res.output
+    assert "validation split" in res.output and "test split:" not in res.output and "report.html" in res.output

@@ -15,6 +15,9 @@ def ensemble(
     run_dirs: Annotated[list[Path], typer.Argument(
         help="finished run folders (same classes, modality and preprocessing; input sizes may differ)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="ensemble folder to write")],
+    show_test: Annotated[bool, typer.Option(
+        "--show-test/--no-show-test", help="print the test-split figures too (--no-show-test while choosing among "
+        "candidates: choose on validation, read test once)")] = True,
 ) -> None:
     """Average the probabilities of several runs; the folder is then used like one run (evaluate, predict)."""
     import json
@@ -24,11 +27,16 @@ def ensemble(
     out = build_ensemble(run_dirs, output)
     metrics = out / "metrics.json"
     if metrics.is_file():
-        cv = json.loads(metrics.read_text()).get("covid_vs_rest")
-        if cv:
+        m = json.loads(metrics.read_text())
+        val, cv = (m.get("val") or {}).get("covid_vs_rest"), m.get("covid_vs_rest")
+        if val:
+            typer.echo(f"ensemble of {len(run_dirs)} on the members' common validation split: ROC AUC "
+                       f"{val['roc_auc']:.4f} (the figure to choose on)")
+        if cv and show_test:
             typer.echo(f"ensemble of {len(run_dirs)} on the members' common test split: ROC AUC {cv['roc_auc']:.4f}, "
                        f"sensitivity {cv['sensitivity']:.3f}, specificity {cv['specificity']:.3f}")
-        typer.echo(f"report: {out / 'report.html'}")
+        typer.echo(f"report: {out / 'report.html'}" if show_test else f"written to {out} (its report.html shows "
+                   "the test split)")
     else:
         typer.echo(f"ensemble of {len(run_dirs)} written to {out} (members were split differently: no common test "
                    "split; evaluate it with --data)")
