@@ -92,6 +92,13 @@ def test_a_failed_setup_removes_the_run_folder_it_made_and_keeps_one_that_existe
         raise ValueError("bad data")
     assert (existing / "notes.txt").read_text() == "the user's\n"
 
+    other = tmp_path / "runs" / "other-run"  # a run that another process started in runs/ meanwhile survives
+    with pytest.raises(ValueError), new_run_folder(made):
+        other.mkdir()
+        (other / "model.safetensors").write_bytes(b"weights")
+        raise ValueError("bad data")
+    assert not made.exists() and (other / "model.safetensors").read_bytes() == b"weights"
+
     with new_run_folder(made):  # a setup that succeeds keeps its folder
         pass
     assert made.is_dir()

@@ -268,7 +268,15 @@ def new_run_folder(run_dir: Path) -> Iterator[None]:
         yield
     except BaseException:
         if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            # then the parents this call made, only while empty (another run may have started in runs/ meanwhile)
+            for parent in run_dir.parents:
+                if len(parent.parts) < len(created.parts):  # above the outermost folder this call made
+                    break
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
         raise
 
 
