@@ -11,7 +11,7 @@ from covidscreen.errors import CheckpointError, ModelError
 from covidscreen.inference.checkpoint import save_checkpoint
 from covidscreen.inference.ensemble import EnsembleModel, write_manifest
 from covidscreen.inference.predictor import Predictor
-from covidscreen.inference.run import load_checkpoint, read_sidecar
+from covidscreen.inference.run import load_checkpoint, load_run, read_sidecar
 from covidscreen.workflows.ensemble import build_ensemble
 
 CLASSES = ["covid", "normal", "pneumonia"]
@@ -116,7 +116,7 @@ def test_bad_members_are_refused(tmp_path):
 def test_retrained_member_is_detected(tmp_path):
     (a, _), (b, _) = _member(tmp_path, "a", 0), _member(tmp_path, "b", 1)
     ens_dir = tmp_path / "ens"
-    write_manifest(ens_dir, [a, b], [read_sidecar(a), read_sidecar(b)], {"default": 0.5}, "test")
+    write_manifest(ens_dir, [load_run(a), load_run(b)], {"default": 0.5}, "test")
     _member(tmp_path, "b", 5)  # b is overwritten by another model
     with pytest.raises(CheckpointError, match="other weights"):
         load_checkpoint(ens_dir)

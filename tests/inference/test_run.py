@@ -87,3 +87,40 @@ def test_tampered_weights_are_refused_before_loading(tmp_path):
         fh.write(b"\x00\x01\x02\x03")
     with pytest.raises(CheckpointError, match="changed or replaced"):
         run.load_model()
+
+
+def test_update_record_is_the_one_writer_and_returns_the_run_as_recorded(tmp_path):
+    from covidscreen.inference.run import update_record
+
+    _weights(tmp_path)
+    run = update_record(tmp_path, merge={"operating_points": {"local": 0.7},
+                                         "local_calibration": {"local": {"expected": {"specificity": 0.9}}}})
+    assert run.thresholds == {"youden": 0.3, "default": 0.3, "local": 0.7}  # added, the others kept
+    assert run.point("local").specificity == 0.9 and "local" in run.local_calibration
+    run = update_record(tmp_path, merge={"local_calibration": {"local": {"expected": {}}}})
+    assert run.local_calibration["local"] == {"expected": {}}  # a record inside is replaced whole, not mixed
+    run = update_record(tmp_path, replace={"onnx": {"file": "model.onnx", "sha256": "ab" * 32, "opset": 17}})
+    assert run.onnx.serving_file == "model.onnx" and run.onnx.precision == "fp32" and run.onnx.opset == 17
+    run = update_record(tmp_path, merge={"onnx": {"serving": {"file": "model.int8.onnx", "sha256": "cd" * 32,
+                                                              "precision": "int8"}}})
+    assert run.onnx.sha256 == "ab" * 32 and run.onnx.serving_file == "model.int8.onnx" and run.onnx.precision == "int8"
+    assert load_run(tmp_path) == run  # what was returned is what a fresh read gives
+
+
+def test_an_ensemble_manifest_of_one_size_types_its_members(tmp_path):
+    """Manifests written before members could differ in size record one image_size for all."""
+    for name in ("a", "b"):
+        _weights(tmp_path / name)
+    from covidscreen.inference.run import read_sidecar
+
+    sha = read_sidecar(tmp_path / "a")["weights_sha256"]
+    (tmp_path / "ens").mkdir()
+    (tmp_path / "ens" / "ensemble.json").write_text(json.dumps({
+        "format_version": 1, "architecture": "ensemble", "classes": ["covid", "normal", "pneumonia"],
+        "positive_class": "covid", "image_size": 64, "operating_points": {"default": 0.4},
+        "members": [{"path": "../a", "weights_sha256": sha}, {"path": "../b"}]}))
+    run = load_run(tmp_path / "ens")
+    assert run.kind == "ensemble" and [m.image_size for m in run.ensemble_members] == [64, 64]
+    assert run.ensemble_members[0].path == (tmp_path / "a").resolve() and run.ensemble_members[1].weights_sha256 is None
+    assert [m.path for m in run.member_runs()] == [(tmp_path / "a").resolve(), (tmp_path / "b").resolve()]
+    assert run.load_model().sizes == [64, 64]

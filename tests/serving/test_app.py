@@ -355,12 +355,12 @@ def test_bad_configuration_fails_before_serving(tiny_run, tmp_path):
 
 def test_an_ensemble_folder_is_served(tmp_path, png_file):
     from covidscreen.inference.ensemble import write_manifest
-    from covidscreen.inference.run import read_sidecar
+    from covidscreen.inference.run import load_run
     from tests.serving.runs import make_run
 
     a, b = make_run(tmp_path / "a"), make_run(tmp_path / "b")
     ens = tmp_path / "ens"
-    write_manifest(ens, [a, b], [read_sidecar(a), read_sidecar(b)], {"default": 0.5, "youden": 0.5}, "test")
+    write_manifest(ens, [load_run(a), load_run(b)], {"default": 0.5, "youden": 0.5}, "test")
     app = create_app(ServeConfig(run_dir=ens, db=str(tmp_path / "l.sqlite"), backend="torch"))
     with TestClient(app) as c:
         info = c.get("/v1/model").json()

@@ -23,10 +23,8 @@ from ..explain.cam import Explainer, Explanation
 from ..explain.figures import explanation_png
 from ..explain.inputs import chance_level, map_to_image
 from ..explain.regions import DEFAULT_MARGIN, border_fraction
-from ..inference.ensemble import ENSEMBLE_FILE
 from ..inference.predictor import Predictor
 from ..inference.run import DEFAULT_POINT
-from ..runtime import sha256_file
 
 #: Modalities the models are trained for (plain chest radiographs).
 RADIOGRAPH_MODALITIES = ("CR", "DX")
@@ -120,8 +118,7 @@ class DicomScorer:
         self.model_id = run.model_id  # the project's one model id (folder@weights digest), as the service logs it
         sha = run.weights_sha256
         if not sha:  # an ensemble: its manifest names (and pins) the members' weights
-            manifest = run.path / ENSEMBLE_FILE
-            sha = sha256_file(manifest) if manifest.is_file() else "unknown"
+            sha = run.record_sha256()
         self.weights_sha256 = str(sha)
         self.code_version = code_version()
         seg = self.predictor.segmenter

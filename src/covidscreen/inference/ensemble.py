@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..config import PreprocessConfig
 from ..errors import CheckpointError, ModelError
 from ..models.checkpoint import read_json_record, write_json
-from .checkpoint import load_model_weights, read_model_sidecar
+
+if TYPE_CHECKING:  # run.py builds on this module (it types the manifests written here)
+    from .run import Run
 
 ENSEMBLE_FILE = "ensemble.json"
 FORMAT_VERSION = 1
@@ -79,16 +80,9 @@ class EnsembleModel(nn.Module):
                          "one member run instead")
 
 
-def _member_meta(run_dir: Path) -> dict[str, Any]:
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run folder {run_dir} does not exist; give folders written by covidscreen train")
-    if is_ensemble(run_dir):
-        raise CheckpointError(f"{run_dir} is itself an ensemble; list its member runs instead")
-    return read_model_sidecar(run_dir)
-
-
 def read_manifest(ens_dir: str | Path) -> dict[str, Any]:
-    """Read and check ``ensemble.json``; member paths are returned absolute under ``member_dirs``."""
+    """Read and check ``ensemble.json``; member paths are returned absolute under ``member_dirs`` (for
+    :func:`covidscreen.inference.run.load_run`, which types it)."""
     ens_dir = Path(ens_dir)
     path = ens_dir / ENSEMBLE_FILE
     meta = read_json_record(path, ("members", "classes", "image_size"), "ensemble folder")
@@ -96,108 +90,105 @@ def read_manifest(ens_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_ensemble(ens_dir: str | Path, device: str | torch.device = "cpu") -> tuple[EnsembleModel, dict[str, Any]]:
-    """Load every member (sha256-checked) into one :class:`EnsembleModel` (eval mode) plus the manifest.
+def ensemble_model(ens: Run, members: list[Run], device: str | torch.device = "cpu") -> EnsembleModel:
+    """Load every member (sha256-checked) into one :class:`EnsembleModel` (eval mode).
+
+    Args:
+        ens: the ensemble's typed run; ``members``: its members' (``ens.member_runs()``), in manifest order.
 
     Raises:
-        CheckpointError: a member is missing, was retrained since the ensemble was built, or does not fit.
+        CheckpointError: a member was retrained since the ensemble was built, or does not fit.
     """
-    meta = read_manifest(ens_dir)
     models, sizes = [], []
-    for entry, member in zip(meta["members"], meta["member_dirs"], strict=True):
-        if not Path(member).is_dir():
-            raise CheckpointError(f"ensemble {ens_dir}: member {entry['path']} ({member}) does not exist")
-        mmeta = _member_meta(Path(member))
-        model = load_model_weights(Path(member), mmeta, device)
-        if entry.get("weights_sha256") and mmeta.get("weights_sha256") != entry["weights_sha256"]:
-            raise CheckpointError(f"ensemble {ens_dir}: member {member} has other weights than when the ensemble "
-                                  "was built (retrained?); rebuild the ensemble")
-        # manifests from before mixed sizes have one image_size for all members
-        size = int(entry.get("image_size", meta["image_size"]))
-        if mmeta["classes"] != meta["classes"] or int(mmeta["image_size"]) != size:
-            raise CheckpointError(f"ensemble {ens_dir}: member {member} has classes {mmeta['classes']} at "
-                                  f"{mmeta['image_size']}px; the ensemble expects {meta['classes']} at "
-                                  f"{size}px")
-        if size > int(meta["image_size"]):
-            raise CheckpointError(f"ensemble {ens_dir}: member {member} reads {size}px, more than the ensemble's "
-                                  f"{meta['image_size']}px; rebuild the ensemble")
-        models.append(model)
-        sizes.append(size)
-    return EnsembleModel(models, sizes).to(device).eval(), meta
+    for entry, member in zip(ens.ensemble_members, members, strict=True):
+        if entry.weights_sha256 and member.weights_sha256 != entry.weights_sha256:
+            raise CheckpointError(f"ensemble {ens.path}: member {member.path} has other weights than when the "
+                                  "ensemble was built (retrained?); rebuild the ensemble")
+        if member.classes != ens.classes or member.image_size != entry.image_size:
+            raise CheckpointError(f"ensemble {ens.path}: member {member.path} has classes {list(member.classes)} at "
+                                  f"{member.image_size}px; the ensemble expects {list(ens.classes)} at "
+                                  f"{entry.image_size}px")
+        if entry.image_size > ens.image_size:
+            raise CheckpointError(f"ensemble {ens.path}: member {member.path} reads {entry.image_size}px, more than "
+                                  f"the ensemble's {ens.image_size}px; rebuild the ensemble")
+        models.append(member.load_model(device))
+        sizes.append(entry.image_size)
+    return EnsembleModel(models, sizes).to(device).eval()
 
 
-def check_members(member_dirs: list[str | Path]) -> list[dict[str, Any]]:
-    """Sidecars of the members after checking that they can be averaged (same classes, positive class, modality and
-    preprocessing; input sizes may differ, see the module docstring).
+def check_members(members: list[Run]) -> None:
+    """Check that the member runs can be averaged (same classes, positive class, modality and preprocessing; input
+    sizes may differ, see the module docstring).
 
     Raises:
-        CheckpointError: fewer than two members, a duplicate, or members that disagree (the message says how).
+        CheckpointError: fewer than two members, a duplicate, an ensemble among them, or members that disagree (the
+            message says how).
     """
-    dirs = [Path(m).resolve() for m in member_dirs]
+    dirs = [m.path.resolve() for m in members]
     if len(dirs) < 2:
         raise CheckpointError(f"an ensemble needs at least two runs, got {len(dirs)}")
     if len(set(dirs)) < len(dirs):
         raise CheckpointError("the same run is listed twice; list each member once")
-    metas = [_member_meta(d) for d in dirs]
-    first = metas[0]
-    for m in metas:  # runs that predate the modality key read chest radiographs
-        m.setdefault("modality", "cxr")
-    for d, m in zip(dirs[1:], metas[1:], strict=True):
+    for m in members:
+        if m.kind == "ensemble":
+            raise CheckpointError(f"{m.path} is itself an ensemble; list its member runs instead")
+    first = members[0]
+    for m in members[1:]:
         for key in ("classes", "positive_class", "modality"):
-            if m.get(key) != first.get(key):
-                raise CheckpointError(f"ensemble members disagree on {key}: {dirs[0]} has {first.get(key)!r}, {d} "
-                                      f"has {m.get(key)!r}; members must share classes, positive class and "
-                                      "modality")
+            if getattr(m, key) != getattr(first, key):
+                raise CheckpointError(f"ensemble members disagree on {key}: {first.path} has "
+                                      f"{_shown(getattr(first, key))!r}, {m.path} has {_shown(getattr(m, key))!r}; "
+                                      "members must share classes, positive class and modality")
         # one preprocessing for all: the ensemble prepares each image once (an ensemble of histeq runs read plain
         # images before the manifest carried it)
-        if PreprocessConfig.from_dict(m.get("preprocessing")) != PreprocessConfig.from_dict(first.get("preprocessing")):
-            raise CheckpointError(f"ensemble members disagree on preprocessing: {dirs[0]} has "
-                                  f"{PreprocessConfig.from_dict(first.get('preprocessing'))}, {d} has "
-                                  f"{PreprocessConfig.from_dict(m.get('preprocessing'))}; members must prepare "
-                                  "images the same way")
-    return metas
+        if m.preprocess != first.preprocess:
+            raise CheckpointError(f"ensemble members disagree on preprocessing: {first.path} has {first.preprocess}, "
+                                  f"{m.path} has {m.preprocess}; members must prepare images the same way")
 
 
-def common_split(metas: list[dict[str, Any]]) -> bool:
+def _shown(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def common_split(members: list[Run]) -> bool:
     """True when all members were trained and validated on the same split of the same data."""
-    keys = {(m.get("split_fingerprint"), m.get("data_dir")) for m in metas}
+    keys = {(m.split_fingerprint, m.data_dir) for m in members}
     return len(keys) == 1 and None not in next(iter(keys))
 
 
-def mean_operating_points(metas: list[dict[str, Any]]) -> dict[str, float]:
-    names = set.intersection(*[set(m.get("operating_points") or {}) for m in metas])
-    return {n: float(np.mean([m["operating_points"][n] for m in metas])) for n in sorted(names)}
+def mean_operating_points(members: list[Run]) -> dict[str, float]:
+    names = set.intersection(*[set(m.thresholds) for m in members])
+    return {n: float(np.mean([m.thresholds[n] for m in members])) for n in sorted(names)}
 
 
-def write_manifest(ens_dir: str | Path, member_dirs: list[str | Path], metas: list[dict[str, Any]],
-                   points: dict[str, float], threshold_source: str, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``ensemble.json``; returns its path."""
+def write_manifest(ens_dir: str | Path, members: list[Run], points: dict[str, float], threshold_source: str,
+                   extra: dict[str, Any] | None = None) -> Path:
+    """Write ``ensemble.json`` for the member runs; returns its path."""
     ens_dir = Path(ens_dir)
     ens_dir.mkdir(parents=True, exist_ok=True)
-    first = metas[0]
-    members = [{"path": os.path.relpath(Path(d).resolve(), ens_dir.resolve()),
-                "architecture": m.get("architecture"), "weights_sha256": m.get("weights_sha256"),
-                "split_fingerprint": m.get("split_fingerprint"), "seed": m.get("seed"),
-                "image_size": int(m["image_size"])}
-               for d, m in zip(member_dirs, metas, strict=True)]
-    shared = common_split(metas)
+    first = members[0]
+    entries = [{"path": os.path.relpath(m.path.resolve(), ens_dir.resolve()),
+                "architecture": m.architecture, "weights_sha256": m.weights_sha256,
+                "split_fingerprint": m.split_fingerprint, "seed": m.seed, "image_size": m.image_size}
+               for m in members]
+    shared = common_split(members)
     manifest = {
         "format_version": FORMAT_VERSION,
         "architecture": "ensemble",
         "combine": "mean of member softmax probabilities",
-        "members": members,
-        "classes": first["classes"],
-        "positive_class": first.get("positive_class"),
-        "image_size": max(int(m["image_size"]) for m in metas),  # the largest; smaller members resize (docstring)
-        "modality": first.get("modality", "cxr"),
-        "preprocessing": PreprocessConfig.from_dict(first.get("preprocessing")).to_dict(),
-        "task": first.get("task", "multiclass"),
+        "members": entries,
+        "classes": list(first.classes),
+        "positive_class": first.positive_class,
+        "image_size": max(m.image_size for m in members),  # the largest; smaller members resize (docstring)
+        "modality": first.modality,
+        "preprocessing": first.preprocess.to_dict(),
+        "task": first.task,
         "operating_points": points,
         "threshold": points.get("default"),
         "threshold_source": threshold_source,
         "common_split": shared,
-        "data_dir": first.get("data_dir") if shared else None,
-        "split_fingerprint": first.get("split_fingerprint") if shared else None,
+        "data_dir": first.data_dir if shared else None,
+        "split_fingerprint": first.split_fingerprint if shared else None,
         **(extra or {}),
     }
     return write_json(ens_dir / ENSEMBLE_FILE, manifest)

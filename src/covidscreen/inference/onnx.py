@@ -14,11 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import PreprocessConfig
 from ..errors import CheckpointError, CovidscreenError
 from ..runtime import atomic_output, sha256_file
-from .checkpoint import load_model_weights, read_model_sidecar, write_sidecar
-from .ensemble import is_ensemble
+from .run import Run, load_run, update_record
 
 ONNX_FILE = "model.onnx"
 
@@ -29,13 +27,13 @@ def export_onnx(run_dir: str | Path, opset: int = 17, tolerance: float = 1e-3) -
         import onnxruntime as ort
     except ImportError:
         raise CovidscreenError("ONNX export needs onnx and onnxruntime: pip install 'covidscreen[onnx]'") from None
-    run_dir = Path(run_dir)
-    if is_ensemble(run_dir):
+    run = load_run(run_dir)
+    run_dir = run.path
+    if run.kind == "ensemble":
         raise CheckpointError(f"{run_dir} is an ensemble; export each member run instead")
-    meta = read_model_sidecar(run_dir)
-    model = load_model_weights(run_dir, meta, "cpu")
-    size = int(meta["image_size"])
-    channels = PreprocessConfig.from_dict(meta.get("preprocessing")).channels  # 3 for runs reading CT windows
+    model = run.load_model("cpu")
+    size = run.image_size
+    channels = run.preprocess.channels  # 3 for runs reading CT windows
     x = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
     out = run_dir / ONNX_FILE
     with atomic_output(out) as tmp:  # renamed into place only when checked; a full disk is a clear error
@@ -49,10 +47,11 @@ def export_onnx(run_dir: str | Path, opset: int = 17, tolerance: float = 1e-3) -
             ref = model(x).numpy()
         dev = float(np.abs(session.run(None, {"image": x.numpy()})[0] - ref).max())
         if dev > tolerance:
-            raise CheckpointError(f"ONNX export of {meta['architecture']} deviates from PyTorch by {dev:.2e} "
+            raise CheckpointError(f"ONNX export of {run.architecture} deviates from PyTorch by {dev:.2e} "
                                   f"(> {tolerance}); not written")
-    meta["onnx"] = {"file": ONNX_FILE, "sha256": sha256_file(out), "opset": opset, "max_abs_deviation": dev}
-    write_sidecar(run_dir, meta)
+    # a new export replaces the whole record: an INT8 model of earlier weights no longer serves
+    update_record(run_dir, replace={"onnx": {"file": ONNX_FILE, "sha256": sha256_file(out), "opset": opset,
+                                             "max_abs_deviation": dev}})
     return out
 
 
@@ -82,23 +81,22 @@ def session_options(threads: int | None = None) -> Any:
 class OnnxModel:
     """Callable like the PyTorch model in the Predictor: uint8-derived float batch -> probabilities."""
 
-    def __init__(self, run_dir: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
+    def __init__(self, run: Run | str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort  # optional dependency (covidscreen[onnx])
 
-        run_dir = Path(run_dir)
-        meta = read_model_sidecar(run_dir) if not is_ensemble(run_dir) else {}
-        info = meta.get("onnx")
-        if not info:
+        run = run if isinstance(run, Run) else load_run(run)
+        run_dir = run.path
+        info = run.onnx if run.kind != "ensemble" else None
+        if info is None:
             raise CheckpointError(f"{run_dir} has no ONNX export; run: covidscreen export {run_dir}")
         # the file that serves: the INT8 model when ``export --int8`` accepted it, else the FP32 export
-        serving = info.get("serving") or {"file": ONNX_FILE, "sha256": info["sha256"], "precision": "fp32"}
-        path = run_dir / Path(serving["file"]).name
+        path = run_dir / Path(info.serving_file).name
         if not path.is_file():
             raise CheckpointError(f"{path} (recorded as the serving ONNX model) is missing; run: covidscreen export "
                                   f"{run_dir}")
-        if sha256_file(path) != serving["sha256"]:
+        if sha256_file(path) != info.serving_sha256:
             raise CheckpointError(f"{path} does not match the sha256 recorded at export: changed or damaged")
-        self.file, self.precision = path.name, serving.get("precision", "fp32")
+        self.file, self.precision = path.name, info.precision
         self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:

@@ -1,9 +1,17 @@
 """The typed run: what a run folder (or an ensemble folder) says about its model, read once.
 
-Every consumer of a trained model (predict, explain, evaluate, calibrate, ensembles, the service, the DICOM node)
-starts from :func:`load_run` and reads typed fields instead of string keys of the sidecar. Sidecars of every
-format version load: version 1 (before ``modality`` and the operating points' validation figures were stored in the
-sidecar) reads as a chest X-ray run whose figures come from its ``metrics.json``.
+Every consumer of a trained model (predict, explain, evaluate, calibrate, ensembles, export, reports, the model card,
+verify, the service, the DICOM node) starts from :func:`load_run` and reads typed fields instead of string keys of
+the sidecar. Sidecars of every format version load: version 1 (before ``modality`` and the operating points'
+validation figures were stored in the sidecar) reads as a chest X-ray run whose figures come from its
+``metrics.json``.
+
+This module is the only reader of a run's record (``model.json``, or ``ensemble.json`` for an ensemble) and, through
+:func:`update_record`, the only writer that changes an existing one (local calibration, ONNX export); the record is
+first written by :func:`covidscreen.inference.checkpoint.save_checkpoint` or :func:`covidscreen.inference.ensemble.
+write_manifest`. ``tests/inference/test_run_read_once.py`` fails when another module reads the record itself. A new
+record of a run (an OOD model, commissioning) becomes a typed field at the end of :class:`Run`, filled in
+:func:`run_from_record`.
 """
 
 from __future__ import annotations
@@ -17,10 +25,10 @@ import torch
 
 from ..config import MODALITIES, PreprocessConfig
 from ..errors import CheckpointError, DataError
-from ..models.checkpoint import write_json
-from ..runtime import read_optional_json
-from .checkpoint import FORMAT_VERSION, load_model_weights, read_model_sidecar, write_sidecar
-from .ensemble import ENSEMBLE_FILE, is_ensemble, load_ensemble, read_manifest
+from ..models.checkpoint import read_checkpoint_weights, write_json
+from ..runtime import read_optional_json, sha256_file
+from .checkpoint import FORMAT_VERSION, SIDECAR_FILE, load_model_weights, read_model_sidecar, write_sidecar
+from .ensemble import ENSEMBLE_FILE, ensemble_model, is_ensemble, read_manifest
 
 DEFAULT_POINT = "default"
 
@@ -34,6 +42,34 @@ class OperatingPoint:
     sensitivity: float = math.nan
     specificity: float = math.nan
     temperature: float | None = None  # a locally calibrated point may carry its own temperature
+
+
+@dataclass(frozen=True)
+class EnsembleMember:
+    """One member run as an ensemble's manifest records it (pinned weights, the input size it was trained at)."""
+
+    path: Path  # absolute
+    relpath: str  # as stored, relative to the ensemble folder
+    image_size: int
+    weights_sha256: str | None = None
+    architecture: str | None = None
+    split_fingerprint: str | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """What ``covidscreen export`` recorded: the FP32 export and the file that serves (the INT8 model when
+    ``export --int8`` accepted it)."""
+
+    file: str
+    sha256: str
+    serving_file: str
+    serving_sha256: str
+    precision: str = "fp32"  # of the serving file
+    opset: int | None = None
+    max_abs_deviation: float | None = None
+    int8: dict[str, Any] | None = None  # the INT8 check's record (accepted or why not)
 
 
 @dataclass(frozen=True)
@@ -63,7 +99,17 @@ class Run:
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     members: tuple[Path, ...] = ()  # ensemble members
-    sidecar: dict[str, Any] = field(default_factory=dict, repr=False)
+    sidecar: dict[str, Any] = field(default_factory=dict, repr=False)  # raw record: for this module only
+    created: str | None = None
+    split_counts: dict[str, int] | None = None
+    init_from: dict[str, Any] | None = None  # the run whose trunk this one started from
+    best_epoch: int | None = None
+    epochs_run: int | None = None
+    onnx: OnnxExport | None = None
+    ensemble_members: tuple[EnsembleMember, ...] = ()
+    threshold_source: str | None = None  # ensembles: how their threshold was chosen
+    common_split: bool | None = None  # ensembles: all members trained on one split
+    local_calibration: dict[str, dict[str, Any]] = field(default_factory=dict)  # point name -> calibration record
 
     @property
     def positive_index(self) -> int | None:
@@ -102,14 +148,46 @@ class Run:
         p = self.point(name)
         return float(p.temperature) if p is not None and p.temperature else self.temperature
 
+    @property
+    def record_file(self) -> Path:
+        """The record this run was read from: ``model.json``, or ``ensemble.json`` for an ensemble."""
+        return self.path / (ENSEMBLE_FILE if self.kind == "ensemble" else SIDECAR_FILE)
+
+    def record_sha256(self) -> str:
+        """The sha256 of the record file (an ensemble's manifest pins its members' weights, so this names them)."""
+        return sha256_file(self.record_file) if self.record_file.is_file() else "unknown"
+
+    def member_runs(self) -> list[Run]:
+        """The typed runs of an ensemble's members (none for a single model).
+
+        Raises:
+            CheckpointError: a member is missing or is itself an ensemble.
+        """
+        runs = []
+        for entry in self.ensemble_members:
+            if not entry.path.is_dir():
+                raise CheckpointError(f"ensemble {self.path}: member {entry.relpath} ({entry.path}) does not exist")
+            member = load_run(entry.path)
+            if member.kind == "ensemble":
+                raise CheckpointError(f"{entry.path} is itself an ensemble; list its member runs instead")
+            runs.append(member)
+        return runs
+
     def load_model(self, device: str | torch.device = "cpu", expected_sha256: str | None = None) -> torch.nn.Module:
         """The model in eval mode, weights verified (every member's, for an ensemble); ``expected_sha256``: a digest
         the user trusts, which the weights must have too (single-model runs)."""
         if self.kind == "ensemble":
             if expected_sha256:
                 raise CheckpointError(f"{self.path} is an ensemble: pin each member run's weights instead")
-            return load_ensemble(self.path, device)[0]
+            return ensemble_model(self, self.member_runs(), device)
         return load_model_weights(self.path, self.sidecar, device, expected_sha256)
+
+    def load_state(self) -> dict[str, torch.Tensor]:
+        """The weights' tensors (single-model runs), sha256-checked against the record, for a model built
+        elsewhere (finishing a run rebuilds the training-time network)."""
+        if self.kind == "ensemble" or not self.weights_file:
+            raise CheckpointError(f"{self.path} holds no single model's weights")
+        return read_checkpoint_weights(self.path / self.weights_file, {SIDECAR_FILE: self.weights_sha256})
 
 
 def _figures(meta: dict[str, Any], run_dir: Path) -> dict[str, dict[str, float]]:
@@ -153,6 +231,7 @@ def run_from_record(run_dir: Path, meta: dict[str, Any], kind: str) -> Run:
         raise CheckpointError(f"{run_dir}: modality {modality!r} is unknown; expected one of {', '.join(MODALITIES)}")
     points, default_name = _points(meta, run_dir)
     norm = meta.get("normalisation") or {}
+    size = int(meta["image_size"])
     return Run(
         path=run_dir,
         kind=kind,
@@ -161,7 +240,7 @@ def run_from_record(run_dir: Path, meta: dict[str, Any], kind: str) -> Run:
         classes=tuple(meta["classes"]),
         positive_class=meta.get("positive_class"),
         modality=modality,
-        image_size=int(meta["image_size"]),
+        image_size=size,
         preprocess=PreprocessConfig.from_dict(meta.get("preprocessing")),
         operating_points=points,
         default_point=default_name,
@@ -178,25 +257,70 @@ def run_from_record(run_dir: Path, meta: dict[str, Any], kind: str) -> Run:
         versions=dict(meta.get("versions") or {}),
         members=tuple(Path(m) for m in meta.get("member_dirs", ())),
         sidecar=meta,
+        created=meta.get("created"),
+        split_counts=meta.get("split_counts"),
+        init_from=meta.get("init_from"),
+        best_epoch=None if meta.get("best_epoch") is None else int(meta["best_epoch"]),
+        epochs_run=None if meta.get("epochs_run") is None else int(meta["epochs_run"]),
+        onnx=_onnx(meta.get("onnx")),
+        ensemble_members=tuple(
+            EnsembleMember(Path(d), str(m.get("path", d)), int(m.get("image_size", size)),  # older manifests: one size
+                           m.get("weights_sha256"), m.get("architecture"), m.get("split_fingerprint"), m.get("seed"))
+            for m, d in zip(meta.get("members", ()), meta.get("member_dirs", ()), strict=False)
+            if isinstance(m, dict)),
+        threshold_source=meta.get("threshold_source"),
+        common_split=meta.get("common_split"),
+        local_calibration=dict(meta.get("local_calibration") or {}),
     )
 
 
+def _onnx(info: dict[str, Any] | None) -> OnnxExport | None:
+    if not info:
+        return None
+    serving = info.get("serving") or {"file": info.get("file", "model.onnx"), "sha256": info["sha256"],
+                                      "precision": "fp32"}
+    return OnnxExport(file=str(info.get("file", "model.onnx")), sha256=str(info["sha256"]),
+                      serving_file=str(serving["file"]), serving_sha256=str(serving["sha256"]),
+                      precision=str(serving.get("precision", "fp32")), opset=info.get("opset"),
+                      max_abs_deviation=info.get("max_abs_deviation"), int8=info.get("int8"))
+
+
 def read_sidecar(run_dir: str | Path) -> dict[str, Any]:
-    """The raw record of a run folder: ``model.json``, or ``ensemble.json`` for an ensemble (for writers that update
-    it, such as local calibration; readers use :func:`load_run`)."""
+    """The raw record of a run folder: ``model.json``, or ``ensemble.json`` for an ensemble. For this module and for
+    tests that inspect what was written; code reads :func:`load_run` and writes through :func:`update_record`."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist; give a folder written by covidscreen train")
     return read_manifest(run_dir) if is_ensemble(run_dir) else read_model_sidecar(run_dir)
 
 
-def write_record(run_dir: str | Path, meta: dict[str, Any]) -> None:
-    """Write back a record read by :func:`read_sidecar` (``model.json``, or ``ensemble.json`` for an ensemble)."""
+def is_run_folder(path: str | Path) -> bool:
+    """True when ``path`` holds a run's record (``model.json``, or an ensemble's ``ensemble.json``); its content is
+    not checked (:func:`load_run` does that)."""
+    path = Path(path)
+    return (path / SIDECAR_FILE).is_file() or is_ensemble(path)
+
+
+def update_record(run_dir: str | Path, replace: dict[str, Any] | None = None, merge: dict[str, dict[str, Any]] | None
+                  = None) -> Run:
+    """Change an existing run's record, atomically, and return the run as now recorded: the one writer of
+    records after training (local calibration, ONNX and INT8 export).
+
+    Args:
+        replace: top-level keys set to these values (``{"onnx": {...}}`` after a new export).
+        merge: top-level mappings updated key by key (``{"operating_points": {"local": 0.4}}`` adds one point and
+            keeps the others); each value inside is replaced whole.
+    """
     run_dir = Path(run_dir)
+    meta = read_sidecar(run_dir)
+    meta.update(replace or {})
+    for key, entries in (merge or {}).items():
+        meta[key] = {**(meta.get(key) or {}), **entries}
     if is_ensemble(run_dir):
         write_json(run_dir / ENSEMBLE_FILE, {k: v for k, v in meta.items() if k != "member_dirs"})
     else:
         write_sidecar(run_dir, meta)
+    return load_run(run_dir)
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -208,6 +332,15 @@ def load_run(run_dir: str | Path) -> Run:
     run_dir = Path(run_dir)
     meta = read_sidecar(run_dir)
     return run_from_record(run_dir, meta, "ensemble" if is_ensemble(run_dir) else "model")
+
+
+def optional_run(path: str | Path) -> Run | None:
+    """The run in ``path``, or None where there is none or it cannot be read (pages and tables that show what a
+    folder holds: an evaluation folder, an experiment cell that failed)."""
+    try:
+        return load_run(path) if is_run_folder(path) else None
+    except CheckpointError:
+        return None
 
 
 def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Run]:

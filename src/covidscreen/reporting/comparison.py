@@ -41,6 +41,7 @@ from ..evaluation.bootstrap import BinaryTask, bootstrap_tasks, paired_auc_diffe
 from ..evaluation.metrics import rank_auc
 from ..evaluation.within_site import mixed_sites, sens_spec, within_site_auc, within_site_metrics
 from ..inference.ensemble import is_ensemble
+from ..inference.run import optional_run
 from ..runtime import atomic_write_bytes, atomic_write_csv, atomic_write_text, read_optional_json
 from .html import STYLE
 
@@ -130,11 +131,16 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _best_epoch(run_dir: Path) -> int | None:
+    run = optional_run(run_dir)
+    return None if run is None else run.best_epoch
+
+
 def _val_within_site(run_dir: Path, val: pd.DataFrame, pos: str | None) -> float:
     """Within-site validation AUC of the selected epoch: ``history.csv`` at the sidecar's ``best_epoch`` (what
     ``select_on: within_site_auc`` compared), else (cross-validation, ensembles, older runs) the same mean over
     mixed sites computed on the validation predictions, which are those of the selected epoch(s)."""
-    best = _read_json(run_dir / "model.json").get("best_epoch")
+    best = _best_epoch(run_dir)
     hist = run_dir / "history.csv"
     if best is not None and hist.is_file():
         h = pd.read_csv(hist)
@@ -165,7 +171,7 @@ def _training_columns(run_dir: Path, metrics: dict[str, Any], fold_dirs: list[Pa
     stats = [m["preprocessing_stats"] for m in sources if "preprocessing_stats" in m]
     if stats:  # the folds preprocess the same images: the largest count is the number of images
         row["lungs_not_found"] = int(max(s.get("roi_fallback", 0) for s in stats))
-    epochs = [_read_json(d / "model.json").get("best_epoch") for d in (fold_dirs or [run_dir])]
+    epochs = [_best_epoch(d) for d in (fold_dirs or [run_dir])]
     if fold_dirs and all(e is not None for e in epochs):
         row["best_epoch"] = "/".join(str(e) for e in epochs)  # one per fold
     elif not fold_dirs and epochs[0] is not None:

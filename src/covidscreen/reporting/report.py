@@ -26,7 +26,8 @@ from ..audit.confounding import confounding_warnings
 from ..data.decode import read_image
 from ..errors import ImageDecodeError
 from ..evaluation.breakdown import subgroup_breakdown
-from ..runtime import atomic_write_text, read_optional_json
+from ..inference.run import optional_run
+from ..runtime import atomic_write_text
 from . import plots
 from .audit_page import audit_section, findings_html, read_audit
 from .evaluation_extras import extra_sections
@@ -337,8 +338,8 @@ def _data_dir_of(run_dir: Path, metrics: dict) -> Path | None:
     for cand in (metrics.get("data_dir"), metrics.get("data")):
         if cand:
             return Path(cand)
-    d = read_optional_json(run_dir / "model.json").get("data_dir")
-    return Path(d) if d else None
+    run = optional_run(run_dir)
+    return Path(run.data_dir) if run is not None and run.data_dir else None
 
 
 def write_report(run_dir: str | Path, metrics_file: str = "metrics.json", predictions_file: str = "predictions.csv",

@@ -31,6 +31,7 @@ from ..config import TrainConfig, apply_overrides
 from ..data.preprocess import load_preprocessed
 from ..errors import ConfigError
 from ..inference.predictor import Predictor
+from ..inference.run import is_run_folder
 from ..workflows.fit import fit
 from .poison import PoisonConfig, poison_split
 from .sensitivity import corner_ratios, input_sensitivity
@@ -114,7 +115,7 @@ def clean_metrics(run_dir: Path) -> dict[str, float]:
 
 
 def _trained(run_dir: Path) -> bool:
-    return (run_dir / "model.json").is_file() and (run_dir / "metrics.json").is_file()
+    return is_run_folder(run_dir) and (run_dir / "metrics.json").is_file()
 
 
 def _fit(cfg: TrainConfig, run_dir: Path, log: Any) -> Path:

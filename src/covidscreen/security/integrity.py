@@ -21,7 +21,6 @@ from typing import Any
 import yaml
 
 from ..errors import CheckpointError, ConfigError
-from ..inference.checkpoint import SIDECAR_FILE
 from ..inference.run import load_run
 
 SCAN_FILE = "security_scan.json"
@@ -151,7 +150,6 @@ def provenance(run_dir: str | Path, expect_sha256: str | None = None, manifest: 
     """
     run = load_run(run_dir)
     run_dir = run.path
-    meta = run.sidecar
     prov = Provenance(str(run_dir.resolve()))
     versions = run.versions or {}
     config = run.config or {}
@@ -159,15 +157,15 @@ def provenance(run_dir: str | Path, expect_sha256: str | None = None, manifest: 
         "architecture": run.architecture,
         "classes": list(run.classes),
         "image_size": run.image_size,
-        "created": meta.get("created"),
+        "created": run.created,
         "data_dir": run.data_dir,
         "split_fingerprint": run.split_fingerprint,
-        "split_counts": meta.get("split_counts"),
+        "split_counts": run.split_counts,
         "seed": run.seed,
         "covidscreen_version": versions.get("covidscreen"),
         "code_commit": versions.get("covidscreen_commit"),
         "library_versions": {k: v for k, v in versions.items() if k not in ("covidscreen", "covidscreen_commit")},
-        "init_from": meta.get("init_from"),
+        "init_from": run.init_from,
         "pretrained_weights": config.get("weights") or (
             "registry default" if config.get("pretrained", True) else "none (from scratch)"),
     })
@@ -186,7 +184,7 @@ def provenance(run_dir: str | Path, expect_sha256: str | None = None, manifest: 
     prov.facts["weights_file"] = str(weights)
     prov.facts["weights_sha256"] = actual
     prov.facts["weights_bytes"] = weights.stat().st_size
-    prov.checks.append((f"sha256 matches {SIDECAR_FILE}", actual == recorded, f"recorded {recorded or 'none'}"))
+    prov.checks.append((f"sha256 matches {run.record_file.name}", actual == recorded, f"recorded {recorded or 'none'}"))
     try:
         prov.facts["weights_header"] = safetensors_summary(weights)
         prov.checks.append(("safetensors header is well-formed", True, ""))

@@ -24,7 +24,7 @@ def point_info(run: Run, name: str) -> OperatingPointInfo | None:
     p = run.point(name)
     if p is None:
         return None
-    local = p.temperature is not None or name in (run.sidecar.get("local_calibration") or {})
+    local = p.temperature is not None or name in run.local_calibration
     return OperatingPointInfo(name=name, threshold=_num(p.threshold), sensitivity=_num(p.sensitivity),
                               specificity=_num(p.specificity), source="local calibration" if local else "validation")
 
@@ -33,7 +33,7 @@ def weights_id(run: Run) -> str:
     """The weights sha256 (an ensemble: the sha256 of its members' sha256s, in order)."""
     if run.weights_sha256:
         return str(run.weights_sha256)
-    members = [str(m.get("weights_sha256", "")) for m in run.sidecar.get("members", []) if isinstance(m, dict)]
+    members = [str(m.weights_sha256 or "") for m in run.ensemble_members]
     return hashlib.sha256("".join(members).encode()).hexdigest()
 
 

@@ -32,7 +32,7 @@ from ..data.table import load_table
 from ..errors import ConfigError, DataError
 from ..evaluation.calibration import apply_temperature, fit_specificity_threshold, fit_temperature
 from ..inference.predictor import Predictor
-from ..inference.run import read_sidecar, write_record
+from ..inference.run import update_record
 from ..runtime import atomic_write_text
 
 
@@ -108,10 +108,7 @@ def calibrate_run(run_dir: str | Path, data: str | Path, target_specificity: flo
     if not y.any():
         record["expected"]["sensitivity_from_validation"] = _validation_sensitivity(
             run_dir, classes, pos, record["threshold"], t, n_boot, level, seed)
-    meta = read_sidecar(run_dir)
-    meta.setdefault("operating_points", {})[name] = record["threshold"]
-    meta.setdefault("local_calibration", {})[name] = record
-    write_record(run_dir, meta)
+    update_record(run_dir, merge={"operating_points": {name: record["threshold"]}, "local_calibration": {name: record}})
     atomic_write_text(run_dir / f"calibration-{name}.json", json.dumps(record, indent=2))
     return record
 

@@ -86,16 +86,16 @@ def summarise_folds(cv_dir: str | Path, cfg: TrainConfig) -> Path:
     """Pool the fold runs of ``cv_dir`` into its predictions, metrics, report and ensemble manifest."""
     cv_dir = Path(cv_dir)
     k = int(cfg.folds or 0)
-    frames, rows, metas = [], [], []
+    frames, rows, members = [], [], []
     for i in range(k):
         d = fold_dir(cv_dir, i)
         metrics = json.loads((d / "metrics.json").read_text())
         preds = pd.read_csv(d / "predictions.csv", keep_default_na=False).assign(fold=i)
-        metas.append(load_run(d).sidecar)
+        members.append(load_run(d))
         classes, pos = metrics["classes"], metrics.get("positive_class")
         rows.append(_fold_row(i, metrics, preds, classes, pos))
         frames.append(preds)
-    classes, pos = metas[0]["classes"], metas[0].get("positive_class")
+    classes, pos = list(members[0].classes), members[0].positive_class
     pooled_preds = pd.concat(frames, ignore_index=True)
     metrics = metrics_from_predictions(
         pooled_preds, classes, pos,
@@ -122,7 +122,7 @@ def summarise_folds(cv_dir: str | Path, cfg: TrainConfig) -> Path:
     atomic_write_text(cv_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=True))
     atomic_write_text(cv_dir / "config.yaml",
                       yaml.safe_dump(to_dict(dataclasses.replace(cfg, fold=None)), sort_keys=False))
-    write_manifest(cv_dir, [fold_dir(cv_dir, i) for i in range(k)], metas, metrics["operating_points"],
+    write_manifest(cv_dir, members, metrics["operating_points"],
                    metrics["threshold_source"], extra={"kind": "cross-validation fold models"})
     report = write_report(cv_dir, title=f"covidscreen {k}-fold cross-validation (pooled out-of-fold predictions)")
     within = (metrics.get("test") or {}).get("within_site")

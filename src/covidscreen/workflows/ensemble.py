@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..errors import CheckpointError
 from ..inference.ensemble import check_members, common_split, mean_operating_points, write_manifest
+from ..inference.run import load_run
 from ..reporting.report import write_report
 from ..runtime import atomic_write_csv, atomic_write_text
 from .run_metrics import metrics_from_predictions
@@ -52,13 +53,14 @@ def build_ensemble(member_dirs: list[str | Path], ens_dir: str | Path) -> Path:
     member_dirs = [Path(m).resolve() for m in member_dirs]
     if ens_dir.resolve() in member_dirs:
         raise CheckpointError(f"the ensemble folder {ens_dir} cannot be one of its members")
-    metas = check_members(member_dirs)
-    classes, pos = metas[0]["classes"], metas[0].get("positive_class")
+    members = [load_run(d) for d in member_dirs]
+    check_members(members)
+    classes, pos = list(members[0].classes), members[0].positive_class
     for stale in ("predictions.csv", "metrics.json", "split.csv", "report.html"):
         (ens_dir / stale).unlink(missing_ok=True)
-    if not common_split(metas):
-        points = mean_operating_points(metas)
-        return write_manifest(ens_dir, member_dirs, metas, points,
+    if not common_split(members):
+        points = mean_operating_points(members)
+        return write_manifest(ens_dir, members, points,
                               "mean of the members' own validation thresholds (the members were validated on "
                               "different splits, so no split is common to all of them)").parent
     preds = averaged_predictions(member_dirs, classes)
@@ -69,6 +71,6 @@ def build_ensemble(member_dirs: list[str | Path], ens_dir: str | Path) -> Path:
     metrics["members"] = [str(m) for m in member_dirs]
     atomic_write_text(ens_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=True))
     shutil.copyfile(member_dirs[0] / "split.csv", ens_dir / "split.csv")
-    write_manifest(ens_dir, member_dirs, metas, metrics["operating_points"], metrics["threshold_source"])
+    write_manifest(ens_dir, members, metrics["operating_points"], metrics["threshold_source"])
     write_report(ens_dir, title=f"covidscreen ensemble of {len(member_dirs)} runs")
     return ens_dir

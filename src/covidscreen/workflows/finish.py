@@ -14,8 +14,8 @@ import pandas as pd
 
 from ..config import TrainConfig, resolve_train_config
 from ..errors import CheckpointError
-from ..inference.checkpoint import SIDECAR_FILE, WEIGHTS_FILE, read_model_sidecar
-from ..models.checkpoint import read_checkpoint_weights
+from ..inference.checkpoint import WEIGHTS_FILE
+from ..inference.run import load_run
 from ..runtime import amp_dtype, resolve_device, seed_everything
 from ..training.checkpointing import load_state, read_state_record
 from .finalize import finalize_run
@@ -75,12 +75,11 @@ def finish(run_dir: str | Path, device: str | None = None, progress: bool = True
         model.load_state_dict(p["best_state"])
         best_epoch, history = p["best_epoch"], p["history"]
     else:
-        meta = read_model_sidecar(run_dir)
-        model.backbone.load_state_dict(read_checkpoint_weights(run_dir / WEIGHTS_FILE,
-                                                               {SIDECAR_FILE: meta.get("weights_sha256")}))
-        best_epoch = int(meta.get("best_epoch", 0))
-        data.fingerprint = meta.get("split_fingerprint", data.fingerprint)
-        init_from = meta.get("init_from", init_from)
+        run = load_run(run_dir)
+        model.backbone.load_state_dict(run.load_state())
+        best_epoch = run.best_epoch or 0
+        data.fingerprint = run.split_fingerprint or data.fingerprint
+        init_from = run.init_from if run.init_from is not None else init_from
         hist = run_dir / "history.csv"
         history = pd.read_csv(hist).to_dict("records") if hist.is_file() else []
     log(f"finish: {run_dir} (epoch {best_epoch} selected); evaluating, auditing and reporting")

@@ -21,9 +21,8 @@ import pandas as pd
 from ..data.preprocess import load_preprocessed
 from ..errors import CovidscreenError, DataError, ImageDecodeError
 from ..evaluation.metrics import headline_auc, predict_labels
-from ..inference.checkpoint import read_model_sidecar, write_sidecar
 from ..inference.onnx import ONNX_FILE, export_onnx
-from ..inference.run import load_run
+from ..inference.run import load_run, update_record
 from ..runtime import sha256_file
 from ..segmentation import load_segmenter_for
 
@@ -51,7 +50,7 @@ def split_images(run_dir: Path, split: str, limit: int | None, seed: int = 0) ->
     table = table[table["split"] == split]
     if limit is not None and len(table) > limit:
         table = table.sample(n=limit, random_state=seed)
-    data_dir = Path(run.sidecar.get("data_dir") or ".")
+    data_dir = Path(run.data_dir or ".")
     segmenter = load_segmenter_for(run.preprocess, base_dir=run.path)
     images, labels = [], []
     for _, row in table.iterrows():
@@ -128,11 +127,10 @@ def export_int8(run_dir: str | Path, calibration_images: int = 128, max_auc_drop
     except ImportError:
         raise CovidscreenError("INT8 export needs onnx and onnxruntime: pip install 'covidscreen[onnx]'") from None
     run_dir = Path(run_dir)
-    meta = read_model_sidecar(run_dir)
-    if not meta.get("onnx") or not (run_dir / ONNX_FILE).is_file():
-        export_onnx(run_dir)
-        meta = read_model_sidecar(run_dir)
     run = load_run(run_dir)
+    if run.onnx is None or not (run_dir / ONNX_FILE).is_file():
+        export_onnx(run_dir)
+        run = load_run(run_dir)
     calib, _ = split_images(run_dir, "val", calibration_images, seed=run.seed or 0)
     test_x, test_y = split_images(run_dir, "test", max_test_images, seed=run.seed or 0)
     out = run_dir / INT8_FILE
@@ -158,12 +156,12 @@ def export_int8(run_dir: str | Path, calibration_images: int = 128, max_auc_drop
         failures.append(f"test ROC AUC {auc32:.4f} -> {auc8:.4f} (drop {drop:.4f} > {max_auc_drop})")
     if changed > max_changed:
         failures.append(f"{changed:.1%} of {len(test_y)} test decisions changed (> {max_changed:.1%})")
-    info = meta["onnx"]
+    info: dict = {}
     if failures:
         tmp.unlink(missing_ok=True)
         out.unlink(missing_ok=True)
         info["int8"] = {"accepted": False, "reasons": failures, "checks": checks}
-        info["serving"] = {"file": ONNX_FILE, "sha256": info["sha256"], "precision": "fp32"}
+        info["serving"] = {"file": ONNX_FILE, "sha256": run.onnx.sha256, "precision": "fp32"}
         message = "INT8 rejected, FP32 keeps serving: " + "; ".join(failures)
     else:
         tmp.replace(out)
@@ -172,6 +170,5 @@ def export_int8(run_dir: str | Path, calibration_images: int = 128, max_auc_drop
         info["serving"] = {"file": INT8_FILE, "sha256": info["int8"]["sha256"], "precision": "int8"}
         message = (f"INT8 serves: test ROC AUC {auc32:.4f} -> {auc8:.4f}, {changed:.1%} of {len(test_y)} decisions "
                    "changed")
-    meta["onnx"] = info
-    write_sidecar(run_dir, meta)
+    update_record(run_dir, merge={"onnx": info})
     return QuantisationResult(not failures, info["serving"]["file"], checks, message)

@@ -16,6 +16,7 @@ import yaml
 
 from ..config import TrainConfig, to_dict
 from ..errors import CheckpointError, ConfigError, CovidscreenError, DiskFullError, Interrupted
+from ..inference.run import is_run_folder
 from ..runtime import atomic_write_text
 from ..training.checkpointing import (
     STATE_FILE,
@@ -58,9 +59,9 @@ def is_finished(run_dir: str | Path, cfg: TrainConfig) -> bool:
         ConfigError: the folder holds a complete run of another config (the message names the differing keys).
     """
     run_dir = Path(run_dir)
-    done = (run_dir / "metrics.json").is_file() and (run_dir / "config.yaml").is_file() and (
-        (run_dir / "model.json").is_file() or (run_dir / "ensemble.json").is_file()) and not (
-        run_dir / RESUME_DIR).exists()  # an epoch checkpoint is removed only once report and model card are written
+    # an epoch checkpoint is removed only once report and model card are written
+    done = (run_dir / "metrics.json").is_file() and (run_dir / "config.yaml").is_file() and is_run_folder(
+        run_dir) and not (run_dir / RESUME_DIR).exists()
     if not done:
         return False
     stored = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
