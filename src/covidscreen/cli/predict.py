@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..errors import CovidscreenError
 from .options import DeviceOpt
 
 app = typer.Typer()
@@ -25,7 +24,8 @@ def predict(
     operating_point: Annotated[str, typer.Option(
         "--operating-point", help="named threshold of the run (chosen on validation): default, youden, "
         "sensitivity_0.95, specificity_0.95")] = "default",
-    backend: Annotated[str, typer.Option("--backend", help="torch, or onnx (after covidscreen export)")] = "torch",
+    backend: Annotated[str, typer.Option("--backend", help="torch, onnx (after covidscreen export), or auto (onnx "
+                                         "when the run has an export and onnxruntime is installed)")] = "torch",
     device: DeviceOpt = "auto",
     mixed_precision: Annotated[bool, typer.Option(
         "--mixed-precision", help="bfloat16/float16 autocast on a GPU: faster, but its probabilities differ from "
@@ -38,54 +38,19 @@ def predict(
         "--strip", help="screen each image for a backdoor trigger (STRIP; adds strip_entropy, strip_flag)")] = False,
 ) -> None:
     """Class probabilities and the decision at the run's operating point, one row per file."""
-    from ..inference.predictor import Predictor
-    from ..runtime import resolve_device
-    from ..security.integrity import trusted_sha256
-    from ..security.scan import predict_screened
-    from ..training import distributed
-    from ..workflows.sharded import predict_files_sharded
+    from ..workflows.predict import predict_files_job  # per command: `covidscreen --help` stays free of PyTorch
 
-    if output is not None and output.suffix.lower() not in (".csv", ".json"):
-        raise CovidscreenError(f"--output {output}: use a .csv or .json file name")
-    if resume and (output is None or output.suffix.lower() != ".csv"):
-        raise CovidscreenError("--resume needs a CSV --output to resume into")
-    world = distributed.start()  # under torchrun each rank predicts its share of the files; rank 0 writes them all
-    if world.distributed and resume:
-        distributed.stop(world)
-        raise CovidscreenError("--resume streams into one CSV from one process; run it without torchrun")
-    if world.distributed and backend == "torch":
-        device = str(world.local_device(resolve_device(device)))
-    predictor = Predictor(run_dir, device=device, operating_point=operating_point, backend=backend,
-                          mixed_precision=mixed_precision, expected_sha256=trusted_sha256(run_dir, expect_sha256,
-                                                                                          manifest))
-    if strip and (world.distributed or resume):
-        distributed.stop(world)
-        raise CovidscreenError("--strip screens the whole table in one process; run it without torchrun and --resume")
-    if strip:  # STRIP adds its columns to the whole table
-        df = predict_screened(predictor, run_dir, inputs, strip=True, batch_size=batch_size)
-    elif not world.distributed and output is not None and output.suffix.lower() == ".csv":
-        from ..inference.stream import predict_to_csv
-
-        done = predict_to_csv(predictor, inputs, output, resume=resume, batch_size=batch_size)
-        typer.echo(f"{done.written} file(s) scored, {done.unreadable} unreadable, {done.skipped} already in "
-                   f"{output}")
-        return
-    else:
-        df = predict_files_sharded(predictor, inputs, world, batch_size=batch_size)
-    distributed.stop(world)
-    if df is None:  # not rank 0
-        return
-    if output is None:
-        typer.echo(df.to_csv(index=False), nl=False)
-    else:
-        from ..runtime import atomic_write_csv, atomic_write_text
-
-        output.parent.mkdir(parents=True, exist_ok=True)
-        if output.suffix.lower() == ".csv":  # the merged result of the ranks of torchrun
-            atomic_write_csv(output, df)
-        else:
-            atomic_write_text(output, df.to_json(orient="records", indent=2))
-        typer.echo(f"{len(df)} file(s), {int((df['error'] != '').sum())} unreadable: {output}")
+    screen = None
+    if strip:
+        from ..security.scan import strip_screen as screen  # per command, as above
+    outcome = predict_files_job(run_dir, inputs, output, resume=resume, batch_size=batch_size,
+                                operating_point=operating_point, backend=backend, device=device,
+                                mixed_precision=mixed_precision, expect_sha256=expect_sha256, manifest=manifest,
+                                screen=screen)
+    if outcome.summary() is not None:
+        typer.echo(outcome.summary())
+    elif outcome.table is not None:  # rank 0 without --output: the table on standard output
+        typer.echo(outcome.table.to_csv(index=False), nl=False)
 
 
 @app.command()

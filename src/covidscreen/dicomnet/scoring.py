@@ -23,8 +23,8 @@ from ..explain.cam import Explainer, Explanation
 from ..explain.figures import explanation_png
 from ..explain.inputs import chance_level, map_to_image
 from ..explain.regions import DEFAULT_MARGIN, border_fraction
-from ..inference.predictor import Predictor
 from ..inference.run import DEFAULT_POINT
+from ..workflows.predict import open_predictor
 
 #: Modalities the models are trained for (plain chest radiographs).
 RADIOGRAPH_MODALITIES = ("CR", "DX")
@@ -96,7 +96,7 @@ class DicomScorer:
         run_dir: a run or ensemble folder.
         operating_point: the decision's operating point (``default``: the run's, i.e. ``youden``).
         device: ``auto``, ``cpu``, ``cuda``.
-        backend: ``torch`` or ``onnx`` (probabilities); heatmaps always use the PyTorch model.
+        backend: ``torch``, ``onnx`` or ``auto`` (probabilities); heatmaps always use the PyTorch model.
         heatmap: draw the Grad-CAM figure of the positive class.
         method: the CAM method (``gradcam``, ``gradcam++``, ``scorecam``, ``eigencam``).
     """
@@ -104,7 +104,8 @@ class DicomScorer:
     def __init__(self, run_dir: str | Path, operating_point: str = "default", device: str = "auto",
                  backend: str = "torch", heatmap: bool = True, method: str = "gradcam",
                  margin: float = DEFAULT_MARGIN) -> None:
-        self.predictor = Predictor(run_dir, device=device, operating_point=operating_point, backend=backend)
+        # the engine as predict and serve choose it (workflows/predict.py)
+        self.predictor = open_predictor(run_dir, backend, device, operating_point)
         run = self.run = self.predictor.run
         if run.modality != "cxr":  # the node receives radiographs (CR/DX); it must not score them with a CT model
             raise ConfigError(f"{run.path} reads {run.modality} images, but the DICOM node receives chest radiographs "

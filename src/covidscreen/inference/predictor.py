@@ -65,6 +65,7 @@ class Predictor:
         self.device = resolve_device(device if backend == "torch" else "cpu")
         self.model = self.run.load_model(self.device, expected_sha256).to(memory_format=torch.channels_last)
         self.onnx = OnnxModel(self.run) if backend == "onnx" else None
+        self.backend = backend
         self.amp = amp_dtype(self.device, enabled=mixed_precision)
         self.classes: list[str] = list(self.run.classes)
         self.size = self.run.image_size

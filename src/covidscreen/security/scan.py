@@ -248,7 +248,11 @@ def predict_screened(predictor: Predictor, run_dir: str | Path, inputs: list[str
     is predicted (STRIP runs ``n_perturb`` forward passes per image, so it is the dominant cost then).
     """
     preds = predictor.predict_files(inputs, batch_size=batch_size, progress=progress)
-    if not strip:
-        return preds
-    screened = scan_inputs(run_dir, preds["path"].tolist(), frr=frr, predictor=predictor, record=False)
+    return strip_screen(predictor, preds, frr=frr) if strip else preds
+
+
+def strip_screen(predictor: Predictor, preds: pd.DataFrame, frr: float = 0.01) -> pd.DataFrame:
+    """``preds`` (one row per file, as :meth:`Predictor.predict_files` gives) plus ``strip_entropy`` and
+    ``strip_flag`` of each readable file (``covidscreen predict --strip``)."""
+    screened = scan_inputs(predictor.run.path, preds["path"].tolist(), frr=frr, predictor=predictor, record=False)
     return preds.merge(screened[["path", "strip_entropy", "strip_flag"]], on="path", how="left")

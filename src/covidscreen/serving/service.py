@@ -33,9 +33,8 @@ from ..explain.image import explain_image
 from ..explain.inputs import run_input_loader
 from ..inference.modality import check_dicom_modality
 from ..inference.onnx import OnnxModel
-from ..inference.predictor import Predictor
-from ..security.integrity import trusted_sha256
 from ..security.scan import strip_detector
+from ..workflows.predict import open_predictor
 from .batcher import MicroBatcher, QueueFull
 from .config import ServeConfig
 from .modelinfo import model_info, point_info, weights_id
@@ -86,13 +85,10 @@ class Screening:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         run_dir = config.run_dir
-        backend = config.backend
-        if backend == "auto":
-            backend = "onnx" if (run_dir / "model.onnx").is_file() and _has_onnxruntime() else "torch"
-        self.backend = backend
-        self.predictor = Predictor(run_dir, device=config.device, operating_point=config.operating_point,
-                                   backend=backend, expected_sha256=trusted_sha256(run_dir, config.expect_sha256,
-                                                                                   config.manifest))
+        # the engine as predict and the DICOM node choose it (backend auto: ONNX Runtime when exported)
+        self.predictor = open_predictor(run_dir, config.backend, config.device, config.operating_point,
+                                        expect_sha256=config.expect_sha256, manifest=config.manifest)
+        self.backend = backend = self.predictor.backend
         if config.model_threads:
             self._limit_model_threads(config.model_threads)
         run = self.run = self.predictor.run
@@ -117,7 +113,7 @@ class Screening:
     def _limit_model_threads(self, n: int) -> None:
         torch.set_num_threads(n)
         if self.predictor.onnx is not None:
-            self.predictor.onnx = OnnxModel(self.config.run_dir, threads=n)
+            self.predictor.onnx = OnnxModel(self.predictor.run, threads=n)
 
     # -- life cycle ------------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -382,14 +378,6 @@ class _FileError(Exception):
 def _safe_name(name: str | None) -> str:
     base = os.path.basename(name or "") or "upload"
     return base[:200]
-
-
-def _has_onnxruntime() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 __all__ = ["NOTICE", "Screening", "ServiceError", "Upload", "DataError"]
