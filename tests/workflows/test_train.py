@@ -102,3 +102,43 @@ def test_a_failed_setup_removes_the_run_folder_it_made_and_keeps_one_that_existe
     with new_run_folder(made):  # a setup that succeeds keeps its folder
         pass
     assert made.is_dir()
+
+
+def test_the_final_evaluation_reuses_the_kept_epochs_validation_predictions(tmp_path, monkeypatch):
+    """Model selection already predicted the validation split with the kept weights, in exact float32: finishing
+    the run predicts only the test split, and the reused numbers are bit for bit what predicting again gives."""
+    from covidscreen.config import TrainConfig
+    from covidscreen.workflows import train
+    from covidscreen.workflows.fit import fit
+    from tests.conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", n_per_class=16, size=40)
+    calls, checks = [], []
+    real_predict, real_final = train.predict_probs, train.final_probs
+
+    def predict_probs(model, images, rows, *args, **kwargs):
+        calls.append((kwargs.get("desc"), len(rows)))
+        return real_predict(model, images, rows, *args, **kwargs)
+
+    def final_probs(model, data, eval_mask, device, batch_size, val_probs, progress):
+        start = len(calls)
+        reused = real_final(model, data, eval_mask, device, batch_size, val_probs, progress)
+        final_calls = calls[start:]
+        fresh = real_final(model, data, eval_mask, device, batch_size, None, progress)
+        checks.append((val_probs is not None, final_calls, int(eval_mask.sum()), np.array_equal(reused, fresh)))
+        return reused
+
+    monkeypatch.setattr(train, "predict_probs", predict_probs)
+    monkeypatch.setattr(train, "final_probs", final_probs)
+    cfg = TrainConfig(data=str(data), output=str(tmp_path / "run"), model="squeezenet1_1", pretrained=False,
+                      image_size=32, epochs=2, batch_size=8, samples_per_epoch=None, bootstrap=50, device="cpu",
+                      cache_dir=str(tmp_path / "cache"), audit=False, site_probe=False)
+    run_dir = fit(cfg, progress=False)
+    split = pd.read_csv(run_dir / "split.csv")
+    n_val, n_test = int((split["split"] == "val").sum()), int((split["split"] == "test").sum())
+    (reused_given, final_calls, n_eval, identical), = checks
+    assert reused_given and n_eval == n_val + n_test and n_val > 0
+    assert final_calls == [("predict test", n_test)]  # no second forward pass over validation
+    assert identical
+    history = pd.read_csv(run_dir / "history.csv")
+    assert [c for c in calls if c[0] == "validate"] == [("validate", n_val)] * len(history)

@@ -229,7 +229,7 @@ def fit_single(cfg: TrainConfig, progress: bool = True) -> Path:
     with after_training(run_dir):  # an error from here on names `covidscreen finish RUN_DIR`
         with timer.phase("evaluation"):
             result = finish_run(run_dir, model, data, cfg, device, amp, selected.epoch, selected.history, progress,
-                                init_from)
+                                init_from, selected.val_probs)
         # audit, held-out site, report, model card
         finalize_run(run_dir, cfg, data, model, device, progress, log, timer=timer)
     discard_training_state(run_dir)  # model.safetensors holds the selected weights; `finish` can redo the rest
@@ -383,12 +383,14 @@ def epoch_order(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, rng:
     return epoch_rows(setup.train_idx, y_all[setup.train_idx], setup.drawn, rng, cfg.sampler)
 
 
-def validate(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, progress: bool) -> dict[str, float]:
-    """Validation loss, pooled AUC, accuracy, within-site AUC, and the score that selects the epoch."""
+def validate(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, progress: bool) -> dict[str, Any]:
+    """Validation loss, pooled AUC, accuracy, within-site AUC, the score that selects the epoch, and the validation
+    probabilities (``probs``, keyed by cache row in ``rows``), which :func:`finish_run` reuses for the epoch kept."""
     is_val = (data.table["split"] == "val").to_numpy()
     device = setup.opt.device
+    # exact float32, as finish_run predicts: the kept epoch's validation predictions are the run's final ones
     probs = predict_probs(setup.opt.model, data.cache.images, data.rows[is_val], device, cfg.eval_batch_size,
-                          setup.opt.amp, desc="validate", progress=progress)
+                          None, desc="validate", progress=progress)
     y_val = data.table["y"].to_numpy()[is_val]
     with torch.no_grad():
         loss = float(setup.eval_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)).float().to(device),
@@ -397,7 +399,7 @@ def validate(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, progres
     # the selection score is the pooled AUC, or the within-site AUC with select_on: within_site_auc
     score, within = selection_score(cfg, auc, y_val, probs, data.table["site"].to_numpy()[is_val], data.classes)
     return {"loss": loss, "auc": auc, "accuracy": float(np.mean(probs.argmax(1) == y_val)),
-            "within_site_auc": within, "score": score}
+            "within_site_auc": within, "score": score, "probs": probs, "rows": data.rows[is_val]}
 
 
 @dataclass
@@ -407,6 +409,22 @@ class Selection:
     state: dict[str, torch.Tensor]
     epoch: int
     history: list[dict[str, Any]]
+    val_probs: ValidationProbs | None = None  # of the kept epoch (None: it was kept before a resume)
+
+
+@dataclass
+class ValidationProbs:
+    """Validation probabilities of one epoch's weights, keyed by cache row (robust to rows left out later)."""
+
+    rows: np.ndarray
+    probs: np.ndarray
+
+    def lookup(self, rows: np.ndarray) -> np.ndarray | None:
+        """The probabilities of ``rows`` (cache rows), or None when some were not validated."""
+        where = {int(r): i for i, r in enumerate(self.rows)}
+        if not all(int(r) in where for r in rows):
+            return None
+        return self.probs[[where[int(r)] for r in rows]]
 
 
 def train_epochs(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, rng: np.random.Generator,
@@ -417,6 +435,7 @@ def train_epochs(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, rng
     y_all = data.table["y"].to_numpy()
     ckpt = EpochCheckpoints(run_dir, cfg, data, setup, rng, log)  # continues from RUN_DIR/resume when it exists
     best_score, best_state, best_epoch, stale, history = ckpt.resume()
+    best_val = None  # the kept epoch's validation probabilities, reused by finish_run
     for epoch in ckpt.epochs():
         te = time.time()
         if setup.warmup.set_epoch(epoch):
@@ -449,6 +468,7 @@ def train_epochs(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, rng
         if improved:
             best_score = val["score"] if np.isfinite(val["score"]) else best_score
             best_state, best_epoch, stale = copy.deepcopy(model.state_dict()), epoch, 0
+            best_val = ValidationProbs(val["rows"], val["probs"])
         else:
             stale += 1
         stop = not improved and stale >= cfg.patience
@@ -456,7 +476,7 @@ def train_epochs(cfg: TrainConfig, data: PreparedData, setup: TrainingSetup, rng
         if stop:
             log(f"early stopping: no validation improvement for {cfg.patience} epoch(s)")
             break
-    return Selection(best_state, best_epoch, history)
+    return Selection(best_state, best_epoch, history, best_val)
 
 
 def write_distributed(run_dir: Path, world: distributed.World, rank_batch_size: int, replicas: list[str]) -> None:
@@ -466,17 +486,36 @@ def write_distributed(run_dir: Path, world: distributed.World, rank_batch_size: 
         "global_batch_size": rank_batch_size * world.world_size, "replica_state_sha256": replicas}, indent=2))
 
 
+def final_probs(model: torch.nn.Module, data: PreparedData, eval_mask: np.ndarray, device: torch.device,
+                batch_size: int, val_probs: ValidationProbs | None, progress: bool) -> np.ndarray:
+    """Probabilities of the val and test rows (in table order) in exact float32 on every device (no autocast: the
+    operating points and metrics chosen from them must hold for predict/evaluate/calibrate, which compute in float32
+    by default; bfloat16 changed 3 of 204 decisions on an H100). Validation rows come from ``val_probs`` when it
+    covers them all, so the validation split is not predicted a second time."""
+    is_val = (data.table["split"] == "val").to_numpy()
+    known = val_probs.lookup(data.rows[is_val]) if val_probs is not None else None
+    if known is None:
+        return predict_probs(model, data.cache.images, data.rows[eval_mask], device, batch_size, None,
+                             desc="predict val+test", progress=progress)
+    test = predict_probs(model, data.cache.images, data.rows[eval_mask & ~is_val], device, batch_size, None,
+                         desc="predict test", progress=progress)
+    probs = np.empty((int(eval_mask.sum()), known.shape[1] if len(known) else test.shape[1]))
+    val_part = is_val[eval_mask]
+    probs[val_part], probs[~val_part] = known, test
+    return probs
+
+
 def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: TrainConfig, device: torch.device,
                amp: torch.dtype | None, best_epoch: int, history: list[dict[str, Any]], progress: bool,
-               init_from: dict | None = None) -> Path:
-    """Predict val and test, choose operating points on val, write checkpoint, metrics and report."""
+               init_from: dict | None = None, val_probs: ValidationProbs | None = None) -> Path:
+    """Predict val and test, choose operating points on val, write checkpoint, metrics and report.
+
+    ``val_probs``: the kept epoch's validation probabilities from model selection (same weights, exact float32);
+    given, only the test split is predicted here."""
     leave_out_changed_files(run_dir, data, log)  # vanished or changed since they were cached: not evaluated
     table, classes = data.table, data.classes
     eval_mask = table["split"].isin(["val", "test"]).to_numpy()
-    # exact float32 on every device (no autocast): the operating points and metrics chosen here must hold for
-    # predict/evaluate/calibrate, which compute in float32 by default (bfloat16 changed 3 of 204 decisions on an H100)
-    probs = predict_probs(model, data.cache.images, data.rows[eval_mask], device, cfg.eval_batch_size, None,
-                          desc="predict val+test", progress=progress)
+    probs = final_probs(model, data, eval_mask, device, cfg.eval_batch_size, val_probs, progress)
     preds = table.loc[eval_mask, ["image", "label", "split", "site", "view", "group"]].reset_index(drop=True)
     for i, c in enumerate(classes):
         preds[f"prob_{c}"] = probs[:, i]
