@@ -143,6 +143,33 @@ def test_members_at_different_input_sizes_each_read_their_own(tmp_path):
     assert np.allclose(got, want.numpy(), atol=1e-5)
 
 
+def test_files_are_decoded_once_and_each_member_reads_its_own_single_resize(tmp_path, monkeypatch):
+    """Predicting files (and evaluating a folder) with an ensemble of 32 and 48 px members: each file is decoded
+    once, resized once to each size, and the ensemble's probabilities are the mean of each member's own Predictor's
+    on that file (no image resized twice)."""
+    from PIL import Image
+
+    import covidscreen.data.preprocess as preprocess
+
+    (a, _), (b, _) = _member(tmp_path, "a", 0, size=32), _member(tmp_path, "b", 1, size=48)
+    ens_dir = build_ensemble([a, b], tmp_path / "ens")
+    rng = np.random.default_rng(3)
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"x{i}.png")
+        Image.fromarray(rng.integers(0, 255, (90, 70), dtype=np.uint8)).save(files[-1])
+    decodes = []
+    real_read = preprocess.read_image
+    monkeypatch.setattr(preprocess, "read_image", lambda path, **kw: decodes.append(path) or real_read(path, **kw))
+    pred = Predictor(ens_dir, device="cpu")
+    assert pred.sizes == (32, 48)
+    got = pred.predict_files(files, progress=False)
+    assert sorted(map(str, decodes)) == sorted(map(str, files))  # one decode per file
+    own = [Predictor(m, device="cpu").predict_files(files, progress=False) for m in (a, b)]
+    for c in CLASSES:
+        assert np.allclose(got[f"prob_{c}"], (own[0][f"prob_{c}"] + own[1][f"prob_{c}"]) / 2, atol=1e-6)
+
+
 def test_manifest_carries_the_members_preprocessing(tmp_path):
     """An ensemble of histogram-equalised runs prepares images as its members did (it once read them plain)."""
     prep = {"intensity": "histeq", "border_crop": 0.05}

@@ -272,6 +272,26 @@ def load_preprocessed(path: str | Path, size: int, cfg: PreprocessConfig | None 
     return load_preprocessed_with_geometry(path, size, cfg, segmenter, stats)[0]
 
 
+def load_preprocessed_sizes(path: str | Path, sizes: list[int], cfg: PreprocessConfig | None = None,
+                            segmenter: Any = None, stats: dict[str, int] | None = None) -> list[np.ndarray]:
+    """:func:`load_preprocessed` at several sizes from one decode (an ensemble of members trained at different input
+    sizes): each output is prepared from the decoded image and resized once, to its own size.
+
+    A JPEG is decoded at the draft scale of the largest size, so a smaller member may see a finer decode than its
+    own run's (PNG and DICOM are always decoded in full, so they are exactly what the member's run would prepare).
+
+    Raises:
+        ImageDecodeError: the file cannot be read.
+    """
+    cfg = cfg or PreprocessConfig()
+    if cfg.ct_windows is not None:
+        decoded = read_ct_channels(path, cfg.ct_windows)
+    else:
+        largest = max(sizes)
+        decoded = read_image(path, draft_size=largest if cfg.is_identity else _draft_size(largest, cfg))
+    return [preprocess_with_geometry(decoded, size, cfg, segmenter, stats)[0] for size in sizes]
+
+
 def load_preprocessed_with_geometry(path: str | Path, size: int, cfg: PreprocessConfig | None = None,
                                     segmenter: Any = None, stats: dict[str, int] | None = None
                                     ) -> tuple[np.ndarray, InputGeometry]:

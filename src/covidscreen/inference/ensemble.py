@@ -7,10 +7,13 @@ load_run` reads such a folder as a :class:`~covidscreen.inference.run.Run` of ki
 anything built on :class:`~covidscreen.inference.predictor.Predictor` use an ensemble exactly like one model.
 
 Members may read different input sizes (EfficientNet-Lite0 at 224 px with Lite2 at 260 px): the ensemble's input
-size is the largest, images are prepared once at that size, and each smaller member gets them resized to its own size
-(bilinear, antialiased) inside :class:`EnsembleModel`. Such a member sees an image resized twice (to the largest size,
-then to its own) instead of once, so its probabilities differ slightly from its own run's; the ensemble folder's
-``predictions.csv`` and operating point, computed from the members' stored predictions, use each member as trained.
+size is the largest. The :class:`~covidscreen.inference.predictor.Predictor` decodes each file once and resizes it
+once to each member size (:func:`~covidscreen.data.preprocess.load_preprocessed_sizes`), and
+:class:`EnsembleModel` gives each member the input of its own size, so a member sees what its own run would prepare
+(evaluation caches one copy per size). Given a single tensor at the largest size (the service's micro-batches),
+smaller members get it resized to their size (bilinear, antialiased): an image resized twice, whose probabilities
+differ slightly from the member's own. The ensemble folder's ``predictions.csv`` and operating point, computed from
+the members' stored predictions, use each member as trained.
 
 Operating threshold: when every member was trained on the same split of the same data (equal split fingerprints),
 the ensemble's averaged validation probabilities choose it, as for a single run, and the folder also gets
@@ -69,9 +72,15 @@ class EnsembleModel(nn.Module):
             return x
         return nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([torch.softmax(m(self._resized(x, s)).float(), dim=1)
-                             for m, s in zip(self.members, self.sizes, strict=True)]).mean(0)
+    def forward(self, x: torch.Tensor | dict[int, torch.Tensor]) -> torch.Tensor:
+        """``x``: one batch at the largest size, or ``{size: batch}`` with a batch of each member's own size."""
+        if isinstance(x, dict):
+            largest = x[max(x)]
+            inputs = [x.get(s, largest) if s is not None else largest for s in self.sizes]
+        else:
+            inputs = [x] * len(self.members)
+        probs = torch.stack([torch.softmax(m(self._resized(xi, s)).float(), dim=1)
+                             for m, s, xi in zip(self.members, self.sizes, inputs, strict=True)]).mean(0)
         return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
 
     @property

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.decode import IMAGE_SUFFIXES
-from ..data.preprocess import load_preprocessed
+from ..data.preprocess import load_preprocessed, load_preprocessed_sizes
 from ..errors import DataError, ImageDecodeError, ModalityError
 from ..evaluation.calibration import apply_temperature
 from ..evaluation.metrics import predict_labels
@@ -28,6 +28,9 @@ from ..segmentation import load_segmenter_for
 from .modality import ModalityWarning, check_input_modality, summarise_warnings
 from .onnx import OnnxModel
 from .run import Run, load_run
+
+# a model input: one array, or one per input size (an ensemble of members trained at different sizes)
+Prepared = np.ndarray | dict[int, np.ndarray]
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -69,6 +72,8 @@ class Predictor:
         self.amp = amp_dtype(self.device, enabled=mixed_precision)
         self.classes: list[str] = list(self.run.classes)
         self.size = self.run.image_size
+        # an ensemble of members trained at different sizes gets each file decoded once, resized once per size
+        self.sizes: tuple[int, ...] = self.run.input_sizes
         self.modality = self.run.modality
         self.last_warnings: list[str] = []  # of the last predict_files / iter_predictions
         self.positive_index = self.run.positive_index
@@ -80,9 +85,34 @@ class Predictor:
         # may carry its own, otherwise the run's, fitted on validation
         self.temperature = self.run.temperature_for(operating_point)
 
+    def prepare(self, path: str | Path) -> Prepared:
+        """One file as the model reads it: a ``(size, size)`` uint8 array (``(C, size, size)`` for runs reading CT
+        windows), or ``{size: array}`` for an ensemble of members at different sizes (decoded once).
+
+        Raises:
+            ImageDecodeError: the file cannot be read.
+        """
+        if len(self.sizes) == 1:
+            return load_preprocessed(path, self.size, self.preprocess, self.segmenter)
+        images = load_preprocessed_sizes(path, list(self.sizes), self.preprocess, self.segmenter)
+        return dict(zip(self.sizes, images, strict=True))
+
+    @staticmethod
+    def stack(images: list[Prepared]) -> Prepared:
+        """A batch of :meth:`prepare` outputs, for :meth:`predict_arrays`."""
+        if images and isinstance(images[0], dict):
+            return {size: np.stack([img[size] for img in images]) for size in images[0]}
+        return np.stack(images)
+
     @torch.inference_mode()
-    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities for a ``(B, size, size)`` uint8 batch (``(B, C, size, size)`` for runs reading CT windows)."""
+    def predict_arrays(self, images: Prepared) -> np.ndarray:
+        """Probabilities for a ``(B, size, size)`` uint8 batch (``(B, C, size, size)`` for runs reading CT windows),
+        or ``{size: batch}`` (:meth:`stack` of :meth:`prepare` outputs) for an ensemble of several sizes."""
+        if isinstance(images, dict):
+            x = {size: to_input(torch.from_numpy(np.ascontiguousarray(b)), self.device) for size, b in images.items()}
+            with prediction_precision(self.device, self.amp):
+                logits = self.model(x)
+            return torch.softmax(logits.float() / self.temperature, 1).cpu().numpy().astype(np.float64)
         if self.onnx is not None:
             x = np.ascontiguousarray(images, dtype=np.float32) / 255.0
             probs = self.onnx.probabilities(x[:, None] if x.ndim == 3 else x)
@@ -122,12 +152,12 @@ class Predictor:
         rows: list[dict] = []
         unchecked: list[str] = []
         self.last_warnings = []
-        batch: list[tuple[int, np.ndarray]] = []
+        batch: list[tuple[int, Prepared]] = []
 
         def flush() -> None:
             if not batch:
                 return
-            probs = self.predict_arrays(np.stack([img for _, img in batch]))
+            probs = self.predict_arrays(self.stack([img for _, img in batch]))
             for (i, _), p, label in zip(batch, probs, self.decide(probs)):
                 rows[i].update({f"prob_{c}": float(v) for c, v in zip(self.classes, p)})
                 rows[i]["prediction"] = label
@@ -135,12 +165,12 @@ class Predictor:
 
         unchecked: list[str] = []
 
-        def load(f: Path) -> np.ndarray | str:
+        def load(f: Path) -> Prepared | str:
             try:
                 note = self.check_modality(f)
                 if note:
                     unchecked.append(note)
-                return load_preprocessed(f, self.size, self.preprocess, self.segmenter)
+                return self.prepare(f)
             except (ImageDecodeError, ModalityError) as exc:
                 return str(exc)
 

@@ -149,6 +149,12 @@ class Run:
         return float(p.temperature) if p is not None and p.temperature else self.temperature
 
     @property
+    def input_sizes(self) -> tuple[int, ...]:
+        """The input sides the model reads, ascending: one, or each size among an ensemble's members."""
+        sizes = {m.image_size for m in self.ensemble_members} or {self.image_size}
+        return tuple(sorted(sizes))
+
+    @property
     def record_file(self) -> Path:
         """The record this run was read from: ``model.json``, or ``ensemble.json`` for an ensemble."""
         return self.path / (ENSEMBLE_FILE if self.kind == "ensemble" else SIDECAR_FILE)

@@ -57,12 +57,21 @@ def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: 
         raise DataError("nothing to evaluate: the chosen images are none")
 
     def score(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        cache = ImageCache(paths, predictor.size, progress=progress and world.is_main,
-                           preprocess=predictor.preprocess, segmenter=predictor.segmenter)  # the run's preprocessing
-        rows = cache.rows([p for p, ok in zip(paths, cache.ok, strict=True) if ok])
-        parts = [predictor.predict_arrays(cache.images[rows[i:i + batch_size]])
-                 for i in range(0, len(rows), batch_size)]
-        return cache.ok, (np.concatenate(parts) if parts else np.zeros((0, len(classes)), dtype=np.float32))
+        # the run's preprocessing; one cache per input size for an ensemble of members trained at several sizes, so
+        # that each member reads images resized once, to its own size
+        caches = [ImageCache(paths, size, progress=progress and world.is_main, preprocess=predictor.preprocess,
+                             segmenter=predictor.segmenter) for size in predictor.sizes]
+        ok = np.logical_and.reduce([c.ok for c in caches])
+        kept = [p for p, good in zip(paths, ok, strict=True) if good]
+        rows = [c.rows(kept) for c in caches]
+
+        def batch(i: int) -> np.ndarray | dict[int, np.ndarray]:
+            parts = {size: c.images[r[i:i + batch_size]] for size, c, r in zip(predictor.sizes, caches, rows,
+                                                                                strict=True)}
+            return parts if len(parts) > 1 else next(iter(parts.values()))
+
+        probs = [predictor.predict_arrays(batch(i)) for i in range(0, len(kept), batch_size)]
+        return ok, (np.concatenate(probs) if probs else np.zeros((0, len(classes)), dtype=np.float32))
 
     # under torchrun each rank scores its share of the images; rank 0 gets them all back in order
     scored = score_paths_sharded(score, table["path"].tolist(), world)
