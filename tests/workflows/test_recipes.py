@@ -69,6 +69,29 @@ def test_recipes_are_package_data_found_from_any_working_directory(tmp_path, mon
     assert [r.name for r in list_recipes()] == ["x"]
 
 
+def test_paths_in_a_recipe_resolve_against_the_data_root_and_the_recipe_not_the_working_directory(tmp_path,
+                                                                                                   monkeypatch):
+    root, mine, elsewhere = tmp_path / "data", tmp_path / "mine", tmp_path / "elsewhere"
+    for folder in (root / "ct", mine / "seg", elsewhere):
+        folder.mkdir(parents=True)
+    (mine / "r.yaml").write_text(
+        "# R: mine\nbase: {data: ct, weights: w/lite0.safetensors, segmentation_model: seg}\n"
+        "grid: {preprocess.segmentation_model: [seg, /abs/seg]}\n"
+        "runs: [{name: a, init_from: 'run:b'}, {name: c, init_from: ../runs/x}]\nbudget: {laptop: {}}\n")
+    monkeypatch.setenv("COVIDSCREEN_RECIPES", str(mine))
+    monkeypatch.setenv("COVIDSCREEN_DATA", str(root))
+    monkeypatch.chdir(elsewhere)  # nothing here: the working directory must not matter
+    data = resolve_recipe(find_recipe("r"), "laptop", {"cache_dir": "mycache"})
+    base = data["base"]
+    assert base["data"] == str(root / "ct") and base["weights"] == str(mine / "w" / "lite0.safetensors")
+    assert base["segmentation_model"] == str(mine / "seg") and base["cache_dir"] == "mycache"  # the user's: as given
+    assert data["grid"]["preprocess.segmentation_model"] == [str(mine / "seg"), "/abs/seg"]
+    assert [r["init_from"] for r in data["runs"]] == ["run:b", str(tmp_path / "runs" / "x")]
+    (mine / "bad.yaml").write_text("# Bad\nbase: {data: nowhere}\nbudget: {laptop: {}}\n")
+    with pytest.raises(ConfigError, match="data 'nowhere' is not a folder of the data root"):
+        resolve_recipe(find_recipe("bad"), "laptop")
+
+
 def test_user_keys_win_over_base_grid_axes_and_runs():
     lee = resolve_recipe(find_recipe("lee"), "laptop", {"model": "vgg19", "epochs": 1})
     assert lee["grid"] == {"model": ["vgg19"], "train_stages": [0, 1, 2, 3, None]} and lee["base"]["epochs"] == 1

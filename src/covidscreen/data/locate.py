@@ -29,6 +29,13 @@ def _candidates() -> list[Path]:
     return [repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data"]
 
 
+def data_roots() -> list[Path]:
+    """Folders that may hold datasets (``<root>/cxr``, ``<root>/ct``): ``$COVIDSCREEN_DATA`` when set, then
+    ``../shared/data`` next to the checkout or the working directory."""
+    env = os.environ.get("COVIDSCREEN_DATA")
+    return ([Path(env).expanduser()] if env else []) + _candidates()
+
+
 def resolve_data_dir(explicit: str | Path | None = None, dataset: str = DEFAULT_DATASET) -> Path:
     """Return the dataset folder to use.
 

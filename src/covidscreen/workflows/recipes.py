@@ -13,6 +13,11 @@ ran) and runs it; a finished recipe resumes or only rewrites its comparison, as 
 
 The recipe files are package data, found with :mod:`importlib.resources` wherever the package is installed and
 whatever the working directory; ``$COVIDSCREEN_RECIPES`` points at another folder of recipes instead.
+
+Paths in a recipe never depend on the working directory (:func:`anchor_paths`): a relative ``data`` names a dataset
+folder of the data root (``data: ct`` is ``../shared/data/ct``, or ``$COVIDSCREEN_DATA/ct``); other relative paths
+(``weights``, ``segmentation_model``, ``init_from`` other than ``run:NAME``) are relative to the recipe file's folder.
+Paths the user gives (options, ``--config``) keep their usual meaning.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 import yaml
 
 from ..config import load_yaml
+from ..data.locate import data_roots
 from ..errors import ConfigError
 from .experiment import load_plan, run_experiment
 
@@ -82,6 +88,39 @@ def find_recipe(name: str, directory: str | Path | None = None) -> Recipe:
                       "(covidscreen recipes lists them)")
 
 
+#: training-config keys whose values are paths (``preprocess.`` ones may also be given flat)
+FILE_KEYS = ("weights", "segmentation_model", "init_from")
+
+
+def _data_folder(value: str, recipe: Path) -> str:
+    for root in data_roots():
+        if (root / value).is_dir():
+            return str((root / value).resolve())
+    raise ConfigError(f"{recipe}: data {value!r} is not a folder of the data root ({', '.join(map(str, data_roots()))}"
+                      "); a recipe names a dataset of the data root (e.g. data: ct) or an absolute folder")
+
+
+def anchor_paths(values: Any, recipe: Path) -> Any:
+    """``values`` (a recipe's ``base``, a budget, a grid axis or run, nested) with its relative paths made absolute:
+    ``data`` under the data root, the other path keys (:data:`FILE_KEYS`) under the recipe file's folder."""
+    if isinstance(values, list):
+        return [anchor_paths(v, recipe) for v in values]
+    if not isinstance(values, dict):
+        return values
+    out = {}
+    for key, value in values.items():
+        name = key.rsplit(".", 1)[-1]
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() and not value.startswith(
+                ("run:", "~")) and name in ("data", *FILE_KEYS):
+            value = _data_folder(value, recipe) if name == "data" else str((recipe.parent / value).resolve())
+        elif isinstance(value, list) and name in ("data", *FILE_KEYS):  # a grid axis of paths
+            value = [anchor_paths({key: v}, recipe)[key] for v in value]
+        else:
+            value = anchor_paths(value, recipe)
+        out[key] = value
+    return out
+
+
 def _user_wins(data: dict[str, Any], overrides: dict[str, Any]) -> None:
     """Make the user's keys win over the recipe's own beyond ``base``: a grid axis of that key shrinks to the value
     given, and named-axis values and extra runs that set the key get the user's value."""
@@ -117,7 +156,7 @@ def resolve_recipe(recipe: Recipe, budget: str = DEFAULT_BUDGET, overrides: dict
     also replace grid axes and runs' keys of the same name)."""
     if budget not in BUDGETS:
         raise ConfigError(f"budget {budget!r} is not known; use one of {', '.join(BUDGETS)}")
-    data = load_yaml(recipe.path)
+    data = anchor_paths(load_yaml(recipe.path), recipe.path)  # the recipe's own paths only, not the user's
     budgets = data.pop("budget", None) or {}
     if not isinstance(budgets, dict) or budget not in budgets:
         raise ConfigError(f"{recipe.path}: no '{budget}' section under 'budget' (budgets: "
