@@ -48,3 +48,22 @@ def test_unconfounded_format_gives_no_finding():
     block = format_audit(table, imgs, np.arange(len(table)))
     assert block["label_from_format"]["roc_auc"] < 0.75
     assert format_finding(block) is None
+
+
+def test_xray_collections_told_apart_by_size_alone_are_flagged_and_explained_for_xrays():
+    """The shared X-rays' case: every COVID image from one collection published at varied sizes, the others re-saved
+    at 224 x 224, the pixels alike. The audit belongs to X-rays too: it flags this, and says what it means there."""
+    from covidscreen.audit.image_format import _section
+
+    rng = np.random.default_rng(1)
+    n = 40
+    imgs = np.clip(rng.normal(100, 20, (2 * n, 64, 64)), 0, 240).astype(np.uint8)  # same 'anatomy'
+    width = np.concatenate([rng.integers(300, 512, n), np.full(n, 224)])
+    height = np.concatenate([rng.integers(300, 512, n), np.full(n, 224)])
+    table = pd.DataFrame({"label": ["covid"] * n + ["normal"] * n, "group": [f"p{i}" for i in range(2 * n)],
+                          "width": width, "height": height, "path": [f"/nonexistent/{i}.png" for i in range(2 * n)]})
+    block = format_audit(table, imgs, np.arange(2 * n))
+    finding = format_finding(block)
+    assert finding is not None and "on chest X-rays" in finding["text"] and "on CT" in finding["text"]
+    section = _section(block)
+    assert any(isinstance(part, str) and "laterality markers" in part for part in section.blocks)

@@ -1,11 +1,16 @@
 """Source confounding in the image *format*: can the label be told from how an image was made?
 
-When every image of one label comes from one kind of source (on the shared CT data: COVID slices cut out of figures
-in papers, the others from clinical archives), the site column may not show it (one site) while the pixels do:
-image size and aspect ratio, borders, saturated white (windowing and figure processing), arrows and text burnt in
-near the edges. This module computes such non-anatomical properties per image and asks a patient-grouped,
-cross-validated logistic regression to predict the label from them alone. A label that is predictable from the
-format is a shortcut a classifier can take; the audit says so first.
+It runs on chest X-rays and on CT alike, because the question does not depend on the modality. When every image of
+one label comes from one kind of source, the site column may not show it (one site, or sites named after
+collections) while the pixels do: image size and aspect ratio, borders, saturated white (windowing and figure
+processing), arrows and text burnt in near the edges. On the shared CT data the COVID slices were cut out of figures
+in papers and the others come from clinical archives; on the shared chest X-rays every COVID image comes from one
+collection (published at varied sizes, many with arrows and text burnt in) while most others were re-saved by their
+collections at one fixed size (224 x 224). This module computes such non-anatomical properties per image and asks a
+patient-grouped, cross-validated logistic regression to predict the label from them alone. A label that is
+predictable from the format is a shortcut a classifier can take; the audit says so first. Radiographs carry
+laterality markers, rulers and collimation edges in every collection; the probe flags them only when their amount
+differs by label.
 
 Properties (per image; the pixel ones on the cached, square image):
 
@@ -127,9 +132,10 @@ def format_finding(block: dict[str, Any]) -> dict[str, str] | None:
         f"it shows (size and aspect ratio, borders, saturated white, marks or text near the edges), a simple model "
         f"tells the labels apart with ROC AUC {auc:.2f} (balanced accuracy {100 * res['balanced_accuracy']:.0f}%, "
         f"patient-grouped cross-validation, n={res['n']}). " + "; ".join(parts) + ". The labels likely come from "
-        "different sources (e.g. figures of papers versus clinical archives): a model can score well by recognising "
-        "the source instead of the disease. Treat the metrics below as an upper bound and validate on images from "
-        "other collections.")}
+        "different sources (on chest X-rays, e.g. one public collection's images at their published sizes versus "
+        "archives re-saved at one fixed size; on CT, e.g. slices cut out of figures in papers versus clinical "
+        "archives): a model can score well by recognising the source instead of the disease. Treat the metrics "
+        "below as an upper bound and validate on images from other collections.")}
 
 
 def _analyse(ctx: AuditContext) -> dict[str, Any]:
@@ -156,7 +162,17 @@ def _section(block: dict[str, Any]) -> Section | None:
                   f"{100 * res['balanced_accuracy']:.0f}% (chance {100 * res['chance']:.0f}%; patient-grouped "
                   f"{res['n_splits']}-fold cross-validation, n={res['n']}). Flagged from AUC {FLAG_AUC}."
                   if "roc_auc" in res else f"Label from format: not probed ({res.get('skipped', 'no result')}).")
-    return Section("Image format by label (how the images were made)", [Table(cols, rows), probe_text])
+    return Section("Image format by label (how the images were made)", [Table(cols, rows), probe_text, EXPLAINED])
+
+
+EXPLAINED = (
+    "What this measures, on chest X-rays and CT alike: properties that say how an image was made, not what it "
+    "shows. On chest X-rays a label told apart by image size usually means its images come from another collection "
+    "(one published at varied sizes versus archives re-saved at one fixed size), and many sharp steps near the edges "
+    "mean text, arrows or scores burnt in; laterality markers (L/R), rulers and collimation edges are in every "
+    "clinical radiograph and matter only when their amount differs by label. On CT, saturated white and borders "
+    "usually mean slices cut out of figures. A high value means the model's test figures can come from recognising "
+    "the source; compare with the within-site results and validate on another collection.")
 
 
 register(Audit("format", order=1, analyse=_analyse, findings=_findings, section=_section))
