@@ -17,6 +17,7 @@ import os
 import platform
 import random
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -219,7 +220,7 @@ def read_optional_json(path: Path) -> Any:
 
 def library_versions() -> dict[str, str]:
     """Versions recorded with every checkpoint, so that a run says what computed it."""
-    import numpy
+    # timm and torchvision (about 2 CPU s) load when a checkpoint is written, not with every import of runtime
     import timm
     import torchvision
 
@@ -230,15 +231,13 @@ def library_versions() -> dict[str, str]:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "timm": timm.__version__,
-        "numpy": numpy.__version__,
+        "numpy": np.__version__,
         "covidscreen_commit": code_commit(),
     }
 
 
 def code_commit() -> str | None:
     """The git commit of the covidscreen source that runs (``+dirty`` with local changes), None outside git."""
-    import subprocess
-
     src = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)

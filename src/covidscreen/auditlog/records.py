@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..errors import CovidscreenError
 
 SOURCES = ("http", "dicom", "cli")
@@ -50,8 +51,6 @@ def warning_code(warning: str) -> str:
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """``covidscreen <version>``, plus the git commit (``+g<sha>``, ``.dirty``) when running from a checkout."""
-    from .. import __version__
-
     version = __version__
     root = Path(__file__).resolve().parents[3]
     if (root / ".git").exists():

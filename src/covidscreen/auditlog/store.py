@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     create_engine,
     event,
+    func,
     insert,
     select,
     update,
@@ -38,6 +39,7 @@ from sqlalchemy.types import TypeDecorator
 
 from ..errors import CovidscreenError
 from .records import PredictionRecord, utc_now
+from .summary import summarise
 
 DEFAULT_FILE = "audit_log.sqlite"
 CSV_COLUMNS = ("time", "request_id", "source", "site", "input_sha256", "model_id", "weights_sha256", "code_version",
@@ -236,8 +238,6 @@ class AuditLog:
         return out
 
     def count(self) -> int:
-        from sqlalchemy import func
-
         self._ensure_schema()
         try:
             with self.engine.connect() as conn:
@@ -247,8 +247,6 @@ class AuditLog:
 
     def summary(self, since: date | datetime | None = None, until: date | datetime | None = None, **drift: Any):
         """Decisions and warnings per day and site, with drift warnings (see :func:`summary.summarise`)."""
-        from .summary import summarise
-
         return summarise(self.iter_records(since, until), **drift)
 
     def export_csv(self, path: str | Path, since: date | datetime | None = None,

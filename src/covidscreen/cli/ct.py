@@ -37,6 +37,7 @@ def predict_series(
     device: DeviceOpt = "auto",
 ) -> None:
     """Per-slice and per-series COVID probability of CT series, naming the slices that drove each decision."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..ct.score import predict_series as score
     from ..ct.score import series_table
 

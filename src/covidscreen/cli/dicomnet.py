@@ -46,6 +46,7 @@ def dicom_node(
     device: DeviceOpt = "auto",
 ) -> None:
     """Receive CR/DX images over DICOM (C-STORE SCP), score them, file an SR and a heatmap into their study."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..dicomnet import AeAddress, DicomNode, NodeConfig
 
     _logging()
@@ -73,6 +74,7 @@ def dicom_send(
     device: DeviceOpt = "auto",
 ) -> None:
     """Score local DICOM files and store their results (SR, heatmap) in a PACS."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..dicomnet import AeAddress
     from ..dicomnet.send import dicom_send as send
 
@@ -92,6 +94,7 @@ def dicom_send(
 @outbox_app.command("list")
 def outbox_list(folder: Annotated[Path, typer.Argument(help="run folder, node --workdir or outbox folder")]) -> None:
     """List the results the PACS has not confirmed yet."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..dicomnet.outbox import resolve_outbox
 
     outbox = resolve_outbox(folder)
@@ -110,6 +113,7 @@ def outbox_resend(
     ae_title: AetOpt = "COVIDSCREEN",
 ) -> None:
     """Send the pending results now; those still refused stay, with their error."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..dicomnet import AeAddress
     from ..dicomnet.outbox import resolve_outbox
 

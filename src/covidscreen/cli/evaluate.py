@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +29,7 @@ def evaluate(
 
     Under ``torchrun`` the ranks share the scoring of the images and rank 0 writes the evaluation.
     """
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..runtime import resolve_device
     from ..training import distributed
     from ..workflows.evaluate import evaluate_run
@@ -45,12 +47,12 @@ def evaluate(
     if out is None:  # not rank 0
         return
     if robustness or readers:
+        # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
         from ..workflows.evaluate_extras import add_extras
 
         for line in add_extras(run_dir, out, robustness=robustness, readers=readers, device=device):
             typer.echo(line)
-    import json
-
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..evaluation.external import drop_summary
 
     m = json.loads((out / "metrics.json").read_text())
@@ -82,6 +84,7 @@ def audit(
     device: DeviceOpt = "auto",
 ) -> None:
     """Leakage (patients across splits, duplicates, near-duplicates), shortcut probe and label/site confounding."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..reporting.audit_page import read_audit
     from ..workflows.audit import audit_data_dir
 
@@ -105,6 +108,7 @@ def calibrate(
     device: DeviceOpt = "auto",
 ) -> None:
     """Fit the operating threshold on a small labelled sample of your own site and store it in the run."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..workflows.calibrate import calibrate_run, describe_calibration
 
     record = calibrate_run(run_dir, data, target_specificity=target_specificity, name=name, temperature=temperature,

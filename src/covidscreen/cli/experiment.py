@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -20,8 +21,7 @@ def ensemble(
         "candidates: choose on validation, read test once)")] = True,
 ) -> None:
     """Average the probabilities of several runs; the folder is then used like one run (evaluate, predict)."""
-    import json
-
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..workflows.ensemble import build_ensemble
 
     out = build_ensemble(run_dirs, output)
@@ -50,6 +50,7 @@ def experiment(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="check the grid and list its runs, train nothing")] = False,
 ) -> None:
     """Run a grid of training configurations (resumable) and write a comparison table with confidence intervals."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..workflows.experiment import load_plan, run_experiment
 
     plan = load_plan(grid, output)
@@ -66,6 +67,7 @@ def experiment(
 @app.command("models")
 def list_models_cmd() -> None:
     """List the registry's models with their native input size and pretrained-weight sources."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..models.registry import MODEL_SPECS
 
     for name, spec in sorted(MODEL_SPECS.items()):

@@ -17,6 +17,7 @@ def finish(
 ) -> None:
     """Redo what follows training for a run folder (evaluation, audit, explanations, report, model card), e.g.
     after a crash, a full disk or data that vanished at the end of a run."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..workflows.finish import finish as finish_run_folder
 
     run = finish_run_folder(run_dir, device=device)

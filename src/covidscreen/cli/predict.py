@@ -62,10 +62,12 @@ def export(
     calibration_images: Annotated[int, typer.Option("--calibration-images", min=1)] = 128,
 ) -> None:
     """Export a run to ONNX (model.onnx, checked against PyTorch) for onnxruntime CPU inference."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..inference.onnx import export_onnx
 
     typer.echo(f"wrote {export_onnx(run_dir)}")
     if int8:
+        # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
         from ..workflows.quantize import export_int8
 
         result = export_int8(run_dir, calibration_images=calibration_images)
@@ -87,11 +89,13 @@ def explain(
 ) -> None:
     """Heatmaps (Grad-CAM family) of a trained run on images, with sanity checks and the border-fraction score."""
     if feature_maps:
+        # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
         from ..workflows.feature_maps import feature_map_files
 
         pngs = feature_map_files(run_dir, inputs, output, feature_maps, device=device)
         typer.echo(f"{len(pngs)} feature-map grid(s) of {feature_maps}: {output}")
         return
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..workflows.explain import explain_files
 
     table = explain_files(run_dir, inputs, output, method=method, target=target, checks=checks, device=device)

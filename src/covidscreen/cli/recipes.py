@@ -25,7 +25,7 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="with --recipe: write
 
 def parse_sets(items: list[str]) -> dict:
     """``KEY=VALUE`` strings as training-config overrides, each value read as YAML (``false``, ``3``, ``[a, b]``)."""
-    import yaml
+    import yaml  # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
 
     out = {}
     for item in items:
@@ -42,6 +42,7 @@ def parse_sets(items: list[str]) -> dict:
 def run_recipe_command(name: str, budget: str | None, config: Path | None, overrides: dict[str, Any],
                        dry_run: bool) -> None:
     """Resolve recipe ``name`` (``--config`` keys < options), then list its runs (``dry_run``) or run it."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..workflows.experiment import load_plan
     from ..workflows.recipes import DEFAULT_BUDGET, find_recipe, run_recipe, user_overrides, write_recipe_grid
 
@@ -63,6 +64,7 @@ def run_recipe_command(name: str, budget: str | None, config: Path | None, overr
 @app.command("recipes")
 def list_recipes_cmd() -> None:
     """List the recipes: one per published system, each run by `covidscreen train --recipe NAME`."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..workflows.recipes import list_recipes
 
     for r in list_recipes():

@@ -23,6 +23,7 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
 ) -> None:
     """Provenance of a model (hashes, split fingerprint, code version, scans) and its integrity checks."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..security.integrity import format_provenance, provenance
 
     prov = provenance(run_dir, expect_sha256, manifest)
@@ -45,6 +46,7 @@ def scan(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write the per-file table (.csv)")] = None,
 ) -> None:
     """Backdoor screening: of inputs (--inputs, STRIP), of a training set (--data), else of the model (--reference)."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..security import scan as scans
 
     if inputs:
@@ -73,6 +75,7 @@ def backdoor(
     output: Annotated[Path, typer.Option("--output", "-o", help="folder for the runs and backdoor.json")],
 ) -> None:
     """Train clean, poisoned and fine-tuned models and measure clean metrics and attack success (resumable)."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..security.backdoor import BackdoorExperiment, run_experiment
 
     run_experiment(BackdoorExperiment.from_yaml(config), output)
@@ -89,6 +92,7 @@ def detectors(
                                         "trigger")] = 16,
 ) -> None:
     """Run STRIP, the model scan and the training-set scan on every model of the experiment, against the truth."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..errors import DataError
     from ..security.backdoor import evaluate_detectors
 

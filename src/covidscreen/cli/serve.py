@@ -44,6 +44,7 @@ def serve(
                                              "images")] = 0.01,
 ) -> None:
     """Serve a run over HTTP as a second reader: API under /v1 (OpenAPI at /docs), web page at /, audit log."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..serving.config import ServeConfig
     from ..serving.server import run_server
 
@@ -62,6 +63,7 @@ def audit_log(
     csv: Annotated[Path | None, typer.Option("--csv", help="export the records to this CSV file")] = None,
 ) -> None:
     """Summarise the audit log per day (decisions, warnings, drift) and list or export its records."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..serving.server import audit_log_report
 
     for line in audit_log_report(run_or_db, since=since, until=until, csv=csv):

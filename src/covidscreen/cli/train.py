@@ -23,6 +23,7 @@ def quickstart(
     device: DeviceOpt = "auto",
 ) -> None:
     """Fine-tune the default model on the shared chest X-rays, evaluate it on a held-out test split, write a report."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..config import resolve_train_config
     from ..workflows.fit import fit
 
@@ -54,6 +55,7 @@ def train(
     what each option does: docs/transfer_learning.md and docs/generalisation.md. With --recipe NAME, a published
     system's recipe at --budget (recipe < --config YAML < options): docs/recipes.md.
     """
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..config import resolve_train_config
     from ..errors import ConfigError
     from ..workflows.fit import fit
@@ -80,6 +82,7 @@ def train(
 
 
 def resume_run(run_dir: Path, config: Path | None, full_finetune: bool, overrides: dict) -> Path:
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..errors import ConfigError
     from ..workflows.finish import resume_training
 

@@ -24,9 +24,17 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from PIL import Image, UnidentifiedImageError
+from pydicom.encaps import generate_frames
+from pydicom.errors import InvalidDicomError
 
 from ..errors import ImageDecodeError
+
+try:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
+except ImportError:  # pydicom 2.x
+    from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut, convert_color_space
 
 ACCEPTED = "PNG or JPEG (8/16-bit greyscale or RGB) and DICOM (uncompressed or with an installed pixel handler)"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
@@ -107,8 +115,6 @@ def dicom_modality_of(ds: object) -> str | None:
 
 def read_dicom_header(path: str | Path) -> object:
     """A DICOM file's header (no pixel data). Raises :class:`ImageDecodeError` for a file that is not DICOM."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         return pydicom.dcmread(str(path), stop_before_pixels=True)
@@ -239,7 +245,6 @@ def jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
 
 def _check_encapsulated_jpeg(path: str | Path, ds: object, rows: int, cols: int) -> None:
     """Compressed JPEG pixel data must be the size the tags declare: the decoder allocates what the tags say."""
-    from pydicom.encaps import generate_frames
 
     try:
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))  # type: ignore[attr-defined]
@@ -287,8 +292,6 @@ def _decode_dicom(path: Path, ct_window: tuple[float, float] = LUNG_WINDOW) -> n
 
 
 def _read_and_decode_dicom(path: Path, ct_window: tuple[float, float]) -> np.ndarray:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(str(path))
@@ -314,19 +317,12 @@ def decode_dicom_dataset(ds, path: str = "DICOM dataset", ct_window: tuple[float
 
 
 def _decode_dataset(ds, path: str, ct_window: tuple[float, float]) -> np.ndarray:
-    try:
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
-    except ImportError:  # pydicom 2.x
-        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
-
     if dicom_modality_of(ds) == "CT":
         return ct_slice_to_uint8(ds, ct_window, source=path)
     pixels = _pixels(ds, path)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if pixels.ndim == 3:  # colour DICOM (RGB / YBR): convert to grey
         if "YBR" in photometric:
-            from pydicom.pixels import convert_color_space
-
             pixels = convert_color_space(pixels, photometric, "RGB")
         rgb = pixels.astype(np.float32)
         return _to_uint8(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
@@ -459,8 +455,6 @@ def read_ct_channels(path: str | Path,
 
 
 def _read_dicom_dataset(path: Path):
-    import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         return pydicom.dcmread(str(path))

@@ -44,6 +44,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
@@ -158,8 +159,6 @@ def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 def normalise_intensity(image: np.ndarray, method: str, region: np.ndarray | None = None) -> np.ndarray:
     """Intensity normalisation of a 2-D ``uint8`` image; ``region`` (bool) limits the statistics to those pixels."""
-    import cv2
-
     if method == "none":
         return image
     if region is not None and region.sum() < 16:

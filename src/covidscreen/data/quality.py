@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
+from PIL import Image
 
 from .decode import is_dicom
 
@@ -61,10 +63,7 @@ def read_facts(path: str | Path) -> ImageFacts:
     path = Path(path)
     try:
         if is_dicom(path):
-            import pydicom
-
             return dicom_facts(pydicom.dcmread(str(path), stop_before_pixels=True))
-        from PIL import Image
 
         with Image.open(path) as im:
             return ImageFacts(height=im.height, width=im.width)

@@ -88,6 +88,7 @@ _COMPRESSED = [JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossl
 def decodable_transfer_syntaxes() -> list[UID]:
     """Uncompressed syntaxes and the compressed ones pydicom can decode here (so a PACS sends its files unchanged,
     and the node sees exactly the pixels ``covidscreen predict`` would decode from the same file)."""
+    # pydicom 3's API; the core decoder (data/decode.py) also reads with pydicom 2
     from pydicom.pixels import get_decoder
 
     out = list(_UNCOMPRESSED)

@@ -24,7 +24,7 @@ ONNX_FILE = "model.onnx"
 def export_onnx(run_dir: str | Path, opset: int = 17, tolerance: float = 1e-3) -> Path:
     """Write ``model.onnx`` into the run folder and record it (sha256, max deviation) in the sidecar."""
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional dependency: covidscreen[onnx]
     except ImportError:
         raise CovidscreenError("ONNX export needs onnx and onnxruntime: pip install 'covidscreen[onnx]'") from None
     run = load_run(run_dir)
@@ -67,7 +67,7 @@ def session_options(threads: int | None = None) -> Any:
       thread they wait for (or decoding, or another process on a shared CPU) needs; on this project's busy 2-core
       machine spinning made batch-1 inference several times slower.
     """
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional dependency: covidscreen[onnx]
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

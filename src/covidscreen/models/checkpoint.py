@@ -6,11 +6,14 @@ before a single tensor is read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save
 
 from ..errors import CheckpointError
 from ..runtime import atomic_write_bytes, atomic_write_text, library_versions, sha256_file
@@ -37,8 +40,6 @@ def write_checkpoint(folder: str | Path, state: dict[str, torch.Tensor], sidecar
     Returns:
         The sidecar as written.
     """
-    from safetensors.torch import save
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / weights_file
@@ -71,10 +72,6 @@ def read_checkpoint_weights(weights: Path, expected: dict[str, str | None]) -> d
 
     The file is read once: the digest is of the very bytes that are parsed, so it cannot be swapped between the
     check and the load."""
-    import hashlib
-
-    from safetensors.torch import load as load_safetensors
-
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing; train a model into {weights.parent} first")
     blob = weights.read_bytes()

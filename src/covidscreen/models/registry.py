@@ -48,6 +48,7 @@ def _squeeze_head(old: nn.Module, n: int) -> nn.Module:
 
 def _timm(name: str) -> Callable[[int], nn.Module]:
     def build(num_classes: int) -> nn.Module:
+        # timm (about 2 CPU s) loads only when a network is built: `covidscreen models` lists the registry without it
         import timm
 
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
@@ -175,6 +176,7 @@ def list_models() -> list[str]:
 
 
 def _timm_spec(name: str) -> ModelSpec:
+    # timm (about 2 CPU s) loads only when a network is built: `covidscreen models` lists the registry without it
     import timm
 
     model = timm.create_model(name, pretrained=False, num_classes=2)
@@ -202,6 +204,7 @@ def get_spec(name: str) -> ModelSpec:
     if name in MODEL_SPECS:
         return MODEL_SPECS[name]
     try:
+        # timm (about 2 CPU s) loads only when a network is built: `covidscreen models` lists the registry without it
         import timm
 
         if timm.is_model(name):

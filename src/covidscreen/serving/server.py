@@ -23,9 +23,9 @@ def configure_logging(stream=None) -> None:
 
 def run_server(config: ServeConfig) -> None:
     """Load the run, then serve until interrupted (blocks)."""
-    import uvicorn
+    import uvicorn  # optional dependency (covidscreen[serve]); `covidscreen audit-log` uses this module without it
 
-    from .app import create_app
+    from .app import create_app  # FastAPI (covidscreen[serve]) loads only to serve
 
     app = create_app(config)
     configure_logging()
@@ -50,7 +50,7 @@ def parse_day(text: str | None, option: str) -> date | datetime | None:
 def audit_log_report(run_or_db: str | Path, since: str | None = None, until: str | None = None,
                      csv: str | Path | None = None, limit: int = 20) -> list[str]:
     """Lines for ``covidscreen audit-log``: per-day summary, drift warnings, the latest records; a CSV on request."""
-    from ..auditlog import AuditLog, AuditLogError
+    from ..auditlog import AuditLog, AuditLogError  # SQLAlchemy (covidscreen[auditlog]) loads only for the audit log
     from ..auditlog.summary import describe
 
     start, end = parse_day(since, "--since"), parse_day(until, "--until")

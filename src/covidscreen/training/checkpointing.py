@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save
 from torch import nn
 
 from ..errors import CheckpointError
@@ -164,8 +165,6 @@ def save_state(folder: str | Path, tree: dict[str, Any], meta: dict[str, Any]) -
     Raises:
         DiskFullError: no space for the tensors or the JSON; the previous checkpoint stays complete and loadable.
     """
-    from safetensors.torch import save
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
@@ -201,8 +200,6 @@ def read_state_record(folder: str | Path) -> dict[str, Any] | None:
 def load_state(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """``(tree, record)`` of the checkpoint in ``folder``, its tensors checked against the recorded sha256; None
     when there is none."""
-    from safetensors.torch import load_file
-
     record = read_state_record(folder)
     if record is None:
         return None

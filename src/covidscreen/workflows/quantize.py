@@ -67,7 +67,7 @@ def split_images(run_dir: Path, split: str, limit: int | None, seed: int = 0) ->
 
 
 def _session(path: Path, threads: int | None = None) -> Any:
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional dependency: covidscreen[onnx]
 
     opts = ort.SessionOptions()
     if threads:
@@ -90,6 +90,7 @@ def onnx_probabilities(session: Any, images: np.ndarray, temperature: float = 1.
 def quantize_static_qdq(fp32: Path, out: Path, calibration: np.ndarray) -> None:
     """ONNX Runtime static quantisation in QDQ format: int8 weights per channel, uint8 activations whose ranges
     come from ``calibration`` (uint8 images as the model's input takes them)."""
+    # optional dependency: covidscreen[onnx]
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

@@ -64,7 +64,7 @@ class PhaseTimer:
 def cpu_seconds() -> float:
     """User plus system CPU seconds of this process (all threads) and of its children that have ended."""
     try:
-        import resource
+        import resource  # POSIX only: absent on Windows
     except ImportError:  # not Unix: this process only
         return time.process_time()
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
