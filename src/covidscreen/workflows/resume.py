@@ -17,6 +17,7 @@ import yaml
 from ..config import TrainConfig, to_dict
 from ..errors import CheckpointError, ConfigError, CovidscreenError, DiskFullError, Interrupted
 from ..runtime import atomic_write_text
+from ..training import testhook
 from ..training.checkpointing import (
     STATE_FILE,
     InterruptGuard,
@@ -143,6 +144,7 @@ class EpochCheckpoints:
         except DiskFullError as exc:
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no epoch is saved yet"
             raise DiskFullError(f"{exc}; {kept}. Then continue with: {resume_command(self.folder.parent)}") from None
+        testhook.pause_after_epoch(epoch)  # inert unless a fault-injection test holds the run here
 
 
 @contextmanager
