@@ -116,5 +116,19 @@ def test_orthanc_lua_rule_routes_new_radiographs_automatically(routing_orthanc_a
     while len(pacs.series_of_study(study)) < 3 and time.monotonic() < end:
         time.sleep(0.1)
     assert sorted(s["MainDicomTags"]["Modality"] for s in pacs.series_of_study(study)) == ["CR", "OT", "SR"]
-    time.sleep(1.0)
-    assert node.stats["received"] == 1 and node.stats["refused"] == 0  # its own results were not routed back
+    # its own results are not routed back, checked without waiting "long enough": Orthanc runs the OnStoredInstance
+    # callbacks one after another, so a radiograph stored after the results is routed after any send they caused;
+    # once the node has this one and every Orthanc job has ended, such a send would have reached the node
+    (sentinel,) = distinct_copies(shared_dicoms[:1], tmp_path / "sentinel")
+    pacs.upload(sentinel)
+    while node.stats["received"] < 2 and time.monotonic() < end:
+        time.sleep(0.1)
+    while _unfinished_jobs(pacs) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not _unfinished_jobs(pacs), pacs.log_tail()
+    assert node.wait_idle(120)
+    assert node.stats["received"] == 2 and node.stats["refused"] == 0  # the two radiographs, not their results
+
+
+def _unfinished_jobs(pacs: Orthanc) -> list[dict]:
+    return [job for job in pacs.get("/jobs?expand") if job["State"] not in ("Success", "Failure")]
