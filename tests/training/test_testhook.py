@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 from covidscreen.training import testhook
+from tests.conftest import LIVENESS_S
 
 
 def test_inert_without_the_environment_variables(monkeypatch, tmp_path):
@@ -29,5 +30,5 @@ def test_other_epochs_pass_and_the_named_one_is_held_until_released(monkeypatch,
         passed.wait(0.01)
     assert (hold / "paused").read_text() == "2" and not passed.is_set()  # held: it leaves only on release
     (hold / "release").touch()
-    thread.join(timeout=60)
+    thread.join(timeout=LIVENESS_S)
     assert passed.is_set() and not thread.is_alive()

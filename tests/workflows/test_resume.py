@@ -25,7 +25,7 @@ from covidscreen.training.checkpointing import load_state, read_state_record
 from covidscreen.training.testhook import PAUSE_AFTER_EPOCH, PAUSE_DIR
 from covidscreen.workflows.finish import finish, resume_training
 from covidscreen.workflows.fit import fit
-from tests.conftest import REPO, make_image_folder
+from tests.conftest import LIVENESS_S, REPO, make_image_folder
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,7 @@ def _start(args: list[str], cache: Path, hold: Path) -> subprocess.Popen:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _wait_until_held(hold: Path, proc: subprocess.Popen, limit: float = 600) -> int:
+def _wait_until_held(hold: Path, proc: subprocess.Popen, limit: float = LIVENESS_S) -> int:
     """Until the process is held after its epoch checkpoint (it writes ``hold/paused`` and waits there); the epoch.
     Not a race: once the marker exists the process stays there until it is signalled."""
     deadline = time.monotonic() + limit
@@ -110,7 +110,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(tmp_path, data_dir
     assert _wait_until_held(tmp_path / "hold", proc) == 1
     assert read_state_record(run / "resume")["epoch"] == 1
     proc.send_signal(signal.SIGKILL)  # held after epoch 1: certainly mid-training, never after it
-    proc.wait(timeout=60)
+    proc.wait(timeout=LIVENESS_S)
     assert proc.returncode == -signal.SIGKILL
     assert read_state_record(run / "resume")["epoch"] == 1  # the last complete epoch, never a partial one
     assert not (run / "metrics.json").exists()
@@ -131,7 +131,7 @@ def test_sigint_saves_the_last_epoch_names_the_command_and_resumes(tmp_path, dat
                   tmp_path / "hold")
     assert _wait_until_held(tmp_path / "hold", proc) == 1
     proc.send_signal(signal.SIGINT)  # held after epoch 1: the interrupt certainly lands mid-training
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=LIVENESS_S)
     assert proc.returncode == 130, err
     assert "Traceback" not in err + out
     saved = read_state_record(run / "resume")["epoch"]
