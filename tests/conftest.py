@@ -1,7 +1,11 @@
-"""Shared fixtures: the shared data folder next to the checkout, and small synthetic data folders."""
+"""Shared fixtures: the shared data folder next to the checkout, and small synthetic data folders. And how the suite
+runs in parallel (pytest-xdist, docs/testing.md): one torch thread per worker, tests grouped by file unless marked
+with ``xdist_group``, the slow end-to-end files handed out first."""
 
 from __future__ import annotations
 
+import os
+import resource
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,47 @@ pytest_plugins = ["tests.explain_fixtures", "tests.audit_fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+#: how long a test waits for a process, server or result before it calls it stuck: a bound that only a hung process
+#: reaches, never a speed requirement (the shared 2-core machine runs at load 20+ at times: starting a server that
+#: imports torch can take minutes there)
+LIVENESS_S = 600.0
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # under pytest-xdist every worker gets one thread (two workers on two cores do not oversubscribe them), and so do
+    # the subprocesses it starts (the environment is inherited): a test that compares an in-process run with a
+    # subprocess run sums floats in the same order on both sides
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = "1"
+    torch.set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups (--dist loadgroup)
+def pytest_collection_modifyitems(config, items):
+    """``--dist loadgroup``: a test without an ``xdist_group`` mark goes with the other tests of its file (its
+    module-scoped fixtures are built once, on one worker). The files with ``slow`` tests come first, so that the
+    longest work starts at once and the short tests fill the gaps (the same order on every worker)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)  # stable: file order kept otherwise
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With ``COVIDSCREEN_TEST_CPU=FILE``: append each test's CPU seconds (this process and the subprocesses it
+    waited for, setup and teardown included) to FILE, tab-separated; on a busy machine they say more than wall time."""
+    path = os.environ.get("COVIDSCREEN_TEST_CPU")
+    before = _cpu_seconds() if path else 0.0
+    yield
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{_cpu_seconds() - before:.2f}\t{item.nodeid}\n")
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 @pytest.fixture(scope="session")

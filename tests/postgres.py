@@ -62,14 +62,14 @@ class PostgresServer:
 
     def _run(self, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
         cmd = [str(self.bin_dir / args[0]), *args[1:]]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=check, user=self.user,
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=check, user=self.user,
                               cwd=self.root)
 
     def start(self) -> None:
         opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
                 "-c fsync=off -c max_connections=50")
         res = self._run(["pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "server.log"), "-w",
-                         "-t", "30", "start"], check=False)
+                         "-t", "600", "start"], check=False)
         if res.returncode != 0:
             log = (self.root / "server.log").read_text() if (self.root / "server.log").exists() else ""
             raise RuntimeError(f"pg_ctl start failed: {res.stderr}\n{log}")

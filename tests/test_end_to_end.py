@@ -14,6 +14,8 @@ from covidscreen.workflows.evaluate import evaluate_run
 from covidscreen.workflows.fit import fit
 from tests.test_cli import assert_clean_error, run_cli
 
+pytestmark = pytest.mark.slow  # trains on the shared data, then predicts with it
+
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, shared_data):

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from covidscreen.auditlog import AuditLog, utc_now
 from covidscreen.cli import app as cli_app
 from tests.auditlog.test_store import make_record
+from tests.conftest import LIVENESS_S
 from tests.postgres import free_port
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -61,14 +62,18 @@ def test_serve_runs_a_real_server_that_logs_json(tiny_run, tmp_path, png_file):
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(600):  # bounded wait for start-up
+        deadline = time.monotonic() + LIVENESS_S  # start-up: until ready, or a bound only a stuck server reaches
+        while True:
             if proc.poll() is not None:
                 pytest.fail(f"serve exited: {proc.stderr.read()}")
             try:
                 if httpx.get(url + "/readyz", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(0.1)
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"serve did not become ready within {LIVENESS_S:.0f} s")
+            time.sleep(0.1)
         r = httpx.post(url + "/v1/predict", files=[("files", ("a.png", png_file.read_bytes(), "image/png"))])
         assert r.status_code == 200 and r.json()["results"][0]["decision"]
         second = httpx.post(url + "/v1/predict", files=[("files", ("b.dcm", b"DICM", "application/dicom")),
@@ -77,7 +82,7 @@ def test_serve_runs_a_real_server_that_logs_json(tiny_run, tmp_path, png_file):
         proc.kill()  # no shutdown at all: what was answered must already be on disk
     finally:
         proc.kill()
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=LIVENESS_S)
     assert f"serving run@{r.json()['weights_sha256'][:12]} (onnx) on http://127.0.0.1" in err
     lines = [__import__("json").loads(x) for x in err.splitlines() if x.startswith("{")]
     assert any(x["path"] == "/v1/predict" and x["status"] == 200 and x["request_id"] == r.headers["x-request-id"]

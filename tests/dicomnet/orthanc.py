@@ -53,7 +53,7 @@ class Orthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout_s: float = 60.0) -> Orthanc:
+    def start(self, timeout_s: float = 600.0) -> Orthanc:
         self.folder.mkdir(parents=True, exist_ok=True)
         config = self.folder / "orthanc.json"
         config.write_text(json.dumps(self.config, indent=1))

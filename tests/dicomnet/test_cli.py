@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from covidscreen.cli import app
 from covidscreen.dicomnet import AeAddress
 from covidscreen.dicomnet.scu import echo
+from tests.conftest import LIVENESS_S
 
 from .conftest import Sink, free_port, scu_store
 
@@ -29,7 +30,7 @@ def test_dicom_node_process_scores_and_stops_on_ctrl_c(tiny_run, shared_dicoms, 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        end = time.monotonic() + 120
+        end = time.monotonic() + LIVENESS_S
         while not echo(AeAddress("127.0.0.1", port, "COVIDSCREEN"), "TEST", 5) and time.monotonic() < end:
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.3)
@@ -39,7 +40,7 @@ def test_dicom_node_process_scores_and_stops_on_ctrl_c(tiny_run, shared_dicoms, 
         assert sorted(ds.Modality for ds in sink.received) == ["OT", "SR"]
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=LIVENESS_S)
     assert proc.returncode == 0, out
     assert f"listening on 127.0.0.1:{port}" in out
 

@@ -17,11 +17,12 @@ from pynetdicom.sop_class import BasicTextSRStorage, ComputedRadiographyImageSto
 from covidscreen.dicomnet import node as node_module
 from covidscreen.dicomnet.objects import PATIENT_STUDY_KEYWORDS
 from covidscreen.inference.predictor import Predictor
+from tests.conftest import LIVENESS_S
 
 from .conftest import Sink, free_port, scu_store
 
 
-def wait_for(condition, timeout: float = 60.0) -> bool:
+def wait_for(condition, timeout: float = LIVENESS_S) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if condition():
@@ -177,7 +178,7 @@ def test_overload_answers_out_of_resources_and_keeps_serving(make_node, sink, mo
     assert statuses == [0x0000, node_module.OUT_OF_RESOURCES, node_module.OUT_OF_RESOURCES]
     assert node.stats["out_of_resources"] == 2
     release.set()
-    assert node.wait_idle(60)
+    assert node.wait_idle(LIVENESS_S)
     assert len(sink.received) == 4  # SR + SC of each of the two accepted images
     assert scu_store(node.port, [cr_dataset(seed=14)]) == [0x0000]
 
@@ -190,7 +191,7 @@ def test_pacs_down_then_up_pending_results_arrive(make_node, tmp_path):
     assert "could not be reached" in node.outbox.pending()[0].last_error
     pacs.start()
     try:
-        assert node.wait_idle(60), f"pending results not delivered: {node.outbox.pending()}"
+        assert node.wait_idle(LIVENESS_S), f"pending results not delivered: {node.outbox.pending()}"
         assert sorted(ds.Modality for ds in pacs.received) == ["OT", "OT", "SR", "SR"]
     finally:
         pacs.stop()
@@ -232,7 +233,7 @@ def test_spooled_inputs_are_scored_after_a_restart(make_node, sink, tmp_path, mo
     # no result without its audit row: the accepted image waits in the spool, not lost
     assert len(list((tmp_path / "w" / "spool").glob("*.dcm"))) == 1 and not sink.received
     again = make_node(workdir=tmp_path / "w", forward_to=node_module.AeAddress.parse(sink.address))
-    assert again.wait_idle(60)
+    assert again.wait_idle(LIVENESS_S)
     assert sorted(ds.Modality for ds in sink.received) == ["OT", "SR"]
     assert [r.site for r in again.audit.query()] == ["WARD3CR"]  # the sender is still known after the restart
 
@@ -241,7 +242,7 @@ def test_audit_log_rows_without_patient_identifiers(make_node, tmp_path):
     node = make_node(db=f"sqlite:///{tmp_path / 'a.sqlite'}", heatmap=False)
     src = cr_dataset(seed=50)
     assert scu_store(node.port, [src], calling="MODALITY7") == [0x0000]
-    assert node.wait_idle(60, delivered=False)
+    assert node.wait_idle(LIVENESS_S, delivered=False)
     node.stop()
     rows = node.audit.query()
     assert len(rows) == 1

@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from tests.test_cli import assert_clean_error, run_cli
 
+pytestmark = pytest.mark.slow  # trains clean, poisoned and fine-tuned runs on the shared data
 SHARED_CXR = Path(__file__).resolve().parents[3] / "shared" / "data" / "cxr"
 
 

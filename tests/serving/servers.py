@@ -11,7 +11,7 @@ from tests.postgres import free_port
 
 
 @contextlib.contextmanager
-def uvicorn_server(app, startup_timeout_s: float = 60.0) -> Iterator[str]:
+def uvicorn_server(app, startup_timeout_s: float = 600.0) -> Iterator[str]:
     """Serve ``app`` until the block ends; yields its base URL."""
     import uvicorn
 

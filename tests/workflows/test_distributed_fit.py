@@ -15,6 +15,8 @@ from covidscreen.inference.predictor import Predictor
 from covidscreen.training.distributed import state_digest
 from tests.conftest import make_image_folder
 
+pytestmark = pytest.mark.slow  # torchrun with two ranks, and one process to compare with
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 

@@ -22,9 +22,10 @@ import covidscreen.workflows.train as train_module
 from covidscreen.config import resolve_train_config
 from covidscreen.errors import CheckpointError, DiskFullError
 from covidscreen.training.checkpointing import load_state, read_state_record
+from covidscreen.training.testhook import PAUSE_AFTER_EPOCH, PAUSE_DIR
 from covidscreen.workflows.finish import finish, resume_training
 from covidscreen.workflows.fit import fit
-from tests.conftest import REPO, make_image_folder
+from tests.conftest import LIVENESS_S, REPO, make_image_folder
 
 pytestmark = pytest.mark.slow
 
@@ -67,24 +68,28 @@ def _env(cache: Path) -> dict[str, str]:
     return env
 
 
-def _start(args: list[str], cache: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "covidscreen", *args], cwd=REPO, env=_env(cache),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _start(args: list[str], cache: Path, hold: Path) -> subprocess.Popen:
+    """Start training, held after epoch 1 by the test hook (training/testhook.py) until the test signals it; the
+    child sees Ctrl-C even where this test runs with SIGINT ignored (nohup, `&` in a script)."""
+    env = {**_env(cache), PAUSE_AFTER_EPOCH: "1", PAUSE_DIR: str(hold)}
+    return subprocess.Popen([sys.executable, "-m", "covidscreen", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _wait_for_epoch(run: Path, epoch: int, proc: subprocess.Popen, limit: float = 300) -> None:
-    """Until the epoch checkpoint of ``epoch`` is on disk (the training process still running)."""
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        record = read_state_record(run / "resume")  # never a half-written file: atomic writes
-        if record is not None and record["epoch"] >= epoch:
-            return
+def _wait_until_held(hold: Path, proc: subprocess.Popen, limit: float = LIVENESS_S) -> int:
+    """Until the process is held after its epoch checkpoint (it writes ``hold/paused`` and waits there); the epoch.
+    Not a race: once the marker exists the process stays there until it is signalled."""
+    deadline = time.monotonic() + limit
+    while not (hold / "paused").exists():
         if proc.poll() is not None:
             out, err = proc.communicate()
-            pytest.fail(f"training ended before epoch {epoch} was saved (rc {proc.returncode}):\n{out}\n{err}")
+            pytest.fail(f"training ended before it was held after epoch 1 (rc {proc.returncode}):\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"training was not held after epoch 1 within {limit} s (a stuck process, not a slow one)")
         time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"epoch {epoch} was not saved within {limit} s")
+    return int((hold / "paused").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +105,14 @@ def uninterrupted(tmp_path_factory, data_dir) -> Path:
 
 def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(tmp_path, data_dir, uninterrupted):
     run, cache = tmp_path / "run", Path(os.environ["COVIDSCREEN_CACHE"])
-    proc = _start(["train", "--config", str(_config_file(tmp_path, data_dir)), "--output", str(run)], cache)
-    _wait_for_epoch(run, 1, proc)
-    proc.send_signal(signal.SIGKILL)  # at once: in epoch 2 (or, on a fast machine, 3), never after training
-    proc.wait(timeout=60)
-    assert read_state_record(run / "resume")["epoch"] in (1, 2)  # the last complete epoch, never a partial one
+    proc = _start(["train", "--config", str(_config_file(tmp_path, data_dir)), "--output", str(run)], cache,
+                  tmp_path / "hold")
+    assert _wait_until_held(tmp_path / "hold", proc) == 1
+    assert read_state_record(run / "resume")["epoch"] == 1
+    proc.send_signal(signal.SIGKILL)  # held after epoch 1: certainly mid-training, never after it
+    proc.wait(timeout=LIVENESS_S)
+    assert proc.returncode == -signal.SIGKILL
+    assert read_state_record(run / "resume")["epoch"] == 1  # the last complete epoch, never a partial one
     assert not (run / "metrics.json").exists()
 
     done = subprocess.run([sys.executable, "-m", "covidscreen", "train", "--resume", str(run)], cwd=REPO,
@@ -119,13 +127,15 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(tmp_path, data_dir
 
 def test_sigint_saves_the_last_epoch_names_the_command_and_resumes(tmp_path, data_dir, uninterrupted):
     run, cache = tmp_path / "run", Path(os.environ["COVIDSCREEN_CACHE"])
-    proc = _start(["train", "--config", str(_config_file(tmp_path, data_dir)), "--output", str(run)], cache)
-    _wait_for_epoch(run, 1, proc)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    proc = _start(["train", "--config", str(_config_file(tmp_path, data_dir)), "--output", str(run)], cache,
+                  tmp_path / "hold")
+    assert _wait_until_held(tmp_path / "hold", proc) == 1
+    proc.send_signal(signal.SIGINT)  # held after epoch 1: the interrupt certainly lands mid-training
+    out, err = proc.communicate(timeout=LIVENESS_S)
     assert proc.returncode == 130, err
     assert "Traceback" not in err + out
     saved = read_state_record(run / "resume")["epoch"]
+    assert saved == 1
     assert f"epoch {saved} is saved in {run / 'resume'}" in err
     assert f"covidscreen train --resume {run}" in err
 

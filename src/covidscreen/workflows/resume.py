@@ -18,6 +18,7 @@ from ..config import TrainConfig, to_dict
 from ..errors import CheckpointError, ConfigError, CovidscreenError, DiskFullError, Interrupted
 from ..inference.run import is_run_folder
 from ..runtime import atomic_write_text
+from ..training import testhook
 from ..training.checkpointing import (
     STATE_FILE,
     InterruptGuard,
@@ -144,6 +145,7 @@ class EpochCheckpoints:
         except DiskFullError as exc:
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no epoch is saved yet"
             raise DiskFullError(f"{exc}; {kept}. Then continue with: {resume_command(self.folder.parent)}") from None
+        testhook.pause_after_epoch(epoch)  # inert unless a fault-injection test holds the run here
 
 
 @contextmanager
