@@ -26,6 +26,7 @@ from ..explain.regions import DEFAULT_MARGIN, border_fraction
 from ..inference.ensemble import ENSEMBLE_FILE
 from ..inference.predictor import Predictor
 from ..inference.run import DEFAULT_POINT
+from ..inference.site_figures import PointSiteSummary, point_site_summary
 from ..runtime import sha256_file
 
 #: Modalities the models are trained for (plain chest radiographs).
@@ -40,6 +41,7 @@ class PointInfo:
     threshold: float | None
     sensitivity: float | None
     specificity: float | None
+    sites: PointSiteSummary | None = None  # per validation site, and its weakest site (inference/site_figures.py)
 
 
 @dataclass
@@ -96,7 +98,7 @@ class DicomScorer:
 
     Args:
         run_dir: a run or ensemble folder.
-        operating_point: the decision's operating point (``default``: the run's, i.e. ``youden``).
+        operating_point: the decision's operating point (``default``: the run's default point).
         device: ``auto``, ``cpu``, ``cuda``.
         backend: ``torch`` or ``onnx`` (probabilities); heatmaps always use the PyTorch model.
         heatmap: draw the Grad-CAM figure of the positive class.
@@ -132,11 +134,12 @@ class DicomScorer:
     def _point_info(self, name: str) -> PointInfo:
         run = self.run
         point = run.point(name)
-        shown = run.default_point if name == DEFAULT_POINT else name  # the point "default" stands for (youden)
+        shown = run.default_point if name == DEFAULT_POINT else name  # the point "default" stands for
         figures = run.operating_points.get(shown, point)
         if point is None:
             return PointInfo(shown, None, None, None)
-        return PointInfo(shown, _finite(point.threshold), _finite(figures.sensitivity), _finite(figures.specificity))
+        return PointInfo(shown, _finite(point.threshold), _finite(figures.sensitivity), _finite(figures.specificity),
+                         point_site_summary(run, name))
 
     def score(self, images: Sequence[np.ndarray], titles: Sequence[str] | None = None,
               warnings: Sequence[list[str]] | None = None, figures: bool | None = None) -> list[Score]:
