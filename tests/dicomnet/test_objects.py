@@ -92,3 +92,32 @@ def test_secondary_capture_needs_a_figure():
     s.figure_png = None
     with pytest.raises(ValueError, match="no heatmap"):
         build_secondary_capture(minimal_source(), s, "m", "a" * 64)
+
+
+def test_the_sr_carries_each_sites_validation_figures_and_names_the_weakest(tmp_path):
+    from covidscreen.inference.run import run_from_record
+    from covidscreen.inference.site_figures import point_site_summary
+
+    sites = {"sites": {"nih": {"n_negative": 130, "n_positive": 0, "specificity": 0.39, "specificity_ci": [0.31, 0.48]},
+                       "cohen": {"n_negative": 25, "n_positive": 60, "specificity": 0.6, "specificity_ci": [0.41, 0.77],
+                                 "sensitivity": 0.95, "sensitivity_ci": [0.86, 0.98]}},
+             "weakest_site": "nih", "note": "worst_site_specificity_0.9: site(s) x cannot reach specificity 0.9"}
+    run = run_from_record(tmp_path, {"classes": ["covid", "normal", "pneumonia"], "positive_class": "covid",
+                                     "image_size": 64, "operating_points": {"youden": 0.41, "default": 0.41},
+                                     "operating_point_sites": {"youden": sites}}, "model")
+    s = score()
+    s.point = PointInfo("youden", 0.41, 0.9, 0.8, point_site_summary(run, "youden"))
+    sr, errors = roundtrip(build_sr(minimal_source(), s, "run:arch", "a" * 64, "covidscreen 0.1"), tmp_path, "s.dcm")
+    assert errors == []
+    content = {}
+    for item in sr.ContentSequence:
+        meaning = item.ConceptNameCodeSequence[0].CodeMeaning
+        value = item.TextValue if item.ValueType == "TEXT" else (
+            float(item.MeasuredValueSequence[0].NumericValue) if item.ValueType == "NUM" else None)
+        content.setdefault(meaning, []).append(value)
+    assert "specificity 0.39 [0.31, 0.48] on nih" in content["Validation specificity by site"][0]
+    assert content["Weakest validation site"] == ["nih"]
+    assert content["Validation specificity at weakest site"] == [pytest.approx(0.39)]
+    lines = content["Validation figures of one site"]
+    assert len(lines) == 2 and lines[0].startswith("cohen: specificity 0.600 [0.410, 0.770] on 25")
+    assert "cannot reach" in content["Operating point rule note"][0]

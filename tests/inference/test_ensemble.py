@@ -80,10 +80,11 @@ def test_ensemble_threshold_and_metrics_come_from_averaged_validation(tmp_path):
     pe = pd.read_csv(ens_dir / "predictions.csv")
     assert np.allclose(pe["prob_covid"], (pa["prob_covid"] + pb["prob_covid"]) / 2)
     metrics = json.loads((ens_dir / "metrics.json").read_text())
-    from covidscreen.evaluation.thresholds import youden_threshold
+    from covidscreen.evaluation.thresholds import choose_points
 
     val = pe[pe["split"] == "val"]
-    assert metrics["threshold"] == pytest.approx(youden_threshold(val["label"] == "covid", val["prob_covid"]))
+    points, _ = choose_points(val["label"] == "covid", val["prob_covid"], sites=val["site"] if "site" in val else None)
+    assert metrics["threshold"] == pytest.approx(points["default"])
     assert metrics["n_test"] == 20 and "covid_vs_rest" in metrics
     assert (ens_dir / "split.csv").is_file() and (ens_dir / "report.html").is_file()
     manifest = json.loads((ens_dir / "ensemble.json").read_text())

@@ -124,3 +124,32 @@ def test_an_ensemble_manifest_of_one_size_types_its_members(tmp_path):
     assert run.ensemble_members[0].path == (tmp_path / "a").resolve() and run.ensemble_members[1].weights_sha256 is None
     assert [m.path for m in run.member_runs()] == [(tmp_path / "a").resolve(), (tmp_path / "b").resolve()]
     assert run.load_model().sizes == [64, 64]
+def test_per_site_figures_and_the_named_default_load_typed(tmp_path):
+    meta = _weights(tmp_path)
+    meta["operating_points"] = {"youden": 0.3, "worst_site_specificity_0.9": 0.7, "default": 0.7}
+    meta["default_operating_point"] = "worst_site_specificity_0.9"
+    meta["operating_point_sites"] = {"worst_site_specificity_0.9": {
+        "sites": {"nih": {"n_negative": 40, "n_positive": 0, "specificity": 0.9, "specificity_ci": [0.77, 0.96],
+                          "sensitivity": None, "sensitivity_ci": None},
+                  "cohen": {"n_negative": 5, "n_positive": 30, "specificity": 0.4, "specificity_ci": [0.12, 0.77],
+                            "sensitivity": 0.8, "sensitivity_ci": [0.63, 0.9]}},
+        "weakest_site": "nih", "note": "site(s) x cannot reach specificity 0.9"}}
+    (tmp_path / SIDECAR_FILE).write_text(json.dumps(meta))
+    run = load_run(tmp_path)
+    assert run.default_point == "worst_site_specificity_0.9" and run.threshold() == 0.7
+    assert run.has_site_figures
+    p = run.point("worst_site_specificity_0.9")
+    assert p.weakest_site == "nih" and "cannot reach" in p.note
+    nih = p.sites["nih"]
+    assert (nih.n_negative, nih.specificity, nih.specificity_ci) == (40, 0.9, (0.77, 0.96))
+    assert math.isnan(nih.sensitivity) and nih.sensitivity_ci is None
+    assert p.sites["cohen"].sensitivity == 0.8
+    assert run.point("youden").sites == {} and run.point("youden").weakest_site is None
+
+
+def test_a_run_without_per_site_figures_loads_and_says_so(tmp_path):
+    _weights(tmp_path)
+    run = load_run(tmp_path)
+    assert not run.has_site_figures and run.default_point == "youden"
+    from covidscreen.inference.run import NO_SITE_FIGURES
+    assert "no per-site validation figures" in NO_SITE_FIGURES

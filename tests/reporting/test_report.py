@@ -103,3 +103,26 @@ def test_compare_blocks_hand_checked():
     no_pos = compare_blocks({"accuracy": 0.9, "per_class": {"a": {"roc_auc": 0.8}}},
                             {"accuracy": 0.6, "per_class": {"a": {"roc_auc": 0.7}}})
     assert [r["metric"] for r in no_pos] == ["multi-class accuracy", "macro_roc_auc", "a: roc_auc"]
+
+
+def test_operating_points_show_their_validation_sites_and_name_the_weakest(tmp_path, folder):
+    out, _, preds = folder
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["operating_points_val_sites"]) == set(metrics["operating_points"])  # recorded for every point
+    rec = {"sites": {"nih": {"n_negative": 130, "n_positive": 0, "specificity": 0.39, "specificity_ci": [0.31, 0.48]},
+                     "kermany": {"n_negative": 300, "n_positive": 0, "specificity": 0.99, "specificity_ci": [0.97, 1]}},
+           "weakest_site": "nih", "min_site_negatives": 20, "note": "worst_group: fell back, because"}
+    metrics["operating_points_val_sites"] = {name: rec for name in metrics["operating_points"]}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    preds.to_csv(tmp_path / "predictions.csv", index=False)
+    html = write_report(tmp_path).read_text()
+    assert "Operating points by validation site" in html and "specificity 0.390 on nih" in html
+    assert "worst_group: fell back, because" in html
+    assert f"{metrics['default_operating_point']} (default)" in html
+    card = write_model_card(tmp_path).read_text()
+    assert "| specificity 0.390 on nih |" in card and f"`default` = `{metrics['default_operating_point']}`" in card
+
+    del metrics["operating_points_val_sites"]  # a run trained before per-site figures were stored
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    assert "records no per-site validation figures" in write_report(tmp_path).read_text()
+    assert "No per-site validation figures are recorded" in write_model_card(tmp_path).read_text()

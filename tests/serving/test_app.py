@@ -18,7 +18,7 @@ from covidscreen.auditlog import AuditLog, sha256_bytes
 from covidscreen.security.fuzz import hostile_corpus
 from covidscreen.serving import ServeConfig, create_app
 from tests.security.test_fuzz import seeds  # noqa: F401  (a fixture: the real files the corpus mutates)
-from tests.serving.runs import POINTS, xray_png
+from tests.serving.runs import POINTS, make_run, xray_png
 
 SHARED_DICOM = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom"
 PHI = {"PatientName": "Doe^Johnathan", "PatientID": "PID-778899", "AccessionNumber": "ACC-445566",
@@ -408,3 +408,28 @@ def test_the_fuzz_corpus_through_the_api_gets_no_5xx(client, seeds):  # noqa: F8
             assert res["status"] == 200 or (400 <= res["status"] < 500 and res["error"])
     assert sum(statuses.values()) == len(cases) and statuses.get(200, 0) > 0
     assert client.get("/readyz").status_code == 200  # still serving
+
+
+def test_model_info_names_each_points_weakest_validation_site(client, tmp_path):
+    # the module's run predates per-site figures: said, not left blank
+    old = {p["name"]: p for p in client.get("/v1/model").json()["operating_points"]}
+    assert old["youden"]["sites"] == [] and old["youden"]["weakest_site"] is None
+    assert "no per-site validation figures" in old["youden"]["site_summary"]
+
+    run_dir = make_run(tmp_path / "run")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rec = {"sites": {"nih": {"n_negative": 130, "n_positive": 0, "specificity": 0.39, "specificity_ci": [0.31, 0.48]},
+                     "kermany": {"n_negative": 300, "n_positive": 0, "specificity": 0.99,
+                                 "specificity_ci": [0.97, 1.0]}},
+           "weakest_site": "nih", "note": None}
+    metrics["operating_points_val_sites"] = {"youden": rec, "default": rec}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    with TestClient(create_app(ServeConfig(run_dir=run_dir, db=str(tmp_path / "db.sqlite"), backend="torch"))) as c:
+        info = c.get("/v1/model").json()
+    points = {p["name"]: p for p in info["operating_points"]}
+    for name in ("youden", "default"):
+        p = points[name]
+        assert p["weakest_site"] == "nih" and p["weakest_site_specificity"] == pytest.approx(0.39)
+        assert "specificity 0.39 [0.31, 0.48] on nih" in p["site_summary"]
+        assert {s["site"]: s["n_negative"] for s in p["sites"]} == {"kermany": 300, "nih": 130}
+    assert points["sensitivity_0.95"]["sites"] == []  # no record for that point

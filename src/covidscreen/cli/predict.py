@@ -22,8 +22,9 @@ def predict(
                                          "already holds")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     operating_point: Annotated[str, typer.Option(
-        "--operating-point", help="named threshold of the run (chosen on validation): default, youden, "
-        "sensitivity_0.95, specificity_0.95")] = "default",
+        "--operating-point", help="named threshold of the run (chosen on validation): default (runs trained now: "
+        "worst_site_specificity_0.9), youden, balanced_youden, worst_group, sensitivity_0.95, specificity_0.95, or a "
+        "local point from covidscreen calibrate")] = "default",
     backend: Annotated[str, typer.Option("--backend", help="torch, onnx (after covidscreen export), or auto (onnx "
                                          "when the run has an export and onnxruntime is installed)")] = "torch",
     device: DeviceOpt = "auto",

@@ -184,6 +184,33 @@ def _validation_text(pt: PointInfo) -> str:
             f"validation specificity {f(pt.specificity)}")
 
 
+def _rate_ci(v: float, ci: tuple[float, float] | None) -> str:
+    return "n/a" if v != v else f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _site_items(pt: PointInfo, unit: Dataset) -> list[Dataset]:
+    """How the operating point held on each validation site: one sentence naming the weakest site, its specificity
+    as a number, and one line per site (values from :func:`~covidscreen.inference.site_figures.point_site_summary`).
+    """
+    summary = pt.sites
+    if summary is None:
+        return []
+    items = [_text(_code("OP-SITES", PRIVATE_SCHEME, "Validation specificity by site"), summary.text)]
+    weak = summary.weakest
+    if weak is not None and weak.specificity == weak.specificity:  # not NaN
+        items.append(_text(_code("OP-WEAK-SITE", PRIVATE_SCHEME, "Weakest validation site"), weak.site))
+        items.append(_num(_code("OP-WEAK-SPEC", PRIVATE_SCHEME, "Validation specificity at weakest site"),
+                          weak.specificity, unit))
+    for f in summary.sites:
+        items.append(_text(_code("OP-SITE", PRIVATE_SCHEME, "Validation figures of one site"),
+                           f"{f.site}: specificity {_rate_ci(f.specificity, f.specificity_ci)} on {f.n_negative} "
+                           f"non-positive images, sensitivity {_rate_ci(f.sensitivity, f.sensitivity_ci)} on "
+                           f"{f.n_positive} positive images"))
+    if summary.note:
+        items.append(_text(_code("OP-NOTE", PRIVATE_SCHEME, "Operating point rule note"), summary.note))
+    return items
+
+
 def _base(src: Dataset, sop_class: str, modality: str, series_uid: str, series_number: int, description: str,
           uid_root: str | None) -> Dataset:
     ds = Dataset()
@@ -251,6 +278,7 @@ def build_sr(src: Dataset, score: Score, model_id: str, weights_sha256: str, cod
                                  ("OP-VAL-SPEC", "Validation specificity at operating point", pt.specificity)):
         if value is not None:
             items.append(_num(_code(code, PRIVATE_SCHEME, meaning), value, unit))
+    items += _site_items(pt, unit)
     for name, p in score.probabilities.items():
         items.append(_num(_code(_class_code(name), PRIVATE_SCHEME, f"Probability of class {name}"), p, unit))
     items += [

@@ -24,6 +24,7 @@ from ..explain.figures import explanation_png
 from ..explain.inputs import chance_level, map_to_image
 from ..explain.regions import DEFAULT_MARGIN, border_fraction
 from ..inference.run import DEFAULT_POINT
+from ..inference.site_figures import PointSiteSummary, point_site_summary
 from ..workflows.predict import open_predictor
 
 #: Modalities the models are trained for (plain chest radiographs).
@@ -38,6 +39,7 @@ class PointInfo:
     threshold: float | None
     sensitivity: float | None
     specificity: float | None
+    sites: PointSiteSummary | None = None  # per validation site, and its weakest site (inference/site_figures.py)
 
 
 @dataclass
@@ -94,7 +96,7 @@ class DicomScorer:
 
     Args:
         run_dir: a run or ensemble folder.
-        operating_point: the decision's operating point (``default``: the run's, i.e. ``youden``).
+        operating_point: the decision's operating point (``default``: the run's default point).
         device: ``auto``, ``cpu``, ``cuda``.
         backend: ``torch``, ``onnx`` or ``auto`` (probabilities); heatmaps always use the PyTorch model.
         heatmap: draw the Grad-CAM figure of the positive class.
@@ -130,11 +132,12 @@ class DicomScorer:
     def _point_info(self, name: str) -> PointInfo:
         run = self.run
         point = run.point(name)
-        shown = run.default_point if name == DEFAULT_POINT else name  # the point "default" stands for (youden)
+        shown = run.default_point if name == DEFAULT_POINT else name  # the point "default" stands for
         figures = run.operating_points.get(shown, point)
         if point is None:
             return PointInfo(shown, None, None, None)
-        return PointInfo(shown, _finite(point.threshold), _finite(figures.sensitivity), _finite(figures.specificity))
+        return PointInfo(shown, _finite(point.threshold), _finite(figures.sensitivity), _finite(figures.specificity),
+                         point_site_summary(run, name))
 
     def score(self, images: Sequence[np.ndarray], titles: Sequence[str] | None = None,
               warnings: Sequence[list[str]] | None = None, figures: bool | None = None) -> list[Score]:

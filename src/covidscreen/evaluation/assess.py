@@ -28,7 +28,7 @@ from .breakdown import subgroup_breakdown
 from .calibration import apply_temperature, calibration_summary, fit_temperature
 from .delong import delong_ci
 from .metrics import binary_metrics, classification_metrics, predict_labels
-from .thresholds import describe_points, operating_points
+from .thresholds import DEFAULT_RULE, choose_points, default_name, describe_points, describe_sites
 
 
 def assess(
@@ -121,6 +121,8 @@ def evaluate_fit_predictions(preds: pd.DataFrame, classes: list[str], positive_c
         positive_class: the screened class, or None.
         cfg: the training config; optional keys read with defaults: ``temperature_scaling`` (False),
             ``target_sensitivity`` / ``target_specificity`` (0.95), ``bootstrap`` (replicates, 1000), ``seed``.
+            With a ``site`` column, the rules that hold across sites are chosen too, and each point's per-site
+            validation figures go into ``operating_points_val_sites``.
 
     Returns:
         ``(preds, metrics, points, temperature)``: predictions (recalibrated when temperature scaling is on),
@@ -148,20 +150,29 @@ def evaluate_fit_predictions(preds: pd.DataFrame, classes: list[str], positive_c
         calibration_note = {"temperature_fitted_on_val": fitted, "temperature_applied": temperature is not None}
     pos = positive_class if positive_class in classes else None
     points: dict[str, float] = {}
+    notes: dict[str, str] = {}
+    val_sites = preds.loc[val, "site"].astype(str).to_numpy() if "site" in preds else None
     if pos is not None and val.any():
         yv = y[val] == classes.index(pos)
         sv = probs[val][:, classes.index(pos)]
-        points = operating_points(yv, sv, float(opt("target_sensitivity", 0.95)),
-                                  float(opt("target_specificity", 0.95)))
+        points, notes = choose_points(yv, sv, float(opt("target_sensitivity", 0.95)),
+                                      float(opt("target_specificity", 0.95)), val_sites, DEFAULT_RULE)
     threshold = points.get("default")
+    default_point = default_name(points, DEFAULT_RULE) if points else None
     metrics: dict[str, Any] = {
         "classes": list(classes), "positive_class": pos, "operating_points": points,
-        "threshold_source": "validation split (max Youden J)" if pos else None,
+        "threshold_source": f"validation split (operating point {default_point})" if pos else None,
+        "default_operating_point": default_point,
         "temperature": temperature, "calibration_fit": calibration_note,
     }
     if points:
         yv = y[val] == classes.index(pos)
-        metrics["operating_points_val"] = describe_points(yv, probs[val][:, classes.index(pos)], points)
+        sv = probs[val][:, classes.index(pos)]
+        metrics["operating_points_val"] = describe_points(yv, sv, points)
+        if val_sites is not None:
+            if default_point in notes:
+                notes["default"] = notes[default_point]
+            metrics["operating_points_val_sites"] = describe_sites(yv, sv, val_sites, points, notes)
     groups = preds["group"].to_numpy() if "group" in preds else None
     for split in ("val", "test"):
         m = (preds["split"] == split).to_numpy()

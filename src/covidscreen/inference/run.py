@@ -34,6 +34,38 @@ DEFAULT_POINT = "default"
 
 
 @dataclass(frozen=True)
+class SiteFigures:
+    """What a point reached on one site's validation images (NaN / None: the site has no such image)."""
+
+    site: str
+    n_negative: int
+    n_positive: int
+    specificity: float = math.nan
+    specificity_ci: tuple[float, float] | None = None  # Wilson 95%
+    sensitivity: float = math.nan
+    sensitivity_ci: tuple[float, float] | None = None
+
+    @classmethod
+    def from_dict(cls, site: str, d: dict[str, Any]) -> SiteFigures:
+        def num(key: str) -> float:
+            v = d.get(key)
+            return math.nan if v is None else float(v)
+
+        def ci(key: str) -> tuple[float, float] | None:
+            v = d.get(key)
+            return (float(v[0]), float(v[1])) if v else None
+
+        return cls(site, int(d.get("n_negative", 0)), int(d.get("n_positive", 0)), num("specificity"),
+                   ci("specificity_ci"), num("sensitivity"), ci("sensitivity_ci"))
+
+
+NO_SITE_FIGURES = ("this run records no per-site validation figures (it was trained before they were stored, or is "
+                   "an ensemble or cross-validation): its operating points are pooled over the validation sites, and "
+                   "how each holds on a single site is unknown; evaluate it per site (covidscreen evaluate) or "
+                   "retrain")
+
+
+@dataclass(frozen=True)
 class OperatingPoint:
     """A named threshold on the positive class's probability, with what it reached on validation (NaN: unknown)."""
 
@@ -42,6 +74,9 @@ class OperatingPoint:
     sensitivity: float = math.nan
     specificity: float = math.nan
     temperature: float | None = None  # a locally calibrated point may carry its own temperature
+    sites: dict[str, SiteFigures] = field(default_factory=dict)  # per-site validation figures ({}: not recorded)
+    weakest_site: str | None = None  # the site with the lowest validation specificity (enough images)
+    note: str | None = None  # why the point's rule fell back (None: it did what it states)
 
 
 @dataclass(frozen=True)
@@ -139,6 +174,11 @@ class Run:
                             f"{', '.join(self.operating_points) or 'none'}")
         return self.operating_points[name]
 
+    @property
+    def has_site_figures(self) -> bool:
+        """Whether the run's operating points carry per-site validation figures (see :data:`NO_SITE_FIGURES`)."""
+        return any(p.sites for p in self.operating_points.values())
+
     def threshold(self, name: str = DEFAULT_POINT) -> float | None:
         p = self.point(name)
         return None if p is None else p.threshold
@@ -203,11 +243,20 @@ def _figures(meta: dict[str, Any], run_dir: Path) -> dict[str, dict[str, float]]
     return read_optional_json(run_dir / "metrics.json").get("operating_points_val") or {}
 
 
+def _site_records(meta: dict[str, Any], run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per-site validation figures per point: the sidecar's ``operating_point_sites``, else metrics.json's; absent
+    in runs trained before they were stored (those load with empty ``sites``)."""
+    if meta.get("operating_point_sites"):
+        return meta["operating_point_sites"]
+    return read_optional_json(run_dir / "metrics.json").get("operating_points_val_sites") or {}
+
+
 def _points(meta: dict[str, Any], run_dir: Path) -> tuple[dict[str, OperatingPoint], str]:
     raw = dict(meta.get("operating_points") or {})
     if "default" not in raw and meta.get("threshold") is not None:
         raw["default"] = meta["threshold"]
     figures = _figures(meta, run_dir)
+    site_records = _site_records(meta, run_dir)
     local = meta.get("local_calibration") or {}
     points = {}
     for name, thr in raw.items():
@@ -220,10 +269,23 @@ def _points(meta: dict[str, Any], run_dir: Path) -> tuple[dict[str, OperatingPoi
         if cal:  # a local point's expected figures come from its calibration sample
             spec = (cal.get("expected") or {}).get("specificity", spec)
             sens = (cal.get("expected") or {}).get("sensitivity", sens)
+        rec = site_records.get(name) or {}
+        sites = {site: SiteFigures.from_dict(site, d) for site, d in (rec.get("sites") or {}).items()}
         points[name] = OperatingPoint(name, float(thr), float(sens if sens is not None else math.nan),
-                                      float(spec if spec is not None else math.nan), cal.get("temperature"))
-    # "default" is the Youden point wherever points were chosen on validation (evaluation/thresholds.py)
-    return points, "youden" if "youden" in points else DEFAULT_POINT
+                                      float(spec if spec is not None else math.nan), cal.get("temperature"),
+                                      sites, rec.get("weakest_site"), rec.get("note"))
+    # the sidecar names the point "default" stands for; before it did, that was the Youden point wherever points were
+    # chosen on validation (evaluation/thresholds.py)
+    named = meta.get("default_operating_point") or read_optional_json(run_dir / "metrics.json").get(
+        "default_operating_point")  # ensembles and cross-validation keep it in their metrics.json
+    if named in points:
+        return points, named
+    default = points.get(DEFAULT_POINT)
+    same = [n for n, p in points.items() if n != DEFAULT_POINT and default is not None
+            and p.threshold == default.threshold]  # e.g. an ensemble of members' mean thresholds
+    if "youden" in same or (not same and "youden" in points):
+        return points, "youden"
+    return points, same[0] if same else DEFAULT_POINT
 
 
 def run_from_record(run_dir: Path, meta: dict[str, Any], kind: str) -> Run:

@@ -102,8 +102,38 @@ def _model(c: CardInputs) -> list[str]:
         lines += _md_table(["name", "threshold", "validation sensitivity", "validation specificity"],
                            [[k, _num(v["threshold"], 4), _num(v["sensitivity"]), _num(v["specificity"])]
                             for k, v in pts.items() if k != "default"])
-        lines += ["", "`default` = `youden`. Choose one with `covidscreen predict RUN --operating-point NAME`.", ""]
+        default = c.metrics.get("default_operating_point") or "youden"
+        lines += ["", f"`default` = `{default}`. Choose one with `covidscreen predict RUN --operating-point NAME`.", ""]
+        lines += _site_lines(c.metrics.get("operating_points_val_sites") or {}, [k for k in pts if k != "default"])
     return lines
+
+
+def _site_lines(recs: dict, names: list[str]) -> list[str]:
+    """Each point's validation specificity/sensitivity per site, the weakest site first in words."""
+    if not recs:
+        return ["No per-site validation figures are recorded for these operating points (the run predates them, or "
+                "is an ensemble or cross-validation): the figures above are pooled over sites, and how a threshold "
+                "holds at a single hospital is unknown. See the per-site test results below.", ""]
+    sites = sorted({site for rec in recs.values() for site in (rec.get("sites") or {})})
+
+    def cell(f: dict) -> str:
+        if not f:
+            return "-"
+        out = f"spec {_num(f.get('specificity'))} (n={f.get('n_negative', 0)})"
+        return out + (f", sens {_num(f.get('sensitivity'))} (n={f['n_positive']})" if f.get("n_positive") else "")
+
+    rows = []
+    for name in names:
+        rec = recs.get(name) or {}
+        weak = rec.get("weakest_site")
+        weak_f = (rec.get("sites") or {}).get(weak or "", {})
+        rows.append([name, f"specificity {_num(weak_f.get('specificity'))} on {weak}" if weak else "-",
+                     *[cell((rec.get("sites") or {}).get(site, {})) for site in sites]])
+    lines = ["Per validation site (a pooled specificity can hide a hospital where the point fails; weakest site: "
+             "lowest specificity among sites with enough non-COVID images):", ""]
+    lines += _md_table(["point", "weakest site", *sites], rows)
+    lines += [""] + [f"- `{n}`: {recs[n]['note']}" for n in names if (recs.get(n) or {}).get("note")]
+    return lines + [""]
 
 
 INTENDED_USE = [

@@ -128,28 +128,76 @@ def _summary_section(metrics: dict, block: dict, split_name: str, pos: str | Non
     return parts
 
 
+def _weakest_text(rec: dict | None) -> str:
+    """"specificity 0.39 on nih" for a point's per-site record ('-' without one)."""
+    if not rec or not rec.get("weakest_site"):
+        return "-"
+    f = (rec.get("sites") or {}).get(rec["weakest_site"], {})
+    return f"specificity {fmt(f.get('specificity'))} on {esc(rec['weakest_site'])}"
+
+
+def _site_cell(f: dict) -> str:
+    spec = (fmt_ci(f["specificity"], f.get("specificity_ci")) if f.get("specificity") is not None else "-")
+    cell = f"spec {spec} (n={f.get('n_negative', 0)})"
+    if f.get("n_positive"):
+        cell += f"<br>sens {fmt_ci(f.get('sensitivity'), f.get('sensitivity_ci'))} (n={f['n_positive']})"
+    return cell
+
+
+def _points_by_site(metrics: dict, names: list[str]) -> list[str]:
+    """Per operating point: each validation site's specificity and sensitivity (Wilson 95%), the weakest named."""
+    recs = metrics.get("operating_points_val_sites") or {}
+    if not recs:
+        return ["<div class='warn'>This run records no per-site validation figures for its operating points (it was "
+                "trained before they were stored, or is an ensemble or cross-validation): the validation figures "
+                "above are pooled over sites, and how each threshold holds on a single site is unknown. The "
+                "results by site below show the test split.</div>"]
+    sites = sorted({site for rec in recs.values() for site in (rec.get("sites") or {})})
+    rows, notes = [], []
+    for name in names:
+        rec = recs.get(name) or {}
+        row = {"operating point": esc(name), "weakest site": _weakest_text(rec)}
+        row.update({esc(site): _site_cell((rec.get("sites") or {}).get(site, {})) for site in sites})
+        rows.append(row)
+        if rec.get("note"):
+            notes.append(f"<div class='warn'>{esc(name)}: {esc(rec['note'])}</div>")
+    min_n = next(iter(recs.values())).get("min_site_negatives", 20)
+    return (["<h3>Operating points by validation site</h3><p class='small'>Specificity and sensitivity each threshold "
+             "reached on each site's validation images, with Wilson 95% intervals and counts. The weakest site is "
+             f"the one with the lowest specificity among sites with at least {min_n} non-COVID images: a pooled "
+             "figure can hide a hospital where the point calls most normal images positive.</p>"]
+            + [table(rows, ["operating point", "weakest site", *[esc(x) for x in sites]])] + notes)
+
+
 def _points_section(metrics: dict, block: dict, pos: str) -> list[str]:
     at = block.get("at_operating_points", {})
     val = metrics.get("operating_points_val") or {}
     if not at:
         return []
+    site_recs = metrics.get("operating_points_val_sites") or {}
+    default = metrics.get("default_operating_point") or "youden"
     rows = []
     for name, m in at.items():
         ci = m.get("ci", {})
         v = val.get(name, {})
-        rows.append({"operating point": esc(name), "threshold": fmt(m["threshold"]),
+        rows.append({"operating point": esc(name) + (" (default)" if name == default else ""),
+                     "threshold": fmt(m["threshold"]),
                      "val sens / spec": f"{fmt(v.get('sensitivity'))} / {fmt(v.get('specificity'))}",
+                     "val weakest site": _weakest_text(site_recs.get(name)),
                      "sensitivity": fmt_ci(m["sensitivity"], ci.get("sensitivity")),
                      "specificity": fmt_ci(m["specificity"], ci.get("specificity")),
                      "PPV": fmt_ci(m["precision"], ci.get("precision")), "NPV": fmt_ci(m["npv"], ci.get("npv")),
                      "TP/FP/TN/FN": f"{m['tp']}/{m['fp']}/{m['tn']}/{m['fn']}"})
     return ["<h2>Operating points (chosen on validation, measured here)</h2>"
             f"<p>Each threshold on p({esc(pos)}) was chosen on the validation split only: <b>youden</b> balances "
-            "sensitivity and specificity; <b>sensitivity_*</b> is the screening choice (few missed cases); "
-            "<b>specificity_*</b> the confirmation choice (few false alarms). <code>covidscreen predict "
-            "--operating-point NAME</code> uses them.</p>"
-            + table(rows, ["operating point", "threshold", "val sens / spec", "sensitivity", "specificity", "PPV",
-                           "NPV", "TP/FP/TN/FN"])]
+            "sensitivity and specificity pooled over sites; <b>sensitivity_*</b> is the screening choice (few missed "
+            "cases); <b>specificity_*</b> the confirmation choice (few false alarms); <b>worst_site_specificity_*</b> "
+            "reaches that specificity on every validation site with enough images; <b>balanced_youden</b> weighs "
+            "each site's non-COVID images equally; <b>worst_group</b> maximises the worst site's (or the COVID "
+            f"images') accuracy. The default is <b>{esc(default)}</b> (docs/results.md says why). "
+            "<code>covidscreen predict --operating-point NAME</code> uses them.</p>"
+            + table(rows, ["operating point", "threshold", "val sens / spec", "val weakest site", "sensitivity",
+                           "specificity", "PPV", "NPV", "TP/FP/TN/FN"])] + _points_by_site(metrics, list(at))
 
 
 def _curves_section(preds: pd.DataFrame, pos: str, points: dict) -> list[str]:
@@ -192,13 +240,13 @@ def _calibration_section(metrics: dict, block: dict, pos: str | None) -> list[st
     return parts
 
 
-def _confusion_section(block: dict, classes: list[str], split_name: str) -> list[str]:
+def _confusion_section(block: dict, classes: list[str], split_name: str, default: str = "youden") -> list[str]:
     figs = []
     if "confusion_matrix" in block:
-        figs.append(img(plots.confusion_plot(block["confusion_matrix"], classes, "default (youden)"),
+        figs.append(img(plots.confusion_plot(block["confusion_matrix"], classes, f"default ({default})"),
                         "confusion matrix"))
     for name, m in block.get("at_operating_points", {}).items():
-        if name != "youden" and "confusion_matrix" in m:
+        if name != default and "confusion_matrix" in m:
             figs.append(img(plots.confusion_plot(m["confusion_matrix"], classes, name), f"confusion {name}"))
     if not figs:
         return []
@@ -377,7 +425,7 @@ def write_report(run_dir: str | Path, metrics_file: str = "metrics.json", predic
         parts += _points_section(metrics, block, pos)
         parts += _curves_section(sub, pos, points)
     parts += _calibration_section(metrics, block, pos)
-    parts += _confusion_section(block, classes, split_name)
+    parts += _confusion_section(block, classes, split_name, metrics.get("default_operating_point") or "youden")
     parts += _breakdown_section(metrics, sub, classes, pos, split_name)
     parts += _external_section(metrics)
     parts += extra_sections(run_dir)  # robustness, human readers: when evaluate wrote them

@@ -6,9 +6,10 @@ import hashlib
 import math
 
 from ..auditlog import code_version
-from ..inference.run import Run
+from ..inference.run import Run, SiteFigures
+from ..inference.site_figures import point_site_summary
 from ..runtime import read_optional_json
-from .schemas import ModelInfo, OperatingPointInfo
+from .schemas import ModelInfo, OperatingPointInfo, SiteFiguresInfo
 
 INTENDED_USE = ("Research tool and second reader: it does not diagnose. Every decision must be checked by a "
                 "qualified reader; thresholds were chosen on validation data from the training sources and should be "
@@ -25,8 +26,22 @@ def point_info(run: Run, name: str) -> OperatingPointInfo | None:
     if p is None:
         return None
     local = p.temperature is not None or name in run.local_calibration
+    summary = point_site_summary(run, name)
+    weak = summary.weakest if summary else None
     return OperatingPointInfo(name=name, threshold=_num(p.threshold), sensitivity=_num(p.sensitivity),
-                              specificity=_num(p.specificity), source="local calibration" if local else "validation")
+                              specificity=_num(p.specificity), source="local calibration" if local else "validation",
+                              sites=[_site_info(f) for f in summary.sites] if summary else [],
+                              weakest_site=weak.site if weak else None,
+                              weakest_site_specificity=_num(weak.specificity) if weak else None,
+                              site_summary=summary.text if summary and not local else None,
+                              note=summary.note if summary else None)
+
+
+def _site_info(f: SiteFigures) -> SiteFiguresInfo:
+    return SiteFiguresInfo(site=f.site, n_negative=f.n_negative, n_positive=f.n_positive,
+                           specificity=_num(f.specificity), sensitivity=_num(f.sensitivity),
+                           specificity_ci=list(f.specificity_ci) if f.specificity_ci else None,
+                           sensitivity_ci=list(f.sensitivity_ci) if f.sensitivity_ci else None)
 
 
 def weights_id(run: Run) -> str:

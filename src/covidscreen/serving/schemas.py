@@ -5,12 +5,30 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 
+class SiteFiguresInfo(BaseModel):
+    """How an operating point held on one validation site (Wilson 95% intervals; None: no such image there)."""
+
+    site: str
+    n_negative: int = Field(description="non-positive validation images of the site")
+    n_positive: int = Field(description="positive validation images of the site")
+    specificity: float | None = None
+    specificity_ci: list[float] | None = None
+    sensitivity: float | None = None
+    sensitivity_ci: list[float] | None = None
+
+
 class OperatingPointInfo(BaseModel):
     name: str
     threshold: float | None = Field(description="threshold on the positive class's probability")
     sensitivity: float | None = Field(None, description="sensitivity this point had where it was chosen")
     specificity: float | None = Field(None, description="specificity this point had where it was chosen")
     source: str = Field(description="'validation' (chosen on the run's validation split) or 'local calibration'")
+    sites: list[SiteFiguresInfo] = Field(default_factory=list, description="per validation site ([]: not recorded)")
+    weakest_site: str | None = Field(None, description="the validation site with the lowest specificity")
+    weakest_site_specificity: float | None = Field(None, description="that site's validation specificity")
+    site_summary: str | None = Field(None, description="one sentence: the weakest site's specificity next to the "
+                                     "pooled one, or why the run has no per-site figures")
+    note: str | None = Field(None, description="why the point's rule fell back (None: it did what it states)")
 
 
 class ModelInfo(BaseModel):

@@ -99,7 +99,7 @@ def summarise_folds(cv_dir: str | Path, cfg: TrainConfig) -> Path:
     pooled_preds = pd.concat(frames, ignore_index=True)
     metrics = metrics_from_predictions(
         pooled_preds, classes, pos,
-        threshold_source="pooled out-of-fold validation predictions of the fold models (max Youden J)")
+        threshold_source="pooled out-of-fold validation predictions of the fold models")
     # within-site metrics of the pooled out-of-fold predictions, at the pooled validation threshold (same function
     # as a single run's): every image of a mixed site is tested once, so these rest on all of its images
     add_within_site(metrics, pooled_preds, classes, pos, metrics["threshold"], cfg.seed, log)

@@ -65,7 +65,7 @@ def build_ensemble(member_dirs: list[str | Path], ens_dir: str | Path) -> Path:
                               "different splits, so no split is common to all of them)").parent
     preds = averaged_predictions(member_dirs, classes)
     metrics = metrics_from_predictions(preds, classes, pos,
-                                       threshold_source="the ensemble's validation split (max Youden J)")
+                                       threshold_source="the ensemble's validation split")
     ens_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(ens_dir / "predictions.csv", preds)
     metrics["members"] = [str(m) for m in member_dirs]

@@ -99,7 +99,9 @@ def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: 
     run_metrics = read_optional_json(run_dir / "metrics.json")  # only the comparison needs it
     metrics: dict[str, Any] = {
         "classes": classes, "positive_class": pos, "operating_points": points,
-        "operating_points_val": run_metrics.get("operating_points_val"), "temperature": run.temperature,
+        "operating_points_val": run_metrics.get("operating_points_val"),
+        "operating_points_val_sites": run_metrics.get("operating_points_val_sites"),
+        "default_operating_point": run.default_point, "temperature": run.temperature,
         "threshold_source": "the run's validation split", name: m, "n_test": m["n"],
         "skipped_files": skipped, "data_dir": str(data_dir) if data_dir else None,
         "data": str(data_dir) if data_dir else run.data_dir,

@@ -18,7 +18,7 @@ def prob_matrix(preds: pd.DataFrame, classes: list[str]) -> np.ndarray:
 
 
 def metrics_from_predictions(preds: pd.DataFrame, classes: list[str], positive_class: str | None,
-                             threshold_source: str = "validation split (max Youden J)",
+                             threshold_source: str = "validation split",
                              cfg: Any = None) -> dict[str, Any]:
     """Metrics of the ``val`` and ``test`` rows of ``preds`` (columns ``label``, ``split``, ``prob_<class>``,
     optional ``group``, ``site``, ``view``).
@@ -33,5 +33,5 @@ def metrics_from_predictions(preds: pd.DataFrame, classes: list[str], positive_c
     _, metrics, points, _ = evaluate_fit_predictions(preds, classes, positive_class, cfg)
     metrics["threshold"] = points.get("default")
     if metrics["positive_class"]:
-        metrics["threshold_source"] = threshold_source
+        metrics["threshold_source"] = f"{threshold_source} (operating point {metrics.get('default_operating_point')})"
     return metrics

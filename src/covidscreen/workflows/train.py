@@ -551,6 +551,9 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
         "image_size": cfg.image_size,
         "operating_points": points,
         "operating_point_figures": metrics.get("operating_points_val") or {},
+        # per-site validation figures of each point, and which point "default" stands for (format 2, additive)
+        "operating_point_sites": metrics.get("operating_points_val_sites") or {},
+        "default_operating_point": metrics.get("default_operating_point"),
         "threshold": threshold,
         "temperature": temperature,
         "config": config,

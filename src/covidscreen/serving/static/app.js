@@ -58,6 +58,15 @@ function showPointFigures() {
   const p = state.model && state.model.operating_points.find((x) => x.name === $("point").value);
   $("point-figures").textContent = p ? `sensitivity ${fmtRate(p.sensitivity)}, specificity ` +
     `${fmtRate(p.specificity)} (${p.source})` : "";
+  // the weakest validation site next to the pooled figures: what the default costs at the hardest hospital seen
+  $("point-sites").textContent = p && p.site_summary ? siteSentence(p) : "";
+}
+
+function siteSentence(p) {
+  const sites = p.sites.map((f) => `${f.site} ${fmtRate(f.specificity)}` +
+    (f.n_positive ? ` / sens ${fmtRate(f.sensitivity)}` : "") + ` (n=${f.n_negative + f.n_positive})`);
+  return "By site: " + p.site_summary + (sites.length ? `. Specificity per site: ${sites.join("; ")}.` : "") +
+    (p.note ? ` Note: ${p.note}` : "");
 }
 
 function newCard(file, before) {
@@ -85,8 +94,11 @@ function showResult(card, r) {
   dec.classList.add(r.decision === pos ? "positive" : "negative");
   const rule = r.threshold === undefined || r.threshold === null ? "the most probable class" :
     `${pos} when p(${pos}) ≥ ${r.threshold.toFixed(3)}, else the most probable other class`;
+  const info = state.model && state.model.operating_points.find((x) => x.name === r.operating_point);
+  const weakest = info && info.weakest_site ? ` Weakest validation site: specificity ` +
+    `${fmtRate(info.weakest_site_specificity)} on ${info.weakest_site}.` : "";
   card.querySelector(".point").textContent = `Operating point ${r.operating_point}: ${rule}. Validation ` +
-    `sensitivity ${fmtRate(r.sensitivity)}, specificity ${fmtRate(r.specificity)}.`;
+    `sensitivity ${fmtRate(r.sensitivity)}, specificity ${fmtRate(r.specificity)}.` + weakest;
   const bars = card.querySelector(".bars");
   for (const [cls, p] of Object.entries(r.probabilities)) {
     const dt = document.createElement("dt");
