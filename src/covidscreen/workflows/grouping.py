@@ -63,3 +63,22 @@ def held_out_near_copies(table: pd.DataFrame, held: pd.DataFrame, cache_dir: str
     in_held = np.zeros(len(both), dtype=bool)
     in_held[rows] = linked["group"].isin(held_groups).to_numpy() & ~linked["_held"].to_numpy()
     return in_held[: len(table)]
+
+
+def images_with_copies_in(table: pd.DataFrame, of: str = "test", in_split: str = "train",
+                          cache_dir: str | None = None, progress: bool = True) -> tuple[list[str], int]:
+    """Images of split ``of`` that have a near-duplicate in split ``in_split`` (a run made before splits grouped
+    near-duplicates, or a user-given split, may have them).
+
+    Args:
+        table: the run's ``split.csv`` rows with ``image``, ``split`` and ``path``.
+
+    Returns:
+        The sorted ``image`` names, and the number of such cross-split pairs.
+    """
+    cache, pairs = near_duplicates_among(table["path"].tolist(), cache_dir, progress)
+    split = table["split"].to_numpy()
+    a, b = split[pairs.i], split[pairs.j]
+    cross = ((a == of) & (b == in_split)) | ((a == in_split) & (b == of))
+    rows = np.concatenate([pairs.i[cross & (a == of)], pairs.j[cross & (b == of)]])
+    return sorted(set(table["image"].to_numpy()[rows].tolist())), int(cross.sum())
