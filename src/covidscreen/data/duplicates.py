@@ -49,6 +49,7 @@ MIN_CORRELATION = 0.97  # confirmed pairs: standardised 64x64 thumbnails correla
 THUMB = 64  # side of the thumbnails
 GROUPING_IMAGE_SIZE = 224  # the canonical (unpreprocessed) cached images the split's near-duplicate search reads
 PAIRS_VERSION = 1  # bump when the hashes, thumbnails or pairing change
+DIRECT_LOOKUP_BITS = 24  # bands up to this wide are indexed by an offsets table (2**24 entries = 128 MiB at most)
 
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
@@ -194,10 +195,17 @@ def hamming_pairs(hashes: np.ndarray, max_distance: int, bands: int | None = Non
         band = (hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
         order = np.argsort(band, kind="stable")
         sorted_band = band[order]
+        # narrow bands: bucket offsets by direct lookup (one gather per probe instead of two binary searches)
+        offsets = (np.concatenate([[0], np.cumsum(np.bincount(band.astype(np.int64), minlength=1 << width))])
+                   if width <= DIRECT_LOOKUP_BITS else None)
         for mask in _flip_masks(width, radius):
             key = band ^ mask
-            lo = np.searchsorted(sorted_band, key, side="left")
-            hi = np.searchsorted(sorted_band, key, side="right")
+            if offsets is not None:
+                k = key.astype(np.int64)
+                lo, hi = offsets[k], offsets[k + 1]
+            else:
+                lo = np.searchsorted(sorted_band, key, side="left")
+                hi = np.searchsorted(sorted_band, key, side="right")
             count = hi - lo
             if not count.any():
                 continue
