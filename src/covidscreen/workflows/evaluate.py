@@ -164,6 +164,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, output: st
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     classes = list(run.classes)
+    split_rows = None  # the run's own split: searched for test images with a near-copy in training
     if data is None:
         split_file = run_dir / "split.csv"
         if not split_file.is_file():
@@ -187,7 +188,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, output: st
             raise ModalityError(f"{data_dir} holds {modality} images (from {source}), but {run_dir} reads "
                                 f"{run.modality}; evaluate it on data of its own modality")
     near_copies = None
-    if data is None and (world is None or world.is_main):
+    if split_rows is not None and (world is None or world.is_main) and (split_rows["split"] == "train").any():
         images, n_pairs = images_with_copies_in(split_rows, "test", "train", progress=progress)
         near_copies = {"images": images, "n_pairs": n_pairs, "method": NEAR_COPY_METHOD}
     out = Path(output) if output else run_dir / f"eval-{name}"
