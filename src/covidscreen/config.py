@@ -220,6 +220,9 @@ class TrainConfig:
     keep_mixed_sites: bool = False  # with max_per_class: keep every image of sites that hold both classes
     site_probe: bool = False  # measure how well a linear probe predicts site from the features (val+test)
     within_site_rank_weight: float = 0.0  # > 0: + w * ranking loss over same-site (positive, other) pairs
+    # the split (data/splits.py, data/duplicates.py)
+    group_near_duplicates: bool = True  # keep near-duplicate images (and so their patients) in one split
+    split_file: str | None = None  # CSV image,split (train|val|test|unused): this split, as given (then audited)
 
     def validate(self) -> TrainConfig:
         """Check values that types cannot express; raise :class:`ConfigError` naming the first bad key."""
@@ -279,6 +282,8 @@ class TrainConfig:
              "epoch)"),
             ("site_balanced", not (self.site_balanced and self.sampler == "balanced"),
              "false while sampler is 'balanced' (two samplers)"),
+            ("split_file", self.split_file is None or self.folds is None,
+             "null while folds is set (k-fold cross-validation makes its own folds)"),
         ]
         for key, ok, expected in checks:
             if not ok:

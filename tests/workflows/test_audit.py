@@ -41,9 +41,12 @@ def test_cli_audit_on_a_data_folder(planted, tmp_path, monkeypatch):
     assert "[high] Shortcut risk" in res.output
     audit = json.loads((tmp_path / "out" / "audit.json").read_text())
     assert audit["split_source"].startswith("the default patient-grouped split")
-    # the default split keeps patients together; the two planted copies (other patient ids) may or may not cross
+    assert "near-duplicates kept together" in audit["split_source"]
+    # the default split keeps patients together, and the two planted copies (other patient ids) with their originals
     assert audit["leakage"]["n_patients_in_several_splits"] == 0
     assert audit["leakage"]["near_duplicates"]["n_pairs"] == 2
+    assert audit["leakage"]["near_duplicates"]["n_cross_split"] == 0
+    assert audit["leakage"]["n_exact_duplicate_sets_cross_split"] == 0
     assert (tmp_path / "out" / "audit.html").is_file()
 
 

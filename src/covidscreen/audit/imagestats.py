@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-THUMB = 64
+from ..data.duplicates import THUMB, pooled, thumbnail_batch  # noqa: F401  (pooled: re-exported)
+
 HIST_BINS = 32
 
 
@@ -42,7 +42,7 @@ def image_stats(images: np.ndarray, rows: np.ndarray | None = None, batch: int =
             idx = rows[start:start + batch]
             x = np.ascontiguousarray(images[idx])
             b, sl = len(idx), slice(start, start + len(idx))
-            thumbs[sl] = F.adaptive_avg_pool2d(torch.from_numpy(x).unsqueeze(1).float(), THUMB).squeeze(1).numpy()
+            thumbs[sl] = thumbnail_batch(x)  # the split's near-duplicate search computes the same thumbnails
             # one bincount for the whole batch: bin of each pixel, offset by its image's row
             codes = (x.reshape(b, -1) >> shift).astype(np.int32) + (np.arange(b, dtype=np.int32) * HIST_BINS)[:, None]
             hist[sl] = np.bincount(codes.ravel(), minlength=b * HIST_BINS).reshape(b, HIST_BINS) / codes.shape[1]
@@ -51,9 +51,3 @@ def image_stats(images: np.ndarray, rows: np.ndarray | None = None, batch: int =
             edge[sl, 1] = np.abs(np.diff(xi, axis=2)).mean((1, 2))
     return ImageStats(thumbs, hist, edge)
 
-
-def pooled(thumbs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Thumbnails area-averaged further down to ``shape``."""
-    with torch.inference_mode():
-        x = torch.from_numpy(np.ascontiguousarray(thumbs)).unsqueeze(1)
-        return F.adaptive_avg_pool2d(x, shape).squeeze(1).numpy()

@@ -1,15 +1,16 @@
 """Leakage audit: patients in more than one split, exact duplicate files, and near-duplicate images.
 
-Near-duplicates are found in two stages. Candidates are pairs whose pHash differs in at most ``MAX_PHASH_DISTANCE``
-bits; a candidate is confirmed when the Pearson correlation of the two standardised 64x64 thumbnails is at least
-``MIN_CORRELATION``. Chest X-rays of different people look alike at hash resolution (on the shared data about 500
-pairs of *different* images are within 4 bits, 70,000 within 10), while resized and re-encoded copies keep a thumbnail
-correlation above 0.99; different images rarely exceed 0.95. The thresholds were set by inspecting pairs of the shared
-data by eye; both are recorded in ``audit.json``.
+Near-duplicates are found by the detector the default split uses (:mod:`covidscreen.data.duplicates`: pHash
+distance at most ``MAX_PHASH_DISTANCE`` bits by multi-index hashing, confirmed by a thumbnail correlation of at least
+``MIN_CORRELATION``; both thresholds are recorded in ``audit.json``). A default split keeps every such pair in one
+split, so its audit finds none across splits; a split given by the user (``split_file``) or made by another tool may
+not, and this audit is where that shows.
 
 A pair is *leakage* when its two images sit in different evaluation splits (train, val, test, external): the model
 may have seen the test image in training. Pairs inside one split but under different patient ids inflate the
 effective sample size and hint at wrong patient ids; pairs within one patient are expected (follow-up films).
+Patients are the table's ``patient`` column where it has one (a run's ``split.csv``: its ``group`` is then the
+split group, patients linked by near-duplicates), else ``group``.
 """
 
 from __future__ import annotations
@@ -19,20 +20,35 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .hashing import close_pairs, dhash_from_pooled, file_sha256, phash_from_pooled, popcount
-from .imagestats import pooled
+from ..data.duplicates import (
+    MAX_PHASH_DISTANCE,
+    MIN_CORRELATION,
+    dhash_from_pooled,
+    near_duplicate_pairs,
+    pair_correlation,  # noqa: F401  (re-exported)
+    pooled,
+    popcount,
+)
+from .hashing import file_sha256
 from .registry import EVAL_SPLITS, Audit, AuditContext, Finding, Section, Table, register
 
-MAX_PHASH_DISTANCE = 10
-MIN_CORRELATION = 0.97
 MAX_LISTED = 200  # pairs listed in audit.json; all of them go to audit_pairs.csv
 
 
+def patient_key(table: pd.DataFrame) -> pd.Series:
+    """The patient of each row: ``patient`` where the table has that column (non-empty), else ``group``."""
+    if "patient" in table:
+        patient = table["patient"].astype(str)
+        return patient.where(patient != "", table["group"].astype(str))
+    return table["group"].astype(str)
+
+
 def patients_in_several_splits(table: pd.DataFrame) -> list[dict[str, Any]]:
-    """Patients (``group``) whose images sit in more than one evaluation split."""
-    t = table[table["split"].isin(EVAL_SPLITS)]
+    """Patients whose images sit in more than one evaluation split."""
+    t = table.assign(_patient=patient_key(table))
+    t = t[t["split"].isin(EVAL_SPLITS)]
     out = []
-    for group, g in t.groupby("group", sort=True):
+    for group, g in t.groupby("_patient", sort=True):
         splits = sorted(g["split"].unique())
         if len(splits) > 1:
             out.append({"patient": str(group), "splits": splits, "n_images": int(len(g)),
@@ -43,29 +59,14 @@ def patients_in_several_splits(table: pd.DataFrame) -> list[dict[str, Any]]:
 def exact_duplicates(table: pd.DataFrame, sha256: list[str] | None = None) -> list[dict[str, Any]]:
     """Sets of files with identical bytes (sha256), with their splits and patients."""
     sha = sha256 if sha256 is not None else file_sha256(table["path"].tolist())
-    t = table.assign(_sha=sha)
+    t = table.assign(_sha=sha, _patient=patient_key(table))
     out = []
     for digest, g in t.groupby("_sha", sort=True):
         if len(g) > 1:
             splits = sorted(set(g["split"]) & set(EVAL_SPLITS))
             out.append({"sha256": digest, "images": g["image"].astype(str).tolist(), "splits": g["split"].tolist(),
-                        "patients": g["group"].astype(str).tolist(), "labels": g["label"].tolist(),
-                        "cross_split": len(splits) > 1, "cross_patient": g["group"].nunique() > 1})
-    return out
-
-
-def _standardise(x: np.ndarray) -> np.ndarray:
-    x = x.reshape(len(x), -1).astype(np.float32)
-    x = x - x.mean(1, keepdims=True)
-    return x / (np.sqrt((x ** 2).mean(1, keepdims=True)) + 1e-6)
-
-
-def pair_correlation(z: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Pearson correlation of standardised rows ``z[i]`` and ``z[j]``, in chunks (70,000 candidate pairs of 4,096
-    values would otherwise need gigabytes)."""
-    out = np.empty(len(i), dtype=np.float64)
-    for s in range(0, len(i), chunk):
-        out[s:s + chunk] = np.einsum("ij,ij->i", z[i[s:s + chunk]], z[j[s:s + chunk]]) / z.shape[1]
+                        "patients": g["_patient"].tolist(), "labels": g["label"].tolist(),
+                        "cross_split": len(splits) > 1, "cross_patient": g["_patient"].nunique() > 1})
     return out
 
 
@@ -83,27 +84,25 @@ def near_duplicates(table: pd.DataFrame, thumbs: np.ndarray, sha256: list[str] |
     """Confirmed near-duplicate pairs (one row per pair, cross-split pairs first).
 
     Args:
-        table: rows aligned with ``thumbs``; columns ``image``, ``split``, ``group``, ``label``, ``site``.
+        table: rows aligned with ``thumbs``; columns ``image``, ``split``, ``group``, ``label``, ``site`` (and
+            ``patient``, when ``group`` is not the patient).
         thumbs: ``(N, 64, 64)`` thumbnails (:func:`~covidscreen.audit.imagestats.image_stats`).
         sha256: file digests, to mark byte-identical pairs.
     """
-    ph = phash_from_pooled(pooled(thumbs, (32, 32)))
+    found = near_duplicate_pairs(thumbs, max_phash, min_correlation)
+    i, j, dist, corr = found.i, found.j, found.phash_distance, found.correlation
     dh = dhash_from_pooled(pooled(thumbs, (8, 9)))
-    i, j, dist = close_pairs(ph, max_phash)
-    z = _standardise(thumbs)
-    corr = pair_correlation(z, i, j)
-    keep = corr >= min_correlation
-    i, j, dist, corr = i[keep], j[keep], dist[keep], corr[keep]
     cols = ["image", "split", "group", "label", "site"]
-    a = table.iloc[i][cols].reset_index(drop=True).add_suffix("_a")
-    b = table.iloc[j][cols].reset_index(drop=True).add_suffix("_b")
+    t = table.assign(patient=patient_key(table))
+    a = t.iloc[i][[*cols, "patient"]].reset_index(drop=True).add_suffix("_a")
+    b = t.iloc[j][[*cols, "patient"]].reset_index(drop=True).add_suffix("_b")
     pairs = pd.concat([a, b], axis=1)
     pairs["phash_distance"] = dist
     pairs["dhash_distance"] = popcount(dh[i] ^ dh[j]).astype(int) if len(i) else np.zeros(0, int)
     pairs["correlation"] = np.round(corr, 4)
     pairs["identical_file"] = ([sha256[x] == sha256[y] for x, y in zip(i, j, strict=True)] if sha256 is not None
                                else False)
-    same = (pairs["group_a"] == pairs["group_b"]).to_numpy()
+    same = (pairs["patient_a"] == pairs["patient_b"]).to_numpy()
     pairs["kind"] = [pair_kind(sa, sb, s) for sa, sb, s in zip(pairs["split_a"], pairs["split_b"], same, strict=True)]
     pairs["label_conflict"] = pairs["label_a"] != pairs["label_b"]
     order = {"cross-split": 0, "within split, different patients": 1, "same patient": 2, "unused": 3}

@@ -67,7 +67,25 @@ def evaluate(
         line = drop_summary(comparison, metric)
         if line:
             typer.echo(line)
+    for line in near_copy_lines(m.get("near_copies")):
+        typer.echo(line)
     typer.echo(f"report: {out / 'report.html'}")
+
+
+def near_copy_lines(block: dict | None) -> list[str]:
+    """What ``evaluate`` prints about test images with a near-copy in the training split (``near_copies``)."""
+    if not block:
+        return []
+    lines = [f"{block['n_with_copy']} of {block['n_test']} test images have a near-copy in the training split "
+             f"({block['n_pairs']} pair(s); {block['method']})"]
+    for r in block.get("comparison", []):
+        if r["metric"] in ("roc_auc", "sensitivity", "specificity", "multi-class accuracy", "macro_roc_auc"):
+            lines.append(f"  {r['metric']}: all test images {r['internal']:.3f}, without those with a near-copy "
+                         f"{r['external']:.3f}")
+    within = ((block.get("without") or {}).get("within_site") or {}).get("sites", {})
+    for site, w in within.items():
+        lines.append(f"  within {site}, without near-copies: AUC {w['roc_auc']:.3f} ({w['n']} images)")
+    return lines
 
 
 @app.command()

@@ -321,6 +321,28 @@ def _external_section(metrics: dict) -> list[str]:
         if ext.get("report"):
             parts.append(f"<p>Full report of the external data: <a href='{esc(ext['report'])}'>"
                          f"{esc(ext['report'])}</a></p>")
+    return parts + _near_copy_section(metrics)
+
+
+def _near_copy_section(metrics: dict) -> list[str]:
+    """Test images with a near-copy in the training split, and the metrics without them (``evaluate`` of a run)."""
+    nc = metrics.get("near_copies")
+    if not nc:
+        return []
+    pos = metrics.get("positive_class")
+    parts = [f"<h2>Test images with a near-copy in training</h2><p>{nc['n_with_copy']} of {nc['n_test']} test "
+             f"images have a near-duplicate in the run's training split ({nc['n_pairs']} pair(s); "
+             f"{esc(nc.get('method', ''))}).</p>"]
+    if nc["n_with_copy"]:
+        parts.append("<div class='warn'>The model may have been tested on images it was trained on. The metrics "
+                     "without those images are shown beside the metrics of every test image (same threshold).</div>")
+    rows = [{"metric": esc(f"{pos} vs rest: {METRIC_LABELS[r['metric']]}" if r["metric"] in METRIC_LABELS
+                           else r["metric"]),
+             "all test images": fmt_ci(r.get("internal"), r.get("internal_ci")),
+             "without near-copies": fmt_ci(r.get("external"), r.get("external_ci")),
+             "change": fmt_ci(r.get("change"), None)} for r in nc.get("comparison", [])]
+    if rows:
+        parts.append(table(rows, ["metric", "all test images", "without near-copies", "change"]))
     return parts
 
 

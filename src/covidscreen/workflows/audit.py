@@ -34,6 +34,7 @@ from ..reporting.audit_page import write_audit_html
 from ..reporting.model_card import write_model_card
 from ..reporting.report import write_report
 from ..runtime import atomic_write_csv, atomic_write_text, resolve_device
+from .grouping import group_near_duplicates
 
 AUDIT_FILE = "audit.json"
 PAIRS_FILE = "audit_pairs.csv"
@@ -123,11 +124,14 @@ def audit_table(table: pd.DataFrame, images: np.ndarray, rows: np.ndarray | None
     return audit
 
 
-def _audit_split(table: pd.DataFrame, data_dir: Path, run_dir: Path | None, seed: int) -> tuple[pd.DataFrame, str]:
+def _audit_split(table: pd.DataFrame, data_dir: Path, run_dir: Path | None, seed: int,
+                 progress: bool = True) -> tuple[pd.DataFrame, str]:
     """Attach a ``split`` column (and the run's images when the data are external to the run)."""
     if run_dir is None:
+        table = group_near_duplicates(table, table["path"].tolist(), progress=progress)
         table["split"] = patient_grouped_split(table, seed=seed).to_numpy()
-        return table, f"the default patient-grouped split (seed {seed}) that covidscreen train would make"
+        return table, (f"the default patient-grouped split (seed {seed}) that covidscreen train would make, "
+                       "near-duplicates kept together")
     run = load_run(run_dir)
     split_file = run_dir / "split.csv"
     if not split_file.is_file():
@@ -167,7 +171,7 @@ def audit_data_dir(data_dir: str | Path, run_dir: str | Path | None = None, outp
     data_dir = resolve_data_dir(data_dir)
     run = Path(run_dir) if run_dir is not None else None
     table = load_table(data_dir)
-    table, source = _audit_split(table, Path(data_dir), run, seed)
+    table, source = _audit_split(table, Path(data_dir), run, seed, progress)
     # a run's model is probed on what it was trained on: its own preprocessing (lung ROI, intensity, border crop)
     # and segmenter, as the audit at the end of training does; Predictor resolves them as evaluate and predict do
     predictor = Predictor(run, device=device) if run is not None else None

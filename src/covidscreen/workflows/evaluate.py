@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..config import DEFAULT_N_BOOT
 from ..data.cache import ImageCache
+from ..data.duplicates import MAX_PHASH_DISTANCE, MIN_CORRELATION
 from ..data.locate import resolve_data_dir
 from ..data.modality import table_modality
 from ..data.table import load_table
@@ -29,13 +30,17 @@ from ..reporting.report import write_report
 from ..runtime import atomic_write_csv, atomic_write_text, read_optional_json
 from ..training.distributed import World
 from ..training.subsets import apply_task
+from .grouping import images_with_copies_in
 from .sharded import score_paths_sharded
+
+NEAR_COPY_METHOD = (f"pHash distance <= {MAX_PHASH_DISTANCE} bits, confirmed by thumbnail correlation >= "
+                    f"{MIN_CORRELATION} (the audit's detector, data/duplicates.py)")
 
 
 def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: str | Path, device: str = "auto",
                    batch_size: int = 64, progress: bool = True, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
                    description: str = "", data_dir: str | Path | None = None, notes: list[str] | None = None,
-                   world: World | None = None) -> Path | None:
+                   world: World | None = None, near_copies: dict[str, Any] | None = None) -> Path | None:
     """Predict every image of ``table`` with the run's model and write ``metrics.json``, ``predictions.csv``,
     ``split.csv`` and ``report.html`` into ``output``.
 
@@ -48,6 +53,9 @@ def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: 
         world: under ``torchrun``, the ranks that share the scoring (each decodes and predicts every
             ``world_size``-th image); rank 0 computes and writes everything from the merged predictions, which equal
             a single process's, and the other ranks return ``None``.
+        near_copies: ``{"images": [...], "n_pairs": k, "description": ...}``, test images with a near-copy in the
+            run's training split: the metrics are then computed also without them, side by side (``near_copies``
+            in ``metrics.json``).
     """
     run_dir = Path(run_dir)
     world = world or World()
@@ -119,11 +127,37 @@ def evaluate_table(run_dir: str | Path, table: pd.DataFrame, name: str, output: 
     # within-site metrics for every site of these data that holds both classes
     if pos in classes and mixed_sites(preds, pos):
         m["within_site"] = within_site_metrics(preds, classes, pos, predictor.threshold)
+    if near_copies is not None:
+        metrics["near_copies"] = without_near_copies(preds, y, probs, classes, pos, predictor.threshold, points,
+                                                     m, near_copies, n_boot, seed)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     table.assign(split=name)[[c for c in ["image", "label", "site", "split"] if c in table or c == "split"]].to_csv(
         out / "split.csv", index=False)
     write_report(out, split_name=name, title=f"covidscreen evaluation ({name}) of {run_dir.name}")
     return out
+
+
+def without_near_copies(preds: pd.DataFrame, y: np.ndarray, probs: np.ndarray, classes: list[str], pos: str | None,
+                        threshold: float | None, points: dict[str, float], everything: dict[str, Any],
+                        near_copies: dict[str, Any], n_boot: int, seed: int) -> dict[str, Any]:
+    """The ``near_copies`` block: how many test images have a near-copy in training, and the metrics without them
+    next to the metrics of every test image (same threshold; the intervals of both are bootstraps of their own
+    images, and the two sets overlap, so no interval of the difference is given)."""
+    flagged = set(near_copies["images"])
+    keep = ~preds["image"].isin(flagged).to_numpy()
+    block: dict[str, Any] = {**near_copies, "n_test": int(len(preds)), "n_with_copy": int((~keep).sum()),
+                             "images": sorted(flagged)[:200]}
+    if keep.all() or not keep.any():
+        return block
+    groups = preds["group"].to_numpy()[keep] if "group" in preds else None
+    without = assess(y[keep], probs[keep], classes, pos, threshold, groups, points, n_boot=n_boot, seed=seed)
+    if pos in classes and mixed_sites(preds[keep], pos):
+        without["within_site"] = within_site_metrics(preds[keep].reset_index(drop=True), classes, pos, threshold)
+    rows = compare_blocks(everything, without)
+    for r in rows:
+        r["change_ci"] = [float("nan"), float("nan")]  # overlapping samples: no independent-samples interval
+    block.update(without=without, comparison=rows)
+    return block
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None, output: str | Path | None = None,
@@ -141,14 +175,16 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, output: st
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     classes = list(run.classes)
+    split_rows = None  # the run's own split: searched for test images with a near-copy in training
     if data is None:
         split_file = run_dir / "split.csv"
         if not split_file.is_file():
             raise DataError(f"{run_dir} has no split.csv; pass --data DIR to evaluate on another folder")
         table = pd.read_csv(split_file, keep_default_na=False)
         root = Path(run.data_dir)
-        table = table[table["split"] == "test"].reset_index(drop=True)
         table["path"] = [str(root / p) for p in table["image"]]
+        split_rows = table[table["path"].map(lambda p: Path(p).is_file())]  # the near-copy search reads them
+        table = table[table["split"] == "test"].reset_index(drop=True)
         name, data_dir = "test", root
     elif run.task == "binary":  # a binary run scores every other label as non-<positive>
         table = apply_task(load_table(resolve_data_dir(data)), "binary", run.positive_class,
@@ -162,6 +198,11 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, output: st
         if modality != run.modality and not source.startswith("nothing"):
             raise ModalityError(f"{data_dir} holds {modality} images (from {source}), but {run_dir} reads "
                                 f"{run.modality}; evaluate it on data of its own modality")
+    near_copies = None
+    if split_rows is not None and (world is None or world.is_main) and (split_rows["split"] == "train").any():
+        images, n_pairs = images_with_copies_in(split_rows, "test", "train", progress=progress)
+        near_copies = {"images": images, "n_pairs": n_pairs, "method": NEAR_COPY_METHOD}
     out = Path(output) if output else run_dir / f"eval-{name}"
     return evaluate_table(run_dir, table, name, out, device=device, batch_size=batch_size, progress=progress,
-                          n_boot=n_boot, seed=int(run.seed or 0), data_dir=data_dir, world=world)
+                          n_boot=n_boot, seed=int(run.seed or 0), data_dir=data_dir, world=world,
+                          near_copies=near_copies)

@@ -48,13 +48,22 @@ def _audit(run_dir: Path, cfg: TrainConfig, data: Any, model: Any, device: Any, 
     if cfg.audit:
         audit = audit_table(data.table, data.cache.images, data.rows, run_dir, model=model, device=device,
                             seed=cfg.seed,
-                            split_source=f"this run's patient-grouped split (seed {cfg.seed})",
+                            split_source=split_source(cfg),
                             data_dir=str(data.data_dir), run_dir=str(run_dir.resolve()))
         record_skipped(run_dir, data, {r["path"]: r["error"] for r in audit.get("left_out", [])}, "audit")
         for f in audit["findings"]:
             if f["severity"] == "high":
                 log(f"audit: {f['text']}")
         log(f"audit: {len(audit['findings'])} finding(s) in {audit['seconds']} s (audit.json)")
+
+
+def split_source(cfg: TrainConfig) -> str:
+    """Where the run's split came from, in words, for the audit."""
+    if cfg.split_file:
+        return f"the split given by the user ({cfg.split_file}), used as given"
+    seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    how = "near-duplicate images kept together" if cfg.group_near_duplicates else "near-duplicates not grouped"
+    return f"this run's patient-grouped split (seed {seed}, {how})"
 
 
 def _holdout(run_dir: Path, cfg: TrainConfig, progress: bool, log: Any) -> None:

@@ -30,7 +30,7 @@ from ..data.cache import ImageCache
 from ..data.decode import is_dicom
 from ..data.locate import DEFAULT_DATASET, resolve_data_dir
 from ..data.modality import table_modality
-from ..data.splits import split_fingerprint
+from ..data.splits import read_split_file, split_fingerprint
 from ..data.table import class_names, load_table
 from ..errors import ConfigError, DataError
 from ..evaluation.assess import evaluate_fit_predictions
@@ -74,6 +74,7 @@ from .generalisation import (  # generalisation to unseen sites (docs/generalisa
     site_balanced_rows,
     subsample_keep_mixed_sites,
 )
+from .grouping import group_near_duplicates, held_out_near_copies
 from .holdout import exclude_site
 from .init_from import check_no_leak, load_trunk
 from .resume import (
@@ -118,7 +119,9 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
     table = load_table(data_dir)
     modality, modality_source = table_modality(table, cfg.modality)
     log(f"modality: {modality} (from {modality_source})")
+    held = None
     if cfg.holdout_site:  # leave-one-site-out: the site is evaluated as external data at the end
+        held = table[table["site"] == cfg.holdout_site]
         table = exclude_site(table, cfg.holdout_site)
     if table.attrs.get("missing"):
         log(f"warning: {table.attrs['missing']} image(s) listed in metadata.csv do not exist and were skipped")
@@ -139,8 +142,9 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
     if len(skipped):
         log(f"warning: {len(skipped)} image(s) could not be decoded and were skipped (listed in skipped.csv), e.g. "
             f"{skipped['error'].iloc[0]}")
+    all_paths = table["path"].tolist()  # the cache's paths: the near-duplicate search shares its key
     table = table[ok].reset_index(drop=True)
-    table["split"] = assign_splits(table, cfg.split, data_seed, cfg.folds, cfg.fold)
+    table = split_table(cfg, table, all_paths, held, data_seed, progress)
     table["split"] = training_patient_subset(table, table["split"], cfg.train_fraction, data_seed)
     table = table[filter_rows(table, cfg.sites, cfg.labels)].reset_index(drop=True)
     classes = class_names(table)
@@ -159,6 +163,33 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
         preprocess=pp,
         modality=modality,
     )
+
+
+def split_table(cfg: TrainConfig, table: pd.DataFrame, all_paths: list[str], held: pd.DataFrame | None,
+                data_seed: int, progress: bool = True) -> pd.DataFrame:
+    """``table`` with its ``split``: the user's ``split_file`` as given, else a patient-grouped split (or fold) whose
+    groups join patients with near-duplicate images (``group_near_duplicates``); with a held-out site, images linked
+    to one of its images are left ``unused``, so that the external evaluation holds no near-copy of a training
+    image."""
+    if cfg.split_file:
+        split, counts = read_split_file(cfg.split_file, table)
+        log(f"split: as given by {cfg.split_file} (not regrouped; the audit checks it)"
+            + (f"; {counts['not_listed']} image(s) of the data are not listed and stay unused" if counts["not_listed"]
+               else "") + (f"; {counts['not_in_data']} listed image(s) are not in the data" if counts["not_in_data"]
+                           else ""))
+        return table.assign(split=split.to_numpy())
+    if cfg.group_near_duplicates:
+        table = group_near_duplicates(table, all_paths, cfg.cache_dir, progress, log)
+    table["split"] = assign_splits(table, cfg.split, data_seed, cfg.folds, cfg.fold)
+    if held is not None and cfg.group_near_duplicates and len(held):
+        if cfg.max_per_class:  # the images evaluate_holdout_site scores
+            held = subsample_per_class(held, cfg.max_per_class, cfg.seed)
+        linked = held_out_near_copies(table, held, cfg.cache_dir, progress)
+        if linked.any():
+            log(f"holdout_site {cfg.holdout_site}: {int(linked.sum())} image(s) of other sites are near-duplicates "
+                "of its images (or share a patient with one); they are left unused")
+            table.loc[linked, "split"] = "unused"
+    return table
 
 
 def check_ct_window_data(table: pd.DataFrame, modality: str, pp: Any) -> None:
