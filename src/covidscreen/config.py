@@ -33,6 +33,8 @@ SAMPLERS = ("random", "balanced")
 TASKS = ("multiclass", "binary")
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
 HEADS = ("finetune", "logistic", "gradient-boosting")
+# out-of-distribution detectors fitted on a run's training features (covidscreen.ood; docs/safety.md); none: no fit
+OOD_DETECTORS = ("mahalanobis", "knn", "vim", "energy", "none")
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,8 @@ class TrainConfig:
     keep_mixed_sites: bool = False  # with max_per_class: keep every image of sites that hold both classes
     site_probe: bool = False  # measure how well a linear probe predicts site from the features (val+test)
     within_site_rank_weight: float = 0.0  # > 0: + w * ranking loss over same-site (positive, other) pairs
+    ood_detector: str = "mahalanobis"  # out-of-distribution detector fitted on training features (none: skip)
+    ood_flag_rate: float = 0.05  # share of validation images the out-of-distribution flag is set to flag
 
     def validate(self) -> TrainConfig:
         """Check values that types cannot express; raise :class:`ConfigError` naming the first bad key."""
@@ -279,6 +283,8 @@ class TrainConfig:
              "epoch)"),
             ("site_balanced", not (self.site_balanced and self.sampler == "balanced"),
              "false while sampler is 'balanced' (two samplers)"),
+            ("ood_detector", self.ood_detector in OOD_DETECTORS, f"one of {', '.join(OOD_DETECTORS)}"),
+            ("ood_flag_rate", 0 < self.ood_flag_rate < 0.5, "a share strictly between 0 and 0.5"),
         ]
         for key, ok, expected in checks:
             if not ok:

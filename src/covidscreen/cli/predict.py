@@ -36,9 +36,14 @@ def predict(
         "--manifest", help="refuse the model unless a YAML/JSON list of allowed models names its sha256")] = None,
     strip: Annotated[bool, typer.Option(
         "--strip", help="screen each image for a backdoor trigger (STRIP; adds strip_entropy, strip_flag)")] = False,
+    ood_policy: Annotated[str, typer.Option(
+        "--ood-policy", help="an image unlike the training images (in_distribution false): flag (still predicted) "
+        "or abstain (prediction 'abstain', no probabilities)")] = "flag",
 ) -> None:
-    """Class probabilities and the decision at the run's operating point, one row per file."""
+    """Class probabilities and the decision at the run's operating point, one row per file, with the
+    out-of-distribution score and flag."""
     from ..inference.predictor import Predictor
+    from ..ood import attach_ood
     from ..runtime import resolve_device
     from ..security.integrity import trusted_sha256
     from ..security.scan import predict_screened
@@ -58,6 +63,7 @@ def predict(
     predictor = Predictor(run_dir, device=device, operating_point=operating_point, backend=backend,
                           mixed_precision=mixed_precision, expected_sha256=trusted_sha256(run_dir, expect_sha256,
                                                                                           manifest))
+    attach_ood(predictor, ood_policy)
     if strip and (world.distributed or resume):
         distributed.stop(world)
         raise CovidscreenError("--strip screens the whole table in one process; run it without torchrun and --resume")
