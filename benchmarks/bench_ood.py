@@ -52,6 +52,12 @@ def main() -> None:
     ap.add_argument("--output", type=Path, default=Path("runs/bench_ood"))
     ap.add_argument("--n", type=int, default=200, help="images per probe set built from X-rays / CT")
     ap.add_argument("--flag-rate", type=float, default=0.05)
+    ap.add_argument("--train-n", type=int, default=3000, help="training images the detectors are fitted on")
+    ap.add_argument("--val-n", type=int, default=None, help="validation images (default: all)")
+    ap.add_argument("--test-n", type=int, default=None, help="test images (default: all)")
+    ap.add_argument("--speed-n", type=int, default=256, help="images of the speed comparison")
+    ap.add_argument("--speed-reps", type=int, default=5)
+    ap.add_argument("--save", action="store_true", help="store the chosen detector as the run's OOD model")
     args = ap.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -61,8 +67,12 @@ def main() -> None:
     split = pd.read_csv(args.run_dir / "split.csv", keep_default_na=False)
     split["path"] = [str(root / p) for p in split["image"]]
     train = split[split["split"] == "train"]
-    train = train.iloc[np.sort(rng.choice(len(train), min(3000, len(train)), replace=False))]
+    train = train.iloc[np.sort(rng.choice(len(train), min(args.train_n, len(train)), replace=False))]
     val, test = split[split["split"] == "val"], split[split["split"] == "test"]
+    if args.val_n and args.val_n < len(val):
+        val = val.sample(args.val_n, random_state=3).sort_index()
+    if args.test_n and args.test_n < len(test):
+        test = test.sample(args.test_n, random_state=4).sort_index()
     ct_meta = pd.read_csv(root.parent / "ct" / "metadata.csv", keep_default_na=False)
     ct_paths = [str(root.parent / "ct" / p) for p in ct_meta["image"].sample(2 * args.n, random_state=0)]
     t0 = time.time()
@@ -131,11 +141,11 @@ def main() -> None:
     chosen = max(results, key=lambda d: (results[d]["selection_min_flag_rate"], results[d]["selection_mean_auroc"]))
 
     # speed: plain predict vs predict with the OOD score, same images, interleaved (CPU seconds)
-    imgs = prepared(pred, test["path"].head(256).tolist())[0]
+    imgs = prepared(pred, test["path"].head(args.speed_n).tolist())[0]
     m = fit_on_features(chosen, feats["train"][0], y_train, feats["val"][0], feats["val"][1], args.flag_rate,
                         head=head)
     timed = {"plain": [], "with OOD": []}
-    for _ in range(5):
+    for _ in range(args.speed_reps):
         for mode in timed:
             pred.ood = m if mode == "with OOD" else None
             c0 = time.process_time()
@@ -143,10 +153,15 @@ def main() -> None:
                 pred.score_arrays(imgs[i:i + 32])
             timed[mode].append(time.process_time() - c0)
     pred.ood = None
+    if args.save:
+        from covidscreen.ood import save_ood
+
+        rec = save_ood(args.run_dir, m)
+        print(f"stored {rec.detector} as the run's OOD model (threshold {rec.threshold:.4g})", file=sys.stderr)
     speed = {k: float(np.median(v)) for k, v in timed.items()}
     out = {"run": str(args.run_dir), "flag_rate_target": args.flag_rate, "decoded": decoded, "chosen": chosen,
            "selection_sets": selection, "reported_sets": reported, "detectors": results,
-           "speed_cpu_s_per_256": speed, "slowdown": speed["with OOD"] / speed["plain"] - 1,
+           "speed_cpu_s": speed, "speed_images": len(imgs), "slowdown": speed["with OOD"] / speed["plain"] - 1,
            "seconds": time.time() - t0}
     (args.output / "bench_ood.json").write_text(json.dumps(out, indent=2))
 
@@ -164,7 +179,8 @@ def main() -> None:
     for s in results[chosen]["test_sites"]:
         print(s)
     print(f"\ndecoded: {decoded}")
-    print(f"speed: {speed} (CPU s per 256 images; slowdown {out['slowdown']:+.1%}); total {out['seconds']:.0f} s")
+    print(f"speed: {speed} (CPU s per {len(imgs)} images; slowdown {out['slowdown']:+.1%}); "
+          f"total {out['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

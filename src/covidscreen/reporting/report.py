@@ -82,8 +82,11 @@ def ood_section(run_dir: Path) -> list[str]:
                  f"validation images (target {rec.flag_rate:.0%}). The flag guards against inputs that are not "
                  "frontal chest X-rays (photos, CT slices, rotated images); it does not catch another hospital's "
                  "chest X-rays, on which this model may still be wrong (docs/safety.md).</p>"
-                 "<p class='small'><code>covidscreen predict RUN_DIR FILES --ood-policy abstain</code> withholds the "
-                 "prediction of flagged images; <code>covidscreen ood fit RUN_DIR</code> refits the flag.</p>")
+                 "<p class='small'>Before use at a site and while in use (docs/safety.md): <code>covidscreen "
+                 "predict RUN_DIR FILES --ood-policy abstain</code> withholds the prediction of flagged images; "
+                 "<code>covidscreen commission RUN_DIR --data LOCAL_DIR --output DIR</code> is the site's acceptance "
+                 "test (go / no-go); <code>covidscreen monitor AUDIT_LOG --baseline RUN_DIR --output DIR</code> "
+                 "raises drift alarms; <code>covidscreen ood fit RUN_DIR</code> refits the flag.</p>")
     return parts
 
 
