@@ -92,3 +92,23 @@ def test_secondary_capture_needs_a_figure():
     s.figure_png = None
     with pytest.raises(ValueError, match="no heatmap"):
         build_secondary_capture(minimal_source(), s, "m", "a" * 64)
+
+
+def test_out_of_distribution_is_said_in_plain_words(tmp_path):
+    from dataclasses import replace
+
+    from covidscreen.ood import PLAIN_WARNING
+
+    flagged = replace(score(), ood_score=123.4, in_distribution=False)
+    sr, errors = roundtrip(build_sr(minimal_source(), flagged, "m", "a" * 64, "v"), tmp_path, "sr.dcm")
+    assert errors == []
+    items = {it.ConceptNameCodeSequence[0].CodeValue: it for it in sr.ContentSequence}
+    assert PLAIN_WARNING in items["OOD-ASSESSMENT"].TextValue
+    assert float(items["OOD-SCORE"].MeasuredValueSequence[0].NumericValue) == 123.4
+    assert any(PLAIN_WARNING in line for line in caption_lines(flagged, "m", "a" * 64))
+    inside = build_sr(minimal_source(), replace(score(), ood_score=1.0, in_distribution=True), "m", "a" * 64, "v")
+    text = next(it.TextValue for it in inside.ContentSequence
+                if it.ConceptNameCodeSequence[0].CodeValue == "OOD-ASSESSMENT")
+    assert text.startswith("In distribution")
+    plain = build_sr(minimal_source(), score(), "m", "a" * 64, "v")  # a run without an OOD model: no item
+    assert "OOD-ASSESSMENT" not in [it.ConceptNameCodeSequence[0].CodeValue for it in plain.ContentSequence]
