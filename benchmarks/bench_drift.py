@@ -7,9 +7,10 @@ predictions CSVs in a chosen order, given to ``covidscreen monitor`` (workflows.
 
 - false alarms: ``--orders`` random orders of all validation+test images (the stream the issue names); the share
   of streams with any alarm estimates the family-wise false-alarm rate (the design bounds it by alpha = 0.05);
-- detection delay: 500 in-distribution images in random order, then only one site's test images (and, if given,
-  ``--switch-data``: every image of another data folder, e.g. a site left out of training); the delay is the number
-  of predictions after the switch until the end of the first alarming window.
+- detection delay: ``--head`` in-distribution images in random order (a multiple of ``--window``), then only the
+  other scored images of one site (and, if given, ``--switch-data``: every image of another data folder, e.g. a site
+  left out of training); the delay is the number of predictions after the switch until the end of the first
+  alarming window.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def main() -> None:
     ap.add_argument("--orders", type=int, default=20)
     ap.add_argument("--window", type=int, default=50)
     ap.add_argument("--switch-data", type=Path, default=None)
+    ap.add_argument("--max-images", type=int, default=None, help="score at most this many val+test images")
+    ap.add_argument("--head", type=int, default=500, help="in-distribution predictions before the switch")
     args = ap.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
     run = load_run(args.run_dir)
@@ -62,6 +65,8 @@ def main() -> None:
     split = pd.read_csv(args.run_dir / "split.csv", keep_default_na=False)
     split = split[split["split"].isin(["val", "test"])].reset_index(drop=True)
     split["path"] = [str(Path(run.data_dir) / p) for p in split["image"]]
+    if args.max_images and args.max_images < len(split):
+        split = split.sample(args.max_images, random_state=5).reset_index(drop=True)
     scored = score(pred, split["path"].tolist()).merge(split[["path", "site", "split"]], on="path")
     rng = np.random.default_rng(0)
     result: dict = {"run": str(args.run_dir), "window": args.window, "n_images": len(scored)}
@@ -77,21 +82,24 @@ def main() -> None:
         result["false_alarms"] = {"orders": args.orders, "windows_per_stream": rec["n_windows"],
                                   "streams_with_an_alarm": int(sum(a > 0 for a in alarms)),
                                   "alarms": alarms}
-        switches = {f"test images of site {s}": scored[(scored["site"] == s) & (scored["split"] == "test")]
-                    for s in sorted(scored["site"].unique())}
+        head = scored.sample(min(args.head, len(scored) // 2), random_state=1)
+        rest = scored.drop(head.index)
+        switches = {f"images of site {s}": rest[rest["site"] == s] for s in sorted(rest["site"].unique())}
         if args.switch_data is not None:
             table = load_table(args.switch_data)
             switches[f"every image of {args.switch_data}"] = score(pred, table["path"].tolist())
         delays = {}
+        n0 = len(head)
         for name, shifted in switches.items():
-            head = scored.sample(500, random_state=1)
+            if len(shifted) < args.window:
+                continue
             stream = pd.concat([head, shifted.sample(frac=1.0, random_state=2)])
             stream[[c for c in stream.columns if c not in ("site", "split")]].to_csv(tmp / "d.csv", index=False)
             rec = monitor(str(tmp / "d.csv"), args.run_dir, args.output / name.replace(" ", "_"), window=args.window)
-            after = [w for w in rec["windows"] if w["start"] >= 500 and w["alarm"]]
-            before = sum(w["alarm"] for w in rec["windows"] if w["end"] <= 500)
-            delays[name] = {"n_after_switch": len(shifted), "alarms_before_switch": int(before),
-                            "delay": (after[0]["end"] - 500) if after else None,
+            after = [w for w in rec["windows"] if w["start"] >= n0 and w["alarm"]]
+            before = sum(w["alarm"] for w in rec["windows"] if w["end"] <= n0)
+            delays[name] = {"n_before_switch": n0, "n_after_switch": len(shifted),
+                            "alarms_before_switch": int(before), "delay": (after[0]["end"] - n0) if after else None,
                             "flag_rate_after": float((shifted["ood_score"] > pred.ood.threshold).mean())}
             print(name, delays[name], file=sys.stderr)
         result["detection_delay"] = delays
