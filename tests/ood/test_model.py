@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from covidscreen.config import TrainConfig
 from covidscreen.errors import CheckpointError, ConfigError, DataError
 from covidscreen.inference.predictor import Predictor
 from covidscreen.inference.run import load_run
@@ -32,7 +33,7 @@ def images_of(run_dir, split):
 def test_training_fits_stores_and_hashes_the_ood_model(tiny_run):
     run = load_run(tiny_run)
     assert run.ood is not None and run.ood.file == OOD_FILE and (tiny_run / OOD_FILE).is_file()
-    assert run.ood.detector == "mahalanobis" and run.ood.flag_rate == 0.05
+    assert run.ood.detector == TrainConfig().ood_detector and run.ood.flag_rate == 0.05
     split = pd.read_csv(tiny_run / "split.csv")
     assert run.ood.n_fit == (split["split"] == "train").sum() and run.ood.n_val == (split["split"] == "val").sum()
     model = load_ood(run)

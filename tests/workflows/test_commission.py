@@ -7,6 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 
+from covidscreen.config import TrainConfig
 from covidscreen.errors import ConfigError, DataError
 from covidscreen.evaluation import acceptance
 from covidscreen.inference.run import load_run
@@ -43,7 +44,7 @@ def test_both_classes(tiny_run, local, tmp_path):
     scores = pd.read_csv(tmp_path / "c" / "commission_scores.csv")
     est = scores[scores["part"] == "estimate"]
     assert rec["specificity"]["n"] == (~est["positive"]).sum() and rec["sensitivity"]["n"] == est["positive"].sum()
-    assert 0 <= rec["ood_flag_rate"] <= 1 and rec["ood_detector"] == "mahalanobis"
+    assert 0 <= rec["ood_flag_rate"] <= 1 and rec["ood_detector"] == TrainConfig().ood_detector
     page = (tmp_path / "c" / "commission.html").read_text()
     assert page.index(rec["verdict"].upper()) < page.index("Figures") and "data:image/png;base64" in page
     saved = json.loads((tmp_path / "c" / "commission.json").read_text())

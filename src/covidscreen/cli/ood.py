@@ -18,7 +18,7 @@ def fit(
     data: Annotated[Path | None, typer.Option("--data", help="the data folder the run was trained on (default: the "
                                               "one it records)")] = None,
     detector: Annotated[str | None, typer.Option("--detector", help="mahalanobis, knn, vim or energy (default: the "
-                                                 "run's ood_detector, else mahalanobis)")] = None,
+                                                 "run's ood_detector, else the default of training)")] = None,
     flag_rate: Annotated[float, typer.Option("--flag-rate", min=0.001, max=0.5, help="share of validation images "
                                              "to flag")] = 0.05,
     device: DeviceOpt = "auto",

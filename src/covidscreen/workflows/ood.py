@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..config import OOD_DETECTORS, TrainConfig
 from ..data.cache import ImageCache
 from ..errors import DataError
 from ..inference.predictor import Predictor
@@ -80,17 +81,15 @@ def fit_run_ood(run_dir: str | Path, data: str | Path | None = None, detector: s
 
     Args:
         data: the data folder the split's ``image`` paths are relative to (default: the one the run records).
-        detector: default: the run's configured ``ood_detector``, else mahalanobis.
+        detector: default: the run's configured ``ood_detector``, else the current default.
 
     Raises:
         DataError: no split, a split of members that differ, or too few images.
         CheckpointError: not a run folder.
     """
-    from ..config import OOD_DETECTORS
-
     run = load_run(run_dir)
     run_dir = run.path
-    detector = detector or str(run.config.get("ood_detector") or "mahalanobis")
+    detector = detector or str(run.config.get("ood_detector") or TrainConfig().ood_detector)
     if detector not in OOD_DETECTORS or detector == "none":
         raise DataError(f"--detector {detector!r} is unknown; use one of "
                         f"{', '.join(d for d in OOD_DETECTORS if d != 'none')}")
