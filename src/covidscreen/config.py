@@ -222,7 +222,7 @@ class TrainConfig:
     keep_mixed_sites: bool = False  # with max_per_class: keep every image of sites that hold both classes
     site_probe: bool = False  # measure how well a linear probe predicts site from the features (val+test)
     within_site_rank_weight: float = 0.0  # > 0: + w * ranking loss over same-site (positive, other) pairs
-    ood_detector: str = "mahalanobis"  # out-of-distribution detector fitted on training features (none: skip)
+    ood_detector: str = "vim"  # out-of-distribution detector on training features (mahalanobis where vim cannot)
     ood_flag_rate: float = 0.05  # share of validation images the out-of-distribution flag is set to flag
 
     def validate(self) -> TrainConfig:

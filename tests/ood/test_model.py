@@ -136,3 +136,20 @@ def test_ood_fit_bad_inputs(run_copy, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing noisy on the good path
         load_ood(load_run(run_copy))
+
+
+def test_vim_falls_back_to_mahalanobis_without_a_linear_head(tmp_path):
+    """The default detector needs one linear head; SqueezeNet's head is a convolution."""
+    from covidscreen.workflows.ood import fit_from_arrays
+    from tests.serving.runs import make_run
+
+    run_dir = make_run(tmp_path / "squeezenet")
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (30, 64, 64)).astype(np.uint8)
+    splits = np.array(["train"] * 18 + ["val"] * 12)
+    labels = rng.integers(0, 3, 30)
+    logs = []
+    rec = fit_from_arrays(run_dir, imgs, splits, labels, "vim", 0.1, device="cpu", progress=False, log=logs.append)
+    assert rec.detector == "mahalanobis" and "vim needs one model with a linear head" in logs[0]
+    with pytest.raises(ConfigError, match="linear layer"):
+        fit_from_arrays(run_dir, imgs, splits, labels, "vim", 0.1, device="cpu", progress=False, fallback=False)

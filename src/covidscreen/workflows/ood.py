@@ -20,7 +20,7 @@ from ..data.cache import ImageCache
 from ..errors import DataError
 from ..inference.predictor import Predictor
 from ..inference.run import OODRecord, load_run
-from ..ood.fit import fit_ood
+from ..ood.fit import fit_ood, linear_head
 from ..ood.model import save_ood
 
 MAX_FIT_IMAGES = 3000  # training images the detector is fitted on (drawn with the run's seed): ~2 CPU-minutes
@@ -35,10 +35,12 @@ def _sample(idx: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def fit_from_arrays(run_dir: str | Path, images: np.ndarray, splits: np.ndarray, labels: np.ndarray,
                     detector: str, flag_rate: float, seed: int = 0, device: Any = "auto", progress: bool = True,
-                    log: Any = print) -> OODRecord | None:
+                    log: Any = print, fallback: bool = True) -> OODRecord | None:
     """Fit and store the OOD model of ``run_dir`` from prepared images with their split and class index.
 
-    Returns None (and logs why) when the split holds too few images to set a threshold."""
+    ``fallback``: fit mahalanobis where the (default) vim does not apply (an ensemble, a head that is not one linear
+    layer); off when the user named the detector. Returns None (and logs why) when the split holds too few images
+    to set a threshold."""
     splits = np.asarray(splits)
     train = _sample(np.flatnonzero(splits == "train"), MAX_FIT_IMAGES, seed)
     val = _sample(np.flatnonzero(splits == "val"), MAX_FIT_IMAGES, seed + 1)
@@ -46,6 +48,9 @@ def fit_from_arrays(run_dir: str | Path, images: np.ndarray, splits: np.ndarray,
         log(f"ood: not fitted ({len(train)} training and {len(val)} validation images; at least 10 of each needed)")
         return None
     predictor = Predictor(run_dir, device=device)
+    if detector == "vim" and fallback and (predictor.run.kind == "ensemble" or linear_head(predictor) is None):
+        log("ood: vim needs one model with a linear head; this run has none, so mahalanobis is fitted instead")
+        detector = "mahalanobis"
     model = fit_ood(predictor, np.asarray(images[train]), np.asarray(labels)[train], np.asarray(images[val]),
                     detector, flag_rate, seed=seed, progress=progress)
     rec = save_ood(run_dir, model)
@@ -89,6 +94,7 @@ def fit_run_ood(run_dir: str | Path, data: str | Path | None = None, detector: s
     """
     run = load_run(run_dir)
     run_dir = run.path
+    fallback = detector is None
     detector = detector or str(run.config.get("ood_detector") or TrainConfig().ood_detector)
     if detector not in OOD_DETECTORS or detector == "none":
         raise DataError(f"--detector {detector!r} is unknown; use one of "
@@ -127,12 +133,13 @@ def fit_run_ood(run_dir: str | Path, data: str | Path | None = None, detector: s
     classes = {c: i for i, c in enumerate(run.classes)}
     labels = table["label"].map(classes).fillna(-1).astype(int).to_numpy()
     return _fit_checked(run_dir, _Rows(cache.images, rows), table["split"].to_numpy(), labels, detector, flag_rate,
-                        seed, device, progress, log)
+                        seed, device, progress, log, fallback)
 
 
 def _fit_checked(run_dir: Path, images: _Rows, splits: np.ndarray, labels: np.ndarray, detector: str,
-                 flag_rate: float, seed: int, device: Any, progress: bool, log: Any) -> OODRecord:
-    rec = fit_from_arrays(run_dir, images, splits, labels, detector, flag_rate, seed, device, progress, log)
+                 flag_rate: float, seed: int, device: Any, progress: bool, log: Any, fallback: bool) -> OODRecord:
+    rec = fit_from_arrays(run_dir, images, splits, labels, detector, flag_rate, seed, device, progress, log,
+                          fallback)
     if rec is None:
         raise DataError(f"{run_dir}: too few readable training or validation images to fit an out-of-distribution "
                         "model (at least 10 of each)")
