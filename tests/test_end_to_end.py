@@ -65,7 +65,9 @@ def test_predict_dicom_png_jpeg_and_bad_file(small_run, shared_data, tmp_path):
                    "--output", str(out), "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     df = pd.read_csv(out, keep_default_na=False)
-    assert list(df.columns) == ["path", "prob_covid", "prob_normal", "prob_pneumonia", "prediction", "error"]
+    assert list(df.columns) == ["path", "prob_covid", "prob_normal", "prob_pneumonia", "prediction", "ood_score",
+                                "in_distribution", "error"]
+    assert (df.loc[df["error"] == "", "ood_score"] != "").all()  # training fitted the OOD model
     assert len(df) == 5
     ok = df[df["error"] == ""]
     assert len(ok) == 4 and set(ok["prediction"]) <= {"covid", "normal", "pneumonia"}

@@ -33,6 +33,8 @@ SAMPLERS = ("random", "balanced")
 TASKS = ("multiclass", "binary")
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
 HEADS = ("finetune", "logistic", "gradient-boosting")
+# out-of-distribution detectors fitted on a run's training features (covidscreen.ood; docs/safety.md); none: no fit
+OOD_DETECTORS = ("mahalanobis", "knn", "vim", "energy", "none")
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,8 @@ class TrainConfig:
     # the split (data/splits.py, data/duplicates.py)
     group_near_duplicates: bool = True  # keep near-duplicate images (and so their patients) in one split
     split_file: str | None = None  # CSV image,split (train|val|test|unused): this split, as given (then audited)
+    ood_detector: str = "vim"  # out-of-distribution detector on training features (mahalanobis where vim cannot)
+    ood_flag_rate: float = 0.05  # share of validation images the out-of-distribution flag is set to flag
 
     def validate(self) -> TrainConfig:
         """Check values that types cannot express; raise :class:`ConfigError` naming the first bad key."""
@@ -284,6 +288,8 @@ class TrainConfig:
              "false while sampler is 'balanced' (two samplers)"),
             ("split_file", self.split_file is None or self.folds is None,
              "null while folds is set (k-fold cross-validation makes its own folds)"),
+            ("ood_detector", self.ood_detector in OOD_DETECTORS, f"one of {', '.join(OOD_DETECTORS)}"),
+            ("ood_flag_rate", 0 < self.ood_flag_rate < 0.5, "a share strictly between 0 and 0.5"),
         ]
         for key, ok, expected in checks:
             if not ok:

@@ -85,7 +85,10 @@ def test_schema_has_no_column_for_pixels_or_patient_identifiers(db_url):
     log.check()
     columns = {c["name"] for c in inspect(log.engine).get_columns("predictions")}
     assert columns == {"id", "time", "request_id", "source", "site", "input_sha256", "model_id", "weights_sha256",
-                       "code_version", "operating_point", "probabilities", "decision", "warnings", "latency_ms"}
+                       "code_version", "operating_point", "probabilities", "decision", "warnings", "latency_ms",
+                       # drift monitoring: the OOD score and flag, acquisition facts of the header (no patient tags)
+                       "ood_score", "in_distribution", "manufacturer", "manufacturer_model", "photometric",
+                       "pixel_spacing", "image_rows", "image_columns", "view_position", "file_type"}
 
 
 def test_export_csv(db_url, tmp_path):

@@ -34,8 +34,9 @@ def test_facts_from_files(tmp_path, shared_data):
     dcm = sorted((shared_data / "dicom").glob("*.dcm"))[0]
     facts = read_facts(dcm)
     assert (facts.modality, facts.view_position, facts.height) == ("CR", "PA", 1024)
+    assert facts.file_type == "dicom" and facts.photometric in ("MONOCHROME1", "MONOCHROME2")
     assert dicom_facts(pydicom.dcmread(str(dcm), stop_before_pixels=True)) == facts
     Image.fromarray(np.zeros((30, 50), np.uint8)).save(tmp_path / "a.png")
-    assert read_facts(tmp_path / "a.png") == ImageFacts(height=30, width=50)
+    assert read_facts(tmp_path / "a.png") == ImageFacts(height=30, width=50, file_type="png")
     (tmp_path / "junk.png").write_bytes(b"junk")
     assert read_facts(tmp_path / "junk.png") == ImageFacts()  # the decoder, not this, reports unreadable files

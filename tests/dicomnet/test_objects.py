@@ -121,3 +121,23 @@ def test_the_sr_carries_each_sites_validation_figures_and_names_the_weakest(tmp_
     lines = content["Validation figures of one site"]
     assert len(lines) == 2 and lines[0].startswith("cohen: specificity 0.600 [0.410, 0.770] on 25")
     assert "cannot reach" in content["Operating point rule note"][0]
+
+
+def test_out_of_distribution_is_said_in_plain_words(tmp_path):
+    from dataclasses import replace
+
+    from covidscreen.ood import PLAIN_WARNING
+
+    flagged = replace(score(), ood_score=123.4, in_distribution=False)
+    sr, errors = roundtrip(build_sr(minimal_source(), flagged, "m", "a" * 64, "v"), tmp_path, "sr.dcm")
+    assert errors == []
+    items = {it.ConceptNameCodeSequence[0].CodeValue: it for it in sr.ContentSequence}
+    assert PLAIN_WARNING in items["OOD-ASSESSMENT"].TextValue
+    assert float(items["OOD-SCORE"].MeasuredValueSequence[0].NumericValue) == 123.4
+    assert any(PLAIN_WARNING in line for line in caption_lines(flagged, "m", "a" * 64))
+    inside = build_sr(minimal_source(), replace(score(), ood_score=1.0, in_distribution=True), "m", "a" * 64, "v")
+    text = next(it.TextValue for it in inside.ContentSequence
+                if it.ConceptNameCodeSequence[0].CodeValue == "OOD-ASSESSMENT")
+    assert text.startswith("In distribution")
+    plain = build_sr(minimal_source(), score(), "m", "a" * 64, "v")  # a run without an OOD model: no item
+    assert "OOD-ASSESSMENT" not in [it.ConceptNameCodeSequence[0].CodeValue for it in plain.ContentSequence]

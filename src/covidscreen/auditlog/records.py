@@ -84,6 +84,8 @@ class PredictionRecord:
         latency_ms: time from receiving the input to the answer.
         site: optional sending station or site label (a DICOM calling AE title, an HTTP client's label), for
             drift per site; never a patient identifier.
+        ood_score, in_distribution: the out-of-distribution score and flag (None: the run has no OOD model).
+        manufacturer ... file_type: acquisition facts from the header (None when unknown), for drift monitoring.
     """
 
     time: datetime
@@ -99,6 +101,16 @@ class PredictionRecord:
     warnings: list[str] = field(default_factory=list)
     latency_ms: float
     site: str = ""
+    ood_score: float | None = None
+    in_distribution: bool | None = None
+    manufacturer: str | None = None
+    manufacturer_model: str | None = None
+    photometric: str | None = None
+    pixel_spacing: str | None = None
+    image_rows: int | None = None
+    image_columns: int | None = None
+    view_position: str | None = None
+    file_type: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.time, datetime) or self.time.tzinfo is None:
@@ -127,6 +139,14 @@ class PredictionRecord:
         if not isinstance(self.latency_ms, (int, float)) or not math.isfinite(self.latency_ms) or self.latency_ms < 0:
             raise RecordError("PredictionRecord.latency_ms must be a finite number >= 0")
         object.__setattr__(self, "time", self.time.astimezone(timezone.utc))
+        if self.ood_score is not None and not (isinstance(self.ood_score, (int, float))
+                                               and not math.isnan(float(self.ood_score))):
+            raise RecordError("PredictionRecord.ood_score must be a number or None")
+        for name in ("manufacturer", "manufacturer_model", "photometric", "pixel_spacing", "view_position",
+                     "file_type"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, str(value)[:64])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

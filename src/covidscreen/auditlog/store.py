@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -30,7 +31,9 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import URL, Engine, make_url
@@ -43,7 +46,9 @@ from .summary import summarise
 
 DEFAULT_FILE = "audit_log.sqlite"
 CSV_COLUMNS = ("time", "request_id", "source", "site", "input_sha256", "model_id", "weights_sha256", "code_version",
-               "operating_point", "decision", "probabilities", "warnings", "latency_ms")
+               "operating_point", "decision", "probabilities", "warnings", "latency_ms", "ood_score",
+               "in_distribution", "manufacturer", "manufacturer_model", "photometric", "pixel_spacing", "image_rows",
+               "image_columns", "view_position", "file_type")
 
 
 class AuditLogError(CovidscreenError):
@@ -85,6 +90,17 @@ predictions = Table(
     Column("decision", String(200), nullable=False),
     Column("warnings", JSON, nullable=False),
     Column("latency_ms", Float, nullable=False),
+    # added for drift monitoring; nullable, and added to older databases by _add_missing_columns
+    Column("ood_score", Float, nullable=True),
+    Column("in_distribution", Boolean, nullable=True),
+    Column("manufacturer", String(64), nullable=True),
+    Column("manufacturer_model", String(64), nullable=True),
+    Column("photometric", String(64), nullable=True),
+    Column("pixel_spacing", String(64), nullable=True),
+    Column("image_rows", Integer, nullable=True),
+    Column("image_columns", Integer, nullable=True),
+    Column("view_position", String(64), nullable=True),
+    Column("file_type", String(64), nullable=True),
 )
 # one row, rewritten by check(): readiness means "a committed write works", which a SELECT cannot tell on a full disk
 heartbeat = Table(
@@ -171,9 +187,22 @@ class AuditLog:
                                         "or give another --db")
             try:
                 metadata.create_all(self.engine)
+                self._add_missing_columns()
             except SQLAlchemyError as exc:
                 raise self._fail("create its tables", exc) from None
             self._schema_ready = True
+
+    def _add_missing_columns(self) -> None:
+        """A database written by an older covidscreen lacks the newer (nullable) columns: add them in place, so that
+        its rows stay and new rows carry the new facts (``ALTER TABLE ... ADD COLUMN``: SQLite and PostgreSQL)."""
+        have = {c["name"] for c in inspect(self.engine).get_columns("predictions")}
+        missing = [c for c in predictions.columns if c.name not in have]
+        if not missing:
+            return
+        with self.engine.begin() as conn:
+            for col in missing:
+                kind = col.type.compile(dialect=self.engine.dialect)
+                conn.execute(text(f'ALTER TABLE predictions ADD COLUMN "{col.name}" {kind}'))
 
     def check(self) -> None:
         """Readiness: connect and commit a write (a heartbeat row). Raises AuditLogError when that fails."""

@@ -13,7 +13,7 @@ import warnings
 import typer
 
 from ..errors import CovidscreenError, Interrupted
-from . import ct, dicomnet, evaluate, experiment, finish, predict, recipes, security, segment, serve, train
+from . import ct, dicomnet, evaluate, experiment, finish, ood, predict, recipes, safety, security, segment, serve, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="COVID-19 / pneumonia screening on chest X-rays by transfer learning, evaluated honestly.")
@@ -29,6 +29,8 @@ app.add_typer(serve.app)
 app.add_typer(dicomnet.app)
 app.add_typer(security.app)
 app.add_typer(security.security_app, name="security")
+app.add_typer(ood.app, name="ood")
+app.add_typer(safety.app)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

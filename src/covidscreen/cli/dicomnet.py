@@ -44,11 +44,18 @@ def dicom_node(
     operating_point: PointOpt = "default",
     uid_root: UidRootOpt = None,
     device: DeviceOpt = "auto",
+    require_commissioning: Annotated[str | None, typer.Option(
+        "--require-commissioning", help="refuse to start unless the run holds a 'go' site commissioning record of "
+        "this name (covidscreen commission ... --name NAME)")] = None,
 ) -> None:
     """Receive CR/DX images over DICOM (C-STORE SCP), score them, file an SR and a heatmap into their study."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..dicomnet import AeAddress, DicomNode, NodeConfig
 
+    if require_commissioning is not None:
+        from ..workflows.commission import require_commissioning as check
+
+        typer.echo(check(run_dir, require_commissioning))
     _logging()
     cfg = NodeConfig(run_dir, ae_title=ae_title, host=host, port=port, workdir=workdir, db=db,
                      forward_to=AeAddress.parse(forward_to) if forward_to else None, max_queue=max_queue,

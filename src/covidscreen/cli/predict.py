@@ -37,8 +37,12 @@ def predict(
         "--manifest", help="refuse the model unless a YAML/JSON list of allowed models names its sha256")] = None,
     strip: Annotated[bool, typer.Option(
         "--strip", help="screen each image for a backdoor trigger (STRIP; adds strip_entropy, strip_flag)")] = False,
+    ood_policy: Annotated[str, typer.Option(
+        "--ood-policy", help="an image unlike the training images (in_distribution false): flag (still predicted) "
+        "or abstain (prediction 'abstain', no probabilities)")] = "flag",
 ) -> None:
-    """Class probabilities and the decision at the run's operating point, one row per file."""
+    """Class probabilities and the decision at the run's operating point, one row per file, with the
+    out-of-distribution score and flag."""
     from ..workflows.predict import predict_files_job  # per command: `covidscreen --help` stays free of PyTorch
 
     screen = None
@@ -47,7 +51,7 @@ def predict(
     outcome = predict_files_job(run_dir, inputs, output, resume=resume, batch_size=batch_size,
                                 operating_point=operating_point, backend=backend, device=device,
                                 mixed_precision=mixed_precision, expect_sha256=expect_sha256, manifest=manifest,
-                                screen=screen)
+                                screen=screen, ood_policy=ood_policy)
     if outcome.summary() is not None:
         typer.echo(outcome.summary())
     elif outcome.table is not None:  # rank 0 without --output: the table on standard output

@@ -42,11 +42,19 @@ def serve(
         "strip_entropy, strip_flag and a warning when flagged)")] = False,
     strip_frr: Annotated[float, typer.Option("--strip-frr", help="STRIP's false-rejection rate on clean validation "
                                              "images")] = 0.01,
+    require_commissioning: Annotated[str | None, typer.Option(
+        "--require-commissioning", help="refuse to start unless the run holds a 'go' site commissioning record of "
+        "this name (covidscreen commission ... --name NAME)")] = None,
 ) -> None:
     """Serve a run over HTTP as a second reader: API under /v1 (OpenAPI at /docs), web page at /, audit log."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..serving.config import ServeConfig
     from ..serving.server import run_server
+
+    if require_commissioning is not None:
+        from ..workflows.commission import require_commissioning as check
+
+        typer.echo(check(run_dir, require_commissioning))
 
     run_server(ServeConfig(run_dir=run_dir, host=host, port=port, backend=backend, db=db, api_key_file=api_key_file,
                            device=device, max_upload_mb=max_upload_mb, max_files=max_files, max_pixels=max_pixels,

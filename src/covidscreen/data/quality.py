@@ -41,6 +41,12 @@ class ImageFacts:
     modality: str | None = None
     view_position: str | None = None
     body_part: str | None = None
+    # acquisition facts a site can see change (drift monitoring; never patient data)
+    manufacturer: str | None = None
+    manufacturer_model: str | None = None
+    photometric: str | None = None
+    pixel_spacing: str | None = None  # "row\\column" in mm, as the header gives it
+    file_type: str | None = None  # dicom, png, jpeg, ...
 
 
 def _tag(ds: Any, name: str) -> str | None:
@@ -52,9 +58,14 @@ def _tag(ds: Any, name: str) -> str | None:
 def dicom_facts(ds: Any) -> ImageFacts:
     """Facts of a pydicom ``Dataset`` (pixel data not needed; patient tags are not read)."""
     rows, cols = ds.get("Rows"), ds.get("Columns")
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     return ImageFacts(height=int(rows) if rows else None, width=int(cols) if cols else None,
                       modality=_tag(ds, "Modality"), view_position=_tag(ds, "ViewPosition"),
-                      body_part=_tag(ds, "BodyPartExamined"))
+                      body_part=_tag(ds, "BodyPartExamined"), manufacturer=_tag(ds, "Manufacturer"),
+                      manufacturer_model=_tag(ds, "ManufacturerModelName"),
+                      photometric=_tag(ds, "PhotometricInterpretation"),
+                      pixel_spacing="\\".join(f"{float(v):.4g}" for v in spacing) if spacing else None,
+                      file_type="dicom")
 
 
 def read_facts(path: str | Path) -> ImageFacts:
@@ -66,7 +77,7 @@ def read_facts(path: str | Path) -> ImageFacts:
             return dicom_facts(pydicom.dcmread(str(path), stop_before_pixels=True))
 
         with Image.open(path) as im:
-            return ImageFacts(height=im.height, width=im.width)
+            return ImageFacts(height=im.height, width=im.width, file_type=(im.format or "").lower() or None)
     except Exception:  # noqa: BLE001 - any header fault is the decoder's to report, with its own message
         return ImageFacts()
 

@@ -59,6 +59,7 @@ from pynetdicom.sop_class import (
 
 from ..auditlog import AuditLog, AuditLogError, PredictionRecord, new_request_id, utc_now
 from ..data.decode import decode_dicom_dataset
+from ..data.quality import dicom_facts
 from ..errors import ConfigError, ImageDecodeError
 from .address import AeAddress, check_ae_title
 from .objects import build_secondary_capture, build_sr, check_uid_root, new_uid
@@ -206,7 +207,8 @@ class ResultWriter:
             time=utc_now(), request_id=it.id, source=self.source, input_sha256=it.sha256, model_id=s.model_id,
             weights_sha256=s.weights_sha256, code_version=s.code_version, operating_point=score.point.name,
             probabilities=score.probabilities, decision=score.decision, warnings=score.warnings,
-            latency_ms=max(0.0, (time.monotonic() - it.received) * 1000.0), site=it.calling_aet[:64])
+            latency_ms=max(0.0, (time.monotonic() - it.received) * 1000.0), site=it.calling_aet[:64],
+            ood_score=score.ood_score, in_distribution=score.in_distribution, **_facts_columns(it.dataset))
             for it, score in zip(items, scores, strict=True)]
         self.audit.record_many(records)  # logged before the result leaves: no answer without its row
         ids = [self.outbox.add([sr], self.destination).id for sr in reports]
@@ -520,3 +522,11 @@ class DicomNode:
                 delay = min(delay * 2, self.config.retry_max_s)
             else:
                 delay = self.config.retry_min_s
+
+
+def _facts_columns(ds: Dataset) -> dict:
+    """The audit-log columns of a received dataset's acquisition facts (drift monitoring; no patient data)."""
+    f = dicom_facts(ds)
+    return {"manufacturer": f.manufacturer, "manufacturer_model": f.manufacturer_model, "photometric": f.photometric,
+            "pixel_spacing": f.pixel_spacing, "image_rows": f.height, "image_columns": f.width,
+            "view_position": f.view_position, "file_type": f.file_type}

@@ -37,6 +37,7 @@ from pydicom.valuerep import validate_value
 
 from .. import __version__
 from ..errors import ConfigError
+from ..ood import PLAIN_WARNING
 from .scoring import PointInfo, Score
 
 log = logging.getLogger("covidscreen.dicomnet")
@@ -245,6 +246,17 @@ def _reference(src: Dataset) -> Dataset:
     return ref
 
 
+def ood_items(score: Score, unit: Dataset) -> list[Dataset]:
+    """The out-of-distribution assessment as SR content items: a plain-words text and the score (none without an
+    OOD model)."""
+    if score.in_distribution is None:
+        return []
+    text = (f"Out of distribution: {PLAIN_WARNING}." if not score.in_distribution
+            else "In distribution: the image resembles those the model was validated on.")
+    return [_text(_code("OOD-ASSESSMENT", PRIVATE_SCHEME, "Out-of-distribution assessment"), text),
+            _num(_code("OOD-SCORE", PRIVATE_SCHEME, "Out-of-distribution score"), score.ood_score, unit)]
+
+
 def build_sr(src: Dataset, score: Score, model_id: str, weights_sha256: str, code_version: str,
              uid_root: str | None = None, series_uid: str | None = None) -> Dataset:
     """A Comprehensive SR of ``score`` in the study of ``src`` (the received image)."""
@@ -287,6 +299,7 @@ def build_sr(src: Dataset, score: Score, model_id: str, weights_sha256: str, cod
         _text(_code("MODEL-ID", PRIVATE_SCHEME, "Model identifier"), model_id),
         _text(_code("WEIGHTS-SHA256", PRIVATE_SCHEME, "Model weights SHA-256"), weights_sha256),
     ]
+    items += ood_items(score, unit)
     for w in score.warnings:
         items.append(_text(_code("WARNING", PRIVATE_SCHEME, "Image quality warning"), w))
     image = _item("IMAGE", _code("121112", "DCM", "Source of Measurement"))
@@ -321,6 +334,8 @@ def caption_lines(score: Score, model_id: str, weights_sha256: str) -> list[str]
     else:
         lines.append(f"decision: {_decision_text(score)}")
     lines.append(_validation_text(pt))
+    if score.in_distribution is False:
+        lines.append(f"WARNING: {PLAIN_WARNING}")
     lines.append(f"model {model_id}, weights sha256 {weights_sha256[:16]}...")
     lines += [f"warning: {w}" for w in score.warnings]
     return lines

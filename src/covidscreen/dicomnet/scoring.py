@@ -25,6 +25,7 @@ from ..explain.inputs import chance_level, map_to_image
 from ..explain.regions import DEFAULT_MARGIN, border_fraction
 from ..inference.run import DEFAULT_POINT
 from ..inference.site_figures import PointSiteSummary, point_site_summary
+from ..ood import attach_ood
 from ..workflows.predict import open_predictor
 
 #: Modalities the models are trained for (plain chest radiographs).
@@ -63,6 +64,8 @@ class Score:
     figure_png: bytes | None = None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    ood_score: float | None = None  # out-of-distribution score (None: the run has no OOD model)
+    in_distribution: bool | None = None  # False: unlike the images the model was validated on
 
     @property
     def positive_probability(self) -> float | None:
@@ -108,6 +111,7 @@ class DicomScorer:
                  margin: float = DEFAULT_MARGIN) -> None:
         # the engine as predict and serve choose it (workflows/predict.py)
         self.predictor = open_predictor(run_dir, backend, device, operating_point)
+        self.ood = attach_ood(self.predictor)  # every result says whether its image is unlike the training images
         run = self.run = self.predictor.run
         if run.modality != "cxr":  # the node receives radiographs (CR/DX); it must not score them with a CT model
             raise ConfigError(f"{run.path} reads {run.modality} images, but the DICOM node receives chest radiographs "
@@ -156,14 +160,17 @@ class DicomScorer:
         p = self.predictor
         prepared = [preprocess_with_geometry(img, p.size, p.preprocess, p.segmenter) for img in images]
         batch = np.stack([x for x, _ in prepared])
-        probs = p.predict_arrays(batch)
+        probs, ood_scores = p.score_arrays(batch)
         decisions = p.decide(probs)
         pngs: list[bytes | None] = [None] * len(images)
         if self._explainer is not None and figures is not False:
             pngs = self._figures(images, prepared, batch, probs, titles)
         per_image = (time.perf_counter() - start) / len(images)
+        inside = p.in_distribution(ood_scores) if ood_scores is not None else None
         return [Score({c: float(v) for c, v in zip(self.classes, pr, strict=True)}, d, self.positive_class,
-                      self.point, png, list(warnings[i]) if warnings else [], per_image)
+                      self.point, png, list(warnings[i]) if warnings else [], per_image,
+                      None if ood_scores is None else float(ood_scores[i]),
+                      None if inside is None else bool(inside[i]))
                 for i, (pr, d, png) in enumerate(zip(probs, decisions, pngs, strict=True))]
 
     def add_figures(self, images: Sequence[np.ndarray], scores: Sequence[Score],

@@ -4,6 +4,11 @@ A file that cannot be read gets a row with an ``error`` and empty probabilities;
 file of the other modality (a CT slice sent to an X-ray model or the reverse, told by its DICOM ``Modality``); files
 whose modality cannot be told (PNG/JPEG) are predicted, and one warning for the batch says so
 (``DataFrame.attrs["warnings"]`` and a Python warning).
+
+With an out-of-distribution scorer attached (:attr:`Predictor.ood`, set by :func:`covidscreen.ood.attach_ood`) each
+row also gets ``ood_score`` (higher: less like the training images) and ``in_distribution``, both from the same
+forward pass as the probabilities (the head's input features are captured on the way); with ``ood_policy="abstain"``
+a flagged image's ``prediction`` is ``abstain`` and its probabilities are empty.
 """
 
 from __future__ import annotations
@@ -11,11 +16,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.decode import IMAGE_SUFFIXES
@@ -25,6 +33,7 @@ from ..evaluation.calibration import apply_temperature
 from ..evaluation.metrics import predict_labels
 from ..runtime import amp_dtype, prediction_precision, resolve_device, to_input
 from ..segmentation import load_segmenter_for
+from .ensemble import EnsembleModel
 from .modality import ModalityWarning, check_input_modality, summarise_warnings
 from .onnx import OnnxModel
 from .run import Run, load_run
@@ -48,6 +57,43 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
         else:
             raise DataError(f"{p} does not exist; give image files (PNG, JPEG, DICOM) or folders of them")
     return files
+
+
+OOD_POLICIES = ("flag", "abstain")
+ABSTAIN = "abstain"
+
+
+class OutlierScorer(Protocol):
+    """What the Predictor needs of an out-of-distribution model (:class:`covidscreen.ood.OODModel`)."""
+
+    threshold: float
+
+    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """One score per image, higher = less like the training images."""
+        ...
+
+
+@contextmanager
+def head_inputs(model: torch.nn.Module) -> Iterator[list[torch.Tensor | None]]:
+    """Capture the features that feed the classification head of ``model`` (of each member of an ensemble, in
+    member order) on the next forward pass; maps (a convolutional head) are average-pooled to vectors."""
+    members = list(model.members) if isinstance(model, EnsembleModel) else [model]
+    captured: list[torch.Tensor | None] = [None] * len(members)
+    handles = []
+
+    def hook_for(i: int):
+        def hook(_module: torch.nn.Module, args: tuple) -> None:
+            x = args[0]
+            captured[i] = (F.adaptive_avg_pool2d(x, 1).flatten(1) if x.ndim == 4 else x.flatten(1)).float()
+        return hook
+
+    for i, m in enumerate(members):
+        handles.append(m.backbone.get_submodule(m.spec.head).register_forward_pre_hook(hook_for(i)))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
 
 
 class Predictor:
@@ -84,6 +130,9 @@ class Predictor:
         # thresholds were chosen on probabilities scaled by this temperature (1 = none): a locally calibrated point
         # may carry its own, otherwise the run's, fitted on validation
         self.temperature = self.run.temperature_for(operating_point)
+        # an out-of-distribution scorer and what to do with a flagged image (covidscreen.ood.attach_ood sets them)
+        self.ood: OutlierScorer | None = None
+        self.ood_policy = "flag"
 
     def prepare(self, path: str | Path) -> Prepared:
         """One file as the model reads it: a ``(size, size)`` uint8 array (``(C, size, size)`` for runs reading CT
@@ -123,6 +172,52 @@ class Predictor:
             logits = self.model(x)
         return torch.softmax(logits.float() / self.temperature, 1).cpu().numpy().astype(np.float64)
 
+    @torch.inference_mode()
+    def embed_arrays(self, images: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Probabilities, head-input features ``(B, D)`` (the members' side by side for an ensemble) and raw logits
+        (before the temperature) of a batch, from one forward pass.
+
+        Raises:
+            DataError: the ONNX backend, which does not give features.
+        """
+        if self.onnx is not None:
+            raise DataError("the out-of-distribution score needs the model's features, which the ONNX backend does "
+                            "not give; use --backend torch")
+        if isinstance(images, dict):  # an ensemble of members at several input sizes: {size: batch}
+            x = {size: to_input(torch.from_numpy(np.ascontiguousarray(b)), self.device) for size, b in images.items()}
+        else:
+            x = to_input(torch.from_numpy(np.ascontiguousarray(images)), self.device)
+        with head_inputs(self.model) as captured, prediction_precision(self.device, self.amp):
+            logits = self.model(x).float()
+        features = torch.cat([c for c in captured if c is not None], 1).cpu().numpy()
+        probs = torch.softmax(logits / self.temperature, 1).cpu().numpy().astype(np.float64)
+        return probs, features, logits.cpu().numpy()
+
+    def features(self, images: np.ndarray, batch_size: int = 64, progress: bool = False,
+                 desc: str = "features") -> tuple[np.ndarray, np.ndarray]:
+        """Head-input features and raw logits of many images, in batches."""
+        feats, logits = [], []
+        for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress):
+            _, f, lg = self.embed_arrays(images[start:start + batch_size])
+            feats.append(f)
+            logits.append(lg)
+        if not feats:
+            return np.zeros((0, 0), np.float32), np.zeros((0, len(self.classes)), np.float32)
+        return np.concatenate(feats), np.concatenate(logits)
+
+    def score_arrays(self, images: Prepared) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and out-of-distribution scores of a batch (scores ``None`` without a scorer, or with the
+        ONNX backend): one forward pass either way."""
+        if self.ood is None or self.onnx is not None:
+            return self.predict_arrays(images), None
+        probs, feats, logits = self.embed_arrays(images)
+        return probs, np.asarray(self.ood.score(feats, logits), dtype=np.float64)
+
+    def in_distribution(self, scores: np.ndarray) -> np.ndarray:
+        """True where a score is at or below the OOD threshold (a NaN score, e.g. a blank image, is flagged)."""
+        assert self.ood is not None
+        return np.asarray(scores) <= self.ood.threshold
+
     def check_modality(self, path: str | Path) -> str | None:
         """Refuse a file of the other modality (:class:`~covidscreen.errors.ModalityError`); a warning (or None)
         for one that cannot be checked. Every file-based interface calls this before decoding."""
@@ -141,8 +236,9 @@ class Predictor:
 
     @property
     def columns(self) -> list[str]:
-        """Columns of a prediction row: ``path``, ``prob_<class>``..., ``prediction``, ``error``."""
-        return ["path", *[f"prob_{c}" for c in self.classes], "prediction", "error"]
+        """Columns of a prediction row: ``path``, ``prob_<class>``..., ``prediction``, ``ood_score``,
+        ``in_distribution`` (both empty without an out-of-distribution model), ``error``."""
+        return ["path", *[f"prob_{c}" for c in self.classes], "prediction", "ood_score", "in_distribution", "error"]
 
     def iter_predictions(self, files: list[Path], batch_size: int = 32, progress: bool = True) -> Iterator[dict]:
         """One row per file, in order, yielded as each batch is done (memory stays bounded for any number of
@@ -157,8 +253,15 @@ class Predictor:
         def flush() -> None:
             if not batch:
                 return
-            probs = self.predict_arrays(self.stack([img for _, img in batch]))
-            for (i, _), p, label in zip(batch, probs, self.decide(probs)):
+            probs, scores = self.score_arrays(self.stack([img for _, img in batch]))
+            inside = self.in_distribution(scores) if scores is not None else None
+            for k, ((i, _), p, label) in enumerate(zip(batch, probs, self.decide(probs))):
+                if scores is not None:
+                    rows[i]["ood_score"] = float(scores[k])
+                    rows[i]["in_distribution"] = bool(inside[k])
+                    if not inside[k] and self.ood_policy == ABSTAIN:  # no answer for an image unlike the training's
+                        rows[i]["prediction"] = ABSTAIN
+                        continue
                 rows[i].update({f"prob_{c}": float(v) for c, v in zip(self.classes, p)})
                 rows[i]["prediction"] = label
             batch.clear()
@@ -183,7 +286,7 @@ class Predictor:
                 part = files[start:start + chunk]
                 for f, img in zip(part, pool.map(load, part)):
                     rows.append({"path": str(f), **{f"prob_{c}": np.nan for c in self.classes}, "prediction": "",
-                                 "error": ""})
+                                 "ood_score": np.nan, "in_distribution": None, "error": ""})
                     if isinstance(img, str):
                         rows[-1]["error"] = img
                     else:

@@ -108,6 +108,56 @@ class OnnxExport:
 
 
 @dataclass(frozen=True)
+class OODRecord:
+    """The run's out-of-distribution model (``covidscreen.ood``): a safetensors file in the run folder, hashed here."""
+
+    file: str  # a .safetensors file inside the run folder
+    sha256: str
+    detector: str  # mahalanobis | knn | vim | energy
+    threshold: float  # a score above it is flagged: unlike the images the model was validated on
+    flag_rate: float  # the share of validation images the threshold was set to flag
+    n_fit: int = 0  # training images the detector was fitted on
+    n_val: int = 0  # validation images the threshold was set on
+    val_flag_rate: float = math.nan  # the share of validation images it flags (near flag_rate)
+    created: str | None = None
+
+
+def _ood_record(meta: dict[str, Any]) -> OODRecord | None:
+    raw = meta.get("ood")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return OODRecord(file=str(raw["file"]), sha256=str(raw["sha256"]), detector=str(raw["detector"]),
+                         threshold=float(raw["threshold"]), flag_rate=float(raw["flag_rate"]),
+                         n_fit=int(raw.get("n_fit", 0)), n_val=int(raw.get("n_val", 0)),
+                         val_flag_rate=float(raw.get("val_flag_rate", math.nan)), created=raw.get("created"))
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError("the sidecar's 'ood' record is damaged (it needs file, sha256, detector, threshold, "
+                              "flag_rate); refit it with: covidscreen ood fit RUN_DIR") from None
+
+
+@dataclass(frozen=True)
+class Commissioning:
+    """A site's acceptance test of the run (``covidscreen commission``), stored in the run on ``go``."""
+
+    name: str  # also the name of its operating point
+    verdict: str  # go | no-go | insufficient-data
+    operating_point: float | None
+    data_fingerprint: str | None
+    created: str | None
+    record: dict[str, Any] = field(default_factory=dict, repr=False)  # figures with their intervals, reason
+
+
+def _commissioning(meta: dict[str, Any]) -> dict[str, Commissioning]:
+    out = {}
+    for name, rec in (meta.get("commissioning") or {}).items():
+        if isinstance(rec, dict):
+            out[name] = Commissioning(name, str(rec.get("verdict", "")), rec.get("operating_point"),
+                                      rec.get("data_fingerprint"), rec.get("created"), dict(rec))
+    return out
+
+
+@dataclass(frozen=True)
 class Run:
     """A trained model's folder, typed. ``sidecar`` keeps the raw record for fields no consumer types yet."""
 
@@ -145,6 +195,8 @@ class Run:
     threshold_source: str | None = None  # ensembles: how their threshold was chosen
     common_split: bool | None = None  # ensembles: all members trained on one split
     local_calibration: dict[str, dict[str, Any]] = field(default_factory=dict)  # point name -> calibration record
+    ood: OODRecord | None = None  # the out-of-distribution model, when one was fitted
+    commissioning: dict[str, Commissioning] = field(default_factory=dict)  # site acceptance tests passed (go)
 
     @property
     def positive_index(self) -> int | None:
@@ -339,6 +391,8 @@ def run_from_record(run_dir: Path, meta: dict[str, Any], kind: str) -> Run:
         threshold_source=meta.get("threshold_source"),
         common_split=meta.get("common_split"),
         local_calibration=dict(meta.get("local_calibration") or {}),
+        ood=_ood_record(meta),
+        commissioning=_commissioning(meta),
     )
 
 

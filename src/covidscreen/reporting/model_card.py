@@ -259,7 +259,30 @@ def _limitations(c: CardInputs) -> list[str]:
                     ""]
 
 
-SECTIONS = (_header, _model, lambda c: INTENDED_USE, _data, _performance, _audit, _limitations)
+def _ood(c: CardInputs) -> list[str]:
+    """The out-of-distribution flag (from the typed run: the sidecar is read in one place)."""
+    run = c.run
+    if run is None:
+        return []
+    rec = run.ood
+    lines = ["## Out-of-distribution flag and site commissioning", ""]
+    for name, com in run.commissioning.items():
+        spec = com.record.get("specificity") or {}
+        lines.append(f"- Site commissioning `{name}`: **{com.verdict}** on {com.created} (operating point `{name}`, "
+                     f"threshold {com.operating_point:.4g}; specificity {spec.get('estimate', math.nan):.3f}, lower "
+                     f"bound {spec.get('ci_low', math.nan):.3f}; data sha256 `{com.data_fingerprint}`).")
+    if rec is None:
+        return lines + [f"- No out-of-distribution model: results do not say when an image is unlike the training "
+                        f"images (`covidscreen ood fit {c.run_dir}`).", ""]
+    return lines + [f"- Detector `{rec.detector}` on the head-input features of {rec.n_fit} training images; "
+                    f"threshold {rec.threshold:.4g} flags {rec.val_flag_rate:.1%} of {rec.n_val} validation images "
+                    f"(target {rec.flag_rate:.0%}); file `{rec.file}`, sha256 `{rec.sha256}`.",
+                    "- A flagged result is unlike the images this model was validated on: do not rely on it. The flag "
+                    "catches inputs that are not frontal chest X-rays, not another hospital's X-rays "
+                    "(docs/safety.md).", ""]
+
+
+SECTIONS = (_header, _model, lambda c: INTENDED_USE, _data, _performance, _ood, _audit, _limitations)
 
 
 def model_card(run_dir: str | Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import matplotlib
 
@@ -119,4 +120,41 @@ def history_plot(history: list[dict] | object) -> bytes:
     ax[1].plot(h["epoch"], h["val_accuracy"], "o-", label="val accuracy")
     ax[1].set(xlabel="epoch", title="validation")
     ax[1].legend()
+    return _png(fig)
+
+
+def score_histogram(samples: dict[str, np.ndarray], threshold: float | None, title: str,
+                    xlabel: str = "out-of-distribution score (higher: less like the training images)") -> bytes:
+    """Overlaid density histograms of scores (e.g. a local sample vs the validation split), with the threshold."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    finite = {k: np.asarray(v, float)[np.isfinite(np.asarray(v, float))] for k, v in samples.items()}
+    values = np.concatenate([v for v in finite.values() if len(v)] or [np.zeros(1)])
+    bins = np.histogram_bin_edges(np.clip(values, *np.quantile(values, [0.0, 0.995])), 30)
+    for name, v in finite.items():
+        if len(v):
+            ax.hist(np.clip(v, bins[0], bins[-1]), bins=bins, density=True, alpha=0.5, label=f"{name} (n={len(v)})")
+    if threshold is not None and math.isfinite(threshold):
+        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"flag threshold {threshold:.3g}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def statistic_plot(x: np.ndarray, stat: np.ndarray, alarms: np.ndarray, critical: float | None, title: str,
+                   ylabel: str) -> bytes:
+    """A drift statistic per window over time, alarms marked, with the critical value."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot(x, stat, marker="o", ms=3, lw=1)
+    alarms = np.asarray(alarms, bool)
+    if alarms.any():
+        ax.plot(np.asarray(x)[alarms], np.asarray(stat)[alarms], "rv", ms=7, label="alarm")
+    if critical is not None and math.isfinite(critical):
+        ax.axhline(critical, color="r", ls="--", lw=1, label="critical value")
+    ax.set_xlabel("window end (prediction number)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if alarms.any() or critical is not None:
+        ax.legend(fontsize=8)
     return _png(fig)

@@ -27,6 +27,7 @@ from ..data.decode import read_image
 from ..errors import ImageDecodeError
 from ..evaluation.breakdown import subgroup_breakdown
 from ..inference.run import optional_run
+from ..ood import PLAIN_WARNING
 from ..runtime import atomic_write_text
 from . import plots
 from .audit_page import audit_section, findings_html, read_audit
@@ -57,6 +58,33 @@ def _read_first(metrics: dict, split: pd.DataFrame | None, audit: dict | None) -
         parts += [f"<div class='warn'>{esc(w)}</div>" for w in warns]
         parts.append("<p class='small'>No audit.json in this folder: run <code>covidscreen audit DATA_DIR RUN_DIR"
                      "</code> for the leakage and shortcut audit.</p>")
+    return parts
+
+
+def ood_section(run_dir: Path) -> list[str]:
+    """What the run's out-of-distribution flag is, in plain words, and the commands around it (run folders only)."""
+    run = optional_run(run_dir)
+    if run is None:
+        return []
+    rec = run.ood
+    parts = ["<h2>Knowing when not to answer</h2>"]
+    if rec is None:
+        parts.append("<div class='warn'>This run has no out-of-distribution model: its results cannot say when an "
+                     f"image is unlike the training images. Fit one with <code>covidscreen ood fit "
+                     f"{esc(run_dir)}</code>.</div>")
+        return parts
+    parts.append(f"<p>Every result of <code>covidscreen predict</code>, the service and the DICOM node carries an "
+                 f"out-of-distribution score ({esc(rec.detector)} on the model's features, fitted on {rec.n_fit} "
+                 f"training images) and a flag: an image scoring above {rec.threshold:.4g} is reported as "
+                 f"<b>{esc(PLAIN_WARNING)}</b>. The threshold flags {rec.val_flag_rate:.1%} of the {rec.n_val} "
+                 f"validation images (target {rec.flag_rate:.0%}). The flag guards against inputs that are not "
+                 "frontal chest X-rays (photos, CT slices, rotated images); it does not catch another hospital's "
+                 "chest X-rays, on which this model may still be wrong (docs/safety.md).</p>"
+                 "<p class='small'>Before use at a site and while in use (docs/safety.md): <code>covidscreen "
+                 "predict RUN_DIR FILES --ood-policy abstain</code> withholds the prediction of flagged images; "
+                 "<code>covidscreen commission RUN_DIR --data LOCAL_DIR --output DIR</code> is the site's acceptance "
+                 "test (go / no-go); <code>covidscreen monitor AUDIT_LOG --baseline RUN_DIR --output DIR</code> "
+                 "raises drift alarms; <code>covidscreen ood fit RUN_DIR</code> refits the flag.</p>")
     return parts
 
 
@@ -435,6 +463,7 @@ def write_report(run_dir: str | Path, metrics_file: str = "metrics.json", predic
 
     parts = [f"<h1>{esc(title or 'covidscreen run report')}</h1>", f"<p class='small'>{esc(run_dir.resolve())}</p>"]
     parts += _read_first(metrics, split, audit)
+    parts += ood_section(run_dir)
     if split is not None:
         parts += _data_section(split)
     parts += skipped_section(run_dir, preds, _data_dir_of(run_dir, metrics))

@@ -105,6 +105,12 @@ def provenance(run_dir: str | Path, expect_sha256: str | None = None, manifest: 
         "pretrained_weights": config.get("weights") or (
             "registry default" if config.get("pretrained", True) else "none (from scratch)"),
     })
+    _check_ood(run, prov)
+    prov.facts["commissioning"] = {n: {"verdict": c.verdict, "created": c.created, "threshold": c.operating_point,
+                                       "data_fingerprint": c.data_fingerprint,
+                                       "specificity": c.record.get("specificity"),
+                                       "sensitivity": c.record.get("sensitivity")}
+                                   for n, c in run.commissioning.items()}
     if run.kind == "ensemble":  # an ensemble: each member is a run of its own
         prov.facts["ensemble_members"] = [str(m) for m in run.members]
         prov.warnings.append("ensemble folder: verify each member run as well")
@@ -149,6 +155,23 @@ def provenance(run_dir: str | Path, expect_sha256: str | None = None, manifest: 
     return prov
 
 
+def _check_ood(run: Any, prov: Provenance) -> None:
+    """The out-of-distribution model: its file's sha256 against the sidecar (a missing one is a warning)."""
+    rec = run.ood
+    if rec is None:
+        prov.facts["ood"] = None
+        prov.warnings.append("no out-of-distribution model: results carry no flag for images unlike the training "
+                             f"images (covidscreen ood fit {run.path})")
+        return
+    path = run.path / rec.file
+    ok_name = Path(rec.file).name == rec.file and rec.file.endswith(".safetensors")
+    actual = sha256_of(path) if ok_name and path.is_file() else None
+    prov.facts["ood"] = {"file": str(path), "sha256": actual, "detector": rec.detector, "threshold": rec.threshold,
+                         "flag_rate": rec.flag_rate, "val_flag_rate": rec.val_flag_rate}
+    prov.checks.append(("out-of-distribution model matches its sha256", actual == rec.sha256,
+                        f"recorded {rec.sha256}" if actual is not None else f"{rec.file} is missing"))
+
+
 def format_provenance(prov: Provenance) -> str:
     """Plain-text report of :func:`provenance` for the terminal."""
     f = prov.facts
@@ -163,6 +186,15 @@ def format_provenance(prov: Provenance) -> str:
              f"initial weights: {f.get('pretrained_weights')}"
              + (f"; trunk from run {f['init_from'].get('run_dir')} (sha256 {f['init_from'].get('weights_sha256')})"
                 if f.get("init_from") else "")]
+    ood = f.get("ood")
+    if ood:
+        lines.append(f"out-of-distribution model: {ood['detector']}, threshold {ood['threshold']:.4g} (flags "
+                     f"{ood['flag_rate']:.0%} of validation images), sha256 {ood['sha256']}")
+    for n, c in (f.get("commissioning") or {}).items():
+        spec = c.get("specificity") or {}
+        lines.append(f"commissioning '{n}': {c['verdict']} on {c['created']}, threshold {c['threshold']:.4g}, "
+                     f"specificity {spec.get('estimate', float('nan')):.3f} (lower bound "
+                     f"{spec.get('ci_low', float('nan')):.3f}), data sha256 {c['data_fingerprint']}")
     scans = f.get("scans")
     if scans:
         for kind, rec in scans.items():

@@ -8,18 +8,20 @@ person can act on; nothing answers with a traceback.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .auth import key_is_valid, presented_key, read_api_keys
 from .config import ServeConfig
+from .metrics import CONTENT_TYPE_LATEST
 from .middleware import BodyLimitMiddleware, RequestLogMiddleware
 from .schemas import ErrorResponse, Health, ModelInfo, PredictResponse
 from .service import NOTICE, Screening, ServiceError, Upload
@@ -109,6 +111,20 @@ def create_app(config: ServeConfig, screening: Screening | None = None) -> FastA
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse((static / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/metrics", include_in_schema=True, dependencies=[Depends(require_key)],
+             summary="Prometheus metrics: requests, errors, latency, OOD-flag and COVID-positive rates, drift")
+    async def metrics() -> Response:
+        return Response(screening.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", None) or "unmatched"
+        screening.metrics.request(name, response.status_code, time.perf_counter() - t0)
+        return response
 
     @app.get("/healthz", response_model=Health, summary="the process is alive")
     async def healthz() -> Health:

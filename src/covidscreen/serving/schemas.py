@@ -73,6 +73,10 @@ class FileResult(BaseModel):
                                         "survives superimposition, as a backdoor trigger's does")
     strip_flag: bool | None = Field(None, description="--strip: True when the entropy is below the threshold set "
                                     "on clean validation images")
+    ood_score: float | None = Field(None, description="out-of-distribution score: higher = less like the images the "
+                                    "model was trained on; null when the run has no OOD model")
+    in_distribution: bool | None = Field(None, description="false: unlike the images this model was validated on: do "
+                                         "not rely on this result (a warning says so too)")
     error: str | None = Field(None, description="why this file got no prediction")
     status: int = Field(200, description="HTTP status this file alone would have had")
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..auditlog import AuditLog, AuditLogError, PredictionRecord, code_version, sha256_bytes, utc_now
 from ..data.preprocess import load_preprocessed
-from ..data.quality import quality_warnings, read_facts
+from ..data.quality import ImageFacts, quality_warnings, read_facts
 from ..errors import CovidscreenError, DataError, ImageDecodeError, ModalityError
 from ..evaluation.calibration import apply_temperature
 from ..evaluation.metrics import predict_labels
@@ -33,10 +33,12 @@ from ..explain.image import explain_image
 from ..explain.inputs import run_input_loader
 from ..inference.modality import check_dicom_modality
 from ..inference.onnx import OnnxModel
+from ..ood import PLAIN_WARNING, attach_ood
 from ..security.scan import strip_detector
 from ..workflows.predict import open_predictor
 from .batcher import MicroBatcher, QueueFull
 from .config import ServeConfig
+from .metrics import ServiceMetrics
 from .modelinfo import model_info, point_info, weights_id
 from .schemas import FileResult, ModelInfo
 
@@ -69,6 +71,7 @@ class _Work:
     image: np.ndarray | None = None
     probs: np.ndarray | None = None
     started: float = field(default_factory=time.perf_counter)
+    facts: ImageFacts | None = None  # header facts, logged for drift monitoring
 
 
 def _b64png(arr: np.ndarray | None = None, png: bytes | None = None) -> str:
@@ -91,7 +94,10 @@ class Screening:
         self.backend = backend = self.predictor.backend
         if config.model_threads:
             self._limit_model_threads(config.model_threads)
+        # every result carries the out-of-distribution score and flag (a run without an OOD model: a warning)
+        self.ood = attach_ood(self.predictor)
         run = self.run = self.predictor.run
+        self.metrics = ServiceMetrics(run.positive_class, self.ood.val_scores if self.ood is not None else None)
         self.default_point = config.operating_point
         self.model_id = run.model_id
         self.weights_sha256 = weights_id(run)
@@ -103,12 +109,17 @@ class Screening:
         self.audit = AuditLog(config.db or run_dir)
         self.audit_ok = False
         self.ready = False
-        self.batcher = MicroBatcher(self.predictor.predict_arrays, max_batch=config.max_batch,
+        self.batcher = MicroBatcher(self._forward, max_batch=config.max_batch,
                                     max_wait_s=config.batch_wait_ms / 1000, max_queue=config.max_queue)
         self._decoders = ThreadPoolExecutor(max_workers=config.decode_threads, thread_name_prefix="covidscreen-decode")
         self._tmp = Path(tempfile.mkdtemp(prefix="covidscreen-serve-"))
         self._explain_parts = None
         self._writer = GroupCommit(self.audit.record_many)
+
+    def _forward(self, images: np.ndarray) -> list[tuple[np.ndarray, float | None]]:
+        """One forward pass of a micro-batch: each image's probabilities and out-of-distribution score."""
+        probs, scores = self.predictor.score_arrays(images)
+        return [(p, None if scores is None else float(scores[i])) for i, p in enumerate(probs)]
 
     def _limit_model_threads(self, n: int) -> None:
         torch.set_num_threads(n)
@@ -212,13 +223,16 @@ class Screening:
                 time=now, request_id=request_id, source="http", input_sha256=w.result.input_sha256,
                 model_id=self.model_id, weights_sha256=self.weights_sha256, code_version=code_version(),
                 operating_point=point, probabilities=w.result.probabilities, decision=w.result.decision,
-                warnings=w.result.warnings, latency_ms=(time.perf_counter() - w.started) * 1000, site=site)
+                warnings=w.result.warnings, latency_ms=(time.perf_counter() - w.started) * 1000, site=site,
+                ood_score=w.result.ood_score, in_distribution=w.result.in_distribution, **facts_columns(w.facts))
                 for w in done]
             try:
                 await self._writer.write(records)
             except AuditLogError as exc:
                 self.audit_ok = False
                 raise ServiceError(503, "audit_log_unavailable", str(exc), retry_after_s=5) from None
+        for w in done:
+            self.metrics.prediction(w.result.decision, w.result.ood_score, w.result.in_distribution)
         results = [w.result for w in works]
         if not done:
             first = results[0]
@@ -236,7 +250,7 @@ class Screening:
             image, warnings = await loop.run_in_executor(self._decoders, self._receive, w)
             res.warnings = warnings
             submitted = True
-            probs = await self.batcher.submit(image)
+            probs, ood_score = await self.batcher.submit(image)
         except _FileError as exc:
             res.error, res.status = exc.message, exc.status
         except QueueFull as exc:  # pragma: no cover - reservations were made up front
@@ -257,6 +271,13 @@ class Screening:
         res.threshold = threshold
         res.sensitivity = info.sensitivity if info else None
         res.specificity = info.specificity if info else None
+        if ood_score is not None:
+            res.ood_score = ood_score
+            res.in_distribution = bool(self.predictor.in_distribution(np.array([ood_score]))[0])
+            if not res.in_distribution:  # first, in plain words: the web page lists warnings under the decision
+                res.warnings.insert(0, f"out_of_distribution: {PLAIN_WARNING} (OOD score {ood_score:.4g} is above "
+                                       f"the threshold {self.ood.threshold:.4g} that flags "
+                                       f"{self.ood.flag_rate:.0%} of validation images)")
         if self.strip is not None:  # on the model thread, between forward passes: STRIP is forward passes too
             flags, entropy = await self.batcher.run_exclusive(self.strip.flags, image[None])
             res.strip_entropy, res.strip_flag = float(entropy[0]), bool(flags[0])
@@ -277,11 +298,12 @@ class Screening:
         w.path = Path(name)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        return self._load(w.path, w.result.filename)
+        w.facts = read_facts(w.path)
+        return self._load(w.path, w.result.filename, w.facts)
 
-    def _load(self, path: Path, filename: str) -> tuple[np.ndarray, list[str]]:
+    def _load(self, path: Path, filename: str, facts: ImageFacts | None = None) -> tuple[np.ndarray, list[str]]:
         """On a decoder thread: header facts, pixel limit, then the run's preprocessing."""
-        facts = read_facts(path)
+        facts = facts if facts is not None else read_facts(path)
         if facts.modality is not None:  # a DICOM of the other modality is refused, as predict refuses it
             try:
                 check_dicom_modality(facts.modality, self.run.modality, filename)
@@ -334,6 +356,14 @@ class Screening:
             return
         for k, v in parts.items():
             setattr(w.result, k, v)
+
+
+def facts_columns(facts: ImageFacts | None) -> dict:
+    """The audit-log columns of an image's header facts (drift monitoring)."""
+    f = facts or ImageFacts()
+    return {"manufacturer": f.manufacturer, "manufacturer_model": f.manufacturer_model, "photometric": f.photometric,
+            "pixel_spacing": f.pixel_spacing, "image_rows": f.height, "image_columns": f.width,
+            "view_position": f.view_position, "file_type": f.file_type}
 
 
 class GroupCommit:

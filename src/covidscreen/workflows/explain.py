@@ -41,8 +41,9 @@ from ..explain.sanity import (
     sanity_summary,
 )
 from ..inference.modality import ModalityWarning, check_input_modality, summarise_warnings
-from ..inference.predictor import expand_inputs
+from ..inference.predictor import Predictor, expand_inputs
 from ..inference.run import Run, load_checkpoint
+from ..ood import PLAIN_WARNING, OODWarning, attach_ood
 from ..runtime import atomic_write_bytes, atomic_write_csv, atomic_write_text, resolve_device
 
 #: Columns of ``explanations.csv`` that say which box of the image (full-resolution pixels) the model saw.
@@ -105,6 +106,7 @@ def explain_files(run_dir: str | Path, inputs: list[str | Path], output: str | P
         return load_input(f)
 
     first = _input_maps(explainer, files, checked_input, target_idx, method, progress)
+    _add_ood(run, first, device)
     summary = summarise_warnings(unchecked, run.modality)
     if summary:
         warnings.warn(summary, ModalityWarning, stacklevel=2)
@@ -173,6 +175,26 @@ def _sanity_checks(model: Any, first: _FirstPass, checked: list[int], method: st
     return rnd, road, dict(zip(checked, per_image_checks(rnd, road, len(checked)), strict=True))
 
 
+def _add_ood(run: Run, first: _FirstPass, device: str) -> None:
+    """The out-of-distribution score and flag of each readable file (columns ``ood_score``, ``in_distribution``),
+    from the run's Predictor on the very inputs that were explained; empty for a run without an OOD model."""
+    for row in first.rows:
+        row.update({"ood_score": math.nan, "in_distribution": None})
+    if run.ood is None or run.kind == "ensemble" or not first.inputs:
+        if run.ood is None:
+            warnings.warn(f"{run.path} has no out-of-distribution model: the pages cannot say whether an image is "
+                          f"unlike the training images; fit one with: covidscreen ood fit {run.path}", OODWarning,
+                          stacklevel=3)
+        return
+    predictor = Predictor(run, device=device)
+    attach_ood(predictor)
+    idx = sorted(first.inputs)
+    _, scores = predictor.score_arrays(np.stack([first.inputs[i] for i in idx]))
+    inside = predictor.in_distribution(scores)
+    for k, i in enumerate(idx):
+        first.rows[i].update({"ood_score": float(scores[k]), "in_distribution": bool(inside[k])})
+
+
 def _figure(f: Path, name: str, row: dict, i: int, first: _FirstPass, per_image: dict[int, dict],
             mask_fn: Callable | None, margin: float, method: str, out: Path) -> dict:
     """Pass 2 for one file: its map on the original image, its PNG, its CSV columns; returns its contact-sheet card."""
@@ -193,8 +215,10 @@ def _figure(f: Path, name: str, row: dict, i: int, first: _FirstPass, per_image:
                 "view_bottom": view.bottom, "view_left": view.left, "view_right": view.right})
     row["randomisation_max_spearman"] = e.checks.get("randomisation", {}).get("max", math.nan)
     row["road"] = e.checks.get("road", math.nan)
+    ood = [f"WARNING: {PLAIN_WARNING} (OOD score {row['ood_score']:.4g})"] if row.get("in_distribution") is False \
+        else []
     return {"name": f.name, "href": name, "caption": [
-        f.name, f"class '{e.target_name}': p={e.probs[e.target]:.3f} | top: {e.predicted}",
+        f.name, *ood, f"class '{e.target_name}': p={e.probs[e.target]:.3f} | top: {e.predicted}",
         f"border fraction {fmt_value(e.border_fraction)} (uniform {fmt_value(e.border_area)})",
         *check_lines(e.checks)]}
 

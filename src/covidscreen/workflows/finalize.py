@@ -1,4 +1,5 @@
-"""What training does after its checkpoint is written: audit, leave-one-site-out evaluation, report, model card.
+"""What training does after its checkpoint is written: the out-of-distribution model, audit, leave-one-site-out
+evaluation, report, model card.
 
 Kept out of ``training/trainer.py`` so that the trainer only calls :func:`finalize_run` once.
 """
@@ -14,6 +15,7 @@ from ..reporting.model_card import write_model_card
 from ..reporting.report import write_report
 from .audit import audit_table
 from .holdout import evaluate_holdout_site
+from .ood import fit_after_training
 from .skipped import record_skipped
 from .timing import PhaseTimer
 
@@ -22,8 +24,8 @@ SHOWN = ("roc_auc", "sensitivity", "specificity", "multi-class accuracy", "macro
 
 def finalize_run(run_dir: str | Path, cfg: TrainConfig, data: Any, model: Any = None, device: Any = "cpu",
                  progress: bool = True, log: Any = print, timer: PhaseTimer | None = None) -> None:
-    """Audit the run's data (and model), evaluate a held-out site, then rebuild ``report.html`` and write
-    ``model_card.md``.
+    """Fit the out-of-distribution model, audit the run's data (and model), evaluate a held-out site, then rebuild
+    ``report.html`` and write ``model_card.md``.
 
     Args:
         run_dir: the run folder (checkpoint, metrics and predictions already written).
@@ -34,6 +36,10 @@ def finalize_run(run_dir: str | Path, cfg: TrainConfig, data: Any, model: Any = 
     """
     run_dir = Path(run_dir)
     timer = timer or PhaseTimer()
+    if getattr(cfg, "ood_detector", "none") != "none" and getattr(data, "cache", None) is not None:
+        with timer.phase("ood"):
+            fit_after_training(run_dir, data, cfg.ood_detector, cfg.ood_flag_rate, cfg.seed, str(device),
+                               progress=progress, log=log)
     with timer.phase("audit"):
         _audit(run_dir, cfg, data, model, device, log)
     if cfg.holdout_site:

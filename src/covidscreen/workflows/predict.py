@@ -25,6 +25,7 @@ from ..inference.predictor import Predictor
 from ..inference.run import Run, load_run
 from ..inference.stream import predict_to_csv
 from ..inference.trust import trusted_sha256
+from ..ood import attach_ood
 from ..runtime import atomic_write_csv, atomic_write_text, resolve_device
 from ..training import distributed
 from .sharded import predict_files_sharded
@@ -97,13 +98,16 @@ class PredictOutcome:
 def predict_files_job(run_dir: str | Path, inputs: list[str], output: Path | None = None, resume: bool = False,
                       batch_size: int = 32, operating_point: str = "default", backend: str = "torch",
                       device: str = "auto", mixed_precision: bool = False, expect_sha256: str | None = None,
-                      manifest: str | Path | None = None, screen: Screen | None = None) -> PredictOutcome:
+                      manifest: str | Path | None = None, screen: Screen | None = None,
+                      ood_policy: str = "flag") -> PredictOutcome:
     """``covidscreen predict``: score ``inputs`` (files or folders) with a run, into ``output`` or a table.
 
     Args:
         output: ``.csv`` (rows appended as they come; with ``resume`` the files already in it are skipped) or
             ``.json``; None: the table is returned for the caller to print.
         screen: adds columns to the finished table (``--strip``); it needs the whole table in one process.
+        ood_policy: ``flag`` (a file unlike the training images is still predicted, ``in_distribution`` false) or
+            ``abstain`` (its prediction is ``abstain``, without probabilities).
 
     Raises:
         CovidscreenError: an output name or a combination of options that cannot work (the message says which).
@@ -120,6 +124,7 @@ def predict_files_job(run_dir: str | Path, inputs: list[str], output: Path | Non
             device = str(world.local_device(resolve_device(device)))
         predictor = open_predictor(run_dir, backend, device, operating_point, mixed_precision, expect_sha256,
                                    manifest)
+        attach_ood(predictor, ood_policy)  # every row says whether its image is unlike the training images
         if screen is not None and (world.distributed or resume):
             raise CovidscreenError("--strip screens the whole table in one process; run it without torchrun and "
                                    "--resume")

@@ -121,8 +121,11 @@ function showResult(card, r) {
   card.querySelector(".warnings").replaceChildren(...(r.warnings || []).map((w) => {
     const li = document.createElement("li");
     li.textContent = w;
+    if (w.startsWith("out_of_distribution:")) li.className = "ood";
     return li;
   }));
+  // unlike the images this model was validated on: the whole card says so
+  if (r.in_distribution === false) card.classList.add("ood");
   const img = card.querySelector(".xray");
   const toggle = card.querySelector(".toggle");
   if (r.overlay_png) {
