@@ -27,7 +27,8 @@ def test_pooled_within_site_block_matches_a_manual_computation(pooled):
     preds = pd.read_csv(pooled / "predictions.csv")
     # the threshold is the one chosen on the pooled out-of-fold validation predictions
     val = preds[preds["split"] == "val"]
-    thr = operating_points((val["label"] == "covid").to_numpy(), val["prob_covid"].to_numpy())["default"]
+    thr = operating_points((val["label"] == "covid").to_numpy(), val["prob_covid"].to_numpy(),
+                           sites=val["site"].astype(str).to_numpy())["default"]
     assert metrics["threshold"] == pytest.approx(thr)
     block = metrics["test"]["within_site"]
     assert block["threshold"] == pytest.approx(thr) and set(block["sites"]) == {"cohen"}
