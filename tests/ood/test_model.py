@@ -42,6 +42,11 @@ def test_training_fits_stores_and_hashes_the_ood_model(tiny_run):
     assert 0 < run.ood.val_flag_rate <= 0.1
     checks = {name: ok for name, ok, _ in provenance(tiny_run).checks}
     assert checks["out-of-distribution model matches its sha256"]
+    # the report and the model card say what the flag is, and name the three commands around it
+    report = (tiny_run / "report.html").read_text()
+    assert "Knowing when not to answer" in report and "covidscreen commission" in report
+    assert "covidscreen monitor" in report and "do not rely on this result" in report
+    assert f"sha256 `{run.ood.sha256}`" in (tiny_run / "model_card.md").read_text()
 
 
 def test_predict_rows_carry_the_score_and_flag(tiny_run):

@@ -53,6 +53,8 @@ def test_folder_gets_pngs_csv_json_and_contact_sheet(tiny_run, tmp_path):
     sheet = (out / "index.html").read_text()
     assert all(f"href='{n}'" in sheet for n in table["png"])
     assert pd.read_csv(out / "explanations.csv")["path"].tolist() == table["path"].tolist()
+    # the out-of-distribution score of every explained image, as predict gives it
+    assert table["ood_score"].notna().all() and set(table["in_distribution"]) <= {True, False}
 
 
 def test_probabilities_match_predict(tiny_run, tmp_path):
