@@ -39,6 +39,10 @@ class ImageFacts:
     modality: str | None = None
     view_position: str | None = None
     body_part: str | None = None
+    # a DICOM input's UIDs (what a FHIR ImagingStudy reference names; never written to the audit log)
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_uid: str | None = None
 
 
 def _tag(ds: Any, name: str) -> str | None:
@@ -52,7 +56,13 @@ def dicom_facts(ds: Any) -> ImageFacts:
     rows, cols = ds.get("Rows"), ds.get("Columns")
     return ImageFacts(height=int(rows) if rows else None, width=int(cols) if cols else None,
                       modality=_tag(ds, "Modality"), view_position=_tag(ds, "ViewPosition"),
-                      body_part=_tag(ds, "BodyPartExamined"))
+                      body_part=_tag(ds, "BodyPartExamined"), study_uid=_uid(ds, "StudyInstanceUID"),
+                      series_uid=_uid(ds, "SeriesInstanceUID"), sop_uid=_uid(ds, "SOPInstanceUID"))
+
+
+def _uid(ds: Any, name: str) -> str | None:
+    value = ds.get(name) if hasattr(ds, "get") else None
+    return str(value).strip() or None if value is not None else None
 
 
 def read_facts(path: str | Path) -> ImageFacts:

@@ -281,11 +281,13 @@ class Screening:
         w.path = Path(name)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        return self._load(w.path, w.result.filename)
+        return self._load(w.path, w.result.filename, w.result)
 
-    def _load(self, path: Path, filename: str) -> tuple[np.ndarray, list[str]]:
+    def _load(self, path: Path, filename: str, result: FileResult | None = None) -> tuple[np.ndarray, list[str]]:
         """On a decoder thread: header facts, pixel limit, then the run's preprocessing."""
         facts = read_facts(path)
+        if result is not None and facts.study_uid:
+            result._dicom_uids = (facts.study_uid, facts.series_uid, facts.sop_uid)
         if facts.modality is not None:  # a DICOM of the other modality is refused, as predict refuses it
             try:
                 check_dicom_modality(facts.modality, self.run.modality, filename)
