@@ -20,6 +20,8 @@ from pydicom.uid import generate_uid
 from tests.binaries import require_binaries
 
 ORTHANC_AET = "ORTHANC"
+#: the Debian package orthanc-dicomweb's plugin
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 def require_pacs_tools() -> None:
@@ -54,7 +56,7 @@ class Orthanc:
     """``Orthanc(folder, node_port).start()``; REST helpers; ``stop()``."""
 
     def __init__(self, folder: Path, node_port: int, http_port: int, dicom_port: int,
-                 node_aet: str = "COVIDSCREEN", lua: str | None = None) -> None:
+                 node_aet: str = "COVIDSCREEN", lua: str | None = None, dicomweb: bool = False) -> None:
         self.folder, self.http_port, self.dicom_port = Path(folder), http_port, dicom_port
         self.config = {
             "Name": "covidscreen-test-pacs",
@@ -72,6 +74,10 @@ class Orthanc:
             "SaveJobs": False,
             "DicomScuTimeout": 30,
         }
+        if dicomweb:  # the DICOMweb plugin on the same HTTP port, under /dicom-web/
+            self.config["Plugins"] = [str(DICOMWEB_PLUGIN)]
+            self.config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": False,
+                                       "Host": f"127.0.0.1:{http_port}", "Ssl": False}
         if lua:
             self.folder.mkdir(parents=True, exist_ok=True)
             (self.folder / "route.lua").write_text(lua)

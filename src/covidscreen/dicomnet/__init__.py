@@ -14,10 +14,13 @@
 - ``scu.py``: C-STORE of datasets to a remote node (pynetdicom SCU), with the DIMSE statuses checked.
 - ``outbox.py``: the durable outbox: results wait on disk until the PACS has them (retried with backoff; listed and
   resent by command).
+- ``dicomweb.py``: a DICOMweb server (dicomweb-client): QIDO-RS, WADO-RS, STOW-RS, each failure a clear error.
+- ``watch.py``: ``covidscreen dicomweb-watch``: new radiographs by QIDO-RS, scored, results stored by STOW-RS.
 - ``node.py``: :class:`DicomNode`, the C-STORE / C-ECHO SCP (``covidscreen dicom-node``) with a bounded queue.
 - ``send.py``: ``covidscreen dicom-send``: score local DICOM files and store the results in a PACS.
 
-Their commands (``dicom-node``, ``dicom-send``, ``dicom-outbox list|resend``) are in ``cli/dicomnet.py``.
+Their commands (``dicom-node``, ``dicom-send``, ``dicomweb-watch``, ``dicom-outbox list|resend``) are in
+``cli/dicomnet.py``.
 """
 
 from .address import AeAddress

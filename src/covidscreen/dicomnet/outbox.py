@@ -199,9 +199,12 @@ class Outbox:
         fault_point("send-done")
         self.remove(item)
 
-    def send(self, to: AeAddress | None = None, calling_aet: str = "COVIDSCREEN",
-             items: Sequence[OutboxItem] | None = None, timeout_s: float = 30.0) -> SendReport:
-        """Send pending items (all, or ``items``) to ``to`` or to each item's own destination.
+    def send(self, to=None, calling_aet: str = "COVIDSCREEN",
+             items: Sequence[OutboxItem] | None = None, timeout_s: float = 30.0, auth: str | None = None
+             ) -> SendReport:
+        """Send pending items (all, or ``items``) to ``to`` (an :class:`AeAddress`, a
+        :class:`~covidscreen.dicomnet.dicomweb.DicomwebServer`) or to each item's own destination (``HOST:PORT:AET``
+        by C-STORE, or a DICOMweb URL by STOW-RS, with ``auth``).
 
         Items the destination confirmed are removed; the others stay, with the error recorded.
 
@@ -217,14 +220,27 @@ class Outbox:
                 raise CovidscreenError(f"outbox item {item.id} has no destination: give one (--to HOST:PORT:AET)")
             groups.setdefault(dest, []).append(item)
         for dest, group in groups.items():
-            address = AeAddress.parse(dest)
+            if to is not None and str(to) == dest:
+                target = to
+            elif dest.startswith(("http://", "https://")):
+                from .dicomweb import DicomwebServer
+
+                target = DicomwebServer(dest, auth, timeout_s)
+            else:
+                target = AeAddress.parse(dest)
+            if isinstance(target, AeAddress):
+                def stow(dss, a=target):
+                    return store(dss, a, calling_aet, timeout_s)
+
+                def held(dss, a=target):
+                    return find_instances(dss, a, calling_aet, timeout_s)
+            else:
+                stow, held = target.store, target.held
             for start in range(0, len(group), MAX_ITEMS_PER_ASSOCIATION):
-                self._send_group(group[start:start + MAX_ITEMS_PER_ASSOCIATION], address, calling_aet, timeout_s,
-                                 report)
+                self._send_group(group[start:start + MAX_ITEMS_PER_ASSOCIATION], str(target), stow, held, report)
         return report
 
-    def _send_group(self, group: list[OutboxItem], to: AeAddress, calling_aet: str, timeout_s: float,
-                    report: SendReport) -> None:
+    def _send_group(self, group: list[OutboxItem], to: str, stow, held, report: SendReport) -> None:
         loaded: list[tuple[OutboxItem, list[Dataset]]] = []
         for item in group:
             try:
@@ -232,8 +248,7 @@ class Outbox:
             except (OSError, pydicom.errors.InvalidDicomError) as exc:
                 self.mark_failed(item, f"cannot read the stored result: {exc}")
                 report.failed.append((item, item.last_error))
-        loaded = self._check_in_doubt(loaded, lambda dss: find_instances(dss, to, calling_aet, timeout_s), str(to),
-                                      report)
+        loaded = self._check_in_doubt(loaded, held, to, report)
         if not loaded:
             return
         for item, _ in loaded:
@@ -241,13 +256,13 @@ class Outbox:
             fault_point("send-intent")
         flat = [ds for _, dss in loaded for ds in dss]
         try:
-            results = store(flat, to, calling_aet, timeout_s)
+            results = stow(flat)
         except SendError as exc:
             for item, _ in loaded:
                 self.mark_failed(item, str(exc))
                 report.failed.append((item, str(exc)))
             return
-        self._record(loaded, results, str(to), report)
+        self._record(loaded, results, to, report)
 
     def _check_in_doubt(self, loaded: list[tuple[OutboxItem, list[Dataset]]], find, to: str,
                         report: SendReport) -> list[tuple[OutboxItem, list[Dataset]]]:
