@@ -135,3 +135,19 @@ def test_cli_dicom_send_dicomweb_and_bad_url(pacs, tiny_run, shared_dicoms, tmp_
     both = subprocess.run([*base, "--dicomweb", f"{pacs.url}/dicom-web", "--to", "127.0.0.1:1:X"],
                           capture_output=True, text=True, timeout=300)
     assert both.returncode == 2 and "exactly one destination" in both.stderr and "Traceback" not in both.stderr
+
+
+def test_cli_dicomweb_watch_once_and_bad_options(pacs, tiny_run, shared_dicoms, tmp_path):
+    (image,) = distinct_copies(shared_dicoms[:1], tmp_path / "in")
+    study = pacs.upload(image)["ParentStudy"]
+    base = [sys.executable, "-m", "covidscreen", "dicomweb-watch", str(tiny_run), "--workdir", str(tmp_path / "w"),
+            "--db", f"sqlite:///{tmp_path / 'a.sqlite'}", "--device", "cpu", "--no-heatmap", "--once"]
+    ok = subprocess.run([*base, "--url", f"{pacs.url}/dicom-web"], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "0 waiting in the outbox" in ok.stdout and modalities(pacs, study) == ["CR", "SR"]
+    bad_auth = subprocess.run([*base, "--url", f"{pacs.url}/dicom-web", "--auth", "nocolon"], capture_output=True,
+                              text=True, timeout=300)
+    assert bad_auth.returncode == 2 and bad_auth.stderr.startswith("error: --auth is invalid")
+    down = subprocess.run([*base, "--url", f"http://127.0.0.1:{free_port()}/dicom-web"], capture_output=True,
+                          text=True, timeout=300)
+    assert down.returncode == 2 and "cannot be reached" in down.stderr and "Traceback" not in down.stderr
