@@ -14,14 +14,49 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pydicom
+from pydicom.uid import generate_uid
+
+from tests.binaries import require_binaries
+
 ORTHANC_AET = "ORTHANC"
+#: the Debian package orthanc-dicomweb's plugin
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def require_pacs_tools() -> None:
+    missing = [b for b in ("Orthanc", "dciodvfy") if shutil.which(b) is None]
+    require_binaries(not missing, f"{' and '.join(missing)} not installed (Debian packages orthanc, dicom3tools; "
+                     "scripts/apt.d/dicomnet.txt lists them)")
+
+
+def dciodvfy(path: Path) -> list[str]:
+    """dciodvfy's Error lines for a file (warnings are allowed)."""
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def distinct_copies(files: list[Path], folder: Path) -> list[Path]:
+    """The shared files share their Study/Series/SOP UIDs (one PACS would keep one of them): copies with new UIDs,
+    pixels and everything else unchanged."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(folder / f.name, enforce_file_format=True)
+        out.append(folder / f.name)
+    return out
+
+
 
 
 class Orthanc:
     """``Orthanc(folder, node_port).start()``; REST helpers; ``stop()``."""
 
     def __init__(self, folder: Path, node_port: int, http_port: int, dicom_port: int,
-                 node_aet: str = "COVIDSCREEN", lua: str | None = None) -> None:
+                 node_aet: str = "COVIDSCREEN", lua: str | None = None, dicomweb: bool = False) -> None:
         self.folder, self.http_port, self.dicom_port = Path(folder), http_port, dicom_port
         self.config = {
             "Name": "covidscreen-test-pacs",
@@ -39,6 +74,10 @@ class Orthanc:
             "SaveJobs": False,
             "DicomScuTimeout": 30,
         }
+        if dicomweb:  # the DICOMweb plugin on the same HTTP port, under /dicom-web/
+            self.config["Plugins"] = [str(DICOMWEB_PLUGIN)]
+            self.config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": False,
+                                       "Host": f"127.0.0.1:{http_port}", "Ssl": False}
         if lua:
             self.folder.mkdir(parents=True, exist_ok=True)
             (self.folder / "route.lua").write_text(lua)

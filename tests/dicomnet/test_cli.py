@@ -35,9 +35,9 @@ def test_dicom_node_process_scores_and_stops_on_ctrl_c(tiny_run, shared_dicoms, 
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.3)
         assert scu_store(port, shared_dicoms[:1]) == [0x0000]
-        while len(sink.received) < 2 and time.monotonic() < end:
+        while len(sink.received) < 3 and time.monotonic() < end:
             time.sleep(0.1)
-        assert sorted(ds.Modality for ds in sink.received) == ["OT", "SR"]
+        assert sorted(ds.Modality for ds in sink.received) == ["OT", "SEG", "SR"]
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=LIVENESS_S)

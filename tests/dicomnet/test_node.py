@@ -20,6 +20,7 @@ from covidscreen.inference.predictor import Predictor
 from tests.conftest import LIVENESS_S
 
 from .conftest import Sink, free_port, scu_store
+from .srcheck import read_result
 
 
 def wait_for(condition, timeout: float = LIVENESS_S) -> bool:
@@ -70,17 +71,17 @@ def test_echo(make_node):
     assoc.release()
 
 
-def test_shared_cr_scored_and_results_filed_in_the_study(make_node, sink, shared_dicoms, tiny_run):
+def test_shared_cr_scored_and_results_filed_in_the_study(make_node, sink, shared_dicoms, tiny_run, tmp_path):
     sink.start()
     node = make_node(forward_to=node_module.AeAddress.parse(sink.address))
     src = shared_dicoms[0]
     assert scu_store(node.port, [src]) == [0x0000]
-    assert wait_for(lambda: len(sink.received) == 2), f"results not delivered: {node.stats}"
+    assert wait_for(lambda: len(sink.received) == 3), f"results not delivered: {node.stats}"
     got = results_by_modality(sink.received)
-    sr, sc = got["SR"], got["OT"]
+    sr, sc, seg = got["SR"], got["OT"], got["SEG"]
     original = pydicom.dcmread(src)
     expected = Predictor(tiny_run, device="cpu").predict_files([src], progress=False)
-    for ds in (sr, sc):
+    for ds in (sr, sc, seg):
         assert ds.StudyInstanceUID == original.StudyInstanceUID
         assert ds.PatientID == original.PatientID and ds.PatientName == original.PatientName
         assert ds.SeriesInstanceUID != original.SeriesInstanceUID
@@ -90,20 +91,23 @@ def test_shared_cr_scored_and_results_filed_in_the_study(make_node, sink, shared
         assert ds.SeriesDescription != original.SeriesDescription
     assert sr.SeriesInstanceUID != sc.SeriesInstanceUID
     assert "PatientAge" not in sr  # the input's "62" is not a valid AS value: left out rather than copied
-    items = {it.ConceptNameCodeSequence[0].CodeValue: it for it in sr.ContentSequence}
-    prob = items["COVID19-PROB"].MeasuredValueSequence[0]
-    assert prob.FloatingPointValue == pytest.approx(expected.loc[0, "prob_covid"], abs=1e-6)
-    assert float(prob.NumericValue) == pytest.approx(expected.loc[0, "prob_covid"], abs=1e-9)
-    assert expected.loc[0, "prediction"] in items["DECISION"].TextValue
-    assert items["OP-VAL-SENS"].MeasuredValueSequence[0].FloatingPointValue == 0.875
-    assert items["OP-VAL-SPEC"].MeasuredValueSequence[0].FloatingPointValue == 0.8125
-    assert "youden" in items["OP-NAME"].TextValue
-    assert "not a medical device" in items["121106"].TextValue
-    assert len(items["WEIGHTS-SHA256"].TextValue) == 64
-    assert items["121112"].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
+    got = read_result(sr, tmp_path / "sr.dcm")
+    covid = got["classes"]["COVID-19"]
+    assert covid["probability"] == pytest.approx(expected.loc[0, "prob_covid"], abs=1e-9)
+    assert expected.loc[0, "prediction"] in got["decision"]
+    assert (covid["sensitivity"], covid["specificity"]) == (0.875, 0.8125)
+    assert "youden" in got["operating_point"]
+    assert "not a medical device" in got["comment"]
+    assert len(covid["parameters"][1].split()[-1]) == 64  # the weights' sha256
+    assert covid["image"] == original.SOPInstanceUID
     assert sc.PhotometricInterpretation == "RGB" and sc.BurnedInAnnotation == "YES"
     assert sc.pixel_array.shape == (sc.Rows, sc.Columns, 3)
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
+    # the overlay: a fractional Segmentation on the input's own pixel grid, pointing at it
+    assert seg.SegmentationType == "FRACTIONAL" and (seg.Rows, seg.Columns) == (original.Rows, original.Columns)
+    assert seg.SourceImageSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == original.SeriesInstanceUID
+    assert "not a probability" in seg.SegmentSequence[0].SegmentLabel
 
 
 def test_only_patient_and_study_modules_are_copied(make_node, sink):
@@ -111,10 +115,12 @@ def test_only_patient_and_study_modules_are_copied(make_node, sink):
     node = make_node(forward_to=node_module.AeAddress.parse(sink.address), uid_root="1.2.826.0.1.3680043.10.999")
     src = cr_dataset(InstitutionName="Secret Hospital", OperatorsName="Op^Erator", DeviceSerialNumber="SN1")
     assert scu_store(node.port, [src]) == [0x0000]
-    assert wait_for(lambda: len(sink.received) == 2)
+    assert wait_for(lambda: len(sink.received) == 3)
     for ds in sink.received:
-        for kw in ("InstitutionName", "OperatorsName", "DeviceSerialNumber", "PixelSpacing", "ViewPosition"):
+        for kw in ("InstitutionName", "OperatorsName", "PixelSpacing", "ViewPosition"):
             assert kw not in ds
+        # the Segmentation must name its own device (Type 1): the model, never the modality's serial number
+        assert ds.get("DeviceSerialNumber") in (None, node.scorer.model_id)
         for kw in PATIENT_STUDY_KEYWORDS:
             if kw in src:
                 assert ds[kw].value == src[kw].value, kw
@@ -179,7 +185,7 @@ def test_overload_answers_out_of_resources_and_keeps_serving(make_node, sink, mo
     assert node.stats["out_of_resources"] == 2
     release.set()
     assert node.wait_idle(LIVENESS_S)
-    assert len(sink.received) == 4  # SR + SC of each of the two accepted images
+    assert len(sink.received) == 6  # SR, SC and SEG of each of the two accepted images
     assert scu_store(node.port, [cr_dataset(seed=14)]) == [0x0000]
 
 
@@ -192,7 +198,7 @@ def test_pacs_down_then_up_pending_results_arrive(make_node, tmp_path):
     pacs.start()
     try:
         assert node.wait_idle(LIVENESS_S), f"pending results not delivered: {node.outbox.pending()}"
-        assert sorted(ds.Modality for ds in pacs.received) == ["OT", "OT", "SR", "SR"]
+        assert sorted(ds.Modality for ds in pacs.received) == ["OT", "OT", "SEG", "SEG", "SR", "SR"]
     finally:
         pacs.stop()
 
@@ -204,7 +210,7 @@ def test_pending_results_survive_a_restart_and_can_be_resent(make_node, tmp_path
     assert wait_for(lambda: len(node.outbox.pending()) == 2)  # the SR, then the heatmap
     node.stop()
     outbox = node_module.Outbox(tmp_path / "w" / "outbox")
-    assert [i.files for i in outbox.pending()] == [["0-sr.dcm"], ["0-sc.dcm"]]
+    assert [i.files for i in outbox.pending()] == [["0-sr.dcm"], ["0-sc.dcm", "1-seg.dcm"]]
     assert all(i.destination == pacs.address for i in outbox.pending())
     report = outbox.send()  # still down: kept, attempt recorded
     assert not report.sent and len(outbox.pending()) == 2 and outbox.pending()[0].attempts >= 1
@@ -212,7 +218,7 @@ def test_pending_results_survive_a_restart_and_can_be_resent(make_node, tmp_path
     try:
         report = outbox.send()
         assert len(report.sent) == 2 and not report.failed and not outbox.pending()
-        assert sorted(ds.Modality for ds in pacs.received) == ["OT", "SR"]
+        assert sorted(ds.Modality for ds in pacs.received) == ["OT", "SEG", "SR"]
     finally:
         pacs.stop()
 
@@ -234,7 +240,7 @@ def test_spooled_inputs_are_scored_after_a_restart(make_node, sink, tmp_path, mo
     assert len(list((tmp_path / "w" / "spool").glob("*.dcm"))) == 1 and not sink.received
     again = make_node(workdir=tmp_path / "w", forward_to=node_module.AeAddress.parse(sink.address))
     assert again.wait_idle(LIVENESS_S)
-    assert sorted(ds.Modality for ds in sink.received) == ["OT", "SR"]
+    assert sorted(ds.Modality for ds in sink.received) == ["OT", "SEG", "SR"]
     assert [r.site for r in again.audit.query()] == ["WARD3CR"]  # the sender is still known after the restart
 
 

@@ -3,44 +3,20 @@ Secondary Capture come back into the same study, valid for dciodvfy and with the
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
 
 from covidscreen.dicomnet import AeAddress
 from covidscreen.inference.predictor import Predictor
-from tests.binaries import require_binaries
 from tests.conftest import LIVENESS_S
 
 from .conftest import free_port
-from .orthanc import ORTHANC_AET, Orthanc
+from .orthanc import ORTHANC_AET, Orthanc, dciodvfy, distinct_copies, require_pacs_tools
+from .srcheck import read_result
 
 pytestmark = pytest.mark.slow
-
-
-def dciodvfy(path: Path) -> list[str]:
-    """dciodvfy's Error lines for a file (warnings are allowed)."""
-    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
-    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
-
-
-def distinct_copies(files: list[Path], folder: Path) -> list[Path]:
-    """The shared files share their Study/Series/SOP UIDs (one PACS would keep one of them): copies with new UIDs,
-    pixels and everything else unchanged."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for f in files:
-        ds = pydicom.dcmread(f)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.save_as(folder / f.name, enforce_file_format=True)
-        out.append(folder / f.name)
-    return out
 
 
 #: the auto-routing rule of docs/pacs.md: new radiographs go to the node, its SR/SC results do not
@@ -54,9 +30,7 @@ end
 
 
 def start_pair(tmp_path, make_node, lua: str | None = None):
-    missing = [b for b in ("Orthanc", "dciodvfy") if shutil.which(b) is None]
-    require_binaries(not missing, f"{' and '.join(missing)} not installed (Debian packages orthanc, dicom3tools; "
-                     "scripts/apt.d/dicomnet.txt lists them)")
+    require_pacs_tools()
     node_port, http_port, dicom_port = free_port(), free_port(), free_port()
     node = make_node(port=node_port, forward_to=AeAddress("127.0.0.1", dicom_port, ORTHANC_AET))
     return Orthanc(tmp_path / "orthanc", node_port, http_port, dicom_port, lua=lua).start(), node
@@ -89,21 +63,22 @@ def test_orthanc_routes_images_and_gets_sr_and_heatmap_back(orthanc_and_node, sh
 
     for f, up in uploaded.items():
         series = {s["MainDicomTags"]["Modality"]: s for s in pacs.series_of_study(up["ParentStudy"])}
-        assert set(series) == {"CR", "SR", "OT"}, f"{f.name}: series in the study: {sorted(series)}"
+        assert set(series) == {"CR", "SR", "OT", "SEG"}, f"{f.name}: series in the study: {sorted(series)}"
         original = pydicom.dcmread(f)
-        for modality in ("SR", "OT"):
+        for modality in ("SR", "OT", "SEG"):
             (instance,) = series[modality]["Instances"]
             path = tmp_path / f"{f.stem}-{modality}.dcm"
             path.write_bytes(pacs.get(f"/instances/{instance}/file"))
             ds = pydicom.dcmread(path)
             assert ds.StudyInstanceUID == original.StudyInstanceUID and ds.PatientID == original.PatientID
             assert dciodvfy(path) == [], f"dciodvfy found errors in the {modality} of {f.name}"
-            if modality == "SR":
-                items = {it.ConceptNameCodeSequence[0].CodeValue: it for it in ds.ContentSequence}
-                got = items["COVID19-PROB"].MeasuredValueSequence[0].FloatingPointValue
+            if modality == "SR":  # highdicom reads what Orthanc returns, and it is the Predictor's probability
+                got = read_result(path)["classes"]["COVID-19"]["probability"]
                 assert got == pytest.approx(expected.loc[str(f), "prob_covid"], abs=1e-6)
-            else:
+            elif modality == "OT":
                 assert ds.pixel_array.shape == (ds.Rows, ds.Columns, 3)
+            else:  # the overlay on the input's pixel grid
+                assert ds.pixel_array.shape == (original.Rows, original.Columns)
 
 
 def test_orthanc_lua_rule_routes_new_radiographs_automatically(routing_orthanc_and_node, shared_dicoms, tmp_path):
@@ -114,9 +89,9 @@ def test_orthanc_lua_rule_routes_new_radiographs_automatically(routing_orthanc_a
     while node.stats["received"] < 1 and time.monotonic() < end:
         time.sleep(0.1)
     assert node.wait_idle(LIVENESS_S)
-    while len(pacs.series_of_study(study)) < 3 and time.monotonic() < end:
+    while len(pacs.series_of_study(study)) < 4 and time.monotonic() < end:
         time.sleep(0.1)
-    assert sorted(s["MainDicomTags"]["Modality"] for s in pacs.series_of_study(study)) == ["CR", "OT", "SR"]
+    assert sorted(s["MainDicomTags"]["Modality"] for s in pacs.series_of_study(study)) == ["CR", "OT", "SEG", "SR"]
     # its own results are not routed back, checked without waiting "long enough": Orthanc runs the OnStoredInstance
     # callbacks one after another, so a radiograph stored after the results is routed after any send they caused;
     # once the node has this one and every Orthanc job has ended, such a send would have reached the node

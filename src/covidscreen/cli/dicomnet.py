@@ -1,5 +1,5 @@
-"""``covidscreen dicom-node``, ``dicom-send`` and ``dicom-outbox``: covidscreen on the DICOM network (thin: parse the
-options, call :mod:`covidscreen.dicomnet`, print)."""
+"""``covidscreen dicom-node``, ``dicom-send``, ``dicomweb-watch`` and ``dicom-outbox``: covidscreen on the DICOM
+network, by DIMSE or DICOMweb (thin: parse the options, call :mod:`covidscreen.dicomnet`, print)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,10 @@ def dicom_node(
 def dicom_send(
     run_dir: RunArg,
     files: Annotated[list[Path], typer.Argument(help="DICOM files or folders")],
-    to: Annotated[str, typer.Option("--to", help="PACS: HOST:PORT:AET")],
+    to: Annotated[str | None, typer.Option("--to", help="PACS: HOST:PORT:AET (C-STORE)")] = None,
+    dicomweb: Annotated[str | None, typer.Option("--dicomweb", help="or a DICOMweb root URL (STOW-RS)")] = None,
+    auth: Annotated[str | None, typer.Option("--auth", help="DICOMweb: USER:PASSWORD, bearer:TOKEN or env:NAME")
+                    ] = None,
     ae_title: AetOpt = "COVIDSCREEN",
     db: DbOpt = None,
     workdir: Annotated[Path | None, typer.Option("--workdir", help="outbox (default RUN_DIR/dicomnet/outbox)")
@@ -83,9 +86,15 @@ def dicom_send(
     """Score local DICOM files and store their results (SR, heatmap) in a PACS."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..dicomnet import AeAddress
+    from ..dicomnet.dicomweb import DicomwebServer
     from ..dicomnet.send import dicom_send as send
+    from ..errors import ConfigError
 
-    summary = send(run_dir, files, AeAddress.parse(to), workdir=workdir, db=db, calling_aet=ae_title,
+    if (to is None) == (dicomweb is None):
+        raise ConfigError("give exactly one destination: --to HOST:PORT:AET (DIMSE) or --dicomweb URL (DICOMweb)")
+    dest = AeAddress.parse(to) if to else DicomwebServer(dicomweb, auth)
+    to = str(dest)
+    summary = send(run_dir, files, dest, workdir=workdir, db=db, calling_aet=ae_title,
                    heatmap=not no_heatmap, operating_point=operating_point, uid_root=uid_root, device=device)
     for path, why in summary.refused:
         typer.echo(f"skipped {path}: {why}", err=True)
@@ -95,6 +104,45 @@ def dicom_send(
         typer.echo(f"error: {len(summary.delivery.failed)} result object(s) not delivered "
                    f"({summary.delivery.failed[0][1]}); they wait in {summary.outbox}: "
                    f"covidscreen dicom-outbox resend {summary.outbox}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("dicomweb-watch")
+def dicomweb_watch(
+    run_dir: RunArg,
+    url: Annotated[str, typer.Option("--url", help="DICOMweb root, e.g. http://orthanc:8042/dicom-web")],
+    auth: Annotated[str | None, typer.Option("--auth", help="USER:PASSWORD, bearer:TOKEN or env:NAME")] = None,
+    once: Annotated[bool, typer.Option("--once", help="one pass, then exit")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="seconds between passes")] = 10.0,
+    db: DbOpt = None,
+    workdir: Annotated[Path | None, typer.Option("--workdir", help="marker and outbox (default RUN_DIR/dicomnet)")
+                       ] = None,
+    no_heatmap: Annotated[bool, typer.Option("--no-heatmap", help="send the SR only")] = False,
+    operating_point: PointOpt = "default",
+    uid_root: UidRootOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Find new CR/DX images on a DICOMweb server (QIDO-RS), score them (WADO-RS), store results in their study
+    (STOW-RS)."""
+    import threading
+
+    from ..dicomnet.watch import dicomweb_watch as watch
+
+    _logging()
+    stop = threading.Event()
+    try:
+        summary = watch(run_dir, url, auth, workdir=workdir, db=db, once=once, interval_s=interval,
+                        heatmap=not no_heatmap, operating_point=operating_point, uid_root=uid_root, device=device,
+                        stop=stop)
+    except KeyboardInterrupt:
+        stop.set()
+        return
+    for sop, why in summary.refused:
+        typer.echo(f"refused {sop}: {why}", err=True)
+    typer.echo(f"scored {len(summary.scored)} instance(s); {summary.delivered} result item(s) stored; "
+               f"{summary.pending} waiting in the outbox")
+    if summary.pending:
+        typer.echo("error: results wait in the outbox: covidscreen dicom-outbox resend RUN_DIR", err=True)
         raise typer.Exit(1)
 
 
@@ -118,6 +166,8 @@ def outbox_resend(
     folder: Annotated[Path, typer.Argument(help="run folder, node --workdir or outbox folder")],
     to: Annotated[str | None, typer.Option("--to", help="HOST:PORT:AET (default: each item's own)")] = None,
     ae_title: AetOpt = "COVIDSCREEN",
+    auth: Annotated[str | None, typer.Option("--auth", help="for DICOMweb destinations: USER:PASSWORD, "
+                                                            "bearer:TOKEN or env:NAME")] = None,
 ) -> None:
     """Send the pending results now; those still refused stay, with their error."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
@@ -125,7 +175,7 @@ def outbox_resend(
     from ..dicomnet.outbox import resolve_outbox
 
     outbox = resolve_outbox(folder)
-    report = outbox.send(AeAddress.parse(to) if to else None, ae_title)
+    report = outbox.send(AeAddress.parse(to) if to else None, ae_title, auth=auth)
     typer.echo(f"sent {len(report.sent)}, still pending {len(report.failed)}")
     if report.failed:
         typer.echo(f"error: {report.failed[0][1]}", err=True)

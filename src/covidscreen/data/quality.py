@@ -47,6 +47,10 @@ class ImageFacts:
     photometric: str | None = None
     pixel_spacing: str | None = None  # "row\\column" in mm, as the header gives it
     file_type: str | None = None  # dicom, png, jpeg, ...
+    # a DICOM input's UIDs (what a FHIR ImagingStudy reference names; never written to the audit log)
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_uid: str | None = None
 
 
 def _tag(ds: Any, name: str) -> str | None:
@@ -65,7 +69,13 @@ def dicom_facts(ds: Any) -> ImageFacts:
                       manufacturer_model=_tag(ds, "ManufacturerModelName"),
                       photometric=_tag(ds, "PhotometricInterpretation"),
                       pixel_spacing="\\".join(f"{float(v):.4g}" for v in spacing) if spacing else None,
-                      file_type="dicom")
+                      file_type="dicom", study_uid=_uid(ds, "StudyInstanceUID"),
+                      series_uid=_uid(ds, "SeriesInstanceUID"), sop_uid=_uid(ds, "SOPInstanceUID"))
+
+
+def _uid(ds: Any, name: str) -> str | None:
+    value = ds.get(name) if hasattr(ds, "get") else None
+    return str(value).strip() or None if value is not None else None
 
 
 def read_facts(path: str | Path) -> ImageFacts:

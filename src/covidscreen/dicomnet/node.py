@@ -62,7 +62,8 @@ from ..data.decode import decode_dicom_dataset
 from ..data.quality import dicom_facts
 from ..errors import ConfigError, ImageDecodeError
 from .address import AeAddress, check_ae_title
-from .objects import build_secondary_capture, build_sr, check_uid_root, new_uid
+from .faults import fault_point
+from .objects import build_heatmap_segmentation, build_secondary_capture, build_sr, check_uid_root
 from .outbox import Outbox
 from .scoring import RADIOGRAPH_MODALITIES, DicomScorer, dataset_warnings
 
@@ -188,8 +189,9 @@ class ResultWriter:
         self.on_written = on_written or (lambda: None)
 
     def write(self, items: list[Received]) -> list[str]:
-        """Score, log and put the results into the outbox: first every SR, then (with heatmaps) every Secondary
-        Capture, so that the SRs can leave while the slower heatmaps are drawn.
+        """Score, log and put the results into the outbox: first every SR, then (with heatmaps) every heatmap (the
+        Secondary Capture and the Segmentation of one image in one item), so that the SRs can leave while the slower
+        heatmaps are drawn.
 
         Returns:
             The outbox item ids (SRs first).
@@ -201,8 +203,8 @@ class ResultWriter:
         images = [it.image for it in items]
         scores = self.scorer.score(images, warnings=warnings, figures=False)
         s = self.scorer
-        reports = [build_sr(it.dataset, score, s.model_id, s.weights_sha256, s.code_version, self.uid_root,
-                            new_uid(self.uid_root)) for it, score in zip(items, scores, strict=True)]
+        reports = [build_sr(it.dataset, score, s.model_id, s.weights_sha256, s.code_version, self.uid_root)
+                   for it, score in zip(items, scores, strict=True)]
         records = [PredictionRecord(
             time=utc_now(), request_id=it.id, source=self.source, input_sha256=it.sha256, model_id=s.model_id,
             weights_sha256=s.weights_sha256, code_version=s.code_version, operating_point=score.point.name,
@@ -211,18 +213,21 @@ class ResultWriter:
             ood_score=score.ood_score, in_distribution=score.in_distribution, **_facts_columns(it.dataset))
             for it, score in zip(items, scores, strict=True)]
         self.audit.record_many(records)  # logged before the result leaves: no answer without its row
+        fault_point("logged")
         ids = [self.outbox.add([sr], self.destination).id for sr in reports]
         self.on_written()
+        fault_point("sr-queued")
         if s.heatmap:
             try:
                 s.add_figures(images, scores, [_figure_title(it.dataset) for it in items])
-                captures = [build_secondary_capture(it.dataset, score, s.model_id, s.weights_sha256, self.uid_root,
-                                                    new_uid(self.uid_root)) for it, score in zip(items, scores,
-                                                                                             strict=True)]
+                heatmaps = [[build_secondary_capture(it.dataset, score, s.model_id, s.weights_sha256, self.uid_root),
+                             build_heatmap_segmentation(it.dataset, score, s.model_id, s.code_version, self.uid_root)]
+                            for it, score in zip(items, scores, strict=True)]
             except Exception:  # the SRs are out already: a heatmap that fails must not send them twice
                 log.exception("heatmap failed for %d image(s); their SRs were sent without it", len(items))
                 return ids
-            ids += [self.outbox.add([sc], self.destination).id for sc in captures]
+            ids += [self.outbox.add(objects, self.destination).id for objects in heatmaps]
+            fault_point("sc-queued")
         return ids
 
 
@@ -415,6 +420,7 @@ class DicomNode:
         except OSError as exc:
             self._count("out_of_resources")
             return _status(OUT_OF_RESOURCES, f"cannot spool the image to disk: {exc}")
+        fault_point("spooled")
         item = Received(item_id, spool, ds, image, sha256, calling)
         try:
             self._put(item)

@@ -17,18 +17,21 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import uuid
+import warnings
 from datetime import datetime
 from functools import lru_cache
 
+import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.sr.codedict import codes
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
-    ComprehensiveSRStorage,
     ExplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
     generate_uid,
@@ -38,15 +41,14 @@ from pydicom.valuerep import validate_value
 from .. import __version__
 from ..errors import ConfigError
 from ..ood import PLAIN_WARNING
-from .scoring import PointInfo, Score
+from .scoring import Score
+from .sr import COVID19, PRIVATE_SCHEME, ModelIdentity, comprehensive_sr, decision_text, measurement_report
+from .sr import validation_text as _validation_text
 
 log = logging.getLogger("covidscreen.dicomnet")
 
-RESEARCH_STATEMENT = ("Research tool, not a medical device: this result was produced by covidscreen for research "
-                      "and must not be used for diagnosis or treatment decisions.")
 MANUFACTURER = "covidscreen"
-SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
-PRIVATE_SCHEME = "99COVIDSCREEN"  # coding scheme designators beginning with 99 are private (PS3.16 8.2)
+SR_SERIES_NUMBER, SC_SERIES_NUMBER, SEG_SERIES_NUMBER = 9901, 9902, 9903
 
 # Patient, General Study and Patient Study modules (PS3.3 C.7.1.1, C.7.2.1, C.7.2.2): copied from the input.
 PATIENT_STUDY_KEYWORDS = (
@@ -84,6 +86,26 @@ def new_uid(root: str | None) -> str:
     return generate_uid(prefix=f"{root}." if root else None)
 
 
+#: the namespace of covidscreen's name-based (version 5) UUIDs
+RESULT_UUID_NAMESPACE = uuid.UUID("3c0c2a4e-6f1b-5d2e-9a57-6b1f0c7d2e11")
+
+
+def result_uid(source_sop_uid: str, model_id: str, operating_point: str, kind: str, root: str | None) -> str:
+    """The UID of one result object (``kind``: ``sr``, ``sr-series``, ``sc``, ...) of one input, made from the input's
+    SOP Instance UID, the model and the operating point: scoring the same image again (after a crash, a resend by the
+    PACS) gives the same UIDs, so the PACS replaces or ignores the copy instead of filing a second result.
+
+    Without a root: ``2.25.<UUID as an integer>`` (PS3.5 B.2) of a name-based UUID (RFC 4122 version 5) of these
+    values; under an organisation root: pydicom's generator with these values as its entropy sources (a SHA-512 of
+    them, ``<root>.<digits>``, 64 characters at most). (pydicom's generator ignores its entropy sources without a
+    prefix, hence the UUID.)
+    """
+    sources = ["covidscreen-result-v1", str(source_sop_uid), str(model_id), str(operating_point), kind]
+    if root:
+        return generate_uid(prefix=f"{root}.", entropy_srcs=sources)
+    return f"2.25.{uuid.uuid5(RESULT_UUID_NAMESPACE, chr(31).join(sources)).int}"
+
+
 def _now() -> tuple[str, str]:
     now = datetime.now()
     return now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
@@ -118,107 +140,13 @@ def _copy_patient_study(src: Dataset, dst: Dataset) -> None:
             setattr(dst, kw, None)
 
 
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
-    item = Dataset()
-    item.CodeValue = value
-    item.CodingSchemeDesignator = scheme
-    item.CodeMeaning = meaning[:64]
-    return item
-
-
-def _item(value_type: str, concept: Dataset, relationship: str = "CONTAINS") -> Dataset:
-    item = Dataset()
-    item.RelationshipType = relationship
-    item.ValueType = value_type
-    item.ConceptNameCodeSequence = Sequence([concept])
-    return item
-
-
-def _text(concept: Dataset, text: str) -> Dataset:
-    item = _item("TEXT", concept)
-    item.TextValue = text
-    return item
-
-
-def _ds_string(value: float) -> str:
-    """A decimal string (DS) of at most 16 characters as close to ``value`` as that allows."""
-    for digits in range(12, 3, -1):
-        text = f"{value:.{digits}g}"
-        if len(text) <= 16:
-            return text
-    return f"{value:.3e}"
-
-
-def _num(concept: Dataset, value: float, unit: Dataset) -> Dataset:
-    item = _item("NUM", concept)
-    measured = Dataset()
-    measured.NumericValue = _ds_string(value)
-    measured.FloatingPointValue = float(value)  # the exact double; NumericValue is limited to 16 characters
-    measured.MeasurementUnitsCodeSequence = Sequence([unit])
-    item.MeasuredValueSequence = Sequence([measured])
-    return item
-
-
-NO_UNITS = ("1", "UCUM", "no units")
-
-
-def _class_code(name: str) -> str:
-    safe = "".join(c if c.isalnum() else "-" for c in name.upper())
-    return f"P-{safe}"[:16]
-
-
-def _decision_text(score: Score) -> str:
-    pt = score.point
-    if score.positive_class and pt.threshold is not None:
-        p = score.positive_probability
-        rel = ">=" if p >= pt.threshold else "<"
-        return (f"{score.decision} (p({score.positive_class}) = {p:.3f} {rel} threshold {pt.threshold:.4f} of the "
-                f"'{pt.name}' operating point)")
-    return f"{score.decision} (most probable class)"
-
-
-def _validation_text(pt: PointInfo) -> str:
-    def f(v: float | None) -> str:
-        return "not recorded" if v is None else f"{v:.3f}"
-
-    return (f"operating point '{pt.name}': threshold {f(pt.threshold)}, validation sensitivity {f(pt.sensitivity)}, "
-            f"validation specificity {f(pt.specificity)}")
-
-
-def _rate_ci(v: float, ci: tuple[float, float] | None) -> str:
-    return "n/a" if v != v else f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-
-
-def _site_items(pt: PointInfo, unit: Dataset) -> list[Dataset]:
-    """How the operating point held on each validation site: one sentence naming the weakest site, its specificity
-    as a number, and one line per site (values from :func:`~covidscreen.inference.site_figures.point_site_summary`).
-    """
-    summary = pt.sites
-    if summary is None:
-        return []
-    items = [_text(_code("OP-SITES", PRIVATE_SCHEME, "Validation specificity by site"), summary.text)]
-    weak = summary.weakest
-    if weak is not None and weak.specificity == weak.specificity:  # not NaN
-        items.append(_text(_code("OP-WEAK-SITE", PRIVATE_SCHEME, "Weakest validation site"), weak.site))
-        items.append(_num(_code("OP-WEAK-SPEC", PRIVATE_SCHEME, "Validation specificity at weakest site"),
-                          weak.specificity, unit))
-    for f in summary.sites:
-        items.append(_text(_code("OP-SITE", PRIVATE_SCHEME, "Validation figures of one site"),
-                           f"{f.site}: specificity {_rate_ci(f.specificity, f.specificity_ci)} on {f.n_negative} "
-                           f"non-positive images, sensitivity {_rate_ci(f.sensitivity, f.sensitivity_ci)} on "
-                           f"{f.n_positive} positive images"))
-    if summary.note:
-        items.append(_text(_code("OP-NOTE", PRIVATE_SCHEME, "Operating point rule note"), summary.note))
-    return items
-
-
 def _base(src: Dataset, sop_class: str, modality: str, series_uid: str, series_number: int, description: str,
-          uid_root: str | None) -> Dataset:
+          sop_uid: str) -> Dataset:
     ds = Dataset()
     _copy_patient_study(src, ds)
     day, clock = _now()
     ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = new_uid(uid_root)
+    ds.SOPInstanceUID = sop_uid
     ds.InstanceCreationDate, ds.InstanceCreationTime = day, clock
     ds.Modality = modality
     ds.SeriesInstanceUID = series_uid
@@ -246,71 +174,37 @@ def _reference(src: Dataset) -> Dataset:
     return ref
 
 
-def ood_items(score: Score, unit: Dataset) -> list[Dataset]:
-    """The out-of-distribution assessment as SR content items: a plain-words text and the score (none without an
-    OOD model)."""
-    if score.in_distribution is None:
-        return []
-    text = (f"Out of distribution: {PLAIN_WARNING}." if not score.in_distribution
-            else "In distribution: the image resembles those the model was validated on.")
-    return [_text(_code("OOD-ASSESSMENT", PRIVATE_SCHEME, "Out-of-distribution assessment"), text),
-            _num(_code("OOD-SCORE", PRIVATE_SCHEME, "Out-of-distribution score"), score.ood_score, unit)]
-
-
 def build_sr(src: Dataset, score: Score, model_id: str, weights_sha256: str, code_version: str,
              uid_root: str | None = None, series_uid: str | None = None) -> Dataset:
-    """A Comprehensive SR of ``score`` in the study of ``src`` (the received image)."""
-    ds = _base(src, ComprehensiveSRStorage, "SR", series_uid or new_uid(uid_root), SR_SERIES_NUMBER,
-               "covidscreen AI result (research tool)", uid_root)
-    ds.ReferencedPerformedProcedureStepSequence = Sequence()
-    ds.CompletionFlag = "COMPLETE"
-    ds.VerificationFlag = "UNVERIFIED"
-    ds.PerformedProcedureCodeSequence = Sequence()
-    series = Dataset()
-    series.SeriesInstanceUID = src.SeriesInstanceUID
-    series.ReferencedSOPSequence = Sequence([_reference(src)])
-    evidence = Dataset()
-    evidence.StudyInstanceUID = src.StudyInstanceUID
-    evidence.ReferencedSeriesSequence = Sequence([series])
-    ds.CurrentRequestedProcedureEvidenceSequence = Sequence([evidence])
-
-    ds.ValueType = "CONTAINER"
-    ds.ConceptNameCodeSequence = Sequence([_code("18748-4", "LN", "Diagnostic imaging report")])
-    ds.ContinuityOfContent = "SEPARATE"
-    items = [_text(_code("121106", "DCM", "Comment"), RESEARCH_STATEMENT)]
-    unit = _code(*NO_UNITS)
-    if score.positive_class:
-        items.append(_num(_code("COVID19-PROB", PRIVATE_SCHEME, f"Probability of {score.positive_class}"),
-                          score.positive_probability, unit))
-    items.append(_text(_code("DECISION", PRIVATE_SCHEME, "Decision at operating point"), _decision_text(score)))
-    pt = score.point
-    items.append(_text(_code("OP-NAME", PRIVATE_SCHEME, "Operating point"), _validation_text(pt)))
-    for code, meaning, value in (("OP-THRESHOLD", "Operating point threshold", pt.threshold),
-                                 ("OP-VAL-SENS", "Validation sensitivity at operating point", pt.sensitivity),
-                                 ("OP-VAL-SPEC", "Validation specificity at operating point", pt.specificity)):
-        if value is not None:
-            items.append(_num(_code(code, PRIVATE_SCHEME, meaning), value, unit))
-    items += _site_items(pt, unit)
-    for name, p in score.probabilities.items():
-        items.append(_num(_code(_class_code(name), PRIVATE_SCHEME, f"Probability of class {name}"), p, unit))
-    items += [
-        _text(_code("111001", "DCM", "Algorithm Name"), "covidscreen"),
-        _text(_code("111003", "DCM", "Algorithm Version"), code_version),
-        _text(_code("MODEL-ID", PRIVATE_SCHEME, "Model identifier"), model_id),
-        _text(_code("WEIGHTS-SHA256", PRIVATE_SCHEME, "Model weights SHA-256"), weights_sha256),
-    ]
-    items += ood_items(score, unit)
-    for w in score.warnings:
-        items.append(_text(_code("WARNING", PRIVATE_SCHEME, "Image quality warning"), w))
-    image = _item("IMAGE", _code("121112", "DCM", "Source of Measurement"))
-    image.ReferencedSOPSequence = Sequence([_reference(src)])
-    items.append(image)
-    ds.ContentSequence = Sequence(items)
+    """The result SR of ``score`` in the study of ``src`` (the scored image): a Comprehensive SR holding a TID 1500
+    Measurement Report (:func:`~covidscreen.dicomnet.sr.measurement_report` decides its content)."""
+    key = (src.SOPInstanceUID, model_id, score.point.name)
+    model = ModelIdentity(model_id, weights_sha256, code_version, result_uid("", model_id, "", "device", uid_root))
+    report = measurement_report(src, score, model, lambda name: result_uid(*key, f"tracking-{name}", uid_root))
+    evidence = Dataset()  # what highdicom reads of the input: its UIDs, patient and study by covidscreen's rules
+    _copy_patient_study(src, evidence)
+    for kw in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
+        setattr(evidence, kw, getattr(src, kw))
+    ds = comprehensive_sr(evidence, report, series_uid or result_uid(*key, "sr-series", uid_root),
+                          result_uid(*key, "sr", uid_root), SR_SERIES_NUMBER)
+    # the patient and study modules by covidscreen's rules (what highdicom copied is replaced): values the input got
+    # wrong for their VR are left out, Type 2 attributes it lacks are written empty
+    for kw in PATIENT_STUDY_KEYWORDS:
+        if kw in ds:
+            delattr(ds, kw)
+    _copy_patient_study(src, ds)
+    day, clock = _now()
+    ds.InstanceCreationDate, ds.InstanceCreationTime = day, clock
+    ds.SeriesDescription = "covidscreen AI result (research tool)"
+    ds.SeriesDate, ds.SeriesTime = day, clock
+    ds.ManufacturerModelName = "covidscreen DICOM node"
+    ds.SoftwareVersions = __version__
     scheme = Dataset()
     scheme.CodingSchemeDesignator = PRIVATE_SCHEME
     scheme.CodingSchemeName = "covidscreen result concepts"
     scheme.CodingSchemeResponsibleOrganization = "covidscreen project"
     ds.CodingSchemeIdentificationSequence = Sequence([scheme])
+    ds.file_meta.ImplementationVersionName = f"COVIDSCREEN_{__version__}"[:16]
     return ds
 
 
@@ -326,14 +220,13 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 def caption_lines(score: Score, model_id: str, weights_sha256: str) -> list[str]:
     """The caption burnt into the Secondary Capture."""
-    pt = score.point
     lines = ["RESEARCH TOOL - NOT FOR DIAGNOSIS. covidscreen Grad-CAM heatmap"
              + (f" of {score.positive_class} evidence" if score.positive_class else "")]
     if score.positive_class:
-        lines.append(f"p({score.positive_class}) = {score.positive_probability:.3f}; decision: {_decision_text(score)}")
+        lines.append(f"p({score.positive_class}) = {score.positive_probability:.3f}; decision: {decision_text(score)}")
     else:
-        lines.append(f"decision: {_decision_text(score)}")
-    lines.append(_validation_text(pt))
+        lines.append(f"decision: {decision_text(score)}")
+    lines.append(_validation_text(score))
     if score.in_distribution is False:
         lines.append(f"WARNING: {PLAIN_WARNING}")
     lines.append(f"model {model_id}, weights sha256 {weights_sha256[:16]}...")
@@ -368,8 +261,9 @@ def build_secondary_capture(src: Dataset, score: Score, model_id: str, weights_s
     if score.figure_png is None:
         raise ValueError("this score has no heatmap figure (the scorer was created with heatmap=False)")
     pixels = captioned_figure(score.figure_png, caption_lines(score, model_id, weights_sha256))
-    ds = _base(src, SecondaryCaptureImageStorage, "OT", series_uid or new_uid(uid_root), SC_SERIES_NUMBER,
-               "covidscreen heatmap (research tool)", uid_root)
+    key = (src.SOPInstanceUID, model_id, score.point.name)
+    ds = _base(src, SecondaryCaptureImageStorage, "OT", series_uid or result_uid(*key, "sc-series", uid_root),
+               SC_SERIES_NUMBER, "covidscreen heatmap (research tool)", result_uid(*key, "sc", uid_root))
     # the heatmap shows the chest: saying so also tells validators that Laterality (2C, paired parts) is not needed
     ds.BodyPartExamined = "CHEST"
     ds.ConversionType = "WSD"
@@ -390,4 +284,63 @@ def build_secondary_capture(src: Dataset, score: Score, model_id: str, weights_s
     ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def build_heatmap_segmentation(src: Dataset, score: Score, model_id: str, code_version: str,
+                               uid_root: str | None = None) -> Dataset:
+    """The Grad-CAM map as a DICOM Segmentation (highdicom) on the pixel grid of ``src``: an overlay that viewers
+    (OHIF and others) draw over the original, beside the burnt-in Secondary Capture that every viewer shows.
+
+    A FRACTIONAL segmentation of one segment whose values (0-255 for 0-1) are the map's; its label says that they
+    are Grad-CAM evidence for the positive class, not a probability. (A Parametric Map would carry the floats, but
+    highdicom 0.28 cannot build one on an image without a frame of reference, which is what a CR or DX image is.)
+
+    Raises:
+        ValueError: ``score`` has no heatmap (heatmaps were turned off).
+    """
+    if score.heatmap is None:
+        raise ValueError("this score has no heatmap (the scorer was created with heatmap=False)")
+    heat = np.clip(np.asarray(score.heatmap, dtype=np.float32), 0.0, 1.0)
+    if heat.shape != (int(src.Rows), int(src.Columns)):
+        raise ValueError(f"the heatmap is {heat.shape[1]} x {heat.shape[0]}, the image {src.Columns} x {src.Rows}")
+    key = (src.SOPInstanceUID, model_id, score.point.name)
+    target = score.positive_class or score.decision
+    finding = COVID19 if score.positive_class and target.lower().startswith("covid") else None
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label=f"Grad-CAM evidence for {target} (not a probability)"[:64],
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=finding or codes.SCT.MorphologicallyAbnormalStructure,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="covidscreen", version=code_version, family=codes.DCM.ArtificialIntelligence,
+            parameters={"model id": model_id, "operating point": score.point.name, "method": "Grad-CAM"}))
+    source = Dataset()  # what highdicom reads of the input: its image geometry, UIDs, patient and study
+    _copy_patient_study(src, source)
+    for kw in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Rows", "Columns",
+               "Modality", "PixelSpacing", "ImagerPixelSpacing", "PatientOrientation", "FrameOfReferenceUID",
+               "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated"):
+        if kw in src:
+            setattr(source, kw, copy.deepcopy(src[kw].value))
+    spacing = getattr(src, "PixelSpacing", None) or getattr(src, "ImagerPixelSpacing", None)
+    measures = hd.PixelMeasuresSequence(pixel_spacing=[float(v) for v in spacing], slice_thickness=None) \
+        if spacing else None
+    with warnings.catch_warnings():  # highdicom warns about the input's patient name form; it is copied as is
+        warnings.simplefilter("ignore", UserWarning)
+        ds = hd.seg.Segmentation(
+            source_images=[source], pixel_array=heat, segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+            segment_descriptions=[segment], series_instance_uid=result_uid(*key, "seg-series", uid_root),
+            series_number=SEG_SERIES_NUMBER, sop_instance_uid=result_uid(*key, "seg", uid_root), instance_number=1,
+            manufacturer=MANUFACTURER, manufacturer_model_name="covidscreen DICOM node", software_versions=__version__,
+            device_serial_number=model_id[:64], fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+            max_fractional_value=255, pixel_measures=measures,
+            series_description="covidscreen heatmap overlay (research tool)")
+    for kw in PATIENT_STUDY_KEYWORDS:  # covidscreen's rules for the copied modules, as in the other results
+        if kw in ds:
+            delattr(ds, kw)
+    _copy_patient_study(src, ds)
+    if "FrameOfReferenceUID" not in src:  # 2C: needed where there is no patient geometry
+        ds.PatientOrientation = copy.deepcopy(src.PatientOrientation) if "PatientOrientation" in src else None
+    ds.BodyPartExamined = "CHEST"
+    ds.ContentDescription = "Research tool, not a medical device: Grad-CAM evidence, not a diagnosis"[:64]
     return ds

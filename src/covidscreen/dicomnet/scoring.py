@@ -55,6 +55,8 @@ class Score:
         figure_png: the Grad-CAM figure (None when heatmaps are off).
         warnings: image-quality warnings, ``"<code>: <message>"``.
         seconds: time spent scoring this image (its share of the batch).
+        heatmap: the Grad-CAM map in the input image's own pixel grid (rows x columns, values 0-1; None when heatmaps
+            are off): what the Parametric Map carries.
     """
 
     probabilities: dict[str, float]
@@ -66,6 +68,7 @@ class Score:
     seconds: float = 0.0
     ood_score: float | None = None  # out-of-distribution score (None: the run has no OOD model)
     in_distribution: bool | None = None  # False: unlike the images the model was validated on
+    heatmap: np.ndarray | None = None
 
     @property
     def positive_probability(self) -> float | None:
@@ -163,15 +166,16 @@ class DicomScorer:
         probs, ood_scores = p.score_arrays(batch)
         decisions = p.decide(probs)
         pngs: list[bytes | None] = [None] * len(images)
+        heats: list[np.ndarray | None] = [None] * len(images)
         if self._explainer is not None and figures is not False:
-            pngs = self._figures(images, prepared, batch, probs, titles)
+            pngs, heats = self._figures(images, prepared, batch, probs, titles)
         per_image = (time.perf_counter() - start) / len(images)
         inside = p.in_distribution(ood_scores) if ood_scores is not None else None
         return [Score({c: float(v) for c, v in zip(self.classes, pr, strict=True)}, d, self.positive_class,
                       self.point, png, list(warnings[i]) if warnings else [], per_image,
                       None if ood_scores is None else float(ood_scores[i]),
-                      None if inside is None else bool(inside[i]))
-                for i, (pr, d, png) in enumerate(zip(probs, decisions, pngs, strict=True))]
+                      None if inside is None else bool(inside[i]), heat)
+                for i, (pr, d, png, heat) in enumerate(zip(probs, decisions, pngs, heats, strict=True))]
 
     def add_figures(self, images: Sequence[np.ndarray], scores: Sequence[Score],
                     titles: Sequence[str] | None = None) -> None:
@@ -189,19 +193,22 @@ class DicomScorer:
         prepared = [preprocess_with_geometry(img, p.size, p.preprocess, p.segmenter) for img in images]
         batch = np.stack([x for x, _ in prepared])
         probs = np.array([[sc.probabilities[c] for c in self.classes] for sc in scores])
-        for sc, png in zip(scores, self._figures(images, prepared, batch, probs, titles), strict=True):
-            sc.figure_png = png
+        pngs, heats = self._figures(images, prepared, batch, probs, titles)
+        for sc, png, heat in zip(scores, pngs, heats, strict=True):
+            sc.figure_png, sc.heatmap = png, heat
             sc.seconds += (time.perf_counter() - start) / len(images)
 
     def _figures(self, images: Sequence[np.ndarray], prepared: list[tuple[np.ndarray, InputGeometry]],
-                 batch: np.ndarray, probs: np.ndarray, titles: Sequence[str] | None) -> list[bytes]:
+                 batch: np.ndarray, probs: np.ndarray, titles: Sequence[str] | None
+                 ) -> tuple[list[bytes], list[np.ndarray]]:
         target = self.positive_class  # explain the COVID evidence, as `covidscreen explain --class covid`
         with self._explainer as ex:
             maps, _, idx = ex.maps(batch, target)
-        out = []
+        out, heats = [], []
         for i, (image, (_, geometry)) in enumerate(zip(images, prepared, strict=True)):
             view = geometry.scaled_to(*image.shape)
             heat = map_to_image(maps[i], view, image.shape)
+            heats.append(heat)
             mask = self._mask_fn(image) if self._mask_fn is not None else None
             title = titles[i] if titles else "DICOM image"
             e = Explanation(heatmap=heat, input_heatmap=maps[i], image=image, probs=probs[i], target=int(idx[i]),
@@ -210,4 +217,4 @@ class DicomScorer:
                             border_area=chance_level(heat.shape, view, mask, self.margin), source=title, mask=mask,
                             view=view if view.crops else None)
             out.append(explanation_png(e, self.margin, title=title))
-        return out
+        return out, heats

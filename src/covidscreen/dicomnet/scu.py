@@ -1,4 +1,5 @@
-"""C-STORE to a remote node (pynetdicom SCU): one association per call, every DIMSE status checked."""
+"""C-STORE to a remote node (pynetdicom SCU): one association per call, every DIMSE status checked; C-FIND for the
+results a node already holds (the outbox's check of a send that a crash interrupted)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
 from ..errors import CovidscreenError
 from .address import AeAddress
@@ -85,3 +86,42 @@ def echo(to: AeAddress, calling_aet: str = "COVIDSCREEN", timeout_s: float = 10.
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def find_instances(datasets: Sequence[Dataset], to: AeAddress, calling_aet: str = "COVIDSCREEN",
+                   timeout_s: float = 30.0) -> set[str] | None:
+    """The SOP Instance UIDs among ``datasets`` that ``to`` holds, by C-FIND (Study Root, IMAGE level, one query per
+    series); None when ``to`` does not offer C-FIND (then nobody can tell).
+
+    Raises:
+        SendError: ``to`` cannot be reached, or a query failed.
+    """
+    wanted = {str(ds.SOPInstanceUID) for ds in datasets}
+    if not wanted:
+        return set()
+    ae = _ae(calling_aet, timeout_s)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate(to.host, to.port, ae_title=to.ae_title)
+    if not assoc.is_established:
+        raise SendError(f"{to} could not be reached for a C-FIND")
+    held: set[str] = set()
+    try:
+        if not any(cx.abstract_syntax == StudyRootQueryRetrieveInformationModelFind
+                   for cx in assoc.accepted_contexts):
+            return None
+        for study, series in sorted({(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)) for ds in datasets}):
+            query = Dataset()
+            query.QueryRetrieveLevel = "IMAGE"
+            query.StudyInstanceUID, query.SeriesInstanceUID, query.SOPInstanceUID = study, series, ""
+            for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+                if status is None or "Status" not in status:
+                    raise SendError(f"{to} did not answer a C-FIND")
+                code = int(status.Status)
+                if code in (0xFF00, 0xFF01) and identifier is not None:
+                    held.add(str(identifier.get("SOPInstanceUID", "")))
+                elif code != 0x0000:
+                    raise SendError(f"{to} refused a C-FIND ({_status_text(status)})")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return held & wanted

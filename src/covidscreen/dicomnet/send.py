@@ -18,6 +18,7 @@ from ..data.decode import decode_dicom_dataset
 from ..errors import DataError, ImageDecodeError
 from ..inference.predictor import expand_inputs
 from .address import AeAddress
+from .dicomweb import DicomwebServer
 from .node import RADIOGRAPH_SOP_CLASSES, Received, ResultWriter, check_radiograph
 from .objects import check_uid_root
 from .outbox import Outbox, SendReport
@@ -56,8 +57,9 @@ def read_radiograph(path: Path) -> Received:
     return Received(path.name, path, ds, image, hashlib.sha256(data).hexdigest(), "dicom-send")
 
 
-def dicom_send(run_dir: str | Path, inputs: list[str | Path], to: AeAddress, workdir: str | Path | None = None,
-               db: str | None = None, calling_aet: str = "COVIDSCREEN", heatmap: bool = True,
+def dicom_send(run_dir: str | Path, inputs: list[str | Path], to: AeAddress | DicomwebServer,
+               workdir: str | Path | None = None, db: str | None = None, calling_aet: str = "COVIDSCREEN",
+               heatmap: bool = True,
                operating_point: str = "default", uid_root: str | None = None, device: str = "auto",
                batch_size: int = 4, timeout_s: float = 30.0) -> SendSummary:
     """Score ``inputs`` (DICOM files or folders) and store the results in ``to``.

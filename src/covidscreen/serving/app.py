@@ -1,8 +1,10 @@
 """The FastAPI application: ``create_app(config)``.
 
 Endpoints (OpenAPI at ``/docs``): ``POST /v1/predict``, ``POST /v1/explain``, ``GET /v1/model``, ``GET /healthz``,
-``GET /readyz``, and the web page at ``/``. Every error is JSON ``{"request_id", "error", "code"}`` with a message a
-person can act on; nothing answers with a traceback.
+``GET /readyz``, ``POST /fhir/predict``, and the web page at ``/``. Every error is JSON ``{"request_id", "error",
+"code"}`` with a message a person can act on; nothing answers with a traceback. ``/v1/predict`` with ``Accept:
+application/fhir+json``, and ``/fhir/predict``, answer in FHIR R4 (``fhir.py``): a Bundle of DiagnosticReports,
+Observations and the Device, or an OperationOutcome for errors.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .auth import key_is_valid, presented_key, read_api_keys
 from .config import ServeConfig
+from .fhir import FHIR_JSON, error_outcome, report_bundle, wants_fhir
 from .metrics import CONTENT_TYPE_LATEST
 from .middleware import BodyLimitMiddleware, RequestLogMiddleware
-from .schemas import ErrorResponse, Health, ModelInfo, PredictResponse
+from .schemas import ErrorResponse, FileResult, Health, ModelInfo, PredictResponse
 from .service import NOTICE, Screening, ServiceError, Upload
 
 logger = logging.getLogger("covidscreen.serving")
@@ -38,6 +41,9 @@ def _request_id(request: Request) -> str:
 def _error(request: Request, status: int, code: str, message: str, headers: dict | None = None,
            results: list | None = None) -> JSONResponse:
     request.scope.setdefault("state", {}).setdefault("log", {})["error"] = code
+    if wants_fhir(request.headers.get("accept"), request.url.path):
+        return JSONResponse(error_outcome(status, message, results and [FileResult(**r) for r in results]),
+                            status_code=status, headers=headers, media_type=FHIR_JSON)
     body = ErrorResponse(request_id=_request_id(request), error=message, code=code, results=results)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
@@ -81,8 +87,8 @@ def create_app(config: ServeConfig, screening: Screening | None = None) -> FastA
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         missing = [e for e in exc.errors() if e.get("type") == "missing"]
-        if any(e.get("loc", [None])[-1] == "files" for e in missing) or request.url.path.startswith("/v1/predict") \
-                or request.url.path.startswith("/v1/explain"):
+        if any(e.get("loc", [None])[-1] == "files" for e in missing) or request.url.path.startswith(
+                ("/v1/predict", "/v1/explain", "/fhir/")):
             fields = ", ".join(".".join(str(p) for p in e.get("loc", [])[1:]) or "body" for e in exc.errors())
             return _error(request, 422, "bad_request", f"the request is not a usable upload (problem with: {fields}); "
                           f"send multipart/form-data with one or more {ACCEPTED}")
@@ -161,7 +167,21 @@ def create_app(config: ServeConfig, screening: Screening | None = None) -> FastA
               dependencies=[Depends(require_key)], summary="probabilities and decision for each uploaded image")
     async def predict(request: Request, files: Annotated[list[UploadFile], File(description=ACCEPTED)],
                       operating_point: str | None = point_q, site: str | None = site_q) -> PredictResponse:
-        return await _predict(request, files, operating_point, site, explain=False)
+        answer = await _predict(request, files, operating_point, site, explain=False)
+        if wants_fhir(request.headers.get("accept"), request.url.path):
+            return _fhir(answer)
+        return answer
+
+    def _fhir(answer: PredictResponse) -> JSONResponse:
+        return JSONResponse(report_bundle(answer.results, screening.info, answer.request_id, NOTICE),
+                            media_type=FHIR_JSON)
+
+    @app.post("/fhir/predict", responses={200: {"content": {FHIR_JSON: {}}}, **ERRORS},
+              dependencies=[Depends(require_key)], summary="the same, as FHIR R4: a Bundle of a DiagnosticReport "
+              "with an Observation per class and the Device (the model) per image; errors as OperationOutcome")
+    async def fhir_predict(request: Request, files: Annotated[list[UploadFile], File(description=ACCEPTED)],
+                           operating_point: str | None = point_q, site: str | None = site_q) -> JSONResponse:
+        return _fhir(await _predict(request, files, operating_point, site, explain=False))
 
     @app.post("/v1/explain", response_model=PredictResponse, response_model_exclude_none=True, responses=ERRORS,
               dependencies=[Depends(require_key)], summary="the same plus a Grad-CAM overlay per image")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 
 class SiteFiguresInfo(BaseModel):
@@ -79,6 +79,8 @@ class FileResult(BaseModel):
                                          "not rely on this result (a warning says so too)")
     error: str | None = Field(None, description="why this file got no prediction")
     status: int = Field(200, description="HTTP status this file alone would have had")
+    #: a DICOM input's Study/Series/SOP Instance UIDs, for the FHIR answer's ImagingStudy reference (not in the JSON)
+    _dicom_uids: tuple[str | None, str | None, str | None] | None = PrivateAttr(default=None)
 
 
 class PredictResponse(BaseModel):

@@ -299,11 +299,14 @@ class Screening:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         w.facts = read_facts(w.path)
-        return self._load(w.path, w.result.filename, w.facts)
+        return self._load(w.path, w.result.filename, w.facts, w.result)
 
-    def _load(self, path: Path, filename: str, facts: ImageFacts | None = None) -> tuple[np.ndarray, list[str]]:
+    def _load(self, path: Path, filename: str, facts: ImageFacts | None = None,
+              result: FileResult | None = None) -> tuple[np.ndarray, list[str]]:
         """On a decoder thread: header facts, pixel limit, then the run's preprocessing."""
         facts = facts if facts is not None else read_facts(path)
+        if result is not None and facts.study_uid:
+            result._dicom_uids = (facts.study_uid, facts.series_uid, facts.sop_uid)
         if facts.modality is not None:  # a DICOM of the other modality is refused, as predict refuses it
             try:
                 check_dicom_modality(facts.modality, self.run.modality, filename)
