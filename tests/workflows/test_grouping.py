@@ -40,6 +40,10 @@ def test_default_split_groups_copies_user_split_is_respected_and_evaluate_report
     assert audit["leakage"]["near_duplicates"]["n_cross_split"] == 0
     assert audit["leakage"]["n_patients_in_several_splits"] == 0
     assert not any(f["text"].startswith("Leakage") for f in audit["findings"])
+    # the two copies are filed under other patients: said plainly, as information, since the split grouped them
+    assert audit["leakage"]["near_duplicates"]["n_within_split_other_patient_grouped"] == 2
+    assert any(f["severity"] == "info" and "joined their patients into one group" in f["text"]
+               for f in audit["findings"])
     assert "near-duplicate images kept together" in audit["split_source"]
 
     # a user's split that puts the copy into test and its original into training: used as given, then audited
