@@ -8,14 +8,14 @@ import pytest
 from typer.testing import CliRunner
 
 from covidscreen.cli import app
-from tests.conftest import make_image_folder
+from tests.conftest import LIVENESS_S, make_image_folder
 
 runner = CliRunner()
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "covidscreen", *args], capture_output=True, text=True, timeout=300,
-                          cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "covidscreen", *args], capture_output=True, text=True,
+                          timeout=LIVENESS_S, cwd=cwd)
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess, pattern: str) -> None:

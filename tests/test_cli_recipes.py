@@ -12,6 +12,7 @@ import covidscreen
 from covidscreen.cli import app
 from covidscreen.cli.recipes import parse_sets
 from covidscreen.errors import ConfigError
+from tests.conftest import LIVENESS_S
 from tests.test_cli import assert_clean_error, run_cli
 
 runner = CliRunner()
@@ -62,7 +63,7 @@ def test_recipes_run_from_any_working_directory(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(covidscreen.__file__).parents[1])}
     env.pop("COVIDSCREEN_RECIPES", None)
     proc = subprocess.run([sys.executable, "-m", "covidscreen", "train", "--recipe", "lee", "--budget", "tiny",
-                           "--dry-run"], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+                           "--dry-run"], capture_output=True, text=True, timeout=LIVENESS_S, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "runs" / "recipes" / "lee-tiny" / "grid.yaml").is_file()
     assert "model=vgg19__train_stages=1" in proc.stdout

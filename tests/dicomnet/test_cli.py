@@ -63,6 +63,6 @@ def test_dicom_send_and_outbox_commands(tiny_run, shared_dicoms, tmp_path):
     res = runner.invoke(app, ["dicom-outbox", "list", str(tmp_path / "outbox")])
     assert res.exit_code == 0 and "0 pending" in res.output
     bad = subprocess.run([sys.executable, "-m", "covidscreen", "dicom-send", str(tiny_run), str(shared_dicoms[0]),
-                          "--to", "nonsense"], capture_output=True, text=True, timeout=300)
+                          "--to", "nonsense"], capture_output=True, text=True, timeout=LIVENESS_S)
     assert bad.returncode == 2 and bad.stderr.startswith("error: destination 'nonsense' is invalid")
     assert "HOST:PORT:AET" in bad.stderr and "Traceback" not in bad.stderr

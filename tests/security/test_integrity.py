@@ -17,6 +17,7 @@ from covidscreen.inference.run import load_checkpoint, load_run, read_sidecar
 from covidscreen.models import create_model
 from covidscreen.models.weights import read_state_dict
 from covidscreen.security.integrity import Manifest, format_provenance, provenance, sha256_of, trusted_sha256
+from tests.conftest import LIVENESS_S
 
 
 @pytest.fixture()
@@ -49,7 +50,7 @@ def test_the_payload_is_real(tmp_path):
     """Unpickled without protection (in another process), the file does run code: the tests below mean something."""
     path, marker = _payload_file(tmp_path)
     code = f"import torch; torch.load({str(path)!r}, weights_only=False)"
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=600)
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=LIVENESS_S)
     assert marker.read_text() == "payload ran"
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from covidscreen.inference.predictor import Predictor
 from covidscreen.training.distributed import state_digest
-from tests.conftest import make_image_folder
+from tests.conftest import LIVENESS_S, make_image_folder
 
 pytestmark = pytest.mark.slow  # torchrun with two ranks, and one process to compare with
 
@@ -29,14 +29,14 @@ def _env() -> dict:
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "covidscreen",
            *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env())
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=LIVENESS_S, env=_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
 def _single(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "covidscreen", *args], capture_output=True, text=True, timeout=600,
-                          env=_env())
+    proc = subprocess.run([sys.executable, "-m", "covidscreen", *args], capture_output=True, text=True,
+                          timeout=LIVENESS_S, env=_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 

@@ -19,6 +19,7 @@ from covidscreen.cli import app
 from covidscreen.errors import CovidscreenError
 from covidscreen.explain import ExplainError
 from covidscreen.workflows.explain import explain_files
+from tests.conftest import LIVENESS_S
 from tests.explain_fixtures import synthetic_images
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -116,7 +117,7 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tiny_run, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "covidscreen", "explain", str(tiny_run), str(img), "--output",
                            str(tmp_path / "o"), "--class", "pneumonia"], capture_output=True, text=True,
                           env={"PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])),
-                               "PATH": "/usr/bin:/bin"}, timeout=300)
+                               "PATH": "/usr/bin:/bin"}, timeout=LIVENESS_S)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: class 'pneumonia' is not a class of this model")

@@ -116,7 +116,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(tmp_path, data_dir
     assert not (run / "metrics.json").exists()
 
     done = subprocess.run([sys.executable, "-m", "covidscreen", "train", "--resume", str(run)], cwd=REPO,
-                          env=_env(cache), capture_output=True, text=True, timeout=600)
+                          env=_env(cache), capture_output=True, text=True, timeout=LIVENESS_S)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert "resume: epoch" in done.stdout
