@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .options import DeviceOpt
+from .options import AllowFlaggedOpt, DeviceOpt
 
 app = typer.Typer()
 
@@ -44,6 +44,7 @@ def dicom_node(
     operating_point: PointOpt = "default",
     uid_root: UidRootOpt = None,
     device: DeviceOpt = "auto",
+    allow_flagged_model: AllowFlaggedOpt = False,
 ) -> None:
     """Receive CR/DX images over DICOM (C-STORE SCP), score them, file an SR and a heatmap into their study."""
     from ..dicomnet import AeAddress, DicomNode, NodeConfig
@@ -52,7 +53,7 @@ def dicom_node(
     cfg = NodeConfig(run_dir, ae_title=ae_title, host=host, port=port, workdir=workdir, db=db,
                      forward_to=AeAddress.parse(forward_to) if forward_to else None, max_queue=max_queue,
                      batch_size=batch_size, heatmap=not no_heatmap, operating_point=operating_point,
-                     uid_root=uid_root, device=device)
+                     uid_root=uid_root, device=device, allow_flagged_model=allow_flagged_model)
     node = DicomNode(cfg).start()
     typer.echo(f"DICOM node {cfg.ae_title} listening on {cfg.host}:{node.port}; Ctrl-C stops it")
     node.serve_forever()

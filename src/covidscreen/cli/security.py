@@ -58,7 +58,9 @@ def scan(
                    f"poisoned first:\n" + "\n".join(table["path"].head(10)))
     else:
         table = None
-        summary = scans.scan_model(run_dir, list(reference or [])).summary()
+        result = scans.scan_model(run_dir, list(reference or []), progress=True,
+                                  log=lambda msg: typer.echo(msg, err=True))
+        summary = f"{result.summary()}\n{result.advice(run_dir)}"
     if table is not None and output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(output, index=False)

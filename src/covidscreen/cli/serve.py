@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import DeviceOpt
+from .options import AllowFlaggedOpt, DeviceOpt
 
 app = typer.Typer()
 
@@ -42,6 +42,7 @@ def serve(
         "strip_entropy, strip_flag and a warning when flagged)")] = False,
     strip_frr: Annotated[float, typer.Option("--strip-frr", help="STRIP's false-rejection rate on clean validation "
                                              "images")] = 0.01,
+    allow_flagged_model: AllowFlaggedOpt = False,
 ) -> None:
     """Serve a run over HTTP as a second reader: API under /v1 (OpenAPI at /docs), web page at /, audit log."""
     from ..serving.config import ServeConfig
@@ -51,7 +52,7 @@ def serve(
                            device=device, max_upload_mb=max_upload_mb, max_files=max_files, max_pixels=max_pixels,
                            max_queue=max_queue, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                            operating_point=operating_point, expect_sha256=expect_sha256, manifest=manifest,
-                           strip=strip, strip_frr=strip_frr))
+                           strip=strip, strip_frr=strip_frr, allow_flagged_model=allow_flagged_model))
 
 
 @app.command("audit-log")

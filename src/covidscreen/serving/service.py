@@ -35,7 +35,7 @@ from ..inference.modality import check_dicom_modality
 from ..inference.onnx import OnnxModel
 from ..inference.predictor import Predictor
 from ..security.integrity import trusted_sha256
-from ..security.scan import strip_detector
+from ..security.scan import refuse_flagged_model, strip_detector
 from .batcher import MicroBatcher, QueueFull
 from .config import ServeConfig
 from .modelinfo import model_info, point_info, weights_id
@@ -90,6 +90,10 @@ class Screening:
         if backend == "auto":
             backend = "onnx" if (run_dir / "model.onnx").is_file() and _has_onnxruntime() else "torch"
         self.backend = backend
+        # a model that its last backdoor scan flagged is refused unless the operator overrides it (logged then)
+        self.scan_warning = refuse_flagged_model(run_dir, config.allow_flagged_model)
+        if self.scan_warning:
+            logger.warning(self.scan_warning)
         self.predictor = Predictor(run_dir, device=config.device, operating_point=config.operating_point,
                                    backend=backend, expected_sha256=trusted_sha256(run_dir, config.expect_sha256,
                                                                                    config.manifest))
