@@ -69,6 +69,32 @@ def scan(
     typer.echo(summary)
 
 
+@app.command()
+def sanitize(
+    run_dir: Annotated[Path, typer.Argument(help="run folder of the model to clean (e.g. a downloaded one)")],
+    data: Annotated[Path, typer.Option("--data", help="clean images you trust, every class of the model (at most "
+                                       "5% of its training set's size is used)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="new run folder for the sanitized model")],
+    method: Annotated[str, typer.Option("--method", help="fine-pruning (Liu et al. 2018), nad (Li et al. 2021) or "
+                                        "finetune")] = "fine-pruning",
+    budget: Annotated[int | None, typer.Option("--budget", help="most clean images used (default: 5% of the "
+                                               "training set)")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="fine-tuning epochs over the clean images")] = 20,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Remove a backdoor with a small clean data set, without knowing the trigger; writes a new run folder."""
+    from ..security.sanitize import SanitizeConfig
+    from ..security.sanitize import sanitize as run_sanitize
+
+    result = run_sanitize(run_dir, data, output, SanitizeConfig(method=method, budget=budget, epochs=epochs,
+                                                                seed=seed), progress=True)
+    r = result.record
+    typer.echo(f"sanitized ({r['method']}) with {r['clean_images']} clean image(s): clean-set accuracy "
+               f"{r['clean_accuracy_before']:.3f} -> {r['clean_accuracy_after']:.3f}; new run {result.output}\n"
+               f"next: scan it ('covidscreen scan {result.output} --reference ...') and check it on data you trust "
+               f"('covidscreen evaluate'); its operating points are the source run's")
+
+
 @security_app.command("backdoor")
 def backdoor(
     config: Annotated[Path, typer.Argument(help="experiment file, e.g. configs/security/backdoor_3class.yaml")],
@@ -98,3 +124,20 @@ def detectors(
         raise DataError(f"{output} has no backdoor.json: run 'covidscreen security backdoor CONFIG -o {output}' first")
     evaluate_detectors(output, frr=frr, nc_steps=steps, nc_images=images)
     typer.echo(f"results: {output / 'detectors.json'}")
+
+
+@security_app.command("defences")
+def defences(
+    output: Annotated[Path, typer.Argument(help="folder of a finished 'covidscreen security backdoor' experiment")],
+    method: Annotated[list[str] | None, typer.Option("--method", help="defence(s) to run (default: fine-pruning, "
+                                                     "nad, i-bau)")] = None,
+    run: Annotated[list[str] | None, typer.Option("--run", help="only these models of the experiment")] = None,
+) -> None:
+    """Sanitize every model of the experiment with each defence (5% clean set) and measure ASR and clean figures."""
+    from ..errors import DataError
+    from ..security.backdoor import evaluate_defences
+
+    if not (output / "backdoor.json").is_file():
+        raise DataError(f"{output} has no backdoor.json: run 'covidscreen security backdoor CONFIG -o {output}' first")
+    evaluate_defences(output, methods=tuple(method or ("fine-pruning", "nad", "i-bau")), runs=run)
+    typer.echo(f"results: {output / 'defences.json'}")

@@ -64,6 +64,7 @@ class Run:
     versions: dict[str, str] = field(default_factory=dict)
     members: tuple[Path, ...] = ()  # ensemble members
     sidecar: dict[str, Any] = field(default_factory=dict, repr=False)
+    sanitized: dict[str, Any] | None = None  # covidscreen sanitize: source run, method, clean set (security/sanitize)
 
     @property
     def positive_index(self) -> int | None:
@@ -178,6 +179,7 @@ def run_from_record(run_dir: Path, meta: dict[str, Any], kind: str) -> Run:
         versions=dict(meta.get("versions") or {}),
         members=tuple(Path(m) for m in meta.get("member_dirs", ())),
         sidecar=meta,
+        sanitized=meta.get("sanitized"),
     )
 
 

@@ -89,6 +89,7 @@ def _model(c: CardInputs) -> list[str]:
              f"- Training: {meta.get('epochs_run', '?')} epoch(s) run, best epoch {meta.get('best_epoch', '?')} "
              f"(selected on validation), seed {meta.get('seed', '?')}; weights sha256 "
              f"`{str(meta.get('weights_sha256', '?'))[:16]}...`.", ""]
+    lines += _sanitized(meta)
     pts = c.metrics.get("operating_points_val") or {}
     if pts:
         lines += [f"Operating points (thresholds on p({pos}), chosen on validation):", ""]
@@ -97,6 +98,18 @@ def _model(c: CardInputs) -> list[str]:
                             for k, v in pts.items() if k != "default"])
         lines += ["", "`default` = `youden`. Choose one with `covidscreen predict RUN --operating-point NAME`.", ""]
     return lines
+
+
+def _sanitized(meta: dict[str, Any]) -> list[str]:
+    """What ``covidscreen sanitize`` did to this model (security/sanitize.py), when it did."""
+    rec = meta.get("sanitized")
+    if not isinstance(rec, dict):
+        return []
+    return [f"- **Sanitized** ({rec.get('date', '?')}): backdoor removal by `{rec.get('method', '?')}` on "
+            f"{rec.get('clean_images', '?')} clean image(s) of `{rec.get('clean_data', '?')}` (clean set "
+            f"`{rec.get('clean_set_fingerprint', '?')}`), starting from run `{rec.get('source_run', '?')}` (weights "
+            f"sha256 `{str(rec.get('source_weights_sha256', '?'))[:16]}...`). The figures below, where present, are "
+            "the source run's; its operating points were kept. Check this model on data you trust.", ""]
 
 
 INTENDED_USE = [

@@ -168,6 +168,7 @@ def provenance(run_dir: str | Path, expect_sha256: str | None = None, manifest: 
         "code_commit": versions.get("covidscreen_commit"),
         "library_versions": {k: v for k, v in versions.items() if k not in ("covidscreen", "covidscreen_commit")},
         "init_from": meta.get("init_from"),
+        "sanitized": run.sanitized,
         "pretrained_weights": config.get("weights") or (
             "registry default" if config.get("pretrained", True) else "none (from scratch)"),
     })
@@ -229,6 +230,11 @@ def format_provenance(prov: Provenance) -> str:
              f"initial weights: {f.get('pretrained_weights')}"
              + (f"; trunk from run {f['init_from'].get('run_dir')} (sha256 {f['init_from'].get('weights_sha256')})"
                 if f.get("init_from") else "")]
+    san = f.get("sanitized")
+    if san:
+        lines.append(f"sanitized: {san.get('method')} on {san.get('clean_images')} clean image(s) of "
+                     f"{san.get('clean_data')} at {san.get('date')}, from run {san.get('source_run')} (sha256 "
+                     f"{san.get('source_weights_sha256')})")
     scans = f.get("scans")
     if scans:
         for kind, rec in scans.items():

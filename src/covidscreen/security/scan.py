@@ -28,8 +28,9 @@ from ..inference.run import load_run
 from ..runtime import atomic_write_text, read_optional_json
 from .cleanse import ModelScanResult, judge, reverse_all_pairs
 from .integrity import SCAN_FILE, sha256_of
+from .mmbd import MIN_REFERENCES, MMBDVerdict, judge_mmbd, max_margins
 from .patches import PatchVerdict, judge_patches, scan_targets
-from .spectral import activation_clusters, penultimate_features, spectral_flags, spectral_scores
+from .spectral import activation_clusters, penultimate_features, spectral_flags, spectral_scores, spectre_scores
 from .strip import StripDetector
 
 STRIP_FILE = "strip_calibration.npz"
@@ -199,23 +200,47 @@ def model_patch_success(run_dir: str | Path, side: int | None = None, steps: int
     return cached_result(run_dir, f"patches-halving:{side}:{steps}:{seed}", compute)[0]
 
 
+def model_max_margins(run_dir: str | Path, steps: int = 300, starts: int = 8, seed: int = 0,
+                      progress: bool = False) -> dict[str, float]:
+    """MM-BD's largest logit margin per class (``mmbd.py``; needs no data), cached by the weights' sha256."""
+    def compute() -> dict[str, float]:
+        pred = Predictor(run_dir, device="cpu")
+        margins = max_margins(pred.model, (pred.size, pred.size), len(pred.classes), starts=starts, steps=steps,
+                              seed=seed, desc=f"{Path(run_dir).name}: MM-BD" if progress else None)
+        return dict(zip(pred.classes, (float(m) for m in margins), strict=True))
+
+    return cached_result(run_dir, f"mmbd:{steps}:{starts}:{seed}", compute)[0]
+
+
 @dataclass
 class ModelScan:
-    """The model-level scans: reversed free-form triggers and the patch search; flagged when either flags."""
+    """The model-level scans: reversed free-form triggers, the patch search and MM-BD (judged with at least 5
+    references); flagged when any flags."""
 
     reversed: ModelScanResult
     patches: PatchVerdict
+    mmbd: MMBDVerdict | None = None
 
     @property
     def flagged(self) -> bool:
-        return self.reversed.flagged or self.patches.flagged
+        return self.reversed.flagged or self.patches.flagged or bool(self.mmbd and self.mmbd.flagged)
 
     def evidence(self) -> str:
         r, p = self.reversed, self.patches
-        return (f"a {p.target!r} patch search sends {p.success:.0%} of other classes' images to {p.target!r} (clean "
+        return (f"a patch sends {p.success:.0%} of other classes' images to {p.target!r} (clean "
                 f"references at most {p.reference_max:.0%}; flagged from {p.min_success:.0%} and +{p.margin:.0%}); "
                 f"smallest reversed trigger {r.sizes[r.pair]:.1f} px ({r.pair}), {r.min_ratio:.2f} x the clean "
-                f"references' (flagged below {r.threshold:.2f})")
+                f"references' (flagged below {r.threshold:.2f}); " + self._mmbd_evidence())
+
+    def _mmbd_evidence(self) -> str:
+        m = self.mmbd
+        if m is None:
+            return "MM-BD not run"
+        if m.p_value is None:
+            return (f"MM-BD largest margin {m.statistic:.1f} ({m.target!r}), not judged: it needs at least "
+                    f"{MIN_REFERENCES} clean references")
+        return (f"MM-BD largest margin {m.statistic:.1f} ({m.target!r}) against the references' "
+                f"{min(m.references):.1f}-{max(m.references):.1f}, p = {m.p_value:.3f} (flagged below {m.alpha})")
 
     def summary(self) -> str:
         return f"model scan: {'BACKDOOR SUSPECTED' if self.flagged else 'no backdoor found'}: {self.evidence()}"
@@ -245,19 +270,22 @@ def scan_model(run_dir: str | Path, references: list[str | Path], n_per_class: i
                         "RUN --reference RUN): its threshold is calibrated on them")
     say = log or (lambda _msg: None)
     models = [Path(run_dir), *(Path(r) for r in references)]
-    sizes, patches = [], []
+    sizes, patches, margins = [], [], []
     for i, model in enumerate(models):
         what = "model" if i == 0 else "reference"
         t0 = time.perf_counter()
         say(f"[scan {i + 1}/{len(models)}] {what} {model}")
         sizes.append(model_mask_sizes(model, n_per_class, steps, seed, progress=progress))
         patches.append(model_patch_success(model, seed=seed, progress=progress))
+        margins.append(model_max_margins(model, seed=seed, progress=progress))
         say(f"[scan {i + 1}/{len(models)}] {model.name} done in {time.perf_counter() - t0:.0f} s")
-    result = ModelScan(judge(sizes[0], sizes[1:]), judge_patches(patches[0], patches[1:]))
+    result = ModelScan(judge(sizes[0], sizes[1:]), judge_patches(patches[0], patches[1:]),
+                       judge_mmbd(margins[0], margins[1:]))
     if record:
         record_scan(run_dir, "model", {
-            "method": "reversed triggers per class pair and patch search, vs clean references",
-            **result.reversed.as_dict(), **result.patches.as_dict(), "flagged": result.flagged,
+            "method": "reversed triggers per class pair, patch search and MM-BD, vs clean references",
+            **result.reversed.as_dict(), **result.patches.as_dict(), **result.mmbd.as_dict(),
+            "flagged": result.flagged,
             "references": [str(Path(r).resolve()) for r in references],
             "weights_sha256": weights_digest(run_dir),
             "verdict": "BACKDOOR SUSPECTED" if result.flagged else "no backdoor found",
@@ -322,15 +350,20 @@ def scan_data(run_dir: str | Path, data_dir: str | Path, expected_fraction: floa
     feats = penultimate_features(predictor.model, head, np.stack(images), device=predictor.device)
     labels_arr = np.array(labels)
     scores = spectral_scores(feats, labels_arr)
+    spectre = spectre_scores(feats, labels_arr, seed=seed)
     out = pd.DataFrame({"path": paths, "label": labels, "spectral_score": scores,
                         "spectral_flag": spectral_flags(scores, labels_arr, expected_fraction),
+                        "spectre_score": spectre,
+                        "spectre_flag": spectral_flags(spectre, labels_arr, expected_fraction),
                         "cluster_flag": activation_clusters(feats, labels_arr, seed=seed)})
     out = out.sort_values("spectral_score", ascending=False, kind="stable").reset_index(drop=True)
     if record:
         record_scan(run_dir, "data", {
-            "method": "spectral signatures + activation clustering", "data_dir": str(Path(data_dir).resolve()),
+            "method": "spectral signatures, SPECTRE + activation clustering",
+            "data_dir": str(Path(data_dir).resolve()),
             "images": len(out), "expected_fraction": expected_fraction,
             "spectral_flagged": int(out["spectral_flag"].sum()), "cluster_flagged": int(out["cluster_flag"].sum()),
+            "spectre_flagged": int(out["spectre_flag"].sum()),
             "most_suspicious": out["path"].head(10).tolist(),
             "verdict": "review the flagged images",
             "summary": f"{int(out['spectral_flag'].sum())} of {len(out)} flagged by spectral signatures, "
