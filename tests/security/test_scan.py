@@ -80,6 +80,7 @@ def test_scan_prints_a_plain_verdict_with_next_steps_and_reuses_the_references(r
                       (refs[1], {"covid": 0.25, "normal": 0.3})):
         scans.cached_result(run, f"patches-halving:{side}:{steps}:{seed}", lambda b=best: b)
         scans.cached_result(run, f"cleanse:24:150:{seed}", lambda: {"covid->normal": 30.0, "normal->covid": 35.0})
+        scans.cached_result(run, f"mmbd:300:8:{seed}", lambda: {"covid": 30.0, "normal": 31.0})
     proc = run_cli("scan", str(run_dir), "--reference", str(refs[0]), "--reference", str(refs[1]))
     assert proc.returncode == 0, proc.stderr
     assert "BACKDOOR SUSPECTED" in proc.stdout and "Do not use it on patients" in proc.stdout
