@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -117,7 +118,10 @@ def test_spectre_ranks_the_poisoned_images_first(models):
     scores = spectre_scores(feats, labels)
     found = precision_recall(spectral_flags(scores, labels, 0.1), truth)
     print(f"\n{models['classes']} classes: SPECTRE {found}")
-    assert found["recall"] >= 0.9 and found["clean_flagged_share"] <= 0.15
+    # at most 1.5 x 10% of a label is flagged: with 3 classes every poisoned image lands in label 0 (30 of 130), so
+    # recall is capped at 20/30 there
+    cap = min(1.0, np.ceil(0.15 * (labels == 0).sum()) / truth.sum())
+    assert found["recall"] >= 0.9 * cap and found["clean_flagged_share"] <= 0.15
     in_target = labels == 0
     pos, neg = scores[in_target & truth], scores[in_target & ~truth]
     assert (pos[:, None] > neg[None, :]).mean() > 0.9

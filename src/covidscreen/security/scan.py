@@ -350,7 +350,7 @@ def scan_data(run_dir: str | Path, data_dir: str | Path, expected_fraction: floa
     feats = penultimate_features(predictor.model, head, np.stack(images), device=predictor.device)
     labels_arr = np.array(labels)
     scores = spectral_scores(feats, labels_arr)
-    spectre = spectre_scores(feats, labels_arr, seed=seed)
+    spectre = spectre_scores(feats, labels_arr, trim=min(0.5, 1.5 * expected_fraction))
     out = pd.DataFrame({"path": paths, "label": labels, "spectral_score": scores,
                         "spectral_flag": spectral_flags(scores, labels_arr, expected_fraction),
                         "spectre_score": spectre,
