@@ -115,6 +115,8 @@ def detectors(
     steps: Annotated[int, typer.Option("--steps", min=1, help="optimisation steps per reversed trigger")] = 100,
     images: Annotated[int, typer.Option("--images", min=2, help="validation images per class per reversed "
                                         "trigger")] = 16,
+    mmbd_steps: Annotated[int, typer.Option("--mmbd-steps", min=1, help="MM-BD: gradient steps of the margin "
+                                            "search")] = 300,
 ) -> None:
     """Run STRIP, the model scan and the training-set scan on every model of the experiment, against the truth."""
     from ..errors import DataError
@@ -122,7 +124,7 @@ def detectors(
 
     if not (output / "backdoor.json").is_file():
         raise DataError(f"{output} has no backdoor.json: run 'covidscreen security backdoor CONFIG -o {output}' first")
-    evaluate_detectors(output, frr=frr, nc_steps=steps, nc_images=images)
+    evaluate_detectors(output, frr=frr, nc_steps=steps, nc_images=images, mmbd_steps=mmbd_steps)
     typer.echo(f"results: {output / 'detectors.json'}")
 
 

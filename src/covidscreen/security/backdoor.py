@@ -234,7 +234,7 @@ def model_roc(judged: list[dict[str, Any]], records: list[dict[str, Any]]) -> di
 
 def evaluate_detectors(out_dir: str | Path, frr: float = 0.01, strip_modes: tuple[str, ...] = ("add",),
                        nc_steps: int = 100, nc_images: int = 16, expected_fraction: float = 0.1,
-                       log: Any = print) -> dict[str, Any]:
+                       log: Any = print, mmbd_steps: int = 300) -> dict[str, Any]:
     """Run the three scans on every model of a finished experiment and measure them against the known truth.
 
     - STRIP: false rejections on the clean test images, detections on the triggered ones (non-target classes for a
@@ -268,7 +268,7 @@ def evaluate_detectors(out_dir: str | Path, frr: float = 0.01, strip_modes: tupl
         log(f"[detectors] model {i + 1}/{len(records)}: {rec['run']}")
         sizes[rec["run"]] = model_mask_sizes(run, n_per_class=nc_images, steps=nc_steps, progress=True)
         patches[rec["run"]] = model_patch_success(run, progress=True)
-        margins[rec["run"]] = model_max_margins(run, progress=True)
+        margins[rec["run"]] = model_max_margins(run, steps=mmbd_steps, progress=True)
         log(f"[detectors] reversed triggers of {rec['run']}: {sizes[rec['run']]}; best patches: "
             f"{patches[rec['run']]}; MM-BD margins: {margins[rec['run']]}")
     for rec in records:
