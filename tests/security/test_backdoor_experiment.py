@@ -45,11 +45,12 @@ def test_tiny_experiment_and_detectors(tmp_path):
     split = pd.read_csv(out / "targeted_20" / "split.csv", keep_default_na=False)
     assert not split.loc[split["split"] != "train", "path"].str.contains("/poisoned/").any()
 
-    proc = run_cli("security", "detectors", str(out), "--steps", "3", "--images", "2")
+    proc = run_cli("security", "detectors", str(out), "--steps", "3", "--images", "2", "--mmbd-steps", "20")
     assert proc.returncode == 0, proc.stderr
     found = json.loads((out / "detectors.json").read_text())
     assert {m["run"] for m in found["model"]} == {"targeted_20", "targeted_20_finetuned"}  # judged vs clean_s0
     assert all(0 <= m["patch_best"] <= 1 for m in found["model"])
+    assert all(m["mmbd_p_value"] is None for m in found["model"])  # one clean reference: MM-BD needs 5
     assert {s["run"] for s in found["strip"]} == {"clean_s0", "targeted_20", "targeted_20_finetuned"}
     (data,) = found["data"]
     assert data["run"] == "targeted_20" and 0 <= data["spectral"]["stamped"]["recall"] <= 1

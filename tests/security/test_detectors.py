@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from covidscreen.security.cleanse import judge, leave_one_out_ratios, mad_anomaly_index, pair_sizes, reverse_all_pairs
+from covidscreen.security.mmbd import max_margins
 from covidscreen.security.patches import judge_patches, patch_search, scan_targets
 from covidscreen.security.spectral import (
     activation_clusters,
@@ -14,6 +16,7 @@ from covidscreen.security.spectral import (
     precision_recall,
     spectral_flags,
     spectral_scores,
+    spectre_scores,
 )
 from covidscreen.security.strip import StripDetector, superimpose
 
@@ -106,6 +109,30 @@ def test_training_set_scan_finds_the_poisoned_images(models):
     in_target = labels == 0
     pos, neg = scores[in_target & truth], scores[in_target & ~truth]
     assert (pos[:, None] > neg[None, :]).mean() > 0.8
+
+
+def test_spectre_ranks_the_poisoned_images_first(models):
+    model = models["backdoored"]
+    feats = penultimate_features(model, model.head, models["x_train"])
+    labels, truth = models["y_train"], models["poisoned"]
+    scores = spectre_scores(feats, labels)
+    found = precision_recall(spectral_flags(scores, labels, 0.1), truth)
+    print(f"\n{models['classes']} classes: SPECTRE {found}")
+    # at most 1.5 x 10% of a label is flagged: with 3 classes every poisoned image lands in label 0 (30 of 130), so
+    # recall is capped at 20/30 there
+    cap = min(1.0, np.ceil(0.15 * (labels == 0).sum()) / truth.sum())
+    assert found["recall"] >= 0.9 * cap and found["clean_flagged_share"] <= 0.15
+    in_target = labels == 0
+    pos, neg = scores[in_target & truth], scores[in_target & ~truth]
+    assert (pos[:, None] > neg[None, :]).mean() > 0.9
+
+
+def test_mmbd_margin_of_the_attacked_class_stands_out(models):
+    stats = [max_margins(m, (SIZE, SIZE), models["classes"], steps=150)
+             for m in [models["backdoored"], *models["clean"]]]
+    print(f"\n{models['classes']} classes: MM-BD margins backdoored {stats[0]}, clean {stats[1:]}")
+    assert stats[0].argmax() == 0  # the attacked class
+    assert stats[0].max() > 1.3 * max(s.max() for s in stats[1:])
 
 
 class PlantedTrigger(nn.Module):

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .options import DeviceOpt
+from .options import AllowFlaggedOpt, DeviceOpt
 
 app = typer.Typer()
 
@@ -47,6 +47,7 @@ def dicom_node(
     require_commissioning: Annotated[str | None, typer.Option(
         "--require-commissioning", help="refuse to start unless the run holds a 'go' site commissioning record of "
         "this name (covidscreen commission ... --name NAME)")] = None,
+    allow_flagged_model: AllowFlaggedOpt = False,
 ) -> None:
     """Receive CR/DX images over DICOM (C-STORE SCP), score them, file an SR and a heatmap into their study."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
@@ -60,7 +61,7 @@ def dicom_node(
     cfg = NodeConfig(run_dir, ae_title=ae_title, host=host, port=port, workdir=workdir, db=db,
                      forward_to=AeAddress.parse(forward_to) if forward_to else None, max_queue=max_queue,
                      batch_size=batch_size, heatmap=not no_heatmap, operating_point=operating_point,
-                     uid_root=uid_root, device=device)
+                     uid_root=uid_root, device=device, allow_flagged_model=allow_flagged_model)
     node = DicomNode(cfg).start()
     typer.echo(f"DICOM node {cfg.ae_title} listening on {cfg.host}:{node.port}; Ctrl-C stops it")
     node.serve_forever()

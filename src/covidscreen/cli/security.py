@@ -60,13 +60,41 @@ def scan(
                    f"poisoned first:\n" + "\n".join(table["path"].head(10)))
     else:
         table = None
-        summary = scans.scan_model(run_dir, list(reference or [])).summary()
+        result = scans.scan_model(run_dir, list(reference or []), progress=True,
+                                  log=lambda msg: typer.echo(msg, err=True))
+        summary = f"{result.summary()}\n{result.advice(run_dir)}"
     if table is not None and output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(output, index=False)
     elif table is not None and inputs:
         typer.echo(table.to_csv(index=False), nl=False)
     typer.echo(summary)
+
+
+@app.command()
+def sanitize(
+    run_dir: Annotated[Path, typer.Argument(help="run folder of the model to clean (e.g. a downloaded one)")],
+    data: Annotated[Path, typer.Option("--data", help="clean images you trust, every class of the model (at most "
+                                       "5% of its training set's size is used)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="new run folder for the sanitized model")],
+    method: Annotated[str, typer.Option("--method", help="fine-pruning (Liu et al. 2018), nad (Li et al. 2021) or "
+                                        "finetune")] = "fine-pruning",
+    budget: Annotated[int | None, typer.Option("--budget", help="most clean images used (default: 5% of the "
+                                               "training set)")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="fine-tuning epochs over the clean images")] = 20,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Remove a backdoor with a small clean data set, without knowing the trigger; writes a new run folder."""
+    from ..security.sanitize import SanitizeConfig
+    from ..security.sanitize import sanitize as run_sanitize
+
+    result = run_sanitize(run_dir, data, output, SanitizeConfig(method=method, budget=budget, epochs=epochs,
+                                                                seed=seed), progress=True)
+    r = result.record
+    typer.echo(f"sanitized ({r['method']}) with {r['clean_images']} clean image(s): clean-set accuracy "
+               f"{r['clean_accuracy_before']:.3f} -> {r['clean_accuracy_after']:.3f}; new run {result.output}\n"
+               f"next: scan it ('covidscreen scan {result.output} --reference ...') and check it on data you trust "
+               f"('covidscreen evaluate'); its operating points are the source run's")
 
 
 @security_app.command("backdoor")
@@ -90,6 +118,8 @@ def detectors(
     steps: Annotated[int, typer.Option("--steps", min=1, help="optimisation steps per reversed trigger")] = 100,
     images: Annotated[int, typer.Option("--images", min=2, help="validation images per class per reversed "
                                         "trigger")] = 16,
+    mmbd_steps: Annotated[int, typer.Option("--mmbd-steps", min=1, help="MM-BD: gradient steps of the margin "
+                                            "search")] = 300,
 ) -> None:
     """Run STRIP, the model scan and the training-set scan on every model of the experiment, against the truth."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
@@ -98,5 +128,22 @@ def detectors(
 
     if not (output / "backdoor.json").is_file():
         raise DataError(f"{output} has no backdoor.json: run 'covidscreen security backdoor CONFIG -o {output}' first")
-    evaluate_detectors(output, frr=frr, nc_steps=steps, nc_images=images)
+    evaluate_detectors(output, frr=frr, nc_steps=steps, nc_images=images, mmbd_steps=mmbd_steps)
     typer.echo(f"results: {output / 'detectors.json'}")
+
+
+@security_app.command("defences")
+def defences(
+    output: Annotated[Path, typer.Argument(help="folder of a finished 'covidscreen security backdoor' experiment")],
+    method: Annotated[list[str] | None, typer.Option("--method", help="defence(s) to run (default: fine-pruning, "
+                                                     "nad, i-bau)")] = None,
+    run: Annotated[list[str] | None, typer.Option("--run", help="only these models of the experiment")] = None,
+) -> None:
+    """Sanitize every model of the experiment with each defence (5% clean set) and measure ASR and clean figures."""
+    from ..errors import DataError
+    from ..security.backdoor import evaluate_defences
+
+    if not (output / "backdoor.json").is_file():
+        raise DataError(f"{output} has no backdoor.json: run 'covidscreen security backdoor CONFIG -o {output}' first")
+    evaluate_defences(output, methods=tuple(method or ("fine-pruning", "nad", "i-bau")), runs=run)
+    typer.echo(f"results: {output / 'defences.json'}")

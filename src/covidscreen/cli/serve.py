@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import DeviceOpt
+from .options import AllowFlaggedOpt, DeviceOpt
 
 app = typer.Typer()
 
@@ -45,6 +45,7 @@ def serve(
     require_commissioning: Annotated[str | None, typer.Option(
         "--require-commissioning", help="refuse to start unless the run holds a 'go' site commissioning record of "
         "this name (covidscreen commission ... --name NAME)")] = None,
+    allow_flagged_model: AllowFlaggedOpt = False,
 ) -> None:
     """Serve a run over HTTP as a second reader: API under /v1 (OpenAPI at /docs), web page at /, audit log."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
@@ -60,7 +61,7 @@ def serve(
                            device=device, max_upload_mb=max_upload_mb, max_files=max_files, max_pixels=max_pixels,
                            max_queue=max_queue, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                            operating_point=operating_point, expect_sha256=expect_sha256, manifest=manifest,
-                           strip=strip, strip_frr=strip_frr))
+                           strip=strip, strip_frr=strip_frr, allow_flagged_model=allow_flagged_model))
 
 
 @app.command("audit-log")

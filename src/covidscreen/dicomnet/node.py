@@ -61,6 +61,7 @@ from ..auditlog import AuditLog, AuditLogError, PredictionRecord, new_request_id
 from ..data.decode import decode_dicom_dataset
 from ..data.quality import dicom_facts
 from ..errors import ConfigError, ImageDecodeError
+from ..security.scan import refuse_flagged_model
 from .address import AeAddress, check_ae_title
 from .faults import fault_point
 from .objects import build_heatmap_segmentation, build_secondary_capture, build_sr, check_uid_root
@@ -131,6 +132,7 @@ class NodeConfig:
         uid_root: organisation UID root for new Series/SOP Instance UIDs (None: pydicom's generator).
         retry_min_s / retry_max_s: backoff bounds while the PACS is unreachable.
         fsync: sync spooled inputs to disk before answering success (off only in throwaway benchmarks).
+        allow_flagged_model: start even when the model's last backdoor scan flagged it (refused otherwise).
     """
 
     run_dir: Path
@@ -152,6 +154,7 @@ class NodeConfig:
     retry_max_s: float = 60.0
     timeout_s: float = 30.0
     fsync: bool = True
+    allow_flagged_model: bool = False
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -265,6 +268,10 @@ class DicomNode:
 
     def __init__(self, config: NodeConfig, scorer: DicomScorer | None = None, audit: AuditLog | None = None) -> None:
         self.config = config
+        # a model that its last backdoor scan flagged is refused unless the operator overrides it (logged then)
+        scan_warning = refuse_flagged_model(config.run_dir, config.allow_flagged_model)
+        if scan_warning:
+            log.warning(scan_warning)
         self.workdir = Path(config.workdir)
         self.spool = self.workdir / "spool"
         self.failed = self.workdir / "failed"

@@ -197,6 +197,7 @@ class Run:
     local_calibration: dict[str, dict[str, Any]] = field(default_factory=dict)  # point name -> calibration record
     ood: OODRecord | None = None  # the out-of-distribution model, when one was fitted
     commissioning: dict[str, Commissioning] = field(default_factory=dict)  # site acceptance tests passed (go)
+    sanitized: dict[str, Any] | None = None  # covidscreen sanitize: source run, method, clean set (security/sanitize)
 
     @property
     def positive_index(self) -> int | None:

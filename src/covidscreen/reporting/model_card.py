@@ -96,6 +96,7 @@ def _model(c: CardInputs) -> list[str]:
              f"- Training: {c.fact('epochs_run')} epoch(s) run, best epoch {c.fact('best_epoch')} "
              f"(selected on validation), seed {c.fact('seed')}; weights sha256 "
              f"`{str(c.fact('weights_sha256'))[:16]}...`.", ""]
+    lines += _sanitized(run)
     pts = c.metrics.get("operating_points_val") or {}
     if pts:
         lines += [f"Operating points (thresholds on p({pos}), chosen on validation):", ""]
@@ -134,6 +135,18 @@ def _site_lines(recs: dict, names: list[str]) -> list[str]:
     lines += _md_table(["point", "weakest site", *sites], rows)
     lines += [""] + [f"- `{n}`: {recs[n]['note']}" for n in names if (recs.get(n) or {}).get("note")]
     return lines + [""]
+
+
+def _sanitized(run: Run | None) -> list[str]:
+    """What ``covidscreen sanitize`` did to this model (security/sanitize.py), when it did."""
+    rec = run.sanitized if run is not None else None
+    if not isinstance(rec, dict):
+        return []
+    return [f"- **Sanitized** ({rec.get('date', '?')}): backdoor removal by `{rec.get('method', '?')}` on "
+            f"{rec.get('clean_images', '?')} clean image(s) of `{rec.get('clean_data', '?')}` (clean set "
+            f"`{rec.get('clean_set_fingerprint', '?')}`), starting from run `{rec.get('source_run', '?')}` (weights "
+            f"sha256 `{str(rec.get('source_weights_sha256', '?'))[:16]}...`). The figures below, where present, are "
+            "the source run's; its operating points were kept. Check this model on data you trust.", ""]
 
 
 INTENDED_USE = [

@@ -7,8 +7,12 @@
 - ``backdoor``: the demonstration workflow (clean vs poisoned models, attack success, survival of fine-tuning);
 - ``strip``: STRIP, screening single inputs at prediction time;
 - ``cleanse``: Neural-Cleanse-style trigger reverse-engineering, screening a model;
-- ``spectral``: spectral signatures and activation clustering, screening a training set;
-- ``scan``: the scans of a run folder and their record (``security_scan.json``).
+- ``patches``: patch search (successive halving over positions), screening a model;
+- ``mmbd``: the maximum-margin statistic (MM-BD) judged against clean reference models, screening a model;
+- ``spectral``: spectral signatures, SPECTRE and activation clustering, screening a training set;
+- ``scan``: the scans of a run folder, their cache and record (``security_scan.json``), the start-up refusal of a
+  flagged model;
+- ``sanitize``: removing a backdoor with a small clean set (fine-pruning, NAD, I-BAU) into a new run folder.
 
 Decoding limits against hostile images live where images are decoded (:mod:`covidscreen.data.decode`).
 """

@@ -34,9 +34,10 @@ from ..inference.predictor import Predictor
 from ..inference.run import is_run_folder
 from ..workflows.fit import fit
 from .cleanse import judge, leave_one_out_ratios
+from .mmbd import judge_mmbd
 from .patches import judge_patches
 from .poison import PoisonConfig, poison_split
-from .scan import model_mask_sizes, model_patch_success, scan_data, strip_detector
+from .scan import model_mask_sizes, model_max_margins, model_patch_success, scan_data, strip_detector
 from .sensitivity import corner_ratios, input_sensitivity
 from .spectral import precision_recall
 from .trigger import Trigger
@@ -215,9 +216,31 @@ def run_experiment(exp: BackdoorExperiment, out_dir: str | Path, log: Any = prin
     return result
 
 
+def model_roc(judged: list[dict[str, Any]], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """ROC over models of each model-level score (backdoored = positive: a poisoned or fine-tuned model whose
+    attack succeeds on more than half of the triggered test images; clean models negative): AUC and the points."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    asr = {r["run"]: max(v["attack_success_rate"] for v in r["trigger"].values()) for r in records}
+    rows = [m for m in judged if m["kind"] == "clean" or asr.get(m["run"], 0) > 0.5]
+    truth = np.array([m["kind"] != "clean" for m in rows])
+    out: dict[str, Any] = {"positives": [m["run"] for m in rows if m["kind"] != "clean"],
+                           "negatives": [m["run"] for m in rows if m["kind"] == "clean"]}
+    scores = {"patch_best": [m["patch_best"] for m in rows], "mmbd_statistic": [m["mmbd_statistic"] for m in rows],
+              "reversed_trigger_smallness": [-m["min_ratio"] for m in rows]}  # smaller trigger = more suspect
+    for name, values in scores.items():
+        if truth.all() or not truth.any():
+            out[name] = {"auc": None}
+            continue
+        fpr, tpr, thr = roc_curve(truth, values)
+        out[name] = {"auc": float(roc_auc_score(truth, values)), "fpr": fpr.tolist(), "tpr": tpr.tolist(),
+                     "thresholds": [float(t) for t in thr]}
+    return out
+
+
 def evaluate_detectors(out_dir: str | Path, frr: float = 0.01, strip_modes: tuple[str, ...] = ("add",),
                        nc_steps: int = 100, nc_images: int = 16, expected_fraction: float = 0.1,
-                       log: Any = print) -> dict[str, Any]:
+                       log: Any = print, mmbd_steps: int = 300) -> dict[str, Any]:
     """Run the three scans on every model of a finished experiment and measure them against the known truth.
 
     - STRIP: false rejections on the clean test images, detections on the triggered ones (non-target classes for a
@@ -239,22 +262,28 @@ def evaluate_detectors(out_dir: str | Path, frr: float = 0.01, strip_modes: tupl
     def save() -> None:
         (out / "detectors.json").write_text(json.dumps(found, indent=2, default=float))
 
-    sizes, patches = {}, {}
-    for rec in records:
+    sizes, patches, margins = {}, {}, {}
+    for i, rec in enumerate(records):
         run = out / rec["run"]
-        sizes[rec["run"]] = model_mask_sizes(run, n_per_class=nc_images, steps=nc_steps)
-        patches[rec["run"]] = model_patch_success(run)
+        log(f"[detectors] model {i + 1}/{len(records)}: {rec['run']}")
+        sizes[rec["run"]] = model_mask_sizes(run, n_per_class=nc_images, steps=nc_steps, progress=True)
+        patches[rec["run"]] = model_patch_success(run, progress=True)
+        margins[rec["run"]] = model_max_margins(run, steps=mmbd_steps, progress=True)
         log(f"[detectors] reversed triggers of {rec['run']}: {sizes[rec['run']]}; best patches: "
-            f"{patches[rec['run']]}")
+            f"{patches[rec['run']]}; MM-BD margins: {margins[rec['run']]}")
     for rec in records:
-        refs = [sizes[c.name] for c in clean_runs if c.name != rec["run"]]
-        if not refs:
+        others = [c.name for c in clean_runs if c.name != rec["run"]]  # a clean model is judged against the others
+        if not others:
             continue
-        verdict = judge(sizes[rec["run"]], refs)
-        patch = judge_patches(patches[rec["run"]], [patches[c.name] for c in clean_runs if c.name != rec["run"]])
+        verdict = judge(sizes[rec["run"]], [sizes[c] for c in others])
+        patch = judge_patches(patches[rec["run"]], [patches[c] for c in others])
+        mmbd = judge_mmbd(margins[rec["run"]], [margins[c] for c in others])
         found["model"].append({"run": rec["run"], "kind": rec["kind"], "attack": rec.get("attack"),
-                               **verdict.as_dict(), "reference_loo_ratios": leave_one_out_ratios(refs),
-                               **patch.as_dict(), "either_flagged": verdict.flagged or patch.flagged})
+                               **verdict.as_dict(), "reference_loo_ratios": leave_one_out_ratios(
+                                   [sizes[c] for c in others]),
+                               **patch.as_dict(), **mmbd.as_dict(),
+                               "either_flagged": verdict.flagged or patch.flagged or mmbd.flagged})
+    found["model_roc"] = model_roc(found["model"], records)
     save()
     for rec in records:
         if rec["kind"] == "clean" and rec["run"] != clean.name:
@@ -291,6 +320,7 @@ def evaluate_detectors(out_dir: str | Path, frr: float = 0.01, strip_modes: tupl
         entry = {"run": rec["run"], "attack": rec["attack"], "fraction": rec["fraction"], "images": len(table),
                  "expected_fraction": expected_fraction}
         for name, flags in (("spectral", table["spectral_flag"].to_numpy()),
+                            ("spectre", table["spectre_flag"].to_numpy()),
                             ("clustering", table["cluster_flag"].to_numpy())):
             entry[name] = {"relabelled": precision_recall(flags, relabelled),
                            "stamped": precision_recall(flags, stamped)}
@@ -299,4 +329,82 @@ def evaluate_detectors(out_dir: str | Path, frr: float = 0.01, strip_modes: tupl
         found["data"].append(entry)
         log(f"[detectors] training-set scan {entry}")
         save()
+    return found
+
+
+def test_figures(predictor: Predictor, images: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Clean test figures of a model computed the same way for every model (before and after a defence): AUC of
+    COVID vs rest, sensitivity and specificity of the decisions ``predict`` makes, accuracy."""
+    from sklearn.metrics import roc_auc_score
+
+    probs = predictor.predict_arrays(images)
+    decided = np.array([predictor.classes.index(c) for c in predictor.decide(probs)])
+    pos = predictor.classes.index("covid") if "covid" in predictor.classes else 0
+    truth, called = y == pos, decided == pos
+    return {"roc_auc": float(roc_auc_score(truth, probs[:, pos])), "sensitivity": float(called[truth].mean()),
+            "specificity": float((~called[~truth]).mean()), "accuracy": float((decided == y).mean())}
+
+
+def write_clean_set(clean_run: Path, out_dir: Path, share: float = 0.05, seed: int = 0) -> Path:
+    """The defender's clean data: a stratified sample of the clean run's *validation* images (never its test images)
+    of ``share`` of its training set's size, written as a data folder (``metadata.csv`` with absolute paths)."""
+    split = pd.read_csv(clean_run / "split.csv", keep_default_na=False)
+    n = int(share * int((split["split"] == "train").sum()))
+    val = split[split["split"] == "val"]
+    frac = n / len(val)
+    rows = pd.concat([g.sample(n=max(1, int(round(frac * len(g)))), random_state=seed)
+                      for _, g in val.groupby("label", sort=True)]).head(n)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"image": rows["path"], "label": rows["label"],
+                  "patient_id": rows["group"]}).to_csv(out_dir / "metadata.csv", index=False)
+    return out_dir
+
+
+def evaluate_defences(out_dir: str | Path, methods: tuple[str, ...] = ("fine-pruning", "nad", "i-bau"),
+                      runs: list[str] | None = None, log: Any = print) -> dict[str, Any]:
+    """Sanitize every model of a finished experiment with each defence and measure it (``defences.json``).
+
+    The clean set is 5% of the training set's size, sampled from the clean run's validation split
+    (:func:`write_clean_set`); each model is measured before and after on the clean test images (AUC, sensitivity,
+    specificity, :func:`test_figures`) and with the trigger stamped (attack success, :func:`attack_success`).
+    Sanitized runs are kept in ``out_dir/sanitized/<run>__<method>`` and reused when present.
+    """
+    from .sanitize import SanitizeConfig, sanitize
+
+    out = Path(out_dir)
+    result = json.loads((out / "backdoor.json").read_text())
+    trigger = Trigger(**result["trigger"])
+    records = [r for r in result["records"] if runs is None or r["run"] in runs]
+    clean = out / next(r["run"] for r in result["records"] if r["kind"] == "clean")
+    clean_dir = write_clean_set(clean, out / "clean_set")
+    all_targets = sorted({r.get("target") for r in result["records"] if r["kind"] != "clean"}, key=str)
+    path = out / "defences.json"
+    found: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    found["clean_set"] = str(clean_dir)
+    found.setdefault("models", {})
+
+    def measure(run: Path, targets: list[str | None]) -> dict[str, Any]:
+        predictor = Predictor(run, device="cpu")
+        images, y = load_test_images(clean, predictor)
+        return {"test": test_figures(predictor, images, y),
+                "trigger": {str(t): attack_success(predictor, images, y, trigger, t) for t in targets}}
+
+    for rec in records:
+        targets = all_targets if rec["kind"] == "clean" else [rec.get("target")]
+        entry = found["models"].setdefault(rec["run"], {"kind": rec["kind"], "attack": rec.get("attack")})
+        if "before" not in entry:
+            entry["before"] = measure(out / rec["run"], targets)
+        for method in methods:
+            if method in entry.get("after", {}):
+                continue
+            target = out / "sanitized" / f"{rec['run']}__{method}"
+            if not (target / "model.json").is_file():
+                log(f"[defences] {rec['run']}: {method}")
+                sanitize(out / rec["run"], clean_dir, target, SanitizeConfig(method=method), progress=False)
+            entry.setdefault("after", {})[method] = {
+                **measure(target, targets), "sanitize": json.loads((target / "sanitize.json").read_text())}
+            log(f"[defences] {rec['run']} {method}: {json.dumps(entry['after'][method]['trigger'])} "
+                f"{json.dumps(entry['after'][method]['test'])}")
+            path.write_text(json.dumps(found, indent=2, default=float))
+    path.write_text(json.dumps(found, indent=2, default=float))
     return found

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 
 @dataclass
@@ -44,8 +45,10 @@ class ReversedTrigger:
 
 def reverse_trigger(model: nn.Module, images: torch.Tensor, target: int, steps: int = 150, batch_size: int = 16,
                     lr: float = 0.2, init_lambda: float = 1e-2, success: float = 0.95, seed: int = 0,
-                    source: int = -1) -> ReversedTrigger:
-    """Smallest mask + pattern that sends ``images`` (float ``(N, 1, H, W)`` in [0, 1]) to ``target``."""
+                    source: int = -1, desc: str | None = None) -> ReversedTrigger:
+    """Smallest mask + pattern that sends ``images`` (float ``(N, 1, H, W)`` in [0, 1]) to ``target``.
+
+    ``desc``: show a progress bar (rate and ETA) with this label; None: silent."""
     gen = torch.Generator().manual_seed(seed)
     h, w = images.shape[-2:]
     mask_param = torch.full((1, 1, h, w), -3.0, requires_grad=True)  # sigmoid(-3) = 0.05: start small
@@ -60,7 +63,7 @@ def reverse_trigger(model: nn.Module, images: torch.Tensor, target: int, steps: 
         p.requires_grad_(False)
     hits = []
     try:
-        for step in range(steps):
+        for step in tqdm(range(steps), desc=desc, unit="step", disable=desc is None, leave=False):
             idx = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=gen)
             mask, pattern = torch.sigmoid(mask_param), torch.sigmoid(pattern_param)
             x = (1 - mask) * images[idx] + mask * pattern
@@ -95,8 +98,11 @@ def reverse_trigger(model: nn.Module, images: torch.Tensor, target: int, steps: 
 
 
 def reverse_all_pairs(model: nn.Module, images: np.ndarray, labels: np.ndarray, n_per_class: int = 24,
-                      seed: int = 0, **kwargs: Any) -> list[ReversedTrigger]:
-    """:func:`reverse_trigger` for every (source, target) pair, from up to ``n_per_class`` clean images per class."""
+                      seed: int = 0, desc: str | None = None, class_names: list[str] | None = None,
+                      **kwargs: Any) -> list[ReversedTrigger]:
+    """:func:`reverse_trigger` for every (source, target) pair, from up to ``n_per_class`` clean images per class
+    (``desc``: one progress bar per pair, labelled ``desc`` and the pair's classes)."""
+    name = (lambda c: class_names[c]) if class_names else str  # noqa: E731
     rng = np.random.default_rng(seed)
     classes = sorted(int(c) for c in np.unique(labels))
     out = []
@@ -106,7 +112,8 @@ def reverse_all_pairs(model: nn.Module, images: np.ndarray, labels: np.ndarray, 
         x = torch.from_numpy(images[idx]).float().div(255.0).unsqueeze(1)
         for t in classes:
             if t != s:
-                out.append(reverse_trigger(model, x, t, seed=seed + 31 * s + t, source=s, **kwargs))
+                label = None if desc is None else f"{desc} {name(s)}->{name(t)}"
+                out.append(reverse_trigger(model, x, t, seed=seed + 31 * s + t, source=s, desc=label, **kwargs))
     return out
 
 

@@ -102,6 +102,7 @@ def provenance(run_dir: str | Path, expect_sha256: str | None = None, manifest: 
         "code_commit": versions.get("covidscreen_commit"),
         "library_versions": {k: v for k, v in versions.items() if k not in ("covidscreen", "covidscreen_commit")},
         "init_from": run.init_from,
+        "sanitized": run.sanitized,
         "pretrained_weights": config.get("weights") or (
             "registry default" if config.get("pretrained", True) else "none (from scratch)"),
     })
@@ -195,6 +196,11 @@ def format_provenance(prov: Provenance) -> str:
         lines.append(f"commissioning '{n}': {c['verdict']} on {c['created']}, threshold {c['threshold']:.4g}, "
                      f"specificity {spec.get('estimate', float('nan')):.3f} (lower bound "
                      f"{spec.get('ci_low', float('nan')):.3f}), data sha256 {c['data_fingerprint']}")
+    san = f.get("sanitized")
+    if san:
+        lines.append(f"sanitized: {san.get('method')} on {san.get('clean_images')} clean image(s) of "
+                     f"{san.get('clean_data')} at {san.get('date')}, from run {san.get('source_run')} (sha256 "
+                     f"{san.get('source_weights_sha256')})")
     scans = f.get("scans")
     if scans:
         for kind, rec in scans.items():

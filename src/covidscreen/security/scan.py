@@ -10,6 +10,7 @@ validation split (``split.csv``), which a defender holds and an attacker who poi
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,15 +19,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..data.cache import default_cache_dir
 from ..data.preprocess import load_preprocessed
 from ..data.table import load_table
-from ..errors import DataError, ImageDecodeError
+from ..errors import CheckpointError, DataError, ImageDecodeError
 from ..inference.predictor import Predictor, expand_inputs
 from ..inference.run import load_run
+from ..runtime import atomic_write_text, read_optional_json
 from .cleanse import ModelScanResult, judge, reverse_all_pairs
-from .integrity import SCAN_FILE
+from .integrity import SCAN_FILE, sha256_of
+from .mmbd import MIN_REFERENCES, MMBDVerdict, judge_mmbd, max_margins
 from .patches import PatchVerdict, judge_patches, scan_targets
-from .spectral import activation_clusters, penultimate_features, spectral_flags, spectral_scores
+from .spectral import activation_clusters, penultimate_features, spectral_flags, spectral_scores, spectre_scores
 from .strip import StripDetector
 
 STRIP_FILE = "strip_calibration.npz"
@@ -118,88 +122,210 @@ def scan_inputs(run_dir: str | Path, inputs: list[str | Path], frr: float = 0.01
     return out
 
 
+def scan_cache_dir() -> Path:
+    """Where model-scan results are kept between scans: ``security/`` in covidscreen's cache folder
+    (``$COVIDSCREEN_CACHE``, else ``~/.cache/covidscreen``)."""
+    return default_cache_dir() / "security"
+
+
+def weights_digest(run_dir: str | Path) -> str:
+    """The sha256 of the run's weights file as it is on disk now (the key of the scan cache: a model whose weights
+    change is a new model; the run's sidecar is not trusted for this)."""
+    run = load_run(run_dir)
+    if run.kind == "ensemble":
+        raise DataError(f"{run_dir} is an ensemble: scan each member run on its own")
+    weights = run.path / str(run.weights_file or "")
+    if not run.weights_file or not weights.is_file():
+        raise DataError(f"{run_dir} has no weights file ({run.weights_file or 'none named in model.json'}); the scan "
+                        "needs a trained run folder")
+    return sha256_of(weights)
+
+
+def cached_result(run_dir: str | Path, key: str, compute: Any) -> tuple[Any, bool]:
+    """``compute()`` for this run's weights and ``key``, or its earlier result (a scan's statistic depends only on
+    the weights, the run's validation images and the key's settings); returns ``(result, was_cached)``.
+
+    The cache lives outside the run folder (:func:`scan_cache_dir`), so a read-only, deployed reference model is
+    scanned once, and it is keyed by the weights' sha256 read from disk, so a changed model is never served a stale
+    result."""
+    path = scan_cache_dir() / f"{weights_digest(run_dir)}.json"
+    cached = read_optional_json(path) if path.is_file() else {}
+    cached = cached if isinstance(cached, dict) else {}
+    if key in cached:
+        return cached[key], True
+    value = compute()
+    cached = read_optional_json(path) if path.is_file() else {}  # another scan may have added keys meanwhile
+    cached = cached if isinstance(cached, dict) else {}
+    cached[key] = value
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(cached, indent=1, default=float))
+    except OSError:  # no writable cache: compute again next time
+        pass
+    return value, False
+
+
 def model_mask_sizes(run_dir: str | Path, n_per_class: int = 24, steps: int = 150, seed: int = 0,
-                     predictor: Predictor | None = None) -> dict[str, float]:
-    """Reversed-trigger mask size of every (source -> target) pair, from the run's validation images (cached)."""
-    key = f"cleanse:{n_per_class}:{steps}:{seed}"
-    scan_file = Path(run_dir) / SCAN_FILE
-    if scan_file.is_file():
-        cached = json.loads(scan_file.read_text()).get("mask_sizes_cache", {})
-        if key in cached:
-            return cached[key]
-    predictor = predictor or Predictor(run_dir, device="cpu")
-    images, labels, _ = split_images(run_dir, predictor, "val", seed=seed)
-    triggers = reverse_all_pairs(predictor.model, images, labels, n_per_class=n_per_class, steps=steps, seed=seed)
-    classes = predictor.classes
-    sizes = {f"{classes[t.source]}->{classes[t.target]}": t.mask_l1 for t in triggers}
-    path = scan_file
-    scans = json.loads(path.read_text()) if path.is_file() else {}
-    scans.setdefault("mask_sizes_cache", {})[key] = sizes
-    path.write_text(json.dumps(scans, indent=2))
-    return sizes
+                     predictor: Predictor | None = None, progress: bool = False) -> dict[str, float]:
+    """Reversed-trigger mask size of every (source -> target) pair, from the run's validation images (cached by the
+    weights' sha256, :func:`cached_result`)."""
+    def compute() -> dict[str, float]:
+        pred = predictor or Predictor(run_dir, device="cpu")
+        images, labels, _ = split_images(run_dir, pred, "val", seed=seed)
+        triggers = reverse_all_pairs(pred.model, images, labels, n_per_class=n_per_class, steps=steps, seed=seed,
+                                     desc=f"{Path(run_dir).name}: reversed trigger" if progress else None,
+                                     class_names=list(pred.classes))
+        return {f"{pred.classes[t.source]}->{pred.classes[t.target]}": t.mask_l1 for t in triggers}
+
+    return cached_result(run_dir, f"cleanse:{n_per_class}:{steps}:{seed}", compute)[0]
 
 
 def model_patch_success(run_dir: str | Path, side: int | None = None, steps: int = 12, seed: int = 0,
-                        predictor: Predictor | None = None) -> dict[str, float]:
-    """Best patch success towards every class (``patches.py``), from the run's validation images (cached).
+                        predictor: Predictor | None = None, progress: bool = False) -> dict[str, float]:
+    """Best patch success towards every class (``patches.py``), from the run's validation images (cached by the
+    weights' sha256, :func:`cached_result`: a cached result does not even load the model).
 
     ``side``: patch side in model pixels; default 5% of the input side (3 px at 64 px, 11 px at 224 px)."""
     size = predictor.size if predictor is not None else load_run(run_dir).image_size
     side = side or max(2, round(0.05 * size))
-    key = f"patches:{side}:{steps}:{seed}"
-    scan_file = Path(run_dir) / SCAN_FILE
-    scans = json.loads(scan_file.read_text()) if scan_file.is_file() else {}
-    if key in scans.get("patch_cache", {}):  # cached: the model is not even loaded
-        return scans["patch_cache"][key]
-    predictor = predictor or Predictor(run_dir, device="cpu")
-    images, labels, _ = split_images(run_dir, predictor, "val", seed=seed)
-    results = scan_targets(predictor.model, images, labels, side=side, steps=steps, seed=seed)
-    best = {predictor.classes[r.target]: r.success for r in results}
-    scans = json.loads(scan_file.read_text()) if scan_file.is_file() else {}
-    scans.setdefault("patch_cache", {})[key] = best
-    scan_file.write_text(json.dumps(scans, indent=2))
-    return best
+
+    def compute() -> dict[str, float]:
+        pred = predictor or Predictor(run_dir, device="cpu")
+        images, labels, _ = split_images(run_dir, pred, "val", seed=seed)
+        results = scan_targets(pred.model, images, labels, side=side, steps=steps, seed=seed,
+                               desc=f"{Path(run_dir).name}: patch search" if progress else None,
+                               class_names=list(pred.classes))
+        return {pred.classes[r.target]: r.success for r in results}
+
+    return cached_result(run_dir, f"patches-halving:{side}:{steps}:{seed}", compute)[0]
+
+
+def model_max_margins(run_dir: str | Path, steps: int = 300, starts: int = 8, seed: int = 0,
+                      progress: bool = False) -> dict[str, float]:
+    """MM-BD's largest logit margin per class (``mmbd.py``; needs no data), cached by the weights' sha256."""
+    def compute() -> dict[str, float]:
+        pred = Predictor(run_dir, device="cpu")
+        margins = max_margins(pred.model, (pred.size, pred.size), len(pred.classes), starts=starts, steps=steps,
+                              seed=seed, desc=f"{Path(run_dir).name}: MM-BD" if progress else None)
+        return dict(zip(pred.classes, (float(m) for m in margins), strict=True))
+
+    return cached_result(run_dir, f"mmbd:{steps}:{starts}:{seed}", compute)[0]
 
 
 @dataclass
 class ModelScan:
-    """Both model-level scans: reversed free-form triggers and the patch search; flagged when either flags."""
+    """The model-level scans: reversed free-form triggers, the patch search and MM-BD (judged with at least 5
+    references); flagged when any flags."""
 
     reversed: ModelScanResult
     patches: PatchVerdict
+    mmbd: MMBDVerdict | None = None
 
     @property
     def flagged(self) -> bool:
-        return self.reversed.flagged or self.patches.flagged
+        return self.reversed.flagged or self.patches.flagged or bool(self.mmbd and self.mmbd.flagged)
+
+    def evidence(self) -> str:
+        r, p = self.reversed, self.patches
+        return (f"a patch sends {p.success:.0%} of other classes' images to {p.target!r} (clean "
+                f"references at most {p.reference_max:.0%}; flagged from {p.min_success:.0%} and +{p.margin:.0%}); "
+                f"smallest reversed trigger {r.sizes[r.pair]:.1f} px ({r.pair}), {r.min_ratio:.2f} x the clean "
+                f"references' (flagged below {r.threshold:.2f}); " + self._mmbd_evidence())
+
+    def _mmbd_evidence(self) -> str:
+        m = self.mmbd
+        if m is None:
+            return "MM-BD not run"
+        if m.p_value is None:
+            return (f"MM-BD largest margin {m.statistic:.1f} ({m.target!r}), not judged: it needs at least "
+                    f"{MIN_REFERENCES} clean references")
+        return (f"MM-BD largest margin {m.statistic:.1f} ({m.target!r}) against the references' "
+                f"{min(m.references):.1f}-{max(m.references):.1f}, p = {m.p_value:.3f} (flagged below {m.alpha})")
 
     def summary(self) -> str:
-        r, p = self.reversed, self.patches
-        return (f"model scan: {'BACKDOOR SUSPECTED' if self.flagged else 'no backdoor found'}: a patch sends "
-                f"{p.success:.0%} of other classes' images to {p.target!r} (clean references at most "
-                f"{p.reference_max:.0%}; flagged from {p.min_success:.0%} and +{p.margin:.0%}); smallest reversed "
-                f"trigger {r.sizes[r.pair]:.1f} px ({r.pair}), {r.min_ratio:.2f} x the clean references' (threshold "
-                f"{r.threshold:.2f})")
+        return f"model scan: {'BACKDOOR SUSPECTED' if self.flagged else 'no backdoor found'}: {self.evidence()}"
+
+    def advice(self, run_dir: str | Path) -> str:
+        """The verdict in plain words and what to do next."""
+        if self.flagged:
+            return (f"Verdict: this model probably carries a backdoor (a hidden trigger that changes its answer). Do "
+                    f"not use it on patients. Next: remove the backdoor with a small clean data set you trust "
+                    f"('covidscreen sanitize {run_dir} --data CLEAN_DIR --output NEW_RUN_DIR') and scan the new run "
+                    f"again, or do not use this model and get one from a source you trust. 'serve' and 'dicom-node' "
+                    f"now refuse to start with it unless given {OVERRIDE_FLAG}.")
+        return ("Verdict: no sign of a backdoor. These scans find patch triggers of a few pixels (BadNets-like); "
+                "they are evidence, not proof, that the model is clean. Next: use the model as usual; pin its "
+                "weights' sha256 ('covidscreen verify', --expect-sha256) so that what you scanned is what you run.")
 
 
 def scan_model(run_dir: str | Path, references: list[str | Path], n_per_class: int = 24, steps: int = 150,
-               seed: int = 0, record: bool = True) -> ModelScan:
-    """Reverse-engineer triggers and search patches of the run and of clean reference runs; judge against them."""
+               seed: int = 0, record: bool = True, progress: bool = False, log: Any = None) -> ModelScan:
+    """Reverse-engineer triggers and search patches of the run and of clean reference runs; judge against them.
+
+    Each model's results are cached by its weights' sha256 (:func:`cached_result`), so the references are scanned
+    once, whatever model they are later compared with. ``progress``: a bar (with ETA) per model and class; ``log``:
+    a callable told when each model starts and ends (None: silent)."""
     if len(references) < 2:
         raise DataError("the model scan needs at least 2 reference runs trained clean on the same data (--reference "
                         "RUN --reference RUN): its threshold is calibrated on them")
-    sizes = model_mask_sizes(run_dir, n_per_class, steps, seed)
-    ref_sizes = [model_mask_sizes(r, n_per_class, steps, seed) for r in references]
-    result = ModelScan(judge(sizes, ref_sizes),
-                       judge_patches(model_patch_success(run_dir, seed=seed),
-                                     [model_patch_success(r, seed=seed) for r in references]))
+    say = log or (lambda _msg: None)
+    models = [Path(run_dir), *(Path(r) for r in references)]
+    sizes, patches, margins = [], [], []
+    for i, model in enumerate(models):
+        what = "model" if i == 0 else "reference"
+        t0 = time.perf_counter()
+        say(f"[scan {i + 1}/{len(models)}] {what} {model}")
+        sizes.append(model_mask_sizes(model, n_per_class, steps, seed, progress=progress))
+        patches.append(model_patch_success(model, seed=seed, progress=progress))
+        margins.append(model_max_margins(model, seed=seed, progress=progress))
+        say(f"[scan {i + 1}/{len(models)}] {model.name} done in {time.perf_counter() - t0:.0f} s")
+    result = ModelScan(judge(sizes[0], sizes[1:]), judge_patches(patches[0], patches[1:]),
+                       judge_mmbd(margins[0], margins[1:]))
     if record:
         record_scan(run_dir, "model", {
-            "method": "reversed triggers per class pair and patch search, vs clean references",
-            **result.reversed.as_dict(), **result.patches.as_dict(), "flagged": result.flagged,
+            "method": "reversed triggers per class pair, patch search and MM-BD, vs clean references",
+            **result.reversed.as_dict(), **result.patches.as_dict(), **result.mmbd.as_dict(),
+            "flagged": result.flagged,
             "references": [str(Path(r).resolve()) for r in references],
+            "weights_sha256": weights_digest(run_dir),
             "verdict": "BACKDOOR SUSPECTED" if result.flagged else "no backdoor found",
-            "summary": result.summary()})
+            "summary": result.summary(), "advice": result.advice(run_dir)})
     return result
+
+
+OVERRIDE_FLAG = "--allow-flagged-model"
+
+
+def refuse_flagged_model(run_dir: str | Path, allow: bool = False) -> str | None:
+    """Refuse a model whose last model scan flagged it (``serve`` and ``dicom-node`` call this at start-up).
+
+    The scan counts when it was made on the weights the folder holds now (its recorded sha256); an ensemble is
+    refused when any member is. Returns a warning to log when ``allow`` overrides a flag, else None.
+
+    Raises:
+        CheckpointError: the last scan flagged the model and ``allow`` is off (the message names the override).
+    """
+    run = load_run(run_dir)
+    folders = [run.path, *run.members] if run.kind == "ensemble" else [run.path]
+    for folder in folders:
+        scans = read_optional_json(folder / SCAN_FILE)
+        record = scans.get("model") if isinstance(scans, dict) else None
+        if not isinstance(record, dict) or not record.get("flagged"):
+            continue
+        scanned = record.get("weights_sha256")
+        if scanned is not None:
+            try:
+                if weights_digest(folder) != scanned:
+                    continue  # the weights changed since that scan: it says nothing about these
+            except DataError:
+                pass
+        message = (f"{folder}: its last backdoor scan ({record.get('date', 'undated')}) flagged it: "
+                   f"{record.get('summary', 'backdoor suspected')}")
+        if allow:
+            return f"{message}; started anyway because {OVERRIDE_FLAG} was given"
+        raise CheckpointError(f"{message}. Refused: sanitize it ('covidscreen sanitize {folder} --data CLEAN_DIR "
+                              f"--output NEW_RUN_DIR') and scan again, or start anyway with {OVERRIDE_FLAG}")
+    return None
 
 
 def scan_data(run_dir: str | Path, data_dir: str | Path, expected_fraction: float = 0.1, seed: int = 0,
@@ -224,15 +350,20 @@ def scan_data(run_dir: str | Path, data_dir: str | Path, expected_fraction: floa
     feats = penultimate_features(predictor.model, head, np.stack(images), device=predictor.device)
     labels_arr = np.array(labels)
     scores = spectral_scores(feats, labels_arr)
+    spectre = spectre_scores(feats, labels_arr, trim=min(0.5, 1.5 * expected_fraction))
     out = pd.DataFrame({"path": paths, "label": labels, "spectral_score": scores,
                         "spectral_flag": spectral_flags(scores, labels_arr, expected_fraction),
+                        "spectre_score": spectre,
+                        "spectre_flag": spectral_flags(spectre, labels_arr, expected_fraction),
                         "cluster_flag": activation_clusters(feats, labels_arr, seed=seed)})
     out = out.sort_values("spectral_score", ascending=False, kind="stable").reset_index(drop=True)
     if record:
         record_scan(run_dir, "data", {
-            "method": "spectral signatures + activation clustering", "data_dir": str(Path(data_dir).resolve()),
+            "method": "spectral signatures, SPECTRE + activation clustering",
+            "data_dir": str(Path(data_dir).resolve()),
             "images": len(out), "expected_fraction": expected_fraction,
             "spectral_flagged": int(out["spectral_flag"].sum()), "cluster_flagged": int(out["cluster_flag"].sum()),
+            "spectre_flagged": int(out["spectre_flag"].sum()),
             "most_suspicious": out["path"].head(10).tolist(),
             "verdict": "review the flagged images",
             "summary": f"{int(out['spectral_flag'].sum())} of {len(out)} flagged by spectral signatures, "

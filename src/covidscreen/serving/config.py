@@ -39,6 +39,8 @@ class ServeConfig:
         strip: screen every image for a backdoor trigger (STRIP, calibrated on the run's validation images at
             ``strip_frr`` false rejections); adds ``strip_entropy``/``strip_flag`` and a warning per flagged image.
             It costs ``n_perturb`` (32) extra forward passes per image: off by default.
+        allow_flagged_model: start even when the model's last backdoor scan flagged it (``covidscreen scan``);
+            without it such a model is refused at start-up.
     """
 
     run_dir: Path
@@ -61,6 +63,7 @@ class ServeConfig:
     manifest: Path | None = None
     strip: bool = False
     strip_frr: float = 0.01
+    allow_flagged_model: bool = False
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)

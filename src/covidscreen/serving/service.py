@@ -34,7 +34,7 @@ from ..explain.inputs import run_input_loader
 from ..inference.modality import check_dicom_modality
 from ..inference.onnx import OnnxModel
 from ..ood import PLAIN_WARNING, attach_ood
-from ..security.scan import strip_detector
+from ..security.scan import refuse_flagged_model, strip_detector
 from ..workflows.predict import open_predictor
 from .batcher import MicroBatcher, QueueFull
 from .config import ServeConfig
@@ -88,6 +88,10 @@ class Screening:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         run_dir = config.run_dir
+        # a model that its last backdoor scan flagged is refused unless the operator overrides it (logged then)
+        self.scan_warning = refuse_flagged_model(run_dir, config.allow_flagged_model)
+        if self.scan_warning:
+            logger.warning(self.scan_warning)
         # the engine as predict and the DICOM node choose it (backend auto: ONNX Runtime when exported)
         self.predictor = open_predictor(run_dir, config.backend, config.device, config.operating_point,
                                         expect_sha256=config.expect_sha256, manifest=config.manifest)

@@ -1,0 +1,488 @@
+"""Removing a backdoor from a trained model with a small clean data set, without knowing the trigger.
+
+``covidscreen sanitize RUN_DIR --data CLEAN_DIR --output NEW_RUN_DIR [--method NAME]`` writes a normal run folder
+(new weights and sha256, the source's sidecar with a ``sanitized`` record: where it came from, what was done, on
+which clean images), which ``predict``, ``serve``, ``dicom-node``, ``verify`` and the model card use unchanged.
+
+Defences (each from a published paper; the clean set holds at most ``max_share`` (5%) of the training set's size):
+
+- ``fine-pruning`` (Liu, Dolan-Gavitt and Garg 2018): the channels of the last convolutional layer are ranked by
+  their mean activation on the clean images and the most dormant ones pruned (a backdoor hides in neurons that clean
+  inputs leave quiet) until the clean accuracy drops by ``prune_accuracy_drop`` or ``prune_max`` of them are gone,
+  then the pruned model is fine-tuned on the clean images with the pruned channels held at zero. A channel is
+  pruned by zeroing its column of the linear head, which is the same as removing it from the last layer (its only
+  path to the output goes through the global pooling and the head).
+- ``nad``: Neural Attention Distillation (Li et al. 2021): a teacher (the model fine-tuned on the clean images) and
+  the student (the backdoored model) are trained with cross-entropy plus ``nad_betas`` x the distance between
+  their attention maps (channel mean of the squared activations, L2-normalised) at the outputs of the last three
+  trunk stages.
+- ``finetune``: plain fine-tuning on the clean images (the baseline both papers compare with; NAD's teacher).
+
+Fine-tuning keeps BatchNorm statistics frozen (a clean set of a few dozen images would otherwise replace the
+statistics learned on the whole training set) and uses AdamW, a fixed seed and light augmentation
+(shifts of a few pixels and brightness changes, which do not recreate a trigger).
+
+Why not BackdoorBench (the issue's anchor for published figures): it is a collection of research scripts around its
+own datasets and model definitions, not an installable library, and its licence (CC BY-NC 4.0) forbids commercial
+use, which this project's licence allows; its fine-pruning and NAD follow the papers as these do, and its tables
+are cited in docs/security.md for comparison.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.preprocess import load_preprocessed
+from ..data.table import load_table
+from ..errors import CheckpointError, ConfigError, DataError, ImageDecodeError
+from ..inference.checkpoint import WEIGHTS_FILE, save_checkpoint
+from ..inference.run import Run, load_run
+from ..runtime import seed_everything
+
+METHODS = ("fine-pruning", "nad", "i-bau", "finetune")
+MIN_PER_CLASS = 5  # fewer clean images of a class and fine-tuning forgets it
+
+
+@dataclass
+class SanitizeConfig:
+    """Settings of one sanitization (defaults: those used in docs/security.md).
+
+    Attributes:
+        method: one of :data:`METHODS`.
+        budget: most clean images used (a stratified sample when the folder holds more); None: ``max_share`` of the
+            run's training set (5%), or every image when the run does not record its training set's size.
+        max_share: the clean set may hold at most this share of the training set's size (the issue's 5%).
+        epochs: fine-tuning epochs over the clean images (NAD: of the teacher and of the student each).
+        lr: AdamW learning rate (weight decay 1e-4), cosine-annealed. SGD at the papers' 0.01 wrecked the 64 px
+            MobileNetV2 in one step (clean accuracy to chance) with BatchNorm frozen; the trainer's AdamW does not.
+        batch_size: images per step.
+        prune_max: fine-pruning: most share of the last layer's channels pruned.
+        prune_accuracy_drop: fine-pruning: stop pruning before the clean accuracy falls by more than this.
+        nad_betas: NAD: weight of the attention loss at each of the last three trunk stages (the paper's values).
+        seed: seed of sampling, augmentation and batch order.
+    """
+
+    method: str = "fine-pruning"
+    budget: int | None = None
+    max_share: float = 0.05
+    epochs: int = 20
+    lr: float = 1e-4
+    batch_size: int = 16
+    prune_max: float = 0.9
+    prune_accuracy_drop: float = 0.1
+    nad_betas: tuple[float, ...] = (500.0, 1000.0, 1000.0)
+    ibau_radius: float = 3.0
+    ibau_steps: int = 10
+    seed: int = 0
+
+    def validate(self) -> SanitizeConfig:
+        if self.method not in METHODS:
+            raise ConfigError(f"sanitize method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
+        if self.budget is not None and self.budget < 2 * MIN_PER_CLASS:
+            raise ConfigError(f"--budget {self.budget} is too small: at least {2 * MIN_PER_CLASS} clean images")
+        if not 0 < self.max_share <= 1:
+            raise ConfigError(f"max_share {self.max_share} must be in (0, 1]")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ConfigError("epochs and batch size must be >= 1 and the learning rate > 0")
+        if not 0 <= self.prune_max < 1 or not 0 <= self.prune_accuracy_drop < 1:
+            raise ConfigError("prune_max and prune_accuracy_drop must be shares in [0, 1)")
+        return self
+
+
+# -- the defences on tensors -------------------------------------------------------------------------------------
+
+
+def linear_head(model: nn.Module, head_path: str) -> nn.Linear:
+    """The linear layer of the classification head (the last ``nn.Linear`` under ``head_path``)."""
+    head = model.get_submodule(head_path)
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise CheckpointError(f"the model's head ({head_path}: {head.__class__.__name__}) has no linear layer: "
+                              "sanitize needs a trainable linear head (a frozen logistic or tree head cannot be "
+                              "fine-tuned)")
+    return linears[-1]
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=gen)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 3) -> torch.Tensor:
+    """Light augmentation of float ``(B, 1, H, W)`` images: a random shift of up to ``max_shift`` pixels (edge
+    padding) and a brightness/contrast change of up to 10%."""
+    b, _, h, w = x.shape
+    dy, dx = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,), generator=gen))
+    x = F.pad(x, (max_shift, max_shift, max_shift, max_shift), mode="replicate")
+    x = x[:, :, max_shift + dy:max_shift + dy + h, max_shift + dx:max_shift + dx + w]
+    gain = 1 + (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.2
+    shift = (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.2
+    return (x * gain + shift).clamp(0, 1)
+
+
+def _train_mode(model: nn.Module) -> None:
+    model.train()
+    for m in model.modules():  # BatchNorm keeps the statistics of the whole training set
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64) -> float:
+    model.eval()
+    pred = torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    return float((pred == y).float().mean())
+
+
+def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeConfig,
+             extra_loss: Any = None, after_step: Any = None, desc: str | None = None) -> nn.Module:
+    """Fine-tune ``model`` in place on float ``(N, 1, H, W)`` images ``x`` with labels ``y``.
+
+    ``extra_loss(model, inputs)``: added to the cross-entropy (NAD's attention term); ``after_step(model)``: run
+    after every optimiser step (fine-pruning keeps its pruned channels at zero)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
+    n_steps = cfg.epochs * math.ceil(len(x) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, n_steps))
+    # class weights: the clean set may be as imbalanced as the training set
+    counts = torch.bincount(y, minlength=int(y.max()) + 1).float()
+    weight = (counts.sum() / (len(counts) * counts.clamp(min=1)))
+    bar = tqdm(total=n_steps, desc=desc, unit="step", disable=desc is None, leave=False)
+    try:
+        for _ in range(cfg.epochs):
+            for idx in _batches(len(x), cfg.batch_size, gen):
+                _train_mode(model)
+                inputs = augment(x[idx], gen)
+                loss = F.cross_entropy(model(inputs), y[idx], weight=weight)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(model, inputs)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                if after_step is not None:
+                    after_step(model)
+                bar.update(1)
+    finally:
+        bar.close()
+        model.eval()
+    return model
+
+
+@torch.inference_mode()
+def head_inputs(model: nn.Module, head: nn.Linear, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The inputs of the linear head (the pooled last-layer channels) for images ``x``: ``(N, C)``."""
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].flatten(1).float()))
+    try:
+        model.eval()
+        for i in range(0, len(x), batch_size):
+            model(x[i:i + batch_size])
+    finally:
+        hook.remove()
+    return torch.cat(captured)
+
+
+def fine_prune(model: nn.Module, head: nn.Linear, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeConfig,
+               desc: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-pruning (module docstring): prune the most dormant last-layer channels, then fine-tune."""
+    activation = head_inputs(model, head, x).mean(0)
+    order = torch.argsort(activation, stable=True)  # most dormant first
+    original = head.weight.detach().clone()
+    base = accuracy(model, x, y)
+    n_channels = len(order)
+    mask = torch.ones(n_channels)
+    pruned = 0
+    step = max(1, n_channels // 100)  # 1% of the channels at a time
+    with torch.no_grad():
+        while pruned + step <= int(cfg.prune_max * n_channels):
+            trial = mask.clone()
+            trial[order[pruned:pruned + step]] = 0
+            head.weight.copy_(original * trial)
+            if accuracy(model, x, y) < base - cfg.prune_accuracy_drop:
+                break
+            mask, pruned = trial, pruned + step
+        head.weight.copy_(original * mask)
+    after_pruning = accuracy(model, x, y)
+
+    def keep_pruned(m: nn.Module) -> None:
+        with torch.no_grad():
+            head.weight.mul_(mask)
+
+    finetune(model, x, y, cfg, after_step=keep_pruned, desc=desc)
+    return model, {"channels": n_channels, "pruned": int(pruned), "clean_accuracy_before": base,
+                   "clean_accuracy_after_pruning": after_pruning}
+
+
+def attention_map(a: torch.Tensor, p: int = 2) -> torch.Tensor:
+    """NAD's attention of activations ``(B, C, H, W)``: channel mean of ``|a|^p``, flattened, L2-normalised."""
+    return F.normalize(a.abs().pow(p).mean(1).flatten(1), dim=1)
+
+
+class _Capture:
+    """Forward hooks keeping the outputs of some modules (released by ``close``)."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        self.outputs: list[torch.Tensor | None] = [None] * len(modules)
+        self.hooks = [m.register_forward_hook(self._keep(i)) for i, m in enumerate(modules)]
+
+    def _keep(self, i: int) -> Any:
+        def hook(_m: nn.Module, _args: Any, out: torch.Tensor) -> None:
+            self.outputs[i] = out
+        return hook
+
+    def close(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+def nad(model: nn.Module, layers: list[str], x: torch.Tensor, y: torch.Tensor, cfg: SanitizeConfig,
+        desc: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Neural Attention Distillation (module docstring): ``layers`` are dotted paths of the attention layers."""
+    if len(cfg.nad_betas) != len(layers):
+        raise ConfigError(f"NAD has {len(cfg.nad_betas)} attention weight(s) for {len(layers)} layer(s)")
+    teacher = finetune(copy.deepcopy(model), x, y, cfg, desc=None if desc is None else f"{desc} (teacher)")
+    teacher_acc = accuracy(teacher, x, y)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    t_cap = _Capture([teacher.get_submodule(name) for name in layers])
+    s_cap = _Capture([model.get_submodule(name) for name in layers])
+
+    def attention_loss(_model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher(inputs)
+        return sum(beta * (attention_map(s) - attention_map(t)).pow(2).mean()
+                   for beta, s, t in zip(cfg.nad_betas, s_cap.outputs, t_cap.outputs, strict=True))
+
+    try:
+        finetune(model, x, y, cfg, extra_loss=attention_loss, desc=None if desc is None else f"{desc} (student)")
+    finally:
+        t_cap.close()
+        s_cap.close()
+    return model, {"layers": layers, "teacher_clean_accuracy": teacher_acc}
+
+
+def universal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, radius: float, steps: int,
+                           gen: torch.Generator, step_size: float | None = None) -> torch.Tensor:
+    """One perturbation ``delta`` (``(1, 1, H, W)``, L2 norm at most ``radius``) that raises the loss of every clean
+    image at once (projected gradient ascent): the universal adversarial perturbation of I-BAU's inner problem. A
+    backdoor is such a perturbation, found with few pixels; a clean model needs one spread over the image."""
+    step_size = step_size or 2.5 * radius / max(1, steps)
+    delta = torch.randn((1, *x.shape[1:]), generator=gen)
+    delta = (delta * radius * 0.1 / delta.norm()).requires_grad_(True)
+    model.eval()
+    for _ in range(steps):
+        loss = F.cross_entropy(model((x + delta).clamp(0, 1)), y)
+        (grad,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            delta += step_size * grad / grad.norm().clamp(min=1e-12)
+            delta *= min(1.0, radius / float(delta.norm().clamp(min=1e-12)))
+    return delta.detach()
+
+
+def ibau(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeConfig,
+         desc: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """I-BAU (Zeng et al. 2022), solved by alternation: each round finds the universal adversarial perturbation of
+    the current model on the clean images (:func:`universal_perturbation`) and fine-tunes the model to classify the
+    clean images with and without it correctly (one epoch); the perturbation is searched again every round, so
+    the unlearning follows the backdoor wherever it moves. The paper solves the same minimax problem with implicit
+    hypergradients; alternation is the simpler solver its authors compare with."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rounds = cfg.epochs
+    norms = []
+    bar = tqdm(total=rounds, desc=desc, unit="round", disable=desc is None, leave=False)
+    one_epoch = dataclasses.replace(cfg, epochs=1)
+    try:
+        for r in range(rounds):
+            delta = universal_perturbation(model, x, y, cfg.ibau_radius, cfg.ibau_steps, gen)
+            norms.append(float(delta.norm()))
+            stamped = (x + delta).clamp(0, 1)
+            finetune(model, torch.cat([x, stamped]), torch.cat([y, y]), dataclasses.replace(one_epoch, seed=cfg.seed
+                                                                                              + r))
+            bar.update(1)
+    finally:
+        bar.close()
+    return model, {"rounds": rounds, "radius": cfg.ibau_radius, "last_perturbation_norm": norms[-1] if norms else 0}
+
+
+def attention_layers(model: Any) -> list[str]:
+    """NAD's layers: the output module of each of the last three trunk stages of the registry model."""
+    stages = model.spec.stages
+    if len(stages) < 3:
+        raise CheckpointError(f"{model.spec.name} declares {len(stages)} trunk stage(s); NAD needs 3")
+    return [stage[-1] for stage in stages[-3:]]
+
+
+# -- the workflow on run folders ---------------------------------------------------------------------------------
+
+
+@dataclass
+class CleanSet:
+    images: np.ndarray  # uint8 (N, H, W) at the model's resolution
+    labels: np.ndarray  # class indices
+    paths: list[str]
+    available: int  # readable images of the run's classes in the folder
+
+
+def _map_label(label: str, run: Run) -> str | None:
+    if label in run.classes:
+        return label
+    if run.task == "binary" and run.positive_class is not None and len(run.classes) == 2:
+        # a binary run's data folder keeps the multiclass labels: every other label is the negative class
+        return next(c for c in run.classes if c != run.positive_class)
+    return None
+
+
+def training_set_size(run: Run) -> int | None:
+    counts = run.sidecar.get("split_counts") or {}
+    n = counts.get("train")
+    return int(n) if n else None
+
+
+def load_clean_set(run: Run, data_dir: str | Path, cfg: SanitizeConfig, segmenter: Any = None) -> CleanSet:
+    """The clean images for ``run`` from ``data_dir``, checked and sampled (stratified) down to the budget.
+
+    Raises:
+        DataError: a class of the model is missing or has fewer than :data:`MIN_PER_CLASS` images, a label is not
+            one of the model's classes, or the budget exceeds ``max_share`` of the training set.
+    """
+    table = load_table(data_dir)
+    mapped = table["label"].map(lambda lab: _map_label(str(lab), run))
+    unknown = sorted(set(table["label"][mapped.isna()]))
+    if unknown:
+        raise DataError(f"{data_dir}: label(s) {', '.join(unknown)} are not classes of the model "
+                        f"({', '.join(run.classes)}); give clean images of the model's classes only")
+    table = table.assign(label=mapped)
+    counts = table["label"].value_counts()
+    present = [c for c in run.classes if counts.get(c, 0) > 0]
+    if len(present) < 2:
+        raise DataError(f"{data_dir}: the clean set holds only class {', '.join(present) or 'none'}; sanitize needs "
+                        f"at least {MIN_PER_CLASS} images of every class of the model ({', '.join(run.classes)}): "
+                        "fine-tuning on one class teaches the model to answer that class always")
+    train_n = training_set_size(run)
+    limit = None if train_n is None else max(2 * MIN_PER_CLASS, int(cfg.max_share * train_n))
+    budget = cfg.budget if cfg.budget is not None else limit
+    if budget is not None and limit is not None and budget > limit:
+        raise DataError(f"--budget {budget} exceeds {cfg.max_share:.0%} of the run's training set ({train_n} "
+                        f"images): at most {limit} clean images")
+    if budget is not None and len(table) > budget:  # stratified, in the folder's class proportions
+        share = budget / len(table)
+        parts = [g.sample(n=max(1, int(round(share * len(g)))), random_state=cfg.seed)
+                 for _, g in table.groupby("label", sort=True)]
+        table = pd.concat(parts).head(budget) if sum(map(len, parts)) > budget else pd.concat(parts)
+    images, labels, paths = [], [], []
+    for path, label in zip(table["path"], table["label"], strict=True):
+        try:
+            images.append(load_preprocessed(path, run.image_size, run.preprocess, segmenter))
+        except ImageDecodeError:
+            continue
+        labels.append(run.classes.index(label))
+        paths.append(path)
+    per_class = np.bincount(np.array(labels, dtype=int), minlength=len(run.classes))
+    if per_class.min() < MIN_PER_CLASS:
+        few = ", ".join(f"{c} {n}" for c, n in zip(run.classes, per_class, strict=True))
+        raise DataError(f"{data_dir}: the clean set is too small: {len(images)} readable image(s) ({few}) within the "
+                        f"budget of {budget or 'all'}; sanitize needs at least {MIN_PER_CLASS} per class of the model")
+    return CleanSet(np.stack(images), np.array(labels), paths, int(len(mapped)))
+
+
+def _fingerprint(paths: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(paths)).encode()).hexdigest()[:16]
+
+
+@dataclass
+class SanitizeResult:
+    output: Path
+    record: dict[str, Any]
+
+
+def sanitize(run_dir: str | Path, data_dir: str | Path, output: str | Path, cfg: SanitizeConfig | None = None,
+             progress: bool = False) -> SanitizeResult:
+    """Remove a backdoor from the run with the clean images of ``data_dir`` and write the result as a run folder.
+
+    Raises:
+        CheckpointError: the run is an ensemble, has no weights, or a head that cannot be fine-tuned.
+        DataError: a clean set that is unusable (:func:`load_clean_set`); ``output`` exists and is not empty.
+    """
+    cfg = (cfg or SanitizeConfig()).validate()
+    run = load_run(run_dir)
+    if run.kind == "ensemble":
+        raise CheckpointError(f"{run_dir} is an ensemble: sanitize each member run on its own and build the ensemble "
+                              "again from the sanitized members")
+    weights = run.path / str(run.weights_file or WEIGHTS_FILE)
+    if not weights.is_file():
+        raise CheckpointError(f"{run_dir} has no weights ({weights.name} missing): sanitize needs a trained run folder")
+    if run.sidecar.get("frozen_head"):
+        raise CheckpointError(f"{run_dir} has a frozen {run.sidecar['frozen_head'].get('kind', 'non-linear')} head: "
+                              "sanitize fine-tunes the network and needs a run trained with a linear head")
+    output = Path(output)
+    if output.resolve() == run.path.resolve():
+        raise DataError("--output must be a new folder: sanitize never overwrites the source run")
+    if output.exists() and any(output.iterdir()):
+        raise DataError(f"{output} exists and is not empty; give a new folder for the sanitized run")
+    seed_everything(cfg.seed)
+    model = run.load_model("cpu")
+    head = linear_head(model.backbone, model.spec.head)
+    clean = load_clean_set(run, data_dir, cfg)
+    x = torch.from_numpy(clean.images).float().div(255.0).unsqueeze(1)
+    y = torch.from_numpy(clean.labels).long()
+    before = accuracy(model, x, y)
+    desc = f"sanitize ({cfg.method})" if progress else None
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if cfg.method == "fine-pruning":
+        model, details = fine_prune(model, head, x, y, cfg, desc=desc)
+    elif cfg.method == "i-bau":
+        model, details = ibau(model, x, y, cfg, desc=desc)
+    elif cfg.method == "nad":
+        model, details = nad(model, [f"backbone.{p}" for p in attention_layers(model)], x, y, cfg, desc=desc)
+    else:
+        model, details = finetune(model, x, y, cfg, desc=desc), {}
+    model.eval()
+    record = {
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "method": cfg.method,
+        "source_run": str(run.path.resolve()),
+        "source_weights_sha256": run.weights_sha256,
+        "clean_data": str(Path(data_dir).resolve()),
+        "clean_images": len(clean.paths),
+        "clean_images_available": clean.available,
+        "clean_per_class": {c: int(n) for c, n in zip(run.classes, np.bincount(clean.labels,
+                                                                                 minlength=len(run.classes)),
+                                                      strict=True)},
+        "clean_set_fingerprint": _fingerprint(clean.paths),
+        "training_set_size": training_set_size(run),
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
+        "clean_accuracy_before": before,
+        "clean_accuracy_after": accuracy(model, x, y),
+        "details": details,
+        "operating_points": "kept from the source run (chosen on its validation split before sanitizing); check "
+                            "them on data you trust (covidscreen evaluate)",
+    }
+    sidecar = {k: v for k, v in run.sidecar.items()
+               if k not in ("weights_sha256", "weights_file", "architecture", "num_classes", "normalisation",
+                            "format_version", "frozen_head")}
+    sidecar.update({"created": record["date"], "sanitized": record})
+    output.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(output, model, sidecar)
+    split = run.path / "split.csv"
+    if split.is_file():  # the scans read the validation images of the split the source was trained on
+        (output / "split.csv").write_bytes(split.read_bytes())
+    (output / "sanitize.json").write_text(json.dumps(record, indent=2, default=float))
+    return SanitizeResult(output, record)

@@ -1,0 +1,124 @@
+"""`security/scan.py`: the scan cache keyed by the weights' sha256, the verdict of `covidscreen scan`, and the
+start-up refusal of a model that its last scan flagged (service and DICOM node)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from covidscreen.errors import CheckpointError
+from covidscreen.inference.checkpoint import save_checkpoint
+from covidscreen.models import create_model
+from covidscreen.security import scan as scans
+from covidscreen.security.integrity import SCAN_FILE, sha256_of
+from tests.test_cli import assert_clean_error, run_cli
+
+
+def _run(root, name="run"):
+    """An untrained 64 px run with a split.csv of 12 validation images."""
+    run = root / name
+    save_checkpoint(run, create_model("squeezenet1_1", pretrained=False, num_classes=2),
+                    {"classes": ["covid", "normal"], "image_size": 64, "positive_class": "covid", "threshold": 0.5,
+                     "split_fingerprint": "abc", "seed": 0})
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        path = root / f"{name}_val{i}.png"
+        Image.fromarray(rng.integers(0, 200, (80, 80), dtype=np.uint8)).save(path)
+        rows.append({"image": path.name, "path": str(path), "label": ["covid", "normal"][i % 2], "split": "val",
+                     "group": f"p{i}"})
+    pd.DataFrame(rows).to_csv(run / "split.csv", index=False)
+    return run
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return _run(tmp_path)
+
+
+def _flag(run_dir, sha: str | None = None) -> None:
+    sha = sha or sha256_of(run_dir / "model.safetensors")
+    (run_dir / SCAN_FILE).write_text(json.dumps({"model": {
+        "flagged": True, "weights_sha256": sha, "date": "2026-12-06T10:00:00",
+        "summary": "model scan: BACKDOOR SUSPECTED: a patch sends 100% of images to 'normal'"}}))
+
+
+def test_cache_is_keyed_by_the_weights_and_computes_once(run_dir):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"covid": 0.25}
+
+    assert scans.cached_result(run_dir, "k", compute) == ({"covid": 0.25}, False)
+    assert scans.cached_result(run_dir, "k", compute) == ({"covid": 0.25}, True)  # a second scan reuses it
+    assert len(calls) == 1
+    assert scans.cached_result(run_dir, "other settings", compute)[1] is False
+    # new weights in the same folder (and a sidecar rewritten to match): a new model, computed again
+    weights = run_dir / "model.safetensors"
+    state = load_file(weights)
+    name = next(iter(state))
+    state[name] = state[name] + 1
+    save_file(state, weights)
+    meta = json.loads((run_dir / "model.json").read_text())
+    meta["weights_sha256"] = sha256_of(weights)
+    (run_dir / "model.json").write_text(json.dumps(meta))
+    assert scans.cached_result(run_dir, "k", compute)[1] is False
+    assert len(calls) == 3
+    assert (scans.scan_cache_dir() / f"{sha256_of(weights)}.json").is_file()  # outside the run folder
+
+
+def test_scan_prints_a_plain_verdict_with_next_steps_and_reuses_the_references(run_dir, tmp_path):
+    refs = [_run(tmp_path, "ref1"), _run(tmp_path, "ref2")]
+    side, steps, seed = 3, 12, 0  # what `covidscreen scan` uses at 64 px
+    for run, best in ((run_dir, {"covid": 1.0, "normal": 0.2}), (refs[0], {"covid": 0.3, "normal": 0.25}),
+                      (refs[1], {"covid": 0.25, "normal": 0.3})):
+        scans.cached_result(run, f"patches-halving:{side}:{steps}:{seed}", lambda b=best: b)
+        scans.cached_result(run, f"cleanse:24:150:{seed}", lambda: {"covid->normal": 30.0, "normal->covid": 35.0})
+        scans.cached_result(run, f"mmbd:300:8:{seed}", lambda: {"covid": 30.0, "normal": 31.0})
+    proc = run_cli("scan", str(run_dir), "--reference", str(refs[0]), "--reference", str(refs[1]))
+    assert proc.returncode == 0, proc.stderr
+    assert "BACKDOOR SUSPECTED" in proc.stdout and "Do not use it on patients" in proc.stdout
+    assert f"covidscreen sanitize {run_dir}" in proc.stdout and "--allow-flagged-model" in proc.stdout
+    assert "[scan 1/3] model" in proc.stderr and "[scan 3/3]" in proc.stderr  # progress per model
+    record = json.loads((run_dir / SCAN_FILE).read_text())["model"]
+    assert record["flagged"] and record["weights_sha256"] == sha256_of(run_dir / "model.safetensors")
+
+    clean = run_cli("scan", str(refs[0]), "--reference", str(refs[1]), "--reference", str(run_dir))
+    assert clean.returncode == 0, clean.stderr
+    assert "no sign of a backdoor" in clean.stdout and "evidence, not proof" in clean.stdout
+
+
+def test_a_flagged_model_is_refused_unless_overridden(run_dir):
+    assert scans.refuse_flagged_model(run_dir) is None  # never scanned: nothing to refuse
+    _flag(run_dir)
+    with pytest.raises(CheckpointError, match="--allow-flagged-model") as info:
+        scans.refuse_flagged_model(run_dir)
+    assert "covidscreen sanitize" in str(info.value) and "BACKDOOR SUSPECTED" in str(info.value)
+    assert "--allow-flagged-model was given" in scans.refuse_flagged_model(run_dir, allow=True)
+    _flag(run_dir, sha="0" * 64)  # a scan of other weights says nothing about these
+    assert scans.refuse_flagged_model(run_dir) is None
+
+
+def test_service_and_dicom_node_refuse_a_flagged_model_at_start(run_dir, tmp_path):
+    from covidscreen.dicomnet import DicomNode, NodeConfig
+    from covidscreen.serving.config import ServeConfig
+    from covidscreen.serving.service import Screening
+
+    _flag(run_dir)
+    assert_clean_error(run_cli("serve", str(run_dir), "--port", "8799"), "last backdoor scan .* --allow-flagged-model")
+    assert_clean_error(run_cli("dicom-node", str(run_dir), "--port", "11199"), "--allow-flagged-model")
+    with pytest.raises(CheckpointError, match="allow-flagged-model"):
+        Screening(ServeConfig(run_dir=run_dir, db=f"sqlite:///{tmp_path / 'a.sqlite'}"))
+    screening = Screening(ServeConfig(run_dir=run_dir, db=f"sqlite:///{tmp_path / 'a.sqlite'}",
+                                      allow_flagged_model=True))
+    assert "started anyway" in screening.scan_warning
+    with pytest.raises(CheckpointError, match="allow-flagged-model"):
+        DicomNode(NodeConfig(run_dir, port=0, workdir=tmp_path / "node"))
+    node = DicomNode(NodeConfig(run_dir, port=0, workdir=tmp_path / "node2", allow_flagged_model=True))
+    assert node.scorer is not None
