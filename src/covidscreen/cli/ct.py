@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -38,19 +37,6 @@ def predict_series(
 ) -> None:
     """Per-slice and per-series COVID probability of CT series, naming the slices that drove each decision."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..ct.score import predict_series as score
-    from ..ct.score import series_table
+    from ..workflows.predict import predict_series_job
 
-    if output is not None and output.suffix.lower() not in (".csv", ".json"):
-        raise CovidscreenError(f"--output {output}: use a .csv or .json file name")
-    results = score(run_dir, [str(s) for s in series], parse_window(window), device=device)
-    table = series_table(results)
-    if output is None:
-        typer.echo(json.dumps(results, indent=2))
-        return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if output.suffix.lower() == ".json":
-        output.write_text(json.dumps(results, indent=2))
-    else:
-        table.to_csv(output, index=False)
-    typer.echo(f"{len(results)} series, {int((table['error'] != '').sum())} refused: {output}")
+    typer.echo(predict_series_job(run_dir, [str(s) for s in series], output, parse_window(window), device=device))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -30,62 +29,11 @@ def evaluate(
     Under ``torchrun`` the ranks share the scoring of the images and rank 0 writes the evaluation.
     """
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..runtime import resolve_device
-    from ..training import distributed
-    from ..workflows.evaluate import evaluate_run
+    from ..workflows.evaluate_extras import evaluate_job
 
-    world = distributed.start()  # under torchrun each rank scores its share of the images; rank 0 writes the rest
-    if world.distributed and robustness:
-        distributed.stop(world)
-        raise CovidscreenError("--robustness re-scores the images in one process; run it without torchrun")
-    if world.distributed:
-        device = str(world.local_device(resolve_device(device)))
-    try:
-        out = evaluate_run(run_dir, data=data, output=output, device=device, world=world)
-    finally:
-        distributed.stop(world)
-    if out is None:  # not rank 0
-        return
-    if robustness or readers:
-        # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-        from ..workflows.evaluate_extras import add_extras
-
-        for line in add_extras(run_dir, out, robustness=robustness, readers=readers, device=device):
-            typer.echo(line)
-    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..evaluation.external import drop_summary
-
-    m = json.loads((out / "metrics.json").read_text())
-    if "covid_vs_rest" in m:
-        cv = m["covid_vs_rest"]
-        ci = cv.get("ci", {})
-        fmt = lambda k: f"{cv[k]:.3f}" + (f" (95% CI {ci[k][0]:.3f}-{ci[k][1]:.3f})" if k in ci else "")  # noqa: E731
-        typer.echo(f"{m['n_test']} images: {m['positive_class']}-vs-rest ROC AUC {fmt('roc_auc')}, sensitivity "
-                   f"{fmt('sensitivity')}, specificity {fmt('specificity')}")
-    comparison = (m.get("internal_vs_external") or {}).get("comparison", [])
-    for metric in ("roc_auc", "sensitivity", "specificity", "multi-class accuracy", "macro_roc_auc"):
-        line = drop_summary(comparison, metric)
-        if line:
-            typer.echo(line)
-    for line in near_copy_lines(m.get("near_copies")):
+    for line in evaluate_job(run_dir, data=data, output=output, device=device, robustness=robustness,
+                             readers=readers):
         typer.echo(line)
-    typer.echo(f"report: {out / 'report.html'}")
-
-
-def near_copy_lines(block: dict | None) -> list[str]:
-    """What ``evaluate`` prints about test images with a near-copy in the training split (``near_copies``)."""
-    if not block:
-        return []
-    lines = [f"{block['n_with_copy']} of {block['n_test']} test images have a near-copy in the training split "
-             f"({block['n_pairs']} pair(s); {block['method']})"]
-    for r in block.get("comparison", []):
-        if r["metric"] in ("roc_auc", "sensitivity", "specificity", "multi-class accuracy", "macro_roc_auc"):
-            lines.append(f"  {r['metric']}: all test images {r['internal']:.3f}, without those with a near-copy "
-                         f"{r['external']:.3f}")
-    within = ((block.get("without") or {}).get("within_site") or {}).get("sites", {})
-    for site, w in within.items():
-        lines.append(f"  within {site}, without near-copies: AUC {w['roc_auc']:.3f} ({w['n']} images)")
-    return lines
 
 
 @app.command()

@@ -10,16 +10,20 @@ manifest, :mod:`covidscreen.inference.trust`). ``predict``, ``serve`` (``serving
 :func:`predict_files_job` is ``covidscreen predict``: it checks the combination of options, joins ``torchrun``'s
 ranks when there are several, and writes the rows either streamed into a CSV (resumable: the files already in it are
 skipped), or as a whole table (JSON, the merged CSV of several ranks, or standard output).
+:func:`predict_series_job` is ``covidscreen predict-series``: whole CT series scored with a CT run.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from ..ct.score import predict_series as score_series
+from ..ct.score import series_table
 from ..errors import CovidscreenError, DataError
 from ..inference.predictor import Predictor
 from ..inference.run import Run, load_run
@@ -145,3 +149,26 @@ def predict_files_job(run_dir: str | Path, inputs: list[str], output: Path | Non
         else:
             atomic_write_text(output, table.to_json(orient="records", indent=2))
     return PredictOutcome(table=table, output=output)
+
+
+def predict_series_job(run_dir: str | Path, series: list[str], output: Path | None = None,
+                       window: tuple[float, float] | None = None, device: str = "auto") -> str:
+    """``covidscreen predict-series``: score CT series with a CT run (the run's Predictor, :mod:`covidscreen.ct.score`)
+    and write ``output``: ``.json`` (everything) or ``.csv`` (one row per series). Returns what to print: the JSON
+    when there is no ``output``, else a one-line summary.
+
+    Raises:
+        CovidscreenError: an output name other than .csv or .json.
+    """
+    if output is not None and output.suffix.lower() not in (".csv", ".json"):
+        raise CovidscreenError(f"--output {output}: use a .csv or .json file name")
+    results = score_series(run_dir, series, window, device=device)
+    if output is None:
+        return json.dumps(results, indent=2)
+    table = series_table(results)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix.lower() == ".json":
+        atomic_write_text(output, json.dumps(results, indent=2))
+    else:
+        atomic_write_csv(output, table)
+    return f"{len(results)} series, {int((table['error'] != '').sum())} refused: {output}"
