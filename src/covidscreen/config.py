@@ -33,6 +33,7 @@ SAMPLERS = ("random", "balanced")
 TASKS = ("multiclass", "binary")
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
 HEADS = ("finetune", "logistic", "gradient-boosting")
+PRECISIONS = ("auto", "fp32", "bf16")  # training numerics (runtime.resolve_precision)
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ class TrainConfig:
     positive_class: str = "covid"  # the class of the COVID-vs-rest metrics and operating point
     max_per_class: int | None = None  # use at most this many images of each class (quick experiments, tests)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    amp: bool = True  # with precision auto: mixed precision where the device has it (false: float32)
     eval_batch_size: int = 64  # batch size of validation and test predictions
     cache_dir: str | None = None  # decode cache folder; None: $COVIDSCREEN_CACHE, else ~/.cache/covidscreen
     # evaluation and audit
@@ -220,6 +221,8 @@ class TrainConfig:
     keep_mixed_sites: bool = False  # with max_per_class: keep every image of sites that hold both classes
     site_probe: bool = False  # measure how well a linear probe predicts site from the features (val+test)
     within_site_rank_weight: float = 0.0  # > 0: + w * ranking loss over same-site (positive, other) pairs
+    # training numerics (runtime.resolve_precision; docs/performance.md): final predictions are float32 whatever it is
+    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with AMX/AVX-512 BF16, else fp32) | fp32 | bf16
 
     def validate(self) -> TrainConfig:
         """Check values that types cannot express; raise :class:`ConfigError` naming the first bad key."""
@@ -277,6 +280,7 @@ class TrainConfig:
                 self.mixup_alpha == 0 and self.cutmix_alpha == 0 and self.adversarial_weight == 0),
              "0 while mixup_alpha, cutmix_alpha or adversarial_weight is set (pairs need hard labels and the plain "
              "epoch)"),
+            ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
             ("site_balanced", not (self.site_balanced and self.sampler == "balanced"),
              "false while sampler is 'balanced' (two samplers)"),
         ]

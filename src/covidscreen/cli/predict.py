@@ -28,8 +28,9 @@ def predict(
     backend: Annotated[str, typer.Option("--backend", help="torch, or onnx (after covidscreen export)")] = "torch",
     device: DeviceOpt = "auto",
     mixed_precision: Annotated[bool, typer.Option(
-        "--mixed-precision", help="bfloat16/float16 autocast on a GPU: faster, but its probabilities differ from "
-        "the CPU's (by up to 0.08 on an H100); default: exact float32 on every device")] = False,
+        "--mixed-precision", help="bfloat16/float16 autocast on a GPU (bfloat16 on a CPU with AMX or AVX-512 "
+        "BF16): faster, but its probabilities differ from exact float32 ones (by up to 0.08 on an H100); default: "
+        "exact float32 on every device")] = False,
     expect_sha256: Annotated[str | None, typer.Option(
         "--expect-sha256", help="refuse the model unless its weights have this sha256 (a value you trust)")] = None,
     manifest: Annotated[Path | None, typer.Option(

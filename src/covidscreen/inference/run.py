@@ -64,6 +64,9 @@ class Run:
     versions: dict[str, str] = field(default_factory=dict)
     members: tuple[Path, ...] = ()  # ensemble members
     sidecar: dict[str, Any] = field(default_factory=dict, repr=False)
+    # how the weights were trained: fp32, bf16 or fp16 (None: a run from before this record, or an ensemble); its
+    # predictions are exact float32 whatever this is
+    training_precision: str | None = None
 
     @property
     def positive_index(self) -> int | None:
@@ -178,6 +181,7 @@ def run_from_record(run_dir: Path, meta: dict[str, Any], kind: str) -> Run:
         versions=dict(meta.get("versions") or {}),
         members=tuple(Path(m) for m in meta.get("member_dirs", ())),
         sidecar=meta,
+        training_precision=(meta.get("training_precision") or {}).get("resolved"),
     )
 
 
