@@ -222,7 +222,7 @@ class TrainConfig:
     site_probe: bool = False  # measure how well a linear probe predicts site from the features (val+test)
     within_site_rank_weight: float = 0.0  # > 0: + w * ranking loss over same-site (positive, other) pairs
     # training numerics (runtime.resolve_precision; docs/performance.md): final predictions are float32 whatever it is
-    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with AMX/AVX-512 BF16, else fp32) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with AMX, else fp32) | fp32 | bf16
 
     def validate(self) -> TrainConfig:
         """Check values that types cannot express; raise :class:`ConfigError` naming the first bad key."""

@@ -3,8 +3,9 @@ atomic writes and library versions.
 
 On a GPU, training and inference use it with AMP (bfloat16 where supported, else float16 with a grad scaler) and
 channels_last without any change to the calling code. On a CPU, channels_last is kept (faster convolutions), and
-training uses bfloat16 autocast where the CPU computes bfloat16 natively (AMX or AVX-512 BF16: :func:`cpu_bf16`,
-:func:`resolve_precision`); elsewhere it trains in float32, since emulated bfloat16 is slower. Predictions that set
+training uses bfloat16 autocast where the CPU has AMX (:func:`cpu_bf16`, :func:`resolve_precision`); elsewhere it
+trains in float32: emulated bfloat16 is slower, and AVX-512 BF16 alone was measured no faster than float32 for this
+project's training (docs/performance.md). Predictions that set
 thresholds and decisions compute in exact float32 on every device (:func:`exact_float32`).
 """
 
@@ -100,6 +101,13 @@ class CpuBf16:
     def native(self) -> bool:
         return bool(self.units)
 
+    @property
+    def fast(self) -> bool:
+        """bfloat16 training pays here: AMX tiles. AVX-512 BF16 alone (e.g. AMD Zen 4/5) computes bfloat16 natively,
+        but a training epoch of the default model was no faster there than in float32 (0.95-0.97x measured, 0.71-0.74x
+        at 128 px: ``benchmarks/bench_epoch.py --precision``, docs/performance.md), so ``auto`` keeps float32."""
+        return "amx_bf16" in self.units
+
     def describe(self) -> str:
         return f"{self.capability}, bfloat16 {'native: ' + ' + '.join(self.units) if self.units else 'emulated'}"
 
@@ -131,13 +139,13 @@ def cpu_bf16() -> CpuBf16:
 
 
 def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
-    """The autocast dtype ``device`` computes natively, or None (float32): on CUDA bfloat16 (float16 where the GPU
-    lacks it), on a CPU bfloat16 where it has AMX or AVX-512 BF16 (:func:`cpu_bf16`), else None."""
+    """The autocast dtype that makes ``device`` faster, or None (float32): on CUDA bfloat16 (float16 where the GPU
+    lacks it), on a CPU bfloat16 where it has AMX (:attr:`CpuBf16.fast`), else None."""
     if not enabled:
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_bf16().native:
+    if device.type == "cpu" and cpu_bf16().fast:
         return torch.bfloat16
     return None
 
@@ -177,9 +185,10 @@ class Precision:
 def resolve_precision(device: torch.device, requested: str = "auto", amp: bool = True) -> Precision:
     """The training numerics of ``requested`` on ``device``.
 
-    ``auto``: bfloat16 autocast on a CPU with AMX or AVX-512 BF16 and, on CUDA, what :func:`amp_dtype` gives (as
-    before this setting existed); float32 on a CPU without them (emulated bfloat16 is slower) and when ``amp`` is
-    false. ``fp32``: exact float32. ``bf16``: bfloat16 autocast on any device, with a warning where it is emulated.
+    ``auto``: bfloat16 autocast on a CPU with AMX and, on CUDA, what :func:`amp_dtype` gives (as before this setting
+    existed); float32 on other CPUs (emulated bfloat16 is slower, AVX-512 BF16 alone measured no faster:
+    :attr:`CpuBf16.fast`) and when ``amp`` is false. ``fp32``: exact float32. ``bf16``: bfloat16 autocast on any
+    device (native on AVX-512 BF16 too), with a warning where it is emulated.
 
     Raises:
         ConfigError: ``requested`` is not one of :data:`PRECISIONS`.
