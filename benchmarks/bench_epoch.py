@@ -23,9 +23,16 @@ optimizer), and with ``--variants`` covidscreen's epoch with alternatives (froze
 tensors, batch 16/64, bfloat16 autocast where the CPU has AVX-512 BF16 or AMX, one thread), each interleaved with
 the default.
 
+With ``--precision``, instead: covidscreen's epoch in float32 against the same epoch under bfloat16 autocast
+(``precision: bf16``; what ``auto`` picks on a CPU with AMX or AVX-512 BF16), interleaved, with wall and CPU seconds
+per epoch and the validation AUC of each; each one's epoch split into its shares (data: cache read, ``to_input``
+and augmentation; forward; backward; optimizer step; validation, as ``covidscreen train`` validates after each
+epoch); and the machine's float32 and bfloat16 matrix-product roofs (best GFLOP/s of a square product).
+
 Run::
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_epoch.py --n-train 192 --n-val 96 --epochs 5 --variants
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_epoch.py --precision --n-train 96 --n-val 64 --epochs 3
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from covidscreen.data.locate import resolve_data_dir
 from covidscreen.data.table import load_table
 from covidscreen.evaluation.metrics import headline_auc
 from covidscreen.models import create_model
-from covidscreen.runtime import cpu_flags, seed_everything, to_input
+from covidscreen.runtime import autocast, cpu_bf16, cpu_flags, seed_everything, to_input
 from covidscreen.training.finetune import discriminative_param_groups, freeze_batchnorm, set_trainable_stages
 from covidscreen.training.folding import folded_frozen_batchnorm
 from covidscreen.training.loop import (
@@ -154,6 +161,7 @@ class CovidscreenTrainer:
         # what the training step calls: the model, or with --torch-compile the model compiled by TorchInductor
         self.forward = torch.compile(model, dynamic=False) if torch_compile else model
         self.profile = dict(data=0.0, forward=0.0, backward=0.0, optimizer=0.0)
+        self.validation = 0.0  # seconds of validation after profiled epochs (``validate_timed``)
 
     def images(self) -> np.ndarray:
         if self.cache is None:  # the first epoch pays the decode, as a first run does (later runs reuse the cache)
@@ -192,7 +200,8 @@ class CovidscreenTrainer:
                 x = x.contiguous()
             target = torch.from_numpy(y[idx])
             t1 = time.perf_counter()
-            loss = self.loss_fn(self.forward(x), target)
+            with autocast(opt.device, self.amp):
+                loss = self.loss_fn(self.forward(x), target)
             t2 = time.perf_counter()
             opt.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -203,10 +212,78 @@ class CovidscreenTrainer:
             for k, dt in zip(self.profile, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 self.profile[k] += dt
 
-    def auc(self) -> float:
+    def auc(self, amp: torch.dtype | None = None) -> float:
+        """Validation AUC, in exact float32 unless ``amp`` (how ``covidscreen train`` validates each epoch)."""
         rows = np.arange(len(self.train), len(self.train) + len(self.val))
-        probs = predict_probs(self.opt.model, self.images(), rows, self.opt.device, 64, progress=False)
+        probs = predict_probs(self.opt.model, self.images(), rows, self.opt.device, 64, amp=amp, progress=False)
         return headline_auc(self.val["y"].to_numpy(), probs, self.classes, "covid")
+
+    def validate_timed(self) -> None:
+        """The per-epoch validation of ``covidscreen train`` (under the run's autocast), timed."""
+        t = time.perf_counter()
+        self.auc(self.amp)
+        self.validation += time.perf_counter() - t
+
+    def shares(self) -> str:
+        parts = {**self.profile, "validation": self.validation}
+        total = sum(parts.values())
+        return ", ".join(f"{k} {v:.1f}s ({v / total:.0%})" for k, v in parts.items())
+
+
+def matmul_roof(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Best GFLOP/s of an ``n x n`` matrix product in ``dtype`` (float32: what bench_inference.py measures)."""
+    a, b = torch.rand(n, n).to(dtype), torch.rand(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def compare_precision(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], args: argparse.Namespace,
+                      tmp: Path) -> None:
+    """float32 vs bfloat16 autocast epochs of covidscreen's loop, interleaved; shares of each; the roofs."""
+    support = cpu_bf16()
+    roofs = {dt: matmul_roof(dt) for dt in (torch.float32, torch.bfloat16)}
+    print(f"CPU: {support.describe()} | matmul roof (2048^2, best of 5): float32 {roofs[torch.float32]:.0f} "
+          f"GFLOP/s, bfloat16 {roofs[torch.bfloat16]:.0f} GFLOP/s ({roofs[torch.bfloat16] / roofs[torch.float32]:.1f}x)"
+          f" | load {os.getloadavg()[0]:.1f}", flush=True)
+    sides = {name: CovidscreenTrainer(train, val, classes, args, tmp / "cache", args.batch_size, amp=amp)
+             for name, amp in (("float32", None), ("bfloat16", torch.bfloat16))}
+    sides["float32"].images()  # build the cache outside the timings
+    wall: dict[str, list[float]] = {k: [] for k in sides}
+    cpu: dict[str, list[float]] = {k: [] for k in sides}
+    for e in range(args.epochs):
+        for name in (sides if e % 2 == 0 else reversed(list(sides))):
+            w, c = time.perf_counter(), time.process_time()
+            sides[name].epoch()
+            wall[name].append(time.perf_counter() - w)
+            cpu[name].append(time.process_time() - c)
+        print(f"  epoch {e + 1}: float32 {wall['float32'][-1]:.1f}s ({cpu['float32'][-1]:.1f} CPU s) | bfloat16 "
+              f"{wall['bfloat16'][-1]:.1f}s ({cpu['bfloat16'][-1]:.1f} CPU s) | load {os.getloadavg()[0]:.1f}",
+              flush=True)
+    med = {k: (float(np.median(wall[k][1:])), float(np.median(cpu[k][1:]))) for k in sides}
+    aucs = {k: side.auc() for k, side in sides.items()}  # exact float32, as a run's final evaluation
+    print("\n| precision | median s/epoch after the first | CPU s/epoch | img/s | val AUC (float32 eval) |\n"
+          "|---|---|---|---|---|")
+    for k in sides:
+        print(f"| {k} | {med[k][0]:.1f} | {med[k][1]:.1f} | {len(train) / med[k][0]:.1f} | {aucs[k]:.3f} |")
+    paired = np.array(wall["float32"][1:]) / np.array(wall["bfloat16"][1:])
+    print(f"bfloat16 speed-up per epoch: {med['float32'][0] / med['bfloat16'][0]:.2f}x wall (paired epochs "
+          f"{', '.join(f'{r:.2f}x' for r in paired)}), {med['float32'][1] / med['bfloat16'][1]:.2f}x CPU time",
+          flush=True)
+    for e in range(2):  # profiled epochs, interleaved too, each followed by its validation
+        for name in (sides if e % 2 == 0 else reversed(list(sides))):
+            sides[name].profiled_epoch()
+            sides[name].validate_timed()
+    for name, side in sides.items():
+        print(f"shares of a {name} epoch (2 profiled epochs + validations): {side.shares()}")
+    imgs = 2 * len(train)
+    for name, side in sides.items():
+        fwd_bwd = side.profile["forward"] + side.profile["backward"]
+        print(f"{name}: forward+backward {imgs / fwd_bwd:.1f} img/s")
 
 
 def timed(fn, threads: int | None = None) -> float:
@@ -244,6 +321,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5, help="epochs per side (the first is reported apart)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", action="store_true", help="also time covidscreen with alternative settings")
+    ap.add_argument("--precision", action="store_true",
+                    help="only covidscreen's epoch in float32 vs bfloat16 autocast, with shares and matmul roofs")
     ap.add_argument("--torch-compile", action="store_true",
                     help="covidscreen's side with torch_compile (its first epoch pays the compilation)")
     args = ap.parse_args()
@@ -256,6 +335,9 @@ def main() -> None:
           f"{' | covidscreen with torch_compile' if args.torch_compile else ''}", flush=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        if args.precision:
+            compare_precision(train, val, classes, args, tmp)
+            return
         plain = PlainTrainer(train, val, classes, args, tmp)
         cs = CovidscreenTrainer(train, val, classes, args, tmp / "cache", args.batch_size,
                                 torch_compile=args.torch_compile)

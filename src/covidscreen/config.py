@@ -35,6 +35,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
 HEADS = ("finetune", "logistic", "gradient-boosting")
 # out-of-distribution detectors fitted on a run's training features (covidscreen.ood; docs/safety.md); none: no fit
 OOD_DETECTORS = ("mahalanobis", "knn", "vim", "energy", "none")
+PRECISIONS = ("auto", "fp32", "bf16")  # training numerics (runtime.resolve_precision)
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ class TrainConfig:
     positive_class: str = "covid"  # the class of the COVID-vs-rest metrics and operating point
     max_per_class: int | None = None  # use at most this many images of each class (quick experiments, tests)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    amp: bool = True  # with precision auto: mixed precision where the device has it (false: float32)
     eval_batch_size: int = 64  # batch size of validation and test predictions
     cache_dir: str | None = None  # decode cache folder; None: $COVIDSCREEN_CACHE, else ~/.cache/covidscreen
     # evaluation and audit
@@ -227,6 +228,8 @@ class TrainConfig:
     split_file: str | None = None  # CSV image,split (train|val|test|unused): this split, as given (then audited)
     ood_detector: str = "vim"  # out-of-distribution detector on training features (mahalanobis where vim cannot)
     ood_flag_rate: float = 0.05  # share of validation images the out-of-distribution flag is set to flag
+    # training numerics (runtime.resolve_precision; docs/performance.md): final predictions are float32 whatever it is
+    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with AMX, else fp32) | fp32 | bf16
 
     def validate(self) -> TrainConfig:
         """Check values that types cannot express; raise :class:`ConfigError` naming the first bad key."""
@@ -284,6 +287,7 @@ class TrainConfig:
                 self.mixup_alpha == 0 and self.cutmix_alpha == 0 and self.adversarial_weight == 0),
              "0 while mixup_alpha, cutmix_alpha or adversarial_weight is set (pairs need hard labels and the plain "
              "epoch)"),
+            ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
             ("site_balanced", not (self.site_balanced and self.sampler == "balanced"),
              "false while sampler is 'balanced' (two samplers)"),
             ("split_file", self.split_file is None or self.folds is None,

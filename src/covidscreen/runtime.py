@@ -2,8 +2,11 @@
 atomic writes and library versions.
 
 On a GPU, training and inference use it with AMP (bfloat16 where supported, else float16 with a grad scaler) and
-channels_last without any change to the calling code; on the CPU, channels_last is kept (faster convolutions) and
-AMP is off.
+channels_last without any change to the calling code. On a CPU, channels_last is kept (faster convolutions), and
+training uses bfloat16 autocast where the CPU has AMX (:func:`cpu_bf16`, :func:`resolve_precision`); elsewhere it
+trains in float32: emulated bfloat16 is slower, and AVX-512 BF16 alone was measured no faster than float32 for this
+project's training (docs/performance.md). Predictions that set
+thresholds and decisions compute in exact float32 on every device (:func:`exact_float32`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -19,6 +23,7 @@ import random
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +80,135 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
+#: CPU flags (``/proc/cpuinfo``) of native bfloat16 arithmetic: AMX tiles, AVX-512 BF16 dot products
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+#: the ``precision`` setting of training (``TrainConfig.precision``)
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class CpuBf16:
+    """What this CPU offers for bfloat16 (:func:`cpu_bf16`).
+
+    Attributes:
+        capability: PyTorch's CPU kernel level (``torch.backends.cpu.get_cpu_capability()``: e.g. AVX512, AVX2).
+        units: the native bfloat16 units found (``amx_bf16``, ``avx512_bf16``); empty: bfloat16 is emulated.
+    """
+
+    capability: str
+    units: tuple[str, ...]
+
+    @property
+    def native(self) -> bool:
+        return bool(self.units)
+
+    @property
+    def fast(self) -> bool:
+        """bfloat16 training pays here: AMX tiles. AVX-512 BF16 alone (e.g. AMD Zen 4/5) computes bfloat16 natively,
+        but a training epoch of the default model was no faster there than in float32 (0.95-0.97x measured, 0.71-0.74x
+        at 128 px: ``benchmarks/bench_epoch.py --precision``, docs/performance.md), so ``auto`` keeps float32."""
+        return "amx_bf16" in self.units
+
+    def describe(self) -> str:
+        return f"{self.capability}, bfloat16 {'native: ' + ' + '.join(self.units) if self.units else 'emulated'}"
+
+
+@functools.cache
+def cpu_bf16() -> CpuBf16:
+    """This CPU's bfloat16 support, detected once per process: PyTorch's own queries (``torch.cpu``: AMX tiles,
+    AVX-512 BF16, from its cpuinfo library, on every OS) and the kernel's CPU flags (:func:`cpu_flags`, Linux),
+    either of which suffices. PyTorch's kernel level must be AVX-512 (or above) for its oneDNN kernels to use them
+    (``ATEN_CPU_CAPABILITY=avx2`` turns them off)."""
+    try:
+        capability = str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):  # pragma: no cover - torch without the query
+        capability = "unknown"
+    flags = cpu_flags()
+    queries = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
+    units = []
+    for flag in BF16_CPU_FLAGS:
+        query = getattr(torch.cpu, queries[flag], None)
+        try:
+            found = flag in flags or bool(query and query())
+        except RuntimeError:  # pragma: no cover - a query that fails counts as absent
+            found = flag in flags
+        if found:
+            units.append(flag)
+    if not capability.upper().startswith("AVX512"):  # PyTorch's kernels would not use them
+        units = []
+    return CpuBf16(capability, tuple(units))
+
+
 def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
-    if not enabled or device.type != "cuda":
+    """The autocast dtype that makes ``device`` faster, or None (float32): on CUDA bfloat16 (float16 where the GPU
+    lacks it), on a CPU bfloat16 where it has AMX (:attr:`CpuBf16.fast`), else None."""
+    if not enabled:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_bf16().fast:
+        return torch.bfloat16
+    return None
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The numerics of a training run, resolved from the ``precision`` setting on the run's device.
+
+    Attributes:
+        requested: the setting (auto, fp32, bf16).
+        dtype: the autocast dtype of the training steps and per-epoch validation (None: float32).
+        device: the device type (cpu, cuda).
+        cpu: what the CPU offers (recorded on every device: a run trained on a GPU says which CPU it had too).
+        warning: why the choice may be slow (bf16 asked for where it is emulated), else None.
+    """
+
+    requested: str
+    dtype: torch.dtype | None
+    device: str
+    cpu: CpuBf16
+    warning: str | None = None
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, str(self.dtype))
+
+    def describe(self) -> str:
+        why = f"precision {self.requested}" + (f" on {self.device}" if self.requested == "auto" else "")
+        return f"{self.name} ({why}; CPU {self.cpu.describe()})"
+
+    def record(self) -> dict[str, Any]:
+        """What the run's sidecar and config record (``training_precision``)."""
+        return {"requested": self.requested, "resolved": self.name, "device": self.device,
+                "cpu_capability": self.cpu.capability, "cpu_bf16_units": list(self.cpu.units)}
+
+
+def resolve_precision(device: torch.device, requested: str = "auto", amp: bool = True) -> Precision:
+    """The training numerics of ``requested`` on ``device``.
+
+    ``auto``: bfloat16 autocast on a CPU with AMX and, on CUDA, what :func:`amp_dtype` gives (as before this setting
+    existed); float32 on other CPUs (emulated bfloat16 is slower, AVX-512 BF16 alone measured no faster:
+    :attr:`CpuBf16.fast`) and when ``amp`` is false. ``fp32``: exact float32. ``bf16``: bfloat16 autocast on any
+    device (native on AVX-512 BF16 too), with a warning where it is emulated.
+
+    Raises:
+        ConfigError: ``requested`` is not one of :data:`PRECISIONS`.
+    """
+    if requested not in PRECISIONS:
+        raise ConfigError(f"precision {requested!r} is not known; use one of {', '.join(PRECISIONS)}")
+    cpu, warning = cpu_bf16(), None
+    if requested == "fp32":
+        dtype = None
+    elif requested == "auto":
+        dtype = amp_dtype(device, amp)
+    else:
+        dtype = torch.bfloat16
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and cpu.native
+        if not native:
+            where = "this GPU" if device.type == "cuda" else f"this CPU ({cpu.describe()})"
+            warning = (f"precision bf16 on {where}: bfloat16 is emulated there, so training will be slower than in "
+                       "float32 (precision auto or fp32 avoids that); proceeding in bfloat16")
+    return Precision(requested, dtype, device.type, cpu, warning)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -89,11 +219,17 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 @contextlib.contextmanager
 def exact_float32(device: torch.device, enabled: bool = True):
-    """Within: float32 convolutions and matrix products on a CUDA device without TF32 (which PyTorch allows for
-    cuDNN convolutions by default), so that GPU probabilities match the CPU's to float32 rounding; no-op on a CPU
-    or when not ``enabled``."""
-    if not enabled or device.type != "cuda":
+    """Within: float32 convolutions and matrix products without reduced-precision shortcuts, so that probabilities
+    match across devices to float32 rounding. On a CUDA device: no TF32 (which PyTorch allows for cuDNN convolutions
+    by default). On a CPU: oneDNN's float32 convolutions and matrix products in IEEE float32, even where the process
+    allowed bfloat16 for them (``torch.backends.mkldnn.*.fp32_precision``, the default already). A no-op when not
+    ``enabled``."""
+    if not enabled:
         yield
+        return
+    if device.type != "cuda":
+        with _mkldnn_ieee():
+            yield
         return
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
@@ -101,6 +237,24 @@ def exact_float32(device: torch.device, enabled: bool = True):
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@contextlib.contextmanager
+def _mkldnn_ieee():
+    """oneDNN's float32 matmul and convolution precision set to IEEE within, restored after (no-op on a PyTorch
+    without the per-backend precision settings)."""
+    backends = [b for b in (getattr(torch.backends.mkldnn, n, None) for n in ("matmul", "conv"))
+                if b is not None and hasattr(b, "fp32_precision")]
+    saved = [b.fp32_precision for b in backends]
+    try:
+        for b in backends:
+            if b.fp32_precision not in ("ieee", "none"):  # "none": inherits the default, IEEE float32
+                b.fp32_precision = "ieee"
+        yield
+    finally:
+        for b, value in zip(backends, saved, strict=True):
+            if b.fp32_precision != value:
+                b.fp32_precision = value
 
 
 def prediction_precision(device: torch.device, dtype: torch.dtype | None):

@@ -175,3 +175,38 @@ def test_a_fold_that_changes_the_output_is_undone_with_a_warning():
         assert n == 0
         assert isinstance(model.bn, nn.BatchNorm2d)
         torch.testing.assert_close(model(x), expected)
+
+
+def test_bfloat16_autocast_trains_through_the_fold_in_channels_last():
+    """bfloat16 training (``precision`` bf16/auto on a CPU) with the fold: the fold is checked in float32 (outside
+    autocast) and happens; the folded convolutions keep channels_last weights, the trained layers' bfloat16
+    activations stay channels_last, the parameters and their gradients stay float32, and the loss is the unfolded
+    one's to bfloat16 rounding."""
+    model, x = _model(), _x(8, 64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    loss_fn = nn.CrossEntropyLoss()
+    with torch.no_grad():
+        ref32 = loss_fn(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref16 = loss_fn(model(x), y)
+    pairs = foldable_pairs(model)
+    trained_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad)
+    seen = []
+    handle = trained_conv.register_forward_hook(lambda m, i, out: seen.append(out))
+    try:
+        with folded_frozen_batchnorm(model, x[:2]) as n:
+            assert n == len(pairs) > 0
+            for parent, cname, _ in pairs:
+                assert getattr(parent, cname).weight.is_contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = loss_fn(model(x), y)
+            loss.backward()
+    finally:
+        handle.remove()
+    assert seen[-1].dtype == torch.bfloat16 and seen[-1].is_contiguous(memory_format=torch.channels_last)
+    for p in model.parameters():
+        assert p.dtype == torch.float32
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+    assert loss.item() == pytest.approx(ref16.item(), rel=0.03)  # bf16 keeps 8 bits of mantissa
+    assert loss.item() == pytest.approx(ref32.item(), rel=0.05)

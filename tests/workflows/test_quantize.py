@@ -10,7 +10,17 @@ from covidscreen.errors import CheckpointError
 from covidscreen.inference.onnx import OnnxModel
 from covidscreen.inference.predictor import Predictor
 from covidscreen.workflows.fit import fit
-from covidscreen.workflows.quantize import INT8_FILE, _session, export_int8, onnx_probabilities, split_images
+from covidscreen.workflows.quantize import (
+    DEFAULT_VARIANTS,
+    INT8_FILE,
+    Int8Variant,
+    _session,
+    calibration_set,
+    export_int8,
+    onnx_probabilities,
+    sensitive_nodes,
+    split_images,
+)
 from tests.conftest import make_image_folder
 
 
@@ -47,6 +57,9 @@ def test_int8_serves_when_the_test_split_allows_and_is_verified(run):
     assert np.mean(p32.argmax(1) == p8.argmax(1)) >= 0.9
     checks = result.checks
     assert checks["test_images"] == len(test_y) and checks["calibration_images"] == 8
+    # the first variant already keeps the validation decisions within the (here loose) guard: no other is tried
+    assert [v["variant"] for v in info["int8"]["variants"]] == [DEFAULT_VARIANTS[0].name] == [checks["variant"]]
+    assert sum(checks["calibration_sites"].values()) == 8
     assert checks["roc_auc_drop"] == pytest.approx(checks["roc_auc_fp32"] - checks["roc_auc_int8"])
     # the Predictor's ONNX backend serves the INT8 file
     pred = Predictor(run, backend="onnx")
@@ -73,3 +86,66 @@ def test_fp32_export_matches_pytorch_on_test_images(run):
     torch_probs = Predictor(run, device="cpu").predict_arrays(test_x)
     onnx_probs = Predictor(run, backend="onnx").predict_arrays(test_x)  # FP32 serves after the rejection above
     np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-4)
+
+
+def test_int8_tries_variants_in_order_and_keeps_the_one_that_changed_fewest_validation_decisions(run):
+    variants = (Int8Variant("minmax"), Int8Variant("percentile", ("stem", "head")))
+    result = export_int8(run, calibration_images=8, max_changed=-1.0, variants=variants)  # none passes: all tried
+    info = json.loads((run / "model.json").read_text())["onnx"]["int8"]
+    tried = info["variants"]
+    assert [v["variant"] for v in tried] == ["minmax", "percentile, stem+head in fp32"]
+    assert tried[0]["fp32_nodes"] == [] and len(tried[1]["fp32_nodes"]) >= 3  # stem, last conv, classifier
+    best = min(tried, key=lambda v: v["val_decisions_changed"])  # first on ties
+    assert result.checks["variant"] == best["variant"] and not result.accepted
+    assert "FP32 keeps serving" in result.message and best["variant"] in result.message
+    assert not list(run.glob("*.tmp.onnx"))  # no candidate left behind
+
+
+def test_calibration_draws_every_site_alike(run, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    table = pd.read_csv(copy / "split.csv").sort_values("label", kind="stable").head(24)
+    labels = table["label"].tolist()
+    # 'big' holds both classes, 'small' only normal images (the last four rows)
+    table = table.assign(split="train", site=["big"] * 20 + ["small"] * 4)
+    table.to_csv(copy / "split.csv", index=False)
+    images, sites = calibration_set(copy, 6, seed=0)
+    groups = {("big", lab) for lab in labels[:20]} | {("small", lab) for lab in labels[20:]}
+    assert len(groups) == 3  # (big, covid), (big, normal), (small, normal): 2 images each
+    assert images.shape[0] == 6 and sites == {"big": 4, "small": 2}
+    images, sites = calibration_set(copy, 100, seed=0)  # all of them when asked for more
+    assert sites == {"big": 20, "small": 4}
+
+
+def test_sensitive_nodes_find_stem_head_and_squeeze_excitation(tmp_path):
+    import warnings
+
+    import onnx
+    import torch
+    from torch import nn
+
+    class SE(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.reduce, self.expand = nn.Conv2d(c, 2, 1), nn.Conv2d(2, c, 1)
+
+        def forward(self, x):
+            return x * torch.sigmoid(self.expand(torch.relu(self.reduce(x.mean((2, 3), keepdim=True)))))
+
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), SE(8), nn.Conv2d(8, 16, 1),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3)).eval()
+    path = tmp_path / "se.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notes (as inference/onnx.py)
+        torch.onnx.export(net, (torch.rand(1, 1, 16, 16),), str(path), opset_version=17, dynamo=False)
+    model = onnx.load(str(path))
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    gemm = [n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]
+    assert sensitive_nodes(model, ("stem",)) == [convs[0]]
+    assert sensitive_nodes(model, ("head",)) == [convs[-1], *gemm]
+    assert sensitive_nodes(model, ("se",)) == [convs[3], convs[2]]  # expand, reduce (walked back from the gate)
+    assert convs[1] not in sensitive_nodes(model)  # an ordinary convolution stays INT8

@@ -232,3 +232,15 @@ def test_a_run_with_an_epoch_checkpoint_left_is_not_finished(tmp_path):
     assert not is_finished(run, cfg)  # report or model card were cut short: grids and folds finish it again
     (run / "resume").rmdir()
     assert is_finished(run, cfg)
+
+
+def test_a_run_from_before_the_precision_setting_continues_in_float32_on_a_cpu(tmp_path):
+    from covidscreen.config import TrainConfig, to_dict
+    from covidscreen.workflows.finish import run_config
+
+    stored = to_dict(TrainConfig(device="cpu"))
+    del stored["precision"]  # a config.yaml written before the setting existed: it trained in float32 on a CPU
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert run_config(tmp_path).precision == "fp32"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**stored, "precision": "auto"}))
+    assert run_config(tmp_path).precision == "auto"  # a run that chose: kept

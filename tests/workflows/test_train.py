@@ -5,7 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
+from covidscreen import runtime
 from covidscreen.config import resolve_train_config
+from covidscreen.inference.predictor import Predictor
+from covidscreen.inference.run import load_run
 from covidscreen.models import create_model
 from covidscreen.training.finetune import set_trainable_stages
 from covidscreen.training.loop import cosine_with_warmup
@@ -37,6 +40,46 @@ def test_corrupt_image_is_skipped_and_counted_and_seeded_runs_repeat(tmp_path):
     assert list(ha.columns[:5]) == ["epoch", "train_loss", "val_loss", "val_auc", "val_accuracy"]
     assert json.loads((a / "model.json").read_text())["split_fingerprint"] == \
         json.loads((b / "model.json").read_text())["split_fingerprint"]
+
+
+def test_bf16_training_end_to_end_repeats_is_recorded_and_predicts_in_float32(tmp_path, monkeypatch, capsys):
+    """A tiny bfloat16 run on the CPU (native or emulated): seeded reruns are identical, the log and the sidecar say
+    how it trained, and its predictions (final evaluation and Predictor) are exact float32, not bfloat16."""
+    root = make_image_folder(tmp_path / "d", n_per_class=12, size=40)
+    # ImageNet weights, so that the network's outputs vary between images after so few steps (see below)
+    kw = dict(model="efficientnet_lite0", pretrained=True, image_size=48, train_stages=2, lr=3e-3, audit=False)
+    a = fit(_cfg(root, tmp_path / "a", precision="bf16", **kw), progress=False)
+    b = fit(_cfg(root, tmp_path / "b", precision="bf16", **kw), progress=False)
+    assert "precision: bf16 (precision bf16; CPU " in capsys.readouterr().out
+    meta = json.loads((a / "model.json").read_text())
+    record = meta["training_precision"]
+    assert record["requested"] == "bf16" and record["resolved"] == "bf16" and record["device"] == "cpu"
+    assert record["cpu_capability"] == runtime.cpu_bf16().capability
+    assert record["cpu_bf16_units"] == list(runtime.cpu_bf16().units)
+    assert meta["config"]["precision"] == "bf16" and load_run(a).training_precision == "bf16"
+    pa, pb = pd.read_csv(a / "predictions.csv"), pd.read_csv(b / "predictions.csv")
+    np.testing.assert_array_equal(pa.filter(like="prob_"), pb.filter(like="prob_"))  # seeded: the same run
+    pd.testing.assert_frame_equal(pd.read_csv(a / "history.csv").drop(columns="seconds"),
+                                  pd.read_csv(b / "history.csv").drop(columns="seconds"))
+
+    # the same run on a CPU without native bfloat16, precision auto: float32 training, recorded so
+    monkeypatch.setattr(runtime, "cpu_bf16", lambda: runtime.CpuBf16("AVX2", ()))
+    c = fit(_cfg(root, tmp_path / "c", **kw), progress=False)
+    assert json.loads((c / "model.json").read_text())["training_precision"]["resolved"] == "fp32"
+    assert load_run(c).training_precision == "fp32"
+    pc = pd.read_csv(c / "predictions.csv")
+    assert not np.allclose(pa.filter(like="prob_"), pc.filter(like="prob_"), atol=1e-4)  # bf16 really trained
+    monkeypatch.undo()
+
+    # predictions of the bf16-trained model: float32, the same as the final evaluation's, unlike bf16 autocast
+    paths = [str(root / p) for p in pa["image"]]
+    exact = Predictor(a, device="cpu").predict_files(paths, progress=False)
+    assert exact["error"].fillna("").eq("").all()
+    np.testing.assert_allclose(exact.filter(like="prob_").to_numpy(), pa.filter(like="prob_").to_numpy(), atol=1e-6)
+    autocast = Predictor(a, device="cpu", mixed_precision=True)
+    autocast.amp = torch.bfloat16  # what --mixed-precision gives on a CPU with native bfloat16
+    mixed = autocast.predict_files(paths, progress=False)
+    assert np.abs(mixed.filter(like="prob_").to_numpy() - exact.filter(like="prob_").to_numpy()).max() > 1e-5
 
 
 def test_learnable_signal_is_learned(tmp_path):

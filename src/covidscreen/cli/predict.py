@@ -29,8 +29,9 @@ def predict(
                                          "when the run has an export and onnxruntime is installed)")] = "torch",
     device: DeviceOpt = "auto",
     mixed_precision: Annotated[bool, typer.Option(
-        "--mixed-precision", help="bfloat16/float16 autocast on a GPU: faster, but its probabilities differ from "
-        "the CPU's (by up to 0.08 on an H100); default: exact float32 on every device")] = False,
+        "--mixed-precision", help="bfloat16/float16 autocast on a GPU (bfloat16 on a CPU with AMX or AVX-512 "
+        "BF16): faster, but its probabilities differ from exact float32 ones (by up to 0.08 on an H100); default: "
+        "exact float32 on every device")] = False,
     expect_sha256: Annotated[str | None, typer.Option(
         "--expect-sha256", help="refuse the model unless its weights have this sha256 (a value you trust)")] = None,
     manifest: Annotated[Path | None, typer.Option(
@@ -61,10 +62,12 @@ def predict(
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="run folder written by train")],
-    int8: Annotated[bool, typer.Option("--int8", help="also quantise to INT8 (static QDQ, calibrated on validation "
-                                       "images); it serves only if the test ROC AUC drops <= 0.005 and <= 1% of "
-                                       "test decisions change")] = False,
-    calibration_images: Annotated[int, typer.Option("--calibration-images", min=1)] = 128,
+    int8: Annotated[bool, typer.Option("--int8", help="also quantise to INT8 (static QDQ, calibrated on training "
+                                       "images of every site; calibration method and float32 stem/head chosen on "
+                                       "validation images); it serves only if the test ROC AUC drops <= 0.005 and "
+                                       "<= 1% of test decisions change")] = False,
+    calibration_images: Annotated[int, typer.Option("--calibration-images", min=1,
+                                                    help="training images that set the INT8 ranges")] = 128,
 ) -> None:
     """Export a run to ONNX (model.onnx, checked against PyTorch) for onnxruntime CPU inference."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)

@@ -198,6 +198,10 @@ class Run:
     ood: OODRecord | None = None  # the out-of-distribution model, when one was fitted
     commissioning: dict[str, Commissioning] = field(default_factory=dict)  # site acceptance tests passed (go)
     sanitized: dict[str, Any] | None = None  # covidscreen sanitize: source run, method, clean set (security/sanitize)
+    # how the weights were trained: fp32, bf16 or fp16 (None: a run from before this record, or an ensemble); its
+    # predictions are exact float32 whatever this is
+    training_precision: str | None = None
+    training_precision_record: dict[str, Any] | None = None  # the whole record (requested, resolved, CPU capability)
 
     @property
     def positive_index(self) -> int | None:
@@ -394,6 +398,8 @@ def run_from_record(run_dir: Path, meta: dict[str, Any], kind: str) -> Run:
         local_calibration=dict(meta.get("local_calibration") or {}),
         ood=_ood_record(meta),
         commissioning=_commissioning(meta),
+        training_precision=(meta.get("training_precision") or {}).get("resolved"),
+        training_precision_record=meta.get("training_precision"),
     )
 
 

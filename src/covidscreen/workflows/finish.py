@@ -11,12 +11,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from ..config import TrainConfig, resolve_train_config
 from ..errors import CheckpointError
 from ..inference.checkpoint import WEIGHTS_FILE
 from ..inference.run import load_run
-from ..runtime import amp_dtype, resolve_device, seed_everything
+from ..runtime import resolve_device, resolve_precision, seed_everything
 from ..training.checkpointing import load_state, read_state_record
 from .finalize import finalize_run
 from .fit import fit
@@ -34,7 +35,11 @@ def run_config(run_dir: str | Path, device: str | None = None) -> TrainConfig:
     if not path.is_file():
         raise CheckpointError(f"{run_dir} has no config.yaml: not a run folder written by covidscreen train; start a "
                               "new run with covidscreen train --output DIR")
-    return resolve_train_config(path, output=str(run_dir), device=device)
+    cfg = resolve_train_config(path, output=str(run_dir), device=device)
+    stored = yaml.safe_load(path.read_text()) or {}
+    if isinstance(stored, dict) and "precision" not in stored and resolve_device(cfg.device).type != "cuda":
+        cfg.precision = "fp32"  # a run from before the setting trained in float32 on a CPU: continue it so
+    return cfg
 
 
 def resume_training(run_dir: str | Path, device: str | None = None, progress: bool = True) -> Path:
@@ -64,7 +69,8 @@ def finish(run_dir: str | Path, device: str | None = None, progress: bool = True
                               f"train it with: {resume_command(run_dir)}")
     seed_everything(cfg.seed)
     dev = resolve_device(cfg.device)
-    amp = amp_dtype(dev, cfg.amp)
+    precision = resolve_precision(dev, cfg.precision, cfg.amp)
+    amp = precision.dtype
     data = align_to_run_split(prepare_data(cfg, progress=progress), run_dir, log)
     write_split(run_dir, data, cfg)
     model, init_from = build_model(cfg, data, dev, amp)
@@ -80,11 +86,14 @@ def finish(run_dir: str | Path, device: str | None = None, progress: bool = True
         best_epoch = run.best_epoch or 0
         data.fingerprint = run.split_fingerprint or data.fingerprint
         init_from = run.init_from if run.init_from is not None else init_from
+        # how it was trained, not how it would be here
+        precision = run.training_precision_record or precision
         hist = run_dir / "history.csv"
         history = pd.read_csv(hist).to_dict("records") if hist.is_file() else []
     log(f"finish: {run_dir} (epoch {best_epoch} selected); evaluating, auditing and reporting")
     with after_training(run_dir):
-        finish_run(run_dir, model, data, cfg, dev, amp, best_epoch, history, progress, init_from)
+        finish_run(run_dir, model, data, cfg, dev, amp, best_epoch, history, progress, init_from,
+                   precision=precision)
         finalize_run(run_dir, cfg, data, model, dev, progress, log)
     discard_training_state(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -1,11 +1,21 @@
-"""INT8 export of a run for CPU inference: ONNX Runtime static QDQ quantisation, calibrated on the run's validation
-images and accepted only if the run's test images say it keeps the model's accuracy.
+"""INT8 export of a run for CPU inference: ONNX Runtime static QDQ quantisation, calibrated on images of every site
+of the run's training split, the variant chosen on its validation images, and accepted only if the run's test
+images say it keeps the model's accuracy and decisions.
 
 Static QDQ quantises every convolution and matrix multiply (weights per channel, activations per tensor with ranges
-from the calibration images); dynamic quantisation would touch only the last linear layer of a CNN. The INT8 model
-serves (``model.json`` ``onnx.serving``) only if, on the test split, its ROC AUC (positive class vs rest) is at most
-``max_auc_drop`` below the FP32 export's and its decisions at the run's default operating point differ for at most
-``max_changed`` of the images; otherwise the FP32 export keeps serving and the sidecar says why.
+from the calibration images); dynamic quantisation would touch only the last linear layer of a CNN. How the
+activation ranges are set matters more than anything else for a model's decisions, so several variants are tried
+(:data:`DEFAULT_VARIANTS`), in order of how much of the network they compute in INT8: onnxruntime's calibration
+methods MinMax and Percentile (``onnxruntime.quantization.CalibrationMethod``; Entropy on request), each also with
+the sensitive nodes kept in float32 (``nodes_to_exclude``: the stem convolution, which sees the raw image; the head,
+i.e. the last convolution and the classifier, whose outputs are the logits; squeeze-excitation gates where the
+network has them).
+The first variant whose decisions at the run's default operating point change for at most half of ``max_changed``
+of the validation images is taken (else the one that changed fewest), and then the guard decides on the test split,
+which played no part in the choice: the INT8 model serves (``model.json`` ``onnx.serving``) only if there its ROC
+AUC (positive class vs rest) is at most ``max_auc_drop`` below the FP32 export's and its decisions differ for at most
+``max_changed`` of the images; otherwise the FP32 export keeps serving and the sidecar says why. Every variant tried
+is recorded with its validation figures.
 """
 
 from __future__ import annotations
@@ -27,6 +37,30 @@ from ..runtime import sha256_file
 from ..segmentation import load_segmenter_for
 
 INT8_FILE = "model.int8.onnx"
+#: onnxruntime's calibration methods, by the names the sidecar and benchmarks use
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+#: kinds of nodes a variant may keep in float32 (:func:`sensitive_nodes`)
+SENSITIVE_KINDS = ("stem", "head", "se")
+
+
+@dataclass(frozen=True)
+class Int8Variant:
+    """One way to quantise: a calibration method and the kinds of sensitive nodes kept in float32."""
+
+    method: str = "minmax"
+    keep_fp32: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.method + (f", {'+'.join(self.keep_fp32)} in fp32" if self.keep_fp32 else "")
+
+
+#: tried in this order by :func:`export_int8`: every node INT8 first, then with stem, head and SE in float32.
+#: Entropy is left out: with onnxruntime 1.32 it wrote models byte-identical to MinMax's (same sha256, on the
+#: quickstart model and on a scratch one), after a histogram pass that takes minutes; ``Int8Variant("entropy")``
+#: still runs it.
+DEFAULT_VARIANTS = (Int8Variant("minmax"), Int8Variant("percentile"),
+                    Int8Variant("minmax", SENSITIVE_KINDS), Int8Variant("percentile", SENSITIVE_KINDS))
 
 
 @dataclass
@@ -39,17 +73,42 @@ class QuantisationResult:
     message: str
 
 
+def _split_table(run_dir: Path, split: str) -> pd.DataFrame:
+    table_file = Path(run_dir) / "split.csv"
+    if not table_file.is_file():
+        raise DataError(f"{run_dir} has no split.csv: INT8 export needs the run's training, validation and test "
+                        "images")
+    table = pd.read_csv(table_file)
+    return table[table["split"] == split]
+
+
 def split_images(run_dir: Path, split: str, limit: int | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The run's ``split`` images (``split.csv``), preprocessed as the run's predictions are, and their labels;
-    at most ``limit`` of them, drawn at random with ``seed`` (stratified draws are not needed for calibration)."""
-    run = load_run(run_dir)
-    table_file = run_dir / "split.csv"
-    if not table_file.is_file():
-        raise DataError(f"{run_dir} has no split.csv: INT8 export needs the run's validation and test images")
-    table = pd.read_csv(table_file)
-    table = table[table["split"] == split]
+    at most ``limit`` of them, drawn at random with ``seed``."""
+    table = _split_table(run_dir, split)
     if limit is not None and len(table) > limit:
         table = table.sample(n=limit, random_state=seed)
+    return _load_images(Path(run_dir), table, split)
+
+
+def calibration_set(run_dir: Path, limit: int, seed: int = 0) -> tuple[np.ndarray, dict[str, int]]:
+    """``limit`` images of the run's training split drawn from every site and label alike: each (site, label) group
+    gives its first image (in a seeded shuffle), then its second, and so on, until ``limit`` are drawn, so that a
+    small site's intensity range is in the calibration as much as a large one's. Returns the images and how many
+    came from each site."""
+    table = _split_table(run_dir, "train")
+    if table.empty:
+        raise DataError("the run's training split is empty: INT8 calibration needs training images")
+    table = table.sample(frac=1.0, random_state=seed)
+    site = table["site"].fillna("unknown").astype(str) if "site" in table else pd.Series("unknown", table.index)
+    rank = table.assign(_site=site).groupby(["_site", "label"], sort=False).cumcount()
+    table = table.assign(_site=site, _rank=rank).sort_values("_rank", kind="stable").head(limit)
+    images, _ = _load_images(Path(run_dir), table, "train")
+    return images, {str(k): int(v) for k, v in table["_site"].value_counts().sort_index().items()}
+
+
+def _load_images(run_dir: Path, table: pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray]:
+    run = load_run(run_dir)
     data_dir = Path(run.data_dir or ".")
     segmenter = load_segmenter_for(run.preprocess, base_dir=run.path)
     images, labels = [], []
@@ -87,12 +146,60 @@ def onnx_probabilities(session: Any, images: np.ndarray, temperature: float = 1.
     return np.concatenate(out)
 
 
-def quantize_static_qdq(fp32: Path, out: Path, calibration: np.ndarray) -> None:
+def sensitive_nodes(model: Any, kinds: tuple[str, ...] = SENSITIVE_KINDS) -> list[str]:
+    """Names of the nodes of an ONNX ``model`` (an ``onnx.ModelProto``) that INT8 hurts most, by kind:
+
+    - ``stem``: the first convolution (it sees the image itself, whose range the calibration must cover whole);
+    - ``head``: the last convolution and every matrix product after the last global pooling (the logits);
+    - ``se``: squeeze-excitation gates: convolutions and matrix products between a global pooling (GlobalAveragePool
+      or ReduceMean) and a Sigmoid/HardSigmoid that gates a feature map (EfficientNet-B*, MobileNetV3; none in
+      EfficientNet-Lite, which dropped them).
+    """
+    nodes = list(model.graph.node)
+    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+    products = {"Gemm", "MatMul", "Conv"}
+    out: list[str] = []
+    if "stem" in kinds and convs:
+        out.append(nodes[convs[0]].name)
+    if "head" in kinds and convs:
+        pools = [i for i, n in enumerate(nodes) if n.op_type in ("GlobalAveragePool", "ReduceMean")]
+        last_pool = pools[-1] if pools else convs[-1]
+        out.append(nodes[convs[-1]].name)
+        out += [n.name for n in nodes[last_pool + 1:] if n.op_type in products]
+    if "se" in kinds:
+        producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+        for n in nodes:
+            if n.op_type not in ("Sigmoid", "HardSigmoid"):
+                continue
+            chain, j = [], producer.get(n.input[0])  # walk back from the gate to its pooling
+            while j is not None and nodes[j].op_type not in ("GlobalAveragePool", "ReduceMean") and len(chain) < 8:
+                chain.append(j)
+                j = producer.get(nodes[j].input[0]) if nodes[j].input else None
+            if j is not None and nodes[j].op_type in ("GlobalAveragePool", "ReduceMean"):
+                out += [nodes[k].name for k in chain if nodes[k].op_type in products]
+    return list(dict.fromkeys(name for name in out if name))
+
+
+def quantize_static_qdq(fp32: Path, out: Path, calibration: np.ndarray, method: str = "minmax",
+                        keep_fp32: tuple[str, ...] = ()) -> list[str]:
     """ONNX Runtime static quantisation in QDQ format: int8 weights per channel, uint8 activations whose ranges
-    come from ``calibration`` (uint8 images as the model's input takes them)."""
+    come from ``calibration`` (uint8 images as the model's input takes them) by ``method`` (minmax, entropy or
+    percentile); the :func:`sensitive_nodes` of the kinds in ``keep_fp32`` stay float32. Returns those nodes."""
     # optional dependency: covidscreen[onnx]
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # optional dependency, as above
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise ValueError(f"calibration method {method!r} is not known; use one of {', '.join(methods)}")
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -106,70 +213,109 @@ def quantize_static_qdq(fp32: Path, out: Path, calibration: np.ndarray) -> None:
     prepared = out.with_suffix(".prep.onnx")
     try:
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        excluded = sensitive_nodes(onnx.load(str(prepared)), keep_fp32) if keep_fp32 else []
         quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[method], nodes_to_exclude=excluded)
     finally:
         prepared.unlink(missing_ok=True)
+    return excluded
 
 
 def export_int8(run_dir: str | Path, calibration_images: int = 128, max_auc_drop: float = 0.005,
-                max_changed: float = 0.01, max_test_images: int | None = None) -> QuantisationResult:
+                max_changed: float = 0.01, max_test_images: int | None = None,
+                variants: tuple[Int8Variant, ...] = DEFAULT_VARIANTS,
+                selection_images: int | None = 512) -> QuantisationResult:
     """Quantise a run's ONNX export (made first if missing) to INT8 and serve it if the test split allows.
 
     Args:
-        calibration_images: validation images whose activations set the quantisation ranges.
+        calibration_images: training images, from every site alike (:func:`calibration_set`), whose activations
+            set the quantisation ranges.
         max_auc_drop: largest accepted fall of the test ROC AUC (positive class vs rest; macro one-vs-rest without
             a positive class).
         max_changed: largest accepted share of test images whose decision at the default operating point changes.
         max_test_images: check on at most this many test images (default: all).
+        variants: the ways to quantise, tried in order until one changes at most ``max_changed / 2`` of the
+            validation decisions (the module docstring).
+        selection_images: validation images the variants are compared on (default at most 512; None: all).
     """
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise CovidscreenError("INT8 export needs onnx and onnxruntime: pip install 'covidscreen[onnx]'") from None
+    if not variants:
+        raise ValueError("export_int8 needs at least one variant")
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     if run.onnx is None or not (run_dir / ONNX_FILE).is_file():
         export_onnx(run_dir)
         run = load_run(run_dir)
-    calib, _ = split_images(run_dir, "val", calibration_images, seed=run.seed or 0)
-    test_x, test_y = split_images(run_dir, "test", max_test_images, seed=run.seed or 0)
-    out = run_dir / INT8_FILE
-    tmp = run_dir / "model.int8.tmp.onnx"
-    quantize_static_qdq(run_dir / ONNX_FILE, tmp, calib)
-
+    seed = run.seed or 0
+    calib, sites = calibration_set(run_dir, calibration_images, seed=seed)
+    val_x, _ = split_images(run_dir, "val", selection_images, seed=seed)
+    test_x, test_y = split_images(run_dir, "test", max_test_images, seed=seed)
     point = run.point("default")
     threshold = None if point is None else point.threshold
     temperature = run.temperature_for("default")
-    p32 = onnx_probabilities(_session(run_dir / ONNX_FILE), test_x, temperature)
+
+    def decisions(p: np.ndarray) -> np.ndarray:
+        return predict_labels(p, run.positive_index, threshold)
+
+    fp32 = _session(run_dir / ONNX_FILE)
+    d32_val = decisions(onnx_probabilities(fp32, val_x, temperature))
+    out, tmp = run_dir / INT8_FILE, run_dir / "model.int8.tmp.onnx"
+    tried: list[dict[str, Any]] = []
+    best: tuple[float, int] | None = None
+    candidate = run_dir / "model.int8.candidate.tmp.onnx"
+    try:
+        for i, variant in enumerate(variants):
+            excluded = quantize_static_qdq(run_dir / ONNX_FILE, candidate, calib, variant.method, variant.keep_fp32)
+            changed_val = float(np.mean(decisions(onnx_probabilities(_session(candidate), val_x, temperature))
+                                        != d32_val))
+            tried.append({"variant": variant.name, "method": variant.method, "keep_fp32": list(variant.keep_fp32),
+                          "fp32_nodes": excluded, "val_decisions_changed": changed_val})
+            if best is None or changed_val < best[0]:
+                best = (changed_val, i)
+                candidate.replace(tmp)
+            if changed_val <= max_changed / 2:
+                break
+    finally:
+        candidate.unlink(missing_ok=True)
+    chosen = variants[best[1]]
+
+    p32 = onnx_probabilities(fp32, test_x, temperature)
     p8 = onnx_probabilities(_session(tmp), test_x, temperature)
     classes, pos = list(run.classes), run.positive_class
     auc32, auc8 = headline_auc(test_y, p32, classes, pos), headline_auc(test_y, p8, classes, pos)
-    d32, d8 = (predict_labels(p, run.positive_index, threshold) for p in (p32, p8))
+    d32, d8 = decisions(p32), decisions(p8)
     changed = float(np.mean(d32 != d8))
     drop = auc32 - auc8 if math.isfinite(auc32) and math.isfinite(auc8) else math.nan
     checks = {"test_images": int(len(test_y)), "calibration_images": int(len(calib)), "roc_auc_fp32": auc32,
               "roc_auc_int8": auc8, "roc_auc_drop": drop, "max_roc_auc_drop": max_auc_drop,
               "decisions_changed": changed, "max_decisions_changed": max_changed,
-              "max_abs_probability_difference": float(np.abs(p32 - p8).max())}
+              "max_abs_probability_difference": float(np.abs(p32 - p8).max()), "variant": chosen.name,
+              "calibration_sites": sites, "selection_images": int(len(val_x))}
     failures = []
     if not (math.isfinite(drop) and drop <= max_auc_drop):
         failures.append(f"test ROC AUC {auc32:.4f} -> {auc8:.4f} (drop {drop:.4f} > {max_auc_drop})")
     if changed > max_changed:
         failures.append(f"{changed:.1%} of {len(test_y)} test decisions changed (> {max_changed:.1%})")
     info: dict = {}
+    method = (f"onnxruntime static QDQ, weights int8 per channel, activations uint8, {chosen.name} (calibrated on "
+              f"{len(calib)} training images of {len(sites)} site(s))")
     if failures:
         tmp.unlink(missing_ok=True)
         out.unlink(missing_ok=True)
-        info["int8"] = {"accepted": False, "reasons": failures, "checks": checks}
+        info["int8"] = {"accepted": False, "reasons": failures, "checks": checks, "method": method,
+                        "variants": tried}
         info["serving"] = {"file": ONNX_FILE, "sha256": run.onnx.sha256, "precision": "fp32"}
-        message = "INT8 rejected, FP32 keeps serving: " + "; ".join(failures)
+        message = f"INT8 ({chosen.name}) rejected, FP32 keeps serving: " + "; ".join(failures)
     else:
         tmp.replace(out)
         info["int8"] = {"accepted": True, "file": INT8_FILE, "sha256": sha256_file(out), "checks": checks,
-                        "method": "onnxruntime static QDQ, weights int8 per channel, activations uint8"}
+                        "method": method, "variants": tried}
         info["serving"] = {"file": INT8_FILE, "sha256": info["int8"]["sha256"], "precision": "int8"}
-        message = (f"INT8 serves: test ROC AUC {auc32:.4f} -> {auc8:.4f}, {changed:.1%} of {len(test_y)} decisions "
-                   "changed")
+        message = (f"INT8 ({chosen.name}) serves: test ROC AUC {auc32:.4f} -> {auc8:.4f}, {changed:.1%} of "
+                   f"{len(test_y)} decisions changed")
     update_record(run_dir, merge={"onnx": info})
     return QuantisationResult(not failures, info["serving"]["file"], checks, message)

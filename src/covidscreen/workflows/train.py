@@ -37,7 +37,15 @@ from ..evaluation.assess import evaluate_fit_predictions
 from ..evaluation.metrics import headline_auc
 from ..inference.checkpoint import save_checkpoint
 from ..models import create_model, get_spec
-from ..runtime import amp_dtype, atomic_write_csv, atomic_write_text, keep_freed_memory, resolve_device, seed_everything
+from ..runtime import (
+    Precision,
+    atomic_write_csv,
+    atomic_write_text,
+    keep_freed_memory,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 from ..training import distributed
 from ..training.adversarial import FeatureTap, adversarial_step
 from ..training.finetune import HeadWarmup, discriminative_param_groups, set_trainable_stages
@@ -230,7 +238,8 @@ def fit_single(cfg: TrainConfig, progress: bool = True) -> Path:
     generator = seed_everything(cfg.seed)  # the same seed on every rank: same split, weights and epoch order
     rng = np.random.default_rng(cfg.seed)
     device = world.local_device(resolve_device(cfg.device))
-    amp = amp_dtype(device, cfg.amp)
+    precision = resolve_precision(device, cfg.precision, cfg.amp)  # detected once; logged and kept in the sidecar
+    amp = precision.dtype
     out_dir = Path(cfg.output) if cfg.output else default_run_dir(cfg)
     run_dir = world.run_dir(out_dir)
     timer = PhaseTimer()
@@ -238,10 +247,12 @@ def fit_single(cfg: TrainConfig, progress: bool = True) -> Path:
         with timer.phase("cache"), world.main_first():  # one rank per machine builds the cache first
             data = continue_on_run_split(run_dir, prepare_data(cfg, progress=progress), log)  # same split if resumed
         write_split(run_dir, data, cfg)
+        log_precision(precision, cfg)
         model, init_from = build_model(cfg, data, device, amp)
     if cfg.head != "finetune":  # a scikit-learn head on frozen trunk features instead of epochs
         history = fit_frozen_head(cfg, data, model, device, progress, log)
-        result = finish_run(run_dir, model, data, cfg, device, amp, 1, history, progress, init_from)
+        result = finish_run(run_dir, model, data, cfg, device, amp, 1, history, progress, init_from,
+                            precision=precision)
         finalize_run(run_dir, cfg, data, model, device, progress, log)
         log(f"done in {(time.time() - t0) / 60:.1f} min: {run_dir}")
         return result
@@ -260,7 +271,7 @@ def fit_single(cfg: TrainConfig, progress: bool = True) -> Path:
     with after_training(run_dir):  # an error from here on names `covidscreen finish RUN_DIR`
         with timer.phase("evaluation"):
             result = finish_run(run_dir, model, data, cfg, device, amp, selected.epoch, selected.history, progress,
-                                init_from, selected.val_probs)
+                                init_from, selected.val_probs, precision)
         # audit, held-out site, report, model card
         finalize_run(run_dir, cfg, data, model, device, progress, log, timer=timer)
     discard_training_state(run_dir)  # model.safetensors holds the selected weights; `finish` can redo the rest
@@ -271,6 +282,14 @@ def fit_single(cfg: TrainConfig, progress: bool = True) -> Path:
     log(timer.summary())
     log(f"done in {(time.time() - t0) / 60:.1f} min: {run_dir}")
     return result
+
+
+def log_precision(precision: Precision, cfg: TrainConfig) -> None:
+    """Say how the run trains (and why it may be slow), before the first epoch."""
+    what = "training steps and per-epoch validation" if cfg.head == "finetune" else "nothing (frozen-feature head)"
+    log(f"precision: {precision.describe()}: {what}; final predictions in exact float32")
+    if precision.warning:
+        log(f"warning: {precision.warning}")
 
 
 def write_split(run_dir: Path, data: PreparedData, cfg: TrainConfig) -> None:
@@ -538,11 +557,15 @@ def final_probs(model: torch.nn.Module, data: PreparedData, eval_mask: np.ndarra
 
 def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: TrainConfig, device: torch.device,
                amp: torch.dtype | None, best_epoch: int, history: list[dict[str, Any]], progress: bool,
-               init_from: dict | None = None, val_probs: ValidationProbs | None = None) -> Path:
+               init_from: dict | None = None, val_probs: ValidationProbs | None = None,
+               precision: Precision | dict[str, Any] | None = None) -> Path:
     """Predict val and test, choose operating points on val, write checkpoint, metrics and report.
 
     ``val_probs``: the kept epoch's validation probabilities from model selection (same weights, exact float32);
-    given, only the test split is predicted here."""
+    given, only the test split is predicted here. ``precision``: how the model was trained
+    (:func:`~covidscreen.runtime.resolve_precision`, or the record of an earlier process), kept in the sidecar as
+    ``training_precision``.
+    """
     leave_out_changed_files(run_dir, data, log)  # vanished or changed since they were cached: not evaluated
     table, classes = data.table, data.classes
     eval_mask = table["split"].isin(["val", "test"]).to_numpy()
@@ -597,6 +620,7 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
         "best_epoch": best_epoch,
         "epochs_run": len(history),
         "created": datetime.now().isoformat(timespec="seconds"),
+        "training_precision": precision.record() if isinstance(precision, Precision) else precision,
     }
     attach_preprocessing(run_dir, data.preprocess, sidecar)  # predict applies the same preprocessing
     save_checkpoint(run_dir, model, sidecar)  # report and model card: finalize_run, after the audit
