@@ -158,6 +158,16 @@ def worst_site_specificity_threshold(y_true: np.ndarray, score: np.ndarray, site
     return PointChoice(threshold, " ".join(notes) or None)
 
 
+def _pooled_youden_fallback(rule: str, y: np.ndarray, s: np.ndarray, site: np.ndarray, kept: list,
+                            min_negatives: int) -> PointChoice:
+    """A site-weighted rule that has no qualifying site (or no positive) falls back to the pooled Youden threshold,
+    with a warning and a note that say why."""
+    pooled = youden_threshold(y, s)
+    why = (f"no validation site has {min_negatives} or more non-positive images"
+           f"{_small_sites_text(y, site, kept, min_negatives)}" if y.any() else "validation holds no positive")
+    return PointChoice(pooled, _warn(f"{rule}: {why}; fell back to the pooled Youden threshold ({pooled:.3f})"))
+
+
 def balanced_youden_threshold(y_true: np.ndarray, score: np.ndarray, sites: Sequence | np.ndarray,
                               min_negatives: int = MIN_SITE_NEGATIVES) -> PointChoice:
     """Maximum Youden J with each qualifying site's non-positive images weighted equally (positives pooled).
@@ -171,11 +181,7 @@ def balanced_youden_threshold(y_true: np.ndarray, score: np.ndarray, sites: Sequ
     site = np.asarray(sites).astype(str)
     kept = _qualifying_sites(y, site, min_negatives)
     if not kept or not y.any():
-        pooled = youden_threshold(y, s)
-        why = (f"no validation site has {min_negatives} or more non-positive images"
-               f"{_small_sites_text(y, site, kept, min_negatives)}" if y.any() else "validation holds no positive")
-        return PointChoice(pooled, _warn(f"balanced_youden: {why}; fell back to the pooled Youden threshold "
-                                         f"({pooled:.3f})"))
+        return _pooled_youden_fallback("balanced_youden", y, s, site, kept, min_negatives)
     weight = np.where(y, 1.0 / y.sum(), 0.0)
     for name in kept:
         neg = ~y & (site == name)
@@ -197,11 +203,7 @@ def worst_group_threshold(y_true: np.ndarray, score: np.ndarray, sites: Sequence
     site = np.asarray(sites).astype(str)
     kept = _qualifying_sites(y, site, min_negatives)
     if not kept or not y.any():
-        pooled = youden_threshold(y, s)
-        why = (f"no validation site has {min_negatives} or more non-positive images"
-               f"{_small_sites_text(y, site, kept, min_negatives)}" if y.any() else "validation holds no positive")
-        return PointChoice(pooled, _warn(f"worst_group: {why}; fell back to the pooled Youden threshold "
-                                         f"({pooled:.3f})"))
+        return _pooled_youden_fallback("worst_group", y, s, site, kept, min_negatives)
     candidates = np.unique(np.append(s, np.nextafter(s.max(), np.inf)))
     pos = np.sort(s[y])
     worst = 1.0 - np.searchsorted(pos, candidates, side="left") / len(pos)  # sensitivity: score >= threshold
