@@ -4,6 +4,7 @@ network, by DIMSE or DICOMweb (thin: parse the options, call :mod:`covidscreen.d
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -54,6 +55,7 @@ def dicom_node(
     from ..dicomnet import AeAddress, DicomNode, NodeConfig
 
     if require_commissioning is not None:
+        # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
         from ..workflows.commission import require_commissioning as check
 
         typer.echo(check(run_dir, require_commissioning))
@@ -125,8 +127,7 @@ def dicomweb_watch(
 ) -> None:
     """Find new CR/DX images on a DICOMweb server (QIDO-RS), score them (WADO-RS), store results in their study
     (STOW-RS)."""
-    import threading
-
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..dicomnet.watch import dicomweb_watch as watch
 
     _logging()

@@ -24,6 +24,7 @@ def fit(
     device: DeviceOpt = "auto",
 ) -> None:
     """Fit the OOD detector on the run's training split; set its threshold on the validation split."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..workflows.ood import fit_run_ood
 
     rec = fit_run_ood(run_dir, data=data, detector=detector, flag_rate=flag_rate, device=device,

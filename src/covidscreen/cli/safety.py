@@ -28,6 +28,7 @@ def commission(
     device: DeviceOpt = "auto",
 ) -> None:
     """Acceptance test at a site: local operating point, figures with intervals, and a go / no-go verdict."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..workflows.commission import commission as run_commission
 
     rec = run_commission(run_dir, data, output, target_specificity=target_specificity,
@@ -50,6 +51,7 @@ def monitor(
     alpha: Annotated[float, typer.Option("--alpha", help="chance of any false alarm over the whole stream")] = 0.05,
 ) -> None:
     """Drift: two-sample tests per window against the baseline, false alarms controlled over all windows."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..workflows.monitor import monitor as run_monitor
 
     rec = run_monitor(source, baseline, output, window=window, alpha=alpha)

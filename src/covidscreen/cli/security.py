@@ -85,6 +85,7 @@ def sanitize(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Remove a backdoor with a small clean data set, without knowing the trigger; writes a new run folder."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..security.sanitize import SanitizeConfig
     from ..security.sanitize import sanitize as run_sanitize
 
@@ -140,6 +141,7 @@ def defences(
     run: Annotated[list[str] | None, typer.Option("--run", help="only these models of the experiment")] = None,
 ) -> None:
     """Sanitize every model of the experiment with each defence (5% clean set) and measure ASR and clean figures."""
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..errors import DataError
     from ..security.backdoor import evaluate_defences
 

@@ -53,6 +53,7 @@ def serve(
     from ..serving.server import run_server
 
     if require_commissioning is not None:
+        # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
         from ..workflows.commission import require_commissioning as check
 
         typer.echo(check(run_dir, require_commissioning))

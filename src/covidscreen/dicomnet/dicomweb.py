@@ -64,6 +64,7 @@ class DicomwebServer:
     """One DICOMweb service root (``http://host:8042/dicom-web``)."""
 
     def __init__(self, url: str, auth: str | None = None, timeout_s: float = 30.0) -> None:
+        # optional dependency: covidscreen[dicom] (dicomweb-client, for DICOMweb only)
         from dicomweb_client.api import DICOMwebClient
 
         self.url = check_url(url)

@@ -223,6 +223,7 @@ class Outbox:
             if to is not None and str(to) == dest:
                 target = to
             elif dest.startswith(("http://", "https://")):
+                # DICOMweb only: dicomweb-client loads only for an outbox that sends by STOW-RS
                 from .dicomweb import DicomwebServer
 
                 target = DicomwebServer(dest, auth, timeout_s)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from scipy.stats import binomtest
 
 GO, NO_GO, INSUFFICIENT = "go", "no-go", "insufficient-data"
@@ -93,7 +94,6 @@ def planned_rate(target: float, n_estimate: int, confidence: float = 0.95) -> fl
 def threshold_at_rate(negative_scores, rate: float) -> float:
     """The threshold (``score >= threshold`` is positive) leaving a share ``rate`` of ``negative_scores`` below it:
     midway between the order statistics around that share (above the largest for ``rate`` 1)."""
-    import numpy as np
 
     s = np.sort(np.asarray(negative_scores, dtype=float))
     k = min(len(s), math.ceil(rate * len(s) - 1e-12))

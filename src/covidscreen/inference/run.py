@@ -202,6 +202,7 @@ class Run:
     # predictions are exact float32 whatever this is
     training_precision: str | None = None
     training_precision_record: dict[str, Any] | None = None  # the whole record (requested, resolved, CPU capability)
+    frozen_head: dict[str, Any] | None = None  # a frozen-feature head (models/heads.py): its kind and file
 
     @property
     def positive_index(self) -> int | None:
@@ -400,6 +401,7 @@ def run_from_record(run_dir: Path, meta: dict[str, Any], kind: str) -> Run:
         commissioning=_commissioning(meta),
         training_precision=(meta.get("training_precision") or {}).get("resolved"),
         training_precision_record=meta.get("training_precision"),
+        frozen_head=meta.get("frozen_head"),
     )
 
 
@@ -450,6 +452,15 @@ def update_record(run_dir: str | Path, replace: dict[str, Any] | None = None, me
     else:
         write_sidecar(run_dir, meta)
     return load_run(run_dir)
+
+
+def derived_record(run: Run, drop: tuple[str, ...] = (), update: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The record of a new run made from ``run`` (``covidscreen sanitize``: same classes, preprocessing and operating
+    points, new weights): ``run``'s record without the keys ``drop``, with ``update``; the new run's checkpoint writer
+    adds its weights' entries."""
+    meta = {k: v for k, v in run.sidecar.items() if k not in drop}
+    meta.update(update or {})
+    return meta
 
 
 def load_run(run_dir: str | Path) -> Run:

@@ -49,6 +49,7 @@ class Detector:
             self._impl = _build(self.name, self.params, self.tensors)
         feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         if self.name == "energy":
+            # heavy: pytorch-ood, as above
             from pytorch_ood.detector import EnergyBased
 
             out = EnergyBased.score(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)))
@@ -90,6 +91,7 @@ def fit_detector(name: str, features: np.ndarray, labels: np.ndarray, head: tupl
     if name == "energy":
         return Detector(name)
     if name == "mahalanobis":
+        # heavy: pytorch-ood and scikit-learn's covariance, loaded where a detector is fitted
         from pytorch_ood.detector import Mahalanobis
         from sklearn.covariance import LedoitWolf
 
@@ -111,6 +113,7 @@ def fit_detector(name: str, features: np.ndarray, labels: np.ndarray, head: tupl
     if head is None:
         raise ConfigError("the vim detector needs a model whose head is one linear layer (not a gradient-boosting "
                           "head, not an ensemble); use mahalanobis or knn")
+    # heavy: importing pytorch-ood takes seconds (its losses and models); loaded where a detector runs
     from pytorch_ood.detector import ViM
 
     w = torch.as_tensor(np.asarray(head[0]), dtype=torch.float32)
@@ -137,6 +140,7 @@ class _default_dtype:
 
 def _build(name: str, params: dict[str, float], tensors: dict[str, torch.Tensor]) -> object:
     """The pytorch-ood object of a stored state."""
+    # heavy: pytorch-ood, as above
     from pytorch_ood import detector as pood
 
     if name == "mahalanobis":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save
 
 from ..errors import CheckpointError, ConfigError
 from ..inference.predictor import OOD_POLICIES, Predictor
@@ -71,7 +75,6 @@ def threshold_for(val_scores: np.ndarray, flag_rate: float) -> float:
 
 def save_ood(run_dir: str | Path, model: OODModel, extra: dict[str, Any] | None = None) -> OODRecord:
     """Write ``ood.safetensors`` and record it (with its sha256) in the run's sidecar; returns the typed record."""
-    from safetensors.torch import save
 
     run_dir = Path(run_dir)
     tensors = {f"detector.{k}": v.detach().cpu().contiguous() for k, v in model.detector.tensors.items()}
@@ -112,8 +115,6 @@ def load_ood(run: Run | str | Path) -> OODModel | None:
     if digest != rec.sha256:
         raise CheckpointError(f"{path} has sha256 {digest[:12]}..., but the run's sidecar expects {rec.sha256[:12]}...:"
                               " the out-of-distribution model was changed after it was written; refused")
-    from safetensors import safe_open
-    from safetensors.torch import load as load_safetensors
 
     try:
         tensors = load_safetensors(blob)
@@ -136,7 +137,6 @@ def attach_ood(predictor: Predictor, policy: str = "flag", required: bool = Fals
     Raises:
         ConfigError: an unknown policy, or ``abstain``/``required`` without an OOD model or with the ONNX backend.
     """
-    import warnings
 
     if policy not in OOD_POLICIES:
         raise ConfigError(f"--ood-policy {policy!r} is unknown; use {' or '.join(OOD_POLICIES)}")

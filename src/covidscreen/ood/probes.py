@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from scipy.ndimage import gaussian_filter
 
 from ..data.decode import read_image
 
@@ -30,6 +31,7 @@ def _save(arr: np.ndarray, path: Path) -> Path:
 
 def natural_photos(out: Path, crops_per_image: int = 3, seed: int = 0) -> list[Path]:
     """scikit-image's sample photos (whole, and random crops of half the side), as greyscale or colour PNGs."""
+    # optional dependency: scikit-image (covidscreen[test]) ships the sample photos
     from skimage import data
 
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +66,6 @@ def blank_images(out: Path, n: int = 20, side: int = 512) -> list[Path]:
 
 def noise_images(out: Path, n: int = 40, side: int = 512, seed: int = 0) -> list[Path]:
     """Uniform and Gaussian pixel noise, and smoothed (blob) noise, in turn."""
-    from scipy.ndimage import gaussian_filter
 
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

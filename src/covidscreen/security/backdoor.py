@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from ..config import TrainConfig, apply_overrides
 from ..data.preprocess import load_preprocessed
@@ -219,7 +220,6 @@ def run_experiment(exp: BackdoorExperiment, out_dir: str | Path, log: Any = prin
 def model_roc(judged: list[dict[str, Any]], records: list[dict[str, Any]]) -> dict[str, Any]:
     """ROC over models of each model-level score (backdoored = positive: a poisoned or fine-tuned model whose
     attack succeeds on more than half of the triggered test images; clean models negative): AUC and the points."""
-    from sklearn.metrics import roc_auc_score, roc_curve
 
     asr = {r["run"]: max(v["attack_success_rate"] for v in r["trigger"].values()) for r in records}
     rows = [m for m in judged if m["kind"] == "clean" or asr.get(m["run"], 0) > 0.5]
@@ -335,7 +335,6 @@ def evaluate_detectors(out_dir: str | Path, frr: float = 0.01, strip_modes: tupl
 def test_figures(predictor: Predictor, images: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Clean test figures of a model computed the same way for every model (before and after a defence): AUC of
     COVID vs rest, sensitivity and specificity of the decisions ``predict`` makes, accuracy."""
-    from sklearn.metrics import roc_auc_score
 
     probs = predictor.predict_arrays(images)
     decided = np.array([predictor.classes.index(c) for c in predictor.decide(probs)])
@@ -369,6 +368,7 @@ def evaluate_defences(out_dir: str | Path, methods: tuple[str, ...] = ("fine-pru
     specificity, :func:`test_figures`) and with the trigger stamped (attack success, :func:`attack_success`).
     Sanitized runs are kept in ``out_dir/sanitized/<run>__<method>`` and reused when present.
     """
+    # sanitize builds on this module's experiment helpers: imported here to keep them acyclic
     from .sanitize import SanitizeConfig, sanitize
 
     out = Path(out_dir)
@@ -398,7 +398,7 @@ def evaluate_defences(out_dir: str | Path, methods: tuple[str, ...] = ("fine-pru
             if method in entry.get("after", {}):
                 continue
             target = out / "sanitized" / f"{rec['run']}__{method}"
-            if not (target / "model.json").is_file():
+            if not is_run_folder(target):
                 log(f"[defences] {rec['run']}: {method}")
                 sanitize(out / rec["run"], clean_dir, target, SanitizeConfig(method=method), progress=False)
             entry.setdefault("after", {})[method] = {

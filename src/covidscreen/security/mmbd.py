@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -62,7 +63,6 @@ def max_margins(model: nn.Module, shape: tuple[int, int], num_classes: int, star
 
 def gamma_p_value(value: float, references: list[float]) -> float:
     """Upper-tail p-value of ``value`` under a Gamma law fitted (location 0) to ``references``."""
-    from scipy import stats
 
     ref = np.asarray(references, dtype=float)
     if len(ref) < 2 or np.any(ref <= 0):

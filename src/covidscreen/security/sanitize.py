@@ -51,7 +51,7 @@ from ..data.preprocess import load_preprocessed
 from ..data.table import load_table
 from ..errors import CheckpointError, ConfigError, DataError, ImageDecodeError
 from ..inference.checkpoint import WEIGHTS_FILE, save_checkpoint
-from ..inference.run import Run, load_run
+from ..inference.run import Run, derived_record, load_run
 from ..runtime import seed_everything
 
 METHODS = ("fine-pruning", "nad", "i-bau", "finetune")
@@ -350,7 +350,7 @@ def _map_label(label: str, run: Run) -> str | None:
 
 
 def training_set_size(run: Run) -> int | None:
-    counts = run.sidecar.get("split_counts") or {}
+    counts = run.split_counts or {}
     n = counts.get("train")
     return int(n) if n else None
 
@@ -428,8 +428,8 @@ def sanitize(run_dir: str | Path, data_dir: str | Path, output: str | Path, cfg:
     weights = run.path / str(run.weights_file or WEIGHTS_FILE)
     if not weights.is_file():
         raise CheckpointError(f"{run_dir} has no weights ({weights.name} missing): sanitize needs a trained run folder")
-    if run.sidecar.get("frozen_head"):
-        raise CheckpointError(f"{run_dir} has a frozen {run.sidecar['frozen_head'].get('kind', 'non-linear')} head: "
+    if run.frozen_head:
+        raise CheckpointError(f"{run_dir} has a frozen {run.frozen_head.get('kind', 'non-linear')} head: "
                               "sanitize fine-tunes the network and needs a run trained with a linear head")
     output = Path(output)
     if output.resolve() == run.path.resolve():
@@ -475,10 +475,9 @@ def sanitize(run_dir: str | Path, data_dir: str | Path, output: str | Path, cfg:
         "operating_points": "kept from the source run (chosen on its validation split before sanitizing); check "
                             "them on data you trust (covidscreen evaluate)",
     }
-    sidecar = {k: v for k, v in run.sidecar.items()
-               if k not in ("weights_sha256", "weights_file", "architecture", "num_classes", "normalisation",
-                            "format_version", "frozen_head")}
-    sidecar.update({"created": record["date"], "sanitized": record})
+    sidecar = derived_record(run, drop=("weights_sha256", "weights_file", "architecture", "num_classes",
+                                        "normalisation", "format_version", "frozen_head"),
+                             update={"created": record["date"], "sanitized": record})
     output.mkdir(parents=True, exist_ok=True)
     save_checkpoint(output, model, sidecar)
     split = run.path / "split.csv"

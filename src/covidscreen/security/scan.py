@@ -136,8 +136,8 @@ def weights_digest(run_dir: str | Path) -> str:
         raise DataError(f"{run_dir} is an ensemble: scan each member run on its own")
     weights = run.path / str(run.weights_file or "")
     if not run.weights_file or not weights.is_file():
-        raise DataError(f"{run_dir} has no weights file ({run.weights_file or 'none named in model.json'}); the scan "
-                        "needs a trained run folder")
+        named = run.weights_file or "none is named in the run's record"
+        raise DataError(f"{run_dir} has no weights file ({named}); the scan needs a trained run folder")
     return sha256_of(weights)
 
 

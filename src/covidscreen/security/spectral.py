@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.linalg import expm
 from torch import nn
 
 
@@ -75,7 +76,6 @@ def spectre_scores(features: np.ndarray, labels: np.ndarray, k: int = 32, alpha:
                    trim: float = 0.15) -> np.ndarray:
     """SPECTRE's QUE outlier score of each sample within its label (module docstring); ``trim``: the share of
     points the robust estimate leaves out (1.5 x the expected poisoned share, as the flags)."""
-    from scipy.linalg import expm
 
     scores = np.zeros(len(features))
     for label in np.unique(labels):

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold
 
 from ..config import DEFAULT_N_BOOT
 from ..data.cache import ImageCache
@@ -57,7 +59,6 @@ def data_fingerprint(paths: list[str], labels: list[str]) -> str:
 
 
 def _halves(y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
-    from sklearn.model_selection import StratifiedGroupKFold
 
     if len(np.unique(groups)) < 2:
         return None
@@ -153,7 +154,6 @@ def commission(run_dir: str | Path, data: str | Path, output: str | Path, target
                 "positive": acceptance.images_needed(record["sensitivity"]["estimate"], target_sensitivity,
                                                      confidence) if record["sensitivity"] else None}
     if y.any() and (~y).any():
-        from sklearn.metrics import roc_auc_score
 
         ci = binary_ci(y, prob >= 0.5, prob, groups, n_boot=n_boot, seed=seed, level=confidence)
         record["auc"] = {"estimate": float(roc_auc_score(y, prob)), "ci_low": float(ci["roc_auc"][0]),

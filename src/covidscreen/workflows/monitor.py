@@ -20,6 +20,7 @@ window k alarms when that p-value is at most ``alpha * 6 / (pi^2 k^2)`` (alpha s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -108,7 +109,6 @@ def _stream(source: str, run: Run) -> pd.DataFrame:
 
 def _weights_id(run: Run) -> str:
     """The weights digest the service and the DICOM node log (an ensemble: sha256 of its members' digests)."""
-    import hashlib
 
     if run.weights_sha256:
         return str(run.weights_sha256)

@@ -159,7 +159,11 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> PreparedData:
     table["y"] = table["label"].map({c: i for i, c in enumerate(classes)})
     for s in ("train", "val"):
         if (table["split"] == s).sum() == 0:
-            raise DataError(f"the {s} split is empty: {len(table)} images are too few for split {cfg.split}")
+            groups = table["group"].nunique() if "group" in table else len(table)
+            joined = (f" (near-duplicate grouping joined them into {groups} group(s) that are never split; if the "
+                      f"images are copies by design, set group_near_duplicates: false)"
+                      if cfg.group_near_duplicates and groups < len(table) else "")
+            raise DataError(f"the {s} split is empty: {len(table)} images are too few for split {cfg.split}{joined}")
     return PreparedData(
         table=table,
         classes=classes,
