@@ -402,6 +402,7 @@ def run_from_record(run_dir: Path, meta: dict[str, Any], kind: str) -> Run:
         training_precision=(meta.get("training_precision") or {}).get("resolved"),
         training_precision_record=meta.get("training_precision"),
         frozen_head=meta.get("frozen_head"),
+        sanitized=meta.get("sanitized"),
     )
 
 
