@@ -38,7 +38,7 @@ def run(tmp_path_factory):
 
 def test_fit_writes_its_phase_timings_apart_from_the_metrics(run):
     phases = json.loads((run / "timings.json").read_text())["phases"]
-    assert list(phases) == ["cache", "epochs", "evaluation", "audit", "report"]
+    assert list(phases) == ["cache", "epochs", "evaluation", "ood", "audit", "report"]
     assert "timings" not in json.loads((run / "metrics.json").read_text())
 
 

@@ -79,6 +79,8 @@ def fit_aggregation(preds: pd.DataFrame, positive_class: str) -> dict[str, Any]:
     for col in ("split", "group", "label", f"prob_{positive_class}"):
         if col not in preds.columns:
             raise DataError(f"predictions lack column {col!r}; give a run's predictions.csv")
+    if "patient" in preds.columns:  # a split group may join patients (near-copies): a series is one patient's
+        preds = preds.assign(group=preds["patient"])
     val = preds[preds["split"] == "val"]
     if val.empty or val["label"].eq(positive_class).all() or not val["label"].eq(positive_class).any():
         raise DataError("choosing a series aggregation needs validation patients of both classes")

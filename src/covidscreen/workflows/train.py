@@ -574,7 +574,8 @@ def finish_run(run_dir: Path, model: torch.nn.Module, data: PreparedData, cfg: T
     table, classes = data.table, data.classes
     eval_mask = table["split"].isin(["val", "test"]).to_numpy()
     probs = final_probs(model, data, eval_mask, device, cfg.eval_batch_size, val_probs, progress)
-    preds = table.loc[eval_mask, ["image", "label", "split", "site", "view", "group"]].reset_index(drop=True)
+    cols = ["image", "label", "split", "site", "view", "group", *(["patient"] if "patient" in table else [])]
+    preds = table.loc[eval_mask, cols].reset_index(drop=True)
     for i, c in enumerate(classes):
         preds[f"prob_{c}"] = probs[:, i]
 
