@@ -20,6 +20,7 @@ from covidscreen.dicomnet.dicomweb import DicomwebError, DicomwebServer
 from covidscreen.dicomnet.send import dicom_send
 from covidscreen.dicomnet.watch import MARKER_FILE, dicomweb_watch
 from tests.binaries import require_binaries
+from tests.conftest import LIVENESS_S
 
 from .conftest import free_port
 from .orthanc import DICOMWEB_PLUGIN, Orthanc, dciodvfy, distinct_copies
@@ -127,13 +128,14 @@ def test_cli_dicom_send_dicomweb_and_bad_url(pacs, tiny_run, shared_dicoms, tmp_
     study = pacs.upload(image)["ParentStudy"]
     base = [sys.executable, "-m", "covidscreen", "dicom-send", str(tiny_run), str(image), "--workdir",
             str(tmp_path / "o"), "--db", f"sqlite:///{tmp_path / 'a.sqlite'}", "--device", "cpu", "--no-heatmap"]
-    ok = subprocess.run([*base, "--dicomweb", f"{pacs.url}/dicom-web"], capture_output=True, text=True, timeout=300)
+    ok = subprocess.run([*base, "--dicomweb", f"{pacs.url}/dicom-web"], capture_output=True, text=True,
+                        timeout=LIVENESS_S)
     assert ok.returncode == 0, ok.stderr
     assert modalities(pacs, study) == ["CR", "SR"]
-    bad = subprocess.run([*base, "--dicomweb", "ftp://x"], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run([*base, "--dicomweb", "ftp://x"], capture_output=True, text=True, timeout=LIVENESS_S)
     assert bad.returncode == 2 and bad.stderr.startswith("error: DICOMweb URL 'ftp://x' is invalid")
     both = subprocess.run([*base, "--dicomweb", f"{pacs.url}/dicom-web", "--to", "127.0.0.1:1:X"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=LIVENESS_S)
     assert both.returncode == 2 and "exactly one destination" in both.stderr and "Traceback" not in both.stderr
 
 
@@ -142,12 +144,12 @@ def test_cli_dicomweb_watch_once_and_bad_options(pacs, tiny_run, shared_dicoms, 
     study = pacs.upload(image)["ParentStudy"]
     base = [sys.executable, "-m", "covidscreen", "dicomweb-watch", str(tiny_run), "--workdir", str(tmp_path / "w"),
             "--db", f"sqlite:///{tmp_path / 'a.sqlite'}", "--device", "cpu", "--no-heatmap", "--once"]
-    ok = subprocess.run([*base, "--url", f"{pacs.url}/dicom-web"], capture_output=True, text=True, timeout=300)
+    ok = subprocess.run([*base, "--url", f"{pacs.url}/dicom-web"], capture_output=True, text=True, timeout=LIVENESS_S)
     assert ok.returncode == 0, ok.stderr
     assert "0 waiting in the outbox" in ok.stdout and modalities(pacs, study) == ["CR", "SR"]
     bad_auth = subprocess.run([*base, "--url", f"{pacs.url}/dicom-web", "--auth", "nocolon"], capture_output=True,
-                              text=True, timeout=300)
+                              text=True, timeout=LIVENESS_S)
     assert bad_auth.returncode == 2 and bad_auth.stderr.startswith("error: --auth is invalid")
     down = subprocess.run([*base, "--url", f"http://127.0.0.1:{free_port()}/dicom-web"], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=LIVENESS_S)
     assert down.returncode == 2 and "cannot be reached" in down.stderr and "Traceback" not in down.stderr

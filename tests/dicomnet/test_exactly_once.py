@@ -17,6 +17,7 @@ import pytest
 from covidscreen.dicomnet import AeAddress
 from covidscreen.dicomnet.faults import ENV, POINTS
 from covidscreen.dicomnet.scu import echo
+from tests.conftest import LIVENESS_S
 
 from .conftest import free_port
 from .orthanc import ORTHANC_AET, Orthanc, dciodvfy, distinct_copies, require_pacs_tools
@@ -85,7 +86,7 @@ def settled(workdir: Path) -> bool:
 def stop(proc: subprocess.Popen) -> str:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        proc.wait(timeout=LIVENESS_S)
     return Path(proc.log_path).read_text(errors="replace")
 
 
@@ -97,7 +98,7 @@ def test_a_kill_at_any_step_leaves_exactly_one_sr_and_one_heatmap(fault, pacs, t
     workdir.mkdir()
     node = start_node(tiny_run, pacs, workdir, db, fault)
     stored = store_from_orthanc(pacs, up["ID"])
-    assert node.wait(timeout=300) == -signal.SIGKILL, f"the node did not stop itself at {fault}: {stop(node)}"
+    assert node.wait(timeout=LIVENESS_S) == -signal.SIGKILL, f"the node did not stop itself at {fault}: {stop(node)}"
     assert stored == (fault != "spooled"), "the C-STORE is answered only after the image is spooled"
 
     again = start_node(tiny_run, pacs, workdir, db, None)
