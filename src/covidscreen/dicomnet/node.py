@@ -263,6 +263,23 @@ def check_radiograph(ds: Dataset, sop_class: str) -> tuple[int, str] | None:
     return None
 
 
+def radiograph_pixels(ds: Dataset, name: str, prefix: str = "") -> np.ndarray:
+    """The pixels of a dataset that reached covidscreen outside a C-STORE (a local file, a DICOMweb retrieve), refused
+    by the node's rules (:func:`check_radiograph`); ``prefix`` starts each message (e.g. the file's path).
+
+    Raises:
+        ImageDecodeError: not a CR/DX radiograph SOP class, a dataset the node would refuse, or undecodable pixels.
+    """
+    sop_class = str(getattr(ds, "SOPClassUID", ""))
+    if sop_class not in RADIOGRAPH_SOP_CLASSES:
+        raise ImageDecodeError(f"{prefix}SOP class {sop_class or 'missing'} is not accepted; accepted: "
+                               f"{', '.join(RADIOGRAPH_SOP_CLASSES.values())}")
+    problem = check_radiograph(ds, sop_class)
+    if problem is not None:
+        raise ImageDecodeError(f"{prefix}{problem[1]}")
+    return decode_dicom_dataset(ds, name)
+
+
 class DicomNode:
     """The running node: ``DicomNode(NodeConfig(run_dir)).start()``, then ``stop()`` (or use ``with``)."""
 

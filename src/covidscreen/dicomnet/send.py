@@ -14,12 +14,11 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from ..auditlog import AuditLog
-from ..data.decode import decode_dicom_dataset
 from ..errors import DataError, ImageDecodeError
 from ..inference.predictor import expand_inputs
 from .address import AeAddress
 from .dicomweb import DicomwebServer
-from .node import RADIOGRAPH_SOP_CLASSES, Received, ResultWriter, check_radiograph
+from .node import Received, ResultWriter, radiograph_pixels
 from .objects import check_uid_root
 from .outbox import Outbox, SendReport
 from .scoring import DicomScorer
@@ -46,14 +45,7 @@ def read_radiograph(path: Path) -> Received:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, OSError) as exc:
         raise ImageDecodeError(f"{path}: not a readable DICOM file ({exc})") from None
-    sop_class = str(getattr(ds, "SOPClassUID", ""))
-    if sop_class not in RADIOGRAPH_SOP_CLASSES:
-        raise ImageDecodeError(f"{path}: SOP class {sop_class or 'missing'} is not accepted; accepted: "
-                               f"{', '.join(RADIOGRAPH_SOP_CLASSES.values())}")
-    problem = check_radiograph(ds, sop_class)
-    if problem is not None:
-        raise ImageDecodeError(f"{path}: {problem[1]}")
-    image = decode_dicom_dataset(ds, str(path))
+    image = radiograph_pixels(ds, str(path), prefix=f"{path}: ")
     return Received(path.name, path, ds, image, hashlib.sha256(data).hexdigest(), "dicom-send")
 
 

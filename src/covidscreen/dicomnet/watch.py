@@ -24,10 +24,9 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 
 from ..auditlog import AuditLog, new_request_id
-from ..data.decode import decode_dicom_dataset
 from ..errors import ConfigError, ImageDecodeError
 from .dicomweb import DicomwebError, DicomwebServer
-from .node import RADIOGRAPH_SOP_CLASSES, Received, ResultWriter, check_radiograph
+from .node import Received, ResultWriter, radiograph_pixels
 from .objects import check_uid_root
 from .outbox import Outbox
 from .scoring import DicomScorer
@@ -74,14 +73,7 @@ class WatchSummary:
 
 
 def _received(ds: Dataset) -> Received:
-    sop_class = str(getattr(ds, "SOPClassUID", ""))
-    if sop_class not in RADIOGRAPH_SOP_CLASSES:
-        raise ImageDecodeError(f"SOP class {sop_class or 'missing'} is not accepted; accepted: "
-                               f"{', '.join(RADIOGRAPH_SOP_CLASSES.values())}")
-    problem = check_radiograph(ds, sop_class)
-    if problem is not None:
-        raise ImageDecodeError(problem[1])
-    image = decode_dicom_dataset(ds, f"SOP Instance {ds.SOPInstanceUID}")
+    image = radiograph_pixels(ds, f"SOP Instance {ds.SOPInstanceUID}")
     buf = DicomBytesIO()
     ds.save_as(buf, enforce_file_format=False)
     digest = hashlib.sha256(buf.getvalue()).hexdigest()
