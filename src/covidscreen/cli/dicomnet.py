@@ -19,6 +19,9 @@ DbOpt = Annotated[str | None, typer.Option("--db", help="audit-log database URL 
 UidRootOpt = Annotated[str | None, typer.Option("--uid-root", help="organisation UID root for the new UIDs")]
 PointOpt = Annotated[str, typer.Option("--operating-point", help="decision threshold (default: the run's)")]
 AetOpt = Annotated[str, typer.Option("--ae-title", help="this node's AE title")]
+NoHeatmapOpt = Annotated[bool, typer.Option("--no-heatmap", help="send the SR only, no Grad-CAM image")]
+AuthOpt = Annotated[str | None, typer.Option("--auth", help="DICOMweb credentials: USER:PASSWORD, bearer:TOKEN or "
+                                             "env:NAME (a variable holding either)")]
 
 outbox_app = typer.Typer(no_args_is_help=True, help="Results waiting for the PACS: list them, send them again.")
 app.add_typer(outbox_app, name="dicom-outbox")
@@ -41,7 +44,7 @@ def dicom_node(
                        ] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", help="images waiting to be scored; 0xA700 past it")] = 16,
     batch_size: Annotated[int, typer.Option("--batch-size", help="images per forward pass")] = 4,
-    no_heatmap: Annotated[bool, typer.Option("--no-heatmap", help="send the SR only, no Grad-CAM image")] = False,
+    no_heatmap: NoHeatmapOpt = False,
     operating_point: PointOpt = "default",
     uid_root: UidRootOpt = None,
     device: DeviceOpt = "auto",
@@ -75,13 +78,12 @@ def dicom_send(
     files: Annotated[list[Path], typer.Argument(help="DICOM files or folders")],
     to: Annotated[str | None, typer.Option("--to", help="PACS: HOST:PORT:AET (C-STORE)")] = None,
     dicomweb: Annotated[str | None, typer.Option("--dicomweb", help="or a DICOMweb root URL (STOW-RS)")] = None,
-    auth: Annotated[str | None, typer.Option("--auth", help="DICOMweb: USER:PASSWORD, bearer:TOKEN or env:NAME")
-                    ] = None,
+    auth: AuthOpt = None,
     ae_title: AetOpt = "COVIDSCREEN",
     db: DbOpt = None,
     workdir: Annotated[Path | None, typer.Option("--workdir", help="outbox (default RUN_DIR/dicomnet/outbox)")
                        ] = None,
-    no_heatmap: Annotated[bool, typer.Option("--no-heatmap", help="send the SR only")] = False,
+    no_heatmap: NoHeatmapOpt = False,
     operating_point: PointOpt = "default",
     uid_root: UidRootOpt = None,
     device: DeviceOpt = "auto",
@@ -114,13 +116,13 @@ def dicom_send(
 def dicomweb_watch(
     run_dir: RunArg,
     url: Annotated[str, typer.Option("--url", help="DICOMweb root, e.g. http://orthanc:8042/dicom-web")],
-    auth: Annotated[str | None, typer.Option("--auth", help="USER:PASSWORD, bearer:TOKEN or env:NAME")] = None,
+    auth: AuthOpt = None,
     once: Annotated[bool, typer.Option("--once", help="one pass, then exit")] = False,
     interval: Annotated[float, typer.Option("--interval", help="seconds between passes")] = 10.0,
     db: DbOpt = None,
     workdir: Annotated[Path | None, typer.Option("--workdir", help="marker and outbox (default RUN_DIR/dicomnet)")
                        ] = None,
-    no_heatmap: Annotated[bool, typer.Option("--no-heatmap", help="send the SR only")] = False,
+    no_heatmap: NoHeatmapOpt = False,
     operating_point: PointOpt = "default",
     uid_root: UidRootOpt = None,
     device: DeviceOpt = "auto",
