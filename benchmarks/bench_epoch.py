@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from bench_inference import matmul_peak  # the roof as bench_inference.py measures it (same folder)
 from torch import nn
 
 from covidscreen.config import TrainConfig
@@ -231,15 +232,8 @@ class CovidscreenTrainer:
 
 
 def matmul_roof(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best GFLOP/s of an ``n x n`` matrix product in ``dtype`` (float32: what bench_inference.py measures)."""
-    a, b = torch.rand(n, n).to(dtype), torch.rand(n, n).to(dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+    """Best GFLOP/s of an ``n x n`` matrix product in ``dtype`` (bench_inference.py's measurement)."""
+    return matmul_peak(n, repeats, dtype) / 1e9
 
 
 def compare_precision(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], args: argparse.Namespace,
