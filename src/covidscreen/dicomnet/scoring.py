@@ -25,7 +25,6 @@ from ..explain.inputs import chance_level, map_to_image
 from ..explain.regions import DEFAULT_MARGIN, border_fraction
 from ..inference.run import DEFAULT_POINT
 from ..inference.site_figures import PointSiteSummary, point_site_summary
-from ..ood import attach_ood
 from ..workflows.predict import open_predictor
 
 #: Modalities the models are trained for (plain chest radiographs).
@@ -114,7 +113,7 @@ class DicomScorer:
                  margin: float = DEFAULT_MARGIN) -> None:
         # the engine as predict and serve choose it (workflows/predict.py)
         self.predictor = open_predictor(run_dir, backend, device, operating_point)
-        self.ood = attach_ood(self.predictor)  # every result says whether its image is unlike the training images
+        self.ood = self.predictor.ood  # every result says whether its image is unlike the training images
         run = self.run = self.predictor.run
         if run.modality != "cxr":  # the node receives radiographs (CR/DX); it must not score them with a CT model
             raise ConfigError(f"{run.path} reads {run.modality} images, but the DICOM node receives chest radiographs "

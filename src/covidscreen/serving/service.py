@@ -33,7 +33,7 @@ from ..explain.image import explain_image
 from ..explain.inputs import run_input_loader
 from ..inference.modality import check_dicom_modality
 from ..inference.onnx import OnnxModel
-from ..ood import PLAIN_WARNING, attach_ood
+from ..ood import PLAIN_WARNING
 from ..security.scan import refuse_flagged_model, strip_detector
 from ..workflows.predict import open_predictor
 from .batcher import MicroBatcher, QueueFull
@@ -99,7 +99,7 @@ class Screening:
         if config.model_threads:
             self._limit_model_threads(config.model_threads)
         # every result carries the out-of-distribution score and flag (a run without an OOD model: a warning)
-        self.ood = attach_ood(self.predictor)
+        self.ood = self.predictor.ood
         run = self.run = self.predictor.run
         self.metrics = ServiceMetrics(run.positive_class, self.ood.val_scores if self.ood is not None else None)
         self.default_point = config.operating_point

@@ -63,8 +63,10 @@ def choose_backend(run: Run, backend: str = "auto") -> str:
 
 def open_predictor(run_dir: str | Path | Run, backend: str = "torch", device: str = "auto",
                    operating_point: str = "default", mixed_precision: bool = False, expect_sha256: str | None = None,
-                   manifest: str | Path | None = None) -> Predictor:
-    """The run ready to predict, as the user asked (see the module docstring); the run folder is read once.
+                   manifest: str | Path | None = None, ood_policy: str = "flag") -> Predictor:
+    """The run ready to predict, as the user asked (see the module docstring); the run folder is read once. Every
+    result carries the run's out-of-distribution score and flag (``ood_policy``: :func:`~covidscreen.ood.attach_ood`;
+    a run without an OOD model gets a warning naming ``covidscreen ood fit``).
 
     Raises:
         CheckpointError: not a run, weights that fail their checks or are not the trusted ones, no ONNX export.
@@ -72,9 +74,11 @@ def open_predictor(run_dir: str | Path | Run, backend: str = "torch", device: st
     """
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
     chosen = choose_backend(run, backend)
-    return Predictor(run, device=device, operating_point=operating_point, backend=chosen,
-                     mixed_precision=mixed_precision, expected_sha256=trusted_sha256(run.path, expect_sha256,
-                                                                                     manifest))
+    predictor = Predictor(run, device=device, operating_point=operating_point, backend=chosen,
+                          mixed_precision=mixed_precision, expected_sha256=trusted_sha256(run.path, expect_sha256,
+                                                                                          manifest))
+    attach_ood(predictor, ood_policy)
+    return predictor
 
 
 @dataclass
@@ -127,8 +131,7 @@ def predict_files_job(run_dir: str | Path, inputs: list[str], output: Path | Non
         if world.distributed and backend != "onnx":
             device = str(world.local_device(resolve_device(device)))
         predictor = open_predictor(run_dir, backend, device, operating_point, mixed_precision, expect_sha256,
-                                   manifest)
-        attach_ood(predictor, ood_policy)  # every row says whether its image is unlike the training images
+                                   manifest, ood_policy)
         if screen is not None and (world.distributed or resume):
             raise CovidscreenError("--strip screens the whole table in one process; run it without torchrun and "
                                    "--resume")
