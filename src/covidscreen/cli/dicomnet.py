@@ -22,6 +22,8 @@ AetOpt = Annotated[str, typer.Option("--ae-title", help="this node's AE title")]
 NoHeatmapOpt = Annotated[bool, typer.Option("--no-heatmap", help="send the SR only, no Grad-CAM image")]
 AuthOpt = Annotated[str | None, typer.Option("--auth", help="DICOMweb credentials: USER:PASSWORD, bearer:TOKEN or "
                                              "env:NAME (a variable holding either)")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1.0, help="seconds to wait for each PACS request or "
+                                           "association before it counts as failed (the results stay in the outbox)")]
 
 outbox_app = typer.Typer(no_args_is_help=True, help="Results waiting for the PACS: list them, send them again.")
 app.add_typer(outbox_app, name="dicom-outbox")
@@ -87,6 +89,7 @@ def dicom_send(
     operating_point: PointOpt = "default",
     uid_root: UidRootOpt = None,
     device: DeviceOpt = "auto",
+    timeout: TimeoutOpt = 30.0,
 ) -> None:
     """Score local DICOM files and store their results (SR, heatmap) in a PACS."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
@@ -97,10 +100,11 @@ def dicom_send(
 
     if (to is None) == (dicomweb is None):
         raise ConfigError("give exactly one destination: --to HOST:PORT:AET (DIMSE) or --dicomweb URL (DICOMweb)")
-    dest = AeAddress.parse(to) if to else DicomwebServer(dicomweb, auth)
+    dest = AeAddress.parse(to) if to else DicomwebServer(dicomweb, auth, timeout)
     to = str(dest)
     summary = send(run_dir, files, dest, workdir=workdir, db=db, calling_aet=ae_title,
-                   heatmap=not no_heatmap, operating_point=operating_point, uid_root=uid_root, device=device)
+                   heatmap=not no_heatmap, operating_point=operating_point, uid_root=uid_root, device=device,
+                   timeout_s=timeout)
     for path, why in summary.refused:
         typer.echo(f"skipped {path}: {why}", err=True)
     stored = sum(len(item.files) for item in summary.delivery.sent)
@@ -126,6 +130,7 @@ def dicomweb_watch(
     operating_point: PointOpt = "default",
     uid_root: UidRootOpt = None,
     device: DeviceOpt = "auto",
+    timeout: TimeoutOpt = 30.0,
 ) -> None:
     """Find new CR/DX images on a DICOMweb server (QIDO-RS), score them (WADO-RS), store results in their study
     (STOW-RS)."""
@@ -137,12 +142,14 @@ def dicomweb_watch(
     try:
         summary = watch(run_dir, url, auth, workdir=workdir, db=db, once=once, interval_s=interval,
                         heatmap=not no_heatmap, operating_point=operating_point, uid_root=uid_root, device=device,
-                        stop=stop)
+                        stop=stop, timeout_s=timeout)
     except KeyboardInterrupt:
         stop.set()
         return
     for sop, why in summary.refused:
         typer.echo(f"refused {sop}: {why}", err=True)
+    for why in summary.errors:
+        typer.echo(f"error: {why}", err=True)
     typer.echo(f"scored {len(summary.scored)} instance(s); {summary.delivered} result item(s) stored; "
                f"{summary.pending} waiting in the outbox")
     if summary.pending:
@@ -172,6 +179,7 @@ def outbox_resend(
     ae_title: AetOpt = "COVIDSCREEN",
     auth: Annotated[str | None, typer.Option("--auth", help="for DICOMweb destinations: USER:PASSWORD, "
                                                             "bearer:TOKEN or env:NAME")] = None,
+    timeout: TimeoutOpt = 30.0,
 ) -> None:
     """Send the pending results now; those still refused stay, with their error."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
@@ -179,7 +187,7 @@ def outbox_resend(
     from ..dicomnet.outbox import resolve_outbox
 
     outbox = resolve_outbox(folder)
-    report = outbox.send(AeAddress.parse(to) if to else None, ae_title, auth=auth)
+    report = outbox.send(AeAddress.parse(to) if to else None, ae_title, timeout_s=timeout, auth=auth)
     typer.echo(f"sent {len(report.sent)}, still pending {len(report.failed)}")
     if report.failed:
         typer.echo(f"error: {report.failed[0][1]}", err=True)

@@ -139,4 +139,5 @@ def _one_pass(server: DicomwebServer, marker: Marker, writer, outbox, batch_size
     report = outbox.send(server)
     summary.delivered += len(report.sent)
     if report.failed:
+        summary.errors += [f"result item {item.id} not stored on {server.url}: {why}" for item, why in report.failed]
         log.warning("%d result item(s) not stored on %s: %s", len(report.failed), server.url, report.failed[0][1])
