@@ -4,8 +4,9 @@
 
 1. Features (the run's Predictor) of at most 3,000 training images, every validation and test image, and of probe
    sets that are not frontal chest X-rays (covidscreen.ood.probes).
-2. Every detector (Mahalanobis, KNN, ViM, energy) fitted on the training features, its threshold set on validation
-   to flag 5%.
+2. Every detector (Mahalanobis, KNN, ViM, energy) fitted on the training features, alone and combined with the
+   orientation check (covidscreen.ood.orientation: fitted on training images shown upright and turned), its
+   threshold set on validation to flag 5%.
 3. The default is chosen on validation and on OOD sets built from ../shared/data only: CT slices (half of those
    drawn) and *validation* X-rays rotated 90 degrees / flipped upside down. Rule: the most detectors' minimum
    flag rate over these selection sets (ties: the mean AUROC against validation).
@@ -34,7 +35,8 @@ from covidscreen.inference.predictor import Predictor
 from covidscreen.inference.run import load_run
 from covidscreen.ood import probes
 from covidscreen.ood.detectors import DETECTORS
-from covidscreen.ood.fit import fit_on_features, linear_head
+from covidscreen.ood.fit import fit_on_features, linear_head, turned_features
+from covidscreen.ood.orientation import TURNED_PER_VIEW, fit_orientation
 
 
 def prepared(pred: Predictor, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -57,6 +59,8 @@ def main() -> None:
     ap.add_argument("--test-n", type=int, default=None, help="test images (default: all)")
     ap.add_argument("--speed-n", type=int, default=256, help="images of the speed comparison")
     ap.add_argument("--speed-reps", type=int, default=5)
+    ap.add_argument("--turned-n", type=int, default=TURNED_PER_VIEW, help="training images per turned view of the "
+                    "orientation check")
     ap.add_argument("--save", action="store_true", help="store the chosen detector as the run's OOD model")
     args = ap.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
@@ -79,15 +83,18 @@ def main() -> None:
     feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     decoded: dict[str, tuple[int, int]] = {}
 
-    def embed(name: str, paths: list[str]) -> None:
+    def embed(name: str, paths: list[str]) -> np.ndarray:
         imgs, ok = prepared(pred, paths)
         feats[name] = pred.features(imgs, progress=True, desc=name)
         decoded[name] = (int(ok.sum()), len(ok))
         print(f"{name}: {ok.sum()}/{len(ok)} decoded ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+        return imgs
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        embed("train", train["path"].tolist())
+        train_imgs = embed("train", train["path"].tolist())
+        check = fit_orientation(turned_features(pred, train_imgs, feats["train"][0], seed=0, per_view=args.turned_n))
+        del train_imgs
         embed("val", val["path"].tolist())
         embed("test", test["path"].tolist())
         val_x = val["path"].sample(min(args.n, len(val)), random_state=1).tolist()
@@ -107,15 +114,17 @@ def main() -> None:
     selection = [k for k in feats if k.startswith("sel: ")]
     reported = [k for k in feats if k not in ("train", "val") and not k.startswith("sel: ")]
     results = {}
-    for det in DETECTORS:
+    variants = [(d, o) for d in DETECTORS for o in (False, True)]
+    for det, with_check in variants:
+        name = f"{det}+orientation" if with_check else det
         m = fit_on_features(det, feats["train"][0], y_train, feats["val"][0], feats["val"][1], args.flag_rate,
-                            head=head)
+                            head=head, orientation=check if with_check else None)
         scores = {k: m.score(*v) for k, v in feats.items()}
         rates = {k: float(m.flags(s).mean()) for k, s in scores.items() if len(s)}
         aurocs = {k: float(roc_auc_score(np.r_[np.zeros(len(scores["val"])), np.ones(len(scores[k]))],
                                          np.nan_to_num(np.r_[scores["val"], scores[k]], nan=np.inf)))
                   for k in selection}
-        results[det] = {"threshold": m.threshold, "flag_rate": rates, "selection_auroc": aurocs,
+        results[name] = {"threshold": m.threshold, "flag_rate": rates, "selection_auroc": aurocs,
                         "selection_min_flag_rate": min(rates[k] for k in selection),
                         "selection_mean_auroc": float(np.mean(list(aurocs.values())))}
         # per test site: flag rate, and specificity (non-COVID called non-COVID) among accepted vs flagged
@@ -137,13 +146,14 @@ def main() -> None:
                                   "spec_accepted": float((~called[acc]).mean()) if len(acc) else None,
                                   "n_neg_flagged": int(len(flg)),
                                   "spec_flagged": float((~called[flg]).mean()) if len(flg) else None})
-        results[det]["test_sites"] = site_rows
+        results[name]["test_sites"] = site_rows
     chosen = max(results, key=lambda d: (results[d]["selection_min_flag_rate"], results[d]["selection_mean_auroc"]))
+    chosen_det, chosen_check = chosen.split("+")[0], chosen.endswith("+orientation")
 
     # speed: plain predict vs predict with the OOD score, same images, interleaved (CPU seconds)
     imgs = prepared(pred, test["path"].head(args.speed_n).tolist())[0]
-    m = fit_on_features(chosen, feats["train"][0], y_train, feats["val"][0], feats["val"][1], args.flag_rate,
-                        head=head)
+    m = fit_on_features(chosen_det, feats["train"][0], y_train, feats["val"][0], feats["val"][1], args.flag_rate,
+                        head=head, orientation=check if chosen_check else None)
     timed = {"plain": [], "with OOD": []}
     for _ in range(args.speed_reps):
         for mode in timed:

@@ -228,6 +228,7 @@ class TrainConfig:
     split_file: str | None = None  # CSV image,split (train|val|test|unused): this split, as given (then audited)
     ood_detector: str = "vim"  # out-of-distribution detector on training features (mahalanobis where vim cannot)
     ood_flag_rate: float = 0.05  # share of validation images the out-of-distribution flag is set to flag
+    ood_orientation: bool = True  # the out-of-distribution score also checks that the image is upright (not turned)
     # training numerics (runtime.resolve_precision; docs/performance.md): final predictions are float32 whatever it is
     precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with AMX, else fp32) | fp32 | bf16
 

@@ -36,7 +36,9 @@ def test_training_fits_stores_and_hashes_the_ood_model(tiny_run):
     assert run.ood.detector == TrainConfig().ood_detector and run.ood.flag_rate == 0.05
     split = pd.read_csv(tiny_run / "split.csv")
     assert run.ood.n_fit == (split["split"] == "train").sum() and run.ood.n_val == (split["split"] == "val").sum()
+    assert run.ood.orientation and run.ood.n_orientation_fit == run.ood.n_fit  # the check is on by default
     model = load_ood(run)
+    assert model.orientation is not None and model.norms is not None and np.isfinite(model.norms).all()
     # the threshold flags the stated share of validation images (one of 12 here: the largest score)
     assert (model.val_scores > model.threshold).mean() == pytest.approx(run.ood.val_flag_rate)
     assert 0 < run.ood.val_flag_rate <= 0.1
@@ -111,11 +113,14 @@ def test_refit_reproduces_the_training_fit(tiny_run, run_copy):
     rec = fit_run_ood(run_copy, device="cpu", progress=False, log=lambda m: None)
     orig = load_run(tiny_run).ood
     assert rec.detector == orig.detector and rec.n_fit == orig.n_fit and rec.n_val == orig.n_val
+    assert rec.orientation == orig.orientation
     # same images, same model, same detector; on this 24-image synthetic run the refit threshold has differed from the
     # training-time one by up to ~4% (not yet explained; the 3,000-image quickstart fits are what docs/safety.md uses)
     assert rec.threshold == pytest.approx(orig.threshold, rel=0.1)
-    knn = fit_run_ood(run_copy, detector="knn", flag_rate=0.2, device="cpu", progress=False, log=lambda m: None)
+    knn = fit_run_ood(run_copy, detector="knn", flag_rate=0.2, device="cpu", progress=False, log=lambda m: None,
+                      orientation=False)
     assert knn.detector == "knn" and load_ood(run_copy).name == "knn"
+    assert not knn.orientation and load_ood(run_copy).orientation is None
     assert 0.1 <= knn.val_flag_rate <= 0.25
 
 

@@ -21,6 +21,9 @@ def fit(
                                                  "run's ood_detector, else the default of training)")] = None,
     flag_rate: Annotated[float, typer.Option("--flag-rate", min=0.001, max=0.5, help="share of validation images "
                                              "to flag")] = 0.05,
+    orientation: Annotated[bool | None, typer.Option("--orientation/--no-orientation", help="also check that "
+                                                     "the image is upright, not turned (default: the run's "
+                                                     "ood_orientation, else on)")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Fit the OOD detector on the run's training split; set its threshold on the validation split."""
@@ -28,6 +31,6 @@ def fit(
     from ..workflows.ood import fit_run_ood
 
     rec = fit_run_ood(run_dir, data=data, detector=detector, flag_rate=flag_rate, device=device,
-                      log=lambda m: typer.echo(m, err=True))
+                      orientation=orientation, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"wrote {run_dir / rec.file} ({rec.detector}, threshold {rec.threshold:.4g}, flags "
                f"{rec.val_flag_rate:.1%} of {rec.n_val} validation images)")

@@ -120,6 +120,8 @@ class OODRecord:
     n_val: int = 0  # validation images the threshold was set on
     val_flag_rate: float = math.nan  # the share of validation images it flags (near flag_rate)
     created: str | None = None
+    orientation: bool = False  # the score also checks that the image is upright (covidscreen.ood.orientation)
+    n_orientation_fit: int = 0  # training images the orientation check was fitted on (each also turned)
 
 
 def _ood_record(meta: dict[str, Any]) -> OODRecord | None:
@@ -130,7 +132,9 @@ def _ood_record(meta: dict[str, Any]) -> OODRecord | None:
         return OODRecord(file=str(raw["file"]), sha256=str(raw["sha256"]), detector=str(raw["detector"]),
                          threshold=float(raw["threshold"]), flag_rate=float(raw["flag_rate"]),
                          n_fit=int(raw.get("n_fit", 0)), n_val=int(raw.get("n_val", 0)),
-                         val_flag_rate=float(raw.get("val_flag_rate", math.nan)), created=raw.get("created"))
+                         val_flag_rate=float(raw.get("val_flag_rate", math.nan)), created=raw.get("created"),
+                         orientation=bool(raw.get("orientation", False)),
+                         n_orientation_fit=int(raw.get("n_orientation_fit", 0)))
     except (KeyError, TypeError, ValueError):
         raise CheckpointError("the sidecar's 'ood' record is damaged (it needs file, sha256, detector, threshold, "
                               "flag_rate); refit it with: covidscreen ood fit RUN_DIR") from None

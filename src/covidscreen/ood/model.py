@@ -22,11 +22,12 @@ from safetensors import safe_open
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..inference.predictor import OOD_POLICIES, Predictor
 from ..inference.run import OODRecord, Run, load_run, update_record
 from ..runtime import atomic_write_bytes
 from .detectors import Detector, detector_from_state
+from .orientation import OrientationCheck
 
 OOD_FILE = "ood.safetensors"
 # what a person reads next to a flagged result (the service, the DICOM SR, explain pages, the report)
@@ -43,20 +44,31 @@ def fit_command(run_dir: str | Path) -> str:
 
 @dataclass
 class OODModel:
-    """A fitted detector and the threshold above which a score is flagged (implements the Predictor's scorer)."""
+    """A fitted detector (and orientation check) and the threshold above which a score is flagged (implements the
+    Predictor's scorer).
+
+    With an orientation check the score is the larger of the two standardised scores: each minus its median on the
+    validation split, divided by the distance from that median to its 95th percentile there (``norms``: centre and
+    spread of the detector, then of the check). One number, higher = less familiar, flagged above one threshold."""
 
     detector: Detector
     threshold: float
     flag_rate: float
     val_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
     n_fit: int = 0
+    orientation: OrientationCheck | None = None
+    norms: np.ndarray | None = None  # (4,): detector centre, detector spread, check centre, check spread
 
     @property
     def name(self) -> str:
         return self.detector.name
 
     def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        return self.detector.score(features, logits)
+        det = self.detector.score(features, logits)
+        if self.orientation is None or self.norms is None:
+            return det
+        c1, s1, c2, s2 = (float(v) for v in self.norms)
+        return np.maximum((det - c1) / s1, (self.orientation.score(features) - c2) / s2)
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
         """True where a score is above the threshold (NaN counts as flagged)."""
@@ -79,6 +91,9 @@ def save_ood(run_dir: str | Path, model: OODModel, extra: dict[str, Any] | None 
     run_dir = Path(run_dir)
     tensors = {f"detector.{k}": v.detach().cpu().contiguous() for k, v in model.detector.tensors.items()}
     tensors["val_scores"] = torch.as_tensor(np.asarray(model.val_scores, dtype=np.float64))
+    if model.orientation is not None and model.norms is not None:
+        tensors |= {f"orientation.{k}": v for k, v in model.orientation.tensors.items()}
+        tensors["orientation_norms"] = torch.as_tensor(np.asarray(model.norms, dtype=np.float64))
     meta = {"detector": model.name, "params": json.dumps(model.detector.params), "threshold": repr(model.threshold)}
     blob = save(tensors, metadata=meta)
     atomic_write_bytes(run_dir / OOD_FILE, blob)
@@ -87,6 +102,8 @@ def save_ood(run_dir: str | Path, model: OODModel, extra: dict[str, Any] | None 
               "params": model.detector.params, "threshold": model.threshold, "flag_rate": model.flag_rate,
               "n_fit": int(model.n_fit), "n_val": int(val.size),
               "val_flag_rate": float(model.flags(val).mean()) if val.size else math.nan,
+              "orientation": model.orientation is not None,
+              "n_orientation_fit": int(model.orientation.n_fit) if model.orientation is not None else 0,
               "created": datetime.now().isoformat(timespec="seconds"), **(extra or {})}
     rec = update_record(run_dir, replace={"ood": record}).ood
     assert rec is not None
@@ -127,7 +144,19 @@ def load_ood(run: Run | str | Path) -> OODModel | None:
     det = detector_from_state(rec.detector, params,
                               {k.removeprefix("detector."): v for k, v in tensors.items() if k.startswith("detector.")})
     val = tensors.get("val_scores", torch.zeros(0)).double().numpy()
-    return OODModel(det, float(rec.threshold), float(rec.flag_rate), val, rec.n_fit)
+    orientation, norms = None, None
+    if rec.orientation:
+        if "orientation_norms" not in tensors:
+            raise CheckpointError(f"{path} lacks the orientation check its record names; refit it with: "
+                                  f"{fit_command(run.path)}")
+        try:
+            orientation = OrientationCheck.from_tensors(
+                {k.removeprefix("orientation."): v for k, v in tensors.items() if k.startswith("orientation.")},
+                rec.n_orientation_fit)
+        except DataError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        norms = tensors["orientation_norms"].double().numpy()
+    return OODModel(det, float(rec.threshold), float(rec.flag_rate), val, rec.n_fit, orientation, norms)
 
 
 def attach_ood(predictor: Predictor, policy: str = "flag", required: bool = False) -> OODModel | None:

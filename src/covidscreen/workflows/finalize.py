@@ -39,7 +39,7 @@ def finalize_run(run_dir: str | Path, cfg: TrainConfig, data: Any, model: Any = 
     if getattr(cfg, "ood_detector", "none") != "none" and getattr(data, "cache", None) is not None:
         with timer.phase("ood"):
             fit_after_training(run_dir, data, cfg.ood_detector, cfg.ood_flag_rate, cfg.seed, str(device),
-                               progress=progress, log=log)
+                               progress=progress, log=log, orientation=cfg.ood_orientation)
     with timer.phase("audit"):
         _audit(run_dir, cfg, data, model, device, log)
     if cfg.holdout_site:

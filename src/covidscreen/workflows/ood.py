@@ -35,12 +35,12 @@ def _sample(idx: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def fit_from_arrays(run_dir: str | Path, images: np.ndarray, splits: np.ndarray, labels: np.ndarray,
                     detector: str, flag_rate: float, seed: int = 0, device: Any = "auto", progress: bool = True,
-                    log: Any = print, fallback: bool = True) -> OODRecord | None:
+                    log: Any = print, fallback: bool = True, orientation: bool = True) -> OODRecord | None:
     """Fit and store the OOD model of ``run_dir`` from prepared images with their split and class index.
 
     ``fallback``: fit mahalanobis where the (default) vim does not apply (an ensemble, a head that is not one linear
-    layer); off when the user named the detector. Returns None (and logs why) when the split holds too few images
-    to set a threshold."""
+    layer); off when the user named the detector. ``orientation``: with the orientation check (upright or turned).
+    Returns None (and logs why) when the split holds too few images to set a threshold."""
     splits = np.asarray(splits)
     train = _sample(np.flatnonzero(splits == "train"), MAX_FIT_IMAGES, seed)
     val = _sample(np.flatnonzero(splits == "val"), MAX_FIT_IMAGES, seed + 1)
@@ -52,21 +52,25 @@ def fit_from_arrays(run_dir: str | Path, images: np.ndarray, splits: np.ndarray,
         log("ood: vim needs one model with a linear head; this run has none, so mahalanobis is fitted instead")
         detector = "mahalanobis"
     model = fit_ood(predictor, np.asarray(images[train]), np.asarray(labels)[train], np.asarray(images[val]),
-                    detector, flag_rate, seed=seed, progress=progress)
+                    detector, flag_rate, seed=seed, progress=progress, orientation=orientation)
     rec = save_ood(run_dir, model)
-    log(f"ood: {rec.detector} fitted on {rec.n_fit} training images; threshold {rec.threshold:.4g} flags "
+    check = (f" with the orientation check ({rec.n_orientation_fit} images, each also turned)"
+             if rec.orientation else "")
+    log(f"ood: {rec.detector} fitted on {rec.n_fit} training images{check}; threshold {rec.threshold:.4g} flags "
         f"{rec.val_flag_rate:.1%} of {rec.n_val} validation images (target {rec.flag_rate:.0%})")
     return rec
 
 
 def fit_after_training(run_dir: str | Path, data: Any, detector: str, flag_rate: float, seed: int,
-                       device: Any = "auto", progress: bool = True, log: Any = print) -> OODRecord | None:
+                       device: Any = "auto", progress: bool = True, log: Any = print, orientation: bool = True
+                       ) -> OODRecord | None:
     """The OOD fit of a freshly trained run, on the images its training decoded (``data``: the trainer's)."""
     if detector == "none":
         return None
     table = data.table
     return fit_from_arrays(run_dir, _Rows(data.cache.images, data.rows), table["split"].to_numpy(),
-                           table["y"].to_numpy(), detector, flag_rate, seed, device, progress, log)
+                           table["y"].to_numpy(), detector, flag_rate, seed, device, progress, log,
+                           orientation=orientation)
 
 
 class _Rows:
@@ -80,13 +84,14 @@ class _Rows:
 
 
 def fit_run_ood(run_dir: str | Path, data: str | Path | None = None, detector: str | None = None,
-                flag_rate: float = 0.05, device: Any = "auto", progress: bool = True, log: Any = print
-                ) -> OODRecord:
+                flag_rate: float = 0.05, device: Any = "auto", progress: bool = True, log: Any = print,
+                orientation: bool | None = None) -> OODRecord:
     """``covidscreen ood fit``: fit (or refit) the OOD model of a run or ensemble folder from its split.
 
     Args:
         data: the data folder the split's ``image`` paths are relative to (default: the one the run records).
         detector: default: the run's configured ``ood_detector``, else the current default.
+        orientation: with the orientation check (default: the run's ``ood_orientation``, else the current default).
 
     Raises:
         DataError: no split, a split of members that differ, or too few images.
@@ -96,6 +101,8 @@ def fit_run_ood(run_dir: str | Path, data: str | Path | None = None, detector: s
     run_dir = run.path
     fallback = detector is None
     detector = detector or str(run.config.get("ood_detector") or TrainConfig().ood_detector)
+    if orientation is None:
+        orientation = bool(run.config.get("ood_orientation", TrainConfig().ood_orientation))
     if detector not in OOD_DETECTORS or detector == "none":
         raise DataError(f"--detector {detector!r} is unknown; use one of "
                         f"{', '.join(d for d in OOD_DETECTORS if d != 'none')}")
@@ -133,13 +140,14 @@ def fit_run_ood(run_dir: str | Path, data: str | Path | None = None, detector: s
     classes = {c: i for i, c in enumerate(run.classes)}
     labels = table["label"].map(classes).fillna(-1).astype(int).to_numpy()
     return _fit_checked(run_dir, _Rows(cache.images, rows), table["split"].to_numpy(), labels, detector, flag_rate,
-                        seed, device, progress, log, fallback)
+                        seed, device, progress, log, fallback, orientation)
 
 
 def _fit_checked(run_dir: Path, images: _Rows, splits: np.ndarray, labels: np.ndarray, detector: str,
-                 flag_rate: float, seed: int, device: Any, progress: bool, log: Any, fallback: bool) -> OODRecord:
+                 flag_rate: float, seed: int, device: Any, progress: bool, log: Any, fallback: bool,
+                 orientation: bool) -> OODRecord:
     rec = fit_from_arrays(run_dir, images, splits, labels, detector, flag_rate, seed, device, progress, log,
-                          fallback)
+                          fallback, orientation)
     if rec is None:
         raise DataError(f"{run_dir}: too few readable training or validation images to fit an out-of-distribution "
                         "model (at least 10 of each)")
