@@ -2,7 +2,8 @@
 
 A detector (:mod:`.detectors`: Mahalanobis, KNN, ViM, energy, through pytorch-ood) is fitted on the head-input
 features of a run's training images, which the run's own :class:`~covidscreen.inference.predictor.Predictor`
-computes (:mod:`.fit`); its threshold is set on the validation split so that a stated share of in-distribution
+computes (:mod:`.fit`), together with an orientation check (:mod:`.orientation`: is the image upright, or turned?)
+whose score joins the detector's; the threshold is set on the validation split so that a stated share of in-distribution
 images (default 5%) is flagged. The fitted model is stored in the run folder as safetensors and hashed in the
 sidecar like the weights (:mod:`.model`); :func:`attach_ood` gives it to a Predictor, whose every result then
 carries ``ood_score`` and ``in_distribution``. :mod:`.probes` builds inputs that are not frontal chest X-rays

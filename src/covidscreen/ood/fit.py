@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
 from ..inference.predictor import Predictor
 from .detectors import Detector, fit_detector
 from .model import OODModel, threshold_for
@@ -28,6 +29,8 @@ def _norm(scores: np.ndarray) -> tuple[float, float]:
     """Centre (median) and spread (95th percentile minus median) of validation scores, for standardising."""
     finite = np.asarray(scores, dtype=np.float64)
     finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        raise CheckpointError("no finite validation score to standardise the out-of-distribution scores on")
     centre = float(np.median(finite))
     spread = float(np.quantile(finite, 0.95)) - centre
     return centre, spread if spread > 1e-12 else max(float(finite.std()), 1.0)
