@@ -53,10 +53,7 @@ def predict(
                                 operating_point=operating_point, backend=backend, device=device,
                                 mixed_precision=mixed_precision, expect_sha256=expect_sha256, manifest=manifest,
                                 screen=screen, ood_policy=ood_policy)
-    if outcome.summary() is not None:
-        typer.echo(outcome.summary())
-    elif outcome.table is not None:  # rank 0 without --output: the table on standard output
-        typer.echo(outcome.table.to_csv(index=False), nl=False)
+    typer.echo(outcome.text(), nl=False)
 
 
 @app.command()
