@@ -290,3 +290,39 @@ def test_a_ct_run_is_refused_by_the_radiograph_node(tiny_run, tmp_path):
     (ct_run / "model.json").write_text(json.dumps({**meta, "modality": "ct"}))
     with pytest.raises(ConfigError, match="reads ct images, but the DICOM node receives chest radiographs"):
         DicomScorer(ct_run, device="cpu")
+
+
+class _FakeNode:
+    """Stands in for DicomNode in node_job: records what the job did with it."""
+
+    started: list[str] = []
+
+    def __init__(self, config):
+        self.config, self.port = config, 4242
+
+    def start(self):
+        self.started.append("start")
+        return self
+
+    def serve_forever(self):
+        self.started.append("serve_forever")
+
+
+def test_node_job_checks_commissioning_then_starts_and_says_where(tiny_run, monkeypatch):
+    from covidscreen.dicomnet.node import NodeConfig, node_job
+    from covidscreen.errors import ConfigError
+    from covidscreen.workflows import commission
+
+    monkeypatch.setattr(node_module, "DicomNode", _FakeNode)
+    _FakeNode.started = []
+    said = []
+    with pytest.raises(ConfigError, match="no 'go' commissioning record named 'ward8'"):
+        node_job(NodeConfig(tiny_run, port=0), "ward8", say=said.append)
+    assert said == [] and _FakeNode.started == []  # refused before the node started
+    monkeypatch.setattr(commission, "require_commissioning", lambda run_dir, name: f"commissioning '{name}': go")
+    node_job(NodeConfig(tiny_run, ae_title="NODE", host="127.0.0.1"), "ward8", say=said.append)
+    assert said == ["commissioning 'ward8': go", "DICOM node NODE listening on 127.0.0.1:4242; Ctrl-C stops it"]
+    assert _FakeNode.started == ["start", "serve_forever"]
+    said.clear()
+    node_job(NodeConfig(tiny_run, ae_title="NODE"), say=said.append)  # no record asked for: none checked
+    assert said == ["DICOM node NODE listening on 127.0.0.1:4242; Ctrl-C stops it"]

@@ -83,3 +83,23 @@ def test_a_pacs_without_c_find_gets_the_item_in_doubt_again(tmp_path):
         assert [str(ds.SOPInstanceUID) for ds in sink.received] == item.sop_uids
     finally:
         sink.stop()
+
+
+def test_the_list_and_resend_jobs_say_what_waits_and_what_was_sent(tmp_path):
+    from covidscreen.dicomnet.outbox import outbox_lines, resend_job
+
+    pacs = Sink()
+    Outbox(tmp_path / "outbox").add([result()], AeAddress.parse(pacs.address))
+    lines = outbox_lines(tmp_path)  # a run folder's dicomnet/outbox, a work folder's outbox/ or the outbox itself
+    assert lines[0] == f"1 pending in {tmp_path / 'outbox'}" and len(lines) == 2
+    assert f"to {pacs.address}  1 file(s)  attempts 0" in lines[1] and "last error" not in lines[1]
+    down = resend_job(tmp_path / "outbox", timeout_s=5)
+    assert down.summary() == "sent 0, still pending 1" and down.failure().startswith("error: ")
+    assert down.warnings() == [] and "last error: " in outbox_lines(tmp_path / "outbox")[1]
+    pacs.start()
+    try:
+        sent = resend_job(tmp_path / "outbox", pacs.address)
+    finally:
+        pacs.stop()
+    assert sent.summary() == "sent 1, still pending 0" and sent.failure() is None
+    assert outbox_lines(tmp_path / "outbox") == [f"0 pending in {tmp_path / 'outbox'}"]

@@ -61,3 +61,32 @@ def test_the_same_image_sent_twice_gives_one_result(tiny_run, shared_dicoms, sin
     other_point = dicom_send(tiny_run, shared_dicoms[:1], AeAddress.parse(sink.address), operating_point=
                              "sensitivity_0.95", **kw)
     assert len(other_point.delivery.sent) == 1 and sink.received[2].SOPInstanceUID != first.SOPInstanceUID
+
+
+@pytest.mark.parametrize("to,dicomweb", [(None, None), ("127.0.0.1:1:PACS", "http://127.0.0.1:1/dicom-web")])
+def test_send_job_needs_exactly_one_destination(tiny_run, tmp_path, to, dicomweb):
+    from covidscreen.dicomnet.send import send_job
+    from covidscreen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^give exactly one destination: --to HOST:PORT:AET \(DIMSE\) or "
+                                          r"--dicomweb URL \(DICOMweb\)$"):
+        send_job(tiny_run, [tmp_path], to, dicomweb, workdir=tmp_path / "o")
+    assert not (tmp_path / "o").exists()  # refused before anything was scored or queued
+    with pytest.raises(ConfigError, match="destination 'nonsense' is invalid"):
+        send_job(tiny_run, [tmp_path], "nonsense")
+
+
+def test_send_job_to_a_pacs_that_is_down_names_the_resend_command(tiny_run, shared_dicoms, tmp_path):
+    from covidscreen.dicomnet.send import send_job
+
+    pacs = Sink()
+    (tmp_path / "notes.dcm").write_bytes(b"not dicom at all")
+    summary = send_job(tiny_run, [shared_dicoms[0], tmp_path / "notes.dcm"], pacs.address, workdir=tmp_path / "o",
+                       db=f"sqlite:///{tmp_path / 'a.sqlite'}", device="cpu", heatmap=False)
+    assert summary.destination == pacs.address
+    (warning,) = summary.warnings()
+    assert warning.startswith(f"skipped {tmp_path / 'notes.dcm'}: ")
+    assert summary.summary() == f"scored 1 file(s); 0 result object(s) (SR, heatmap) stored in {pacs.address}"
+    assert summary.failure().startswith("error: 1 result object(s) not delivered (")
+    outbox = tmp_path / "o"
+    assert summary.failure().endswith(f"they wait in {outbox}: covidscreen dicom-outbox resend {outbox}")

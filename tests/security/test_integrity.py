@@ -135,3 +135,14 @@ def test_provenance_reports_hashes_fingerprint_code_and_scans(run_dir):
     (run_dir / "security_scan.json").write_text(json.dumps({"model": {"verdict": "clean", "summary": "x",
                                                                       "date": "2026"}}))
     assert "scan model: clean" in format_provenance(provenance(run_dir))
+
+
+def test_verify_job_prints_text_or_json_and_names_a_failed_check(run_dir):
+    from covidscreen.security.integrity import verify_job
+
+    good = verify_job(run_dir, sha256_of(run_dir / "model.safetensors"))
+    assert good.failure is None and good.text == format_provenance(good.provenance)
+    as_json = verify_job(run_dir, as_json=True)
+    assert json.loads(as_json.text)["ok"] is True
+    bad = verify_job(run_dir, "0" * 64)
+    assert bad.failure == f"{run_dir}: integrity check failed; do not use this model" and "[FAIL]" in bad.text

@@ -177,3 +177,14 @@ def test_sanitize_rejects_unusable_inputs(run_dir, tmp_path):
         sanitize(run_dir, too_small, run_dir)
     with pytest.raises(CheckpointError):
         sanitize(tmp_path / "missing", too_small, tmp_path / "h")
+
+
+def test_the_summary_gives_the_accuracies_and_the_next_steps(tmp_path):
+    from covidscreen.security.sanitize import SanitizeResult
+
+    result = SanitizeResult(tmp_path / "new", {"method": "nad", "clean_images": 12, "clean_accuracy_before": 0.5,
+                                               "clean_accuracy_after": 0.75})
+    first, second = result.summary().splitlines()
+    assert first == ("sanitized (nad) with 12 clean image(s): clean-set accuracy 0.500 -> 0.750; new run "
+                     f"{tmp_path / 'new'}")
+    assert second.startswith(f"next: scan it ('covidscreen scan {tmp_path / 'new'} --reference ...')")

@@ -122,3 +122,36 @@ def test_service_and_dicom_node_refuse_a_flagged_model_at_start(run_dir, tmp_pat
         DicomNode(NodeConfig(run_dir, port=0, workdir=tmp_path / "node"))
     node = DicomNode(NodeConfig(run_dir, port=0, workdir=tmp_path / "node2", allow_flagged_model=True))
     assert node.scorer is not None
+
+
+def test_scan_job_strip_prints_the_table_unless_written(run_dir, tmp_path):
+    img = tmp_path / "x.png"
+    Image.fromarray(np.full((70, 70), 30, dtype=np.uint8)).save(img)
+    shown = scans.scan_job(run_dir, [str(img)], frr=0.1)
+    assert shown.kind == "strip" and shown.output is None and len(shown.table) == 1
+    lines = shown.text().splitlines()
+    assert lines[0] == "path,strip_entropy,strip_flag,error" and lines[1].startswith(str(img))
+    assert lines[2].startswith("STRIP: ") and lines[2].endswith("of 1 input(s) flagged as carrying a trigger (at "
+                                                               "10.0% FRR)")
+    written = scans.scan_job(run_dir, [str(img)], data=tmp_path, frr=0.1, output=tmp_path / "o" / "strip.csv")
+    assert written.kind == "strip" and written.text() == written.summary  # --inputs wins over --data
+    assert pd.read_csv(tmp_path / "o" / "strip.csv")["path"].tolist() == [str(img)]
+
+
+def test_scan_job_training_set_scan_writes_its_table(run_dir, tmp_path):
+    from tests.conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", n_per_class=6, size=64)
+    outcome = scans.scan_job(run_dir, data=data, expected_fraction=0.2, output=tmp_path / "data.csv")
+    table = pd.read_csv(tmp_path / "data.csv")
+    assert outcome.kind == "data" and len(table) == 12 and outcome.text() == outcome.summary
+    first, *most_likely = outcome.summary.splitlines()
+    assert first.startswith(f"training-set scan: {int(table['spectral_flag'].sum())} of 12 image(s) flagged by "
+                            "spectral signatures") and most_likely == table["path"].head(10).tolist()
+
+
+def test_scan_job_model_scan_needs_two_references(run_dir):
+    from covidscreen.errors import DataError
+
+    with pytest.raises(DataError, match="at least 2 reference runs"):
+        scans.scan_job(run_dir, references=[run_dir])

@@ -97,3 +97,25 @@ def test_audit_of_a_run_probes_its_model_on_its_own_preprocessing(tmp_path, monk
     assert "balanced_accuracy" in audit["shortcut"]["model_features"]["site"]
     # each label of this folder comes from one site: nothing to probe within a label, and the audit says why
     assert "two sites" in audit["shortcut"]["model_features"]["site_within_label"]["skipped"]
+
+
+def test_audit_job_prints_the_findings_of_audit_json(planted, tmp_path, monkeypatch):
+    from covidscreen.workflows.audit import audit_job
+
+    root, _, _ = planted
+    monkeypatch.setenv("COVIDSCREEN_CACHE", str(tmp_path / "cache"))
+    outcome = audit_job(root, output=tmp_path / "out", image_size=64, progress=False)
+    saved = json.loads((tmp_path / "out" / "audit.json").read_text())
+    assert outcome.findings == saved["findings"] and outcome.output == tmp_path / "out"
+    lines = outcome.lines()
+    assert lines[:-1] == [f"[{f['severity']}] {f['text']}" for f in saved["findings"]]
+    assert lines[-1] == f"audit: {tmp_path / 'out' / 'audit.json'} | {tmp_path / 'out' / 'audit.html'}"
+
+
+@pytest.mark.parametrize("size", [8, 2048])
+def test_audit_job_refuses_an_image_size_before_reading_anything(tmp_path, size):
+    from covidscreen.errors import ConfigError
+    from covidscreen.workflows.audit import audit_job
+
+    with pytest.raises(ConfigError, match=f"--image-size {size}: use an integer from 32 to 1024"):
+        audit_job(tmp_path / "missing", image_size=size)

@@ -107,3 +107,17 @@ def test_calibrate_run_rejects_bad_requests(tmp_path):
         calibrate_run(run, normals_only, target_specificity=1.2, device="cpu", progress=False)
     with pytest.raises(ConfigError, match="name"):
         calibrate_run(run, normals_only, name="default", device="cpu", progress=False)
+
+
+def test_calibrate_job_stores_the_point_and_says_how_to_use_it(tmp_path):
+    from covidscreen.workflows.calibrate import calibrate_job, describe_calibration
+
+    run = _tiny_run(tmp_path)
+    outcome = calibrate_job(run, _local_folder(tmp_path), target_specificity=0.75, name="site-a", device="cpu")
+    assert json.loads((run / "model.json").read_text())["operating_points"]["site-a"] == outcome.record["threshold"]
+    lines = outcome.lines()
+    assert lines == describe_calibration(outcome.record, "site-a")
+    assert lines[0].startswith("operating point 'site-a': threshold ")
+    assert lines[-1] == "use it: covidscreen predict RUN_DIR FILES --operating-point site-a"
+    with pytest.raises(ConfigError, match="target-specificity"):
+        calibrate_job(run, _local_folder(tmp_path / "b"), target_specificity=1.2, device="cpu")

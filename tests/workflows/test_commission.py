@@ -102,3 +102,23 @@ def test_go_stores_the_point_and_serving_requires_it(tiny_run, local, tmp_path, 
                        "no 'go' commissioning record named 'ward8'")
     assert_clean_error(run_cli("dicom-node", str(run_dir), "--require-commissioning", "ward8", "--port", "1"),
                        "no 'go' commissioning record named 'ward8'")
+
+
+def test_commission_job_prints_the_verdict_and_on_go_how_to_use_it(tmp_path):
+    out, run = tmp_path / "c", tmp_path / "run"
+    rec = {"verdict": acceptance.GO, "reason": "Specificity holds.", "n_images": 40, "n_skipped": 2}
+    assert cm.CommissionOutcome(run, out, "ward8", rec).lines() == [
+        "verdict: go - Specificity holds.", f"40 image(s) scored, 2 skipped; {out / 'commission.html'}",
+        f"stored as operating point 'ward8': covidscreen predict {run} FILES --operating-point ward8"]
+    no_go = cm.CommissionOutcome(run, out, "ward8", {**rec, "verdict": acceptance.NO_GO})
+    assert len(no_go.lines()) == 2 and no_go.lines()[0].startswith("verdict: no-go - ")
+
+
+def test_commission_job_runs_the_acceptance_test(tiny_run, local, tmp_path):
+    outcome = cm.commission_job(tiny_run, only(local, tmp_path / "n", "normal"), tmp_path / "c", name="ward",
+                                device="cpu")
+    saved = json.loads((tmp_path / "c" / "commission.json").read_text())
+    assert outcome.record["verdict"] == saved["verdict"] and outcome.output == tmp_path / "c"
+    assert outcome.lines()[0] == f"verdict: {saved['verdict']} - {saved['reason']}"
+    with pytest.raises(ConfigError, match="target-specificity"):
+        cm.commission_job(tiny_run, local, tmp_path / "d", target_specificity=1.5)

@@ -82,3 +82,24 @@ def test_members_that_cannot_share_folds_are_refused(tmp_path):
         ensemble_cross_validate(members, 3, tmp_path / "out")
     same = members_from_specs(["squeezenet1_1", "mobilenet_v2_035"], tmp_path / "a.yaml")
     assert [m.name for m in same] == ["squeezenet1_1", "mobilenet_v2_035"] and same[1].cfg.seed == 1
+
+
+def test_the_job_resumes_and_prints_the_table_it_wrote(ensemble_cv):
+    from covidscreen.workflows.ensemble_cv import ensemble_cv_job
+
+    root, data, out, _ = ensemble_cv
+    outcome = ensemble_cv_job([str(root / "squeeze.yaml"), str(root / "mobile.yaml")], 3, out, data=str(data),
+                              device="cpu", progress=False)
+    assert outcome.output == out
+    assert outcome.lines() == [*(out / "ensemble_cv.md").read_text().splitlines(), f"table: {out / 'ensemble_cv.md'}"]
+
+
+def test_the_job_refuses_bad_members_and_folds_before_training(tmp_path):
+    from covidscreen.workflows.ensemble_cv import ensemble_cv_job
+
+    (tmp_path / "a.yaml").write_text(TINY)
+    with pytest.raises(ConfigError, match="at least two members"):
+        ensemble_cv_job([str(tmp_path / "a.yaml")], 3, tmp_path / "out")
+    with pytest.raises(ConfigError, match="--folds 1: cross-validation needs at least 2 folds"):
+        ensemble_cv_job(["squeezenet1_1", "mobilenet_v2_035"], 1, tmp_path / "out", tmp_path / "a.yaml")
+    assert not (tmp_path / "out").exists()

@@ -111,3 +111,15 @@ def test_resume_detects_finished_runs_and_refuses_other_configs(tmp_path):
     assert is_finished(run, replace(cfg, device="cpu", output="elsewhere"))  # where/how it runs does not matter
     with pytest.raises(ConfigError, match="epochs: 2 -> 3"):
         is_finished(run, replace(cfg, epochs=3))
+
+
+def test_experiment_job_dry_run_lists_the_runs_and_trains_nothing(tmp_path):
+    from covidscreen.workflows.experiment import experiment_job
+
+    p = _grid(tmp_path, {"grid": {"seed": [0, 1]}, "ensembles": {"both": "all"}})
+    outcome = experiment_job(p, tmp_path / "out", dry_run=True)
+    assert outcome.plan is not None and not (tmp_path / "out" / "runs").exists()
+    assert outcome.lines() == [f"seed=0: {tmp_path / 'out' / 'runs' / 'seed=0'}",
+                               f"seed=1: {tmp_path / 'out' / 'runs' / 'seed=1'}", "ensemble both: seed=0, seed=1"]
+    with pytest.raises(ConfigError, match="unknown key 'gird'"):
+        experiment_job(_grid(tmp_path, {"gird": {}}), tmp_path / "out", dry_run=True)

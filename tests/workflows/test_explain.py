@@ -175,3 +175,19 @@ def test_heatmaps_of_a_cropping_run_have_the_original_size_and_are_empty_outside
         assert heat[outside].max() == 0
         peaks.append(heat[~outside].max())
     assert max(peaks) > 0
+
+
+def test_explain_job_says_where_to_look_for_heatmaps_or_feature_maps(tiny_run, tmp_path):
+    from covidscreen.workflows.explain import explain_job
+
+    one = tmp_path / "a.png"
+    Image.fromarray(synthetic_images(1, "corner", 0)[0]).save(one)
+    line = explain_job(tiny_run, [str(one)], tmp_path / "o", method="eigencam", checks=0, device="cpu",
+                       progress=False)
+    assert line == f"1 image(s) explained: {tmp_path / 'o' / 'a.png'}"  # one image: no contact sheet
+    line = explain_job(tiny_run, [str(_folder(tmp_path, n=2))], tmp_path / "s", method="eigencam", checks=0,
+                       device="cpu", progress=False)
+    assert line == f"3 image(s) explained: {tmp_path / 's' / 'index.html'}"  # several: the contact sheet
+    line = explain_job(tiny_run, [str(one)], tmp_path / "f", device="cpu", feature_maps="features.4")
+    assert line == f"1 feature-map grid(s) of features.4: {tmp_path / 'f'}"
+    assert (tmp_path / "f" / "a_features.4.png").is_file()

@@ -74,3 +74,21 @@ def test_audit_log_source_and_bad_inputs(tiny_run, tmp_path):
     pd.DataFrame({"path": ["a"], "prob_x": [0.1]}).to_csv(bad, index=False)
     assert_clean_error(run_cli("monitor", str(bad), "--baseline", str(tiny_run), "--output", str(tmp_path / "o5")),
                        "another model")
+
+
+def test_monitor_job_summary_names_the_first_alarm(tiny_run, tmp_path):
+    from covidscreen.workflows.monitor import MonitorOutcome, monitor_job
+
+    probs, scores = baseline_values(tiny_run)
+    rng = np.random.default_rng(1)
+    outcome = monitor_job(str(stream_csv(tmp_path / "s.csv", rng.choice(probs, 100), rng.choice(scores, 100))),
+                          tiny_run, tmp_path / "out", window=50)
+    rec = json.loads((tmp_path / "out" / "drift.json").read_text())
+    assert outcome.record == rec and rec["first_alarm_window"] is None  # drawn from the baseline (seeded)
+    assert outcome.summary() == f"2 window(s) of 50: 0 alarm(s); {tmp_path / 'out' / 'drift.json'}"
+    alarm = {"n_windows": 3, "window": 20, "n_alarms": 1, "first_alarm_window": 1,
+             "windows": [{"start": 0, "end": 20}, {"start": 20, "end": 40}, {"start": 40, "end": 60}]}
+    assert MonitorOutcome(tmp_path, alarm).summary() == (f"3 window(s) of 20: 1 alarm(s), first in window 2 "
+                                                         f"(predictions 20-40); {tmp_path / 'drift.json'}")
+    with pytest.raises(ConfigError, match="--window 5 is smaller"):
+        monitor_job(str(tmp_path / "s.csv"), tiny_run, tmp_path / "o2", window=5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -87,3 +88,12 @@ def test_impossible_combinations_are_refused_before_any_work(runs, tmp_path):
     with pytest.raises(CovidscreenError, match="--strip screens the whole table in one process"):
         job.predict_files_job(runs["plain"], [str(runs["images"])], tmp_path / "p.csv", resume=True,
                               screen=lambda p, t: t)
+
+
+def test_the_outcome_text_is_the_summary_or_the_table():
+    table = pd.DataFrame({"path": ["a.png"], "error": [""]})
+    assert job.PredictOutcome(table=table, output=Path("p.json")).text() == "1 file(s), 0 unreadable: p.json\n"
+    assert job.PredictOutcome(table=table).text() == table.to_csv(index=False)  # no --output: the table itself
+    assert job.PredictOutcome().text() == ""  # a rank other than 0 of torchrun prints nothing
+    streamed = job.PredictOutcome(output=Path("p.csv"), written=2, skipped=1, streamed=True)
+    assert streamed.text() == "2 file(s) scored, 0 unreadable, 1 already in p.csv\n"

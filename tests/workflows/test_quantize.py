@@ -149,3 +149,20 @@ def test_sensitive_nodes_find_stem_head_and_squeeze_excitation(tmp_path):
     assert sensitive_nodes(model, ("head",)) == [convs[-1], *gemm]
     assert sensitive_nodes(model, ("se",)) == [convs[3], convs[2]]  # expand, reduce (walked back from the gate)
     assert convs[1] not in sensitive_nodes(model)  # an ordinary convolution stays INT8
+
+
+def test_export_job_reports_the_onnx_file_before_the_int8_step(run, monkeypatch):
+    from covidscreen.errors import CovidscreenError
+    from covidscreen.workflows import quantize
+    from covidscreen.workflows.quantize import export_job
+
+    assert list(export_job(run)) == [f"wrote {run / 'model.onnx'}"]
+
+    def failing(*args, **kwargs):
+        raise CovidscreenError("int8 failed")
+
+    monkeypatch.setattr(quantize, "export_int8", failing)
+    lines = export_job(run, int8=True, calibration_images=4)
+    assert next(lines) == f"wrote {run / 'model.onnx'}"  # shown even though the INT8 step then fails
+    with pytest.raises(CovidscreenError, match="int8 failed"):
+        next(lines)

@@ -144,3 +144,16 @@ def test_every_recipe_runs_at_the_tiny_budget(tmp_path, shared_data, monkeypatch
     for run in plan.runs:
         assert (tmp_path / "out" / "runs" / run.name).is_dir()
     assert (out / "comparison.html").is_file()
+
+
+def test_recipe_job_dry_run_writes_the_grid_and_lists_its_runs(tmp_path):
+    from covidscreen.workflows.recipes import recipe_job
+
+    outcome = recipe_job("nguon", "tiny", None, {"device": "cpu", "output": str(tmp_path / "n")}, dry_run=True)
+    assert outcome.grid == tmp_path / "n" / "grid.yaml" and outcome.grid.is_file()
+    lines = outcome.lines()
+    assert lines[-1] == f"grid: {outcome.grid}" and len(lines) == len(outcome.plan.runs) + len(
+        outcome.plan.ensembles) + 1
+    assert all(str(tmp_path / "n" / "runs") in line for line in lines[:len(outcome.plan.runs)])
+    with pytest.raises(ConfigError, match="budget 'huge'"):
+        recipe_job("nguon", "huge", None, {"output": str(tmp_path / "h")}, dry_run=True)

@@ -1,6 +1,7 @@
 """Command-line interface: a thin typer app assembled from one sub-app per concern.
 
-Each module here parses options, calls one library function and prints where the results are; nothing here computes.
+Each module here parses options, calls one job and prints what its outcome says; nothing here computes or decides
+(docs/architecture.md, "Commands and their jobs").
 A new command goes into the module of its concern (or a new module with its own ``app``), added below with one line.
 Errors caused by input (``CovidscreenError``) print one line ``error: ...`` and exit with code 2.
 """

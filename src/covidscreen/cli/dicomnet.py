@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import typer
 
@@ -27,6 +27,25 @@ TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1.0, help="seconds t
 
 outbox_app = typer.Typer(no_args_is_help=True, help="Results waiting for the PACS: list them, send them again.")
 app.add_typer(outbox_app, name="dicom-outbox")
+
+
+class _Outcome(Protocol):
+    """What a sending command's job returns (``SendSummary``, ``WatchSummary``, ``ResendOutcome``)."""
+
+    def warnings(self) -> list[str]: ...
+    def summary(self) -> str: ...
+    def failure(self) -> str | None: ...
+
+
+def _echo_outcome(outcome: _Outcome) -> None:
+    """Warnings to standard error, the summary to standard output, and the failure, if any, to standard error with
+    exit code 1."""
+    for line in outcome.warnings():
+        typer.echo(line, err=True)
+    typer.echo(outcome.summary())
+    if outcome.failure() is not None:
+        typer.echo(outcome.failure(), err=True)
+        raise typer.Exit(1)
 
 
 def _logging() -> None:
@@ -57,21 +76,15 @@ def dicom_node(
 ) -> None:
     """Receive CR/DX images over DICOM (C-STORE SCP), score them, file an SR and a heatmap into their study."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..dicomnet import AeAddress, DicomNode, NodeConfig
+    from ..dicomnet import AeAddress, NodeConfig
+    from ..dicomnet.node import node_job
 
-    if require_commissioning is not None:
-        # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-        from ..workflows.commission import require_commissioning as check
-
-        typer.echo(check(run_dir, require_commissioning))
     _logging()
     cfg = NodeConfig(run_dir, ae_title=ae_title, host=host, port=port, workdir=workdir, db=db,
                      forward_to=AeAddress.parse(forward_to) if forward_to else None, max_queue=max_queue,
                      batch_size=batch_size, heatmap=not no_heatmap, operating_point=operating_point,
                      uid_root=uid_root, device=device, allow_flagged_model=allow_flagged_model)
-    node = DicomNode(cfg).start()
-    typer.echo(f"DICOM node {cfg.ae_title} listening on {cfg.host}:{node.port}; Ctrl-C stops it")
-    node.serve_forever()
+    node_job(cfg, require_commissioning, say=typer.echo)
 
 
 @app.command("dicom-send")
@@ -93,27 +106,12 @@ def dicom_send(
 ) -> None:
     """Score local DICOM files and store their results (SR, heatmap) in a PACS."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..dicomnet import AeAddress
-    from ..dicomnet.dicomweb import DicomwebServer
-    from ..dicomnet.send import dicom_send as send
-    from ..errors import ConfigError
+    from ..dicomnet.send import send_job
 
-    if (to is None) == (dicomweb is None):
-        raise ConfigError("give exactly one destination: --to HOST:PORT:AET (DIMSE) or --dicomweb URL (DICOMweb)")
-    dest = AeAddress.parse(to) if to else DicomwebServer(dicomweb, auth, timeout)
-    to = str(dest)
-    summary = send(run_dir, files, dest, workdir=workdir, db=db, calling_aet=ae_title,
-                   heatmap=not no_heatmap, operating_point=operating_point, uid_root=uid_root, device=device,
-                   timeout_s=timeout)
-    for path, why in summary.refused:
-        typer.echo(f"skipped {path}: {why}", err=True)
-    stored = sum(len(item.files) for item in summary.delivery.sent)
-    typer.echo(f"scored {len(summary.scored)} file(s); {stored} result object(s) (SR, heatmap) stored in {to}")
-    if summary.delivery.failed:
-        typer.echo(f"error: {len(summary.delivery.failed)} result object(s) not delivered "
-                   f"({summary.delivery.failed[0][1]}); they wait in {summary.outbox}: "
-                   f"covidscreen dicom-outbox resend {summary.outbox}", err=True)
-        raise typer.Exit(1)
+    summary = send_job(run_dir, files, to, dicomweb, auth, timeout_s=timeout, workdir=workdir, db=db,
+                       calling_aet=ae_title, heatmap=not no_heatmap, operating_point=operating_point,
+                       uid_root=uid_root, device=device)
+    _echo_outcome(summary)
 
 
 @app.command("dicomweb-watch")
@@ -146,30 +144,17 @@ def dicomweb_watch(
     except KeyboardInterrupt:
         stop.set()
         return
-    for sop, why in summary.refused:
-        typer.echo(f"refused {sop}: {why}", err=True)
-    for why in summary.errors:
-        typer.echo(f"error: {why}", err=True)
-    typer.echo(f"scored {len(summary.scored)} instance(s); {summary.delivered} result item(s) stored; "
-               f"{summary.pending} waiting in the outbox")
-    if summary.pending:
-        typer.echo("error: results wait in the outbox: covidscreen dicom-outbox resend RUN_DIR", err=True)
-        raise typer.Exit(1)
+    _echo_outcome(summary)
 
 
 @outbox_app.command("list")
 def outbox_list(folder: Annotated[Path, typer.Argument(help="run folder, node --workdir or outbox folder")]) -> None:
     """List the results the PACS has not confirmed yet."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..dicomnet.outbox import resolve_outbox
+    from ..dicomnet.outbox import outbox_lines
 
-    outbox = resolve_outbox(folder)
-    items = outbox.pending()
-    typer.echo(f"{len(items)} pending in {outbox.root}")
-    for it in items:
-        error = f"; last error: {it.last_error}" if it.last_error else ""
-        typer.echo(f"{it.id}  created {it.created}  to {it.destination or '(none)'}  {len(it.files)} file(s)  "
-                   f"attempts {it.attempts}{error}")
+    for line in outbox_lines(folder):
+        typer.echo(line)
 
 
 @outbox_app.command("resend")
@@ -183,12 +168,6 @@ def outbox_resend(
 ) -> None:
     """Send the pending results now; those still refused stay, with their error."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..dicomnet import AeAddress
-    from ..dicomnet.outbox import resolve_outbox
+    from ..dicomnet.outbox import resend_job
 
-    outbox = resolve_outbox(folder)
-    report = outbox.send(AeAddress.parse(to) if to else None, ae_title, timeout_s=timeout, auth=auth)
-    typer.echo(f"sent {len(report.sent)}, still pending {len(report.failed)}")
-    if report.failed:
-        typer.echo(f"error: {report.failed[0][1]}", err=True)
-        raise typer.Exit(1)
+    _echo_outcome(resend_job(folder, to, ae_title, timeout_s=timeout, auth=auth))

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..errors import CovidscreenError
 from .options import DataOpt, DeviceOpt
 
 app = typer.Typer()
@@ -51,16 +50,12 @@ def audit(
 ) -> None:
     """Leakage (patients across splits, duplicates, near-duplicates), shortcut probe and label/site confounding."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..reporting.audit_page import read_audit
-    from ..workflows.audit import audit_data_dir
+    from ..workflows.audit import audit_job
 
-    if image_size is not None and not 32 <= image_size <= 1024:
-        raise CovidscreenError(f"--image-size {image_size}: use an integer from 32 to 1024")
-    out = audit_data_dir(data_dir, run_dir, output, image_size=image_size, pediatric_sites=tuple(pediatric_site or ()),
-                         device=device, seed=seed)
-    for f in (read_audit(out) or {}).get("findings", []):
-        typer.echo(f"[{f['severity']}] {f['text']}")
-    typer.echo(f"audit: {out / 'audit.json'} | {out / 'audit.html'}")
+    outcome = audit_job(data_dir, run_dir, output, image_size=image_size, pediatric_sites=tuple(pediatric_site or ()),
+                        device=device, seed=seed)
+    for line in outcome.lines():
+        typer.echo(line)
 
 
 @app.command()
@@ -75,9 +70,9 @@ def calibrate(
 ) -> None:
     """Fit the operating threshold on a small labelled sample of your own site and store it in the run."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..workflows.calibrate import calibrate_run, describe_calibration
+    from ..workflows.calibrate import calibrate_job
 
-    record = calibrate_run(run_dir, data, target_specificity=target_specificity, name=name, temperature=temperature,
-                           device=device)
-    for line in describe_calibration(record, name):
+    outcome = calibrate_job(run_dir, data, target_specificity=target_specificity, name=name, temperature=temperature,
+                            device=device)
+    for line in outcome.lines():
         typer.echo(line)

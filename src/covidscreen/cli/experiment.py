@@ -3,7 +3,6 @@ registry."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -25,24 +24,10 @@ def ensemble(
 ) -> None:
     """Average the probabilities of several runs; the folder is then used like one run (evaluate, predict)."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..workflows.ensemble import build_ensemble
+    from ..workflows.ensemble import ensemble_job
 
-    out = build_ensemble(run_dirs, output)
-    metrics = out / "metrics.json"
-    if metrics.is_file():
-        m = json.loads(metrics.read_text())
-        val, cv = (m.get("val") or {}).get("covid_vs_rest"), m.get("covid_vs_rest")
-        if val:
-            typer.echo(f"ensemble of {len(run_dirs)} on the members' common validation split: ROC AUC "
-                       f"{val['roc_auc']:.4f} (the figure to choose on)")
-        if cv and show_test:
-            typer.echo(f"ensemble of {len(run_dirs)} on the members' common test split: ROC AUC {cv['roc_auc']:.4f}, "
-                       f"sensitivity {cv['sensitivity']:.3f}, specificity {cv['specificity']:.3f}")
-        typer.echo(f"report: {out / 'report.html'}" if show_test else f"written to {out} (its report.html shows "
-                   "the test split)")
-    else:
-        typer.echo(f"ensemble of {len(run_dirs)} written to {out} (members were split differently: no common test "
-                   "split; evaluate it with --data)")
+    for line in ensemble_job(run_dirs, output, show_test=show_test).lines():
+        typer.echo(line)
 
 
 @app.command("ensemble-cv")
@@ -60,11 +45,10 @@ def ensemble_cv(
     """Cross-validate an ensemble: each member on the same patient-grouped folds, the ensemble refit per fold, one
     table of pooled out-of-fold results with 95% CIs (members and ensemble)."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..workflows.ensemble_cv import ensemble_cross_validate, members_from_specs
+    from ..workflows.ensemble_cv import ensemble_cv_job
 
-    out = ensemble_cross_validate(members_from_specs(members, config, data=data, device=device), folds, output)
-    typer.echo((out / "ensemble_cv.md").read_text(), nl=False)
-    typer.echo(f"table: {out / 'ensemble_cv.md'}")
+    for line in ensemble_cv_job(members, folds, output, config, data=data, device=device).lines():
+        typer.echo(line)
 
 
 @app.command()
@@ -76,17 +60,10 @@ def experiment(
 ) -> None:
     """Run a grid of training configurations (resumable) and write a comparison table with confidence intervals."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..workflows.experiment import load_plan, run_experiment
+    from ..workflows.experiment import experiment_job
 
-    plan = load_plan(grid, output)
-    if dry_run:
-        for r in plan.runs:
-            typer.echo(f"{r.name}: {r.cfg.output}")
-        for name, members in plan.ensembles.items():
-            typer.echo(f"ensemble {name}: {', '.join(members)}")
-        return
-    out = run_experiment(grid, output)
-    typer.echo(f"comparison: {out / 'comparison.html'} ({out / 'comparison.csv'})")
+    for line in experiment_job(grid, output, dry_run).lines():
+        typer.echo(line)
 
 
 @app.command("models")

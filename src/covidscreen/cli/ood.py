@@ -28,9 +28,8 @@ def fit(
 ) -> None:
     """Fit the OOD detector on the run's training split; set its threshold on the validation split."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..workflows.ood import fit_run_ood
+    from ..workflows.ood import ood_fit_job
 
-    rec = fit_run_ood(run_dir, data=data, detector=detector, flag_rate=flag_rate, device=device,
-                      orientation=orientation, log=lambda m: typer.echo(m, err=True))
-    typer.echo(f"wrote {run_dir / rec.file} ({rec.detector}, threshold {rec.threshold:.4g}, flags "
-               f"{rec.val_flag_rate:.1%} of {rec.n_val} validation images)")
+    outcome = ood_fit_job(run_dir, data=data, detector=detector, flag_rate=flag_rate, device=device,
+                          orientation=orientation, log=lambda m: typer.echo(m, err=True))
+    typer.echo(outcome.summary())

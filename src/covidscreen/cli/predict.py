@@ -53,10 +53,7 @@ def predict(
                                 operating_point=operating_point, backend=backend, device=device,
                                 mixed_precision=mixed_precision, expect_sha256=expect_sha256, manifest=manifest,
                                 screen=screen, ood_policy=ood_policy)
-    if outcome.summary() is not None:
-        typer.echo(outcome.summary())
-    elif outcome.table is not None:  # rank 0 without --output: the table on standard output
-        typer.echo(outcome.table.to_csv(index=False), nl=False)
+    typer.echo(outcome.text(), nl=False)
 
 
 @app.command()
@@ -71,15 +68,10 @@ def export(
 ) -> None:
     """Export a run to ONNX (model.onnx, checked against PyTorch) for onnxruntime CPU inference."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..inference.onnx import export_onnx
+    from ..workflows.quantize import export_job
 
-    typer.echo(f"wrote {export_onnx(run_dir)}")
-    if int8:
-        # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-        from ..workflows.quantize import export_int8
-
-        result = export_int8(run_dir, calibration_images=calibration_images)
-        typer.echo(result.message)
+    for line in export_job(run_dir, int8=int8, calibration_images=calibration_images):
+        typer.echo(line)
 
 
 @app.command()
@@ -96,16 +88,8 @@ def explain(
                                                      "layer's activations per image (e.g. layer2, features.4)")] = None,
 ) -> None:
     """Heatmaps (Grad-CAM family) of a trained run on images, with sanity checks and the border-fraction score."""
-    if feature_maps:
-        # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-        from ..workflows.feature_maps import feature_map_files
-
-        pngs = feature_map_files(run_dir, inputs, output, feature_maps, device=device)
-        typer.echo(f"{len(pngs)} feature-map grid(s) of {feature_maps}: {output}")
-        return
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..workflows.explain import explain_files
+    from ..workflows.explain import explain_job
 
-    table = explain_files(run_dir, inputs, output, method=method, target=target, checks=checks, device=device)
-    sheet = output / "index.html"
-    typer.echo(f"{len(table)} image(s) explained: {sheet if sheet.is_file() else output / table['png'].iloc[0]}")
+    typer.echo(explain_job(run_dir, inputs, output, method=method, target=target, checks=checks, device=device,
+                           feature_maps=feature_maps))

@@ -1,4 +1,5 @@
-"""``covidscreen recipes`` (list them) and the recipe runner behind ``covidscreen train --recipe NAME``.
+"""``covidscreen recipes`` (list them) and the options of ``covidscreen train --recipe NAME`` (its job:
+:func:`covidscreen.workflows.recipes.recipe_job`).
 
 ``covidscreen recipe NAME`` is kept as an alias of ``covidscreen train --recipe NAME`` (for commands written before
 ``train`` took recipes), with ``--set KEY=VALUE`` for values that no option can express (``labels=null``).
@@ -7,7 +8,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -39,28 +40,6 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
-def run_recipe_command(name: str, budget: str | None, config: Path | None, overrides: dict[str, Any],
-                       dry_run: bool) -> None:
-    """Resolve recipe ``name`` (``--config`` keys < options), then list its runs (``dry_run``) or run it."""
-    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..workflows.experiment import load_plan
-    from ..workflows.recipes import DEFAULT_BUDGET, find_recipe, run_recipe, user_overrides, write_recipe_grid
-
-    keys, output = user_overrides(config, overrides)
-    budget = budget or DEFAULT_BUDGET
-    if dry_run:
-        grid = write_recipe_grid(find_recipe(name), budget, keys, output)
-        plan = load_plan(grid)
-        for r in plan.runs:
-            typer.echo(f"{r.name}: {r.cfg.model}, {r.cfg.output}")
-        for ens, members in plan.ensembles.items():
-            typer.echo(f"ensemble {ens}: {', '.join(members)}")
-        typer.echo(f"grid: {grid}")
-        return
-    out = run_recipe(name, budget, keys, output)
-    typer.echo(f"comparison: {out / 'comparison.html'} ({out / 'comparison.csv'})")
-
-
 @app.command("recipes")
 def list_recipes_cmd() -> None:
     """List the recipes: one per published system, each run by `covidscreen train --recipe NAME`."""
@@ -86,4 +65,8 @@ def recipe(
     """Alias of `covidscreen train --recipe NAME` (which takes every training option), with --set KEY=VALUE."""
     overrides = {**parse_sets(sets or []), "device": device, **({"data": data} if data else {}),
                  **({"output": str(output)} if output else {})}
-    run_recipe_command(name, budget, None, overrides, dry_run)
+    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
+    from ..workflows.recipes import recipe_job
+
+    for line in recipe_job(name, budget, None, overrides, dry_run).lines():
+        typer.echo(line)

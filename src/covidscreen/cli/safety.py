@@ -29,15 +29,13 @@ def commission(
 ) -> None:
     """Acceptance test at a site: local operating point, figures with intervals, and a go / no-go verdict."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..workflows.commission import commission as run_commission
+    from ..workflows.commission import commission_job
 
-    rec = run_commission(run_dir, data, output, target_specificity=target_specificity,
-                         target_sensitivity=target_sensitivity, confidence=confidence, name=name, seed=seed,
-                         device=device)
-    typer.echo(f"verdict: {rec['verdict']} - {rec['reason']}")
-    typer.echo(f"{rec['n_images']} image(s) scored, {rec['n_skipped']} skipped; {output / 'commission.html'}")
-    if rec["verdict"] == "go":
-        typer.echo(f"stored as operating point '{name}': covidscreen predict {run_dir} FILES --operating-point {name}")
+    outcome = commission_job(run_dir, data, output, target_specificity=target_specificity,
+                             target_sensitivity=target_sensitivity, confidence=confidence, name=name, seed=seed,
+                             device=device)
+    for line in outcome.lines():
+        typer.echo(line)
 
 
 @app.command()
@@ -52,10 +50,6 @@ def monitor(
 ) -> None:
     """Drift: two-sample tests per window against the baseline, false alarms controlled over all windows."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..workflows.monitor import monitor as run_monitor
+    from ..workflows.monitor import monitor_job
 
-    rec = run_monitor(source, baseline, output, window=window, alpha=alpha)
-    first = rec["first_alarm_window"]
-    typer.echo(f"{rec['n_windows']} window(s) of {window}: {rec['n_alarms']} alarm(s)"
-               + (f", first in window {first + 1} (predictions {rec['windows'][first]['start']}-"
-                  f"{rec['windows'][first]['end']})" if first is not None else "") + f"; {output / 'drift.json'}")
+    typer.echo(monitor_job(source, baseline, output, window=window, alpha=alpha).summary())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -24,12 +23,12 @@ def verify(
 ) -> None:
     """Provenance of a model (hashes, split fingerprint, code version, scans) and its integrity checks."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..security.integrity import format_provenance, provenance
+    from ..security.integrity import verify_job
 
-    prov = provenance(run_dir, expect_sha256, manifest)
-    typer.echo(json.dumps(prov.as_dict(), indent=2, default=str) if as_json else format_provenance(prov))
-    if not prov.ok:
-        raise CovidscreenError(f"{run_dir}: integrity check failed; do not use this model")
+    outcome = verify_job(run_dir, expect_sha256, manifest, as_json)
+    typer.echo(outcome.text)
+    if outcome.failure is not None:
+        raise CovidscreenError(outcome.failure)
 
 
 @app.command()
@@ -47,28 +46,11 @@ def scan(
 ) -> None:
     """Backdoor screening: of inputs (--inputs, STRIP), of a training set (--data), else of the model (--reference)."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..security import scan as scans
+    from ..security.scan import scan_job
 
-    if inputs:
-        table = scans.scan_inputs(run_dir, list(inputs), frr=frr)
-        flagged = int(table["strip_flag"].fillna(False).astype(bool).sum())
-        summary = f"STRIP: {flagged} of {len(table)} input(s) flagged as carrying a trigger (at {frr:.1%} FRR)"
-    elif data is not None:
-        table = scans.scan_data(run_dir, data, expected_fraction=expected_fraction)
-        summary = (f"training-set scan: {int(table['spectral_flag'].sum())} of {len(table)} image(s) flagged by "
-                   f"spectral signatures, {int(table['cluster_flag'].sum())} by activation clustering; most likely "
-                   f"poisoned first:\n" + "\n".join(table["path"].head(10)))
-    else:
-        table = None
-        result = scans.scan_model(run_dir, list(reference or []), progress=True,
-                                  log=lambda msg: typer.echo(msg, err=True))
-        summary = f"{result.summary()}\n{result.advice(run_dir)}"
-    if table is not None and output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(output, index=False)
-    elif table is not None and inputs:
-        typer.echo(table.to_csv(index=False), nl=False)
-    typer.echo(summary)
+    outcome = scan_job(run_dir, inputs, data, reference, frr=frr, expected_fraction=expected_fraction, output=output,
+                       log=lambda msg: typer.echo(msg, err=True))
+    typer.echo(outcome.text())
 
 
 @app.command()
@@ -91,11 +73,7 @@ def sanitize(
 
     result = run_sanitize(run_dir, data, output, SanitizeConfig(method=method, budget=budget, epochs=epochs,
                                                                 seed=seed), progress=True)
-    r = result.record
-    typer.echo(f"sanitized ({r['method']}) with {r['clean_images']} clean image(s): clean-set accuracy "
-               f"{r['clean_accuracy_before']:.3f} -> {r['clean_accuracy_after']:.3f}; new run {result.output}\n"
-               f"next: scan it ('covidscreen scan {result.output} --reference ...') and check it on data you trust "
-               f"('covidscreen evaluate'); its operating points are the source run's")
+    typer.echo(result.summary())
 
 
 @security_app.command("backdoor")
@@ -124,11 +102,8 @@ def detectors(
 ) -> None:
     """Run STRIP, the model scan and the training-set scan on every model of the experiment, against the truth."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..errors import DataError
     from ..security.backdoor import evaluate_detectors
 
-    if not (output / "backdoor.json").is_file():
-        raise DataError(f"{output} has no backdoor.json: run 'covidscreen security backdoor CONFIG -o {output}' first")
     evaluate_detectors(output, frr=frr, nc_steps=steps, nc_images=images, mmbd_steps=mmbd_steps)
     typer.echo(f"results: {output / 'detectors.json'}")
 
@@ -142,10 +117,7 @@ def defences(
 ) -> None:
     """Sanitize every model of the experiment with each defence (5% clean set) and measure ASR and clean figures."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..errors import DataError
     from ..security.backdoor import evaluate_defences
 
-    if not (output / "backdoor.json").is_file():
-        raise DataError(f"{output} has no backdoor.json: run 'covidscreen security backdoor CONFIG -o {output}' first")
     evaluate_defences(output, methods=tuple(method or ("fine-pruning", "nad", "i-bau")), runs=run)
     typer.echo(f"results: {output / 'defences.json'}")

@@ -50,19 +50,14 @@ def serve(
     """Serve a run over HTTP as a second reader: API under /v1 (OpenAPI at /docs), web page at /, audit log."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..serving.config import ServeConfig
-    from ..serving.server import run_server
+    from ..serving.server import serve_job
 
-    if require_commissioning is not None:
-        # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-        from ..workflows.commission import require_commissioning as check
-
-        typer.echo(check(run_dir, require_commissioning))
-
-    run_server(ServeConfig(run_dir=run_dir, host=host, port=port, backend=backend, db=db, api_key_file=api_key_file,
-                           device=device, max_upload_mb=max_upload_mb, max_files=max_files, max_pixels=max_pixels,
-                           max_queue=max_queue, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
-                           operating_point=operating_point, expect_sha256=expect_sha256, manifest=manifest,
-                           strip=strip, strip_frr=strip_frr, allow_flagged_model=allow_flagged_model))
+    cfg = ServeConfig(run_dir=run_dir, host=host, port=port, backend=backend, db=db, api_key_file=api_key_file,
+                      device=device, max_upload_mb=max_upload_mb, max_files=max_files, max_pixels=max_pixels,
+                      max_queue=max_queue, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                      operating_point=operating_point, expect_sha256=expect_sha256, manifest=manifest, strip=strip,
+                      strip_frr=strip_frr, allow_flagged_model=allow_flagged_model)
+    serve_job(cfg, require_commissioning, say=typer.echo)
 
 
 @app.command("audit-log")

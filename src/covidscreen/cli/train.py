@@ -1,8 +1,8 @@
-"""``covidscreen quickstart`` and ``covidscreen train``: a config from defaults, YAML and options, then fit."""
+"""``covidscreen quickstart`` and ``covidscreen train``: the options of a training config, handed to one job
+(:func:`covidscreen.workflows.train_job.train_job`: a recipe, a resumed run or one fit)."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +11,7 @@ import typer
 from ..config import TrainConfig
 from .config_options import with_config_options
 from .options import DataOpt, DeviceOpt
-from .recipes import BudgetOpt, DryRunOpt, run_recipe_command
+from .recipes import BudgetOpt, DryRunOpt
 
 app = typer.Typer()
 
@@ -24,12 +24,10 @@ def quickstart(
 ) -> None:
     """Fine-tune the default model on the shared chest X-rays, evaluate it on a held-out test split, write a report."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..config import resolve_train_config
-    from ..workflows.fit import fit
+    from ..workflows.train_job import train_job
 
-    cfg = resolve_train_config(None, data=data, output=str(output), device=device)
-    run = fit(cfg)
-    typer.echo(f"report: {run / 'report.html'}")
+    for line in train_job(overrides={"data": data, "output": str(output), "device": device}).lines():
+        typer.echo(line)
 
 
 @app.command()
@@ -56,40 +54,9 @@ def train(
     system's recipe at --budget (recipe < --config YAML < options): docs/recipes.md.
     """
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..config import resolve_train_config
-    from ..errors import ConfigError
-    from ..workflows.fit import fit
+    from ..workflows.train_job import train_job
 
-    if recipe is not None:
-        if resume is not None:
-            raise ConfigError("--resume continues one run; a recipe resumes by running the same "
-                              f"covidscreen train --recipe {recipe} command again")
-        run_recipe_command(recipe, budget, config,
-                           {**(overrides or {}), **({"train_stages": None} if full_finetune else {})}, dry_run)
-        return
-    if dry_run or budget is not None:
-        raise ConfigError(f"{'--dry-run' if dry_run else '--budget'} needs --recipe NAME (covidscreen recipes lists "
-                          "them)")
-    if resume is not None:
-        run = resume_run(resume, config, full_finetune, overrides or {})
-        typer.echo(f"report: {run / 'report.html'}")
-        return
-    cfg = resolve_train_config(config, **(overrides or {}))
-    if full_finetune:
-        cfg = dataclasses.replace(cfg, train_stages=None)
-    run = fit(cfg)
-    typer.echo(f"report: {run / 'report.html'}")
-
-
-def resume_run(run_dir: Path, config: Path | None, full_finetune: bool, overrides: dict) -> Path:
-    # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..errors import ConfigError
-    from ..workflows.finish import resume_training
-
-    others = sorted(k for k in overrides if k != "device") + (["config"] if config else []) + (
-        ["full_finetune"] if full_finetune else [])
-    if others:
-        raise ConfigError(f"--resume continues {run_dir} with the config it was started with; drop "
-                          f"{', '.join('--' + k.replace('_', '-') for k in others)} (only --device may change)")
-    return resume_training(run_dir, device=overrides.get("device"))
-
+    outcome = train_job(config, overrides, full_finetune=full_finetune, resume=resume, recipe=recipe, budget=budget,
+                        dry_run=dry_run)
+    for line in outcome.lines():
+        typer.echo(line)

@@ -560,3 +560,23 @@ def _facts_columns(ds: Dataset) -> dict:
     return {"manufacturer": f.manufacturer, "manufacturer_model": f.manufacturer_model, "photometric": f.photometric,
             "pixel_spacing": f.pixel_spacing, "image_rows": f.height, "image_columns": f.width,
             "view_position": f.view_position, "file_type": f.file_type}
+
+
+def node_job(config: NodeConfig, require_commissioning: str | None = None, say: Callable[[str], None] = print) -> None:
+    """``covidscreen dicom-node``: with ``require_commissioning`` NAME, refuse to start unless the run holds a ``go``
+    site commissioning record of that name (``say`` is told its one-line summary); then start the node, say where it
+    listens, and serve until interrupted.
+
+    Raises:
+        ConfigError: no such ``go`` record (the message names the command that makes one).
+    """
+    if require_commissioning is not None:
+        # imported per command: the commissioning module loads scikit-learn's model selection and matplotlib, which
+        # a node needs only for this check (start-up)
+        from ..workflows.commission import require_commissioning as check
+
+        say(check(config.run_dir, require_commissioning))
+    node = DicomNode(config).start()
+    say(f"DICOM node {config.ae_title} listening on {config.host}:{node.port}; Ctrl-C stops it")
+    node.serve_forever()
+

@@ -321,3 +321,52 @@ def resolve_outbox(path: str | Path) -> Outbox:
         if candidate.is_dir() and (candidate.name == "outbox" or any(candidate.glob(f"*/{ITEM_FILE}"))):
             return Outbox(candidate)
     raise CovidscreenError(f"{path} holds no outbox: give a run folder, a node's --workdir or its outbox/ folder")
+
+
+def outbox_lines(folder: str | Path) -> list[str]:
+    """``covidscreen dicom-outbox list``: the count and one line per result the PACS has not confirmed yet (where
+    it goes, its files, its attempts and last error).
+
+    Raises:
+        CovidscreenError: ``folder`` holds no outbox.
+    """
+    outbox = resolve_outbox(folder)
+    items = outbox.pending()
+    lines = [f"{len(items)} pending in {outbox.root}"]
+    for it in items:
+        error = f"; last error: {it.last_error}" if it.last_error else ""
+        lines.append(f"{it.id}  created {it.created}  to {it.destination or '(none)'}  {len(it.files)} file(s)  "
+                     f"attempts {it.attempts}{error}")
+    return lines
+
+
+@dataclass(frozen=True)
+class ResendOutcome:
+    """What ``covidscreen dicom-outbox resend`` did (the delivery report)."""
+
+    report: SendReport
+
+    def warnings(self) -> list[str]:
+        """Lines for standard error before the summary: none (the failure names the first error)."""
+        return []
+
+    def summary(self) -> str:
+        """The line for standard output: sent, and still pending."""
+        return f"sent {len(self.report.sent)}, still pending {len(self.report.failed)}"
+
+    def failure(self) -> str | None:
+        """The error (exit code 1) when results are still pending: the first one's; None when all were sent."""
+        return f"error: {self.report.failed[0][1]}" if self.report.failed else None
+
+
+def resend_job(folder: str | Path, to: str | None = None, calling_aet: str = "COVIDSCREEN", timeout_s: float = 30.0,
+               auth: str | None = None) -> ResendOutcome:
+    """``covidscreen dicom-outbox resend``: send the pending results of the outbox ``folder`` means
+    (:func:`resolve_outbox`) to ``to`` (``HOST:PORT:AET``) or each to its own destination.
+
+    Raises:
+        CovidscreenError: no outbox there, a destination that does not parse, an item without a destination.
+    """
+    outbox = resolve_outbox(folder)
+    return ResendOutcome(outbox.send(AeAddress.parse(to) if to else None, calling_aet, timeout_s=timeout_s, auth=auth))
+

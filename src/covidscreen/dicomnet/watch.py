@@ -71,6 +71,19 @@ class WatchSummary:
     pending: int = 0
     errors: list[str] = field(default_factory=list)
 
+    def warnings(self) -> list[str]:
+        """Lines for standard error: each instance refused (and why), then each pass that failed."""
+        return [f"refused {sop}: {why}" for sop, why in self.refused] + [f"error: {why}" for why in self.errors]
+
+    def summary(self) -> str:
+        """The line for standard output: instances scored, results stored and waiting."""
+        return (f"scored {len(self.scored)} instance(s); {self.delivered} result item(s) stored; {self.pending} "
+                "waiting in the outbox")
+
+    def failure(self) -> str | None:
+        """The error (exit code 1) when results wait in the outbox; None when every result was stored."""
+        return "error: results wait in the outbox: covidscreen dicom-outbox resend RUN_DIR" if self.pending else None
+
 
 def _received(ds: Dataset) -> Received:
     image = radiograph_pixels(ds, f"SOP Instance {ds.SOPInstanceUID}")

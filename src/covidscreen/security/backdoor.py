@@ -30,7 +30,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from ..config import TrainConfig, apply_overrides
 from ..data.preprocess import load_preprocessed
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..inference.predictor import Predictor
 from ..inference.run import is_run_folder
 from ..workflows.fit import fit
@@ -217,6 +217,19 @@ def run_experiment(exp: BackdoorExperiment, out_dir: str | Path, log: Any = prin
     return result
 
 
+def read_experiment(out_dir: Path) -> dict[str, Any]:
+    """The ``backdoor.json`` of a finished experiment (what ``security detectors`` and ``defences`` measure).
+
+    Raises:
+        DataError: there is none (the message names the command that writes it).
+    """
+    path = out_dir / "backdoor.json"
+    if not path.is_file():
+        raise DataError(f"{out_dir} has no backdoor.json: run 'covidscreen security backdoor CONFIG -o {out_dir}' "
+                        "first")
+    return json.loads(path.read_text())
+
+
 def model_roc(judged: list[dict[str, Any]], records: list[dict[str, Any]]) -> dict[str, Any]:
     """ROC over models of each model-level score (backdoored = positive: a poisoned or fine-tuned model whose
     attack succeeds on more than half of the triggered test images; clean models negative): AUC and the points."""
@@ -252,7 +265,7 @@ def evaluate_detectors(out_dir: str | Path, frr: float = 0.01, strip_modes: tupl
     Writes ``out_dir/detectors.json``.
     """
     out = Path(out_dir)
-    result = json.loads((out / "backdoor.json").read_text())
+    result = read_experiment(out)
     trigger = Trigger(**result["trigger"])
     records = result["records"]
     clean_runs = [out / r["run"] for r in records if r["kind"] == "clean"]
@@ -372,7 +385,7 @@ def evaluate_defences(out_dir: str | Path, methods: tuple[str, ...] = ("fine-pru
     from .sanitize import SanitizeConfig, sanitize
 
     out = Path(out_dir)
-    result = json.loads((out / "backdoor.json").read_text())
+    result = read_experiment(out)
     trigger = Trigger(**result["trigger"])
     records = [r for r in result["records"] if runs is None or r["run"] in runs]
     clean = out / next(r["run"] for r in result["records"] if r["kind"] == "clean")

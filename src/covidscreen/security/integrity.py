@@ -210,3 +210,22 @@ def format_provenance(prov: Provenance) -> str:
     lines += [f"warning: {w}" for w in prov.warnings]
     lines.append("verdict: " + ("integrity checks passed" if prov.ok else "INTEGRITY CHECK FAILED: do not use"))
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class VerifyOutcome:
+    """What ``covidscreen verify`` prints (``text``), and the error it ends with when a check failed (``failure``;
+    None when every check passed)."""
+
+    provenance: Provenance
+    text: str
+    failure: str | None
+
+
+def verify_job(run_dir: str | Path, expect_sha256: str | None = None, manifest: str | Path | None = None,
+               as_json: bool = False) -> VerifyOutcome:
+    """``covidscreen verify``: the run's :func:`provenance`, as JSON or as the plain-text report."""
+    prov = provenance(run_dir, expect_sha256, manifest)
+    text = json.dumps(prov.as_dict(), indent=2, default=str) if as_json else format_provenance(prov)
+    return VerifyOutcome(prov, text, None if prov.ok else f"{run_dir}: integrity check failed; do not use this model")
+

@@ -408,8 +408,18 @@ def _fingerprint(paths: list[str]) -> str:
 
 @dataclass
 class SanitizeResult:
+    """The sanitized run folder and the record of what was done (stored in its sidecar)."""
+
     output: Path
     record: dict[str, Any]
+
+    def summary(self) -> str:
+        """What ``covidscreen sanitize`` prints: the clean-set accuracy before and after, and what to do next."""
+        r = self.record
+        return (f"sanitized ({r['method']}) with {r['clean_images']} clean image(s): clean-set accuracy "
+                f"{r['clean_accuracy_before']:.3f} -> {r['clean_accuracy_after']:.3f}; new run {self.output}\n"
+                f"next: scan it ('covidscreen scan {self.output} --reference ...') and check it on data you trust "
+                f"('covidscreen evaluate'); its operating points are the source run's")
 
 
 def sanitize(run_dir: str | Path, data_dir: str | Path, output: str | Path, cfg: SanitizeConfig | None = None,

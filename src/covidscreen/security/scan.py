@@ -1,6 +1,6 @@
 """Backdoor scans of a run folder: of inputs (STRIP), of the model (reversed triggers), of a training set (spectral
 signatures and activation clustering). Each scan's verdict is recorded in the run's ``security_scan.json``, which
-``covidscreen verify`` shows.
+``covidscreen verify`` shows. :func:`scan_job` is ``covidscreen scan``: it chooses the scan from the options given.
 
 All three use the run exactly as prediction does (:class:`~covidscreen.inference.predictor.Predictor`: its
 checkpoint, preprocessing and resolution). Clean reference data for STRIP and the model scan is the run's own
@@ -25,7 +25,7 @@ from ..data.table import load_table
 from ..errors import CheckpointError, DataError, ImageDecodeError
 from ..inference.predictor import Predictor, expand_inputs
 from ..inference.run import load_run
-from ..runtime import atomic_write_text, read_optional_json
+from ..runtime import atomic_write_csv, atomic_write_text, read_optional_json
 from .cleanse import ModelScanResult, judge, reverse_all_pairs
 from .integrity import SCAN_FILE, sha256_of
 from .mmbd import MIN_REFERENCES, MMBDVerdict, judge_mmbd, max_margins
@@ -387,3 +387,49 @@ def strip_screen(predictor: Predictor, preds: pd.DataFrame, frr: float = 0.01) -
     ``strip_flag`` of each readable file (``covidscreen predict --strip``)."""
     screened = scan_inputs(predictor.run.path, preds["path"].tolist(), frr=frr, predictor=predictor, record=False)
     return preds.merge(screened[["path", "strip_entropy", "strip_flag"]], on="path", how="left")
+
+
+@dataclass(frozen=True)
+class ScanOutcome:
+    """What ``covidscreen scan`` did: which scan (``strip``, ``data`` or ``model``), its summary (with the model
+    scan's advice), and the per-file table of the STRIP and training-set scans (None for the model scan)."""
+
+    kind: str
+    summary: str
+    table: pd.DataFrame | None = None
+    output: Path | None = None  # where the table was written
+
+    def text(self) -> str:
+        """What the command prints: the STRIP table as CSV when it was not written to a file, then the summary."""
+        shown = self.table.to_csv(index=False) if self.kind == "strip" and self.output is None else ""
+        return shown + self.summary
+
+
+def scan_job(run_dir: str | Path, inputs: list[str] | None = None, data: str | Path | None = None,
+             references: list[str | Path] | None = None, frr: float = 0.01, expected_fraction: float = 0.1,
+             output: Path | None = None, log: Any = None) -> ScanOutcome:
+    """``covidscreen scan``: STRIP on ``inputs`` when given, else the training-set scan of ``data`` when given, else
+    the model scan against ``references`` (``log``: told when each model starts and ends). The per-file table of
+    the first two goes to ``output`` (CSV) when given; every scan records its verdict in the run.
+
+    Raises:
+        DataError: the model scan with fewer than 2 references, a training set with too few readable images.
+    """
+    if inputs:
+        table = scan_inputs(run_dir, list(inputs), frr=frr)
+        flagged = int(table["strip_flag"].fillna(False).astype(bool).sum())
+        kind, summary = "strip", (f"STRIP: {flagged} of {len(table)} input(s) flagged as carrying a trigger (at "
+                                  f"{frr:.1%} FRR)")
+    elif data is not None:
+        table = scan_data(run_dir, data, expected_fraction=expected_fraction)
+        kind, summary = "data", (f"training-set scan: {int(table['spectral_flag'].sum())} of {len(table)} image(s) "
+                                 f"flagged by spectral signatures, {int(table['cluster_flag'].sum())} by activation "
+                                 "clustering; most likely poisoned first:\n" + "\n".join(table["path"].head(10)))
+    else:
+        result = scan_model(run_dir, list(references or []), progress=True, log=log)
+        return ScanOutcome("model", f"{result.summary()}\n{result.advice(run_dir)}")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_csv(output, table)
+    return ScanOutcome(kind, summary, table, output)
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 
@@ -35,6 +36,23 @@ def run_server(config: ServeConfig) -> None:
         f"{app.state.screening.audit.display_url}; API key {'required' if config.api_key_file else 'not required'}")
     uvicorn.run(app, host=config.host, port=config.port, access_log=False, log_level="warning",
                 timeout_graceful_shutdown=10)
+
+
+def serve_job(config: ServeConfig, require_commissioning: str | None = None, say: Callable[[str], None] = print
+              ) -> None:
+    """``covidscreen serve``: with ``require_commissioning`` NAME, refuse to start unless the run holds a ``go``
+    site commissioning record of that name (``say`` is told its one-line summary); then serve until interrupted.
+
+    Raises:
+        ConfigError: no such ``go`` record (the message names the command that makes one).
+    """
+    if require_commissioning is not None:
+        # imported per command (start-up): the check's module loads PyTorch, scikit-learn and matplotlib, which
+        # `covidscreen audit-log` (also run from this module) never needs
+        from ..workflows.commission import require_commissioning as check
+
+        say(check(config.run_dir, require_commissioning))
+    run_server(config)
 
 
 def parse_day(text: str | None, option: str) -> date | datetime | None:

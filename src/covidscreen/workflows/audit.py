@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,10 @@ from ..data.cache import ImageCache
 from ..data.locate import resolve_data_dir
 from ..data.splits import patient_grouped_split
 from ..data.table import load_table
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..inference.predictor import Predictor
 from ..inference.run import load_run
-from ..reporting.audit_page import write_audit_html
+from ..reporting.audit_page import read_audit, write_audit_html
 from ..reporting.model_card import write_model_card
 from ..reporting.report import write_report
 from ..runtime import atomic_write_csv, atomic_write_text, resolve_device
@@ -193,3 +194,32 @@ def audit_data_dir(data_dir: str | Path, run_dir: str | Path | None = None, outp
         write_report(run)
         write_model_card(run)
     return out
+
+
+@dataclass(frozen=True)
+class AuditOutcome:
+    """What ``covidscreen audit`` wrote: the output folder and the findings of its ``audit.json``."""
+
+    output: Path
+    findings: list[dict[str, Any]]
+
+    def lines(self) -> list[str]:
+        """What the command prints: one line per finding (``[severity] text``), then where the audit is."""
+        return [f"[{f['severity']}] {f['text']}" for f in self.findings] + [
+            f"audit: {self.output / 'audit.json'} | {self.output / 'audit.html'}"]
+
+
+def audit_job(data_dir: str | Path, run_dir: str | Path | None = None, output: str | Path | None = None,
+              image_size: int | None = None, pediatric_sites: tuple[str, ...] = (), device: str = "auto",
+              seed: int = 0, progress: bool = True) -> AuditOutcome:
+    """``covidscreen audit``: :func:`audit_data_dir`, then its findings read back from ``audit.json``.
+
+    Raises:
+        ConfigError: an image size outside 32-1024 pixels (before anything is read).
+    """
+    if image_size is not None and not 32 <= image_size <= 1024:
+        raise ConfigError(f"--image-size {image_size}: use an integer from 32 to 1024")
+    out = audit_data_dir(data_dir, run_dir, output, image_size=image_size, pediatric_sites=pediatric_sites,
+                         device=device, seed=seed, progress=progress)
+    return AuditOutcome(out, (read_audit(out) or {}).get("findings", []))
+

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -134,3 +135,23 @@ def describe_calibration(record: dict, name: str) -> list[str]:
         lines.append("no local positives and no validation predictions: sensitivity unknown")
     lines.append(f"use it: covidscreen predict RUN_DIR FILES --operating-point {name}")
     return lines
+
+
+@dataclass(frozen=True)
+class CalibrateOutcome:
+    """What ``covidscreen calibrate`` stored: the operating point's name and its record."""
+
+    name: str
+    record: dict
+
+    def lines(self) -> list[str]:
+        """What the command prints (:func:`describe_calibration`)."""
+        return describe_calibration(self.record, self.name)
+
+
+def calibrate_job(run_dir: str | Path, data: str | Path, target_specificity: float = 0.9, name: str = "local",
+                  temperature: bool = False, device: str = "auto") -> CalibrateOutcome:
+    """``covidscreen calibrate``: fit and store the local operating point (:func:`calibrate_run`)."""
+    return CalibrateOutcome(name, calibrate_run(run_dir, data, target_specificity=target_specificity, name=name,
+                                                temperature=temperature, device=device))
+

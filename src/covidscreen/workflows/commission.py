@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -265,3 +266,34 @@ def require_commissioning(run_dir: str | Path, name: str) -> str:
                           f"--output DIR --name {name}")
     return (f"commissioning '{name}': go on {rec.created} (threshold {rec.operating_point:.4g}, data "
             f"{str(rec.data_fingerprint)[:12]})")
+
+
+@dataclass(frozen=True)
+class CommissionOutcome:
+    """What ``covidscreen commission`` decided: the ``commission.json`` record, written into ``output``."""
+
+    run_dir: Path
+    output: Path
+    name: str
+    record: dict[str, Any]
+
+    def lines(self) -> list[str]:
+        """What the command prints: the verdict and its reason, the counts, and on ``go`` how to use the point."""
+        rec = self.record
+        lines = [f"verdict: {rec['verdict']} - {rec['reason']}",
+                 f"{rec['n_images']} image(s) scored, {rec['n_skipped']} skipped; {self.output / 'commission.html'}"]
+        if rec["verdict"] == acceptance.GO:
+            lines.append(f"stored as operating point '{self.name}': covidscreen predict {self.run_dir} FILES "
+                         f"--operating-point {self.name}")
+        return lines
+
+
+def commission_job(run_dir: str | Path, data: str | Path, output: str | Path, target_specificity: float = 0.90,
+                   target_sensitivity: float = 0.90, confidence: float = 0.95, name: str = "site", seed: int = 0,
+                   device: str = "auto") -> CommissionOutcome:
+    """``covidscreen commission``: the acceptance test (:func:`commission`; its errors)."""
+    record = commission(run_dir, data, output, target_specificity=target_specificity,
+                        target_sensitivity=target_sensitivity, confidence=confidence, name=name, seed=seed,
+                        device=device)
+    return CommissionOutcome(Path(run_dir), Path(output), name, record)
+

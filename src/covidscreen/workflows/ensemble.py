@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -74,3 +76,46 @@ def build_ensemble(member_dirs: list[str | Path], ens_dir: str | Path) -> Path:
     write_manifest(ens_dir, members, metrics["operating_points"], metrics["threshold_source"])
     write_report(ens_dir, title=f"covidscreen ensemble of {len(member_dirs)} runs")
     return ens_dir
+
+
+@dataclass(frozen=True)
+class EnsembleOutcome:
+    """What ``covidscreen ensemble`` built: the folder, the number of members and, when the members share their
+    split, the ensemble's positive-vs-rest figures on it (``val``, ``test``; None without a common split)."""
+
+    output: Path
+    n_members: int
+    val: dict[str, Any] | None = None
+    test: dict[str, Any] | None = None
+    common_split: bool = True
+    show_test: bool = True  # False while choosing among candidates: choose on validation, read test once
+
+    def lines(self) -> list[str]:
+        """What the command prints: validation first (the figure to choose on), test only when asked."""
+        n = self.n_members
+        if not self.common_split:
+            return [f"ensemble of {n} written to {self.output} (members were split differently: no common test "
+                    "split; evaluate it with --data)"]
+        lines = []
+        if self.val:
+            lines.append(f"ensemble of {n} on the members' common validation split: ROC AUC "
+                         f"{self.val['roc_auc']:.4f} (the figure to choose on)")
+        if self.test and self.show_test:
+            lines.append(f"ensemble of {n} on the members' common test split: ROC AUC {self.test['roc_auc']:.4f}, "
+                         f"sensitivity {self.test['sensitivity']:.3f}, specificity {self.test['specificity']:.3f}")
+        lines.append(f"report: {self.output / 'report.html'}" if self.show_test else
+                     f"written to {self.output} (its report.html shows the test split)")
+        return lines
+
+
+def ensemble_job(member_dirs: list[str | Path], ens_dir: str | Path, show_test: bool = True) -> EnsembleOutcome:
+    """``covidscreen ensemble``: build the ensemble folder (:func:`build_ensemble`) and read back its figures on the
+    members' common split (none when they were split differently)."""
+    out = build_ensemble(member_dirs, ens_dir)
+    metrics = out / "metrics.json"
+    if not metrics.is_file():
+        return EnsembleOutcome(out, len(member_dirs), common_split=False, show_test=show_test)
+    m = json.loads(metrics.read_text())
+    return EnsembleOutcome(out, len(member_dirs), (m.get("val") or {}).get("covid_vs_rest"), m.get("covid_vs_rest"),
+                           show_test=show_test)
+

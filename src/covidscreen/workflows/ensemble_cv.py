@@ -179,3 +179,29 @@ def format_table(table: pd.DataFrame) -> list[str]:
                  "specificity at the threshold chosen on the pooled out-of-fold validation predictions; 95% "
                  "patient-level bootstrap CIs.")
     return lines
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleCVOutcome:
+    """What ``covidscreen ensemble-cv`` wrote: its folder and the table (Markdown lines)."""
+
+    output: Path
+    table: list[str]
+
+    def lines(self) -> list[str]:
+        """What the command prints: the table, then where it is."""
+        return [*self.table, f"table: {self.output / 'ensemble_cv.md'}"]
+
+
+def ensemble_cv_job(specs: list[str], folds: int, output: str | Path, config: str | Path | None = None,
+                    progress: bool = True, **options: Any) -> EnsembleCVOutcome:
+    """``covidscreen ensemble-cv``: the members from the command line (:func:`members_from_specs`, ``options`` apply
+    to every member), cross-validated with the ensemble refit per fold (:func:`ensemble_cross_validate`).
+
+    Raises:
+        ConfigError: see :func:`members_from_specs` and :func:`ensemble_cross_validate`.
+        DataError: the fold runs' splits differ after all.
+    """
+    out = ensemble_cross_validate(members_from_specs(specs, config, **options), folds, output, progress=progress)
+    return EnsembleCVOutcome(out, (out / "ensemble_cv.md").read_text().splitlines())
+

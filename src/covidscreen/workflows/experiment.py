@@ -259,3 +259,38 @@ def run_experiment(path: str | Path, output: str | Path | None = None, progress:
     bar.close()
     write_comparison(plan, status, n_boot=plan.bootstrap if n_boot is None else n_boot)
     return plan.output
+
+
+@dataclass(frozen=True)
+class ExperimentOutcome:
+    """What ``covidscreen experiment`` did: the experiment folder, and for a dry run the checked plan (nothing
+    trained)."""
+
+    output: Path
+    plan: ExperimentPlan | None = None  # a dry run
+
+    def lines(self) -> list[str]:
+        """What the command prints: the planned runs and ensembles of a dry run, else where the comparison is."""
+        if self.plan is not None:
+            return plan_lines(self.plan, models=False)
+        return [f"comparison: {self.output / 'comparison.html'} ({self.output / 'comparison.csv'})"]
+
+
+def plan_lines(plan: ExperimentPlan, models: bool = False) -> list[str]:
+    """One line per planned run (its folder, after its model with ``models``) and one per ensemble."""
+    lines = [f"{r.name}: {f'{r.cfg.model}, ' if models else ''}{r.cfg.output}" for r in plan.runs]
+    return lines + [f"ensemble {name}: {', '.join(members)}" for name, members in plan.ensembles.items()]
+
+
+def experiment_job(grid: str | Path, output: str | Path | None = None, dry_run: bool = False,
+                   progress: bool = True) -> ExperimentOutcome:
+    """``covidscreen experiment``: check the grid file and list its runs (``dry_run``), or run (resume) it.
+
+    Raises:
+        ConfigError: a grid file with a bad key or value (before anything trains).
+    """
+    plan = load_plan(grid, output)
+    if dry_run:
+        return ExperimentOutcome(plan.output, plan)
+    return ExperimentOutcome(run_experiment(grid, output, progress=progress))
+

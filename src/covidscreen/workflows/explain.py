@@ -45,6 +45,7 @@ from ..inference.predictor import Predictor, expand_inputs
 from ..inference.run import Run, load_checkpoint
 from ..ood import PLAIN_WARNING, OODWarning, attach_ood
 from ..runtime import atomic_write_bytes, atomic_write_csv, atomic_write_text, resolve_device
+from .feature_maps import feature_map_files
 
 #: Columns of ``explanations.csv`` that say which box of the image (full-resolution pixels) the model saw.
 VIEW_COLUMNS = ("image_height", "image_width", "view_top", "view_bottom", "view_left", "view_right")
@@ -253,3 +254,19 @@ def _nanmean(values) -> float:
 
 
 __all__ = ["explain_files"]
+
+
+def explain_job(run_dir: str | Path, inputs: list[str], output: str | Path, method: str = "gradcam",
+                target: str | None = None, checks: int = 4, device: str = "auto", feature_maps: str | None = None,
+                progress: bool = True) -> str:
+    """``covidscreen explain``: heatmaps of ``inputs`` (:func:`explain_files`), or with ``feature_maps`` (a layer
+    name) a grid of that layer's activations per image instead; returns the line to print (where to look)."""
+    out = Path(output)
+    if feature_maps:
+        pngs = feature_map_files(run_dir, inputs, out, feature_maps, device=device)
+        return f"{len(pngs)} feature-map grid(s) of {feature_maps}: {out}"
+    table = explain_files(run_dir, inputs, out, method=method, target=target, checks=checks, device=device,
+                          progress=progress)
+    sheet = out / "index.html"
+    return f"{len(table)} image(s) explained: {sheet if sheet.is_file() else out / table['png'].iloc[0]}"
+

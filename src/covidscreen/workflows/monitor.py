@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,27 @@ def monitor(source: str, baseline: str | Path, output: str | Path, window: int =
                                f"drift per window of {window} (alarms: {record['n_alarms']})", "KS statistic D")
     atomic_write_bytes(out / "drift.png", png)
     return record
+
+
+@dataclass(frozen=True)
+class MonitorOutcome:
+    """What ``covidscreen monitor`` found: the ``drift.json`` record, written into ``output``."""
+
+    output: Path
+    record: dict[str, Any]
+
+    def summary(self) -> str:
+        """The line the command prints: windows, alarms and where the first one is."""
+        rec = self.record
+        first = rec["first_alarm_window"]
+        where = (f", first in window {first + 1} (predictions {rec['windows'][first]['start']}-"
+                 f"{rec['windows'][first]['end']})" if first is not None else "")
+        return (f"{rec['n_windows']} window(s) of {rec['window']}: {rec['n_alarms']} alarm(s){where}; "
+                f"{self.output / 'drift.json'}")
+
+
+def monitor_job(source: str, baseline: str | Path, output: str | Path, window: int = 50, alpha: float = 0.05
+                ) -> MonitorOutcome:
+    """``covidscreen monitor``: the drift tests of :func:`monitor` (its errors)."""
+    return MonitorOutcome(Path(output), monitor(source, baseline, output, window=window, alpha=alpha))
+

@@ -9,6 +9,7 @@ that none of its members trained on, and is refused.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +153,27 @@ def _fit_checked(run_dir: Path, images: _Rows, splits: np.ndarray, labels: np.nd
         raise DataError(f"{run_dir}: too few readable training or validation images to fit an out-of-distribution "
                         "model (at least 10 of each)")
     return rec
+
+
+@dataclass(frozen=True)
+class OODFitOutcome:
+    """What ``covidscreen ood fit`` stored in the run folder ``run_dir``: the OOD model's record."""
+
+    run_dir: Path
+    record: OODRecord
+
+    def summary(self) -> str:
+        """The line the command prints: the file, the detector, its threshold and validation flag rate."""
+        rec = self.record
+        return (f"wrote {self.run_dir / rec.file} ({rec.detector}, threshold {rec.threshold:.4g}, flags "
+                f"{rec.val_flag_rate:.1%} of {rec.n_val} validation images)")
+
+
+def ood_fit_job(run_dir: str | Path, data: str | Path | None = None, detector: str | None = None,
+                flag_rate: float = 0.05, device: Any = "auto", progress: bool = True, log: Any = print,
+                orientation: bool | None = None) -> OODFitOutcome:
+    """``covidscreen ood fit``: :func:`fit_run_ood` (its arguments and errors)."""
+    return OODFitOutcome(Path(run_dir), fit_run_ood(run_dir, data=data, detector=detector, flag_rate=flag_rate,
+                                                    device=device, progress=progress, log=log,
+                                                    orientation=orientation))
+

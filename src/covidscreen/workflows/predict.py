@@ -102,6 +102,13 @@ class PredictOutcome:
             return None
         return f"{len(self.table)} file(s), {int((self.table['error'] != '').sum())} unreadable: {self.output}"
 
+    def text(self) -> str:
+        """What ``covidscreen predict`` prints: the summary line when the rows went to a file, else the table as CSV
+        (rank 0 without ``--output``), else nothing (the other ranks of torchrun)."""
+        if self.summary() is not None:
+            return f"{self.summary()}\n"
+        return self.table.to_csv(index=False) if self.table is not None else ""
+
 
 def predict_files_job(run_dir: str | Path, inputs: list[str], output: Path | None = None, resume: bool = False,
                       batch_size: int = 32, operating_point: str = "default", backend: str = "torch",

@@ -21,6 +21,7 @@ is recorded with its validation figures.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -319,3 +320,17 @@ def export_int8(run_dir: str | Path, calibration_images: int = 128, max_auc_drop
                    f"{len(test_y)} decisions changed")
     update_record(run_dir, merge={"onnx": info})
     return QuantisationResult(not failures, info["serving"]["file"], checks, message)
+
+
+def export_job(run_dir: str | Path, int8: bool = False, calibration_images: int = 128) -> Iterator[str]:
+    """``covidscreen export``: the ONNX export (checked against PyTorch), then with ``int8`` the INT8 export and its
+    accuracy gate (:func:`export_int8`); yields the lines to print as each step ends, so that the float32 export is
+    reported even when the INT8 step fails.
+
+    Raises:
+        CovidscreenError: onnx or onnxruntime missing.
+    """
+    yield f"wrote {export_onnx(run_dir)}"
+    if int8:
+        yield export_int8(run_dir, calibration_images=calibration_images).message
+

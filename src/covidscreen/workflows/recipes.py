@@ -33,7 +33,7 @@ import yaml
 from ..config import load_yaml
 from ..data.locate import data_roots
 from ..errors import ConfigError
-from .experiment import load_plan, run_experiment
+from .experiment import ExperimentPlan, load_plan, plan_lines, run_experiment
 
 BUDGETS = ("tiny", "laptop", "paper")
 DEFAULT_BUDGET = "laptop"
@@ -198,3 +198,39 @@ def run_recipe(name: str, budget: str = DEFAULT_BUDGET, overrides: dict[str, Any
     ``ensembles/``)."""
     grid = write_recipe_grid(find_recipe(name, directory), budget, overrides, output)
     return run_experiment(grid, progress=progress)
+
+
+@dataclass(frozen=True)
+class RecipeOutcome:
+    """What a recipe command did: its experiment folder, its resolved ``grid.yaml`` and, for a dry run, the checked
+    plan (nothing trained)."""
+
+    output: Path
+    grid: Path
+    plan: ExperimentPlan | None = None  # a dry run
+
+    def lines(self) -> list[str]:
+        """What the command prints: the planned runs, ensembles and grid file of a dry run, else the comparison."""
+        if self.plan is not None:
+            return [*plan_lines(self.plan, models=True), f"grid: {self.grid}"]
+        return [f"comparison: {self.output / 'comparison.html'} ({self.output / 'comparison.csv'})"]
+
+
+def recipe_job(name: str, budget: str | None = None, config: str | Path | None = None,
+               overrides: dict[str, Any] | None = None, dry_run: bool = False, progress: bool = True,
+               directory: str | Path | None = None) -> RecipeOutcome:
+    """``covidscreen train --recipe NAME`` (and ``covidscreen recipe NAME``): resolve the recipe at ``budget``
+    (default :data:`DEFAULT_BUDGET`) with the user's keys (``config`` YAML < ``overrides``), then write and check
+    its grid and list its runs (``dry_run``), or run (resume) it.
+
+    Raises:
+        ConfigError: an unknown recipe or budget, or a key or value that a run's config refuses.
+    """
+    keys, output = user_overrides(config, overrides)
+    budget = budget or DEFAULT_BUDGET
+    if dry_run:
+        grid = write_recipe_grid(find_recipe(name, directory), budget, keys, output)
+        return RecipeOutcome(grid.parent, grid, load_plan(grid))
+    out = run_recipe(name, budget, keys, output, progress=progress, directory=directory)
+    return RecipeOutcome(out, out / "grid.yaml")
+
