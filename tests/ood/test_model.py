@@ -36,7 +36,7 @@ def test_training_fits_stores_and_hashes_the_ood_model(tiny_run):
     assert run.ood.detector == TrainConfig().ood_detector and run.ood.flag_rate == 0.05
     split = pd.read_csv(tiny_run / "split.csv")
     assert run.ood.n_fit == (split["split"] == "train").sum() and run.ood.n_val == (split["split"] == "val").sum()
-    assert run.ood.orientation and run.ood.n_orientation_fit == run.ood.n_fit  # the check is on by default
+    assert run.ood.orientation and run.ood.n_orientation_fit == min(400, run.ood.n_fit)  # on by default
     model = load_ood(run)
     assert model.orientation is not None and model.norms is not None and np.isfinite(model.norms).all()
     # the threshold flags the stated share of validation images (one of 12 here: the largest score)

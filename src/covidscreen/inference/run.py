@@ -121,7 +121,7 @@ class OODRecord:
     val_flag_rate: float = math.nan  # the share of validation images it flags (near flag_rate)
     created: str | None = None
     orientation: bool = False  # the score also checks that the image is upright (covidscreen.ood.orientation)
-    n_orientation_fit: int = 0  # training images the orientation check was fitted on (each also turned)
+    n_orientation_fit: int = 0  # training images the orientation check saw in each turned view
 
 
 def _ood_record(meta: dict[str, Any]) -> OODRecord | None:

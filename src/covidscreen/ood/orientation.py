@@ -52,7 +52,7 @@ class OrientationCheck:
     scale: np.ndarray  # (D,)
     coef: np.ndarray  # (len(VIEWS), D)
     intercept: np.ndarray  # (len(VIEWS),)
-    n_fit: int = 0
+    n_fit: int = 0  # training images shown in each turned view
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         z = (np.asarray(features, dtype=np.float64) - self.mean) / self.scale
@@ -109,4 +109,4 @@ def fit_orientation(features_by_view: list[np.ndarray], seed: int = 0) -> Orient
     clf = LogisticRegression(C=0.1, max_iter=2000, class_weight="balanced", random_state=seed)
     clf.fit((x - mean) / scale, y)
     return OrientationCheck(mean, scale, clf.coef_.astype(np.float64), clf.intercept_.astype(np.float64),
-                            n_fit=len(features_by_view[0]))
+                            n_fit=min(len(f) for f in features_by_view[1:]))

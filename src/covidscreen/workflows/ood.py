@@ -55,7 +55,7 @@ def fit_from_arrays(run_dir: str | Path, images: np.ndarray, splits: np.ndarray,
     model = fit_ood(predictor, np.asarray(images[train]), np.asarray(labels)[train], np.asarray(images[val]),
                     detector, flag_rate, seed=seed, progress=progress, orientation=orientation)
     rec = save_ood(run_dir, model)
-    check = (f" with the orientation check ({rec.n_orientation_fit} images, each also turned)"
+    check = (f" with the orientation check ({rec.n_orientation_fit} of them in each turned view)"
              if rec.orientation else "")
     log(f"ood: {rec.detector} fitted on {rec.n_fit} training images{check}; threshold {rec.threshold:.4g} flags "
         f"{rec.val_flag_rate:.1%} of {rec.n_val} validation images (target {rec.flag_rate:.0%})")
