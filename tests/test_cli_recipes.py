@@ -13,7 +13,7 @@ from covidscreen.cli import app
 from covidscreen.cli.recipes import parse_sets
 from covidscreen.errors import ConfigError
 from tests.conftest import LIVENESS_S
-from tests.test_cli import assert_clean_error, run_cli
+from tests.test_cli import assert_clean_error, run_cli_in_process
 
 runner = CliRunner()
 
@@ -71,9 +71,10 @@ def test_recipes_run_from_any_working_directory(tmp_path):
 
 def test_bad_recipe_input_is_one_line(tmp_path):
     out = str(tmp_path / "x")
-    assert_clean_error(run_cli("train", "--recipe", "nope", "--dry-run", "-o", out),
+    # through main() in process (train's subprocess runs: the test above, test_cli.py)
+    assert_clean_error(run_cli_in_process("train", "--recipe", "nope", "--dry-run", "-o", out),
                        "no recipe named 'nope'; recipes: bolhassani, castiglioni, .*deep_covid")
-    assert_clean_error(run_cli("train", "--budget", "tiny"), "--budget needs --recipe")
+    assert_clean_error(run_cli_in_process("train", "--budget", "tiny"), "--budget needs --recipe")
     for args, message in [(["recipe", "nope", "--dry-run"], "no recipe named 'nope'"),
                           (["recipe", "lee", "--set", "epochs", "--dry-run"], "KEY=VALUE"),
                           (["train", "--recipe", "lee", "--budget", "huge", "--dry-run", "-o", out], "budget 'huge'"),
