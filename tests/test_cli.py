@@ -91,13 +91,16 @@ def test_metadata_without_label_column(tmp_path):
     root = make_image_folder(tmp_path / "d")
     pd.read_csv(root / "metadata.csv").drop(columns=["label"]).to_csv(root / "metadata.csv", index=False)
     (tmp_path / "work").mkdir()
-    assert_clean_error(run_cli("train", "--data", str(root), cwd=tmp_path / "work"), "missing column.*label.*Expected")
+    # through main() in this process: train's subprocess run is test_missing_data_folder (docs/testing.md)
+    assert_clean_error(run_cli_in_process("train", "--data", str(root), cwd=tmp_path / "work"),
+                       "missing column.*label.*Expected")
     assert list((tmp_path / "work").iterdir()) == []
 
 
 def test_unknown_model(tmp_path):
     root = make_image_folder(tmp_path / "d")
-    assert_clean_error(run_cli("train", "--data", str(root), "--model", "alexnet9"), "unknown model.*resnet18")
+    assert_clean_error(run_cli_in_process("train", "--data", str(root), "--model", "alexnet9"),
+                       "unknown model.*resnet18")
 
 
 def test_run_folder_without_checkpoint(tmp_path):
@@ -109,7 +112,7 @@ def test_run_folder_without_checkpoint(tmp_path):
 def test_bad_config_key(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("epochz: 2\n")
-    assert_clean_error(run_cli("train", "--config", str(f)), "unknown key 'epochz'")
+    assert_clean_error(run_cli_in_process("train", "--config", str(f)), "unknown key 'epochz'")
 
 
 def test_usage_errors_exit_2():
@@ -126,5 +129,6 @@ def test_models_lists_registry():
 @pytest.mark.parametrize("name", ["preds.txt"])
 def test_predict_rejects_unknown_output_format(tmp_path, name):
     (tmp_path / "run").mkdir()
-    assert_clean_error(run_cli("predict", str(tmp_path / "run"), str(tmp_path), "--output", str(tmp_path / name)),
-                       r"\.csv or \.json")
+    # in process: predict's subprocess run is test_run_folder_without_checkpoint
+    assert_clean_error(run_cli_in_process("predict", str(tmp_path / "run"), str(tmp_path), "--output",
+                                          str(tmp_path / name)), r"\.csv or \.json")
