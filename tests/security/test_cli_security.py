@@ -78,4 +78,5 @@ def test_scan_inputs_is_recorded_for_verify(run_dir, tmp_path):
 
 
 def test_model_scan_needs_references(run_dir):
-    assert_clean_error(run_cli("scan", str(run_dir)), "at least 2 reference runs")
+    # in process: scan's subprocess run is in security/test_backdoor_experiment.py
+    assert_clean_error(run_cli_in_process("scan", str(run_dir)), "at least 2 reference runs")
