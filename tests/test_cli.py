@@ -1,13 +1,19 @@
 """The CLI's contract: one-line errors with exit code 2 for bad input, never a traceback."""
 
+import contextlib
+import io
+import logging
+import os
 import subprocess
 import sys
+import traceback
+import warnings
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from covidscreen.cli import app
+from covidscreen.cli import app, main
 from tests.conftest import LIVENESS_S, make_image_folder
 
 runner = CliRunner()
@@ -16,6 +22,54 @@ runner = CliRunner()
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "covidscreen", *args], capture_output=True, text=True,
                           timeout=LIVENESS_S, cwd=cwd)
+
+
+#: the warning filters of a plain ``python -m covidscreen`` (Python's defaults), most specific first
+_PYTHON_WARNING_FILTERS = (("default", DeprecationWarning, "__main__"), ("ignore", DeprecationWarning, ""),
+                           ("ignore", PendingDeprecationWarning, ""), ("ignore", ImportWarning, ""),
+                           ("ignore", ResourceWarning, ""))
+
+
+def run_cli_in_process(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """``python -m covidscreen ARGS`` run by the same ``main()`` in this process, returned as ``run_cli`` returns it:
+    the exit status, what the command printed on stdout and on stderr, and for an exception that escapes ``main()``
+    its traceback on stderr with status 1, as the interpreter prints it. Warnings are shown as in a new interpreter
+    (Python's default filters, and again even if this process showed them before), and the logging set-up a command
+    makes is undone afterwards.
+
+    It spares a new interpreter's imports (torch and the rest: 5-9 CPU seconds a call). For checks of what a command
+    answers where a subprocess test of the same command exists (this file's tests, the end-to-end tests): every
+    command keeps at least one test through ``run_cli`` (docs/testing.md)."""
+    out, err = io.StringIO(), io.StringIO()
+    loggers = [logging.root, *(lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+    saved = [(lg, lg.level, lg.handlers[:]) for lg in loggers]
+    argv, here = sys.argv, os.getcwd()
+    code = 0
+    with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        if cwd is not None:
+            os.chdir(cwd)
+        warnings.resetwarnings()
+        for action, category, module in reversed(_PYTHON_WARNING_FILTERS):
+            warnings.filterwarnings(action, category=category, module=module)
+        sys.argv = ["covidscreen", *args]
+        try:
+            main()
+        except SystemExit as exc:
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:  # sys.exit("message"): printed, status 1
+                print(exc.code, file=sys.stderr)
+                code = 1
+        except BaseException:  # what the interpreter does with an exception that escapes main()
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.argv = argv
+            os.chdir(here)
+            for lg, level, handlers in saved:
+                lg.setLevel(level)
+                lg.handlers[:] = handlers
+    return subprocess.CompletedProcess(["covidscreen", *args], code, out.getvalue(), err.getvalue())
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
@@ -37,13 +91,16 @@ def test_metadata_without_label_column(tmp_path):
     root = make_image_folder(tmp_path / "d")
     pd.read_csv(root / "metadata.csv").drop(columns=["label"]).to_csv(root / "metadata.csv", index=False)
     (tmp_path / "work").mkdir()
-    assert_clean_error(run_cli("train", "--data", str(root), cwd=tmp_path / "work"), "missing column.*label.*Expected")
+    # through main() in this process: train's subprocess run is test_missing_data_folder (docs/testing.md)
+    assert_clean_error(run_cli_in_process("train", "--data", str(root), cwd=tmp_path / "work"),
+                       "missing column.*label.*Expected")
     assert list((tmp_path / "work").iterdir()) == []
 
 
 def test_unknown_model(tmp_path):
     root = make_image_folder(tmp_path / "d")
-    assert_clean_error(run_cli("train", "--data", str(root), "--model", "alexnet9"), "unknown model.*resnet18")
+    assert_clean_error(run_cli_in_process("train", "--data", str(root), "--model", "alexnet9"),
+                       "unknown model.*resnet18")
 
 
 def test_run_folder_without_checkpoint(tmp_path):
@@ -55,7 +112,7 @@ def test_run_folder_without_checkpoint(tmp_path):
 def test_bad_config_key(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("epochz: 2\n")
-    assert_clean_error(run_cli("train", "--config", str(f)), "unknown key 'epochz'")
+    assert_clean_error(run_cli_in_process("train", "--config", str(f)), "unknown key 'epochz'")
 
 
 def test_usage_errors_exit_2():
@@ -72,5 +129,6 @@ def test_models_lists_registry():
 @pytest.mark.parametrize("name", ["preds.txt"])
 def test_predict_rejects_unknown_output_format(tmp_path, name):
     (tmp_path / "run").mkdir()
-    assert_clean_error(run_cli("predict", str(tmp_path / "run"), str(tmp_path), "--output", str(tmp_path / name)),
-                       r"\.csv or \.json")
+    # in process: predict's subprocess run is test_run_folder_without_checkpoint
+    assert_clean_error(run_cli_in_process("predict", str(tmp_path / "run"), str(tmp_path), "--output",
+                                          str(tmp_path / name)), r"\.csv or \.json")

@@ -1,19 +1,12 @@
 """The recipe commands: `covidscreen train --recipe NAME` (and its alias `covidscreen recipe NAME`), listing, dry
 runs, options that override the recipe, running from another folder, and one-line errors for bad input."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 from typer.testing import CliRunner
 
-import covidscreen
 from covidscreen.cli import app
 from covidscreen.cli.recipes import parse_sets
 from covidscreen.errors import ConfigError
-from tests.conftest import LIVENESS_S
-from tests.test_cli import assert_clean_error, run_cli
+from tests.test_cli import assert_clean_error, run_cli_in_process
 
 runner = CliRunner()
 
@@ -58,12 +51,11 @@ def test_parse_sets_reads_yaml_values():
         "pretrained": False, "split": [0.5, 0.25, 0.25], "labels": None}
 
 
-def test_recipes_run_from_any_working_directory(tmp_path):
-    """The recipe files ship inside the package: a user elsewhere (or with a pip-installed package) finds them."""
-    env = {**os.environ, "PYTHONPATH": str(Path(covidscreen.__file__).parents[1])}
-    env.pop("COVIDSCREEN_RECIPES", None)
-    proc = subprocess.run([sys.executable, "-m", "covidscreen", "train", "--recipe", "lee", "--budget", "tiny",
-                           "--dry-run"], capture_output=True, text=True, timeout=LIVENESS_S, cwd=tmp_path, env=env)
+def test_recipes_run_from_any_working_directory(tmp_path, monkeypatch):
+    """The recipe files ship inside the package: a user elsewhere (or with a pip-installed package) finds them.
+    Through main() in this process, run from an empty folder (train's subprocess runs: test_cli.py, test_config.py)."""
+    monkeypatch.delenv("COVIDSCREEN_RECIPES", raising=False)
+    proc = run_cli_in_process("train", "--recipe", "lee", "--budget", "tiny", "--dry-run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "runs" / "recipes" / "lee-tiny" / "grid.yaml").is_file()
     assert "model=vgg19__train_stages=1" in proc.stdout
@@ -71,9 +63,10 @@ def test_recipes_run_from_any_working_directory(tmp_path):
 
 def test_bad_recipe_input_is_one_line(tmp_path):
     out = str(tmp_path / "x")
-    assert_clean_error(run_cli("train", "--recipe", "nope", "--dry-run", "-o", out),
+    # through main() in process (train's subprocess runs: the test above, test_cli.py)
+    assert_clean_error(run_cli_in_process("train", "--recipe", "nope", "--dry-run", "-o", out),
                        "no recipe named 'nope'; recipes: bolhassani, castiglioni, .*deep_covid")
-    assert_clean_error(run_cli("train", "--budget", "tiny"), "--budget needs --recipe")
+    assert_clean_error(run_cli_in_process("train", "--budget", "tiny"), "--budget needs --recipe")
     for args, message in [(["recipe", "nope", "--dry-run"], "no recipe named 'nope'"),
                           (["recipe", "lee", "--set", "epochs", "--dry-run"], "KEY=VALUE"),
                           (["train", "--recipe", "lee", "--budget", "huge", "--dry-run", "-o", out], "budget 'huge'"),

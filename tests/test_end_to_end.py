@@ -12,7 +12,7 @@ from covidscreen.inference.predictor import Predictor
 from covidscreen.inference.run import load_checkpoint
 from covidscreen.workflows.evaluate import evaluate_run
 from covidscreen.workflows.fit import fit
-from tests.test_cli import assert_clean_error, run_cli
+from tests.test_cli import assert_clean_error, run_cli, run_cli_in_process
 
 pytestmark = pytest.mark.slow  # trains on the shared data, then predicts with it
 
@@ -84,7 +84,9 @@ def test_predict_mixed_precision_is_opt_in(small_run, shared_data, tmp_path):
     """Prediction is exact float32 unless ``--mixed-precision`` asks for autocast (a no-op on a CPU). On an H100,
     bfloat16 changed 3 of 204 decisions against the CPU; exact float32 changed none."""
     out = tmp_path / "preds.csv"
-    proc = run_cli("predict", str(small_run), str(shared_data / "dicom"), "--output", str(out), "--mixed-precision")
+    # in process: predict's subprocess run is test_predict_dicom_png_jpeg_and_bad_file
+    proc = run_cli_in_process("predict", str(small_run), str(shared_data / "dicom"), "--output", str(out),
+                              "--mixed-precision")
     assert proc.returncode == 0, proc.stderr
     cli = pd.read_csv(out)
     pred = Predictor(small_run, device="cpu")
@@ -101,7 +103,7 @@ def test_tampered_weights_are_refused(small_run, tmp_path):
     with open(copy / "model.safetensors", "r+b") as fh:
         fh.seek(-4, 2)
         fh.write(b"\x00\x01\x02\x03")
-    assert_clean_error(run_cli("predict", str(copy), str(tmp_path)), "sha256")
+    assert_clean_error(run_cli_in_process("predict", str(copy), str(tmp_path)), "sha256")
     model, run = load_checkpoint(small_run)
     assert model.training is False and run.classes[0] == "covid"
 
@@ -113,7 +115,8 @@ def test_onnx_export_matches_torch(small_run, shared_data, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(small_run, run)
-    assert_clean_error(run_cli("predict", str(run), str(shared_data / "samples"), "--backend", "onnx"), "export")
+    assert_clean_error(run_cli_in_process("predict", str(run), str(shared_data / "samples"), "--backend", "onnx"),
+                       "export")
     export_onnx(run)
     meta = json.loads((run / "model.json").read_text())
     assert meta["onnx"]["max_abs_deviation"] < 1e-3

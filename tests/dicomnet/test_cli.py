@@ -14,6 +14,7 @@ from covidscreen.cli import app
 from covidscreen.dicomnet import AeAddress
 from covidscreen.dicomnet.scu import echo
 from tests.conftest import LIVENESS_S
+from tests.test_cli import run_cli_in_process
 
 from .conftest import Sink, free_port, scu_store
 
@@ -62,7 +63,7 @@ def test_dicom_send_and_outbox_commands(tiny_run, shared_dicoms, tmp_path):
         pacs.stop()
     res = runner.invoke(app, ["dicom-outbox", "list", str(tmp_path / "outbox")])
     assert res.exit_code == 0 and "0 pending" in res.output
-    bad = subprocess.run([sys.executable, "-m", "covidscreen", "dicom-send", str(tiny_run), str(shared_dicoms[0]),
-                          "--to", "nonsense"], capture_output=True, text=True, timeout=LIVENESS_S)
+    # through main() in this process (dicom-send's subprocess run: dicomnet/test_dicomweb.py)
+    bad = run_cli_in_process("dicom-send", str(tiny_run), str(shared_dicoms[0]), "--to", "nonsense")
     assert bad.returncode == 2 and bad.stderr.startswith("error: destination 'nonsense' is invalid")
     assert "HOST:PORT:AET" in bad.stderr and "Traceback" not in bad.stderr

@@ -21,6 +21,7 @@ from covidscreen.dicomnet.send import dicom_send
 from covidscreen.dicomnet.watch import MARKER_FILE, dicomweb_watch
 from tests.binaries import require_binaries
 from tests.conftest import LIVENESS_S
+from tests.test_cli import run_cli_in_process
 
 from .conftest import free_port
 from .orthanc import DICOMWEB_PLUGIN, Orthanc, dciodvfy, distinct_copies
@@ -136,10 +137,10 @@ def test_cli_dicom_send_dicomweb_and_bad_url(pacs, tiny_run, shared_dicoms, tmp_
                         timeout=LIVENESS_S)
     assert ok.returncode == 0, ok.stderr
     assert modalities(pacs, study) == ["CR", "SR"]
-    bad = subprocess.run([*base, "--dicomweb", "ftp://x"], capture_output=True, text=True, timeout=LIVENESS_S)
+    # the refusals through main() in this process (the command's subprocess run is the one above)
+    bad = run_cli_in_process(*base[3:], "--dicomweb", "ftp://x")
     assert bad.returncode == 2 and bad.stderr.startswith("error: DICOMweb URL 'ftp://x' is invalid")
-    both = subprocess.run([*base, "--dicomweb", f"{pacs.url}/dicom-web", "--to", "127.0.0.1:1:X"],
-                          capture_output=True, text=True, timeout=LIVENESS_S)
+    both = run_cli_in_process(*base[3:], "--dicomweb", f"{pacs.url}/dicom-web", "--to", "127.0.0.1:1:X")
     assert both.returncode == 2 and "exactly one destination" in both.stderr and "Traceback" not in both.stderr
 
 
@@ -152,12 +153,10 @@ def test_cli_dicomweb_watch_once_and_bad_options(pacs, tiny_run, shared_dicoms, 
     ok = subprocess.run([*base, "--url", f"{pacs.url}/dicom-web"], capture_output=True, text=True, timeout=LIVENESS_S)
     assert ok.returncode == 0, ok.stderr
     assert "0 waiting in the outbox" in ok.stdout and modalities(pacs, study) == ["CR", "SR"]
-    zero = subprocess.run([*base, "--url", f"{pacs.url}/dicom-web", "--timeout", "0"], capture_output=True,
-                          text=True, timeout=LIVENESS_S)
+    # the refusals through main() in this process (the command's subprocess run is the one above)
+    zero = run_cli_in_process(*base[3:], "--url", f"{pacs.url}/dicom-web", "--timeout", "0")
     assert zero.returncode == 2 and "--timeout" in zero.stderr and "Traceback" not in zero.stderr
-    bad_auth = subprocess.run([*base, "--url", f"{pacs.url}/dicom-web", "--auth", "nocolon"], capture_output=True,
-                              text=True, timeout=LIVENESS_S)
+    bad_auth = run_cli_in_process(*base[3:], "--url", f"{pacs.url}/dicom-web", "--auth", "nocolon")
     assert bad_auth.returncode == 2 and bad_auth.stderr.startswith("error: --auth is invalid")
-    down = subprocess.run([*base, "--url", f"http://127.0.0.1:{free_port()}/dicom-web"], capture_output=True,
-                          text=True, timeout=LIVENESS_S)
+    down = run_cli_in_process(*base[3:], "--url", f"http://127.0.0.1:{free_port()}/dicom-web")
     assert down.returncode == 2 and "cannot be reached" in down.stderr and "Traceback" not in down.stderr

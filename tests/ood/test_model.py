@@ -16,7 +16,7 @@ from covidscreen.inference.run import load_run
 from covidscreen.ood import OOD_FILE, OODWarning, attach_ood, load_ood
 from covidscreen.security.integrity import provenance
 from covidscreen.workflows.ood import fit_run_ood
-from tests.test_cli import assert_clean_error, run_cli
+from tests.test_cli import assert_clean_error, run_cli, run_cli_in_process
 
 
 @pytest.fixture()
@@ -96,9 +96,10 @@ def test_old_run_without_ood_model_names_the_fit_command(run_copy, tmp_path):
     with pytest.raises(ConfigError, match="covidscreen ood fit"):
         attach_ood(Predictor(run_copy, device="cpu"), "abstain")
     sample = images_of(run_copy, "test")[0]
-    assert_clean_error(run_cli("predict", str(run_copy), sample, "--ood-policy", "abstain", "--device", "cpu"),
-                       "no out-of-distribution model.*covidscreen ood fit")
-    proc = run_cli("predict", str(run_copy), sample, "--device", "cpu")
+    # predict in process (its subprocess tests: test_cli.py, test_end_to_end.py); ood fit in a subprocess below
+    assert_clean_error(run_cli_in_process("predict", str(run_copy), sample, "--ood-policy", "abstain", "--device",
+                                          "cpu"), "no out-of-distribution model.*covidscreen ood fit")
+    proc = run_cli_in_process("predict", str(run_copy), sample, "--device", "cpu")
     assert proc.returncode == 0 and "covidscreen ood fit" in proc.stderr
     out = pd.read_csv(pd.io.common.StringIO(proc.stdout), keep_default_na=False)
     assert out["ood_score"].iloc[0] == "" and out["in_distribution"].iloc[0] == ""
@@ -141,8 +142,9 @@ def test_ood_fit_bad_inputs(run_copy, tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         fit_run_ood(run_copy, data=tmp_path / "nowhere", progress=False)
     (run_copy / "split.csv").unlink()
-    assert_clean_error(run_cli("ood", "fit", str(run_copy)), "no split.csv")
-    assert_clean_error(run_cli("ood", "fit", str(tmp_path / "missing")), "does not exist")
+    # in process (ood fit's subprocess test: test_old_run_without_ood_model_names_the_fit_command)
+    assert_clean_error(run_cli_in_process("ood", "fit", str(run_copy)), "no split.csv")
+    assert_clean_error(run_cli_in_process("ood", "fit", str(tmp_path / "missing")), "does not exist")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing noisy on the good path
         load_ood(load_run(run_copy))

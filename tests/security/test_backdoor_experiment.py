@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.test_cli import assert_clean_error, run_cli
+from tests.test_cli import assert_clean_error, run_cli, run_cli_in_process
 
 pytestmark = pytest.mark.slow  # trains clean, poisoned and fine-tuned runs on the shared data
 SHARED_CXR = Path(__file__).resolve().parents[3] / "shared" / "data" / "cxr"
@@ -54,7 +54,7 @@ def test_tiny_experiment_and_detectors(tmp_path):
     assert {s["run"] for s in found["strip"]} == {"clean_s0", "targeted_20", "targeted_20_finetuned"}
     (data,) = found["data"]
     assert data["run"] == "targeted_20" and 0 <= data["spectral"]["stamped"]["recall"] <= 1
-    assert_clean_error(run_cli("security", "detectors", str(tmp_path)), "no backdoor.json")
+    assert_clean_error(run_cli_in_process("security", "detectors", str(tmp_path)), "no backdoor.json")
 
     # the model scan of one run against two others, recorded for `covidscreen verify`
     proc = run_cli("scan", str(out / "targeted_20"), "--reference", str(out / "clean_s0"), "--reference",
@@ -63,4 +63,5 @@ def test_tiny_experiment_and_detectors(tmp_path):
     assert "model scan:" in proc.stdout and "a patch sends" in proc.stdout and "reversed trigger" in proc.stdout
     recorded = json.loads((out / "targeted_20" / "security_scan.json").read_text())["model"]
     assert recorded["verdict"] in ("BACKDOOR SUSPECTED", "no backdoor found") and "patch_best" in recorded
-    assert "model scan" in run_cli("verify", str(out / "targeted_20")).stdout
+    # in process, as the error above (verify's subprocess test: test_cli_security.py)
+    assert "model scan" in run_cli_in_process("verify", str(out / "targeted_20")).stdout

@@ -15,7 +15,7 @@ from covidscreen.inference.checkpoint import save_checkpoint
 from covidscreen.models import create_model
 from covidscreen.security.fuzz import png_bomb
 from covidscreen.security.integrity import sha256_of
-from tests.test_cli import assert_clean_error, run_cli
+from tests.test_cli import assert_clean_error, run_cli, run_cli_in_process
 
 runner = CliRunner()
 
@@ -44,9 +44,11 @@ def test_verify_prints_provenance_and_refuses_a_wrong_pin(run_dir):
     ok = run_cli("verify", str(run_dir), "--expect-sha256", good)
     assert ok.returncode == 0, ok.stderr
     assert good in ok.stdout and "split fingerprint: abc" in ok.stdout and "integrity checks passed" in ok.stdout
-    assert_clean_error(run_cli("verify", str(run_dir), "--expect-sha256", "0" * 64), "integrity check failed")
-    assert_clean_error(run_cli("predict", str(run_dir), str(run_dir / "split.csv"), "--expect-sha256", "1" * 64),
-                       "expect-sha256 expects")
+    # the refusals in process (the subprocess runs of verify and predict: above, and test_cli.py)
+    assert_clean_error(run_cli_in_process("verify", str(run_dir), "--expect-sha256", "0" * 64),
+                       "integrity check failed")
+    assert_clean_error(run_cli_in_process("predict", str(run_dir), str(run_dir / "split.csv"), "--expect-sha256",
+                                          "1" * 64), "expect-sha256 expects")
 
 
 def test_predict_strip_flags_and_hostile_files_get_an_error_row(run_dir, tmp_path):
@@ -76,4 +78,5 @@ def test_scan_inputs_is_recorded_for_verify(run_dir, tmp_path):
 
 
 def test_model_scan_needs_references(run_dir):
-    assert_clean_error(run_cli("scan", str(run_dir)), "at least 2 reference runs")
+    # in process: scan's subprocess run is in security/test_backdoor_experiment.py
+    assert_clean_error(run_cli_in_process("scan", str(run_dir)), "at least 2 reference runs")

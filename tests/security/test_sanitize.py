@@ -27,7 +27,7 @@ from covidscreen.security.sanitize import (
     nad,
     sanitize,
 )
-from tests.test_cli import assert_clean_error, run_cli
+from tests.test_cli import assert_clean_error, run_cli, run_cli_in_process
 
 from .tiny import TRIGGER, poison, probs_fn, synthetic_images, train_tiny
 
@@ -137,42 +137,44 @@ def test_sanitize_writes_a_normal_run_folder_that_records_its_origin(run_dir, tm
     assert run.load_model() is not None  # the new weights verify against the new sidecar's sha256
     assert (out / "split.csv").is_file() and json.loads((out / "sanitize.json").read_text())["method"] == "finetune"
     assert "sanitized: finetune on 30 clean image(s)" in format_provenance(provenance(out))
-    verified = run_cli("verify", str(out))
+    # verify and predict have their subprocess tests (security/test_cli_security.py, test_end_to_end.py)
+    verified = run_cli_in_process("verify", str(out))
     assert verified.returncode == 0 and "sanitized: finetune" in verified.stdout
     from covidscreen.reporting.model_card import model_card
     assert "**Sanitized**" in model_card(out)
-    predicted = run_cli("predict", str(out), str(clean / "covid0.png"))
+    predicted = run_cli_in_process("predict", str(out), str(clean / "covid0.png"))
     assert predicted.returncode == 0, predicted.stderr
-    assert_clean_error(run_cli("sanitize", str(run_dir), "--data", str(clean), "--output", str(out)),
+    assert_clean_error(run_cli_in_process("sanitize", str(run_dir), "--data", str(clean), "--output", str(out)),
                        "exists and is not empty")
 
 
 def test_sanitize_rejects_unusable_inputs(run_dir, tmp_path):
+    # in process (the command's subprocess run is the test above): each a one-line error, exit 2
     one_class = _images(tmp_path / "one", 20, ["covid"])
-    assert_clean_error(run_cli("sanitize", str(run_dir), "--data", str(one_class), "-o", str(tmp_path / "a")),
-                       "only class covid.*every class of the model")
+    assert_clean_error(run_cli_in_process("sanitize", str(run_dir), "--data", str(one_class), "-o",
+                                          str(tmp_path / "a")), "only class covid.*every class of the model")
     too_small = _images(tmp_path / "small", 3, CLASSES)
-    assert_clean_error(run_cli("sanitize", str(run_dir), "--data", str(too_small), "-o", str(tmp_path / "b")),
-                       "too small.*at least 5 per class")
+    assert_clean_error(run_cli_in_process("sanitize", str(run_dir), "--data", str(too_small), "-o",
+                                          str(tmp_path / "b")), "too small.*at least 5 per class")
     other = _images(tmp_path / "other", 6, ["covid", "cat"])
-    assert_clean_error(run_cli("sanitize", str(run_dir), "--data", str(other), "-o", str(tmp_path / "c")),
+    assert_clean_error(run_cli_in_process("sanitize", str(run_dir), "--data", str(other), "-o", str(tmp_path / "c")),
                        "cat are not classes of the model")
-    assert_clean_error(run_cli("sanitize", str(run_dir), "--data", str(too_small), "-o", str(tmp_path / "d"),
-                               "--budget", "100"), "exceeds 5% of the run's training set")
-    assert_clean_error(run_cli("sanitize", str(run_dir), "--data", str(too_small), "-o", str(tmp_path / "e"),
-                               "--method", "magic"), "unknown; use one of fine-pruning, nad, i-bau")
+    assert_clean_error(run_cli_in_process("sanitize", str(run_dir), "--data", str(too_small), "-o", str(tmp_path / "d"),
+                                          "--budget", "100"), "exceeds 5% of the run's training set")
+    assert_clean_error(run_cli_in_process("sanitize", str(run_dir), "--data", str(too_small), "-o", str(tmp_path / "e"),
+                                          "--method", "magic"), "unknown; use one of fine-pruning, nad, i-bau")
 
     no_weights = tmp_path / "noweights"
     no_weights.mkdir()
     (no_weights / "model.json").write_text((run_dir / "model.json").read_text())
-    assert_clean_error(run_cli("sanitize", str(no_weights), "--data", str(too_small), "-o", str(tmp_path / "f")),
-                       "no weights")
+    assert_clean_error(run_cli_in_process("sanitize", str(no_weights), "--data", str(too_small), "-o",
+                                          str(tmp_path / "f")), "no weights")
     ensemble = tmp_path / "ens"
     ensemble.mkdir()
     (ensemble / "ensemble.json").write_text(json.dumps({"members": [{"path": str(run_dir)}], "classes": CLASSES,
                                                         "image_size": 32}))
-    assert_clean_error(run_cli("sanitize", str(ensemble), "--data", str(too_small), "-o", str(tmp_path / "g")),
-                       "is an ensemble: sanitize each member")
+    assert_clean_error(run_cli_in_process("sanitize", str(ensemble), "--data", str(too_small), "-o",
+                                          str(tmp_path / "g")), "is an ensemble: sanitize each member")
     with pytest.raises(DataError, match="new folder"):
         sanitize(run_dir, too_small, run_dir)
     with pytest.raises(CheckpointError):

@@ -16,7 +16,7 @@ from covidscreen.inference.checkpoint import save_checkpoint
 from covidscreen.models import create_model
 from covidscreen.security import scan as scans
 from covidscreen.security.integrity import SCAN_FILE, sha256_of
-from tests.test_cli import assert_clean_error, run_cli
+from tests.test_cli import assert_clean_error, run_cli_in_process
 
 
 def _run(root, name="run"):
@@ -81,7 +81,8 @@ def test_scan_prints_a_plain_verdict_with_next_steps_and_reuses_the_references(r
         scans.cached_result(run, f"patches-halving:{side}:{steps}:{seed}", lambda b=best: b)
         scans.cached_result(run, f"cleanse:24:150:{seed}", lambda: {"covid->normal": 30.0, "normal->covid": 35.0})
         scans.cached_result(run, f"mmbd:300:8:{seed}", lambda: {"covid": 30.0, "normal": 31.0})
-    proc = run_cli("scan", str(run_dir), "--reference", str(refs[0]), "--reference", str(refs[1]))
+    # in process: the subprocess runs of scan are in security/test_backdoor_experiment.py and test_cli_security.py
+    proc = run_cli_in_process("scan", str(run_dir), "--reference", str(refs[0]), "--reference", str(refs[1]))
     assert proc.returncode == 0, proc.stderr
     assert "BACKDOOR SUSPECTED" in proc.stdout and "Do not use it on patients" in proc.stdout
     assert f"covidscreen sanitize {run_dir}" in proc.stdout and "--allow-flagged-model" in proc.stdout
@@ -89,7 +90,7 @@ def test_scan_prints_a_plain_verdict_with_next_steps_and_reuses_the_references(r
     record = json.loads((run_dir / SCAN_FILE).read_text())["model"]
     assert record["flagged"] and record["weights_sha256"] == sha256_of(run_dir / "model.safetensors")
 
-    clean = run_cli("scan", str(refs[0]), "--reference", str(refs[1]), "--reference", str(run_dir))
+    clean = run_cli_in_process("scan", str(refs[0]), "--reference", str(refs[1]), "--reference", str(run_dir))
     assert clean.returncode == 0, clean.stderr
     assert "no sign of a backdoor" in clean.stdout and "evidence, not proof" in clean.stdout
 
@@ -111,8 +112,10 @@ def test_service_and_dicom_node_refuse_a_flagged_model_at_start(run_dir, tmp_pat
     from covidscreen.serving.service import Screening
 
     _flag(run_dir)
-    assert_clean_error(run_cli("serve", str(run_dir), "--port", "8799"), "last backdoor scan .* --allow-flagged-model")
-    assert_clean_error(run_cli("dicom-node", str(run_dir), "--port", "11199"), "--allow-flagged-model")
+    # in process (serve and dicom-node have their subprocess tests: cli/test_serve.py, dicomnet/test_cli.py)
+    assert_clean_error(run_cli_in_process("serve", str(run_dir), "--port", "8799"),
+                       "last backdoor scan .* --allow-flagged-model")
+    assert_clean_error(run_cli_in_process("dicom-node", str(run_dir), "--port", "11199"), "--allow-flagged-model")
     with pytest.raises(CheckpointError, match="allow-flagged-model"):
         Screening(ServeConfig(run_dir=run_dir, db=f"sqlite:///{tmp_path / 'a.sqlite'}"))
     screening = Screening(ServeConfig(run_dir=run_dir, db=f"sqlite:///{tmp_path / 'a.sqlite'}",

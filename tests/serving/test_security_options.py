@@ -17,7 +17,7 @@ from covidscreen.security.integrity import sha256_of
 from covidscreen.security.scan import scan_inputs
 from covidscreen.serving import ServeConfig, create_app
 from tests.serving.runs import make_run
-from tests.test_cli import assert_clean_error, run_cli
+from tests.test_cli import assert_clean_error, run_cli_in_process
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +85,11 @@ def test_pinned_weights_refuse_another_model_before_serving(run_with_val, tmp_pa
                                manifest=manifest))
     manifest.write_text(json.dumps({"models": [{"name": "ours", "weights_sha256": good}]}))
     create_app(ServeConfig(run_dir=run_with_val, db=str(tmp_path / "d.sqlite"), backend="torch", manifest=manifest))
-    # the CLI refuses with exit 2 and a message, before binding a port
-    assert_clean_error(run_cli("serve", str(run_with_val), "--expect-sha256", "0" * 64, "--port", "1"),
+    # the CLI refuses with exit 2 and a message, before binding a port (in process: serve's subprocess test is
+    # cli/test_serve.py)
+    assert_clean_error(run_cli_in_process("serve", str(run_with_val), "--expect-sha256", "0" * 64, "--port", "1"),
                        "expect-sha256 expects")
-    assert_clean_error(run_cli("serve", str(run_with_val), "--strip", "--strip-frr", "0.9"), "strip_frr")
+    assert_clean_error(run_cli_in_process("serve", str(run_with_val), "--strip", "--strip-frr", "0.9"), "strip_frr")
 
 
 def test_strip_serves_when_its_calibration_cannot_be_written(run_with_val, tmp_path, png_file):

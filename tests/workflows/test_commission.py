@@ -15,7 +15,7 @@ from covidscreen.reporting.model_card import model_card
 from covidscreen.security.integrity import format_provenance, provenance
 from covidscreen.workflows import commission as cm
 from tests.explain_fixtures import write_synthetic_folder
-from tests.test_cli import assert_clean_error, run_cli
+from tests.test_cli import assert_clean_error, run_cli, run_cli_in_process
 
 KEYS = {"verdict", "reason", "n_images", "n_skipped", "ood_flag_rate", "operating_point", "specificity",
         "sensitivity", "auc", "images_needed"}
@@ -97,11 +97,12 @@ def test_go_stores_the_point_and_serving_requires_it(tiny_run, local, tmp_path, 
     assert "ward7" in cm.require_commissioning(run_dir, "ward7")
     assert "Site commissioning `ward7`: **go**" in model_card(run_dir)
     assert "commissioning 'ward7': go" in format_provenance(provenance(run_dir))
-    # the CLI refuses to start without the record (before loading anything)
-    assert_clean_error(run_cli("serve", str(run_dir), "--require-commissioning", "ward8", "--port", "1"),
+    # the CLI refuses to start without the record (before loading anything); in process, as serve and dicom-node have
+    # their subprocess tests (cli/test_serve.py, dicomnet/test_cli.py)
+    assert_clean_error(run_cli_in_process("serve", str(run_dir), "--require-commissioning", "ward8", "--port", "1"),
                        "no 'go' commissioning record named 'ward8'")
-    assert_clean_error(run_cli("dicom-node", str(run_dir), "--require-commissioning", "ward8", "--port", "1"),
-                       "no 'go' commissioning record named 'ward8'")
+    assert_clean_error(run_cli_in_process("dicom-node", str(run_dir), "--require-commissioning", "ward8", "--port",
+                                          "1"), "no 'go' commissioning record named 'ward8'")
 
 
 def test_commission_job_prints_the_verdict_and_on_go_how_to_use_it(tmp_path):

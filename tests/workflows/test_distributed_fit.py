@@ -14,6 +14,7 @@ import pytest
 from covidscreen.inference.predictor import Predictor
 from covidscreen.training.distributed import state_digest
 from tests.conftest import LIVENESS_S, make_image_folder
+from tests.test_cli import run_cli_in_process
 
 pytestmark = pytest.mark.slow  # torchrun with two ranks, and one process to compare with
 
@@ -35,8 +36,9 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
 
 
 def _single(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "covidscreen", *args], capture_output=True, text=True,
-                          timeout=LIVENESS_S, env=_env())
+    """The same command in one process: run by main() in this one (the ranks above are the subprocesses; a new
+    interpreter here would only add its imports)."""
+    proc = run_cli_in_process(*args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
