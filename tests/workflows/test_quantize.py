@@ -13,10 +13,14 @@ from covidscreen.workflows.fit import fit
 from covidscreen.workflows.quantize import (
     DEFAULT_VARIANTS,
     INT8_FILE,
+    SENSITIVE_KINDS,
     Int8Variant,
+    QdqQuantiser,
     _session,
     calibration_set,
     export_int8,
+    fp32_nodes,
+    front_region,
     onnx_probabilities,
     sensitive_nodes,
     split_images,
@@ -98,7 +102,38 @@ def test_int8_tries_variants_in_order_and_keeps_the_one_that_changed_fewest_vali
     best = min(tried, key=lambda v: v["val_decisions_changed"])  # first on ties
     assert result.checks["variant"] == best["variant"] and not result.accepted
     assert "FP32 keeps serving" in result.message and best["variant"] in result.message
-    assert not list(run.glob("*.tmp.onnx"))  # no candidate left behind
+    assert not list(run.glob("*.tmp.onnx")) and not list(run.glob(".int8-*"))  # no candidate left behind
+
+
+def test_int8_climbs_the_ladder_calibrating_once_and_skipping_repeated_float32_sets(run, monkeypatch):
+    import onnx
+
+    import covidscreen.workflows.quantize as quantize
+
+    quantisers = []
+
+    class Recording(QdqQuantiser):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            quantisers.append(self)
+
+    monkeypatch.setattr(quantize, "QdqQuantiser", Recording)
+    # efficientnet_lite0 has no squeeze-excitation: the second rung keeps the same nodes as the first, not rerun
+    ladder = (Int8Variant(keep_fp32=("stem", "head")), Int8Variant(keep_fp32=SENSITIVE_KINDS),
+              Int8Variant(keep_fp32=SENSITIVE_KINDS, front=2))
+    lines = []
+    result = export_int8(run, calibration_images=8, max_changed=-1.0, variants=ladder, log=lines.append)
+    tried = json.loads((run / "model.json").read_text())["onnx"]["int8"]["variants"]
+    assert [t["variant"] for t in tried] == [ladder[0].name, ladder[2].name]  # no rung passes: all tried
+    assert len(lines) == 1 + len(ladder) and "skipped" in lines[2] and ladder[0].name in lines[2]
+    assert len(quantisers) == 1 and quantisers[0].calibration_passes == 1  # the ranges are reused by every rung
+    best = min(tried, key=lambda t: t["val_decisions_changed"])
+    assert result.checks["variant"] == best["variant"] and result.checks["fp32_nodes"] == len(best["fp32_nodes"])
+    assert not list(run.glob(".int8-*"))
+    # the default ladder on this network: every node INT8 first, then ever larger float32 parts (SE adds none)
+    model = onnx.load(str(run / "model.onnx"))
+    sizes = [len(fp32_nodes(model, v)) for v in DEFAULT_VARIANTS]
+    assert sizes[0] == 0 and sizes[3] == sizes[2] and sizes[:3] + sizes[4:] == sorted(set(sizes))
 
 
 def test_calibration_draws_every_site_alike(run, tmp_path):
@@ -149,6 +184,15 @@ def test_sensitive_nodes_find_stem_head_and_squeeze_excitation(tmp_path):
     assert sensitive_nodes(model, ("head",)) == [convs[-1], *gemm]
     assert sensitive_nodes(model, ("se",)) == [convs[3], convs[2]]  # expand, reduce (walked back from the gate)
     assert convs[1] not in sensitive_nodes(model)  # an ordinary convolution stays INT8
+    # the float32 region grown from the input: every node up to the stem (and the ReLU after it), then further
+    names = [n.name for n in model.graph.node]
+    relu = next(n.name for n in model.graph.node if n.op_type == "Relu")
+    assert front_region(model, 0) == names[:names.index(convs[0]) + 1] + [relu]
+    assert front_region(model, 1) == names[:names.index(convs[1]) + 1]  # the SE pooling follows, not an activation
+    assert set(front_region(model, 2)) > set(front_region(model, 1))
+    assert front_region(model, 99) == names[:names.index(gemm[0]) + 1]  # at most the whole network
+    both = fp32_nodes(model, Int8Variant(keep_fp32=("head",), front=1))
+    assert both == [convs[-1], *gemm, *front_region(model, 1)] and len(set(both)) == len(both)
 
 
 def test_export_job_reports_the_onnx_file_before_the_int8_step(run, monkeypatch):

@@ -60,9 +60,10 @@ def predict(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="run folder written by train")],
     int8: Annotated[bool, typer.Option("--int8", help="also quantise to INT8 (static QDQ, calibrated on training "
-                                       "images of every site; calibration method and float32 stem/head chosen on "
-                                       "validation images); it serves only if the test ROC AUC drops <= 0.005 and "
-                                       "<= 1% of test decisions change")] = False,
+                                       "images of every site; the smallest float32 part (none, stem, head, then a "
+                                       "growing region from the input) chosen on validation images); it serves "
+                                       "only if the test ROC AUC drops <= 0.005 and <= 1% of test decisions "
+                                       "change")] = False,
     calibration_images: Annotated[int, typer.Option("--calibration-images", min=1,
                                                     help="training images that set the INT8 ranges")] = 128,
 ) -> None:

@@ -1,27 +1,35 @@
 """INT8 export of a run for CPU inference: ONNX Runtime static QDQ quantisation, calibrated on images of every site
-of the run's training split, the variant chosen on its validation images, and accepted only if the run's test
-images say it keeps the model's accuracy and decisions.
+of the run's training split, the float32 part of the network chosen on its validation images, and accepted only if
+the run's test images say it keeps the model's accuracy and decisions.
 
-Static QDQ quantises every convolution and matrix multiply (weights per channel, activations per tensor with ranges
-from the calibration images); dynamic quantisation would touch only the last linear layer of a CNN. How the
-activation ranges are set matters more than anything else for a model's decisions, so several variants are tried
-(:data:`DEFAULT_VARIANTS`), in order of how much of the network they compute in INT8: onnxruntime's calibration
-methods MinMax and Percentile (``onnxruntime.quantization.CalibrationMethod``; Entropy on request), each also with
-the sensitive nodes kept in float32 (``nodes_to_exclude``: the stem convolution, which sees the raw image; the head,
-i.e. the last convolution and the classifier, whose outputs are the logits; squeeze-excitation gates where the
-network has them).
-The first variant whose decisions at the run's default operating point change for at most half of ``max_changed``
-of the validation images is taken (else the one that changed fewest), and then the guard decides on the test split,
-which played no part in the choice: the INT8 model serves (``model.json`` ``onnx.serving``) only if there its ROC
-AUC (positive class vs rest) is at most ``max_auc_drop`` below the FP32 export's and its decisions differ for at most
-``max_changed`` of the images; otherwise the FP32 export keeps serving and the sidecar says why. Every variant tried
-is recorded with its validation figures.
+Static QDQ quantises every convolution and matrix multiply (weights int8 per channel, activations uint8 per tensor
+with ranges from the calibration images); dynamic quantisation would touch only the last linear layer of a CNN.
+What moves a model's decisions is where the activations are rounded, and a node left in float32 stops the rounding
+only of the tensors that lie wholly inside a float32 region: ONNX Runtime still quantises every tensor that an INT8
+node reads or writes. One convolution kept in float32 in the middle of the network therefore changes almost nothing
+(measured on the quickstart model: most such single exclusions left the output error as it was or made it larger,
+up to 16 times; ``docs/performance.md``), while the two ends of the network are different: the stem is the only node
+that reads the image, so keeping it in float32 also keeps the image itself unrounded (two thirds of the output error
+of the all-INT8 quickstart model), and the head's output is the logits.
+
+:func:`export_int8` therefore searches, on the validation split, a bounded ladder of float32 regions grown from the
+two ends (:data:`DEFAULT_VARIANTS`, smallest first: every node INT8; the stem; the stem and the head (last
+convolution and classifier); also squeeze-excitation gates where the network has them; then the stem region grown
+by 2, 4 and 8 further compute nodes), calibrating once per calibration method (MinMax by default; Percentile and
+Entropy on request, compared in ``benchmarks/bench_int8.py``) and reusing the ranges for every rung. It takes the
+first rung whose decisions at the run's default operating point change for at most half of ``max_changed`` of the
+validation images (else the one that changed fewest), and then the guard decides on the test split, which played
+no part in the choice: the INT8 model serves (``model.json`` ``onnx.serving``) only if there its ROC AUC (positive
+class vs rest) is at most ``max_auc_drop`` below the FP32 export's and its decisions differ for at most
+``max_changed`` of the images; otherwise the FP32 export keeps serving and the sidecar says why. Every rung tried is
+recorded with its validation figures.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +40,7 @@ import pandas as pd
 from ..data.preprocess import load_preprocessed
 from ..errors import CovidscreenError, DataError, ImageDecodeError
 from ..evaluation.metrics import headline_auc, predict_labels
-from ..inference.onnx import ONNX_FILE, export_onnx
+from ..inference.onnx import ONNX_FILE, export_onnx, session_options
 from ..inference.run import load_run, update_record
 from ..runtime import sha256_file
 from ..segmentation import load_segmenter_for
@@ -42,26 +50,34 @@ INT8_FILE = "model.int8.onnx"
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 #: kinds of nodes a variant may keep in float32 (:func:`sensitive_nodes`)
 SENSITIVE_KINDS = ("stem", "head", "se")
+_PRODUCTS = ("Conv", "Gemm", "MatMul")
+#: activations that directly follow a compute node and belong to its float32 region
+_ACTIVATIONS = ("Clip", "Relu", "LeakyRelu", "HardSwish", "HardSigmoid", "Sigmoid")
 
 
 @dataclass(frozen=True)
 class Int8Variant:
-    """One way to quantise: a calibration method and the kinds of sensitive nodes kept in float32."""
+    """One way to quantise: a calibration method, the kinds of sensitive nodes kept in float32
+    (:func:`sensitive_nodes`), and how many compute nodes after the stem also stay float32 (``front``: the float32
+    region at the input grown along the network, :func:`front_region`)."""
 
     method: str = "minmax"
     keep_fp32: tuple[str, ...] = ()
+    front: int = 0
 
     @property
     def name(self) -> str:
-        return self.method + (f", {'+'.join(self.keep_fp32)} in fp32" if self.keep_fp32 else "")
+        kept = [*self.keep_fp32] + ([f"front {self.front}"] if self.front else [])
+        return self.method + (f", {'+'.join(kept)} in fp32" if kept else "")
 
 
-#: tried in this order by :func:`export_int8`: every node INT8 first, then with stem, head and SE in float32.
-#: Entropy is left out: with onnxruntime 1.32 it wrote models byte-identical to MinMax's (same sha256, on the
-#: quickstart model and on a scratch one), after a histogram pass that takes minutes; ``Int8Variant("entropy")``
+#: the ladder :func:`export_int8` climbs, smallest float32 part first (the module docstring says why these
+#: regions). Entropy and Percentile calibration are left out: on the quickstart model neither kept more decisions
+#: than MinMax (``docs/performance.md``), and each costs a histogram pass of minutes; ``Int8Variant("percentile")``
 #: still runs it.
-DEFAULT_VARIANTS = (Int8Variant("minmax"), Int8Variant("percentile"),
-                    Int8Variant("minmax", SENSITIVE_KINDS), Int8Variant("percentile", SENSITIVE_KINDS))
+DEFAULT_VARIANTS = (Int8Variant(), Int8Variant(keep_fp32=("stem",)), Int8Variant(keep_fp32=("stem", "head")),
+                    Int8Variant(keep_fp32=SENSITIVE_KINDS), Int8Variant(keep_fp32=SENSITIVE_KINDS, front=2),
+                    Int8Variant(keep_fp32=SENSITIVE_KINDS, front=4), Int8Variant(keep_fp32=SENSITIVE_KINDS, front=8))
 
 
 @dataclass
@@ -129,10 +145,7 @@ def _load_images(run_dir: Path, table: pd.DataFrame, split: str) -> tuple[np.nda
 def _session(path: Path, threads: int | None = None) -> Any:
     import onnxruntime as ort  # optional dependency: covidscreen[onnx]
 
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def onnx_probabilities(session: Any, images: np.ndarray, temperature: float = 1.0, batch: int = 32) -> np.ndarray:
@@ -181,52 +194,108 @@ def sensitive_nodes(model: Any, kinds: tuple[str, ...] = SENSITIVE_KINDS) -> lis
     return list(dict.fromkeys(name for name in out if name))
 
 
-def quantize_static_qdq(fp32: Path, out: Path, calibration: np.ndarray, method: str = "minmax",
-                        keep_fp32: tuple[str, ...] = ()) -> list[str]:
-    """ONNX Runtime static quantisation in QDQ format: int8 weights per channel, uint8 activations whose ranges
-    come from ``calibration`` (uint8 images as the model's input takes them) by ``method`` (minmax, entropy or
-    percentile); the :func:`sensitive_nodes` of the kinds in ``keep_fp32`` stay float32. Returns those nodes."""
-    # optional dependency: covidscreen[onnx]
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process  # optional dependency, as above
+def front_region(model: Any, front: int) -> list[str]:
+    """Names of the nodes of an ONNX ``model`` from its input up to and including the compute node (Conv, Gemm,
+    MatMul) ``front`` places after the stem, with the activation that directly follows that node: everything before
+    it in the graph's topological order, residual branches included, so that with these nodes in float32 no tensor
+    between the image and the end of the region is rounded (the module docstring says why a region and not single
+    nodes). ``front=0`` is the stem alone."""
+    nodes = list(model.graph.node)
+    compute = [i for i, n in enumerate(nodes) if n.op_type in _PRODUCTS]
+    if not compute:
+        return []
+    end = compute[min(front, len(compute) - 1)]
+    region = nodes[:end + 1]
+    after = [n for n in nodes[end + 1:] if nodes[end].output[0] in n.input]
+    if len(after) == 1 and after[0].op_type in _ACTIVATIONS:
+        region.append(after[0])
+    return [n.name for n in region if n.name]
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    if method not in methods:
-        raise ValueError(f"calibration method {method!r} is not known; use one of {', '.join(methods)}")
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([calibration[i:i + 8].astype(np.float32)[:, None] / 255.0
-                                 for i in range(0, len(calibration), 8)])
+def fp32_nodes(model: Any, variant: Int8Variant) -> list[str]:
+    """The nodes of ``model`` that ``variant`` keeps in float32: its :func:`sensitive_nodes` kinds and, with
+    ``front``, the :func:`front_region` grown from the stem."""
+    names = sensitive_nodes(model, variant.keep_fp32) if variant.keep_fp32 else []
+    if variant.front:
+        names += front_region(model, variant.front)
+    return list(dict.fromkeys(names))
 
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            x = next(self.batches, None)
-            return None if x is None else {"image": x}
 
-    prepared = out.with_suffix(".prep.onnx")
-    try:
-        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        excluded = sensitive_nodes(onnx.load(str(prepared)), keep_fp32) if keep_fp32 else []
-        quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+class QdqQuantiser:
+    """ONNX Runtime static quantisation of one FP32 ONNX model in QDQ format: int8 weights per channel, uint8
+    activations whose ranges come from ``calibration`` (uint8 images as the model's input takes them). The model is
+    prepared (``quant_pre_process``) once, and the ranges are computed once per calibration method and kept in
+    ``workdir`` (onnxruntime's ``calibration_cache_path``), so that each further variant costs only the rewrite of
+    the graph, not another pass of the calibration images."""
+
+    def __init__(self, fp32: Path, calibration: np.ndarray, workdir: Path,
+                 calibration_options: dict[str, Any] | None = None) -> None:
+        import onnx  # optional dependency: covidscreen[onnx]
+        from onnxruntime.quantization.shape_inference import quant_pre_process  # optional dependency, as above
+
+        self.calibration, self.workdir = calibration, Path(workdir)
+        #: onnxruntime's calibration options (``extra_options``), e.g. ``{"CalibPercentile": 99.99}``
+        self.calibration_options = dict(calibration_options or {})
+        self.prepared = self.workdir / "prepared.onnx"
+        quant_pre_process(str(fp32), str(self.prepared), skip_symbolic_shape=True)
+        self.model = onnx.load(str(self.prepared))
+        self.calibration_passes = 0  # how many times the calibration images went through the model
+
+    def fp32_nodes(self, variant: Int8Variant) -> list[str]:
+        return fp32_nodes(self.model, variant)
+
+    def quantize(self, variant: Int8Variant, out: Path) -> list[str]:
+        """Write ``variant`` to ``out``; returns the nodes it keeps in float32."""
+        # optional dependency: covidscreen[onnx]
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+
+        methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                   "percentile": CalibrationMethod.Percentile}
+        if variant.method not in methods:
+            raise ValueError(f"calibration method {variant.method!r} is not known; use one of {', '.join(methods)}")
+        calibration = self.calibration
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.batches = iter([calibration[i:i + 8].astype(np.float32)[:, None] / 255.0
+                                     for i in range(0, len(calibration), 8)])
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                x = next(self.batches, None)
+                return None if x is None else {"image": x}
+
+        ranges = self.workdir / f"ranges.{variant.method}.json"
+        reader = None
+        if not ranges.is_file():
+            reader = Reader()
+            self.calibration_passes += 1
+        excluded = self.fp32_nodes(variant)
+        quantize_static(str(self.prepared), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method], nodes_to_exclude=excluded)
-    finally:
-        prepared.unlink(missing_ok=True)
-    return excluded
+                        calibrate_method=methods[variant.method], nodes_to_exclude=excluded,
+                        extra_options=self.calibration_options, calibration_cache_path=str(ranges))
+        return excluded
+
+
+def quantize_static_qdq(fp32: Path, out: Path, calibration: np.ndarray, method: str = "minmax",
+                        keep_fp32: tuple[str, ...] = (), front: int = 0) -> list[str]:
+    """One variant (:class:`QdqQuantiser`) of ``fp32`` written to ``out``: calibration ``method`` (minmax, entropy
+    or percentile), the :func:`sensitive_nodes` of the kinds in ``keep_fp32`` and the :func:`front_region` of
+    ``front`` in float32. Returns those nodes."""
+    with tempfile.TemporaryDirectory(prefix="covidscreen-int8-") as work:
+        return QdqQuantiser(fp32, calibration, Path(work)).quantize(Int8Variant(method, tuple(keep_fp32), front), out)
 
 
 def export_int8(run_dir: str | Path, calibration_images: int = 128, max_auc_drop: float = 0.005,
                 max_changed: float = 0.01, max_test_images: int | None = None,
-                variants: tuple[Int8Variant, ...] = DEFAULT_VARIANTS,
-                selection_images: int | None = 512) -> QuantisationResult:
+                variants: tuple[Int8Variant, ...] = DEFAULT_VARIANTS, selection_images: int | None = None,
+                log: Callable[[str], None] = print) -> QuantisationResult:
     """Quantise a run's ONNX export (made first if missing) to INT8 and serve it if the test split allows.
 
     Args:
@@ -236,9 +305,12 @@ def export_int8(run_dir: str | Path, calibration_images: int = 128, max_auc_drop
             a positive class).
         max_changed: largest accepted share of test images whose decision at the default operating point changes.
         max_test_images: check on at most this many test images (default: all).
-        variants: the ways to quantise, tried in order until one changes at most ``max_changed / 2`` of the
-            validation decisions (the module docstring).
-        selection_images: validation images the variants are compared on (default at most 512; None: all).
+        variants: the ladder of ways to quantise, climbed in order until one changes at most ``max_changed / 2``
+            of the validation decisions (the module docstring); a rung that keeps the same nodes in float32 as an
+            earlier one (squeeze-excitation on a network without it) is skipped.
+        selection_images: validation images the variants are compared on (default: all of them; on the quickstart
+            one changed decision is 0.07% of them).
+        log: where the progress lines go, one per rung.
     """
     try:
         import onnxruntime  # noqa: F401
@@ -263,61 +335,83 @@ def export_int8(run_dir: str | Path, calibration_images: int = 128, max_auc_drop
         return predict_labels(p, run.positive_index, threshold)
 
     fp32 = _session(run_dir / ONNX_FILE)
-    d32_val = decisions(onnx_probabilities(fp32, val_x, temperature))
-    out, tmp = run_dir / INT8_FILE, run_dir / "model.int8.tmp.onnx"
+    p32_val = onnx_probabilities(fp32, val_x, temperature)
+    d32_val = decisions(p32_val)
+    out = run_dir / INT8_FILE
+    target = max_changed / 2
+    log(f"INT8: ranges from {len(calib)} training images ({', '.join(f'{k} {v}' for k, v in sites.items())}); "
+        f"climbing up to {len(variants)} variants until at most {math.floor(target * len(val_x) + 1e-9)} of "
+        f"{len(val_x)} validation decisions change (<= {target:.2%})")
     tried: list[dict[str, Any]] = []
-    best: tuple[float, int] | None = None
-    candidate = run_dir / "model.int8.candidate.tmp.onnx"
-    try:
+    # the run folder's own hidden scratch folder: the accepted model is renamed into place on the same file system
+    with tempfile.TemporaryDirectory(prefix=".int8-", dir=run_dir) as work:
+        quantiser = QdqQuantiser(run_dir / ONNX_FILE, calib, Path(work))
+        seen: dict[tuple[str, tuple[str, ...]], str] = {}
+        best: tuple[float, int, Path] | None = None
         for i, variant in enumerate(variants):
-            excluded = quantize_static_qdq(run_dir / ONNX_FILE, candidate, calib, variant.method, variant.keep_fp32)
-            changed_val = float(np.mean(decisions(onnx_probabilities(_session(candidate), val_x, temperature))
-                                        != d32_val))
+            step = f"  [{i + 1}/{len(variants)}] {variant.name}"
+            excluded = quantiser.fp32_nodes(variant)
+            key = (variant.method, tuple(excluded))
+            if key in seen:
+                log(f"{step}: the same float32 nodes as '{seen[key]}', skipped")
+                continue
+            seen[key] = variant.name
+            candidate = Path(work) / f"variant{i}.onnx"
+            quantiser.quantize(variant, candidate)
+            p8_val = onnx_probabilities(_session(candidate), val_x, temperature)
+            changed_val = float(np.mean(decisions(p8_val) != d32_val))
             tried.append({"variant": variant.name, "method": variant.method, "keep_fp32": list(variant.keep_fp32),
-                          "fp32_nodes": excluded, "val_decisions_changed": changed_val})
+                          "front": variant.front, "fp32_nodes": excluded, "val_decisions_changed": changed_val,
+                          "val_mean_abs_probability_difference": float(np.abs(p8_val - p32_val).mean())})
+            log(f"{step} ({len(excluded)} node(s) in fp32): {round(changed_val * len(val_x))} validation "
+                f"decisions changed ({changed_val:.2%})")
             if best is None or changed_val < best[0]:
-                best = (changed_val, i)
-                candidate.replace(tmp)
-            if changed_val <= max_changed / 2:
+                if best is not None:
+                    best[2].unlink()
+                best = (changed_val, i, candidate)
+            else:
+                candidate.unlink()
+            if changed_val <= target:
                 break
-    finally:
-        candidate.unlink(missing_ok=True)
-    chosen = variants[best[1]]
+        assert best is not None  # at least one variant, and the first one is never skipped
+        chosen, chosen_file = variants[best[1]], best[2]
+        chosen_nodes = next(t["fp32_nodes"] for t in tried if t["variant"] == chosen.name)
 
-    p32 = onnx_probabilities(fp32, test_x, temperature)
-    p8 = onnx_probabilities(_session(tmp), test_x, temperature)
-    classes, pos = list(run.classes), run.positive_class
-    auc32, auc8 = headline_auc(test_y, p32, classes, pos), headline_auc(test_y, p8, classes, pos)
-    d32, d8 = decisions(p32), decisions(p8)
-    changed = float(np.mean(d32 != d8))
-    drop = auc32 - auc8 if math.isfinite(auc32) and math.isfinite(auc8) else math.nan
-    checks = {"test_images": int(len(test_y)), "calibration_images": int(len(calib)), "roc_auc_fp32": auc32,
-              "roc_auc_int8": auc8, "roc_auc_drop": drop, "max_roc_auc_drop": max_auc_drop,
-              "decisions_changed": changed, "max_decisions_changed": max_changed,
-              "max_abs_probability_difference": float(np.abs(p32 - p8).max()), "variant": chosen.name,
-              "calibration_sites": sites, "selection_images": int(len(val_x))}
-    failures = []
-    if not (math.isfinite(drop) and drop <= max_auc_drop):
-        failures.append(f"test ROC AUC {auc32:.4f} -> {auc8:.4f} (drop {drop:.4f} > {max_auc_drop})")
-    if changed > max_changed:
-        failures.append(f"{changed:.1%} of {len(test_y)} test decisions changed (> {max_changed:.1%})")
-    info: dict = {}
-    method = (f"onnxruntime static QDQ, weights int8 per channel, activations uint8, {chosen.name} (calibrated on "
-              f"{len(calib)} training images of {len(sites)} site(s))")
-    if failures:
-        tmp.unlink(missing_ok=True)
-        out.unlink(missing_ok=True)
-        info["int8"] = {"accepted": False, "reasons": failures, "checks": checks, "method": method,
-                        "variants": tried}
-        info["serving"] = {"file": ONNX_FILE, "sha256": run.onnx.sha256, "precision": "fp32"}
-        message = f"INT8 ({chosen.name}) rejected, FP32 keeps serving: " + "; ".join(failures)
-    else:
-        tmp.replace(out)
-        info["int8"] = {"accepted": True, "file": INT8_FILE, "sha256": sha256_file(out), "checks": checks,
-                        "method": method, "variants": tried}
-        info["serving"] = {"file": INT8_FILE, "sha256": info["int8"]["sha256"], "precision": "int8"}
-        message = (f"INT8 ({chosen.name}) serves: test ROC AUC {auc32:.4f} -> {auc8:.4f}, {changed:.1%} of "
-                   f"{len(test_y)} decisions changed")
+        p32 = onnx_probabilities(fp32, test_x, temperature)
+        p8 = onnx_probabilities(_session(chosen_file), test_x, temperature)
+        classes, pos = list(run.classes), run.positive_class
+        auc32, auc8 = headline_auc(test_y, p32, classes, pos), headline_auc(test_y, p8, classes, pos)
+        d32, d8 = decisions(p32), decisions(p8)
+        changed = float(np.mean(d32 != d8))
+        drop = auc32 - auc8 if math.isfinite(auc32) and math.isfinite(auc8) else math.nan
+        checks = {"test_images": int(len(test_y)), "calibration_images": int(len(calib)), "roc_auc_fp32": auc32,
+                  "roc_auc_int8": auc8, "roc_auc_drop": drop, "max_roc_auc_drop": max_auc_drop,
+                  "decisions_changed": changed, "max_decisions_changed": max_changed,
+                  "max_abs_probability_difference": float(np.abs(p32 - p8).max()), "variant": chosen.name,
+                  "fp32_nodes": len(chosen_nodes), "calibration_sites": sites, "selection_images": int(len(val_x)),
+                  "selection_target": target}
+        failures = []
+        if not (math.isfinite(drop) and drop <= max_auc_drop):
+            failures.append(f"test ROC AUC {auc32:.4f} -> {auc8:.4f} (drop {drop:.4f} > {max_auc_drop})")
+        if changed > max_changed:
+            failures.append(f"{changed:.1%} of {len(test_y)} test decisions changed (> {max_changed:.1%})")
+        info: dict = {}
+        method = (f"onnxruntime static QDQ, weights int8 per channel, activations uint8, {chosen.name} "
+                  f"({len(chosen_nodes)} node(s) in fp32; calibrated on {len(calib)} training images of "
+                  f"{len(sites)} site(s); chosen on {len(val_x)} validation images)")
+        if failures:
+            out.unlink(missing_ok=True)
+            info["int8"] = {"accepted": False, "reasons": failures, "checks": checks, "method": method,
+                            "variants": tried}
+            info["serving"] = {"file": ONNX_FILE, "sha256": run.onnx.sha256, "precision": "fp32"}
+            message = f"INT8 ({chosen.name}) rejected, FP32 keeps serving: " + "; ".join(failures)
+        else:
+            chosen_file.replace(out)
+            info["int8"] = {"accepted": True, "file": INT8_FILE, "sha256": sha256_file(out), "checks": checks,
+                            "method": method, "variants": tried}
+            info["serving"] = {"file": INT8_FILE, "sha256": info["int8"]["sha256"], "precision": "int8"}
+            message = (f"INT8 ({chosen.name}) serves: test ROC AUC {auc32:.4f} -> {auc8:.4f}, {int(np.sum(d32 != d8))} "
+                       f"of {len(test_y)} test decisions changed ({changed:.2%})")
     update_record(run_dir, merge={"onnx": info})
     return QuantisationResult(not failures, info["serving"]["file"], checks, message)
 
