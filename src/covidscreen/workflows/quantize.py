@@ -244,8 +244,9 @@ class QdqQuantiser:
     def fp32_nodes(self, variant: Int8Variant) -> list[str]:
         return fp32_nodes(self.model, variant)
 
-    def quantize(self, variant: Int8Variant, out: Path) -> list[str]:
-        """Write ``variant`` to ``out``; returns the nodes it keeps in float32."""
+    def quantize(self, variant: Int8Variant, out: Path, extra_fp32: tuple[str, ...] = ()) -> list[str]:
+        """Write ``variant`` to ``out``, with the nodes named in ``extra_fp32`` also in float32 (the per-node sweep
+        of ``benchmarks/bench_int8_sensitivity.py``); returns the nodes kept in float32."""
         # optional dependency: covidscreen[onnx]
         from onnxruntime.quantization import (
             CalibrationDataReader,
@@ -275,7 +276,7 @@ class QdqQuantiser:
         if not ranges.is_file():
             reader = Reader()
             self.calibration_passes += 1
-        excluded = self.fp32_nodes(variant)
+        excluded = list(dict.fromkeys([*self.fp32_nodes(variant), *extra_fp32]))
         quantize_static(str(self.prepared), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[variant.method], nodes_to_exclude=excluded,
