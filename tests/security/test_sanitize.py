@@ -18,18 +18,23 @@ from covidscreen.inference.run import load_run
 from covidscreen.models import create_model
 from covidscreen.security.integrity import format_provenance, provenance
 from covidscreen.security.sanitize import (
+    NeuronMasks,
     SanitizeConfig,
     accuracy,
+    anp,
     attention_map,
+    batchnorm_layers,
     fine_prune,
     head_inputs,
     ibau,
     nad,
+    optimise_neuron_masks,
+    prune_neurons,
     sanitize,
 )
 from tests.test_cli import assert_clean_error, run_cli, run_cli_in_process
 
-from .tiny import TRIGGER, poison, probs_fn, synthetic_images, train_tiny
+from .tiny import TRIGGER, TinyNet, poison, probs_fn, synthetic_images, train_tiny
 
 CLASSES = ["covid", "normal", "pneumonia"]
 
@@ -96,6 +101,81 @@ def test_nad_distils_the_teachers_attention(backdoored):
         nad(model, layers[:2], x, y, SanitizeConfig(method="nad", epochs=1))
 
 
+@pytest.fixture(scope="module")
+def backdoored_bn(backdoored):
+    """The same backdoor planted in the tiny model with a BatchNorm after each convolution (ANP's neurons)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x, y = synthetic_images(100, 3, seed=0)
+        px, py, _ = poison(x, y, 0.1, target=0, seed=0)
+        yield train_tiny(px, py, 3, seed=0, epochs=10, batchnorm=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_anp_masks_and_perturbs_every_batchnorm_neuron_and_leaves_the_layers_as_they_were(backdoored_bn):
+    model = copy.deepcopy(backdoored_bn)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(4, 1, 32, 32)
+    masks = NeuronMasks(model, eps=0.4)
+    assert [name for name, _ in masks.layers] == ["features.0.1", "features.3.1", "features.6.1"]
+    bn = model.features[0][1]
+    inner = model.features[0][0](x)
+    with torch.no_grad():
+        masks.masks[0][3] = 0.5
+        masks.scale_noise[0].fill_(0.25)
+        masks.shift_noise[0].fill_(-0.1)
+    w, b = state["features.0.1.weight"], state["features.0.1.bias"]
+    expected = {False: (w * masks.masks[0], b), True: (w * (masks.masks[0] + 0.25), b * 0.9)}
+    for perturbed, (scale, shift) in expected.items():  # y = (m + delta) * gamma * x_hat + (1 + xi) * beta
+        masks.perturbed = perturbed
+        want = torch.nn.functional.batch_norm(inner, bn.running_mean, bn.running_var, scale.detach(), shift.detach(),
+                                              False, 0.0, bn.eps)
+        assert torch.allclose(bn(inner), want, atol=1e-6)
+    # a signed step of size eps on the perturbations raises the loss, and stays within [-eps, eps]
+    y = torch.zeros(4, dtype=torch.long)
+    masks.randomize(torch.Generator().manual_seed(0))
+    masks.perturbed = True
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    masks.ascend(loss)
+    with torch.no_grad():
+        assert float(torch.nn.functional.cross_entropy(model(x), y)) > float(loss)
+    assert all(float(n.detach().abs().max()) <= 0.4 + 1e-6 for n in (*masks.scale_noise, *masks.shift_noise))
+    masks.close()
+    assert model.state_dict().keys() == state.keys()  # no parametrization left
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    with pytest.raises(CheckpointError, match="no BatchNorm layer"):
+        NeuronMasks(TinyNet(3), eps=0.4)
+
+
+def test_anp_prunes_the_neurons_with_the_smallest_masks_and_nothing_else(backdoored_bn, backdoored):
+    model = copy.deepcopy(backdoored_bn)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = backdoored["x"], backdoored["y"]
+    cfg = SanitizeConfig(method="anp", anp_iterations=60, anp_threshold=0.9)
+    layers, values = optimise_neuron_masks(model, x, y, cfg)
+    assert len(values) == 16 + 32 + 32 and float(values.min()) >= 0 and float(values.max()) <= 1
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())  # the masks do not touch the model
+    assert all(p.requires_grad for p in model.parameters())
+    details = prune_neurons(model, layers, values, x, y, cfg)
+    assert 0 < details["pruned"] <= details["below_threshold"] == int((values < 0.9).sum())
+    zeroed = torch.cat([(m.weight == 0) & (state[f"{name}.weight"] != 0) for name, m in layers])
+    assert int(zeroed.sum()) == details["pruned"]
+    assert set(torch.nonzero(zeroed)[:, 0].tolist()) == set(torch.argsort(values, stable=True)[:details["pruned"]]
+                                                            .tolist())  # the smallest masks
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, state[k])}
+    assert changed == {f"{name}.weight" for name in details["pruned_per_layer"]}  # the pruned scales only
+    assert details["clean_accuracy_after_pruning"] >= details["clean_accuracy_before"] - 0.1 - 1e-6
+    # through the defence's entry point, with the paper's threshold
+    model = copy.deepcopy(backdoored_bn)
+    _, details = anp(model, x, y, SanitizeConfig(method="anp", anp_iterations=60))
+    after = asr(model, backdoored["xt"], backdoored["yt"])
+    print(f"\nANP (60 iterations): {details}; attack success 1.00 -> {after:.2f}")
+    assert details["iterations"] == 60 and details["pruned"] <= details["below_threshold"]
+    assert accuracy(model, x, y) >= details["clean_accuracy_before"] - 0.1 - 1e-6
+
+
 # -- run folders -------------------------------------------------------------------------------------------------
 
 
@@ -148,6 +228,17 @@ def test_sanitize_writes_a_normal_run_folder_that_records_its_origin(run_dir, tm
                        "exists and is not empty")
 
 
+def test_anp_writes_a_run_folder_whose_weights_load_like_the_source(run_dir, tmp_path):
+    clean = _images(tmp_path / "clean", 10, CLASSES)
+    result = sanitize(run_dir, clean, tmp_path / "anp", SanitizeConfig(method="anp", anp_iterations=2))
+    assert result.record["method"] == "anp" and result.record["details"]["neurons"] > 1000
+    source, cleaned = load_run(run_dir).load_model(), load_run(tmp_path / "anp").load_model()
+    assert source.state_dict().keys() == cleaned.state_dict().keys()  # no parametrization saved
+    zeroed = sum(int((m.weight == 0).sum()) for _, m in batchnorm_layers(cleaned))
+    assert zeroed == sum(int((m.weight == 0).sum()) for _, m in batchnorm_layers(source)) + result.record[
+        "details"]["pruned"]  # what was pruned is what the saved weights hold
+
+
 def test_sanitize_rejects_unusable_inputs(run_dir, tmp_path):
     # in process (the command's subprocess run is the test above): each a one-line error, exit 2
     one_class = _images(tmp_path / "one", 20, ["covid"])
@@ -162,7 +253,7 @@ def test_sanitize_rejects_unusable_inputs(run_dir, tmp_path):
     assert_clean_error(run_cli_in_process("sanitize", str(run_dir), "--data", str(too_small), "-o", str(tmp_path / "d"),
                                           "--budget", "100"), "exceeds 5% of the run's training set")
     assert_clean_error(run_cli_in_process("sanitize", str(run_dir), "--data", str(too_small), "-o", str(tmp_path / "e"),
-                                          "--method", "magic"), "unknown; use one of fine-pruning, nad, i-bau")
+                                          "--method", "magic"), "unknown; use one of fine-pruning, nad, i-bau, anp")
 
     no_weights = tmp_path / "noweights"
     no_weights.mkdir()

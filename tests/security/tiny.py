@@ -13,12 +13,20 @@ TRIGGER = Trigger(size=3, value=250, corner="bottom_right", reference_size=SIZE)
 
 
 class TinyNet(nn.Module):
-    def __init__(self, num_classes: int) -> None:
+    """Three convolutions and a linear head; ``batchnorm``: a BatchNorm after each convolution (the neurons ANP
+    masks), in the same positions of ``features`` as without."""
+
+    def __init__(self, num_classes: int, batchnorm: bool = False) -> None:
         super().__init__()
+
+        def norm(c: int) -> nn.Module:
+            return nn.BatchNorm2d(c) if batchnorm else nn.Identity()
+
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten())
+            nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), norm(16)), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), norm(32)), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), norm(32)), nn.ReLU(), nn.AdaptiveMaxPool2d(1),
+            nn.Flatten())
         self.head = nn.Linear(32, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,9 +65,11 @@ def synthetic_images(n_per_class: int, num_classes: int, seed: int) -> tuple[np.
     return np.stack(images), np.array(labels)
 
 
-def train_tiny(images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int, epochs: int = 12) -> TinyNet:
+def train_tiny(images: np.ndarray, labels: np.ndarray, num_classes: int, seed: int, epochs: int = 12,
+               batchnorm: bool = False) -> TinyNet:
     torch.manual_seed(seed)
-    model = TinyNet(num_classes)
+    model = TinyNet(num_classes, batchnorm)
+    model.train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     x = torch.from_numpy(images).float().div(255).unsqueeze(1)
     y = torch.from_numpy(labels).long()

@@ -59,8 +59,9 @@ def sanitize(
     data: Annotated[Path, typer.Option("--data", help="clean images you trust, every class of the model (at most "
                                        "5% of its training set's size is used)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="new run folder for the sanitized model")],
-    method: Annotated[str, typer.Option("--method", help="fine-pruning (Liu et al. 2018), nad (Li et al. 2021) or "
-                                        "finetune")] = "fine-pruning",
+    method: Annotated[str, typer.Option("--method", help="fine-pruning (Liu et al. 2018), nad (Li et al. 2021), "
+                                        "i-bau (Zeng et al. 2022), anp (Wu and Wang 2021) or finetune")]
+    = "fine-pruning",
     budget: Annotated[int | None, typer.Option("--budget", help="most clean images used (default: 5% of the "
                                                "training set)")] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="fine-tuning epochs over the clean images")] = 20,
@@ -112,7 +113,7 @@ def detectors(
 def defences(
     output: Annotated[Path, typer.Argument(help="folder of a finished 'covidscreen security backdoor' experiment")],
     method: Annotated[list[str] | None, typer.Option("--method", help="defence(s) to run (default: fine-pruning, "
-                                                     "nad, i-bau)")] = None,
+                                                     "nad, i-bau; also anp, finetune)")] = None,
     run: Annotated[list[str] | None, typer.Option("--run", help="only these models of the experiment")] = None,
 ) -> None:
     """Sanitize every model of the experiment with each defence (5% clean set) and measure ASR and clean figures."""

@@ -16,6 +16,12 @@ Defences (each from a published paper; the clean set holds at most ``max_share``
   the student (the backdoored model) are trained with cross-entropy plus ``nad_betas`` x the distance between
   their attention maps (channel mean of the squared activations, L2-normalised) at the outputs of the last three
   trunk stages.
+- ``anp``: Adversarial Neuron Pruning (Wu and Wang 2021): every BatchNorm channel ("neuron") gets a mask ``m`` in
+  [0, 1] on its scale; the masks are optimised on the clean images against adversarial perturbations of the
+  neurons (scale ``m + delta``, shift ``1 + xi``, ``|delta|, |xi| <= anp_eps``, found by one signed gradient step
+  from a random start), so that the channels that the smallest perturbation turns into a shortcut (a backdoor's)
+  get small masks; the channels whose mask ends below ``anp_threshold`` are pruned (scale set to zero), no
+  fine-tuning after.
 - ``finetune``: plain fine-tuning on the clean images (the baseline both papers compare with; NAD's teacher).
 
 Fine-tuning keeps BatchNorm statistics frozen (a clean set of a few dozen images would otherwise replace the
@@ -25,7 +31,11 @@ statistics learned on the whole training set) and uses AdamW, a fixed seed and l
 Why not BackdoorBench (the issue's anchor for published figures): it is a collection of research scripts around its
 own datasets and model definitions, not an installable library, and its licence (CC BY-NC 4.0) forbids commercial
 use, which this project's licence allows; its fine-pruning and NAD follow the papers as these do, and its tables
-are cited in docs/security.md for comparison.
+are cited in docs/security.md for comparison. ANP was written here too: its authors' code (csdongxian/ANP_backdoor)
+is a set of research scripts for their CIFAR-10 models, whose BatchNorm layers are replaced by a noisy subclass;
+here the same masks and perturbations are put on the BatchNorm layers of any registry model by
+``torch.nn.utils.parametrize`` (timm's BatchNorm-with-activation included), and the BatchNorm statistics stay
+frozen as in the other defences.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from ..data.preprocess import load_preprocessed
@@ -54,7 +65,7 @@ from ..inference.checkpoint import WEIGHTS_FILE, save_checkpoint
 from ..inference.run import Run, derived_record, load_run
 from ..runtime import seed_everything
 
-METHODS = ("fine-pruning", "nad", "i-bau", "finetune")
+METHODS = ("fine-pruning", "nad", "i-bau", "anp", "finetune")
 MIN_PER_CLASS = 5  # fewer clean images of a class and fine-tuning forgets it
 
 
@@ -74,6 +85,14 @@ class SanitizeConfig:
         prune_max: fine-pruning: most share of the last layer's channels pruned.
         prune_accuracy_drop: fine-pruning: stop pruning before the clean accuracy falls by more than this.
         nad_betas: NAD: weight of the attention loss at each of the last three trunk stages (the paper's values).
+        ibau_radius, ibau_steps: I-BAU: L2 radius of the universal perturbation and its gradient steps.
+        anp_eps: ANP: largest relative perturbation of a neuron's scale and shift (the paper's 0.4).
+        anp_alpha: ANP: weight of the unperturbed loss; 1 - alpha weighs the perturbed one (the paper's 0.2).
+        anp_lr: ANP: learning rate of the masks (SGD, momentum 0.9; the paper's 0.2).
+        anp_iterations: ANP: mask updates, one batch of ``batch_size`` each (the paper: 2,000 batches of 128 from
+            500 images; a quarter of its updates here, as each costs three forward passes on a CPU).
+        anp_threshold: ANP: neurons whose mask ends below it are pruned (the paper's 0.2), most suspect first, until
+            the clean accuracy would fall by more than ``prune_accuracy_drop``.
         seed: seed of sampling, augmentation and batch order.
     """
 
@@ -88,6 +107,11 @@ class SanitizeConfig:
     nad_betas: tuple[float, ...] = (500.0, 1000.0, 1000.0)
     ibau_radius: float = 3.0
     ibau_steps: int = 10
+    anp_eps: float = 0.4
+    anp_alpha: float = 0.2
+    anp_lr: float = 0.2
+    anp_iterations: int = 500
+    anp_threshold: float = 0.2
     seed: int = 0
 
     def validate(self) -> SanitizeConfig:
@@ -101,6 +125,10 @@ class SanitizeConfig:
             raise ConfigError("epochs and batch size must be >= 1 and the learning rate > 0")
         if not 0 <= self.prune_max < 1 or not 0 <= self.prune_accuracy_drop < 1:
             raise ConfigError("prune_max and prune_accuracy_drop must be shares in [0, 1)")
+        if (not 0 <= self.anp_eps < 1 or not 0 <= self.anp_alpha <= 1 or not 0 <= self.anp_threshold <= 1
+                or self.anp_iterations < 1 or not self.anp_lr > 0):
+            raise ConfigError("ANP: anp_eps must be in [0, 1), anp_alpha and anp_threshold in [0, 1], "
+                              "anp_iterations >= 1 and anp_lr > 0")
         return self
 
 
@@ -321,6 +349,163 @@ def ibau(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeConfig
     return model, {"rounds": rounds, "radius": cfg.ibau_radius, "last_perturbation_norm": norms[-1] if norms else 0}
 
 
+class _NeuronPerturbation(nn.Module):
+    """Parametrization of one BatchNorm layer's ``weight`` (scale x ``mask + delta``) or ``bias`` (x ``1 + xi``):
+    ANP's masked and perturbed neurons, read from the shared :class:`NeuronMasks`."""
+
+    def __init__(self, masks: NeuronMasks, layer: int, which: str) -> None:
+        super().__init__()
+        self._masks = [masks]  # a list keeps the owner out of this module's submodules and state
+        self.layer, self.which = layer, which
+
+    def forward(self, value: torch.Tensor) -> torch.Tensor:
+        m = self._masks[0]
+        if self.which == "weight":
+            factor = m.masks[self.layer] + (m.scale_noise[self.layer] if m.perturbed else 0.0)
+        else:
+            if not m.perturbed:
+                return value
+            factor = 1.0 + m.shift_noise[self.layer]
+        return value * factor
+
+
+def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The BatchNorm layers with a per-channel scale and shift and frozen statistics (ANP's neurons)."""
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and m.running_mean is not None]
+
+
+class NeuronMasks:
+    """ANP's mask and perturbations of every BatchNorm channel of ``model``, put on the layers by
+    ``torch.nn.utils.parametrize`` until :meth:`close` (the layers' own tensors are never changed by it)."""
+
+    def __init__(self, model: nn.Module, eps: float) -> None:
+        self.layers = batchnorm_layers(model)
+        if not self.layers:
+            raise CheckpointError(f"{model.__class__.__name__} has no BatchNorm layer with running statistics: ANP "
+                                  "masks BatchNorm channels; use another --method")
+        self.eps = eps
+        self.masks = [torch.ones(m.num_features, requires_grad=True) for _, m in self.layers]
+        self.scale_noise = [torch.zeros(m.num_features, requires_grad=True) for _, m in self.layers]
+        self.shift_noise = [torch.zeros(m.num_features, requires_grad=True) for _, m in self.layers]
+        self.perturbed = False
+        for i, (_, layer) in enumerate(self.layers):
+            parametrize.register_parametrization(layer, "weight", _NeuronPerturbation(self, i, "weight"))
+            parametrize.register_parametrization(layer, "bias", _NeuronPerturbation(self, i, "bias"))
+
+    def randomize(self, gen: torch.Generator) -> None:
+        """Start the perturbations uniformly in [-eps, eps] (ANP's random start)."""
+        with torch.no_grad():
+            for noise in (*self.scale_noise, *self.shift_noise):
+                noise.copy_((torch.rand(noise.shape, generator=gen) * 2 - 1) * self.eps)
+
+    def ascend(self, loss: torch.Tensor) -> None:
+        """One signed gradient step of size eps on the perturbations, raising ``loss``, kept within [-eps, eps]."""
+        noises = [*self.scale_noise, *self.shift_noise]
+        grads = torch.autograd.grad(loss, noises)
+        with torch.no_grad():
+            for noise, grad in zip(noises, grads, strict=True):
+                noise.add_(self.eps * grad.sign()).clamp_(-self.eps, self.eps)
+
+    def values(self) -> torch.Tensor:
+        return torch.cat([m.detach() for m in self.masks])
+
+    def close(self) -> None:
+        """Take the parametrizations off (the layers keep their original scale and shift)."""
+        for _, layer in self.layers:
+            for name in ("weight", "bias"):
+                if parametrize.is_parametrized(layer, name):
+                    parametrize.remove_parametrizations(layer, name, leave_parametrized=False)
+
+
+def optimise_neuron_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeConfig,
+                          desc: str | None = None) -> tuple[list[tuple[str, nn.Module]], torch.Tensor]:
+    """ANP's first step: the mask of every BatchNorm neuron of ``model`` optimised on the clean images ``x``, ``y``
+    against the neurons' adversarial perturbations (``anp_alpha`` x the loss unperturbed + ``1 - anp_alpha`` x the
+    loss perturbed). Returns the BatchNorm layers (dotted name, module) and the masks of their channels, in order.
+    The model itself is left as it was."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model.eval()  # BatchNorm statistics frozen (a few dozen clean images), no dropout: only the masks learn
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    masks = NeuronMasks(model, cfg.anp_eps)
+    bar = tqdm(total=cfg.anp_iterations, desc=desc, unit="step", disable=desc is None, leave=False)
+    try:
+        opt = torch.optim.SGD(masks.masks, lr=cfg.anp_lr, momentum=0.9)
+        for _ in range(cfg.anp_iterations):
+            idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
+            inputs, labels = x[idx], y[idx]
+            if cfg.anp_eps > 0:  # the neurons' worst perturbation for this batch, from a random start
+                masks.randomize(gen)
+                masks.perturbed = True
+                masks.ascend(F.cross_entropy(model(inputs), labels))
+                robust = F.cross_entropy(model(inputs), labels)
+            else:
+                robust = torch.zeros(())
+            masks.perturbed = False
+            natural = F.cross_entropy(model(inputs), labels)
+            loss = cfg.anp_alpha * natural + (1 - cfg.anp_alpha) * robust
+            opt.zero_grad()
+            loss.backward(inputs=masks.masks)
+            opt.step()
+            with torch.no_grad():
+                for m in masks.masks:
+                    m.clamp_(0.0, 1.0)
+            bar.update(1)
+        return masks.layers, masks.values()
+    finally:
+        bar.close()
+        masks.close()
+        for p, g in flags:
+            p.requires_grad_(g)
+
+
+def prune_neurons(model: nn.Module, layers: list[tuple[str, nn.Module]], values: torch.Tensor, x: torch.Tensor,
+                  y: torch.Tensor, cfg: SanitizeConfig) -> dict[str, Any]:
+    """ANP's second step: zero the scale of the neurons whose mask ``values`` are below ``anp_threshold``, the
+    smallest first (0.2% of the neurons at a time), stopping before the clean accuracy on ``x``, ``y`` falls by more
+    than ``prune_accuracy_drop``. A pruned BatchNorm channel outputs its shift alone, a constant."""
+    modules = [m for _, m in layers]
+    owner = torch.cat([torch.full((m.num_features,), i) for i, m in enumerate(modules)])
+    channel = torch.cat([torch.arange(m.num_features) for m in modules])
+    order = torch.argsort(values, stable=True)
+    candidates = order[values[order] < cfg.anp_threshold]
+    originals = [m.weight.detach().clone() for m in modules]
+    base = accuracy(model, x, y)
+
+    def set_pruned(n: int) -> None:
+        with torch.no_grad():
+            for m, w in zip(modules, originals, strict=True):
+                m.weight.copy_(w)
+            for k in candidates[:n].tolist():
+                modules[int(owner[k])].weight[int(channel[k])] = 0.0
+
+    step, pruned = max(1, len(values) // 500), 0
+    while pruned < len(candidates):
+        trial = min(len(candidates), pruned + step)
+        set_pruned(trial)
+        if accuracy(model, x, y) < base - cfg.prune_accuracy_drop:
+            break
+        pruned = trial
+    set_pruned(pruned)
+    per_layer = torch.bincount(owner[candidates[:pruned]], minlength=len(modules)).tolist()
+    return {"neurons": int(len(values)), "layers": len(modules), "below_threshold": int(len(candidates)),
+            "pruned": int(pruned), "pruned_per_layer": {name: n for (name, _), n in zip(layers, per_layer,
+                                                                                      strict=True) if n},
+            "threshold": cfg.anp_threshold,
+            "mask_quantiles": {f"{q:.0%}": float(values.quantile(q)) for q in (0.01, 0.1, 0.5)},
+            "clean_accuracy_before": base, "clean_accuracy_after_pruning": accuracy(model, x, y)}
+
+
+def anp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeConfig,
+        desc: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Adversarial Neuron Pruning (module docstring): :func:`optimise_neuron_masks`, then :func:`prune_neurons`."""
+    layers, values = optimise_neuron_masks(model, x, y, cfg, desc=desc)
+    details = prune_neurons(model, layers, values, x, y, cfg)
+    return model, {**details, "iterations": cfg.anp_iterations, "eps": cfg.anp_eps, "alpha": cfg.anp_alpha}
+
+
 def attention_layers(model: Any) -> list[str]:
     """NAD's layers: the output module of each of the last three trunk stages of the registry model."""
     stages = model.spec.stages
@@ -460,6 +645,8 @@ def sanitize(run_dir: str | Path, data_dir: str | Path, output: str | Path, cfg:
         model, details = fine_prune(model, head, x, y, cfg, desc=desc)
     elif cfg.method == "i-bau":
         model, details = ibau(model, x, y, cfg, desc=desc)
+    elif cfg.method == "anp":
+        model, details = anp(model, x, y, cfg, desc=desc)
     elif cfg.method == "nad":
         model, details = nad(model, [f"backbone.{p}" for p in attention_layers(model)], x, y, cfg, desc=desc)
     else:
