@@ -26,6 +26,7 @@ from covidscreen.training.testhook import PAUSE_AFTER_EPOCH, PAUSE_DIR
 from covidscreen.workflows.finish import finish, resume_training
 from covidscreen.workflows.fit import fit
 from tests.conftest import LIVENESS_S, REPO, make_image_folder
+from tests.test_cli import run_cli_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -115,8 +116,9 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(tmp_path, data_dir
     assert read_state_record(run / "resume")["epoch"] == 1  # the last complete epoch, never a partial one
     assert not (run / "metrics.json").exists()
 
-    done = subprocess.run([sys.executable, "-m", "covidscreen", "train", "--resume", str(run)], cwd=REPO,
-                          env=_env(cache), capture_output=True, text=True, timeout=LIVENESS_S)
+    # the command a user types next, through main() in this process (which never trained: nothing is in memory);
+    # the interrupted training was the subprocess above, and the SIGINT test below starts another
+    done = run_cli_in_process("train", "--resume", str(run), cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert "resume: epoch" in done.stdout
