@@ -304,6 +304,20 @@ def test_paired_difference_to_the_baseline_on_the_same_test_images(tmp_path):
         assert c["within_cohen_test_auc_minus_baseline"] == pytest.approx(expected)
         key = "within_cohen_test_auc_minus_baseline"
         assert 0 < c[f"{key}_lo"] < expected < c[f"{key}_hi"]
+        for split in ("val", "test"):  # the pooled COVID-vs-rest AUC of each split, paired the same way
+            def pooled(name, split=split):
+                t = pd.read_csv(tmp_path / "exp" / "runs" / name / "predictions.csv")
+                t = t[t["split"] == split]
+                return roc_auc_score(t["label"] == "covid", t["prob_covid"])
+            key = f"{split}_auc_minus_baseline"
+            expected = pooled(f"seed={seed}__variant=better") - pooled(f"seed={seed}__variant=baseline")
+            assert c[key] == pytest.approx(expected)
+            assert 0 < c[f"{key}_lo"] < expected < c[f"{key}_hi"]
     shown = write_comparison(plan, {}, n_boot=100)
-    assert "cohen AUC minus baseline, paired [95% CI]" in (plan.output / "comparison.md").read_text()
+    md = (plan.output / "comparison.md").read_text()
+    assert "cohen AUC minus baseline, paired [95% CI]" in md
+    assert "val auc minus baseline, paired [95% CI]" in md and "test auc minus baseline, paired [95% CI]" in md
     assert shown["within_cohen_test_auc_minus_baseline"].notna().sum() == 2
+    assert shown["test_auc_minus_baseline"].notna().sum() == 2
+    by_variant = (plan.output / "comparison_by_variant.md").read_text()
+    assert "pooled validation AUC - baseline, paired" in by_variant

@@ -249,15 +249,18 @@ def _mean_train_size(fold_dirs: list[Path]) -> float:
     return float(np.mean(sizes)) if sizes else math.nan
 
 
-def _test_site_scores(run_dir: Path, site: str) -> pd.DataFrame | None:
-    """Test rows of one site from a run's ``predictions.csv``: image, truth, positive score, patient (or None)."""
+def _test_site_scores(run_dir: Path, site: str | None, split: str = "test") -> pd.DataFrame | None:
+    """Rows of one split (and site; None: every site) from a run's ``predictions.csv``: image, truth, positive
+    score, patient (or None)."""
     metrics = _read_json(run_dir / "metrics.json")
     pos = metrics.get("positive_class")
     f = run_dir / "predictions.csv"
     if not pos or not f.is_file():
         return None
     p = pd.read_csv(f, keep_default_na=False)
-    p = p[(p["split"] == "test") & (p["site"].astype(str) == site)]
+    p = p[p["split"] == split]
+    if site is not None:
+        p = p[p["site"].astype(str) == site]
     if p.empty or f"prob_{pos}" not in p:
         return None
     return pd.DataFrame({"image": p["image"].astype(str), "y": p["label"].astype(str) == pos,
@@ -265,25 +268,34 @@ def _test_site_scores(run_dir: Path, site: str) -> pd.DataFrame | None:
                          "group": p["group"].astype(str) if "group" in p else p["image"].astype(str)})
 
 
+#: The pooled splits compared with the baseline besides the mixed sites: ``(split, column prefix)``.
+POOLED_PAIRED = (("val", "val"), ("test", "test"))
+
+
 def paired_baseline_columns(plan: ExperimentPlan, sites: list[str], n_boot: int = DEFAULT_N_BOOT,
                             seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Per run: the within-site test AUC minus that of a ``baseline`` run tested on exactly the same images.
+    """Per run: the pooled validation and test AUC and the within-site test AUC minus those of a ``baseline`` run
+    evaluated on exactly the same images.
 
     A run is a baseline when one of its grid values is ``baseline``. Each other run is paired with the baseline run
-    whose test images of the site are the same (same split or the same cross-validation folds; with a ``seed`` axis
-    that is the baseline of the same seed), and the difference gets a paired, patient-level, class-stratified
+    whose images of the split (and site) are the same (same split or the same cross-validation folds; with a ``seed``
+    axis that is the baseline of the same seed), and the difference gets a paired, patient-level, class-stratified
     bootstrap interval (:func:`covidscreen.evaluation.bootstrap.paired_auc_difference`). Runs without such a
-    baseline get nothing. Returns ``{run name: {column: value}}``.
+    baseline get nothing. Columns: ``val_auc_minus_baseline``, ``test_auc_minus_baseline`` (pooled COVID vs rest)
+    and ``within_<site>_test_auc_minus_baseline``, each with ``_lo`` and ``_hi``. Returns
+    ``{run name: {column: value}}``.
     """
     baselines = [r for r in plan.runs if "baseline" in {str(v) for v in r.params.values()}]
     out: dict[str, dict[str, Any]] = {}
-    for site in sites:
-        base_scores = [(b, _test_site_scores(Path(b.cfg.output), site)) for b in baselines]
+    parts = [(split, None, f"{prefix}_auc_minus_baseline") for split, prefix in POOLED_PAIRED] + \
+        [("test", site, f"within_{site}_test_auc_minus_baseline") for site in sites]
+    for split, site, key in parts:
+        base_scores = [(b, _test_site_scores(Path(b.cfg.output), site, split)) for b in baselines]
         base_scores = [(b, s) for b, s in base_scores if s is not None]
         for run in plan.runs:
             if run in baselines:
                 continue
-            mine = _test_site_scores(Path(run.cfg.output), site)
+            mine = _test_site_scores(Path(run.cfg.output), site, split)
             if mine is None:
                 continue
             for _, base in base_scores:
@@ -295,7 +307,6 @@ def paired_baseline_columns(plan: ExperimentPlan, sites: list[str], n_boot: int 
                     break
                 res = paired_auc_difference(m["y"].to_numpy(), m["score_base"].to_numpy(), m["score"].to_numpy(),
                                             m["group"].to_numpy(), n_boot=n_boot, seed=seed)
-                key = f"within_{site}_test_auc_minus_baseline"
                 out.setdefault(run.name, {}).update({key: res["difference"], f"{key}_lo": res["ci"][0],
                                                      f"{key}_hi": res["ci"][1]})
                 break
@@ -377,6 +388,11 @@ def display_table(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
             for _, r in table.iterrows()]
     for key in CI_METRICS:
         out[key.replace("_", " ")] = [_with_ci(r, key) for _, r in table.iterrows()]
+        d = f"{key}_minus_baseline"
+        if d in table and table[d].notna().any():
+            out[f"{key.replace('_', ' ')} minus baseline, paired [95% CI]"] = [
+                "-" if _is_missing(r.get(d)) else f"{r[d]:+.3f} [{r[f'{d}_lo']:+.3f}, {r[f'{d}_hi']:+.3f}]"
+                for _, r in table.iterrows()]
     if "val_within_site_auc" in table and table["val_within_site_auc"].notna().any():
         out["val within-site AUC (selected epoch)"] = [_fmt(v, "{:.3f}") for v in table["val_within_site_auc"]]
     if "holdout" in table and table["holdout"].notna().any():  # leave-one-site-out runs
@@ -430,7 +446,7 @@ def aggregate_over_seeds(table: pd.DataFrame, variant_axes: list[str], seed_axis
     """
     if metrics is None:
         metrics = [f"within_{s}_test_auc" for s in table_sites(table)] + [
-            c for c in ("test_auc", "site_probe_balanced_accuracy") if c in table]
+            c for c in ("val_auc", "test_auc", "site_probe_balanced_accuracy") if c in table]
     t = table.copy()
     if len(variant_axes) == 1:
         t["_variant"] = t[variant_axes[0]].astype(str)
@@ -469,7 +485,8 @@ def _metric_label(col: str) -> str:
     m = WITHIN_AUC.match(col)
     if m:
         return f"within-{m.group(1)} test AUC"
-    return {"test_auc": "pooled test AUC", "site_probe_balanced_accuracy": "site probe bal. acc."}.get(col, col)
+    return {"val_auc": "pooled validation AUC", "test_auc": "pooled test AUC",
+            "site_probe_balanced_accuracy": "site probe bal. acc."}.get(col, col)
 
 
 def display_by_variant(agg: pd.DataFrame, baseline: str) -> pd.DataFrame:
