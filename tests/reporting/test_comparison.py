@@ -276,6 +276,35 @@ def test_leave_one_site_out_columns_come_from_the_holdout_block(tmp_path):
     assert holdout_columns({"classes": CLASSES}) == {}
 
 
+def test_seeds_on_one_split_are_paired_with_the_baseline_of_their_own_seed(tmp_path):
+    """When every seed tests on the same images (one split), a variant is paired with the baseline of its seed,
+    not with the first baseline whose images match."""
+    from covidscreen.reporting.comparison import paired_baseline_columns
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"grid": {"seed": [0, 1], "variant": {"baseline": {}, "other": {"epochs": 2}}}},
+                                   sort_keys=False))
+    plan = load_plan(grid, tmp_path / "exp")
+    base = split_in_two(fake_predictions(200, seed=0))  # the same images and patients in all four runs
+    rng = np.random.default_rng(5)
+    for r in plan.runs:
+        preds = base.copy()
+        preds["prob_covid"] = np.clip(preds["prob_covid"] + rng.normal(0, 0.15, len(preds)), 0.001, 0.999)
+        write_run(r.cfg.output, preds)
+    cols = paired_baseline_columns(plan, [], n_boot=50)
+
+    def pooled(name, split):
+        t = pd.read_csv(tmp_path / "exp" / "runs" / name / "predictions.csv")
+        t = t[t["split"] == split]
+        return roc_auc_score(t["label"] == "covid", t["prob_covid"])
+    for seed in (0, 1):
+        for split in ("val", "test"):
+            expected = pooled(f"seed={seed}__variant=other", split) - pooled(f"seed={seed}__variant=baseline", split)
+            assert cols[f"seed={seed}__variant=other"][f"{split}_auc_minus_baseline"] == pytest.approx(expected)
+    other_seed = pooled("seed=1__variant=other", "test") - pooled("seed=0__variant=baseline", "test")
+    assert cols["seed=1__variant=other"]["test_auc_minus_baseline"] != pytest.approx(other_seed)
+
+
 def test_paired_difference_to_the_baseline_on_the_same_test_images(tmp_path):
     """A variant tested on the baseline's images gets the within-site AUC difference with a paired interval; a run
     tested on other images (another seed's split) is not paired with it."""

@@ -272,14 +272,20 @@ def _test_site_scores(run_dir: Path, site: str | None, split: str = "test") -> p
 POOLED_PAIRED = (("val", "val"), ("test", "test"))
 
 
+def _same_other_axes(run: Any, baseline: Any) -> bool:
+    """Whether ``run`` has ``baseline``'s values on every axis where the baseline's value is not ``baseline``."""
+    return all(str(run.params.get(k)) == str(v) for k, v in baseline.params.items() if str(v) != "baseline")
+
+
 def paired_baseline_columns(plan: ExperimentPlan, sites: list[str], n_boot: int = DEFAULT_N_BOOT,
                             seed: int = 0) -> dict[str, dict[str, Any]]:
     """Per run: the pooled validation and test AUC and the within-site test AUC minus those of a ``baseline`` run
     evaluated on exactly the same images.
 
     A run is a baseline when one of its grid values is ``baseline``. Each other run is paired with the baseline run
-    whose images of the split (and site) are the same (same split or the same cross-validation folds; with a ``seed``
-    axis that is the baseline of the same seed), and the difference gets a paired, patient-level, class-stratified
+    that has its values on every other axis (with a ``seed`` axis: the baseline of the same seed) and whose images
+    of the split (and site) are the same (same split or the same cross-validation folds); the difference gets a
+    paired, patient-level, class-stratified
     bootstrap interval (:func:`covidscreen.evaluation.bootstrap.paired_auc_difference`). Runs without such a
     baseline get nothing. Columns: ``val_auc_minus_baseline``, ``test_auc_minus_baseline`` (pooled COVID vs rest)
     and ``within_<site>_test_auc_minus_baseline``, each with ``_lo`` and ``_hi``. Returns
@@ -298,7 +304,9 @@ def paired_baseline_columns(plan: ExperimentPlan, sites: list[str], n_boot: int 
             mine = _test_site_scores(Path(run.cfg.output), site, split)
             if mine is None:
                 continue
-            for _, base in base_scores:
+            for b, base in base_scores:
+                if not _same_other_axes(run, b):  # e.g. another seed's baseline, tested on the same split
+                    continue
                 if set(zip(base["image"], base["group"])) != set(zip(mine["image"], mine["group"])) or \
                         len(base) != len(mine):
                     continue
