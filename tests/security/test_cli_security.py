@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -80,3 +81,30 @@ def test_scan_inputs_is_recorded_for_verify(run_dir, tmp_path):
 def test_model_scan_needs_references(run_dir):
     # in process: scan's subprocess run is in security/test_backdoor_experiment.py
     assert_clean_error(run_cli_in_process("scan", str(run_dir)), "at least 2 reference runs")
+
+
+def test_model_scan_takes_the_patch_side(run_dir, tmp_path, monkeypatch):
+    # in process (scan's subprocess run: security/test_backdoor_experiment.py); the reversed triggers and MM-BD are
+    # stubbed (minutes of CPU), the patch search runs at the side given, on the model and its references alike
+    from covidscreen.security import scan as scan_module
+
+    monkeypatch.setattr(scan_module, "model_mask_sizes", lambda *a, **k: {"0->1": 10.0, "1->0": 12.0})
+    monkeypatch.setattr(scan_module, "model_max_margins", lambda *a, **k: {"covid": 5.0, "normal": 4.0})
+    sides = []
+    real = scan_module.model_patch_success
+    monkeypatch.setattr(scan_module, "model_patch_success",
+                        lambda run, side=None, **k: sides.append(side) or real(run, side=side, **k))
+    model, refs = tmp_path / "model", []  # copies: the module's run folder keeps no model scan record
+    shutil.copytree(run_dir, model)
+    for name in ("ref_a", "ref_b"):
+        shutil.copytree(run_dir, tmp_path / name)
+        refs += ["--reference", str(tmp_path / name)]
+    proc = run_cli_in_process("scan", str(model), *refs, "--patch-side", "16")
+    assert proc.returncode == 0, proc.stderr
+    assert sides == [16, 16, 16] and "a patch sends" in proc.stdout
+    recorded = json.loads((model / "security_scan.json").read_text())["model"]
+    assert recorded["patch_side"] == 16 and set(recorded["patch_success"]) == {"covid", "normal"}
+    assert_clean_error(run_cli_in_process("scan", str(model), *refs, "--patch-side", "65"),
+                       "--patch-side 65 is invalid: expected 1 to the model's input side \\(64 px\\)")
+    assert_clean_error(run_cli_in_process("scan", str(model), "--inputs", str(model / "split.csv"),
+                                          "--patch-side", "3"), "does not apply to STRIP")

@@ -12,11 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from covidscreen.errors import CheckpointError, DataError
+from covidscreen.errors import CheckpointError, ConfigError, DataError
 from covidscreen.inference.checkpoint import save_checkpoint
 from covidscreen.inference.run import load_run
 from covidscreen.models import create_model
+from covidscreen.security import sanitize as sanitize_module
 from covidscreen.security.integrity import format_provenance, provenance
+from covidscreen.security.patches import PatchResult
 from covidscreen.security.sanitize import (
     NeuronMasks,
     SanitizeConfig,
@@ -31,6 +33,8 @@ from covidscreen.security.sanitize import (
     optimise_neuron_masks,
     prune_neurons,
     sanitize,
+    stamp_patch,
+    unlearn,
 )
 from tests.test_cli import assert_clean_error, run_cli, run_cli_in_process
 
@@ -99,6 +103,65 @@ def test_nad_distils_the_teachers_attention(backdoored):
     assert accuracy(model, x, y) >= 0.9
     with pytest.raises(Exception, match="attention weight"):
         nad(model, layers[:2], x, y, SanitizeConfig(method="nad", epochs=1))
+
+
+def test_unlearn_stamps_the_found_patch_with_the_true_labels_and_unlearns_the_trigger(backdoored):
+    model = copy.deepcopy(backdoored["model"])
+    x, y = backdoored["x"], backdoored["y"]
+    # 8 px patches (16 positions at 32 px: seconds of CPU; the 3 px trigger lies inside the one at (24, 24)), one
+    # round of search and fine-tuning, then the last search
+    cfg = SanitizeConfig(method="unlearn", lr=1e-2, unlearn_rounds=1, unlearn_epochs=10, unlearn_steps=6)
+    _, details = unlearn(model, x, y, cfg, side=8, classes=["0", "1", "2"])
+    after = asr(model, backdoored["xt"], backdoored["yt"])
+    clean = float((probs_fn(model)(backdoored["xt"]).argmax(1) == backdoored["yt"]).mean())
+    print(f"\nunlearn: attack success 1.00 -> {after:.2f}, clean accuracy {clean:.2f}, "
+          f"{[(r['best_target'], r['best_success'], r['best_position']) for r in details['rounds']]}")
+    assert after < 0.4 and clean > 0.9  # measured: 0.14 and 1.00 (plain fine-tuning as long, at 1e-2: 1.00)
+    first, last = details["rounds"]
+    assert first["success_per_target"]["0"] == 1.0 and first["stamped"] and last["stamped"] == []
+    assert details["rounds_run"] == 1 and details["stopped"] == "round limit" and details["side"] == 8
+    assert details["final_best_success"] == last["best_success"]
+
+
+def test_unlearn_rounds_stop_at_the_bound_and_stamp_copies_that_keep_their_labels(monkeypatch):
+    x = torch.zeros(10, 1, 8, 8)
+    y = torch.tensor([0, 1] * 5)
+    pattern = np.full((2, 2), 0.75, dtype=np.float32)
+    script = [[(1, 0.9, (2, 4)), (0, 0.5, (0, 0))], [(1, 0.6, (2, 4)), (0, 0.1, (0, 0))], [(0, 0.2, (6, 6))]]
+    searches, tuned = [], []
+
+    def fake_found(model, x_, y_, side, steps, seed):
+        searches.append(seed)
+        return [PatchResult(t, s, pos, side, pattern) for t, s, pos in script[len(searches) - 1]]
+
+    monkeypatch.setattr(sanitize_module, "found_patches", fake_found)
+    monkeypatch.setattr(sanitize_module, "finetune", lambda m, xs, ys, c: tuned.append((xs, ys, c)))
+    cfg = SanitizeConfig(method="unlearn", unlearn_rounds=5, unlearn_stop=0.3, unlearn_share=0.4, unlearn_patches=2,
+                         unlearn_epochs=3)
+    _, details = unlearn(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)), x, y, cfg, side=2)
+    assert len(searches) == 3 and len(tuned) == 2  # stopped when the best patch fell below 0.3
+    assert details["stopped"] == "bound" and details["final_best_success"] == 0.2 and details["rounds_run"] == 2
+    # round 0: both patches reach the bound, each stamped on 2 of the 4 chosen copies (40% of 10)
+    assert [s["position"] for s in details["rounds"][0]["stamped"]] == [[2, 4], [0, 0]]
+    assert [s["position"] for s in details["rounds"][1]["stamped"]] == [[2, 4]]  # 0.1 is below the bound
+    xs, ys, c = tuned[0]
+    assert len(xs) == 14 and c.epochs == 3
+    assert torch.equal(xs[:10], x) and torch.equal(ys[:10], y)  # every clean image, then the copies
+    copies = xs[10:]
+    assert torch.all(copies[:2, :, 2:4, 4:6] == 0.75) and torch.all(copies[2:, :, 0:2, 0:2] == 0.75)
+    assert float(copies.sum()) == 0.75 * 4 * 4  # nothing else stamped
+    stamped_labels = ys[10:]
+    assert set(stamped_labels.tolist()) <= {0, 1} and len(stamped_labels) == 4  # the chosen images' own labels
+    assert torch.equal(stamp_patch(x[:1], PatchResult(0, 1.0, (6, 6), 2, pattern))[0, 0, 6:, 6:],
+                       torch.full((2, 2), 0.75))
+
+
+def test_unlearn_settings_are_checked():
+    for bad, message in [({"unlearn_stop": 0.0}, "unlearn_stop"), ({"unlearn_share": 1.5}, "unlearn_share"),
+                         ({"unlearn_rounds": 0}, "unlearn_rounds"), ({"unlearn_side": 0}, "at least 1 pixel"),
+                         ({"unlearn_patches": 0}, "unlearn_patches")]:
+        with pytest.raises(ConfigError, match=message):
+            SanitizeConfig(method="unlearn", **bad).validate()
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +289,27 @@ def test_sanitize_writes_a_normal_run_folder_that_records_its_origin(run_dir, tm
     assert predicted.returncode == 0, predicted.stderr
     assert_clean_error(run_cli_in_process("sanitize", str(run_dir), "--data", str(clean), "--output", str(out)),
                        "exists and is not empty")
+
+
+def test_sanitize_unlearn_from_the_command_records_every_round(run_dir, tmp_path):
+    # in process (the command's subprocess run: the test above)
+    clean = _images(tmp_path / "clean", 10, CLASSES)
+    out = tmp_path / "unlearned"
+    proc = run_cli_in_process("sanitize", str(run_dir), "--data", str(clean), "-o", str(out), "--method", "unlearn",
+                              "--rounds", "1", "--patch-side", "16", "--epochs", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "sanitized (unlearn) with 30 clean image(s)" in proc.stdout
+    record = json.loads((out / "sanitize.json").read_text())
+    assert record == load_run(out).sanitized  # the sidecar holds the same record
+    details = record["details"]
+    assert details["side"] == 16 and 1 <= len(details["rounds"]) <= 2 and details["rounds_run"] <= 1
+    assert set(details["rounds"][0]["success_per_target"]) == set(CLASSES)
+    assert record["settings"]["unlearn_epochs"] == 1 and record["settings"]["epochs"] == 20
+    assert_clean_error(run_cli_in_process("sanitize", str(run_dir), "--data", str(clean), "-o", str(tmp_path / "x"),
+                                          "--method", "unlearn", "--patch-side", "40"),
+                       "patch side \\(40 px\\) is larger than the model's input \\(32 px\\)")
+    assert_clean_error(run_cli_in_process("sanitize", str(run_dir), "--data", str(clean), "-o", str(tmp_path / "y"),
+                                          "--method", "unlearn", "--rounds", "0"), "unlearn_rounds.*must be >= 1")
 
 
 def test_anp_writes_a_run_folder_whose_weights_load_like_the_source(run_dir, tmp_path):

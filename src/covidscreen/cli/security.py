@@ -43,13 +43,16 @@ def scan(
     expected_fraction: Annotated[float, typer.Option(
         "--expected-fraction", help="training-set scan: the poisoned share to expect (flags 1.5x it per class)")] = 0.1,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write the per-file table (.csv)")] = None,
+    patch_side: Annotated[int | None, typer.Option(
+        "--patch-side", help="model scan: side of the searched patches in model pixels (default: 5% of the "
+        "input side, 3 px at 64 px)")] = None,
 ) -> None:
     """Backdoor screening: of inputs (--inputs, STRIP), of a training set (--data), else of the model (--reference)."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..security.scan import scan_job
 
     outcome = scan_job(run_dir, inputs, data, reference, frr=frr, expected_fraction=expected_fraction, output=output,
-                       log=lambda msg: typer.echo(msg, err=True))
+                       log=lambda msg: typer.echo(msg, err=True), patch_side=patch_side)
     typer.echo(outcome.text())
 
 
@@ -60,11 +63,18 @@ def sanitize(
                                        "5% of its training set's size is used)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="new run folder for the sanitized model")],
     method: Annotated[str, typer.Option("--method", help="fine-pruning (Liu et al. 2018), nad (Li et al. 2021), "
-                                        "i-bau (Zeng et al. 2022), anp (Wu and Wang 2021) or finetune")]
+                                        "i-bau (Zeng et al. 2022), anp (Wu and Wang 2021), unlearn (Neural Cleanse's "
+                                        "unlearning of found patch triggers, Wang et al. 2019) or finetune")]
     = "fine-pruning",
     budget: Annotated[int | None, typer.Option("--budget", help="most clean images used (default: 5% of the "
                                                "training set)")] = None,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="fine-tuning epochs over the clean images")] = 20,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="fine-tuning epochs over the clean images "
+                                               "(default 20; unlearn: per round, default 4)")] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", help="unlearn: most rounds of patch search and "
+                                               "fine-tuning (default 5)")] = None,
+    patch_side: Annotated[int | None, typer.Option("--patch-side", help="unlearn: side of the searched "
+                                                   "patches in model pixels (default: 5% of the input side)")]
+    = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Remove a backdoor with a small clean data set, without knowing the trigger; writes a new run folder."""
@@ -72,8 +82,10 @@ def sanitize(
     from ..security.sanitize import SanitizeConfig
     from ..security.sanitize import sanitize as run_sanitize
 
-    result = run_sanitize(run_dir, data, output, SanitizeConfig(method=method, budget=budget, epochs=epochs,
-                                                                seed=seed), progress=True)
+    given = {"unlearn_epochs" if method == "unlearn" else "epochs": epochs, "unlearn_rounds": rounds}
+    cfg = SanitizeConfig(method=method, budget=budget, unlearn_side=patch_side, seed=seed,
+                         **{k: v for k, v in given.items() if v is not None})
+    result = run_sanitize(run_dir, data, output, cfg, progress=True)
     typer.echo(result.summary())
 
 
@@ -113,7 +125,7 @@ def detectors(
 def defences(
     output: Annotated[Path, typer.Argument(help="folder of a finished 'covidscreen security backdoor' experiment")],
     method: Annotated[list[str] | None, typer.Option("--method", help="defence(s) to run (default: fine-pruning, "
-                                                     "nad, i-bau; also anp, finetune)")] = None,
+                                                     "nad, i-bau; also anp, unlearn, finetune)")] = None,
     run: Annotated[list[str] | None, typer.Option("--run", help="only these models of the experiment")] = None,
 ) -> None:
     """Sanitize every model of the experiment with each defence (5% clean set) and measure ASR and clean figures."""

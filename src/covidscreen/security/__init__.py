@@ -12,7 +12,8 @@
 - ``spectral``: spectral signatures, SPECTRE and activation clustering, screening a training set;
 - ``scan``: the scans of a run folder, their cache and record (``security_scan.json``), the start-up refusal of a
   flagged model;
-- ``sanitize``: removing a backdoor with a small clean set (fine-pruning, NAD, I-BAU) into a new run folder.
+- ``sanitize``: removing a backdoor with a small clean set (fine-pruning, NAD, I-BAU, ANP, unlearning of found
+  patch triggers) into a new run folder.
 
 Decoding limits against hostile images live where images are decoded (:mod:`covidscreen.data.decode`).
 """

@@ -384,6 +384,8 @@ def evaluate_defences(out_dir: str | Path, methods: tuple[str, ...] = ("fine-pru
     # sanitize builds on this module's experiment helpers: imported here to keep them acyclic
     from .sanitize import SanitizeConfig, sanitize
 
+    for method in methods:  # an unknown name is refused before any model is measured
+        SanitizeConfig(method=method).validate()
     out = Path(out_dir)
     result = read_experiment(out)
     trigger = Trigger(**result["trigger"])

@@ -38,6 +38,11 @@ class PatchResult:
     pattern: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
 
 
+def default_patch_side(image_size: int) -> int:
+    """The patch side the scans use unless told: 5% of the input side, at least 2 px (3 px at 64 px, 11 at 224)."""
+    return max(2, round(0.05 * image_size))
+
+
 def _grid(h: int, w: int, side: int, stride: int) -> list[tuple[int, int]]:
     rows = sorted({*range(0, h - side + 1, stride), h - side})
     cols = sorted({*range(0, w - side + 1, stride), w - side})

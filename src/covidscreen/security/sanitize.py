@@ -22,6 +22,15 @@ Defences (each from a published paper; the clean set holds at most ``max_share``
   from a random start), so that the channels that the smallest perturbation turns into a shortcut (a backdoor's)
   get small masks; the channels whose mask ends below ``anp_threshold`` are pruned (scale set to zero), no
   fine-tuning after.
+- ``unlearn``: Neural Cleanse's mitigation by unlearning (Wang et al. 2019, section VI.C; the same scheme as
+  BTI-DBF(U) and SAU): reverse the trigger, then fine-tune on clean images stamped with it while keeping their true
+  labels, so that the trigger stops meaning the target. The trigger is reversed by the model scan's patch search
+  (``patches.py``: a ``side`` x ``side`` square, content and position, towards every class, on the clean images);
+  each round the ``unlearn_patches`` most successful found patches are stamped on copies of an ``unlearn_share``
+  of the clean images (true labels, the usual augmentation), the model is fine-tuned ``unlearn_epochs`` epochs on
+  the clean images and the copies, and the search starts again, until the best found patch sends fewer than
+  ``unlearn_stop`` of the other classes' clean images to its target, or after ``unlearn_rounds`` rounds. It finds
+  patch triggers (BadNets-like), not blended or warping ones, as the scan does.
 - ``finetune``: plain fine-tuning on the clean images (the baseline both papers compare with; NAD's teacher).
 
 Fine-tuning keeps BatchNorm statistics frozen (a clean set of a few dozen images would otherwise replace the
@@ -35,7 +44,9 @@ are cited in docs/security.md for comparison. ANP was written here too: its auth
 is a set of research scripts for their CIFAR-10 models, whose BatchNorm layers are replaced by a noisy subclass;
 here the same masks and perturbations are put on the BatchNorm layers of any registry model by
 ``torch.nn.utils.parametrize`` (timm's BatchNorm-with-activation included), and the BatchNorm statistics stay
-frozen as in the other defences.
+frozen as in the other defences. Unlearning was written here too: ART's Neural Cleanse mitigation
+(``NeuralCleanse.mitigate(..., mitigation_types=["unlearning"])``) takes a Keras classifier only, and the BTI-DBF
+and SAU code sits in BackdoorBench (above).
 """
 
 from __future__ import annotations
@@ -64,8 +75,9 @@ from ..errors import CheckpointError, ConfigError, DataError, ImageDecodeError
 from ..inference.checkpoint import WEIGHTS_FILE, save_checkpoint
 from ..inference.run import Run, derived_record, load_run
 from ..runtime import seed_everything
+from .patches import PatchResult, default_patch_side, patch_search
 
-METHODS = ("fine-pruning", "nad", "i-bau", "anp", "finetune")
+METHODS = ("fine-pruning", "nad", "i-bau", "anp", "unlearn", "finetune")
 MIN_PER_CLASS = 5  # fewer clean images of a class and fine-tuning forgets it
 
 
@@ -93,6 +105,15 @@ class SanitizeConfig:
             500 images; a quarter of its updates here, as each costs three forward passes on a CPU).
         anp_threshold: ANP: neurons whose mask ends below it are pruned (the paper's 0.2), most suspect first, until
             the clean accuracy would fall by more than ``prune_accuracy_drop``.
+        unlearn_rounds: unlearn: most rounds of patch search and fine-tuning.
+        unlearn_stop: unlearn: stop once the best found patch sends fewer than this share of the other classes'
+            clean images to its target (clean demonstration models: 0.25 at most, docs/security.md).
+        unlearn_share: unlearn: share of the clean images stamped (as copies, true labels) each round.
+        unlearn_patches: unlearn: found patches stamped each round, the most successful first (the best of each
+            target class is a candidate; at most the number of classes).
+        unlearn_epochs: unlearn: fine-tuning epochs per round.
+        unlearn_side: unlearn: patch side in model pixels; None: 5% of the input side, as the model scan.
+        unlearn_steps: unlearn: optimisation steps of each patch search (the scan's 12).
         seed: seed of sampling, augmentation and batch order.
     """
 
@@ -112,6 +133,13 @@ class SanitizeConfig:
     anp_lr: float = 0.2
     anp_iterations: int = 500
     anp_threshold: float = 0.2
+    unlearn_rounds: int = 5
+    unlearn_stop: float = 0.3
+    unlearn_share: float = 0.5
+    unlearn_patches: int = 1
+    unlearn_epochs: int = 4
+    unlearn_side: int | None = None
+    unlearn_steps: int = 12
     seed: int = 0
 
     def validate(self) -> SanitizeConfig:
@@ -129,6 +157,14 @@ class SanitizeConfig:
                 or self.anp_iterations < 1 or not self.anp_lr > 0):
             raise ConfigError("ANP: anp_eps must be in [0, 1), anp_alpha and anp_threshold in [0, 1], "
                               "anp_iterations >= 1 and anp_lr > 0")
+        if self.unlearn_rounds < 1 or self.unlearn_patches < 1 or self.unlearn_epochs < 1 or self.unlearn_steps < 1:
+            raise ConfigError("unlearn: unlearn_rounds, unlearn_patches, unlearn_epochs and unlearn_steps must be "
+                              ">= 1")
+        if not 0 < self.unlearn_stop <= 1 or not 0 < self.unlearn_share <= 1:
+            raise ConfigError(f"unlearn: unlearn_stop ({self.unlearn_stop}) and unlearn_share "
+                              f"({self.unlearn_share}) must be shares in (0, 1]")
+        if self.unlearn_side is not None and self.unlearn_side < 1:
+            raise ConfigError(f"unlearn: the patch side ({self.unlearn_side}) must be at least 1 pixel")
         return self
 
 
@@ -347,6 +383,76 @@ def ibau(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeConfig
     finally:
         bar.close()
     return model, {"rounds": rounds, "radius": cfg.ibau_radius, "last_perturbation_norm": norms[-1] if norms else 0}
+
+
+def stamp_patch(x: torch.Tensor, patch: PatchResult) -> torch.Tensor:
+    """A copy of float ``(N, 1, H, W)`` images with the found ``patch`` (its pattern at its position)."""
+    out = x.clone()
+    (r, c), s = patch.position, patch.side
+    out[:, :, r:r + s, c:c + s] = torch.from_numpy(np.asarray(patch.pattern, dtype=np.float32)).to(out.dtype)
+    return out
+
+
+def found_patches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, side: int, steps: int, seed: int,
+                  max_fit: int = 12) -> list[PatchResult]:
+    """The model scan's patch search (``patches.py``) towards every class on the clean images: the patterns are fit
+    on up to ``max_fit`` (at most half) of the other classes' images and their success measured on the rest. The
+    best patch of each class, the most successful first."""
+    gen = torch.Generator().manual_seed(seed)
+    found = []
+    for target in sorted(set(y.tolist())):
+        others = torch.nonzero(y != target)[:, 0]
+        others = others[torch.randperm(len(others), generator=gen)]
+        n_fit = max(1, min(max_fit, len(others) // 2))
+        fit, test = others[:n_fit], others[n_fit:]
+        found.append(patch_search(model, x[fit], x[test] if len(test) else x[fit], int(target), side=side,
+                                  steps=steps, seed=seed + int(target)))
+    return sorted(found, key=lambda p: -p.success)
+
+
+def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeConfig, side: int,
+            classes: list[str] | None = None, desc: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Neural Cleanse's unlearning with triggers reversed by the patch search (module docstring).
+
+    Each round: :func:`found_patches`; stop when the best one's success on the clean images is below
+    ``unlearn_stop`` or after ``unlearn_rounds`` rounds of fine-tuning; else the found patches that reach
+    ``unlearn_stop`` (at most ``unlearn_patches``, at least the best) are stamped on copies of ``unlearn_share`` of
+    the clean images (the chosen images shared among the patches), which keep their true labels, and the model is
+    fine-tuned ``unlearn_epochs`` epochs on the clean images and the copies (:func:`finetune`). A last search
+    measures what is left. The details list every round's search."""
+    name = (lambda t: classes[t]) if classes else str
+    gen = torch.Generator().manual_seed(cfg.seed)
+    per_round = dataclasses.replace(cfg, epochs=cfg.unlearn_epochs)
+    n_stamp = max(1, round(cfg.unlearn_share * len(x)))
+    rounds: list[dict[str, Any]] = []
+    bar = tqdm(total=cfg.unlearn_rounds, desc=desc, unit="round", disable=desc is None, leave=False)
+    try:
+        for r in range(cfg.unlearn_rounds + 1):
+            found = found_patches(model, x, y, side, cfg.unlearn_steps, cfg.seed + 1000 * r)
+            best = found[0]
+            used = [p for p in found[:cfg.unlearn_patches] if p.success >= cfg.unlearn_stop] or [best]
+            done = best.success < cfg.unlearn_stop or r == cfg.unlearn_rounds
+            rounds.append({"round": r, "best_success": best.success, "best_target": name(best.target),
+                           "best_position": list(best.position),
+                           "success_per_target": {name(p.target): p.success for p in found},
+                           "clean_accuracy": accuracy(model, x, y),
+                           "stamped": [] if done else [{"target": name(p.target), "position": list(p.position),
+                                                         "success": p.success} for p in used]})
+            bar.set_postfix(best=f"{best.success:.2f}")
+            if done:
+                break
+            chosen = torch.randperm(len(x), generator=gen)[:n_stamp]
+            parts = [chosen[i::len(used)] for i in range(len(used))]
+            stamped = torch.cat([stamp_patch(x[idx], p) for idx, p in zip(parts, used, strict=True)])
+            labels = torch.cat([y[idx] for idx in parts])  # true labels: the trigger must stop meaning the target
+            finetune(model, torch.cat([x, stamped]), torch.cat([y, labels]),
+                     dataclasses.replace(per_round, seed=cfg.seed + r))
+            bar.update(1)
+    finally:
+        bar.close()
+    return model, {"side": side, "rounds_run": len(rounds) - 1, "stop": cfg.unlearn_stop,
+                   "stopped": "bound" if rounds[-1]["best_success"] < cfg.unlearn_stop else "round limit",
+                   "final_best_success": rounds[-1]["best_success"], "rounds": rounds}
 
 
 class _NeuronPerturbation(nn.Module):
@@ -631,6 +737,10 @@ def sanitize(run_dir: str | Path, data_dir: str | Path, output: str | Path, cfg:
         raise DataError("--output must be a new folder: sanitize never overwrites the source run")
     if output.exists() and any(output.iterdir()):
         raise DataError(f"{output} exists and is not empty; give a new folder for the sanitized run")
+    side = cfg.unlearn_side or default_patch_side(run.image_size)
+    if cfg.method == "unlearn" and side > run.image_size:
+        raise ConfigError(f"unlearn: the patch side ({side} px) is larger than the model's input "
+                          f"({run.image_size} px)")
     seed_everything(cfg.seed)
     model = run.load_model("cpu")
     head = linear_head(model.backbone, model.spec.head)
@@ -647,6 +757,8 @@ def sanitize(run_dir: str | Path, data_dir: str | Path, output: str | Path, cfg:
         model, details = ibau(model, x, y, cfg, desc=desc)
     elif cfg.method == "anp":
         model, details = anp(model, x, y, cfg, desc=desc)
+    elif cfg.method == "unlearn":
+        model, details = unlearn(model, x, y, cfg, side, classes=list(run.classes), desc=desc)
     elif cfg.method == "nad":
         model, details = nad(model, [f"backbone.{p}" for p in attention_layers(model)], x, y, cfg, desc=desc)
     else:

@@ -22,14 +22,14 @@ import pandas as pd
 from ..data.cache import default_cache_dir
 from ..data.preprocess import load_preprocessed
 from ..data.table import load_table
-from ..errors import CheckpointError, DataError, ImageDecodeError
+from ..errors import CheckpointError, ConfigError, DataError, ImageDecodeError
 from ..inference.predictor import Predictor, expand_inputs
 from ..inference.run import load_run
 from ..runtime import atomic_write_csv, atomic_write_text, read_optional_json
 from .cleanse import ModelScanResult, judge, reverse_all_pairs
 from .integrity import SCAN_FILE, sha256_of
 from .mmbd import MIN_REFERENCES, MMBDVerdict, judge_mmbd, max_margins
-from .patches import PatchVerdict, judge_patches, scan_targets
+from .patches import PatchVerdict, default_patch_side, judge_patches, scan_targets
 from .spectral import activation_clusters, penultimate_features, spectral_flags, spectral_scores, spectre_scores
 from .strip import StripDetector
 
@@ -187,7 +187,7 @@ def model_patch_success(run_dir: str | Path, side: int | None = None, steps: int
 
     ``side``: patch side in model pixels; default 5% of the input side (3 px at 64 px, 11 px at 224 px)."""
     size = predictor.size if predictor is not None else load_run(run_dir).image_size
-    side = side or max(2, round(0.05 * size))
+    side = side or default_patch_side(size)
 
     def compute() -> dict[str, float]:
         pred = predictor or Predictor(run_dir, device="cpu")
@@ -259,8 +259,12 @@ class ModelScan:
 
 
 def scan_model(run_dir: str | Path, references: list[str | Path], n_per_class: int = 24, steps: int = 150,
-               seed: int = 0, record: bool = True, progress: bool = False, log: Any = None) -> ModelScan:
+               seed: int = 0, record: bool = True, progress: bool = False, log: Any = None,
+               patch_side: int | None = None) -> ModelScan:
     """Reverse-engineer triggers and search patches of the run and of clean reference runs; judge against them.
+
+    ``patch_side``: side of the searched patches in model pixels, for the model and its references alike (default
+    5% of the input side, :func:`~covidscreen.security.patches.default_patch_side`).
 
     Each model's results are cached by its weights' sha256 (:func:`cached_result`), so the references are scanned
     once, whatever model they are later compared with. ``progress``: a bar (with ETA) per model and class; ``log``:
@@ -276,7 +280,7 @@ def scan_model(run_dir: str | Path, references: list[str | Path], n_per_class: i
         t0 = time.perf_counter()
         say(f"[scan {i + 1}/{len(models)}] {what} {model}")
         sizes.append(model_mask_sizes(model, n_per_class, steps, seed, progress=progress))
-        patches.append(model_patch_success(model, seed=seed, progress=progress))
+        patches.append(model_patch_success(model, side=patch_side, seed=seed, progress=progress))
         margins.append(model_max_margins(model, seed=seed, progress=progress))
         say(f"[scan {i + 1}/{len(models)}] {model.name} done in {time.perf_counter() - t0:.0f} s")
     result = ModelScan(judge(sizes[0], sizes[1:]), judge_patches(patches[0], patches[1:]),
@@ -285,6 +289,7 @@ def scan_model(run_dir: str | Path, references: list[str | Path], n_per_class: i
         record_scan(run_dir, "model", {
             "method": "reversed triggers per class pair, patch search and MM-BD, vs clean references",
             **result.reversed.as_dict(), **result.patches.as_dict(), **result.mmbd.as_dict(),
+            "patch_side": patch_side or default_patch_side(load_run(run_dir).image_size),
             "flagged": result.flagged,
             "references": [str(Path(r).resolve()) for r in references],
             "weights_sha256": weights_digest(run_dir),
@@ -407,14 +412,24 @@ class ScanOutcome:
 
 def scan_job(run_dir: str | Path, inputs: list[str] | None = None, data: str | Path | None = None,
              references: list[str | Path] | None = None, frr: float = 0.01, expected_fraction: float = 0.1,
-             output: Path | None = None, log: Any = None) -> ScanOutcome:
+             output: Path | None = None, log: Any = None, patch_side: int | None = None) -> ScanOutcome:
     """``covidscreen scan``: STRIP on ``inputs`` when given, else the training-set scan of ``data`` when given, else
-    the model scan against ``references`` (``log``: told when each model starts and ends). The per-file table of
-    the first two goes to ``output`` (CSV) when given; every scan records its verdict in the run.
+    the model scan against ``references`` (``log``: told when each model starts and ends; ``patch_side``: its
+    patch search's side in model pixels). The per-file table of the first two goes to ``output`` (CSV) when given;
+    every scan records its verdict in the run.
 
     Raises:
         DataError: the model scan with fewer than 2 references, a training set with too few readable images.
+        ConfigError: ``patch_side`` below 1 pixel, larger than the model's input, or given to another scan.
     """
+    if patch_side is not None:
+        if inputs or data is not None:
+            raise ConfigError("--patch-side sets the model scan's patch search (--reference); it does not apply to "
+                              "STRIP (--inputs) or the training-set scan (--data)")
+        size = load_run(run_dir).image_size
+        if not 1 <= patch_side <= size:
+            raise ConfigError(f"--patch-side {patch_side} is invalid: expected 1 to the model's input side ({size} "
+                              "px)")
     if inputs:
         table = scan_inputs(run_dir, list(inputs), frr=frr)
         flagged = int(table["strip_flag"].fillna(False).astype(bool).sum())
@@ -426,7 +441,7 @@ def scan_job(run_dir: str | Path, inputs: list[str] | None = None, data: str | P
                                  f"flagged by spectral signatures, {int(table['cluster_flag'].sum())} by activation "
                                  "clustering; most likely poisoned first:\n" + "\n".join(table["path"].head(10)))
     else:
-        result = scan_model(run_dir, list(references or []), progress=True, log=log)
+        result = scan_model(run_dir, list(references or []), progress=True, log=log, patch_side=patch_side)
         return ScanOutcome("model", f"{result.summary()}\n{result.advice(run_dir)}")
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
