@@ -28,11 +28,42 @@ VIEW_COLOUR = "yellow"  # outline of the part of the image a cropping run's mode
 UNSEEN_DIM = 0.45  # opacity of the dark veil over what was cropped away: plain X-ray, no heatmap colour
 
 
-def _png(fig, dpi: int) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+PNG_COMPRESS_LEVEL = 1  # zlib level of figure PNGs: PIL's default 6 takes 2.5x the CPU for files ~12% smaller
+TIGHT_PAD_INCHES = 0.1  # savefig's default pad_inches around the tight box
+
+
+def figure_png(fig, dpi: int) -> bytes:
+    """The figure as PNG bytes, cropped to its artists plus 0.1 inch, as ``savefig(bbox_inches="tight")`` does,
+    and closed.
+
+    ``savefig`` with a tight box draws the figure twice (once to measure the box, once to render into it): text
+    layout, ticks and image resampling all twice. Here the figure is drawn once at its own size and its pixels are
+    cropped to the tight box, the same picture whenever the box lies inside the figure; a figure whose artists
+    reach past its edges (a long line of text) goes through ``savefig``, which enlarges it to fit.
+    """
+    try:
+        fig.set_dpi(dpi)
+        canvas = fig.canvas
+        canvas.draw()
+        box = fig.get_tightbbox(canvas.get_renderer())
+        width, height = fig.get_size_inches()
+        x0, y0 = box.x0 - TIGHT_PAD_INCHES, box.y0 - TIGHT_PAD_INCHES
+        x1, y1 = box.x1 + TIGHT_PAD_INCHES, box.y1 + TIGHT_PAD_INCHES
+        slack = 1 / dpi  # a pixel of rounding
+        buf = io.BytesIO()
+        if x0 < -slack or y0 < -slack or x1 > width + slack or y1 > height + slack:
+            fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight",
+                        pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+            return buf.getvalue()
+        rgba = np.asarray(canvas.buffer_rgba())
+        rows, cols = rgba.shape[:2]
+        top, bottom = max(0, round(rows - y1 * dpi)), min(rows, round(rows - y0 * dpi))
+        left, right = max(0, round(x0 * dpi)), min(cols, round(x1 * dpi))
+        Image.fromarray(rgba[top:bottom, left:right]).save(buf, format="png", compress_level=PNG_COMPRESS_LEVEL,
+                                                           dpi=(dpi, dpi))
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
 
 
 def img_tag(png: bytes, alt: str, width: int | None = None) -> str:
@@ -155,7 +186,7 @@ def explanation_png(e: Explanation, margin: float | None = DEFAULT_MARGIN, title
     ax2.set_title("predicted probabilities\n(red: explained class)", fontsize=9)
     ax2.tick_params(axis="x", labelsize=7)
     fig.text(0.01, 1 - 0.1 / fig_h, "\n".join(lines), fontsize=9, va="top", ha="left")
-    return _png(fig, dpi)
+    return figure_png(fig, dpi)
 
 
 def overlay_png(e: Explanation, margin: float | None = DEFAULT_MARGIN, inches: float = 2.3, dpi: int = 72) -> bytes:
@@ -165,7 +196,7 @@ def overlay_png(e: Explanation, margin: float | None = DEFAULT_MARGIN, inches: f
     fig, ax = plt.subplots(figsize=(inches, inches * h / w))
     _overlay(ax, e, margin)
     fig.subplots_adjust(0, 0, 1, 1)
-    return _png(fig, dpi)
+    return figure_png(fig, dpi)
 
 
 PAGE_STYLE = """

@@ -14,12 +14,11 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
+from ..explain.figures import figure_png  # noqa: E402
+
 
 def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=110)
 
 
 def roc_plot(y: np.ndarray, score: np.ndarray, title: str, points: dict[str, float] | None = None) -> bytes:
