@@ -154,7 +154,9 @@ def explanation_png(e: Explanation, margin: float | None = DEFAULT_MARGIN, title
     if view is not None and view.crops:
         lines.append(view_line(view))
     lines += check_lines(e.checks)
-    # fixed axes positions (inches -> figure fractions) so that colour bar and bar labels never overlap
+    # fixed axes positions (inches -> figure fractions) so that colour bar and bar labels never overlap; titles at
+    # y=1 (where matplotlib puts them anyway: no tick labels above the axes) skip its search for tick labels in the
+    # way, which measured every axis's ticks again on each draw
     fig_w, panel_w = 11.5, 3.5
     img_h = panel_w * min(max(h / w, 0.5), 1.8)
     text_h = 0.19 * len(lines) + 0.25
@@ -167,12 +169,12 @@ def explanation_png(e: Explanation, margin: float | None = DEFAULT_MARGIN, title
     ax2 = fig.add_axes((0.8, bottom + 0.15 * height, 0.18, 0.7 * height))
     ax0.imshow(e.image, cmap="gray", interpolation="bilinear")
     ax0.set_axis_off()
-    ax0.set_title(f"X-ray ({w} x {h} px)", fontsize=9)
+    ax0.set_title(f"X-ray ({w} x {h} px)", fontsize=9, y=1)
     im = _overlay(ax1, e, margin)
     cb = fig.colorbar(im, cax=cax)
     cb.set_label("relative importance", fontsize=8)
     cb.ax.tick_params(labelsize=7)
-    ax1.set_title(f"{METHOD_NAMES.get(e.method, e.method)} for class '{e.target_name}'", fontsize=9)
+    ax1.set_title(f"{METHOD_NAMES.get(e.method, e.method)} for class '{e.target_name}'", fontsize=9, y=1)
     colours = ["tab:red" if i == e.target else "tab:grey" for i in range(len(e.classes))]
     y = np.arange(len(e.classes))
     ax2.barh(y, e.probs, color=colours)
@@ -183,7 +185,7 @@ def explanation_png(e: Explanation, margin: float | None = DEFAULT_MARGIN, title
     ax2.set_yticks(y, e.classes, fontsize=8)
     ax2.invert_yaxis()
     ax2.set_xlim(0, 1)
-    ax2.set_title("predicted probabilities\n(red: explained class)", fontsize=9)
+    ax2.set_title("predicted probabilities\n(red: explained class)", fontsize=9, y=1)
     ax2.tick_params(axis="x", labelsize=7)
     fig.text(0.01, 1 - 0.1 / fig_h, "\n".join(lines), fontsize=9, va="top", ha="left")
     return figure_png(fig, dpi)
