@@ -38,8 +38,9 @@ def figure_png(fig, dpi: int) -> bytes:
 
     ``savefig`` with a tight box draws the figure twice (once to measure the box, once to render into it): text
     layout, ticks and image resampling all twice. Here the figure is drawn once at its own size and its pixels are
-    cropped to the tight box, the same picture whenever the box lies inside the figure; a figure whose artists
-    reach past its edges (a long line of text) goes through ``savefig``, which enlarges it to fit.
+    cropped to the tight box (the padding that falls outside the figure is its background colour), the same picture
+    whenever the artists lie inside the figure; a figure whose artists reach past its edges (a long line of text)
+    goes through ``savefig``, which enlarges it to fit.
     """
     try:
         fig.set_dpi(dpi)
@@ -47,20 +48,24 @@ def figure_png(fig, dpi: int) -> bytes:
         canvas.draw()
         box = fig.get_tightbbox(canvas.get_renderer())
         width, height = fig.get_size_inches()
-        x0, y0 = box.x0 - TIGHT_PAD_INCHES, box.y0 - TIGHT_PAD_INCHES
-        x1, y1 = box.x1 + TIGHT_PAD_INCHES, box.y1 + TIGHT_PAD_INCHES
         slack = 1 / dpi  # a pixel of rounding
         buf = io.BytesIO()
-        if x0 < -slack or y0 < -slack or x1 > width + slack or y1 > height + slack:
+        if box.x0 < -slack or box.y0 < -slack or box.x1 > width + slack or box.y1 > height + slack:
             fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight",
                         pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
             return buf.getvalue()
         rgba = np.asarray(canvas.buffer_rgba())
         rows, cols = rgba.shape[:2]
-        top, bottom = max(0, round(rows - y1 * dpi)), min(rows, round(rows - y0 * dpi))
-        left, right = max(0, round(x0 * dpi)), min(cols, round(x1 * dpi))
-        Image.fromarray(rgba[top:bottom, left:right]).save(buf, format="png", compress_level=PNG_COMPRESS_LEVEL,
-                                                           dpi=(dpi, dpi))
+        # the padded box in the canvas's pixels (row 0 at the top; it may reach past the canvas by the pad), of the
+        # size savefig gives it (Agg truncates a figure's size in pixels)
+        top, left = round(rows - (box.y1 + TIGHT_PAD_INCHES) * dpi), round((box.x0 - TIGHT_PAD_INCHES) * dpi)
+        bottom = top + int((box.height + 2 * TIGHT_PAD_INCHES) * dpi)
+        right = left + int((box.width + 2 * TIGHT_PAD_INCHES) * dpi)
+        out = np.empty((bottom - top, right - left, 4), np.uint8)
+        out[:] = np.round(np.asarray(matplotlib.colors.to_rgba(fig.get_facecolor())) * 255).astype(np.uint8)
+        r0, r1, c0, c1 = max(top, 0), min(bottom, rows), max(left, 0), min(right, cols)
+        out[r0 - top:r1 - top, c0 - left:c1 - left] = rgba[r0:r1, c0:c1]
+        Image.fromarray(out).save(buf, format="png", compress_level=PNG_COMPRESS_LEVEL, dpi=(dpi, dpi))
         return buf.getvalue()
     finally:
         plt.close(fig)
