@@ -40,7 +40,7 @@ def figure_png(fig, dpi: int) -> bytes:
     layout, ticks and image resampling all twice. Here the figure is drawn once at its own size and its pixels are
     cropped to the tight box (the padding that falls outside the figure is its background colour), the same picture
     whenever the artists lie inside the figure; a figure whose artists reach past its edges (a long line of text)
-    goes through ``savefig``, which enlarges it to fit.
+    goes through ``savefig``, which enlarges it to fit that box (one more draw).
     """
     try:
         fig.set_dpi(dpi)
@@ -51,16 +51,19 @@ def figure_png(fig, dpi: int) -> bytes:
         slack = 1 / dpi  # a pixel of rounding
         buf = io.BytesIO()
         if box.x0 < -slack or box.y0 < -slack or box.x1 > width + slack or box.y1 > height + slack:
-            fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight",
+            # the box is known: savefig renders into it without measuring it again
+            fig.savefig(buf, format="png", dpi=dpi, bbox_inches=box.padded(TIGHT_PAD_INCHES),
                         pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
             return buf.getvalue()
         rgba = np.asarray(canvas.buffer_rgba())
         rows, cols = rgba.shape[:2]
         # the padded box in the canvas's pixels (row 0 at the top; it may reach past the canvas by the pad), of the
-        # size savefig gives it (Agg truncates a figure's size in pixels)
-        top, left = round(rows - (box.y1 + TIGHT_PAD_INCHES) * dpi), round((box.x0 - TIGHT_PAD_INCHES) * dpi)
-        bottom = top + int((box.height + 2 * TIGHT_PAD_INCHES) * dpi)
-        right = left + int((box.width + 2 * TIGHT_PAD_INCHES) * dpi)
+        # size savefig gives it (Agg truncates a figure's size in pixels) and anchored as savefig anchors it: its
+        # bottom-left corner at the box's
+        height_px = int((box.height + 2 * TIGHT_PAD_INCHES) * dpi)
+        top = round(rows - height_px - (box.y0 - TIGHT_PAD_INCHES) * dpi)
+        left = round((box.x0 - TIGHT_PAD_INCHES) * dpi)
+        bottom, right = top + height_px, left + int((box.width + 2 * TIGHT_PAD_INCHES) * dpi)
         out = np.empty((bottom - top, right - left, 4), np.uint8)
         out[:] = np.round(np.asarray(matplotlib.colors.to_rgba(fig.get_facecolor())) * 255).astype(np.uint8)
         r0, r1, c0, c1 = max(top, 0), min(bottom, rows), max(left, 0), min(right, cols)
