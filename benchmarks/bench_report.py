@@ -4,9 +4,10 @@ Every training run ends with its report, and on the tiny runs of the test suite 
 training (about 10 CPU s against under 1 s of epochs): example heatmap figures, report plots, PNG encoding. This
 benchmark trains one tiny run once (``mobilenet_v2_035`` from random weights at 64 px, one epoch, a synthetic data
 folder of 48 images whose covid images carry a corner marker), then writes its report ``--repeats`` times and prints
-the CPU seconds of each (this process; one torch thread), the median, the split of the last one into the heatmap
-audit and the rest, and the size of the report and of the example PNGs. CPU seconds, not wall time: the machine is
-shared. Compare two commits by running the same script on each.
+the CPU seconds of each (this process; one torch thread), their median and best, the split of the best one into
+the heatmap audit and the rest, and the size of the report and of the example PNGs. CPU seconds, not wall time:
+the machine is shared (and even CPU seconds grow by a quarter or more when the other core is busy: compare the
+best of several). Compare two commits by running the same script on each.
 
 Usage: PYTHONPATH=src .venv/bin/python benchmarks/bench_report.py [--repeats 3] [--dir DIR]
 """
@@ -81,9 +82,11 @@ def main() -> None:
         examples = sorted((run_dir / "explain" / "examples").glob("*.png"))
         print(f"write_report on a tiny run (mobilenet_v2_035, 64 px, {len(examples)} example figures), "
               f"torch threads {torch.get_num_threads()}, {args.repeats} repeats")
-        print("CPU s per report: " + " ".join(f"{c:.2f}" for c in cpu) + f"  median {statistics.median(cpu):.2f}")
-        print(f"  of which the heatmap audit (heatmap_summary): {audit_cpu[-1]:.2f}; "
-              f"the rest {cpu[-1] - audit_cpu[-1]:.2f}")
+        print("CPU s per report: " + " ".join(f"{c:.2f}" for c in cpu)
+              + f"  median {statistics.median(cpu):.2f}, best {min(cpu):.2f}")
+        best = cpu.index(min(cpu))
+        print(f"  the best one's heatmap audit (heatmap_summary): {audit_cpu[best]:.2f}; "
+              f"the rest {cpu[best] - audit_cpu[best]:.2f}")
         print(f"report.html {out.stat().st_size / 1024:.0f} KiB; example PNGs {len(examples)}, "
               f"{sum(p.stat().st_size for p in examples) / 1024:.0f} KiB in all")
 
