@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ..data.preprocess import InputGeometry  # noqa: E402
@@ -30,6 +31,7 @@ UNSEEN_DIM = 0.45  # opacity of the dark veil over what was cropped away: plain 
 
 PNG_COMPRESS_LEVEL = 1  # zlib level of figure PNGs: PIL's default 6 takes 2.5x the CPU for files ~12% smaller
 TIGHT_PAD_INCHES = 0.1  # savefig's default pad_inches around the tight box
+CANVAS_MARGIN_PX = 128  # figure_png draws this far past the figure's edges (labels that stick out)
 
 
 def figure_png(fig, dpi: int) -> bytes:
@@ -37,41 +39,48 @@ def figure_png(fig, dpi: int) -> bytes:
     and closed.
 
     ``savefig`` with a tight box draws the figure twice (once to measure the box, once to render into it): text
-    layout, ticks and image resampling all twice. Here the figure is drawn once at its own size and its pixels are
-    cropped to the tight box (the padding that falls outside the figure is its background colour), the same picture
-    whenever the artists lie inside the figure; a figure whose artists reach past its edges (a long line of text)
-    goes through ``savefig``, which enlarges it to fit that box (one more draw).
+    layout, ticks and image resampling all twice. Here the figure is drawn once, onto a canvas ``CANVAS_MARGIN_PX``
+    larger on every side (labels that reach past the figure's edge are drawn too), and its pixels are cropped to
+    the tight box, measured after the draw. Artists reaching further than that margin (a very long line of text)
+    go through ``savefig`` into the box already measured (one more draw).
     """
     try:
-        fig.set_dpi(dpi)
-        canvas = fig.canvas
-        canvas.draw()
-        box = fig.get_tightbbox(canvas.get_renderer())
+        fig.set_dpi(dpi)  # the box below is measured at the dpi the pixels were drawn at (text extents depend on it)
         width, height = fig.get_size_inches()
-        slack = 1 / dpi  # a pixel of rounding
+        margin = CANVAS_MARGIN_PX / dpi
+        canvas_box = Bbox([[-margin, -margin], [width + margin, height + margin]])
+        raw = io.BytesIO()
+        fig.savefig(raw, format="rgba", dpi=dpi, bbox_inches=canvas_box)  # an explicit box: drawn once
+        rgba = _raw_rgba(raw.getbuffer(), canvas_box.width * dpi, canvas_box.height * dpi)
+        box = fig.get_tightbbox(fig.canvas.get_renderer())  # inches, the figure's own corner at (0, 0)
+        # the padded box in the canvas's pixels (row 0 at the top), of the size savefig gives it (Agg truncates a
+        # figure's size in pixels) and anchored as savefig anchors it: at its bottom-left corner
+        height_px = int((box.height + 2 * TIGHT_PAD_INCHES) * dpi)
+        rows = rgba.shape[0] if rgba is not None else 0
+        top = round(rows - height_px - (box.y0 - TIGHT_PAD_INCHES) * dpi - CANVAS_MARGIN_PX)
+        left = round((box.x0 - TIGHT_PAD_INCHES) * dpi + CANVAS_MARGIN_PX)
+        bottom, right = top + height_px, left + int((box.width + 2 * TIGHT_PAD_INCHES) * dpi)
         buf = io.BytesIO()
-        if box.x0 < -slack or box.y0 < -slack or box.x1 > width + slack or box.y1 > height + slack:
-            # the box is known: savefig renders into it without measuring it again
+        if rgba is None or top < 0 or left < 0 or bottom > rgba.shape[0] or right > rgba.shape[1]:
             fig.savefig(buf, format="png", dpi=dpi, bbox_inches=box.padded(TIGHT_PAD_INCHES),
                         pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
             return buf.getvalue()
-        rgba = np.asarray(canvas.buffer_rgba())
-        rows, cols = rgba.shape[:2]
-        # the padded box in the canvas's pixels (row 0 at the top; it may reach past the canvas by the pad), of the
-        # size savefig gives it (Agg truncates a figure's size in pixels) and anchored as savefig anchors it: its
-        # bottom-left corner at the box's
-        height_px = int((box.height + 2 * TIGHT_PAD_INCHES) * dpi)
-        top = round(rows - height_px - (box.y0 - TIGHT_PAD_INCHES) * dpi)
-        left = round((box.x0 - TIGHT_PAD_INCHES) * dpi)
-        bottom, right = top + height_px, left + int((box.width + 2 * TIGHT_PAD_INCHES) * dpi)
-        out = np.empty((bottom - top, right - left, 4), np.uint8)
-        out[:] = np.round(np.asarray(matplotlib.colors.to_rgba(fig.get_facecolor())) * 255).astype(np.uint8)
-        r0, r1, c0, c1 = max(top, 0), min(bottom, rows), max(left, 0), min(right, cols)
-        out[r0 - top:r1 - top, c0 - left:c1 - left] = rgba[r0:r1, c0:c1]
-        Image.fromarray(out).save(buf, format="png", compress_level=PNG_COMPRESS_LEVEL, dpi=(dpi, dpi))
+        Image.fromarray(rgba[top:bottom, left:right]).save(buf, format="png", compress_level=PNG_COMPRESS_LEVEL,
+                                                           dpi=(dpi, dpi))
         return buf.getvalue()
     finally:
         plt.close(fig)
+
+
+def _raw_rgba(raw, width: float, height: float) -> np.ndarray | None:
+    """The ``(rows, columns, 4)`` pixels of ``savefig(format="rgba")`` for a canvas of about ``width`` x ``height``
+    pixels (Agg truncates the figure's size after its own float arithmetic: one pixel either way); None when no
+    size fits the bytes."""
+    n = len(raw) // 4
+    for cols in sorted({int(width), int(width) + 1, int(width) - 1}, key=lambda c: abs(c - width)):
+        if cols > 0 and n % cols == 0 and abs(n // cols - height) <= 1:
+            return np.frombuffer(raw, np.uint8).reshape(n // cols, cols, 4)
+    return None
 
 
 def img_tag(png: bytes, alt: str, width: int | None = None) -> str:
