@@ -14,6 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
+try:  # pytest >= 9.2: structured node ids (see _group_suffix)
+    from _pytest.nodeid import NodeId
+except ImportError:  # pytest 8 - 9.1: xdist appends the group suffix itself
+    NodeId = None
+
 # fixtures shared by the tests of several packages (explain/, reporting/, workflows/; audit/, workflows/)
 pytest_plugins = ["tests.explain_fixtures", "tests.audit_fixtures"]
 
@@ -33,6 +38,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    """Keep the order of ``pytest_collection_modifyitems`` (slow files first) when xdist hands out the groups: by
+    default (``--loadscope-reorder``) it sorts them by their number of tests, which puts a file of many quick tests
+    before a slow end-to-end file of two."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(config, items):
     """``--dist loadgroup``: a test without an ``xdist_group`` mark goes with the other tests of its file (its
@@ -41,8 +54,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    if getattr(config.option, "loadgroup", False):  # an xdist worker under --dist loadgroup
+        for item in items:
+            _group_suffix(item)
     slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)  # stable: file order kept otherwise
+
+
+def _group_suffix(item) -> None:
+    """Append ``@GROUP`` to the test's node id, as pytest-xdist's worker does to tell the scheduler the group.
+
+    pytest 9.2 keeps node ids in ``Node._id`` (a structured ``NodeId``); xdist 3.8 still writes the old ``_nodeid``
+    attribute, which pytest no longer reads, so every test became a group of its own (pytest-xdist issue #1386):
+    the tests of a file were spread over both workers and interleaved with other files, and module-scoped fixtures
+    were built again and again (the ensemble cross-validation's 69 s run twice). Done here where xdist's write is
+    lost; where it works (older pytest, a fixed xdist) this leaves the id alone and xdist appends the suffix."""
+    current = getattr(item, "_id", None)
+    if NodeId is None or not isinstance(current, NodeId) or "@" in str(current).rpartition("]")[2]:
+        return
+    names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                    for m in item.iter_markers("xdist_group")})
+    if names:
+        item._id = NodeId.parse(f"{current}@{'_'.join(names)}")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -18,6 +18,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from tests.binaries import require_binaries
+from tests.conftest import LIVENESS_S
 
 ORTHANC_AET = "ORTHANC"
 #: the Debian package orthanc-dicomweb's plugin
@@ -32,7 +33,7 @@ def require_pacs_tools() -> None:
 
 def dciodvfy(path: Path) -> list[str]:
     """dciodvfy's Error lines for a file (warnings are allowed)."""
-    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=LIVENESS_S)
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 
@@ -92,7 +93,7 @@ class Orthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout_s: float = 600.0) -> Orthanc:
+    def start(self, timeout_s: float = LIVENESS_S) -> Orthanc:
         self.folder.mkdir(parents=True, exist_ok=True)
         config = self.folder / "orthanc.json"
         config.write_text(json.dumps(self.config, indent=1))
@@ -131,7 +132,7 @@ class Orthanc:
         req = urllib.request.Request(self.url + path, data=body, method=method)
         if content_type:
             req.add_header("Content-Type", content_type)
-        with urllib.request.urlopen(req, timeout=120) as resp:
+        with urllib.request.urlopen(req, timeout=LIVENESS_S) as resp:  # a synchronous job may be slow
             data = resp.read()
             return json.loads(data) if resp.headers.get_content_type() == "application/json" else data
 

@@ -22,6 +22,7 @@ from covidscreen.dicomnet.objects import (
 from covidscreen.dicomnet.scoring import PointInfo, Score
 from covidscreen.dicomnet.sr import PRIVATE_CODES
 from covidscreen.errors import ConfigError
+from tests.conftest import LIVENESS_S
 
 from .srcheck import read_result
 
@@ -50,7 +51,7 @@ def roundtrip(ds: Dataset, tmp_path, name: str) -> tuple[Dataset, list[str]]:
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
     errors = []
     if shutil.which("dciodvfy"):
-        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=LIVENESS_S)
         errors = [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
     return pydicom.dcmread(path), errors
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 import re
@@ -525,6 +524,9 @@ def comparison_plot(table: pd.DataFrame, plan: ExperimentPlan) -> bytes:
     # matplotlib (0.3 CPU s) loads when the figure is drawn, not when an experiment starts
     import matplotlib.pyplot as plt
 
+    # the figure helper imports matplotlib too: loaded here for the same reason
+    from ..explain.figures import figure_png
+
     t = table[table.get("test_auc", pd.Series(dtype=float)).notna()] if "test_auc" in table else table.iloc[:0]
     axes = plan.axes
     sites = [s for s in table_sites(t) if t[f"within_{s}_test_auc"].notna().any()]
@@ -561,10 +563,7 @@ def comparison_plot(table: pd.DataFrame, plan: ExperimentPlan) -> bytes:
         ax.set(xlabel="ROC AUC", title=f"{plan.source.stem} (sorted by validation AUC)")
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=110)
 
 
 def _is_number(v: Any) -> bool:

@@ -14,12 +14,18 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
+from ..explain.figures import figure_png  # noqa: E402
+
 
 def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=110)
+
+
+def _title(ax, title: str) -> None:
+    """The title at the top of the axes, where matplotlib's automatic placement puts it when no tick labels or
+    offset text sit above the axes (true of these plots: ticks below, values in 0-1 or categories); fixing it skips
+    that search, which measures every tick label again on each draw."""
+    ax.set_title(title, y=1)
 
 
 def roc_plot(y: np.ndarray, score: np.ndarray, title: str, points: dict[str, float] | None = None) -> bytes:
@@ -29,7 +35,8 @@ def roc_plot(y: np.ndarray, score: np.ndarray, title: str, points: dict[str, flo
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
     for name, t, sens, spec, _prec in _point_markers(y, score, points):
         ax.plot(1 - spec, sens, "o", ms=7, label=f"{name} (t={t:.3f})")
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.02))
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.02))
+    _title(ax, title)
     ax.legend(loc="lower right", fontsize=7)
     return _png(fig)
 
@@ -58,7 +65,8 @@ def pr_plot(y: np.ndarray, score: np.ndarray, title: str, points: dict[str, floa
     ax.axhline(y.mean(), ls="--", c="grey", lw=1, label=f"prevalence {y.mean():.3f}")
     for name, t, sens, _spec, pr in _point_markers(y, score, points):
         ax.plot(sens, pr, "o", ms=7, label=f"{name} (t={t:.3f})")
-    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=title, xlim=(0, 1), ylim=(0, 1.02))
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.02))
+    _title(ax, title)
     ax.legend(loc="lower left", fontsize=7)
     return _png(fig)
 
@@ -71,7 +79,8 @@ def reliability_plot(curve: dict, title: str, curve_after: dict | None = None) -
     if curve_after:
         ax.plot(curve_after["mean_predicted"], curve_after["observed_rate"], "s--", lw=1.5,
                 label="after temperature scaling")
-    ax.set(ylabel="observed rate", title=title, xlim=(0, 1), ylim=(-0.02, 1.02))
+    ax.set(ylabel="observed rate", xlim=(0, 1), ylim=(-0.02, 1.02))
+    _title(ax, title)
     ax.legend(loc="upper left", fontsize=7)
     centres = (np.asarray(curve["bin_lower"]) + np.asarray(curve["bin_upper"])) / 2
     width = np.asarray(curve["bin_upper"]) - np.asarray(curve["bin_lower"])
@@ -105,7 +114,8 @@ def confusion_plot(cm: list[list[int]], classes: list[str], title: str) -> bytes
                     color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=30)
     ax.set_yticks(range(len(classes)), classes)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set(xlabel="predicted", ylabel="true")
+    _title(ax, title)
     return _png(fig)
 
 
