@@ -20,7 +20,17 @@ from covidscreen.security.spectral import (
 )
 from covidscreen.security.strip import StripDetector, superimpose
 
-from .tiny import SIZE, TRIGGER, accuracy, poison, probs_fn, synthetic_bands, synthetic_images, train_tiny
+from .tiny import (
+    SIZE,
+    TRIGGER,
+    accuracy,
+    backdoored_tiny,
+    poison,
+    probs_fn,
+    synthetic_bands,
+    synthetic_images,
+    train_tiny,
+)
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["2-class", "3-class"])
@@ -38,7 +48,7 @@ def _models(c: int) -> dict:
     x, y = synthetic_images(100, c, seed=0)
     x_test, y_test = synthetic_images(40, c, seed=1)
     px, py, poisoned = poison(x, y, 0.1, target=0, seed=0)
-    backdoored = train_tiny(px, py, c, seed=0, epochs=10)
+    backdoored = backdoored_tiny(c)  # trained on (px, py) as the clean ones below, shared with test_sanitize
     clean = [train_tiny(x, y, c, seed=s, epochs=10) for s in (1, 2, 3)]
     triggered = TRIGGER.apply(x_test[y_test != 0])
     # the planted backdoor works and the clean models ignore the trigger: otherwise the tests below mean nothing

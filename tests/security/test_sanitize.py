@@ -38,7 +38,7 @@ from covidscreen.security.sanitize import (
 )
 from tests.test_cli import assert_clean_error, run_cli, run_cli_in_process
 
-from .tiny import TRIGGER, TinyNet, poison, probs_fn, synthetic_images, train_tiny
+from .tiny import TRIGGER, TinyNet, backdoored_tiny, poison, probs_fn, synthetic_images, train_tiny
 
 CLASSES = ["covid", "normal", "pneumonia"]
 
@@ -50,9 +50,7 @@ def backdoored():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        x, y = synthetic_images(100, 3, seed=0)
-        px, py, _ = poison(x, y, 0.1, target=0, seed=0)
-        model = train_tiny(px, py, 3, seed=0, epochs=10)
+        model = backdoored_tiny(3)  # the one test_detectors tests, trained once per process (tiny.py)
         xt, yt = synthetic_images(40, 3, seed=1)
         xc, yc = synthetic_images(8, 3, seed=5)
         yield {"model": model, "x": torch.from_numpy(xc).float().div(255).unsqueeze(1),

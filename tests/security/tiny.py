@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
@@ -83,6 +85,28 @@ def train_tiny(images: np.ndarray, labels: np.ndarray, num_classes: int, seed: i
             loss.backward()
             opt.step()
     return model.eval()
+
+
+def backdoored_tiny(num_classes: int) -> TinyNet:
+    """The tiny model with a planted trigger that test_detectors and test_sanitize both test: 100 gratings per class
+    (seed 0), 10% stamped and relabelled to class 0, 10 epochs on one thread. Trained once per process; each call
+    returns a fresh copy of its weights (tests may change the model they get)."""
+    model = TinyNet(num_classes)
+    model.load_state_dict(_backdoored_weights(num_classes))
+    return model.eval()
+
+
+@functools.cache
+def _backdoored_weights(num_classes: int) -> dict[str, torch.Tensor]:
+    x, y = synthetic_images(100, num_classes, seed=0)
+    px, py, _ = poison(x, y, 0.1, target=0, seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # float sums, and so the model, differ with the thread count
+    try:
+        model = train_tiny(px, py, num_classes, seed=0, epochs=10)
+    finally:
+        torch.set_num_threads(threads)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def poison(images: np.ndarray, labels: np.ndarray, fraction: float, target: int, seed: int
