@@ -26,9 +26,14 @@ import torch
 
 from covidscreen.inference.onnx import ONNX_FILE, export_onnx, session_options
 from covidscreen.inference.run import load_run
-from covidscreen.workflows.quantize import Int8Variant, QdqQuantiser, calibration_set, split_images
-
-ACTIVATIONS = ("Clip", "Relu", "LeakyRelu", "HardSwish", "HardSigmoid", "Sigmoid")
+from covidscreen.workflows.quantize import (
+    COMPUTE_OPS,
+    Int8Variant,
+    QdqQuantiser,
+    calibration_set,
+    following_activation,
+    split_images,
+)
 
 
 def main() -> None:
@@ -75,13 +80,13 @@ def main() -> None:
               f"graph optimisations {'off' if args.no_optimization else 'on'} | load {os.getloadavg()[0]:.1f}\n",
               flush=True)
         print("| # | node (kept in float32, with the activation after it) | logit MSE | vs base |\n|---|---|---|---|")
-        for k, node in enumerate(n for n in nodes if n.op_type in ("Conv", "Gemm", "MatMul")):
+        for k, node in enumerate(n for n in nodes if n.op_type in COMPUTE_OPS):
             if node.name in base_nodes:
                 continue
             group = [node.name]
-            after = [n for n in nodes if node.output[0] in n.input]
-            if not args.node_only and len(after) == 1 and after[0].op_type in ACTIVATIONS:
-                group.append(after[0].name)
+            activation = None if args.node_only else following_activation(nodes, node)
+            if activation is not None:
+                group.append(activation.name)
             err = error(tuple(group))
             print(f"| {k} | {node.name} | {err:.5f} | {err / base_error:.2f}x |", flush=True)
         print(f"\nload {os.getloadavg()[0]:.1f}")

@@ -50,9 +50,17 @@ INT8_FILE = "model.int8.onnx"
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 #: kinds of nodes a variant may keep in float32 (:func:`sensitive_nodes`)
 SENSITIVE_KINDS = ("stem", "head", "se")
-_PRODUCTS = ("Conv", "Gemm", "MatMul")
+#: the compute nodes (matrix products) whose inputs and outputs quantisation rounds
+COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
 #: activations that directly follow a compute node and belong to its float32 region
 _ACTIVATIONS = ("Clip", "Relu", "LeakyRelu", "HardSwish", "HardSigmoid", "Sigmoid")
+
+
+def following_activation(nodes: list[Any], node: Any) -> Any | None:
+    """The activation that alone reads ``node``'s output in the graph's ``nodes`` (it belongs to ``node``'s float32
+    region), else None."""
+    after = [n for n in nodes if node.output[0] in n.input]
+    return after[0] if len(after) == 1 and after[0].op_type in _ACTIVATIONS else None
 
 
 @dataclass(frozen=True)
@@ -201,14 +209,14 @@ def front_region(model: Any, front: int) -> list[str]:
     between the image and the end of the region is rounded (the module docstring says why a region and not single
     nodes). ``front=0`` is the stem alone."""
     nodes = list(model.graph.node)
-    compute = [i for i, n in enumerate(nodes) if n.op_type in _PRODUCTS]
+    compute = [i for i, n in enumerate(nodes) if n.op_type in COMPUTE_OPS]
     if not compute:
         return []
     end = compute[min(front, len(compute) - 1)]
     region = nodes[:end + 1]
-    after = [n for n in nodes[end + 1:] if nodes[end].output[0] in n.input]
-    if len(after) == 1 and after[0].op_type in _ACTIVATIONS:
-        region.append(after[0])
+    activation = following_activation(nodes, nodes[end])  # a reader of its output lies after it (topological order)
+    if activation is not None:
+        region.append(activation)
     return [n.name for n in region if n.name]
 
 
