@@ -248,7 +248,7 @@ def _mean_train_size(fold_dirs: list[Path]) -> float:
     return float(np.mean(sizes)) if sizes else math.nan
 
 
-def _test_site_scores(run_dir: Path, site: str | None, split: str = "test") -> pd.DataFrame | None:
+def _split_scores(run_dir: Path, site: str | None, split: str = "test") -> pd.DataFrame | None:
     """Rows of one split (and site; None: every site) from a run's ``predictions.csv``: image, truth, positive
     score, patient (or None)."""
     metrics = _read_json(run_dir / "metrics.json")
@@ -265,10 +265,6 @@ def _test_site_scores(run_dir: Path, site: str | None, split: str = "test") -> p
     return pd.DataFrame({"image": p["image"].astype(str), "y": p["label"].astype(str) == pos,
                          "score": p[f"prob_{pos}"].astype(float),
                          "group": p["group"].astype(str) if "group" in p else p["image"].astype(str)})
-
-
-#: The pooled splits compared with the baseline besides the mixed sites: ``(split, column prefix)``.
-POOLED_PAIRED = (("val", "val"), ("test", "test"))
 
 
 def _same_other_axes(run: Any, baseline: Any) -> bool:
@@ -292,15 +288,15 @@ def paired_baseline_columns(plan: ExperimentPlan, sites: list[str], n_boot: int 
     """
     baselines = [r for r in plan.runs if "baseline" in {str(v) for v in r.params.values()}]
     out: dict[str, dict[str, Any]] = {}
-    parts = [(split, None, f"{prefix}_auc_minus_baseline") for split, prefix in POOLED_PAIRED] + \
+    parts = [(split, None, f"{split}_auc_minus_baseline") for split in ("val", "test")] + \
         [("test", site, f"within_{site}_test_auc_minus_baseline") for site in sites]
     for split, site, key in parts:
-        base_scores = [(b, _test_site_scores(Path(b.cfg.output), site, split)) for b in baselines]
+        base_scores = [(b, _split_scores(Path(b.cfg.output), site, split)) for b in baselines]
         base_scores = [(b, s) for b, s in base_scores if s is not None]
         for run in plan.runs:
             if run in baselines:
                 continue
-            mine = _test_site_scores(Path(run.cfg.output), site, split)
+            mine = _split_scores(Path(run.cfg.output), site, split)
             if mine is None:
                 continue
             for b, base in base_scores:
@@ -374,6 +370,12 @@ def _fmt(v: Any, fmt: str) -> str:
     return "-" if _is_missing(v) else fmt.format(v)
 
 
+def _paired_column(table: pd.DataFrame, col: str) -> list[str]:
+    """A paired difference column as people read it: ``+0.012 [-0.010, +0.034]``, ``-`` where missing."""
+    return ["-" if _is_missing(r.get(col)) else f"{r[col]:+.3f} [{r[f'{col}_lo']:+.3f}, {r[f'{col}_hi']:+.3f}]"
+            for _, r in table.iterrows()]
+
+
 def display_table(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     """The table as people read it: one column per metric with its CI in brackets, within-site columns first."""
     out = table[["name", "kind", *[a for a in axes if a in table]]].copy()
@@ -386,10 +388,7 @@ def display_table(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
             else f"{_fmt(r.get(f'{key}_sensitivity'), '{:.2f}')}/{_fmt(r.get(f'{key}_specificity'), '{:.2f}')}"
             for _, r in table.iterrows()]
         if f"{key}_auc_minus_baseline" in table:
-            d = f"{key}_auc_minus_baseline"
-            out[f"{site} AUC minus baseline, paired [95% CI]"] = [
-                "-" if _is_missing(r.get(d)) else f"{r[d]:+.3f} [{r[f'{d}_lo']:+.3f}, {r[f'{d}_hi']:+.3f}]"
-                for _, r in table.iterrows()]
+            out[f"{site} AUC minus baseline, paired [95% CI]"] = _paired_column(table, f"{key}_auc_minus_baseline")
         out[f"{site} test n (pos/neg)"] = [
             "-" if _is_missing(r.get(f"{key}_n_pos")) else f"{r[f'{key}_n_pos']:.0f}/{r[f'{key}_n_neg']:.0f}"
             for _, r in table.iterrows()]
@@ -397,9 +396,7 @@ def display_table(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
         out[key.replace("_", " ")] = [_with_ci(r, key) for _, r in table.iterrows()]
         d = f"{key}_minus_baseline"
         if d in table and table[d].notna().any():
-            out[f"{key.replace('_', ' ')} minus baseline, paired [95% CI]"] = [
-                "-" if _is_missing(r.get(d)) else f"{r[d]:+.3f} [{r[f'{d}_lo']:+.3f}, {r[f'{d}_hi']:+.3f}]"
-                for _, r in table.iterrows()]
+            out[f"{key.replace('_', ' ')} minus baseline, paired [95% CI]"] = _paired_column(table, d)
     if "val_within_site_auc" in table and table["val_within_site_auc"].notna().any():
         out["val within-site AUC (selected epoch)"] = [_fmt(v, "{:.3f}") for v in table["val_within_site_auc"]]
     if "holdout" in table and table["holdout"].notna().any():  # leave-one-site-out runs
