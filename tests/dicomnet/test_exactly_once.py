@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 from pathlib import Path
@@ -19,7 +17,9 @@ from covidscreen.dicomnet.faults import ENV, POINTS
 from covidscreen.dicomnet.scu import echo
 from tests.conftest import LIVENESS_S
 
+from . import launcher
 from .conftest import free_port
+from .launcher import ForkedCommand
 from .orthanc import ORTHANC_AET, Orthanc, dciodvfy, distinct_copies, require_pacs_tools
 
 pytestmark = pytest.mark.slow
@@ -39,18 +39,16 @@ def pacs(tmp_path_factory):
     orthanc.stop()
 
 
-def start_node(run_dir: Path, pacs: Orthanc, workdir: Path, db: str, fault: str | None) -> subprocess.Popen:
+def start_node(run_dir: Path, pacs: Orthanc, workdir: Path, db: str, fault: str | None) -> ForkedCommand:
+    """``covidscreen dicom-node`` in a new process (forked from a server that imported the CLI: ``launcher.py``),
+    once it answers C-ECHO."""
     env = {k: v for k, v in os.environ.items() if k != ENV}
     if fault:
         env[ENV] = fault
-    cmd = [sys.executable, "-m", "covidscreen", "dicom-node", str(run_dir), "--port", str(pacs.node_port),
-           "--forward-to", f"127.0.0.1:{pacs.dicom_port}:{ORTHANC_AET}", "--workdir", str(workdir), "--db", db,
-           "--device", "cpu"]
-    log = open(workdir.parent / f"node-{fault or 'clean'}.log".replace(":", "_"), "ab")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    proc.log_path = log.name
-    log.close()
+    argv = ["dicom-node", str(run_dir), "--port", str(pacs.node_port),
+            "--forward-to", f"127.0.0.1:{pacs.dicom_port}:{ORTHANC_AET}", "--workdir", str(workdir), "--db", db,
+            "--device", "cpu"]
+    proc = launcher.start(argv, env, workdir.parent / f"node-{fault or 'clean'}.log".replace(":", "_"))
     end = time.monotonic() + LIVENESS_S  # a bound only a hung node reaches (importing torch takes minutes at load 30)
     while not echo(AeAddress("127.0.0.1", pacs.node_port, "COVIDSCREEN"), "TEST", 5):
         assert proc.poll() is None, Path(proc.log_path).read_text()
@@ -83,7 +81,7 @@ def settled(workdir: Path) -> bool:
     return not spool and not outbox
 
 
-def stop(proc: subprocess.Popen) -> str:
+def stop(proc: ForkedCommand) -> str:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=LIVENESS_S)
