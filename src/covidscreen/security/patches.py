@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from .chunks import images_per_pass
 
 
 @dataclass
@@ -51,12 +52,12 @@ def _grid(h: int, w: int, side: int, stride: int) -> list[tuple[int, int]]:
 
 def patch_search(model: nn.Module, fit_images: torch.Tensor, test_images: torch.Tensor, target: int, side: int = 3,
                  stride: int | None = None, steps: int = 12, batch_size: int = 8, lr: float = 0.3,
-                 seed: int = 0, max_batch: int = 4096, prune_after: tuple[int, ...] = (4, 8), keep: float = 0.25,
+                 seed: int = 0, max_batch: int | None = None, prune_after: tuple[int, ...] = (4, 8), keep: float = 0.25,
                  min_keep: int = 8, desc: str | None = None) -> PatchResult:
     """The best ``side`` x ``side`` patch towards ``target`` over a grid of positions.
 
-    Every position is optimised at once (one batch holds every position, in chunks of ``max_batch`` images), by
-    successive halving: after each step of ``prune_after`` only the ``keep`` share of positions with the lowest mean
+    Every position is optimised at once (one batch holds every position, in passes of at most ``max_batch`` images),
+    by successive halving: after each step of ``prune_after`` only the ``keep`` share of positions with the lowest mean
     loss over the steps since the last cut go on (at least ``min_keep``), and only the last survivors are measured on
     the held-out images. A planted trigger wins in the first steps (its loss falls at once), so pruning loses it
     rarely, and the search costs about 2.5x less than optimising every position for every step
@@ -67,7 +68,10 @@ def patch_search(model: nn.Module, fit_images: torch.Tensor, test_images: torch.
         test_images: the same kind, held out: the success rate is measured on them.
         stride: grid step (default ``side``: the candidate squares tile the image, so any square trigger overlaps one
             by at least a quarter).
-        max_batch: most images in one forward pass (positions x images).
+        max_batch: most images in one forward pass (positions x images; whole positions, at least one); None:
+            :func:`~covidscreen.security.chunks.images_per_pass` (256 at 64 px, 20 at 224 px), which bounds the
+            memory of the gradients' activations. Each position's loss and gradient depend only on its own images,
+            so the passes change the result only by the order of float sums.
         desc: show a progress bar (rate and ETA) with this label; None: silent.
     """
     if side < 1 or side > min(fit_images.shape[-2:]):
@@ -81,6 +85,7 @@ def patch_search(model: nn.Module, fit_images: torch.Tensor, test_images: torch.
     for p in model.parameters():
         p.requires_grad_(False)
     n_fit = min(batch_size, len(fit_images))
+    max_batch = max_batch or images_per_pass(h, w)
     per_chunk = max(1, max_batch // max(n_fit, 1))
     param = (torch.rand(len(positions), side, side, generator=gen) * 4 - 2).requires_grad_(True)
     opt = torch.optim.Adam([param], lr=lr)
