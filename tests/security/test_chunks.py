@@ -1,5 +1,6 @@
 """`security/chunks.py`: the searches' passes are bounded by images and pixels, and a search split into passes
-finds what one pass finds (each candidate's loss and gradient depend only on its own images)."""
+finds what one pass finds (each candidate's loss and gradient depend only on its own images); the model the
+searches run is frozen and folded, and given back as it was."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from covidscreen.security import mmbd as mmbd_module
 from covidscreen.security import sanitize as sanitize_module
-from covidscreen.security.chunks import CHUNK_IMAGES, images_per_pass
+from covidscreen.security.chunks import CHUNK_IMAGES, frozen_model, images_per_pass
 from covidscreen.security.mmbd import max_margins
 from covidscreen.security.patches import patch_search
 from covidscreen.security.sanitize import universal_perturbation
@@ -57,3 +58,27 @@ def test_universal_perturbation_in_passes_is_the_one_pass_perturbation(net, monk
     monkeypatch.setattr(sanitize_module, "images_per_pass", lambda h, w: 3)
     split = universal_perturbation(net, x, y, 3.0, 4, torch.Generator().manual_seed(0))
     torch.testing.assert_close(split, one, rtol=1e-4, atol=1e-5)
+
+
+def test_the_searched_model_is_frozen_and_folded_and_given_back_as_it_was():
+    torch.manual_seed(0)
+    model = TinyNet(3, batchnorm=True)
+    with torch.no_grad():  # BatchNorm statistics and affine maps that are not the identity
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    model.head.requires_grad_(False)  # a caller's frozen layer stays frozen afterwards
+    modules, x = list(model.modules()), _images(4, 3)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    model.train()
+    with frozen_model(model, x[:2]) as searched:
+        assert not searched.training and not any(p.requires_grad for p in searched.parameters())
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in searched.modules())  # all three folded
+        with torch.no_grad():
+            torch.testing.assert_close(searched(x), expected, rtol=1e-4, atol=1e-5)
+    assert list(model.modules()) == modules and model.training
+    assert [p.requires_grad for p in model.parameters()] == [True] * 12 + [False, False]  # 3 x (conv, BN) + head

@@ -24,7 +24,7 @@ from scipy import stats
 from torch import nn
 from tqdm.auto import tqdm
 
-from .chunks import images_per_pass
+from .chunks import frozen_model, images_per_pass
 
 MIN_REFERENCES = 5
 
@@ -43,13 +43,8 @@ def max_margins(model: nn.Module, shape: tuple[int, int], num_classes: int, star
     param = (torch.randn(num_classes * starts, 1, h, w, generator=gen) * 0.5).requires_grad_(True)
     cls = torch.arange(num_classes).repeat_interleave(starts)
     opt = torch.optim.Adam([param], lr=lr)
-    was_training = model.training
-    model.eval()
-    grads = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
     best = torch.full((num_classes * starts,), -float("inf"))
-    try:
+    with frozen_model(model, torch.sigmoid(param[:2].detach())):
         for _ in tqdm(range(steps), desc=desc, unit="step", disable=desc is None, leave=False):
             opt.zero_grad()
             for start in range(0, len(param), per_pass):  # the passes' gradients fill their own rows of param.grad
@@ -61,10 +56,6 @@ def max_margins(model: nn.Module, shape: tuple[int, int], num_classes: int, star
                 best[part] = torch.maximum(best[part], margin.detach())
                 (-margin.sum()).backward()
             opt.step()
-    finally:
-        for p, g in zip(model.parameters(), grads, strict=True):
-            p.requires_grad_(g)
-        model.train(was_training)
     return best.reshape(num_classes, starts).amax(1).numpy().astype(float)
 
 

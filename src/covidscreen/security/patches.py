@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from .chunks import images_per_pass
+from .chunks import frozen_model, images_per_pass
 
 
 @dataclass
@@ -79,11 +79,6 @@ def patch_search(model: nn.Module, fit_images: torch.Tensor, test_images: torch.
     h, w = fit_images.shape[-2:]
     positions = _grid(h, w, side, stride or side)
     gen = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    grads = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
     n_fit = min(batch_size, len(fit_images))
     max_batch = max_batch or images_per_pass(h, w)
     per_chunk = max(1, max_batch // max(n_fit, 1))
@@ -92,8 +87,8 @@ def patch_search(model: nn.Module, fit_images: torch.Tensor, test_images: torch.
     alive = torch.arange(len(positions))  # indices of the positions still optimised
     loss_sum = torch.zeros(len(positions))
     target_t = torch.full((n_fit,), target, dtype=torch.long)
-    bar = tqdm(total=steps, desc=desc, unit="step", disable=desc is None, leave=False)
-    try:
+    with frozen_model(model, fit_images[:2]), tqdm(total=steps, desc=desc, unit="step", disable=desc is None,
+                                                    leave=False) as bar:
         for step in range(1, steps + 1):
             idx = torch.randint(0, len(fit_images), (n_fit,), generator=gen)
             opt.zero_grad()
@@ -123,11 +118,6 @@ def patch_search(model: nn.Module, fit_images: torch.Tensor, test_images: torch.
                 if float(rates[i]) > best.success:
                     j = int(chunk[i])
                     best = PatchResult(target, float(rates[i]), positions[j], side, pattern[j].numpy().copy())
-    finally:
-        bar.close()
-        for p, g in zip(model.parameters(), grads, strict=True):
-            p.requires_grad_(g)
-        model.train(was_training)
     return best
 
 
