@@ -4,11 +4,12 @@ A patch backdoor (BadNets, Matsuo and Takemoto's corner square) is a compact tri
 the target. Neural Cleanse's free-form mask search (``cleanse.py``) cannot find it in the demonstration's 64 px
 models: clean small networks also answer to *scattered* masks of the same size, and the search ends there
 (docs/security.md). Here the mask is fixed to a ``side`` x ``side`` square and only its pixel values are optimised,
-at every position of a grid at once (one batch holds every position), for a few steps; the best position's success
-rate on held-out clean images of the other classes is the statistic. A clean model has no patch of that size that
-flips most images (0.25 at most towards any class on the demonstration's clean models); a backdoored one has its
-trigger (1.0). This is the fixed-shape special case of trigger reverse-engineering (as in TABOR's and K-Arm's compact
-triggers), written here on the registry's models because the maintained toolkits (ART) take Keras models only.
+at every position of a grid at once (in passes of a bounded number of images, ``chunks.py``), for a few steps; the
+best position's success rate on held-out clean images of the other classes is the statistic. A clean model has no
+patch of that size that flips most images (0.25 at most towards any class on the demonstration's clean models); a
+backdoored one has its trigger (1.0). This is the fixed-shape special case of trigger reverse-engineering (as in
+TABOR's and K-Arm's compact triggers), written here on the registry's models because the maintained toolkits (ART)
+take Keras models only.
 
 Rule: a model is flagged when some target's best patch success reaches ``min_success`` (default 0.8) and exceeds every
 clean reference's best by at least ``margin`` (default 0.3). The reference comparison keeps a model whose data makes
