@@ -58,12 +58,16 @@ def test_tiny_experiment_and_detectors(tmp_path):
     assert data["run"] == "targeted_20" and 0 <= data["spectral"]["stamped"]["recall"] <= 1
     assert_clean_error(run_cli_in_process("security", "detectors", str(tmp_path)), "no backdoor.json")
 
-    # the model scan of one run against two others, recorded for `covidscreen verify`
+    # the model scan of one run against two others, recorded for `covidscreen verify`, at a budget as small as the
+    # detectors' above (the default's reversed triggers and MM-BD were most of this test's CPU); the patch search is
+    # read from the scan cache the detectors filled (COVIDSCREEN_CACHE is shared with the subprocesses), the
+    # reversed triggers and MM-BD are computed at this budget (the cache key holds it: tests/security/test_scan.py)
     proc = run_cli("scan", str(out / "targeted_20"), "--reference", str(out / "clean_s0"), "--reference",
-                   str(out / "targeted_20_finetuned"))
+                   str(out / "targeted_20_finetuned"), "--steps", "2", "--images", "2", "--mmbd-steps", "10")
     assert proc.returncode == 0, proc.stderr
     assert "model scan:" in proc.stdout and "a patch sends" in proc.stdout and "reversed trigger" in proc.stdout
     recorded = json.loads((out / "targeted_20" / "security_scan.json").read_text())["model"]
     assert recorded["verdict"] in ("BACKDOOR SUSPECTED", "no backdoor found") and "patch_best" in recorded
+    assert recorded["budget"] == {"steps": 2, "images": 2, "mmbd_steps": 10, "patch_steps": 12}
     # in process, as the error above (verify's subprocess test: test_cli_security.py)
     assert "model scan" in run_cli_in_process("verify", str(out / "targeted_20")).stdout

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from covidscreen.errors import CheckpointError
+from covidscreen.errors import CheckpointError, ConfigError
 from covidscreen.inference.checkpoint import save_checkpoint
 from covidscreen.models import create_model
 from covidscreen.security import scan as scans
@@ -158,3 +158,44 @@ def test_scan_job_model_scan_needs_two_references(run_dir):
 
     with pytest.raises(DataError, match="at least 2 reference runs"):
         scans.scan_job(run_dir, references=[run_dir])
+
+
+def test_scan_budget_is_in_the_cache_key_recorded_and_checked(run_dir, tmp_path):
+    refs = [_run(tmp_path, "ref1"), _run(tmp_path, "ref2")]
+    small = {"--steps": "3", "--images": "2", "--mmbd-steps": "20"}
+    # cached results of the same weights at two budgets: at the small one the model's smallest reversed trigger is
+    # tiny (flagged), at the default it is as large as the references' (not flagged)
+    for run in (run_dir, *refs):
+        mine = run == run_dir
+        scans.cached_result(run, "patches-halving:3:12:0", lambda: {"covid": 0.3, "normal": 0.25})
+        scans.cached_result(run, "cleanse:2:3:0", lambda m=mine: {"covid->normal": 5.0 if m else 30.0,
+                                                                  "normal->covid": 35.0})
+        scans.cached_result(run, "cleanse:24:150:0", lambda: {"covid->normal": 30.0, "normal->covid": 35.0})
+        scans.cached_result(run, "mmbd:20:8:0", lambda: {"covid": 30.0, "normal": 31.0})
+        scans.cached_result(run, "mmbd:300:8:0", lambda: {"covid": 30.0, "normal": 31.0})
+    args = ("scan", str(run_dir), "--reference", str(refs[0]), "--reference", str(refs[1]))
+    # in process: the subprocess run of scan with these options is in security/test_backdoor_experiment.py
+    proc = run_cli_in_process(*args, *(x for kv in small.items() for x in kv))
+    assert proc.returncode == 0, proc.stderr
+    assert "BACKDOOR SUSPECTED" in proc.stdout
+    assert ("(budget: reversed triggers 3 steps on 2 images per class, MM-BD 20 steps, patch search 12 steps; the "
+            "default: reversed triggers 150 steps on 24 images per class, MM-BD 300 steps") in proc.stdout
+    record = json.loads((run_dir / SCAN_FILE).read_text())["model"]
+    assert record["budget"] == {"steps": 3, "images": 2, "mmbd_steps": 20, "patch_steps": 12} and record["flagged"]
+    assert "(budget: reversed triggers 3 steps" in record["summary"]
+    # the default budget is not served the small budget's results
+    proc = run_cli_in_process(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "no backdoor found" in proc.stdout and "(budget:" not in proc.stdout
+    record = json.loads((run_dir / SCAN_FILE).read_text())["model"]
+    assert record["budget"] == {"steps": 150, "images": 24, "mmbd_steps": 300, "patch_steps": 12}
+    assert not record["flagged"]
+
+    for option, value, least in (("--steps", "0", 1), ("--images", "1", 2), ("--mmbd-steps", "-5", 1)):
+        assert_clean_error(run_cli_in_process(*args, option, value),
+                           f"{option} {value} is invalid: expected a whole number >= {least}")
+    assert_clean_error(run_cli_in_process("scan", str(run_dir), "--inputs", str(run_dir / "split.csv"), "--steps",
+                                          "3", "--mmbd-steps", "20"),
+                       "--steps and --mmbd-steps set the model scan \\(--reference\\); they do not apply to STRIP")
+    with pytest.raises(ConfigError, match="--images 1.5 is invalid"):  # the job checks what the Python API gets
+        scans.scan_job(run_dir, references=refs, images=1.5)

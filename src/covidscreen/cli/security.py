@@ -46,13 +46,22 @@ def scan(
     patch_side: Annotated[int | None, typer.Option(
         "--patch-side", help="model scan: side of the searched patches in model pixels (default: 5% of the "
         "input side, 3 px at 64 px)")] = None,
+    steps: Annotated[int | None, typer.Option(
+        "--steps", help="model scan: optimisation steps per reversed trigger (default 150; fewer: cheaper and "
+        "weaker, recorded with the verdict)")] = None,
+    images: Annotated[int | None, typer.Option(
+        "--images", help="model scan: validation images per class per reversed trigger (default 24, at least 2)")]
+    = None,
+    mmbd_steps: Annotated[int | None, typer.Option(
+        "--mmbd-steps", help="model scan: MM-BD's gradient steps of the margin search (default 300)")] = None,
 ) -> None:
     """Backdoor screening: of inputs (--inputs, STRIP), of a training set (--data), else of the model (--reference)."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..security.scan import scan_job
 
     outcome = scan_job(run_dir, inputs, data, reference, frr=frr, expected_fraction=expected_fraction, output=output,
-                       log=lambda msg: typer.echo(msg, err=True), patch_side=patch_side)
+                       log=lambda msg: typer.echo(msg, err=True), patch_side=patch_side, steps=steps,
+                       images=images, mmbd_steps=mmbd_steps)
     typer.echo(outcome.text())
 
 

@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .chunks import frozen_model
+
 
 @dataclass
 class ReversedTrigger:
@@ -57,12 +59,8 @@ def reverse_trigger(model: nn.Module, images: torch.Tensor, target: int, steps: 
     lam = init_lambda
     best_l1, best = float(h * w), None
     target_t = torch.full((len(images),), target, dtype=torch.long)
-    was_training = model.training
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     hits = []
-    try:
+    with frozen_model(model, images[:2]):
         for step in tqdm(range(steps), desc=desc, unit="step", disable=desc is None, leave=False):
             idx = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=gen)
             mask, pattern = torch.sigmoid(mask_param), torch.sigmoid(pattern_param)
@@ -91,10 +89,6 @@ def reverse_trigger(model: nn.Module, images: torch.Tensor, target: int, steps: 
             mask, pattern = best
             rate = float((model((1 - mask) * images + mask * pattern).argmax(1) == target).float().mean())
         return ReversedTrigger(source, target, best_l1, rate, mask[0, 0].numpy(), pattern[0, 0].numpy())
-    finally:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        model.train(was_training)
 
 
 def reverse_all_pairs(model: nn.Module, images: np.ndarray, labels: np.ndarray, n_per_class: int = 24,

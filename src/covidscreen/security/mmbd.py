@@ -24,6 +24,8 @@ from scipy import stats
 from torch import nn
 from tqdm.auto import tqdm
 
+from .chunks import frozen_model, images_per_pass
+
 MIN_REFERENCES = 5
 
 
@@ -31,33 +33,29 @@ def max_margins(model: nn.Module, shape: tuple[int, int], num_classes: int, star
                 lr: float = 0.05, seed: int = 0, desc: str | None = None) -> np.ndarray:
     """The largest logit margin each class reaches over inputs in ``[0, 1]`` (float ``(num_classes,)``).
 
-    Every class and every random start is optimised in one batch (``num_classes * starts`` images of ``shape``);
-    the input is parameterised through a sigmoid so that it stays an image. ``desc``: progress bar label."""
+    Every class and every random start is optimised together (``num_classes * starts`` images of ``shape``, in
+    passes of at most :func:`~covidscreen.security.chunks.images_per_pass` images: each image's margin depends only
+    on itself, so the passes change nothing but the memory); the input is parameterised through a sigmoid so that it
+    stays an image. ``desc``: progress bar label."""
     gen = torch.Generator().manual_seed(seed)
     h, w = shape
+    per_pass = images_per_pass(h, w)
     param = (torch.randn(num_classes * starts, 1, h, w, generator=gen) * 0.5).requires_grad_(True)
     cls = torch.arange(num_classes).repeat_interleave(starts)
     opt = torch.optim.Adam([param], lr=lr)
-    was_training = model.training
-    model.eval()
-    grads = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
     best = torch.full((num_classes * starts,), -float("inf"))
-    try:
+    with frozen_model(model, torch.sigmoid(param[:2].detach())):
         for _ in tqdm(range(steps), desc=desc, unit="step", disable=desc is None, leave=False):
-            logits = model(torch.sigmoid(param))
-            own = logits.gather(1, cls[:, None])[:, 0]
-            others = logits.scatter(1, cls[:, None], -float("inf")).amax(1)
-            margin = own - others
-            best = torch.maximum(best, margin.detach())
             opt.zero_grad()
-            (-margin.sum()).backward()
+            for start in range(0, len(param), per_pass):  # the passes' gradients fill their own rows of param.grad
+                part = slice(start, start + per_pass)
+                logits = model(torch.sigmoid(param[part]))
+                own = logits.gather(1, cls[part, None])[:, 0]
+                others = logits.scatter(1, cls[part, None], -float("inf")).amax(1)
+                margin = own - others
+                best[part] = torch.maximum(best[part], margin.detach())
+                (-margin.sum()).backward()
             opt.step()
-    finally:
-        for p, g in zip(model.parameters(), grads, strict=True):
-            p.requires_grad_(g)
-        model.train(was_training)
     return best.reshape(num_classes, starts).amax(1).numpy().astype(float)
 
 

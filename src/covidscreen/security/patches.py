@@ -4,11 +4,12 @@ A patch backdoor (BadNets, Matsuo and Takemoto's corner square) is a compact tri
 the target. Neural Cleanse's free-form mask search (``cleanse.py``) cannot find it in the demonstration's 64 px
 models: clean small networks also answer to *scattered* masks of the same size, and the search ends there
 (docs/security.md). Here the mask is fixed to a ``side`` x ``side`` square and only its pixel values are optimised,
-at every position of a grid at once (one batch holds every position), for a few steps; the best position's success
-rate on held-out clean images of the other classes is the statistic. A clean model has no patch of that size that
-flips most images (0.25 at most towards any class on the demonstration's clean models); a backdoored one has its
-trigger (1.0). This is the fixed-shape special case of trigger reverse-engineering (as in TABOR's and K-Arm's compact
-triggers), written here on the registry's models because the maintained toolkits (ART) take Keras models only.
+at every position of a grid at once (in passes of a bounded number of images, ``chunks.py``), for a few steps; the
+best position's success rate on held-out clean images of the other classes is the statistic. A clean model has no
+patch of that size that flips most images (0.25 at most towards any class on the demonstration's clean models); a
+backdoored one has its trigger (1.0). This is the fixed-shape special case of trigger reverse-engineering (as in
+TABOR's and K-Arm's compact triggers), written here on the registry's models because the maintained toolkits (ART)
+take Keras models only.
 
 Rule: a model is flagged when some target's best patch success reaches ``min_success`` (default 0.8) and exceeds every
 clean reference's best by at least ``margin`` (default 0.3). The reference comparison keeps a model whose data makes
@@ -27,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from .chunks import frozen_model, images_per_pass
 
 
 @dataclass
@@ -51,12 +53,12 @@ def _grid(h: int, w: int, side: int, stride: int) -> list[tuple[int, int]]:
 
 def patch_search(model: nn.Module, fit_images: torch.Tensor, test_images: torch.Tensor, target: int, side: int = 3,
                  stride: int | None = None, steps: int = 12, batch_size: int = 8, lr: float = 0.3,
-                 seed: int = 0, max_batch: int = 4096, prune_after: tuple[int, ...] = (4, 8), keep: float = 0.25,
+                 seed: int = 0, max_batch: int | None = None, prune_after: tuple[int, ...] = (4, 8), keep: float = 0.25,
                  min_keep: int = 8, desc: str | None = None) -> PatchResult:
     """The best ``side`` x ``side`` patch towards ``target`` over a grid of positions.
 
-    Every position is optimised at once (one batch holds every position, in chunks of ``max_batch`` images), by
-    successive halving: after each step of ``prune_after`` only the ``keep`` share of positions with the lowest mean
+    Every position is optimised at once (one batch holds every position, in passes of at most ``max_batch`` images),
+    by successive halving: after each step of ``prune_after`` only the ``keep`` share of positions with the lowest mean
     loss over the steps since the last cut go on (at least ``min_keep``), and only the last survivors are measured on
     the held-out images. A planted trigger wins in the first steps (its loss falls at once), so pruning loses it
     rarely, and the search costs about 2.5x less than optimising every position for every step
@@ -67,7 +69,10 @@ def patch_search(model: nn.Module, fit_images: torch.Tensor, test_images: torch.
         test_images: the same kind, held out: the success rate is measured on them.
         stride: grid step (default ``side``: the candidate squares tile the image, so any square trigger overlaps one
             by at least a quarter).
-        max_batch: most images in one forward pass (positions x images).
+        max_batch: most images in one forward pass (positions x images; whole positions, at least one); None:
+            :func:`~covidscreen.security.chunks.images_per_pass` (256 at 64 px, 20 at 224 px), which bounds the
+            memory of the gradients' activations. Each position's loss and gradient depend only on its own images,
+            so the passes change the result only by the order of float sums.
         desc: show a progress bar (rate and ETA) with this label; None: silent.
     """
     if side < 1 or side > min(fit_images.shape[-2:]):
@@ -75,20 +80,16 @@ def patch_search(model: nn.Module, fit_images: torch.Tensor, test_images: torch.
     h, w = fit_images.shape[-2:]
     positions = _grid(h, w, side, stride or side)
     gen = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    grads = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
     n_fit = min(batch_size, len(fit_images))
+    max_batch = max_batch or images_per_pass(h, w)
     per_chunk = max(1, max_batch // max(n_fit, 1))
     param = (torch.rand(len(positions), side, side, generator=gen) * 4 - 2).requires_grad_(True)
     opt = torch.optim.Adam([param], lr=lr)
     alive = torch.arange(len(positions))  # indices of the positions still optimised
     loss_sum = torch.zeros(len(positions))
     target_t = torch.full((n_fit,), target, dtype=torch.long)
-    bar = tqdm(total=steps, desc=desc, unit="step", disable=desc is None, leave=False)
-    try:
+    with frozen_model(model, fit_images[:2]), tqdm(total=steps, desc=desc, unit="step", disable=desc is None,
+                                                    leave=False) as bar:
         for step in range(1, steps + 1):
             idx = torch.randint(0, len(fit_images), (n_fit,), generator=gen)
             opt.zero_grad()
@@ -118,11 +119,6 @@ def patch_search(model: nn.Module, fit_images: torch.Tensor, test_images: torch.
                 if float(rates[i]) > best.success:
                     j = int(chunk[i])
                     best = PatchResult(target, float(rates[i]), positions[j], side, pattern[j].numpy().copy())
-    finally:
-        bar.close()
-        for p, g in zip(model.parameters(), grads, strict=True):
-            p.requires_grad_(g)
-        model.train(was_training)
     return best
 
 

@@ -75,6 +75,7 @@ from ..errors import CheckpointError, ConfigError, DataError, ImageDecodeError
 from ..inference.checkpoint import WEIGHTS_FILE, save_checkpoint
 from ..inference.run import Run, derived_record, load_run
 from ..runtime import seed_everything
+from .chunks import images_per_pass
 from .patches import PatchResult, default_patch_side, patch_search
 
 METHODS = ("fine-pruning", "nad", "i-bau", "anp", "unlearn", "finetune")
@@ -346,14 +347,21 @@ def universal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, r
                            gen: torch.Generator, step_size: float | None = None) -> torch.Tensor:
     """One perturbation ``delta`` (``(1, 1, H, W)``, L2 norm at most ``radius``) that raises the loss of every clean
     image at once (projected gradient ascent): the universal adversarial perturbation of I-BAU's inner problem. A
-    backdoor is such a perturbation, found with few pixels; a clean model needs one spread over the image."""
+    backdoor is such a perturbation, found with few pixels; a clean model needs one spread over the image.
+
+    The mean loss's gradient is summed over passes of at most :func:`~covidscreen.security.chunks.images_per_pass`
+    images (the clean set may be 5% of a large training set; one pass would hold every image's activations)."""
     step_size = step_size or 2.5 * radius / max(1, steps)
     delta = torch.randn((1, *x.shape[1:]), generator=gen)
     delta = (delta * radius * 0.1 / delta.norm()).requires_grad_(True)
     model.eval()
+    per_pass = images_per_pass(*x.shape[-2:])
     for _ in range(steps):
-        loss = F.cross_entropy(model((x + delta).clamp(0, 1)), y)
-        (grad,) = torch.autograd.grad(loss, delta)
+        grad = torch.zeros_like(delta)
+        for start in range(0, len(x), per_pass):
+            part = slice(start, start + per_pass)
+            loss = F.cross_entropy(model((x[part] + delta).clamp(0, 1)), y[part], reduction="sum") / len(x)
+            grad += torch.autograd.grad(loss, delta)[0]
         with torch.no_grad():
             delta += step_size * grad / grad.norm().clamp(min=1e-12)
             delta *= min(1.0, radius / float(delta.norm().clamp(min=1e-12)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -212,14 +212,49 @@ def model_max_margins(run_dir: str | Path, steps: int = 300, starts: int = 8, se
     return cached_result(run_dir, f"mmbd:{steps}:{starts}:{seed}", compute)[0]
 
 
+PATCH_STEPS = 12  # the model scan's patch search: Adam steps per position (successive halving, patches.py)
+_BUDGET_OPTIONS = {"steps": ("--steps", 1), "images": ("--images", 2), "mmbd_steps": ("--mmbd-steps", 1)}
+
+
+@dataclass(frozen=True)
+class ScanBudget:
+    """How long the model scan optimises (``covidscreen scan --steps/--images/--mmbd-steps``, as ``security
+    detectors``). The defaults are those of the verdicts in docs/security.md; a smaller budget is cheaper and weaker
+    (a search stopped early may miss a trigger the default finds). The budget is recorded with the verdict, and
+    each setting is part of its scan's cache key (:func:`model_mask_sizes`, :func:`model_max_margins`), so a result
+    computed at one budget is never served to a scan at another."""
+
+    steps: int = 150  # reversed triggers: optimisation steps per class pair
+    images: int = 24  # reversed triggers: validation images per class
+    mmbd_steps: int = 300  # MM-BD: gradient steps of the margin search
+
+    def validate(self) -> ScanBudget:
+        """Raises ConfigError naming the option of a value below its least (``--images``: 2, the others 1)."""
+        for name, (option, least) in _BUDGET_OPTIONS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{option} {value!r} is invalid: expected a whole number >= {least}")
+        return self
+
+    def as_dict(self) -> dict[str, int]:
+        """The budget as recorded in ``security_scan.json`` (with the patch search's fixed steps)."""
+        return {"steps": self.steps, "images": self.images, "mmbd_steps": self.mmbd_steps,
+                "patch_steps": PATCH_STEPS}
+
+    def describe(self) -> str:
+        return (f"reversed triggers {self.steps} steps on {self.images} images per class, MM-BD {self.mmbd_steps} "
+                f"steps, patch search {PATCH_STEPS} steps")
+
+
 @dataclass
 class ModelScan:
     """The model-level scans: reversed free-form triggers, the patch search and MM-BD (judged with at least 5
-    references); flagged when any flags."""
+    references); flagged when any flags. ``budget``: how long they optimised."""
 
     reversed: ModelScanResult
     patches: PatchVerdict
     mmbd: MMBDVerdict | None = None
+    budget: ScanBudget = field(default_factory=ScanBudget)
 
     @property
     def flagged(self) -> bool:
@@ -243,7 +278,11 @@ class ModelScan:
                 f"{min(m.references):.1f}-{max(m.references):.1f}, p = {m.p_value:.3f} (flagged below {m.alpha})")
 
     def summary(self) -> str:
-        return f"model scan: {'BACKDOOR SUSPECTED' if self.flagged else 'no backdoor found'}: {self.evidence()}"
+        """The verdict and its evidence; a budget other than the default is named (its verdict is weaker)."""
+        budget = ("" if self.budget == ScanBudget() else
+                  f" (budget: {self.budget.describe()}; the default: {ScanBudget().describe()})")
+        return (f"model scan: {'BACKDOOR SUSPECTED' if self.flagged else 'no backdoor found'}: {self.evidence()}"
+                f"{budget}")
 
     def advice(self, run_dir: str | Path) -> str:
         """The verdict in plain words and what to do next."""
@@ -258,13 +297,14 @@ class ModelScan:
                 "weights' sha256 ('covidscreen verify', --expect-sha256) so that what you scanned is what you run.")
 
 
-def scan_model(run_dir: str | Path, references: list[str | Path], n_per_class: int = 24, steps: int = 150,
+def scan_model(run_dir: str | Path, references: list[str | Path], budget: ScanBudget | None = None,
                seed: int = 0, record: bool = True, progress: bool = False, log: Any = None,
                patch_side: int | None = None) -> ModelScan:
     """Reverse-engineer triggers and search patches of the run and of clean reference runs; judge against them.
 
-    ``patch_side``: side of the searched patches in model pixels, for the model and its references alike (default
-    5% of the input side, :func:`~covidscreen.security.patches.default_patch_side`).
+    ``budget``: how long each search optimises (default :class:`ScanBudget`'s), for the model and its references
+    alike, recorded with the verdict. ``patch_side``: side of the searched patches in model pixels, for the model
+    and its references alike (default 5% of the input side, :func:`~covidscreen.security.patches.default_patch_side`).
 
     Each model's results are cached by its weights' sha256 (:func:`cached_result`), so the references are scanned
     once, whatever model they are later compared with. ``progress``: a bar (with ETA) per model and class; ``log``:
@@ -272,6 +312,7 @@ def scan_model(run_dir: str | Path, references: list[str | Path], n_per_class: i
     if len(references) < 2:
         raise DataError("the model scan needs at least 2 reference runs trained clean on the same data (--reference "
                         "RUN --reference RUN): its threshold is calibrated on them")
+    budget = (budget or ScanBudget()).validate()
     say = log or (lambda _msg: None)
     models = [Path(run_dir), *(Path(r) for r in references)]
     sizes, patches, margins = [], [], []
@@ -279,17 +320,18 @@ def scan_model(run_dir: str | Path, references: list[str | Path], n_per_class: i
         what = "model" if i == 0 else "reference"
         t0 = time.perf_counter()
         say(f"[scan {i + 1}/{len(models)}] {what} {model}")
-        sizes.append(model_mask_sizes(model, n_per_class, steps, seed, progress=progress))
-        patches.append(model_patch_success(model, side=patch_side, seed=seed, progress=progress))
-        margins.append(model_max_margins(model, seed=seed, progress=progress))
+        sizes.append(model_mask_sizes(model, budget.images, budget.steps, seed, progress=progress))
+        patches.append(model_patch_success(model, side=patch_side, steps=PATCH_STEPS, seed=seed, progress=progress))
+        margins.append(model_max_margins(model, steps=budget.mmbd_steps, seed=seed, progress=progress))
         say(f"[scan {i + 1}/{len(models)}] {model.name} done in {time.perf_counter() - t0:.0f} s")
     result = ModelScan(judge(sizes[0], sizes[1:]), judge_patches(patches[0], patches[1:]),
-                       judge_mmbd(margins[0], margins[1:]))
+                       judge_mmbd(margins[0], margins[1:]), budget)
     if record:
         record_scan(run_dir, "model", {
             "method": "reversed triggers per class pair, patch search and MM-BD, vs clean references",
             **result.reversed.as_dict(), **result.patches.as_dict(), **result.mmbd.as_dict(),
             "patch_side": patch_side or default_patch_side(load_run(run_dir).image_size),
+            "budget": budget.as_dict(),
             "flagged": result.flagged,
             "references": [str(Path(r).resolve()) for r in references],
             "weights_sha256": weights_digest(run_dir),
@@ -412,20 +454,29 @@ class ScanOutcome:
 
 def scan_job(run_dir: str | Path, inputs: list[str] | None = None, data: str | Path | None = None,
              references: list[str | Path] | None = None, frr: float = 0.01, expected_fraction: float = 0.1,
-             output: Path | None = None, log: Any = None, patch_side: int | None = None) -> ScanOutcome:
+             output: Path | None = None, log: Any = None, patch_side: int | None = None, steps: int | None = None,
+             images: int | None = None, mmbd_steps: int | None = None) -> ScanOutcome:
     """``covidscreen scan``: STRIP on ``inputs`` when given, else the training-set scan of ``data`` when given, else
     the model scan against ``references`` (``log``: told when each model starts and ends; ``patch_side``: its
-    patch search's side in model pixels). The per-file table of the first two goes to ``output`` (CSV) when given;
-    every scan records its verdict in the run.
+    patch search's side in model pixels; ``steps``, ``images``, ``mmbd_steps``: its :class:`ScanBudget`, the
+    default's where None). The per-file table of the first two goes to ``output`` (CSV) when given; every scan
+    records its verdict in the run.
 
     Raises:
         DataError: the model scan with fewer than 2 references, a training set with too few readable images.
-        ConfigError: ``patch_side`` below 1 pixel, larger than the model's input, or given to another scan.
+        ConfigError: ``patch_side`` below 1 pixel or larger than the model's input; a budget value below its least
+            (:meth:`ScanBudget.validate`); ``patch_side`` or a budget value given to another scan.
     """
+    given = {"--patch-side": patch_side, "--steps": steps, "--images": images, "--mmbd-steps": mmbd_steps}
+    named = [option for option, value in given.items() if value is not None]
+    if named and (inputs or data is not None):
+        one = len(named) == 1
+        raise ConfigError(f"{' and '.join(named)} set{'s' if one else ''} the model scan (--reference); "
+                          f"{'it does' if one else 'they do'} not apply to STRIP (--inputs) or the training-set scan "
+                          "(--data)")
+    budget = ScanBudget(**{k: v for k, v in (("steps", steps), ("images", images), ("mmbd_steps", mmbd_steps))
+                           if v is not None}).validate()
     if patch_side is not None:
-        if inputs or data is not None:
-            raise ConfigError("--patch-side sets the model scan's patch search (--reference); it does not apply to "
-                              "STRIP (--inputs) or the training-set scan (--data)")
         size = load_run(run_dir).image_size
         if not 1 <= patch_side <= size:
             raise ConfigError(f"--patch-side {patch_side} is invalid: expected 1 to the model's input side ({size} "
@@ -441,7 +492,7 @@ def scan_job(run_dir: str | Path, inputs: list[str] | None = None, data: str | P
                                  f"flagged by spectral signatures, {int(table['cluster_flag'].sum())} by activation "
                                  "clustering; most likely poisoned first:\n" + "\n".join(table["path"].head(10)))
     else:
-        result = scan_model(run_dir, list(references or []), progress=True, log=log, patch_side=patch_side)
+        result = scan_model(run_dir, list(references or []), budget, progress=True, log=log, patch_side=patch_side)
         return ScanOutcome("model", f"{result.summary()}\n{result.advice(run_dir)}")
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
