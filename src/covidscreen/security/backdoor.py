@@ -373,19 +373,24 @@ def write_clean_set(clean_run: Path, out_dir: Path, share: float = 0.05, seed: i
 
 
 def evaluate_defences(out_dir: str | Path, methods: tuple[str, ...] = ("fine-pruning", "nad", "i-bau"),
-                      runs: list[str] | None = None, log: Any = print) -> dict[str, Any]:
+                      runs: list[str] | None = None, log: Any = print,
+                      settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Sanitize every model of a finished experiment with each defence and measure it (``defences.json``).
 
     The clean set is 5% of the training set's size, sampled from the clean run's validation split
     (:func:`write_clean_set`); each model is measured before and after on the clean test images (AUC, sensitivity,
     specificity, :func:`test_figures`) and with the trigger stamped (attack success, :func:`attack_success`).
-    Sanitized runs are kept in ``out_dir/sanitized/<run>__<method>`` and reused when present.
+    Sanitized runs are kept in ``out_dir/sanitized/<run>__<method>`` and reused when present. ``settings``
+    (:class:`SanitizeConfig` fields other than the defaults) apply to every method; the results are then kept
+    under ``<method>+<key>=<value>,...``, beside those of the defaults.
     """
     # sanitize builds on this module's experiment helpers: imported here to keep them acyclic
     from .sanitize import SanitizeConfig, sanitize
 
-    for method in methods:  # an unknown name is refused before any model is measured
-        SanitizeConfig(method=method).validate()
+    settings = dict(settings or {})
+    suffix = "+" + ",".join(f"{k}={v}" for k, v in sorted(settings.items())) if settings else ""
+    for method in methods:  # an unknown name or setting is refused before any model is measured
+        SanitizeConfig(method=method, **settings).validate()
     out = Path(out_dir)
     result = read_experiment(out)
     trigger = Trigger(**result["trigger"])
@@ -410,16 +415,18 @@ def evaluate_defences(out_dir: str | Path, methods: tuple[str, ...] = ("fine-pru
         if "before" not in entry:
             entry["before"] = measure(out / rec["run"], targets)
         for method in methods:
-            if method in entry.get("after", {}):
+            label = method + suffix
+            if label in entry.get("after", {}):
                 continue
-            target = out / "sanitized" / f"{rec['run']}__{method}"
+            target = out / "sanitized" / f"{rec['run']}__{label}"
             if not is_run_folder(target):
-                log(f"[defences] {rec['run']}: {method}")
-                sanitize(out / rec["run"], clean_dir, target, SanitizeConfig(method=method), progress=False)
-            entry.setdefault("after", {})[method] = {
+                log(f"[defences] {rec['run']}: {label}")
+                sanitize(out / rec["run"], clean_dir, target, SanitizeConfig(method=method, **settings),
+                         progress=False)
+            entry.setdefault("after", {})[label] = {
                 **measure(target, targets), "sanitize": json.loads((target / "sanitize.json").read_text())}
-            log(f"[defences] {rec['run']} {method}: {json.dumps(entry['after'][method]['trigger'])} "
-                f"{json.dumps(entry['after'][method]['test'])}")
+            log(f"[defences] {rec['run']} {label}: {json.dumps(entry['after'][label]['trigger'])} "
+                f"{json.dumps(entry['after'][label]['test'])}")
             path.write_text(json.dumps(found, indent=2, default=float))
     path.write_text(json.dumps(found, indent=2, default=float))
     return found

@@ -27,7 +27,9 @@ Defences (each from a published paper; the clean set holds at most ``max_share``
   labels, so that the trigger stops meaning the target. The trigger is reversed by the model scan's patch search
   (``patches.py``: a ``side`` x ``side`` square, content and position, towards every class, on the clean images);
   each round the ``unlearn_patches`` most successful found patches are stamped on copies of an ``unlearn_share``
-  of the clean images (true labels, the usual augmentation), the model is fine-tuned ``unlearn_epochs`` epochs on
+  of the clean images (true labels, the usual augmentation, after which the patch is stamped again where it was
+  found; a share of the copies carry random contents there instead of the found pattern, so that the model
+  unlearns the position and not one reversed pattern), the model is fine-tuned ``unlearn_epochs`` epochs on
   the clean images and the copies, and the search starts again, until the best found patch sends fewer than
   ``unlearn_stop`` of the other classes' clean images to its target, or after ``unlearn_rounds`` rounds. It finds
   patch triggers (BadNets-like), not blended or warping ones, as the scan does.
@@ -115,6 +117,13 @@ class SanitizeConfig:
         unlearn_epochs: unlearn: fine-tuning epochs per round.
         unlearn_side: unlearn: patch side in model pixels; None: 5% of the input side, as the model scan.
         unlearn_steps: unlearn: optimisation steps of each patch search (the scan's 12).
+        unlearn_exact: unlearn: the found patch is stamped again after the augmentation, so that the copies show it
+            exactly where and as it was found (a trigger is stamped on the acquired image, after any shift); False:
+            stamped before the augmentation, which moves it by up to 3 px and changes its brightness (the setting
+            of the first measurements in docs/security.md).
+        unlearn_random: unlearn: share of the stamped copies whose patch gets random contents (each pixel uniform
+            in [0, 1], half of them snapped to 0 or 1) at the found position instead of the found pattern, so that
+            the model unlearns what sits at that position and not one reversed pattern of it.
         seed: seed of sampling, augmentation and batch order.
     """
 
@@ -141,6 +150,8 @@ class SanitizeConfig:
     unlearn_epochs: int = 4
     unlearn_side: int | None = None
     unlearn_steps: int = 12
+    unlearn_exact: bool = True
+    unlearn_random: float = 0.5
     seed: int = 0
 
     def validate(self) -> SanitizeConfig:
@@ -164,9 +175,44 @@ class SanitizeConfig:
         if not 0 < self.unlearn_stop <= 1 or not 0 < self.unlearn_share <= 1:
             raise ConfigError(f"unlearn: unlearn_stop ({self.unlearn_stop}) and unlearn_share "
                               f"({self.unlearn_share}) must be shares in (0, 1]")
+        if not 0 <= self.unlearn_random <= 1:
+            raise ConfigError(f"unlearn: unlearn_random ({self.unlearn_random}) must be a share in [0, 1]")
         if self.unlearn_side is not None and self.unlearn_side < 1:
             raise ConfigError(f"unlearn: the patch side ({self.unlearn_side}) must be at least 1 pixel")
         return self
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (``covidscreen security defences --set``) as :class:`SanitizeConfig` settings, each
+    value read as its field's type (a number, ``true``/``false``); ``method`` is given by ``--method``."""
+    fields = {f.name: f for f in dataclasses.fields(SanitizeConfig) if f.name != "method"}
+    defaults = SanitizeConfig()
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+        default = getattr(defaults, key)
+        text = text.strip()
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false"):
+                    raise ValueError
+                value: Any = text.lower() == "true"
+            elif isinstance(default, float):
+                value = float(text)
+            elif isinstance(default, tuple):
+                value = tuple(float(v) for v in text.split(","))
+            elif default is None or isinstance(default, int):
+                value = None if text.lower() == "none" else int(text)
+            else:
+                value = text
+        except ValueError:
+            kind = type(default).__name__ if default is not None else "int or none"
+            raise ConfigError(f"--set {pair!r}: {text!r} is not a valid {kind}") from None
+        settings[key] = value
+    return settings
 
 
 # -- the defences on tensors -------------------------------------------------------------------------------------
@@ -215,11 +261,14 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeConfig,
-             extra_loss: Any = None, after_step: Any = None, desc: str | None = None) -> nn.Module:
+             extra_loss: Any = None, after_step: Any = None, desc: str | None = None,
+             overlay: tuple[torch.Tensor, torch.Tensor] | None = None) -> nn.Module:
     """Fine-tune ``model`` in place on float ``(N, 1, H, W)`` images ``x`` with labels ``y``.
 
     ``extra_loss(model, inputs)``: added to the cross-entropy (NAD's attention term); ``after_step(model)``: run
-    after every optimiser step (fine-pruning keeps its pruned channels at zero)."""
+    after every optimiser step (fine-pruning keeps its pruned channels at zero); ``overlay``: a boolean mask and
+    values shaped as ``x``, written over the augmented images where the mask is set (unlearning's patches, which
+    must not move with the augmentation)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
@@ -234,6 +283,8 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCo
             for idx in _batches(len(x), cfg.batch_size, gen):
                 _train_mode(model)
                 inputs = augment(x[idx], gen)
+                if overlay is not None:
+                    inputs = torch.where(overlay[0][idx], overlay[1][idx], inputs)
                 loss = F.cross_entropy(model(inputs), y[idx], weight=weight)
                 if extra_loss is not None:
                     loss = loss + extra_loss(model, inputs)
@@ -401,6 +452,24 @@ def stamp_patch(x: torch.Tensor, patch: PatchResult) -> torch.Tensor:
     return out
 
 
+def patch_overlay(x: torch.Tensor, patch: PatchResult, random_share: float,
+                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Copies of float ``(N, 1, H, W)`` images with ``patch`` stamped, and the overlay (mask, values) that stamps it
+    again after augmentation; the first ``round(random_share * N)`` copies get random contents at the patch's
+    position (each pixel uniform in [0, 1], half of the pixels snapped to 0 or 1) instead of its pattern. Returns
+    the copies, the overlay and the number of random copies."""
+    (r, c), s = patch.position, patch.side
+    values = stamp_patch(x, patch)
+    n_random = round(random_share * len(x))
+    if n_random:
+        noise = torch.rand(n_random, x.shape[1], s, s, generator=gen)
+        snap = torch.rand(n_random, x.shape[1], s, s, generator=gen) < 0.5
+        values[:n_random, :, r:r + s, c:c + s] = torch.where(snap, noise.round(), noise).to(x.dtype)
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[:, :, r:r + s, c:c + s] = True
+    return values, (mask, values), n_random
+
+
 def found_patches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, side: int, steps: int, seed: int,
                   max_fit: int = 12) -> list[PatchResult]:
     """The model scan's patch search (``patches.py``) towards every class on the clean images: the patterns are fit
@@ -426,8 +495,10 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     ``unlearn_stop`` or after ``unlearn_rounds`` rounds of fine-tuning; else the found patches that reach
     ``unlearn_stop`` (at most ``unlearn_patches``, at least the best) are stamped on copies of ``unlearn_share`` of
     the clean images (the chosen images shared among the patches), which keep their true labels, and the model is
-    fine-tuned ``unlearn_epochs`` epochs on the clean images and the copies (:func:`finetune`). A last search
-    measures what is left. The details list every round's search."""
+    fine-tuned ``unlearn_epochs`` epochs on the clean images and the copies (:func:`finetune`). With
+    ``unlearn_exact`` the patches are stamped again after the augmentation (:func:`patch_overlay`), and an
+    ``unlearn_random`` share of the copies carry random contents at the found position. A last search measures what
+    is left. The details list every round's search."""
     name = (lambda t: classes[t]) if classes else str
     gen = torch.Generator().manual_seed(cfg.seed)
     per_round = dataclasses.replace(cfg, epochs=cfg.unlearn_epochs)
@@ -451,14 +522,22 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
                 break
             chosen = torch.randperm(len(x), generator=gen)[:n_stamp]
             parts = [chosen[i::len(used)] for i in range(len(used))]
-            stamped = torch.cat([stamp_patch(x[idx], p) for idx, p in zip(parts, used, strict=True)])
+            made = [patch_overlay(x[idx], p, cfg.unlearn_random, gen) for idx, p in zip(parts, used, strict=True)]
+            for entry, (_, _, n_random) in zip(rounds[-1]["stamped"], made, strict=True):
+                entry["random_copies"] = n_random
+            stamped = torch.cat([m[0] for m in made])
             labels = torch.cat([y[idx] for idx in parts])  # true labels: the trigger must stop meaning the target
+            overlay = None
+            if cfg.unlearn_exact:  # the clean images get an empty mask: nothing written over them
+                overlay = (torch.cat([torch.zeros_like(x, dtype=torch.bool)] + [m[1][0] for m in made]),
+                           torch.cat([x] + [m[1][1] for m in made]))
             finetune(model, torch.cat([x, stamped]), torch.cat([y, labels]),
-                     dataclasses.replace(per_round, seed=cfg.seed + r))
+                     dataclasses.replace(per_round, seed=cfg.seed + r), overlay=overlay)
             bar.update(1)
     finally:
         bar.close()
     return model, {"side": side, "rounds_run": len(rounds) - 1, "stop": cfg.unlearn_stop,
+                   "exact": cfg.unlearn_exact, "random_share": cfg.unlearn_random,
                    "stopped": "bound" if rounds[-1]["best_success"] < cfg.unlearn_stop else "round limit",
                    "final_best_success": rounds[-1]["best_success"], "rounds": rounds}
 
