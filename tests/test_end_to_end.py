@@ -5,11 +5,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from covidscreen.config import resolve_train_config
 from covidscreen.inference.predictor import Predictor
 from covidscreen.inference.run import load_checkpoint
+from covidscreen.runtime import amp_dtype
 from covidscreen.workflows.evaluate import evaluate_run
 from covidscreen.workflows.fit import fit
 from tests.test_cli import assert_clean_error, run_cli, run_cli_in_process
@@ -81,8 +83,9 @@ def test_predict_dicom_png_jpeg_and_bad_file(small_run, shared_data, tmp_path):
 
 
 def test_predict_mixed_precision_is_opt_in(small_run, shared_data, tmp_path):
-    """Prediction is exact float32 unless ``--mixed-precision`` asks for autocast (a no-op on a CPU). On an H100,
-    bfloat16 changed 3 of 204 decisions against the CPU; exact float32 changed none."""
+    """Prediction is exact float32 unless ``--mixed-precision`` asks for autocast: bfloat16 on a CPU with AMX
+    (``runtime.amp_dtype``), a no-op on other CPUs. On an H100, bfloat16 changed 3 of 204 decisions against the CPU;
+    exact float32 changed none."""
     out = tmp_path / "preds.csv"
     # in process: predict's subprocess run is test_predict_dicom_png_jpeg_and_bad_file
     proc = run_cli_in_process("predict", str(small_run), str(shared_data / "dicom"), "--output", str(out),
@@ -90,9 +93,14 @@ def test_predict_mixed_precision_is_opt_in(small_run, shared_data, tmp_path):
     assert proc.returncode == 0, proc.stderr
     cli = pd.read_csv(out)
     pred = Predictor(small_run, device="cpu")
-    assert pred.amp is None and Predictor(small_run, device="cpu", mixed_precision=True).amp is None  # CPU: float32
+    mixed = Predictor(small_run, device="cpu", mixed_precision=True)
+    autocast = amp_dtype(torch.device("cpu"))  # bfloat16 on a CPU with AMX, None (float32) elsewhere
+    assert pred.amp is None and mixed.amp is autocast
     api = pred.predict_files([shared_data / "dicom"], progress=False)
-    np.testing.assert_allclose(cli["prob_covid"], api["prob_covid"], atol=1e-5)
+    # the command gives what the API gives with the same setting; float32 within bfloat16's rounding of it
+    np.testing.assert_allclose(cli["prob_covid"], mixed.predict_files([shared_data / "dicom"], progress=False)
+                               ["prob_covid"], atol=1e-6)
+    np.testing.assert_allclose(cli["prob_covid"], api["prob_covid"], atol=1e-5 if autocast is None else 0.02)
 
 
 def test_tampered_weights_are_refused(small_run, tmp_path):
