@@ -67,6 +67,7 @@ from covidscreen.training.loop import (
     train_one_epoch,
 )
 from covidscreen.training.losses import criterion
+from covidscreen.training.precision import float32_slow_depthwise
 
 
 def pick_images(n_train: int, n_val: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
@@ -157,7 +158,8 @@ class CovidscreenTrainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                       cosine_with_warmup(steps, int(cfg.warmup_fraction * steps)))
         self.opt = Optimisation(model, optimizer, scheduler, torch.device("cpu"), batch_size, generator,
-                                augment=AugmentConfig() if cfg.augment else None, fold_frozen_batchnorm=fold)
+                                augment=AugmentConfig() if cfg.augment else None, amp=amp,
+                                fold_frozen_batchnorm=fold)
         self.rng = np.random.default_rng(args.seed)
         # what the training step calls: the model, or with --torch-compile the model compiled by TorchInductor
         self.forward = torch.compile(model, dynamic=False) if torch_compile else model
@@ -187,8 +189,8 @@ class CovidscreenTrainer:
         order = self.rng.permutation(len(self.train))
         example = to_input(torch.from_numpy(np.ascontiguousarray(images[order[:2]])), opt.device) if (
             opt.fold_frozen_batchnorm) else None
-        with folded_frozen_batchnorm(model, example):  # as train_one_epoch does
-            self._profiled_batches(images, order, y)
+        with folded_frozen_batchnorm(model, example), float32_slow_depthwise(model, opt.device, opt.amp):
+            self._profiled_batches(images, order, y)  # as train_one_epoch does
 
     def _profiled_batches(self, images: np.ndarray, order: np.ndarray, y: np.ndarray) -> None:
         opt, bs = self.opt, self.opt.batch_size

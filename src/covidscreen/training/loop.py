@@ -15,6 +15,7 @@ from ..data.augment import AugmentConfig, augment_batch
 from ..runtime import autocast, prediction_precision, to_input
 from .finetune import freeze_batchnorm
 from .folding import folded_frozen_batchnorm
+from .precision import float32_slow_depthwise
 
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int, floor: float = 0.01) -> Callable[[int], float]:
@@ -124,7 +125,8 @@ def train_one_epoch(opt: Optimisation, images: np.ndarray, rows: np.ndarray, lab
     # frozen stages' BatchNorm folded into their convolutions for this epoch, checked on two of its images
     example = (to_input(torch.from_numpy(np.ascontiguousarray(images[rows[:2]])), opt.device)
                if n_batches and opt.fold_frozen_batchnorm else None)
-    with folded_frozen_batchnorm(model, example):
+    # and, under a CPU's bfloat16 autocast, the depthwise convolutions it trains slowly in float32 (precision.py)
+    with folded_frozen_batchnorm(model, example), float32_slow_depthwise(model, opt.device, opt.amp):
         for b in bar:
             sl = slice(b * opt.batch_size, (b + 1) * opt.batch_size)
             idx = rows[sl]
