@@ -111,7 +111,7 @@ def test_unlearn_stamps_the_found_patch_with_the_true_labels_and_unlearns_the_tr
     x, y = backdoored["x"], backdoored["y"]
     # 8 px patches (16 positions at 32 px: seconds of CPU; the 3 px trigger lies inside the one at (24, 24)), one
     # round of search and fine-tuning, then the last search
-    cfg = SanitizeConfig(method="unlearn", lr=1e-2, unlearn_rounds=1, unlearn_epochs=10, unlearn_steps=6)
+    cfg = SanitizeConfig(method="unlearn", unlearn_lr=1e-2, unlearn_rounds=1, unlearn_epochs=10, unlearn_steps=6)
     _, details = unlearn(model, x, y, cfg, side=8, classes=["0", "1", "2"])
     after = asr(model, backdoored["xt"], backdoored["yt"])
     clean = float((probs_fn(model)(backdoored["xt"]).argmax(1) == backdoored["yt"]).mean())
@@ -141,7 +141,7 @@ def test_unlearn_rounds_stop_at_the_bound_and_stamp_copies_that_keep_their_label
     monkeypatch.setattr(sanitize_module, "finetune",
                         lambda m, xs, ys, c, overlay=None: tuned.append((xs, ys, c, overlay)))
     cfg = SanitizeConfig(method="unlearn", unlearn_rounds=5, unlearn_stop=0.3, unlearn_share=0.4, unlearn_patches=2,
-                         unlearn_epochs=3, unlearn_random=0.0)
+                         unlearn_epochs=3, unlearn_random=0.0, unlearn_lr=5e-4)
     _, details = unlearn(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)), x, y, cfg, side=2)
     assert len(searches) == 3 and len(tuned) == 2  # stopped when the best patch fell below 0.3
     assert details["stopped"] == "bound" and details["final_best_success"] == 0.2 and details["rounds_run"] == 2
@@ -149,7 +149,7 @@ def test_unlearn_rounds_stop_at_the_bound_and_stamp_copies_that_keep_their_label
     assert [s["position"] for s in details["rounds"][0]["stamped"]] == [[2, 4], [0, 0]]
     assert [s["position"] for s in details["rounds"][1]["stamped"]] == [[2, 4]]  # 0.1 is below the bound
     xs, ys, c, overlay = tuned[0]
-    assert len(xs) == 14 and c.epochs == 3
+    assert len(xs) == 14 and c.epochs == 3 and c.lr == 5e-4  # unlearning's own epochs and learning rate
     assert torch.equal(xs[:10], x) and torch.equal(ys[:10], y)  # every clean image, then the copies
     copies = xs[10:]
     assert torch.all(copies[:2, :, 2:4, 4:6] == 0.75) and torch.all(copies[2:, :, 0:2, 0:2] == 0.75)
@@ -230,6 +230,8 @@ def test_defence_settings_are_parsed_by_their_types():
             parse_settings([bad])
     with pytest.raises(ConfigError, match="unlearn_random"):
         SanitizeConfig(method="unlearn", unlearn_random=1.5).validate()
+    with pytest.raises(ConfigError, match="unlearn_lr"):
+        SanitizeConfig(method="unlearn", unlearn_lr=0).validate()
 
 
 def test_unlearn_settings_are_checked():

@@ -115,6 +115,7 @@ class SanitizeConfig:
         unlearn_patches: unlearn: found patches stamped each round, the most successful first (the best of each
             target class is a candidate; at most the number of classes).
         unlearn_epochs: unlearn: fine-tuning epochs per round.
+        unlearn_lr: unlearn: learning rate of its fine-tuning (``lr`` is the other methods').
         unlearn_side: unlearn: patch side in model pixels; None: 5% of the input side, as the model scan.
         unlearn_steps: unlearn: optimisation steps of each patch search (the scan's 12).
         unlearn_exact: unlearn: the found patch is stamped again after the augmentation, so that the copies show it
@@ -148,6 +149,7 @@ class SanitizeConfig:
     unlearn_share: float = 0.5
     unlearn_patches: int = 1
     unlearn_epochs: int = 4
+    unlearn_lr: float = 1e-4
     unlearn_side: int | None = None
     unlearn_steps: int = 12
     unlearn_exact: bool = True
@@ -161,8 +163,8 @@ class SanitizeConfig:
             raise ConfigError(f"--budget {self.budget} is too small: at least {2 * MIN_PER_CLASS} clean images")
         if not 0 < self.max_share <= 1:
             raise ConfigError(f"max_share {self.max_share} must be in (0, 1]")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ConfigError("epochs and batch size must be >= 1 and the learning rate > 0")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or not self.unlearn_lr > 0:
+            raise ConfigError("epochs and batch size must be >= 1 and the learning rates (lr, unlearn_lr) > 0")
         if not 0 <= self.prune_max < 1 or not 0 <= self.prune_accuracy_drop < 1:
             raise ConfigError("prune_max and prune_accuracy_drop must be shares in [0, 1)")
         if (not 0 <= self.anp_eps < 1 or not 0 <= self.anp_alpha <= 1 or not 0 <= self.anp_threshold <= 1
@@ -501,7 +503,7 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     is left. The details list every round's search."""
     name = (lambda t: classes[t]) if classes else str
     gen = torch.Generator().manual_seed(cfg.seed)
-    per_round = dataclasses.replace(cfg, epochs=cfg.unlearn_epochs)
+    per_round = dataclasses.replace(cfg, epochs=cfg.unlearn_epochs, lr=cfg.unlearn_lr)
     n_stamp = max(1, round(cfg.unlearn_share * len(x)))
     rounds: list[dict[str, Any]] = []
     bar = tqdm(total=cfg.unlearn_rounds, desc=desc, unit="round", disable=desc is None, leave=False)
