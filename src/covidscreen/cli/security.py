@@ -78,7 +78,7 @@ def sanitize(
     budget: Annotated[int | None, typer.Option("--budget", help="most clean images used (default: 5% of the "
                                                "training set)")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="fine-tuning epochs over the clean images "
-                                               "(default 20; unlearn: per round, default 4)")] = None,
+                                               "(default 20; unlearn: per round, default 10)")] = None,
     rounds: Annotated[int | None, typer.Option("--rounds", help="unlearn: most rounds of patch search and "
                                                "fine-tuning (default 5)")] = None,
     patch_side: Annotated[int | None, typer.Option("--patch-side", help="unlearn: side of the searched "
