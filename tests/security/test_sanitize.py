@@ -33,7 +33,7 @@ from covidscreen.security.sanitize import (
     nad,
     optimise_neuron_masks,
     parse_settings,
-    patch_overlay,
+    patch_copies,
     prune_neurons,
     sanitize,
     stamp_patch,
@@ -139,7 +139,7 @@ def test_unlearn_rounds_stop_at_the_bound_and_stamp_copies_that_keep_their_label
 
     monkeypatch.setattr(sanitize_module, "found_patches", fake_found)
     monkeypatch.setattr(sanitize_module, "finetune",
-                        lambda m, xs, ys, c, overlay=None: tuned.append((xs, ys, c, overlay)))
+                        lambda m, xs, ys, c, unaugmented=None: tuned.append((xs, ys, c, unaugmented)))
     cfg = SanitizeConfig(method="unlearn", unlearn_rounds=5, unlearn_stop=0.3, unlearn_share=0.4, unlearn_patches=2,
                          unlearn_epochs=3, unlearn_random=0.0, unlearn_lr=5e-4)
     _, details = unlearn(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)), x, y, cfg, side=2)
@@ -148,7 +148,7 @@ def test_unlearn_rounds_stop_at_the_bound_and_stamp_copies_that_keep_their_label
     # round 0: both patches reach the bound, each stamped on 2 of the 4 chosen copies (40% of 10)
     assert [s["position"] for s in details["rounds"][0]["stamped"]] == [[2, 4], [0, 0]]
     assert [s["position"] for s in details["rounds"][1]["stamped"]] == [[2, 4]]  # 0.1 is below the bound
-    xs, ys, c, overlay = tuned[0]
+    xs, ys, c, mask = tuned[0]
     assert len(xs) == 14 and c.epochs == 3 and c.lr == 5e-4  # unlearning's own epochs and learning rate
     assert torch.equal(xs[:10], x) and torch.equal(ys[:10], y)  # every clean image, then the copies
     copies = xs[10:]
@@ -158,11 +158,10 @@ def test_unlearn_rounds_stop_at_the_bound_and_stamp_copies_that_keep_their_label
     assert set(stamped_labels.tolist()) <= {0, 1} and len(stamped_labels) == 4  # the chosen images' own labels
     assert torch.equal(stamp_patch(x[:1], PatchResult(0, 1.0, (6, 6), 2, pattern))[0, 0, 6:, 6:],
                        torch.full((2, 2), 0.75))
-    # the overlay stamps the copies again after augmentation, exactly the found patches, and nothing over the clean
+    # the copies' patches are stamped again after augmentation: exactly the found patches, nothing of the clean
     # images
-    mask, values = overlay
     assert not mask[:10].any() and int(mask[10:12, :, 2:4, 4:6].sum()) == 8 and int(mask[12:, :, 0:2, 0:2].sum()) == 8
-    assert int(mask.sum()) == 16 and torch.equal(values[mask], torch.full((16,), 0.75))
+    assert int(mask.sum()) == 16 and torch.equal(xs[mask], torch.full((16,), 0.75))
     assert [s["random_copies"] for s in details["rounds"][0]["stamped"]] == [0, 0]
     assert details["exact"] is True and details["random_share"] == 0.0
 
@@ -175,11 +174,11 @@ def test_unlearn_copies_with_random_contents_and_before_augmentation_only(monkey
                         lambda *a: [PatchResult(t, s, pos, 2, pattern) for t, s, pos in next(script)])
     tuned = []
     monkeypatch.setattr(sanitize_module, "finetune",
-                        lambda m, xs, ys, c, overlay=None: tuned.append((xs, overlay)))
+                        lambda m, xs, ys, c, unaugmented=None: tuned.append((xs, unaugmented)))
     cfg = SanitizeConfig(method="unlearn", unlearn_share=0.8, unlearn_random=0.5, unlearn_exact=False)
     _, details = unlearn(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)), x, y, cfg, side=2)
-    (xs, overlay), = tuned
-    assert overlay is None  # stamped before the augmentation only: the first measurements' setting
+    (xs, mask), = tuned
+    assert mask is None  # stamped before the augmentation only: the first measurements' setting
     copies = xs[10:]
     assert len(copies) == 8 and details["rounds"][0]["stamped"][0]["random_copies"] == 4
     patches = copies[:, 0, 2:4, 4:6]
@@ -191,12 +190,13 @@ def test_unlearn_copies_with_random_contents_and_before_augmentation_only(monkey
     assert torch.all(outside == 0.5)  # nothing stamped elsewhere
 
 
-def test_patch_overlay_and_finetune_write_the_patch_over_the_augmented_images():
+def test_patch_copies_and_finetune_write_the_patch_over_the_augmented_images():
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(6, 1, 16, 16, generator=gen) * 0.5 + 0.25
     patch = PatchResult(0, 1.0, (0, 0), 3, np.ones((3, 3), dtype=np.float32))
-    copies, (mask, values), n_random = patch_overlay(x, patch, 0.0, gen)
-    assert n_random == 0 and torch.equal(copies, values) and torch.all(copies[:, :, :3, :3] == 1)
+    copies, mask, n_random = patch_copies(x, patch, 0.0, gen)
+    assert n_random == 0 and torch.all(copies[:, :, :3, :3] == 1) and torch.equal(copies[:, :, 3:], x[:, :, 3:])
+    assert torch.equal(mask, copies != x)  # the mask is exactly the stamped pixels
     seen = []
 
     class Recorder(torch.nn.Module):
@@ -209,13 +209,13 @@ def test_patch_overlay_and_finetune_write_the_patch_over_the_augmented_images():
             return self.fc(inputs.flatten(1))
 
     labels = torch.tensor([0, 1] * 3)
-    finetune(Recorder(), copies, labels, SanitizeConfig(epochs=3, batch_size=6), overlay=(mask, values))
+    finetune(Recorder(), copies, labels, SanitizeConfig(epochs=3, batch_size=6), unaugmented=mask)
     # the augmentation shifts and rescales every batch, yet the patch reaches the model exactly where it was found
     assert all(torch.all(b[:, :, :3, :3] == 1) for b in seen)
     assert any(not torch.allclose(b[:, :, 5:, 5:], x[:, :, 5:, 5:]) for b in seen)  # the rest was augmented
     seen.clear()
     finetune(Recorder(), copies, labels, SanitizeConfig(epochs=3, batch_size=6))
-    assert not all(torch.all(b[:, :, :3, :3] == 1) for b in seen)  # without the overlay it moves or dims
+    assert not all(torch.all(b[:, :, :3, :3] == 1) for b in seen)  # without the mask it moves or dims
 
 
 def test_defence_settings_are_parsed_by_their_types():

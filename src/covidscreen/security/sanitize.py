@@ -267,13 +267,13 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeConfig,
              extra_loss: Any = None, after_step: Any = None, desc: str | None = None,
-             overlay: tuple[torch.Tensor, torch.Tensor] | None = None) -> nn.Module:
+             unaugmented: torch.Tensor | None = None) -> nn.Module:
     """Fine-tune ``model`` in place on float ``(N, 1, H, W)`` images ``x`` with labels ``y``.
 
     ``extra_loss(model, inputs)``: added to the cross-entropy (NAD's attention term); ``after_step(model)``: run
-    after every optimiser step (fine-pruning keeps its pruned channels at zero); ``overlay``: a boolean mask and
-    values shaped as ``x``, written over the augmented images where the mask is set (unlearning's patches, which
-    must not move with the augmentation)."""
+    after every optimiser step (fine-pruning keeps its pruned channels at zero); ``unaugmented``: a boolean mask
+    shaped as ``x`` of the pixels written back from ``x`` over the augmented images (unlearning's patches, which must
+    not move with the augmentation)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
@@ -288,8 +288,8 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCo
             for idx in _batches(len(x), cfg.batch_size, gen):
                 _train_mode(model)
                 inputs = augment(x[idx], gen)
-                if overlay is not None:
-                    inputs = torch.where(overlay[0][idx], overlay[1][idx], inputs)
+                if unaugmented is not None:
+                    inputs = torch.where(unaugmented[idx], x[idx], inputs)
                 loss = F.cross_entropy(model(inputs), y[idx], weight=weight)
                 if extra_loss is not None:
                     loss = loss + extra_loss(model, inputs)
@@ -457,12 +457,12 @@ def stamp_patch(x: torch.Tensor, patch: PatchResult) -> torch.Tensor:
     return out
 
 
-def patch_overlay(x: torch.Tensor, patch: PatchResult, random_share: float,
-                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Copies of float ``(N, 1, H, W)`` images with ``patch`` stamped, and the overlay (mask, values) that stamps it
-    again after augmentation; the first ``round(random_share * N)`` copies get random contents at the patch's
-    position (each pixel uniform in [0, 1], half of the pixels snapped to 0 or 1) instead of its pattern. Returns
-    the copies, the overlay and the number of random copies."""
+def patch_copies(x: torch.Tensor, patch: PatchResult, random_share: float,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Copies of float ``(N, 1, H, W)`` images with ``patch`` stamped, and the mask of its pixels (what
+    :func:`finetune` keeps un-augmented); the first ``round(random_share * N)`` copies get random contents at the
+    patch's position (each pixel uniform in [0, 1], half of the pixels snapped to 0 or 1) instead of its pattern.
+    Returns the copies, the mask and the number of random copies."""
     (r, c), s = patch.position, patch.side
     values = stamp_patch(x, patch)
     n_random = round(random_share * len(x))
@@ -472,7 +472,7 @@ def patch_overlay(x: torch.Tensor, patch: PatchResult, random_share: float,
         values[:n_random, :, r:r + s, c:c + s] = torch.where(snap, noise.round(), noise).to(x.dtype)
     mask = torch.zeros_like(x, dtype=torch.bool)
     mask[:, :, r:r + s, c:c + s] = True
-    return values, (mask, values), n_random
+    return values, mask, n_random
 
 
 def found_patches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, side: int, steps: int, seed: int,
@@ -501,7 +501,7 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     ``unlearn_stop`` (at most ``unlearn_patches``, at least the best) are stamped on copies of ``unlearn_share`` of
     the clean images (the chosen images shared among the patches), which keep their true labels, and the model is
     fine-tuned ``unlearn_epochs`` epochs on the clean images and the copies (:func:`finetune`). With
-    ``unlearn_exact`` the patches are stamped again after the augmentation (:func:`patch_overlay`), and an
+    ``unlearn_exact`` the patches are stamped again after the augmentation (:func:`patch_copies`), and an
     ``unlearn_random`` share of the copies carry random contents at the found position. A last search measures what
     is left. The details list every round's search."""
     name = (lambda t: classes[t]) if classes else str
@@ -527,17 +527,16 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
                 break
             chosen = torch.randperm(len(x), generator=gen)[:n_stamp]
             parts = [chosen[i::len(used)] for i in range(len(used))]
-            made = [patch_overlay(x[idx], p, cfg.unlearn_random, gen) for idx, p in zip(parts, used, strict=True)]
+            made = [patch_copies(x[idx], p, cfg.unlearn_random, gen) for idx, p in zip(parts, used, strict=True)]
             for entry, (_, _, n_random) in zip(rounds[-1]["stamped"], made, strict=True):
                 entry["random_copies"] = n_random
             stamped = torch.cat([m[0] for m in made])
             labels = torch.cat([y[idx] for idx in parts])  # true labels: the trigger must stop meaning the target
-            overlay = None
-            if cfg.unlearn_exact:  # the clean images get an empty mask: nothing written over them
-                overlay = (torch.cat([torch.zeros_like(x, dtype=torch.bool)] + [m[1][0] for m in made]),
-                           torch.cat([x] + [m[1][1] for m in made]))
+            # the clean images get an empty mask: all of them is augmented
+            kept = torch.cat([torch.zeros_like(x, dtype=torch.bool)] + [m[1] for m in made]) if (
+                cfg.unlearn_exact) else None
             finetune(model, torch.cat([x, stamped]), torch.cat([y, labels]),
-                     dataclasses.replace(per_round, seed=cfg.seed + r), overlay=overlay)
+                     dataclasses.replace(per_round, seed=cfg.seed + r), unaugmented=kept)
             bar.update(1)
     finally:
         bar.close()
