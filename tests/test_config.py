@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,17 @@ def test_bad_yaml_and_missing_file(tmp_path):
     f.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         resolve_train_config(f)
+
+
+def test_variadic_tuples_take_any_length_of_their_item_type():
+    @dataclass
+    class Betas:
+        betas: tuple[float, ...] = (1.0,)
+        pair: tuple[int, str] = (0, "a")
+
+    assert apply_overrides(Betas(), {"betas": [1, 2.5, 3]}).betas == (1.0, 2.5, 3.0)
+    assert apply_overrides(Betas(), {"betas": []}).betas == ()
+    with pytest.raises(ConfigError, match="'betas' has value"):
+        apply_overrides(Betas(), {"betas": [1, "x"]})
+    with pytest.raises(ConfigError, match="'pair' has value"):  # fixed-length tuples keep their length
+        apply_overrides(Betas(), {"pair": [1, "a", "b"]})

@@ -364,6 +364,8 @@ def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
         if not isinstance(value, list | tuple):
             return False, value
         args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length, every item an X
+            args = (args[0],) * len(value)
         if len(args) != len(value):
             return False, value
         out = []

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from covidscreen.cli.recipes import parse_sets
 from covidscreen.errors import CheckpointError, ConfigError, DataError
 from covidscreen.inference.checkpoint import save_checkpoint
 from covidscreen.inference.run import load_run
@@ -32,10 +33,10 @@ from covidscreen.security.sanitize import (
     ibau,
     nad,
     optimise_neuron_masks,
-    parse_settings,
     patch_copies,
     prune_neurons,
     sanitize,
+    sanitize_config,
     stamp_patch,
     unlearn,
 )
@@ -218,20 +219,19 @@ def test_patch_copies_and_finetune_write_the_patch_over_the_augmented_images():
     assert not all(torch.all(b[:, :, :3, :3] == 1) for b in seen)  # without the mask it moves or dims
 
 
-def test_defence_settings_are_parsed_by_their_types():
-    assert parse_settings(["unlearn_random=0", "unlearn-exact=false", "unlearn_rounds=3", "budget=none",
-                           "unlearn_side=4", "nad_betas=1,2,3"]) == {
-        "unlearn_random": 0.0, "unlearn_exact": False, "unlearn_rounds": 3, "budget": None, "unlearn_side": 4,
-        "nad_betas": (1.0, 2.0, 3.0)}
-    for bad, message in [("nope=1", "KEY one of"), ("unlearn_random", "expected KEY=VALUE"),
-                         ("unlearn_exact=maybe", "not a valid bool"), ("unlearn_rounds=2.5", "not a valid int"),
-                         ("method=nad", "KEY one of")]:
+def test_defence_settings_are_read_as_yaml_and_type_checked_onto_the_defaults():
+    cfg = sanitize_config("unlearn", parse_sets(["unlearn_random=0", "unlearn-exact=false", "unlearn_rounds=3",
+                                                 "budget=null", "unlearn_side=4", "nad_betas=[1, 2, 3]"]))
+    assert (cfg.method, cfg.unlearn_random, cfg.unlearn_exact, cfg.unlearn_rounds, cfg.budget, cfg.unlearn_side,
+            cfg.nad_betas) == ("unlearn", 0.0, False, 3, None, 4, (1.0, 2.0, 3.0))
+    assert sanitize_config("nad") == SanitizeConfig(method="nad")
+    for bad, message in [("nope=1", "unknown key 'nope'"), ("unlearn_random", "expected KEY=VALUE"),
+                         ("unlearn_exact=maybe", "'unlearn_exact' has value 'maybe' of the wrong type"),
+                         ("unlearn_rounds=2.5", "'unlearn_rounds' has value 2.5 of the wrong type"),
+                         ("method=nad", "give the defence with --method"),
+                         ("unlearn_random=1.5", "unlearn_random"), ("unlearn_lr=0", "unlearn_lr")]:
         with pytest.raises(ConfigError, match=message):
-            parse_settings([bad])
-    with pytest.raises(ConfigError, match="unlearn_random"):
-        SanitizeConfig(method="unlearn", unlearn_random=1.5).validate()
-    with pytest.raises(ConfigError, match="unlearn_lr"):
-        SanitizeConfig(method="unlearn", unlearn_lr=0).validate()
+            sanitize_config("unlearn", parse_sets([bad]))
 
 
 def test_unlearn_settings_are_checked():

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import CovidscreenError
+from .recipes import parse_sets
 
 app = typer.Typer()
 security_app = typer.Typer(help="Security experiments (the backdoor demonstration of docs/security.md).",
@@ -136,14 +137,14 @@ def defences(
     method: Annotated[list[str] | None, typer.Option("--method", help="defence(s) to run (default: fine-pruning, "
                                                      "nad, i-bau; also anp, unlearn, finetune)")] = None,
     run: Annotated[list[str] | None, typer.Option("--run", help="only these models of the experiment")] = None,
-    setting: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE: a sanitize setting other than its "
-                                                      "default, e.g. unlearn_random=0 (results kept apart)")] = None,
+    setting: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE (the value read as YAML): a sanitize "
+                                                      "setting other than its default, e.g. unlearn_random=0 (results "
+                                                      "kept apart)")] = None,
 ) -> None:
     """Sanitize every model of the experiment with each defence (5% clean set) and measure ASR and clean figures."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..security.backdoor import evaluate_defences
-    from ..security.sanitize import parse_settings
 
     evaluate_defences(output, methods=tuple(method or ("fine-pruning", "nad", "i-bau")), runs=run,
-                      settings=parse_settings(setting or []))
+                      settings=parse_sets(setting or []))
     typer.echo(f"results: {output / 'defences.json'}")

@@ -385,12 +385,12 @@ def evaluate_defences(out_dir: str | Path, methods: tuple[str, ...] = ("fine-pru
     under ``<method>+<key>=<value>,...``, beside those of the defaults.
     """
     # sanitize builds on this module's experiment helpers: imported here to keep them acyclic
-    from .sanitize import SanitizeConfig, sanitize
+    from .sanitize import sanitize, sanitize_config
 
-    settings = dict(settings or {})
-    suffix = "+" + ",".join(f"{k}={v}" for k, v in sorted(settings.items())) if settings else ""
-    for method in methods:  # an unknown name or setting is refused before any model is measured
-        SanitizeConfig(method=method, **settings).validate()
+    # an unknown name or setting is refused before any model is measured
+    configs = {method: sanitize_config(method, settings) for method in methods}
+    suffix = "+" + ",".join(f"{k}={getattr(configs[methods[0]], k)}" for k in sorted(settings)) if (
+        settings and methods) else ""
     out = Path(out_dir)
     result = read_experiment(out)
     trigger = Trigger(**result["trigger"])
@@ -421,8 +421,7 @@ def evaluate_defences(out_dir: str | Path, methods: tuple[str, ...] = ("fine-pru
             target = out / "sanitized" / f"{rec['run']}__{label}"
             if not is_run_folder(target):
                 log(f"[defences] {rec['run']}: {label}")
-                sanitize(out / rec["run"], clean_dir, target, SanitizeConfig(method=method, **settings),
-                         progress=False)
+                sanitize(out / rec["run"], clean_dir, target, configs[method], progress=False)
             entry.setdefault("after", {})[label] = {
                 **measure(target, targets), "sanitize": json.loads((target / "sanitize.json").read_text())}
             log(f"[defences] {rec['run']} {label}: {json.dumps(entry['after'][label]['trigger'])} "

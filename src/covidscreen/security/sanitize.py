@@ -71,6 +71,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
+from ..config import apply_overrides
 from ..data.preprocess import load_preprocessed
 from ..data.table import load_table
 from ..errors import CheckpointError, ConfigError, DataError, ImageDecodeError
@@ -187,37 +188,12 @@ class SanitizeConfig:
         return self
 
 
-def parse_settings(pairs: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings (``covidscreen security defences --set``) as :class:`SanitizeConfig` settings, each
-    value read as its field's type (a number, ``true``/``false``); ``method`` is given by ``--method``."""
-    fields = {f.name: f for f in dataclasses.fields(SanitizeConfig) if f.name != "method"}
-    defaults = SanitizeConfig()
-    settings: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in fields:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
-        default = getattr(defaults, key)
-        text = text.strip()
-        try:
-            if isinstance(default, bool):
-                if text.lower() not in ("true", "false"):
-                    raise ValueError
-                value: Any = text.lower() == "true"
-            elif isinstance(default, float):
-                value = float(text)
-            elif isinstance(default, tuple):
-                value = tuple(float(v) for v in text.split(","))
-            elif default is None or isinstance(default, int):
-                value = None if text.lower() == "none" else int(text)
-            else:
-                value = text
-        except ValueError:
-            kind = type(default).__name__ if default is not None else "int or none"
-            raise ConfigError(f"--set {pair!r}: {text!r} is not a valid {kind}") from None
-        settings[key] = value
-    return settings
+def sanitize_config(method: str, settings: dict[str, Any] | None = None) -> SanitizeConfig:
+    """The checked settings of one defence: ``settings`` (``covidscreen security defences --set KEY=VALUE``, read
+    by ``cli.recipes.parse_sets``) applied to the defaults of ``method`` with the config's type checks."""
+    if settings and "method" in settings:
+        raise ConfigError("--set method=...: give the defence with --method")
+    return apply_overrides(SanitizeConfig(method=method), dict(settings or {}), source="--set").validate()
 
 
 # -- the defences on tensors -------------------------------------------------------------------------------------
