@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,7 @@ from covidscreen.security.patches import PatchResult
 from covidscreen.security.sanitize import (
     NeuronMasks,
     SanitizeConfig,
+    SanitizeResult,
     accuracy,
     anp,
     attention_map,
@@ -167,6 +169,38 @@ def test_unlearn_rounds_stop_at_the_bound_and_stamp_copies_that_keep_their_label
     assert details["exact"] is True and details["random_share"] == 0.0
 
 
+def test_unlearn_leaves_a_model_alone_unless_the_first_search_reaches_the_start_bound(monkeypatch):
+    x, y = torch.zeros(10, 1, 8, 8), torch.tensor([0, 1] * 5)
+    pattern = np.full((2, 2), 0.75, dtype=np.float32)
+    found = {"first": 0.40}
+    tuned, searches = [], []
+
+    def fake_found(model, x_, y_, side, steps, seed):
+        searches.append(seed)
+        success = found["first"] if len(searches) == 1 else 0.35  # later searches: above unlearn_stop (0.3)
+        return [PatchResult(1, success, (2, 4), side, pattern), PatchResult(0, 0.1, (0, 0), side, pattern)]
+
+    monkeypatch.setattr(sanitize_module, "found_patches", fake_found)
+    monkeypatch.setattr(sanitize_module, "finetune", lambda m, xs, ys, c, unaugmented=None: tuned.append(len(xs)))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    # 0.40: above unlearn_stop (0.3), below unlearn_start (0.45, the default): no round, the model as it was
+    _, details = unlearn(model, x, y, SanitizeConfig(method="unlearn"), side=2)
+    assert tuned == [] and len(searches) == 1 and details["rounds_run"] == 0 and details["start"] == 0.45
+    assert details["stopped"].startswith("start bound") and details["rounds"][0]["stamped"] == []
+    summary = SanitizeResult(Path("out"), {"method": "unlearn", "clean_images": 10, "details": details}).summary()
+    assert "found no patch trigger" in summary and "40%" in summary and "45%" in summary and "unchanged" in summary
+    # the same first search with a lower start bound: a round, and the later rounds judged at unlearn_stop (0.35 is
+    # above it: the round limit ends them)
+    searches.clear()
+    _, details = unlearn(model, x, y, SanitizeConfig(method="unlearn", unlearn_start=0.35, unlearn_rounds=2), side=2)
+    assert len(tuned) == 2 and details["rounds_run"] == 2 and details["stopped"] == "round limit"
+    # a first search at the start bound itself counts (>=)
+    found["first"], tuned[:] = 0.45, []
+    searches.clear()
+    _, details = unlearn(model, x, y, SanitizeConfig(method="unlearn", unlearn_rounds=1), side=2)
+    assert len(tuned) == 1 and details["rounds_run"] == 1
+
+
 def test_unlearn_copies_with_random_contents_and_before_augmentation_only(monkeypatch):
     x, y = torch.full((10, 1, 8, 8), 0.5), torch.tensor([0, 1] * 5)
     pattern = np.full((2, 2), 0.75, dtype=np.float32)
@@ -237,7 +271,9 @@ def test_defence_settings_are_read_as_yaml_and_type_checked_onto_the_defaults():
 def test_unlearn_settings_are_checked():
     for bad, message in [({"unlearn_stop": 0.0}, "unlearn_stop"), ({"unlearn_share": 1.5}, "unlearn_share"),
                          ({"unlearn_rounds": 0}, "unlearn_rounds"), ({"unlearn_side": 0}, "at least 1 pixel"),
-                         ({"unlearn_patches": 0}, "unlearn_patches")]:
+                         ({"unlearn_patches": 0}, "unlearn_patches"),
+                         ({"unlearn_start": 0.2}, "unlearn_start \\(0.2\\) must be a share in \\[unlearn_stop, 1\\]"),
+                         ({"unlearn_start": 1.5}, "unlearn_start")]:
         with pytest.raises(ConfigError, match=message):
             SanitizeConfig(method="unlearn", **bad).validate()
 

@@ -31,8 +31,10 @@ Defences (each from a published paper; the clean set holds at most ``max_share``
   found; a share of the copies carry random contents there instead of the found pattern, so that the model
   unlearns the position and not one reversed pattern), the model is fine-tuned ``unlearn_epochs`` epochs on
   the clean images and the copies, and the search starts again, until the best found patch sends fewer than
-  ``unlearn_stop`` of the other classes' clean images to its target, or after ``unlearn_rounds`` rounds. It finds
-  patch triggers (BadNets-like), not blended or warping ones, as the scan does.
+  ``unlearn_stop`` of the other classes' clean images to its target, or after ``unlearn_rounds`` rounds. A model
+  whose first search finds no patch reaching ``unlearn_start`` (higher than ``unlearn_stop``) is left unchanged:
+  clean models have such patches too (up to 0.38 on the demonstration's clean models), and unlearning one of them
+  only costs clean accuracy. It finds patch triggers (BadNets-like), not blended or warping ones, as the scan does.
 - ``finetune``: plain fine-tuning on the clean images (the baseline both papers compare with; NAD's teacher).
 
 Fine-tuning keeps BatchNorm statistics frozen (a clean set of a few dozen images would otherwise replace the
@@ -112,6 +114,10 @@ class SanitizeConfig:
         unlearn_rounds: unlearn: most rounds of patch search and fine-tuning.
         unlearn_stop: unlearn: stop once the best found patch sends fewer than this share of the other classes'
             clean images to its target (clean demonstration models: 0.25 at most, docs/security.md).
+        unlearn_start: unlearn: the first search must find a patch reaching this share, or the model is left
+            unchanged (no round). 0.45: above every one of the ten clean demonstration models of the eleventh
+            session (first search 0.14-0.38; three of them between 0.30 and 0.38 were unlearned and lost up to
+            0.023 AUC) and below every working backdoor's (0.50-1.00), docs/security.md; at least ``unlearn_stop``.
         unlearn_share: unlearn: share of the clean images stamped (as copies, true labels) each round.
         unlearn_patches: unlearn: found patches stamped each round, the most successful first (the best of each
             target class is a candidate; at most the number of classes).
@@ -150,6 +156,7 @@ class SanitizeConfig:
     anp_threshold: float = 0.2
     unlearn_rounds: int = 5
     unlearn_stop: float = 0.3
+    unlearn_start: float = 0.45
     unlearn_share: float = 1.0
     unlearn_patches: int = 1
     unlearn_epochs: int = 10
@@ -181,6 +188,10 @@ class SanitizeConfig:
         if not 0 < self.unlearn_stop <= 1 or not 0 < self.unlearn_share <= 1:
             raise ConfigError(f"unlearn: unlearn_stop ({self.unlearn_stop}) and unlearn_share "
                               f"({self.unlearn_share}) must be shares in (0, 1]")
+        if not self.unlearn_stop <= self.unlearn_start <= 1:
+            raise ConfigError(f"unlearn: unlearn_start ({self.unlearn_start}) must be a share in [unlearn_stop, 1] "
+                              f"(unlearn_stop is {self.unlearn_stop}): the first round's bound is not below the "
+                              "later rounds'")
         if not 0 <= self.unlearn_random <= 1:
             raise ConfigError(f"unlearn: unlearn_random ({self.unlearn_random}) must be a share in [0, 1]")
         if self.unlearn_side is not None and self.unlearn_side < 1:
@@ -473,7 +484,7 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     """Neural Cleanse's unlearning with triggers reversed by the patch search (module docstring).
 
     Each round: :func:`found_patches`; stop when the best one's success on the clean images is below
-    ``unlearn_stop`` or after ``unlearn_rounds`` rounds of fine-tuning; else the found patches that reach
+    ``unlearn_start`` (the first search: the model is left unchanged) or ``unlearn_stop`` (later ones), or after ``unlearn_rounds`` rounds of fine-tuning; else the found patches that reach
     ``unlearn_stop`` (at most ``unlearn_patches``, at least the best) are stamped on copies of ``unlearn_share`` of
     the clean images (the chosen images shared among the patches), which keep their true labels, and the model is
     fine-tuned ``unlearn_epochs`` epochs on the clean images and the copies (:func:`finetune`). With
@@ -490,8 +501,9 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
         for r in range(cfg.unlearn_rounds + 1):
             found = found_patches(model, x, y, side, cfg.unlearn_steps, cfg.seed + 1000 * r)
             best = found[0]
-            used = [p for p in found[:cfg.unlearn_patches] if p.success >= cfg.unlearn_stop] or [best]
-            done = best.success < cfg.unlearn_stop or r == cfg.unlearn_rounds
+            bound = cfg.unlearn_start if r == 0 else cfg.unlearn_stop
+            used = [p for p in found[:cfg.unlearn_patches] if p.success >= bound] or [best]
+            done = best.success < bound or r == cfg.unlearn_rounds
             rounds.append({"round": r, "best_success": best.success, "best_target": name(best.target),
                            "best_position": list(best.position),
                            "success_per_target": {name(p.target): p.success for p in found},
@@ -516,9 +528,12 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
             bar.update(1)
     finally:
         bar.close()
+    last = rounds[-1]["best_success"]
+    stopped = ("start bound: no patch to unlearn, model unchanged" if len(rounds) == 1 and last < cfg.unlearn_start
+               else "bound" if last < cfg.unlearn_stop else "round limit")
     return model, {"side": side, "rounds_run": len(rounds) - 1, "stop": cfg.unlearn_stop,
-                   "exact": cfg.unlearn_exact, "random_share": cfg.unlearn_random,
-                   "stopped": "bound" if rounds[-1]["best_success"] < cfg.unlearn_stop else "round limit",
+                   "start": cfg.unlearn_start, "exact": cfg.unlearn_exact, "random_share": cfg.unlearn_random,
+                   "stopped": stopped,
                    "final_best_success": rounds[-1]["best_success"], "rounds": rounds}
 
 
@@ -774,6 +789,14 @@ class SanitizeResult:
     def summary(self) -> str:
         """What ``covidscreen sanitize`` prints: the clean-set accuracy before and after, and what to do next."""
         r = self.record
+        details = r.get("details") or {}
+        if r["method"] == "unlearn" and details.get("rounds_run") == 0:
+            first = details["rounds"][0]
+            return (f"unlearn with {r['clean_images']} clean image(s) found no patch trigger: the best patch sends {first['best_success']:.0%} of the other "
+                    f"classes' clean images to {first['best_target']!r}, below the {details['start']:.0%} that "
+                    f"starts unlearning (clean models reach such patches too); the model is unchanged, written to "
+                    f"{self.output} with its record\nnext: if you still suspect it, scan it ('covidscreen scan "
+                    f"{self.output} --reference ...') or try another --method")
         return (f"sanitized ({r['method']}) with {r['clean_images']} clean image(s): clean-set accuracy "
                 f"{r['clean_accuracy_before']:.3f} -> {r['clean_accuracy_after']:.3f}; new run {self.output}\n"
                 f"next: scan it ('covidscreen scan {self.output} --reference ...') and check it on data you trust "
