@@ -484,8 +484,9 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     """Neural Cleanse's unlearning with triggers reversed by the patch search (module docstring).
 
     Each round: :func:`found_patches`; stop when the best one's success on the clean images is below
-    ``unlearn_start`` (the first search: the model is left unchanged) or ``unlearn_stop`` (later ones), or after ``unlearn_rounds`` rounds of fine-tuning; else the found patches that reach
-    ``unlearn_stop`` (at most ``unlearn_patches``, at least the best) are stamped on copies of ``unlearn_share`` of
+    ``unlearn_start`` (the first search: the model is left unchanged) or ``unlearn_stop`` (later ones), or after
+    ``unlearn_rounds`` rounds of fine-tuning; else the found patches that reach that bound (at most
+    ``unlearn_patches``, at least the best) are stamped on copies of ``unlearn_share`` of
     the clean images (the chosen images shared among the patches), which keep their true labels, and the model is
     fine-tuned ``unlearn_epochs`` epochs on the clean images and the copies (:func:`finetune`). With
     ``unlearn_exact`` the patches are stamped again after the augmentation (:func:`patch_copies`), and an
@@ -792,8 +793,9 @@ class SanitizeResult:
         details = r.get("details") or {}
         if r["method"] == "unlearn" and details.get("rounds_run") == 0:
             first = details["rounds"][0]
-            return (f"unlearn with {r['clean_images']} clean image(s) found no patch trigger: the best patch sends {first['best_success']:.0%} of the other "
-                    f"classes' clean images to {first['best_target']!r}, below the {details['start']:.0%} that "
+            return (f"unlearn with {r['clean_images']} clean image(s) found no patch trigger: the best patch sends "
+                    f"{first['best_success']:.0%} of the other classes' clean images to {first['best_target']!r}, "
+                    f"below the {details['start']:.0%} that "
                     f"starts unlearning (clean models reach such patches too); the model is unchanged, written to "
                     f"{self.output} with its record\nnext: if you still suspect it, scan it ('covidscreen scan "
                     f"{self.output} --reference ...') or try another --method")
