@@ -31,6 +31,7 @@ from covidscreen.security.sanitize import (
     batchnorm_layers,
     fine_prune,
     finetune,
+    found_patches,
     head_inputs,
     ibau,
     nad,
@@ -136,8 +137,9 @@ def test_unlearn_rounds_stop_at_the_bound_and_stamp_copies_that_keep_their_label
     script = [[(1, 0.9, (2, 4)), (0, 0.5, (0, 0))], [(1, 0.6, (2, 4)), (0, 0.1, (0, 0))], [(0, 0.2, (6, 6))]]
     searches, tuned = [], []
 
-    def fake_found(model, x_, y_, side, steps, seed):
+    def fake_found(model, x_, y_, side, steps, seed, halving):
         searches.append(seed)
+        assert halving is False  # every position searched for every step, unless told (unlearn_halving)
         return [PatchResult(t, s, pos, side, pattern) for t, s, pos in script[len(searches) - 1]]
 
     monkeypatch.setattr(sanitize_module, "found_patches", fake_found)
@@ -175,7 +177,7 @@ def test_unlearn_leaves_a_model_alone_unless_the_first_search_reaches_the_start_
     found = {"first": 0.40}
     tuned, searches = [], []
 
-    def fake_found(model, x_, y_, side, steps, seed):
+    def fake_found(model, x_, y_, side, steps, seed, halving):
         searches.append(seed)
         success = found["first"] if len(searches) == 1 else 0.35  # later searches: above unlearn_stop (0.3)
         return [PatchResult(1, success, (2, 4), side, pattern), PatchResult(0, 0.1, (0, 0), side, pattern)]
@@ -201,12 +203,31 @@ def test_unlearn_leaves_a_model_alone_unless_the_first_search_reaches_the_start_
     assert len(tuned) == 1 and details["rounds_run"] == 1
 
 
+def test_found_patches_search_every_position_for_every_step_unless_halving_is_asked(monkeypatch):
+    calls = []
+
+    def fake_search(model, fit, test, target, **kwargs):
+        calls.append((target, len(fit), len(test), kwargs))
+        return PatchResult(target, 0.1 * (target + 1), (0, 0), kwargs["side"], np.zeros((2, 2), np.float32))
+
+    monkeypatch.setattr(sanitize_module, "patch_search", fake_search)
+    x, y = torch.zeros(30, 1, 8, 8), torch.tensor([0, 1, 2] * 10)
+    found = found_patches(None, x, y, side=2, steps=5, seed=3)
+    assert [p.target for p in found] == [2, 1, 0]  # the most successful first
+    # each class: fit on half of the 20 images of the other classes (at most 12), measured on the other half
+    assert [(t, f, n) for t, f, n, _ in calls] == [(0, 10, 10), (1, 10, 10), (2, 10, 10)]
+    assert all(k["prune_after"] == () and k["steps"] == 5 and k["seed"] == 3 + t for t, _, _, k in calls)
+    calls.clear()
+    found_patches(None, x, y, side=2, steps=5, seed=3, halving=True)
+    assert all("prune_after" not in k for *_, k in calls)  # the search's own successive halving
+
+
 def test_unlearn_copies_with_random_contents_and_before_augmentation_only(monkeypatch):
     x, y = torch.full((10, 1, 8, 8), 0.5), torch.tensor([0, 1] * 5)
     pattern = np.full((2, 2), 0.75, dtype=np.float32)
     script = iter([[(1, 0.9, (2, 4))], [(1, 0.1, (2, 4))]])
     monkeypatch.setattr(sanitize_module, "found_patches",
-                        lambda *a: [PatchResult(t, s, pos, 2, pattern) for t, s, pos in next(script)])
+                        lambda *a, **k: [PatchResult(t, s, pos, 2, pattern) for t, s, pos in next(script)])
     tuned = []
     monkeypatch.setattr(sanitize_module, "finetune",
                         lambda m, xs, ys, c, unaugmented=None: tuned.append((xs, unaugmented)))
