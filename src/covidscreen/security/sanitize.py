@@ -542,7 +542,8 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     stopped = ("start bound: no patch to unlearn, model unchanged" if len(rounds) == 1 and last < cfg.unlearn_start
                else "bound" if last < cfg.unlearn_stop else "round limit")
     return model, {"side": side, "rounds_run": len(rounds) - 1, "stop": cfg.unlearn_stop,
-                   "start": cfg.unlearn_start, "halving": cfg.unlearn_halving, "exact": cfg.unlearn_exact, "random_share": cfg.unlearn_random,
+                   "start": cfg.unlearn_start, "halving": cfg.unlearn_halving, "exact": cfg.unlearn_exact,
+                   "random_share": cfg.unlearn_random,
                    "stopped": stopped,
                    "final_best_success": rounds[-1]["best_success"], "rounds": rounds}
 
