@@ -144,7 +144,7 @@ def test_unlearn_rounds_stop_at_the_bound_and_stamp_copies_that_keep_their_label
 
     monkeypatch.setattr(sanitize_module, "found_patches", fake_found)
     monkeypatch.setattr(sanitize_module, "finetune",
-                        lambda m, xs, ys, c, unaugmented=None: tuned.append((xs, ys, c, unaugmented)))
+                        lambda m, xs, ys, c, unaugmented=None, **k: tuned.append((xs, ys, c, unaugmented)))
     cfg = SanitizeConfig(method="unlearn", unlearn_rounds=5, unlearn_stop=0.3, unlearn_share=0.4, unlearn_patches=2,
                          unlearn_epochs=3, unlearn_random=0.0, unlearn_lr=5e-4)
     _, details = unlearn(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)), x, y, cfg, side=2)
@@ -183,7 +183,7 @@ def test_unlearn_leaves_a_model_alone_unless_the_first_search_reaches_the_start_
         return [PatchResult(1, success, (2, 4), side, pattern), PatchResult(0, 0.1, (0, 0), side, pattern)]
 
     monkeypatch.setattr(sanitize_module, "found_patches", fake_found)
-    monkeypatch.setattr(sanitize_module, "finetune", lambda m, xs, ys, c, unaugmented=None: tuned.append(len(xs)))
+    monkeypatch.setattr(sanitize_module, "finetune", lambda m, xs, ys, c, unaugmented=None, **k: tuned.append(len(xs)))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
     # 0.40: above unlearn_stop (0.3), below unlearn_start (0.45, the default): no round, the model as it was
     _, details = unlearn(model, x, y, SanitizeConfig(method="unlearn"), side=2)
@@ -201,6 +201,51 @@ def test_unlearn_leaves_a_model_alone_unless_the_first_search_reaches_the_start_
     searches.clear()
     _, details = unlearn(model, x, y, SanitizeConfig(method="unlearn", unlearn_rounds=1), side=2)
     assert len(tuned) == 1 and details["rounds_run"] == 1
+
+
+def test_finetune_distills_the_soft_targets_and_unlearn_gives_copies_the_answers_on_their_unstamped_images(
+        monkeypatch):
+    # grey images whose teacher answers by brightness (what survives finetune's shifts and 10% brightness changes),
+    # and labels unrelated to it
+    levels = torch.linspace(0.05, 0.95, 24)
+    x = levels[:, None, None, None].expand(24, 1, 8, 8).clone()
+    y = torch.tensor([0, 1] * 12)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    with torch.no_grad():
+        teacher[1].weight.copy_(torch.stack([-torch.ones(64), torch.ones(64)]) * 0.5)
+        teacher[1].bias.copy_(torch.tensor([16.0, -16.0]))  # class 1 above mid-grey, confidently
+    soft = torch.softmax(teacher(x), 1).detach()
+    cfg = SanitizeConfig(method="unlearn", epochs=60, lr=3e-2, batch_size=8)
+    # distillation alone (weight 1): the student learns the teacher's answers, not the labels
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    finetune(student, x, y, cfg, soft_targets=soft, distill=1.0)
+    with torch.no_grad():
+        agree = float((student(x).argmax(1) == soft.argmax(1)).float().mean())
+    assert agree >= 0.9 and not torch.equal(soft.argmax(1), y)
+    # weight 0 (the default): the soft targets change nothing, to the last bit
+    torch.manual_seed(1)
+    a = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    b = copy.deepcopy(a)
+    finetune(a, x, y, cfg, soft_targets=soft, distill=0.0)
+    finetune(b, x, y, cfg)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    # unlearn: the clean images get the source's answers on them, each copy the answer on its image unstamped
+    pattern = np.full((2, 2), 1.0, dtype=np.float32)
+    script = iter([[PatchResult(1, 0.9, (2, 4), 2, pattern)], [PatchResult(1, 0.1, (2, 4), 2, pattern)]])
+    monkeypatch.setattr(sanitize_module, "found_patches", lambda *a, **k: next(script))
+    seen = []
+    monkeypatch.setattr(sanitize_module, "finetune", lambda m, xs, ys, c, soft_targets=None, distill=0.0, **k:
+                        seen.append((xs, soft_targets, distill)))
+    _, details = unlearn(teacher, x, y, SanitizeConfig(method="unlearn", unlearn_distill=0.7, unlearn_random=0.0),
+                         side=2)
+    (xs, targets, weight), = seen
+    assert weight == 0.7 and details["distill"] == 0.7 and len(targets) == len(xs) == 48
+    assert torch.allclose(targets[:24], soft, atol=1e-6)
+    for copy_, target in zip(xs[24:], targets[24:], strict=True):  # find each copy's source image
+        source = [i for i in range(24) if torch.equal(copy_[:, :2], x[i, :, :2])]
+        assert len(source) == 1 and torch.allclose(target, soft[source[0]], atol=1e-6)
+    with pytest.raises(ConfigError, match="unlearn_distill"):
+        SanitizeConfig(method="unlearn", unlearn_distill=1.5).validate()
 
 
 def test_found_patches_search_every_position_for_every_step_unless_halving_is_asked(monkeypatch):
@@ -230,7 +275,7 @@ def test_unlearn_copies_with_random_contents_and_before_augmentation_only(monkey
                         lambda *a, **k: [PatchResult(t, s, pos, 2, pattern) for t, s, pos in next(script)])
     tuned = []
     monkeypatch.setattr(sanitize_module, "finetune",
-                        lambda m, xs, ys, c, unaugmented=None: tuned.append((xs, unaugmented)))
+                        lambda m, xs, ys, c, unaugmented=None, **k: tuned.append((xs, unaugmented)))
     cfg = SanitizeConfig(method="unlearn", unlearn_share=0.8, unlearn_random=0.5, unlearn_exact=False)
     _, details = unlearn(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)), x, y, cfg, side=2)
     (xs, mask), = tuned

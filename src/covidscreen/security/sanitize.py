@@ -128,6 +128,10 @@ class SanitizeConfig:
             (docs/security.md); before: 0.5, 4 and 1e-4.
         unlearn_side: unlearn: patch side in model pixels; None: 5% of the input side, as the model scan.
         unlearn_steps: unlearn: optimisation steps of each patch search (the scan's 12).
+        unlearn_distill: unlearn: weight of distillation from the source model in the fine-tuning (:func:`finetune`;
+            0: the true labels only). The target of a clean image is the source model's answer on it, and of a
+            stamped copy the source model's answer on the same image *without* the patch: the patch should change
+            nothing, and the clean images' answers (hence the source's operating points) should stay as they were.
         unlearn_halving: unlearn: the patch search drops positions by successive halving after steps 4 and 8 (the
             scan's shortcut, 2.5x cheaper); False (default): every position is optimised for every step. Halving
             lost the planted trigger of a 3-class targeted model (97.5% attack success) in the first search: the
@@ -170,6 +174,7 @@ class SanitizeConfig:
     unlearn_side: int | None = None
     unlearn_steps: int = 12
     unlearn_halving: bool = False
+    unlearn_distill: float = 0.0
     unlearn_exact: bool = True
     unlearn_random: float = 0.5
     seed: int = 0
@@ -199,6 +204,8 @@ class SanitizeConfig:
             raise ConfigError(f"unlearn: unlearn_start ({self.unlearn_start}) must be a share in [unlearn_stop, 1] "
                               f"(unlearn_stop is {self.unlearn_stop}): the first round's bound is not below the "
                               "later rounds'")
+        if not 0 <= self.unlearn_distill <= 1:
+            raise ConfigError(f"unlearn: unlearn_distill ({self.unlearn_distill}) must be a weight in [0, 1]")
         if not 0 <= self.unlearn_random <= 1:
             raise ConfigError(f"unlearn: unlearn_random ({self.unlearn_random}) must be a share in [0, 1]")
         if self.unlearn_side is not None and self.unlearn_side < 1:
@@ -261,13 +268,16 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeConfig,
              extra_loss: Any = None, after_step: Any = None, desc: str | None = None,
-             unaugmented: torch.Tensor | None = None) -> nn.Module:
+             unaugmented: torch.Tensor | None = None, soft_targets: torch.Tensor | None = None,
+             distill: float = 0.0) -> nn.Module:
     """Fine-tune ``model`` in place on float ``(N, 1, H, W)`` images ``x`` with labels ``y``.
 
     ``extra_loss(model, inputs)``: added to the cross-entropy (NAD's attention term); ``after_step(model)``: run
     after every optimiser step (fine-pruning keeps its pruned channels at zero); ``unaugmented``: a boolean mask
     shaped as ``x`` of the pixels written back from ``x`` over the augmented images (unlearning's patches, which must
-    not move with the augmentation)."""
+    not move with the augmentation). ``soft_targets`` ``(N, classes)`` probabilities and ``distill`` in [0, 1]: the
+    loss is ``(1 - distill)`` x the cross-entropy with ``y`` + ``distill`` x the cross-entropy with the soft targets
+    (knowledge distillation, Hinton et al. 2015, at temperature 1: unlearning's copy of the source model's answers)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
@@ -284,7 +294,11 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCo
                 inputs = augment(x[idx], gen)
                 if unaugmented is not None:
                     inputs = torch.where(unaugmented[idx], x[idx], inputs)
-                loss = F.cross_entropy(model(inputs), y[idx], weight=weight)
+                logits = model(inputs)
+                loss = F.cross_entropy(logits, y[idx], weight=weight)
+                if soft_targets is not None and distill > 0:
+                    soft = -(soft_targets[idx] * F.log_softmax(logits, 1)).sum(1).mean()
+                    loss = (1 - distill) * loss + distill * soft
                 if extra_loss is not None:
                     loss = loss + extra_loss(model, inputs)
                 opt.zero_grad()
@@ -487,6 +501,12 @@ def found_patches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, side: int,
     return sorted(found, key=lambda p: -p.success)
 
 
+@torch.inference_mode()
+def _soft_predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    model.eval()
+    return torch.cat([F.softmax(model(x[i:i + batch_size]), 1) for i in range(0, len(x), batch_size)])
+
+
 def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeConfig, side: int,
             classes: list[str] | None = None, desc: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Neural Cleanse's unlearning with triggers reversed by the patch search (module docstring).
@@ -505,6 +525,8 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     per_round = dataclasses.replace(cfg, epochs=cfg.unlearn_epochs, lr=cfg.unlearn_lr)
     n_stamp = max(1, round(cfg.unlearn_share * len(x)))
     rounds: list[dict[str, Any]] = []
+    # the source model's answers on the clean images: the distillation targets of every round (unlearn_distill)
+    source = _soft_predictions(model, x) if cfg.unlearn_distill > 0 else None
     bar = tqdm(total=cfg.unlearn_rounds, desc=desc, unit="round", disable=desc is None, leave=False)
     try:
         for r in range(cfg.unlearn_rounds + 1):
@@ -533,8 +555,10 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
             # the clean images get an empty mask: all of them is augmented
             kept = torch.cat([torch.zeros_like(x, dtype=torch.bool)] + [m[1] for m in made]) if (
                 cfg.unlearn_exact) else None
+            soft = None if source is None else torch.cat([source] + [source[idx] for idx in parts])
             finetune(model, torch.cat([x, stamped]), torch.cat([y, labels]),
-                     dataclasses.replace(per_round, seed=cfg.seed + r), unaugmented=kept)
+                     dataclasses.replace(per_round, seed=cfg.seed + r), unaugmented=kept, soft_targets=soft,
+                     distill=cfg.unlearn_distill)
             bar.update(1)
     finally:
         bar.close()
@@ -542,7 +566,8 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     stopped = ("start bound: no patch to unlearn, model unchanged" if len(rounds) == 1 and last < cfg.unlearn_start
                else "bound" if last < cfg.unlearn_stop else "round limit")
     return model, {"side": side, "rounds_run": len(rounds) - 1, "stop": cfg.unlearn_stop,
-                   "start": cfg.unlearn_start, "halving": cfg.unlearn_halving, "exact": cfg.unlearn_exact,
+                   "start": cfg.unlearn_start, "halving": cfg.unlearn_halving, "distill": cfg.unlearn_distill,
+                   "exact": cfg.unlearn_exact,
                    "random_share": cfg.unlearn_random,
                    "stopped": stopped,
                    "final_best_success": rounds[-1]["best_success"], "rounds": rounds}
