@@ -113,20 +113,20 @@ def test_nad_distils_the_teachers_attention(backdoored):
 def test_unlearn_stamps_the_found_patch_with_the_true_labels_and_unlearns_the_trigger(backdoored):
     model = copy.deepcopy(backdoored["model"])
     x, y = backdoored["x"], backdoored["y"]
-    # 8 px patches (16 positions at 32 px: seconds of CPU; the 3 px trigger lies inside the one at (24, 24)), one
-    # round of search and fine-tuning, then the last search
-    cfg = SanitizeConfig(method="unlearn", unlearn_lr=1e-2, unlearn_rounds=1, unlearn_epochs=10, unlearn_steps=6)
+    # 8 px patches (16 positions at 32 px: seconds of CPU), two rounds of search and fine-tuning, then the last search
+    cfg = SanitizeConfig(method="unlearn", unlearn_lr=1e-2, unlearn_rounds=2, unlearn_epochs=10, unlearn_steps=6)
     _, details = unlearn(model, x, y, cfg, side=8, classes=["0", "1", "2"])
     after = asr(model, backdoored["xt"], backdoored["yt"])
     clean = float((probs_fn(model)(backdoored["xt"]).argmax(1) == backdoored["yt"]).mean())
     print(f"\nunlearn: attack success 1.00 -> {after:.2f}, clean accuracy {clean:.2f}, "
           f"{[(r['best_target'], r['best_success'], r['best_position']) for r in details['rounds']]}")
-    # measured: 0.15 and 1.00 (every image stamped, the default; half of them: 0.06; the patches stamped before the
-    # augmentation only, no random copies: 0.14; plain fine-tuning as long, at 1e-2: 1.00)
-    assert after < 0.4 and clean > 0.9
-    first, last = details["rounds"]
+    # measured: 0.06 and 1.00 (the defaults: every position searched, distillation 0.9). One round: 0.34 (at 32 px
+    # an 8 px patch flips this tiny model wherever it sits, and the first search's best is not over the trigger);
+    # plain fine-tuning as long, at 1e-2: 1.00
+    assert after < 0.3 and clean > 0.9
+    first, *_, last = details["rounds"]
     assert first["success_per_target"]["0"] == 1.0 and first["stamped"] and last["stamped"] == []
-    assert details["rounds_run"] == 1 and details["stopped"] == "round limit" and details["side"] == 8
+    assert details["rounds_run"] == 2 and details["stopped"] == "round limit" and details["side"] == 8
     assert details["final_best_success"] == last["best_success"]
 
 
@@ -222,7 +222,7 @@ def test_finetune_distills_the_soft_targets_and_unlearn_gives_copies_the_answers
     with torch.no_grad():
         agree = float((student(x).argmax(1) == soft.argmax(1)).float().mean())
     assert agree >= 0.9 and not torch.equal(soft.argmax(1), y)
-    # weight 0 (the default): the soft targets change nothing, to the last bit
+    # weight 0: the soft targets change nothing, to the last bit
     torch.manual_seed(1)
     a = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
     b = copy.deepcopy(a)
