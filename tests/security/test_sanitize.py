@@ -479,6 +479,7 @@ def test_sanitize_unlearn_from_the_command_records_every_round(run_dir, tmp_path
                               "--rounds", "1", "--patch-side", "16", "--epochs", "1")
     assert proc.returncode == 0, proc.stderr
     assert "sanitized (unlearn) with 30 clean image(s)" in proc.stdout
+    assert f"covidscreen calibrate {out} --data DIR" in proc.stdout  # its operating points are the source's
     record = json.loads((out / "sanitize.json").read_text())
     assert record == load_run(out).sanitized  # the sidecar holds the same record
     details = record["details"]

@@ -841,7 +841,9 @@ class SanitizeResult:
         return (f"sanitized ({r['method']}) with {r['clean_images']} clean image(s): clean-set accuracy "
                 f"{r['clean_accuracy_before']:.3f} -> {r['clean_accuracy_after']:.3f}; new run {self.output}\n"
                 f"next: scan it ('covidscreen scan {self.output} --reference ...') and check it on data you trust "
-                f"('covidscreen evaluate'); its operating points are the source run's")
+                f"('covidscreen evaluate'); its operating points are the source run's: if its sensitivity or "
+                f"specificity moved there, fit the threshold again on labelled local images ('covidscreen calibrate "
+                f"{self.output} --data DIR')")
 
 
 def sanitize(run_dir: str | Path, data_dir: str | Path, output: str | Path, cfg: SanitizeConfig | None = None,
