@@ -266,11 +266,15 @@ def _train_mode(model: nn.Module) -> None:
             m.eval()
 
 
-@torch.inference_mode()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64) -> float:
+@torch.no_grad()  # not inference_mode: the logits are also training targets (unlearn_distill)
+def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The eval-mode model's logits for images ``x``, in batches of ``batch_size``: ``(N, classes)``."""
     model.eval()
-    pred = torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-    return float((pred == y).float().mean())
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64) -> float:
+    return float((logits_of(model, x, batch_size).argmax(1) == y).float().mean())
 
 
 def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeConfig,
@@ -508,12 +512,6 @@ def found_patches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, side: int,
     return sorted(found, key=lambda p: -p.success)
 
 
-@torch.no_grad()  # not inference_mode: the result is a training target, used beside tensors that need gradients
-def _soft_predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    model.eval()
-    return torch.cat([F.softmax(model(x[i:i + batch_size]), 1) for i in range(0, len(x), batch_size)])
-
-
 def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeConfig, side: int,
             classes: list[str] | None = None, desc: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Neural Cleanse's unlearning with triggers reversed by the patch search (module docstring).
@@ -534,7 +532,7 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     n_stamp = max(1, round(cfg.unlearn_share * len(x)))
     rounds: list[dict[str, Any]] = []
     # the source model's answers on the clean images: the distillation targets of every round (unlearn_distill)
-    source = _soft_predictions(model, x) if cfg.unlearn_distill > 0 else None
+    source = F.softmax(logits_of(model, x), 1) if cfg.unlearn_distill > 0 else None
     bar = tqdm(total=cfg.unlearn_rounds, desc=desc, unit="round", disable=desc is None, leave=False)
     try:
         for r in range(cfg.unlearn_rounds + 1):
