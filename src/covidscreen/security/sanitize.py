@@ -569,14 +569,13 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     finally:
         bar.close()
     last = rounds[-1]["best_success"]
-    stopped = ("start bound: no patch to unlearn, model unchanged" if len(rounds) == 1 and last < cfg.unlearn_start
+    # one search only: the first, under unlearn_start (unlearn_rounds >= 1, so it cannot be the round limit)
+    stopped = ("start bound: no patch to unlearn, model unchanged" if len(rounds) == 1
                else "bound" if last < cfg.unlearn_stop else "round limit")
     return model, {"side": side, "rounds_run": len(rounds) - 1, "stop": cfg.unlearn_stop,
                    "start": cfg.unlearn_start, "halving": cfg.unlearn_halving, "distill": cfg.unlearn_distill,
-                   "exact": cfg.unlearn_exact,
-                   "random_share": cfg.unlearn_random,
-                   "stopped": stopped,
-                   "final_best_success": rounds[-1]["best_success"], "rounds": rounds}
+                   "exact": cfg.unlearn_exact, "random_share": cfg.unlearn_random, "stopped": stopped,
+                   "final_best_success": last, "rounds": rounds}
 
 
 class _NeuronPerturbation(nn.Module):
