@@ -20,7 +20,7 @@ from covidscreen.inference.run import load_run
 from covidscreen.models import create_model
 from covidscreen.security import sanitize as sanitize_module
 from covidscreen.security.integrity import format_provenance, provenance
-from covidscreen.security.patches import PatchResult
+from covidscreen.security.patches import HALVING, PatchResult
 from covidscreen.security.sanitize import (
     NeuronMasks,
     SanitizeConfig,
@@ -264,7 +264,7 @@ def test_found_patches_search_every_position_for_every_step_unless_halving_is_as
     assert all(k["prune_after"] == () and k["steps"] == 5 and k["seed"] == 3 + t for t, _, _, k in calls)
     calls.clear()
     found_patches(None, x, y, side=2, steps=5, seed=3, halving=True)
-    assert all("prune_after" not in k for *_, k in calls)  # the search's own successive halving
+    assert all(k["prune_after"] == HALVING for *_, k in calls)  # successive halving's cuts
 
 
 def test_unlearn_copies_with_random_contents_and_before_augmentation_only(monkeypatch):

@@ -1,19 +1,24 @@
 """Model-level backdoor scan by patch search: does a small patch, anywhere, send most images to one class?
 
-A patch backdoor (BadNets, Matsuo and Takemoto's corner square) is a compact trigger that flips almost every image to
-the target. Neural Cleanse's free-form mask search (``cleanse.py``) cannot find it in the demonstration's 64 px
+A patch backdoor (BadNets, Matsuo and Takemoto's corner square) is a compact trigger that flips many images to the
+target. Neural Cleanse's free-form mask search (``cleanse.py``) cannot find it in the demonstration's 64 px
 models: clean small networks also answer to *scattered* masks of the same size, and the search ends there
 (docs/security.md). Here the mask is fixed to a ``side`` x ``side`` square and only its pixel values are optimised,
 at every position of a grid at once (in passes of a bounded number of images, ``chunks.py``), for a few steps; the
-best position's success rate on held-out clean images of the other classes is the statistic. A clean model has no
-patch of that size that flips most images (0.25 at most towards any class on the demonstration's clean models); a
-backdoored one has its trigger (1.0). This is the fixed-shape special case of trigger reverse-engineering (as in
-TABOR's and K-Arm's compact triggers), written here on the registry's models because the maintained toolkits (ART)
-take Keras models only.
+best position's success rate on held-out clean images of the other classes is the statistic. This is the
+fixed-shape special case of trigger reverse-engineering (as in TABOR's and K-Arm's compact triggers), written here on
+the registry's models because the maintained toolkits (ART) take Keras models only.
 
-Rule: a model is flagged when some target's best patch success reaches ``min_success`` (default 0.8) and exceeds every
-clean reference's best by at least ``margin`` (default 0.3). The reference comparison keeps a model whose data makes
-small patches effective for every model from being flagged.
+Every position is optimised for every step by default: successive halving (``prune_after``, 2.5x cheaper) dropped a
+97.5% trigger's position after four steps on a demonstration model, because a trigger's loss falls only once its
+random start has moved (docs/security.md, issue 26).
+
+Rule (:func:`judge_patches`): a model is flagged when some target's best patch success reaches ``min_success``
+(default 0.45) and exceeds every clean reference's best by at least ``margin`` (default 0.05, about one standard
+error of a rate near 0.4 on 96 images). On the demonstration's 20 clean 64 px models the full search's best patch
+reached 0.14-0.43; every backdoor with an attack success of 79% or more reached 0.50 or more; weaker ones (14-47%)
+stay where clean models are. The reference comparison keeps a model whose data makes small patches effective for
+every model from being flagged.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from .chunks import frozen_model, images_per_pass
+
+HALVING = (4, 8)  # successive halving's cuts (after these steps), when asked for: prune_after=HALVING
+MIN_SUCCESS = 0.45  # judge_patches: the least best-patch success that flags
+MARGIN = 0.05  # judge_patches: and at least this much above every clean reference's best
 
 
 @dataclass
@@ -53,16 +62,16 @@ def _grid(h: int, w: int, side: int, stride: int) -> list[tuple[int, int]]:
 
 def patch_search(model: nn.Module, fit_images: torch.Tensor, test_images: torch.Tensor, target: int, side: int = 3,
                  stride: int | None = None, steps: int = 12, batch_size: int = 8, lr: float = 0.3,
-                 seed: int = 0, max_batch: int | None = None, prune_after: tuple[int, ...] = (4, 8), keep: float = 0.25,
+                 seed: int = 0, max_batch: int | None = None, prune_after: tuple[int, ...] = (), keep: float = 0.25,
                  min_keep: int = 8, desc: str | None = None) -> PatchResult:
     """The best ``side`` x ``side`` patch towards ``target`` over a grid of positions.
 
-    Every position is optimised at once (one batch holds every position, in passes of at most ``max_batch`` images),
-    by successive halving: after each step of ``prune_after`` only the ``keep`` share of positions with the lowest mean
-    loss over the steps since the last cut go on (at least ``min_keep``), and only the last survivors are measured on
-    the held-out images. A planted trigger wins in the first steps (its loss falls at once), so pruning loses it
-    rarely, and the search costs about 2.5x less than optimising every position for every step
-    (``benchmarks/bench_model_scan.py``). ``prune_after=()`` optimises every position for every step.
+    Every position is optimised at once (one batch holds every position, in passes of at most ``max_batch`` images)
+    for every step, and every position's pattern is measured on the held-out images. ``prune_after`` (e.g.
+    :data:`HALVING`) asks for successive halving instead: after each step it lists, only the ``keep`` share of
+    positions with the lowest mean loss over the steps since the last cut go on (at least ``min_keep``), and only the
+    last survivors are measured: about 2.5x cheaper (``benchmarks/bench_model_scan.py``), but it can drop a trigger
+    whose loss falls late (module docstring).
 
     Args:
         fit_images: float ``(N, 1, H, W)`` in [0, 1]: images of other classes the patterns are optimised on.
@@ -132,7 +141,7 @@ def _stamp(images: torch.Tensor, patterns: torch.Tensor, positions: list[tuple[i
 
 
 def scan_targets(model: nn.Module, images: np.ndarray, labels: np.ndarray, side: int = 3, n_fit: int = 12,
-                 n_test: int = 24, seed: int = 0, desc: str | None = None,
+                 n_test: int = 96, seed: int = 0, desc: str | None = None,
                  class_names: list[str] | None = None, **kwargs: Any) -> list[PatchResult]:
     """:func:`patch_search` towards every class, from uint8 ``(N, H, W)`` clean images of the other classes.
 
@@ -167,8 +176,8 @@ class PatchVerdict:
                 "patch_min_success": self.min_success, "patch_margin": self.margin}
 
 
-def judge_patches(best: dict[str, float], references: list[dict[str, float]], min_success: float = 0.8,
-                  margin: float = 0.3) -> PatchVerdict:
+def judge_patches(best: dict[str, float], references: list[dict[str, float]], min_success: float = MIN_SUCCESS,
+                  margin: float = MARGIN) -> PatchVerdict:
     """Flag when some target's best patch success is >= ``min_success`` and >= every reference's + ``margin``."""
     target = max(best, key=lambda k: best[k])
     ref_max = max((max(r.values()) for r in references if r), default=0.0)

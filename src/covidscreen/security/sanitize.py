@@ -83,7 +83,7 @@ from ..inference.checkpoint import WEIGHTS_FILE, save_checkpoint
 from ..inference.run import Run, derived_record, load_run
 from ..runtime import seed_everything
 from .chunks import images_per_pass
-from .patches import PatchResult, default_patch_side, patch_search
+from .patches import HALVING, PatchResult, default_patch_side, patch_search
 
 METHODS = ("fine-pruning", "nad", "i-bau", "anp", "unlearn", "finetune")
 MIN_PER_CLASS = 5  # fewer clean images of a class and fine-tuning forgets it
@@ -498,8 +498,9 @@ def found_patches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, side: int,
                   max_fit: int = 12, halving: bool = False) -> list[PatchResult]:
     """The model scan's patch search (``patches.py``) towards every class on the clean images: the patterns are fit
     on up to ``max_fit`` (at most half) of the other classes' images and their success measured on the rest. The
-    best patch of each class, the most successful first. ``halving``: prune positions by successive halving (the
-    search's default); False: optimise every position for every step."""
+    best patch of each class, the most successful first. ``halving``: prune positions by successive halving
+    (:data:`~covidscreen.security.patches.HALVING`); False: optimise every position for every step (the search's
+    default)."""
     gen = torch.Generator().manual_seed(seed)
     found = []
     for target in sorted(set(y.tolist())):
@@ -508,7 +509,7 @@ def found_patches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, side: int,
         n_fit = max(1, min(max_fit, len(others) // 2))
         fit, test = others[:n_fit], others[n_fit:]
         found.append(patch_search(model, x[fit], x[test] if len(test) else x[fit], int(target), side=side,
-                                  steps=steps, seed=seed + int(target), **({} if halving else {"prune_after": ()})))
+                                  steps=steps, seed=seed + int(target), prune_after=HALVING if halving else ()))
     return sorted(found, key=lambda p: -p.success)
 
 
