@@ -56,6 +56,7 @@ def test_tiny_experiment_and_detectors(tmp_path):
     assert {s["run"] for s in found["strip"]} == {"clean_s0", "targeted_20", "targeted_20_finetuned"}
     (data,) = found["data"]
     assert data["run"] == "targeted_20" and 0 <= data["spectral"]["stamped"]["recall"] <= 1
+    assert 0 <= data["transplant"]["stamped"]["recall"] <= 1
     assert_clean_error(run_cli_in_process("security", "detectors", str(tmp_path)), "no backdoor.json")
 
     # the model scan of one run against two others, recorded for `covidscreen verify`, at a budget as small as the
@@ -68,6 +69,6 @@ def test_tiny_experiment_and_detectors(tmp_path):
     assert "model scan:" in proc.stdout and "a patch sends" in proc.stdout and "reversed trigger" in proc.stdout
     recorded = json.loads((out / "targeted_20" / "security_scan.json").read_text())["model"]
     assert recorded["verdict"] in ("BACKDOOR SUSPECTED", "no backdoor found") and "patch_best" in recorded
-    assert recorded["budget"] == {"steps": 2, "images": 2, "mmbd_steps": 10, "patch_steps": 12}
+    assert recorded["budget"] == {"steps": 2, "images": 2, "mmbd_steps": 10, "patch_steps": 12, "patch_images": 96}
     # in process, as the error above (verify's subprocess test: test_cli_security.py)
     assert "model scan" in run_cli_in_process("verify", str(out / "targeted_20")).stdout

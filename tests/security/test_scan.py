@@ -41,6 +41,11 @@ def run_dir(tmp_path):
     return _run(tmp_path)
 
 
+def _patches(success: dict[str, float]) -> dict:
+    """A cached patch search's result (``scans.model_patch_results``) with these successes, every patch at (0, 0)."""
+    return {"success": success, "position": {k: [0, 0] for k in success}, "side": 3}
+
+
 def _flag(run_dir, sha: str | None = None) -> None:
     sha = sha or sha256_of(run_dir / "model.safetensors")
     (run_dir / SCAN_FILE).write_text(json.dumps({"model": {
@@ -78,7 +83,7 @@ def test_scan_prints_a_plain_verdict_with_next_steps_and_reuses_the_references(r
     side, steps, seed = 3, 12, 0  # what `covidscreen scan` uses at 64 px
     for run, best in ((run_dir, {"covid": 1.0, "normal": 0.2}), (refs[0], {"covid": 0.3, "normal": 0.25}),
                       (refs[1], {"covid": 0.25, "normal": 0.3})):
-        scans.cached_result(run, f"patches-halving:{side}:{steps}:{seed}", lambda b=best: b)
+        scans.cached_result(run, scans.patch_cache_key(side, steps, seed), lambda b=best: _patches(b))
         scans.cached_result(run, f"cleanse:24:150:{seed}", lambda: {"covid->normal": 30.0, "normal->covid": 35.0})
         scans.cached_result(run, f"mmbd:300:8:{seed}", lambda: {"covid": 30.0, "normal": 31.0})
     # in process: the subprocess runs of scan are in security/test_backdoor_experiment.py and test_cli_security.py
@@ -145,12 +150,24 @@ def test_scan_job_training_set_scan_writes_its_table(run_dir, tmp_path):
     from tests.conftest import make_image_folder
 
     data = make_image_folder(tmp_path / "data", n_per_class=6, size=64)
+    # the model scan's patch search, as cached by an earlier scan (its cost is the model scan's, tested there)
+    scans.cached_result(run_dir, scans.patch_cache_key(3), lambda: {
+        "success": {"covid": 0.9, "normal": 0.2}, "position": {"covid": [0, 0], "normal": [30, 30]}, "side": 3})
     outcome = scans.scan_job(run_dir, data=data, expected_fraction=0.2, output=tmp_path / "data.csv")
     table = pd.read_csv(tmp_path / "data.csv")
     assert outcome.kind == "data" and len(table) == 12 and outcome.text() == outcome.summary
     first, *most_likely = outcome.summary.splitlines()
-    assert first.startswith(f"training-set scan: {int(table['spectral_flag'].sum())} of 12 image(s) flagged by "
-                            "spectral signatures") and most_likely == table["path"].head(10).tolist()
+    assert first == (f"training-set scan: {int(table['transplant_flag'].sum())} of 12 flagged by the trigger "
+                     f"transplant, {int(table['spectral_flag'].sum())} by spectral signatures, "
+                     f"{int(table['spectre_flag'].sum())} by SPECTRE, {int(table['cluster_flag'].sum())} by activation "
+                     "clustering; most likely poisoned first:") and most_likely == table["path"].head(10).tolist()
+    assert table["transplant_score"].between(0, 1 / 0.2).all()  # relative to the patch's success
+    record = json.loads((run_dir / SCAN_FILE).read_text())["data"]
+    assert record["patch_position"] == {"covid": [0, 0], "normal": [30, 30]} and record["patch_side"] == 3
+    assert record["transplant_flagged"] == int(table["transplant_flag"].sum())
+    # the transplant takes the patch side (it runs the patch search); the model scan's budget does not apply
+    assert_clean_error(run_cli_in_process("scan", str(run_dir), "--data", str(data), "--steps", "3"),
+                       "--steps sets the model scan \\(--reference\\); it does not apply to the training-set scan")
 
 
 def test_scan_job_model_scan_needs_two_references(run_dir):
@@ -167,7 +184,7 @@ def test_scan_budget_is_in_the_cache_key_recorded_and_checked(run_dir, tmp_path)
     # tiny (flagged), at the default it is as large as the references' (not flagged)
     for run in (run_dir, *refs):
         mine = run == run_dir
-        scans.cached_result(run, "patches-halving:3:12:0", lambda: {"covid": 0.3, "normal": 0.25})
+        scans.cached_result(run, scans.patch_cache_key(3), lambda: _patches({"covid": 0.3, "normal": 0.25}))
         scans.cached_result(run, "cleanse:2:3:0", lambda m=mine: {"covid->normal": 5.0 if m else 30.0,
                                                                   "normal->covid": 35.0})
         scans.cached_result(run, "cleanse:24:150:0", lambda: {"covid->normal": 30.0, "normal->covid": 35.0})
@@ -178,17 +195,19 @@ def test_scan_budget_is_in_the_cache_key_recorded_and_checked(run_dir, tmp_path)
     proc = run_cli_in_process(*args, *(x for kv in small.items() for x in kv))
     assert proc.returncode == 0, proc.stderr
     assert "BACKDOOR SUSPECTED" in proc.stdout
-    assert ("(budget: reversed triggers 3 steps on 2 images per class, MM-BD 20 steps, patch search 12 steps; the "
-            "default: reversed triggers 150 steps on 24 images per class, MM-BD 300 steps") in proc.stdout
+    assert ("(budget: reversed triggers 3 steps on 2 images per class, MM-BD 20 steps, patch search 12 steps at every "
+            "position, measured on 96 images; the default: reversed triggers 150 steps on 24 images per class, MM-BD "
+            "300 steps") in proc.stdout
     record = json.loads((run_dir / SCAN_FILE).read_text())["model"]
-    assert record["budget"] == {"steps": 3, "images": 2, "mmbd_steps": 20, "patch_steps": 12} and record["flagged"]
+    assert record["flagged"]
+    assert record["budget"] == {"steps": 3, "images": 2, "mmbd_steps": 20, "patch_steps": 12, "patch_images": 96}
     assert "(budget: reversed triggers 3 steps" in record["summary"]
     # the default budget is not served the small budget's results
     proc = run_cli_in_process(*args)
     assert proc.returncode == 0, proc.stderr
     assert "no backdoor found" in proc.stdout and "(budget:" not in proc.stdout
     record = json.loads((run_dir / SCAN_FILE).read_text())["model"]
-    assert record["budget"] == {"steps": 150, "images": 24, "mmbd_steps": 300, "patch_steps": 12}
+    assert record["budget"] == {"steps": 150, "images": 24, "mmbd_steps": 300, "patch_steps": 12, "patch_images": 96}
     assert not record["flagged"]
 
     for option, value, least in (("--steps", "0", 1), ("--images", "1", 2), ("--mmbd-steps", "-5", 1)):

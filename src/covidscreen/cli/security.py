@@ -42,11 +42,12 @@ def scan(
         "--reference", help="model scan: a run trained clean on the same data (at least 2)")] = None,
     frr: Annotated[float, typer.Option("--frr", help="STRIP false-rejection rate on clean images")] = 0.01,
     expected_fraction: Annotated[float, typer.Option(
-        "--expected-fraction", help="training-set scan: the poisoned share to expect (flags 1.5x it per class)")] = 0.1,
+        "--expected-fraction", help="training-set scan: the poisoned share to expect (spectral signatures and "
+        "SPECTRE flag 1.5x it per class)")] = 0.1,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write the per-file table (.csv)")] = None,
     patch_side: Annotated[int | None, typer.Option(
-        "--patch-side", help="model scan: side of the searched patches in model pixels (default: 5% of the "
-        "input side, 3 px at 64 px)")] = None,
+        "--patch-side", help="model scan and training-set scan's trigger transplant: side of the searched patches "
+        "in model pixels (default: 5% of the input side, 3 px at 64 px)")] = None,
     steps: Annotated[int | None, typer.Option(
         "--steps", help="model scan: optimisation steps per reversed trigger (default 150; fewer: cheaper and "
         "weaker, recorded with the verdict)")] = None,

@@ -7,9 +7,10 @@
 - ``backdoor``: the demonstration workflow (clean vs poisoned models, attack success, survival of fine-tuning);
 - ``strip``: STRIP, screening single inputs at prediction time;
 - ``cleanse``: Neural-Cleanse-style trigger reverse-engineering, screening a model;
-- ``patches``: patch search (successive halving over positions), screening a model;
+- ``patches``: patch search (every position of a grid), screening a model;
 - ``mmbd``: the maximum-margin statistic (MM-BD) judged against clean reference models, screening a model;
 - ``spectral``: spectral signatures, SPECTRE and activation clustering, screening a training set;
+- ``transplant``: the trigger transplant (SentiNet's test at the patch search's positions), screening a training set;
 - ``scan``: the scans of a run folder, their cache and record (``security_scan.json``), the start-up refusal of a
   flagged model;
 - ``sanitize``: removing a backdoor with a small clean set (fine-pruning, NAD, I-BAU, ANP, unlearning of found

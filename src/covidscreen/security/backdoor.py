@@ -334,7 +334,8 @@ def evaluate_detectors(out_dir: str | Path, frr: float = 0.01, strip_modes: tupl
                  "expected_fraction": expected_fraction}
         for name, flags in (("spectral", table["spectral_flag"].to_numpy()),
                             ("spectre", table["spectre_flag"].to_numpy()),
-                            ("clustering", table["cluster_flag"].to_numpy())):
+                            ("clustering", table["cluster_flag"].to_numpy()),
+                            ("transplant", table["transplant_flag"].to_numpy())):
             entry[name] = {"relabelled": precision_recall(flags, relabelled),
                            "stamped": precision_recall(flags, stamped)}
         rank = np.flatnonzero(relabelled)  # positions in the table, sorted by score: how high the poison ranks

@@ -32,6 +32,7 @@ from .mmbd import MIN_REFERENCES, MMBDVerdict, judge_mmbd, max_margins
 from .patches import PatchVerdict, default_patch_side, judge_patches, scan_targets
 from .spectral import activation_clusters, penultimate_features, spectral_flags, spectral_scores, spectre_scores
 from .strip import StripDetector
+from .transplant import transplant_flags, transplant_scores
 
 STRIP_FILE = "strip_calibration.npz"
 
@@ -180,24 +181,45 @@ def model_mask_sizes(run_dir: str | Path, n_per_class: int = 24, steps: int = 15
     return cached_result(run_dir, f"cleanse:{n_per_class}:{steps}:{seed}", compute)[0]
 
 
-def model_patch_success(run_dir: str | Path, side: int | None = None, steps: int = 12, seed: int = 0,
-                        predictor: Predictor | None = None, progress: bool = False) -> dict[str, float]:
-    """Best patch success towards every class (``patches.py``), from the run's validation images (cached by the
-    weights' sha256, :func:`cached_result`: a cached result does not even load the model).
+PATCH_STEPS = 12  # the model scan's patch search: Adam steps per position (every position, every step: patches.py)
+PATCH_IMAGES = 96  # ... and the held-out images of the other classes its success is measured on (at most)
 
-    ``side``: patch side in model pixels; default 5% of the input side (3 px at 64 px, 11 px at 224 px)."""
+
+def patch_cache_key(side: int, steps: int = PATCH_STEPS, seed: int = 0, n_test: int = PATCH_IMAGES) -> str:
+    """The cache key of a patch search's result: the search (full, not successive halving, since issue 26) and
+    every setting that changes it, so a result computed otherwise is never served."""
+    return f"patches-full:{side}:{steps}:{seed}:{n_test}"
+
+
+def model_patch_results(run_dir: str | Path, side: int | None = None, steps: int = PATCH_STEPS, seed: int = 0,
+                        predictor: Predictor | None = None, progress: bool = False,
+                        n_test: int = PATCH_IMAGES) -> dict[str, Any]:
+    """The best patch towards every class (``patches.py``), from the run's validation images: ``{"success": {class:
+    share of held-out images sent to it}, "position": {class: [row, column]}, "side": side}`` (cached by the weights'
+    sha256, :func:`cached_result`: a cached result does not even load the model).
+
+    ``side``: patch side in model pixels; default 5% of the input side (3 px at 64 px, 11 px at 224 px).
+    ``n_test``: held-out validation images of the other classes each target's success is measured on (at most)."""
     size = predictor.size if predictor is not None else load_run(run_dir).image_size
     side = side or default_patch_side(size)
 
-    def compute() -> dict[str, float]:
+    def compute() -> dict[str, Any]:
         pred = predictor or Predictor(run_dir, device="cpu")
         images, labels, _ = split_images(run_dir, pred, "val", seed=seed)
-        results = scan_targets(pred.model, images, labels, side=side, steps=steps, seed=seed,
+        results = scan_targets(pred.model, images, labels, side=side, steps=steps, seed=seed, n_test=n_test,
                                desc=f"{Path(run_dir).name}: patch search" if progress else None,
                                class_names=list(pred.classes))
-        return {pred.classes[r.target]: r.success for r in results}
+        return {"success": {pred.classes[r.target]: r.success for r in results},
+                "position": {pred.classes[r.target]: list(r.position) for r in results}, "side": side}
 
-    return cached_result(run_dir, f"patches-halving:{side}:{steps}:{seed}", compute)[0]
+    return cached_result(run_dir, patch_cache_key(side, steps, seed, n_test), compute)[0]
+
+
+def model_patch_success(run_dir: str | Path, side: int | None = None, steps: int = PATCH_STEPS, seed: int = 0,
+                        predictor: Predictor | None = None, progress: bool = False,
+                        n_test: int = PATCH_IMAGES) -> dict[str, float]:
+    """Best patch success towards every class (:func:`model_patch_results`' ``success``)."""
+    return model_patch_results(run_dir, side, steps, seed, predictor, progress, n_test)["success"]
 
 
 def model_max_margins(run_dir: str | Path, steps: int = 300, starts: int = 8, seed: int = 0,
@@ -212,7 +234,6 @@ def model_max_margins(run_dir: str | Path, steps: int = 300, starts: int = 8, se
     return cached_result(run_dir, f"mmbd:{steps}:{starts}:{seed}", compute)[0]
 
 
-PATCH_STEPS = 12  # the model scan's patch search: Adam steps per position (successive halving, patches.py)
 _BUDGET_OPTIONS = {"steps": ("--steps", 1), "images": ("--images", 2), "mmbd_steps": ("--mmbd-steps", 1)}
 
 
@@ -239,11 +260,11 @@ class ScanBudget:
     def as_dict(self) -> dict[str, int]:
         """The budget as recorded in ``security_scan.json`` (with the patch search's fixed steps)."""
         return {"steps": self.steps, "images": self.images, "mmbd_steps": self.mmbd_steps,
-                "patch_steps": PATCH_STEPS}
+                "patch_steps": PATCH_STEPS, "patch_images": PATCH_IMAGES}
 
     def describe(self) -> str:
         return (f"reversed triggers {self.steps} steps on {self.images} images per class, MM-BD {self.mmbd_steps} "
-                f"steps, patch search {PATCH_STEPS} steps")
+                f"steps, patch search {PATCH_STEPS} steps at every position, measured on {PATCH_IMAGES} images")
 
 
 @dataclass
@@ -376,11 +397,16 @@ def refuse_flagged_model(run_dir: str | Path, allow: bool = False) -> str | None
 
 
 def scan_data(run_dir: str | Path, data_dir: str | Path, expected_fraction: float = 0.1, seed: int = 0,
-              train_only: bool = True, record: bool = True) -> pd.DataFrame:
-    """Rank a training set's images by how likely they are poisoned (spectral signature score within their label).
+              train_only: bool = True, record: bool = True, patch_side: int | None = None,
+              progress: bool = False) -> pd.DataFrame:
+    """Rank a training set's images by how likely they are poisoned.
 
     Returns one row per image: path, label, spectral_score, spectral_flag (the ``1.5 * expected_fraction`` highest
-    of its label), cluster_flag (activation clustering), sorted most suspicious first.
+    of its label), spectre_score and spectre_flag (the same rule), cluster_flag (activation clustering),
+    transplant_score and transplant_flag (``transplant.py``: the image's pixels at each class's best patch position
+    pasted on clean validation images of the other classes, the share sent to that class relative to that patch's
+    success; runs the model scan's patch search, cached, when it has not run), sorted most suspicious first
+    (transplant flag and score, then spectral score).
     """
     predictor = Predictor(run_dir, device="cpu")
     table = load_table(data_dir)
@@ -393,29 +419,66 @@ def scan_data(run_dir: str | Path, data_dir: str | Path, expected_fraction: floa
     paths, labels = table["path"].iloc[kept].tolist(), table["label"].iloc[kept].tolist()
     if len(images) < 10:
         raise DataError(f"{data_dir}: only {len(images)} readable image(s); the training-set scan needs its images")
+    stacked = np.stack(images)
     head = predictor.model.backbone.get_submodule(predictor.model.spec.head)
-    feats = penultimate_features(predictor.model, head, np.stack(images), device=predictor.device)
+    feats = penultimate_features(predictor.model, head, stacked, device=predictor.device)
     labels_arr = np.array(labels)
     scores = spectral_scores(feats, labels_arr)
     spectre = spectre_scores(feats, labels_arr, trim=min(0.5, 1.5 * expected_fraction))
+    transplant, patches = transplant_scan(run_dir, predictor, stacked, patch_side, seed, progress)
     out = pd.DataFrame({"path": paths, "label": labels, "spectral_score": scores,
                         "spectral_flag": spectral_flags(scores, labels_arr, expected_fraction),
                         "spectre_score": spectre,
                         "spectre_flag": spectral_flags(spectre, labels_arr, expected_fraction),
-                        "cluster_flag": activation_clusters(feats, labels_arr, seed=seed)})
-    out = out.sort_values("spectral_score", ascending=False, kind="stable").reset_index(drop=True)
+                        "cluster_flag": activation_clusters(feats, labels_arr, seed=seed),
+                        "transplant_score": transplant[1], "transplant_flag": transplant[0]})
+    out = out.sort_values(["transplant_flag", "transplant_score", "spectral_score"], ascending=False,
+                          kind="stable").reset_index(drop=True)
     if record:
         record_scan(run_dir, "data", {
-            "method": "spectral signatures, SPECTRE + activation clustering",
+            "method": "spectral signatures, SPECTRE, activation clustering and trigger transplant",
             "data_dir": str(Path(data_dir).resolve()),
             "images": len(out), "expected_fraction": expected_fraction,
             "spectral_flagged": int(out["spectral_flag"].sum()), "cluster_flagged": int(out["cluster_flag"].sum()),
             "spectre_flagged": int(out["spectre_flag"].sum()),
+            "transplant_flagged": int(out["transplant_flag"].sum()),
+            "patch_success": patches["success"], "patch_position": patches["position"], "patch_side": patches["side"],
             "most_suspicious": out["path"].head(10).tolist(),
             "verdict": "review the flagged images",
-            "summary": f"{int(out['spectral_flag'].sum())} of {len(out)} flagged by spectral signatures, "
-                       f"{int(out['cluster_flag'].sum())} by activation clustering"})
+            "summary": data_summary(out)})
     return out
+
+
+TRANSPLANT_HOSTS = 32  # clean validation images each region is pasted on, per class
+
+
+def transplant_scan(run_dir: str | Path, predictor: Predictor, images: np.ndarray, patch_side: int | None = None,
+                    seed: int = 0, progress: bool = False) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+    """The transplant test of ``images`` at each class's best patch (:func:`model_patch_results`): the flags and
+    relative scores of :func:`~covidscreen.security.transplant.transplant_flags`, and the patches used. The hosts
+    are up to :data:`TRANSPLANT_HOSTS` validation images of the run outside the class (seeded)."""
+    patches = model_patch_results(run_dir, side=patch_side, seed=seed, predictor=predictor, progress=progress)
+    val, val_labels, _ = split_images(run_dir, predictor, "val", seed=seed)
+    scores = {}
+    for cls, position in patches["position"].items():
+        t = predictor.classes.index(cls)
+        others = np.flatnonzero((val_labels != t) & (val_labels >= 0))
+        hosts = np.random.default_rng(seed).permutation(others)[:TRANSPLANT_HOSTS]
+        if len(hosts) == 0:
+            continue
+        scores[cls] = transplant_scores(predictor.model, images, val[hosts], position, patches["side"], target=t,
+                                        desc=f"transplant -> {cls}" if progress else None)
+    if not scores:
+        return (np.zeros(len(images), dtype=bool), np.zeros(len(images))), patches
+    return transplant_flags(scores, patches["success"]), patches
+
+
+def data_summary(table: pd.DataFrame) -> str:
+    """One line per detector of the training-set scan: how many of the images it flagged."""
+    n = len(table)
+    return (f"{int(table['transplant_flag'].sum())} of {n} flagged by the trigger transplant, "
+            f"{int(table['spectral_flag'].sum())} by spectral signatures, {int(table['spectre_flag'].sum())} by "
+            f"SPECTRE, {int(table['cluster_flag'].sum())} by activation clustering")
 
 
 def predict_screened(predictor: Predictor, run_dir: str | Path, inputs: list[str | Path], strip: bool = False,
@@ -452,6 +515,13 @@ class ScanOutcome:
         return shown + self.summary
 
 
+def _refuse_options(named: list[str], scan: str) -> None:
+    if named:
+        one = len(named) == 1
+        raise ConfigError(f"{' and '.join(named)} set{'s' if one else ''} the model scan (--reference); "
+                          f"{'it does' if one else 'they do'} not apply to {scan}")
+
+
 def scan_job(run_dir: str | Path, inputs: list[str] | None = None, data: str | Path | None = None,
              references: list[str | Path] | None = None, frr: float = 0.01, expected_fraction: float = 0.1,
              output: Path | None = None, log: Any = None, patch_side: int | None = None, steps: int | None = None,
@@ -465,15 +535,15 @@ def scan_job(run_dir: str | Path, inputs: list[str] | None = None, data: str | P
     Raises:
         DataError: the model scan with fewer than 2 references, a training set with too few readable images.
         ConfigError: ``patch_side`` below 1 pixel or larger than the model's input; a budget value below its least
-            (:meth:`ScanBudget.validate`); ``patch_side`` or a budget value given to another scan.
+            (:meth:`ScanBudget.validate`); a budget value given to STRIP or the training-set scan, ``patch_side`` to
+            STRIP (the training-set scan's trigger transplant runs the patch search, so it takes the side).
     """
     given = {"--patch-side": patch_side, "--steps": steps, "--images": images, "--mmbd-steps": mmbd_steps}
-    named = [option for option, value in given.items() if value is not None]
-    if named and (inputs or data is not None):
-        one = len(named) == 1
-        raise ConfigError(f"{' and '.join(named)} set{'s' if one else ''} the model scan (--reference); "
-                          f"{'it does' if one else 'they do'} not apply to STRIP (--inputs) or the training-set scan "
-                          "(--data)")
+    if inputs:
+        _refuse_options([option for option, value in given.items() if value is not None], "STRIP (--inputs)")
+    elif data is not None:  # the training-set scan runs the patch search (its side applies), not the others
+        _refuse_options([option for option, value in given.items() if value is not None and option != "--patch-side"],
+                        "the training-set scan (--data)")
     budget = ScanBudget(**{k: v for k, v in (("steps", steps), ("images", images), ("mmbd_steps", mmbd_steps))
                            if v is not None}).validate()
     if patch_side is not None:
@@ -487,10 +557,9 @@ def scan_job(run_dir: str | Path, inputs: list[str] | None = None, data: str | P
         kind, summary = "strip", (f"STRIP: {flagged} of {len(table)} input(s) flagged as carrying a trigger (at "
                                   f"{frr:.1%} FRR)")
     elif data is not None:
-        table = scan_data(run_dir, data, expected_fraction=expected_fraction)
-        kind, summary = "data", (f"training-set scan: {int(table['spectral_flag'].sum())} of {len(table)} image(s) "
-                                 f"flagged by spectral signatures, {int(table['cluster_flag'].sum())} by activation "
-                                 "clustering; most likely poisoned first:\n" + "\n".join(table["path"].head(10)))
+        table = scan_data(run_dir, data, expected_fraction=expected_fraction, patch_side=patch_side, progress=True)
+        kind, summary = "data", (f"training-set scan: {data_summary(table)}; most likely poisoned first:\n"
+                                 + "\n".join(table["path"].head(10)))
     else:
         result = scan_model(run_dir, list(references or []), budget, progress=True, log=log, patch_side=patch_side)
         return ScanOutcome("model", f"{result.summary()}\n{result.advice(run_dir)}")
