@@ -11,8 +11,8 @@ backdoor that sends about 95% of the other classes' test images to ``normal``. T
 5% of the training set (31 validation images of the clean run).
 
 The model scan is called with patches of the trigger's side (6 px): at the scan's default side (5% of the input,
-2 px at 32 px) the patch search cannot cover this trigger (3 and 4 px patches reach 0.38 and 0.67 on this model,
-on this model; docs/security.md).
+2 px at 32 px) the patch search cannot cover this trigger (3 and 4 px patches reached 0.38 and 0.67 on this model
+with the search of the ninth session; docs/security.md).
 """
 
 from __future__ import annotations
@@ -133,10 +133,10 @@ def test_sanitize_removes_the_backdoor_of_a_poisoned_run_and_the_patch_scan_flag
     verdict = judge_patches(patches["poisoned"], [patches["clean"]])
     assert verdict.flagged and verdict.target == TARGET
     assert max(patches["clean"].values()) <= 0.5  # no patch of this size flips most of a clean model's images
-    # scanned again, a searched patch still sends 0.75 of the sanitized model's images to the target (the planted
-    # trigger: 0.11), under the 0.80 rule but far above the clean model: fine-pruning weakened the backdoor's path
-    # more than it removed it (not asserted beyond "lower than before": 0.75 is too close to the rule; 0.50 with
-    # two threads)
+    # scanned again, a searched patch still sends many of the sanitized model's images to the target (0.75 with the
+    # ninth session's search; the planted trigger: 0.11), far above the clean model: fine-pruning weakened the
+    # backdoor's path more than it removed it (not asserted beyond "lower than before": the figure moves with the
+    # thread count, 0.50 with two threads)
     assert patches["sanitized"][TARGET] < patches["poisoned"][TARGET]
     record = json.loads((tmp_path / "sanitized" / "sanitize.json").read_text())
     assert record["source_weights_sha256"] == load_run(poisoned).weights_sha256
