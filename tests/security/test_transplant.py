@@ -38,6 +38,15 @@ def test_a_triggered_region_takes_every_host_over_and_an_ordinary_one_none():
         [1.0] * 6 + [0.0] * 4  # an ordinary corner pasted on them takes their bright corner away
 
 
+def test_a_patch_found_beside_the_trigger_reaches_it_when_widened():
+    # the patch search's grid tiles the image, so its best patch can sit next to a trigger rather than on it (a
+    # 3-class demonstration model: best patch at (0, 3), trigger at (0, 0)); the pasted region is widened for that
+    images, hosts = np.concatenate([_images(3, 0), _images(3, 1, bright_corner=True)]), _images(5, 2)
+    assert transplant_scores(CornerOnly(), images, hosts, (0, 2), 2).tolist() == [0.0] * 6
+    widened = transplant_scores(CornerOnly(), images, hosts, (0, 2), 2, pad=2)  # rows 0-3, columns 0-5
+    assert widened.tolist() == [0.0] * 3 + [1.0] * 3
+
+
 def test_scores_do_not_depend_on_how_many_images_one_pass_holds(monkeypatch):
     from covidscreen.security import transplant as module
 
@@ -65,5 +74,7 @@ def test_bad_regions_and_shapes_are_refused():
         transplant_scores(CornerOnly(), images, hosts, (11, 0), 2)
     with pytest.raises(ValueError, match="does not fit"):
         transplant_scores(CornerOnly(), images, hosts, (0, 0), 0)
+    with pytest.raises(ValueError, match="widened by -1 px"):
+        transplant_scores(CornerOnly(), images, hosts, (0, 0), 2, pad=-1)
     with pytest.raises(ValueError, match="must be \\(N, H, W\\) of one size"):
         transplant_scores(CornerOnly(), images, hosts[:, :10], (0, 0), 2)

@@ -450,6 +450,7 @@ def scan_data(run_dir: str | Path, data_dir: str | Path, expected_fraction: floa
 
 
 TRANSPLANT_HOSTS = 32  # clean validation images each region is pasted on, per class
+TRANSPLANT_PAD = 1  # the pasted region: the best patch widened by this many patch sides on every side
 
 
 def transplant_scan(run_dir: str | Path, predictor: Predictor, images: np.ndarray, patch_side: int | None = None,
@@ -467,6 +468,7 @@ def transplant_scan(run_dir: str | Path, predictor: Predictor, images: np.ndarra
         if len(hosts) == 0:
             continue
         scores[cls] = transplant_scores(predictor.model, images, val[hosts], position, patches["side"], target=t,
+                                        pad=TRANSPLANT_PAD * patches["side"],
                                         desc=f"transplant -> {cls}" if progress else None)
     if not scores:
         return (np.zeros(len(images), dtype=bool), np.zeros(len(images))), patches

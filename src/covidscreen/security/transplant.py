@@ -6,7 +6,10 @@ research toolboxes (BackdoorBench, Beatrix) built around their own training scri
 Grad-CAM and selective search; here the region comes from the model scan instead: the position of the best patch
 towards each class (``patches.py``, cached with the scan). For every training image, its pixels at that position
 are pasted onto clean validation images of the other classes (the *hosts*), and its score is the share of hosts they
-send to that class (the patch search's own measure, so the two compare). An image stamped with the trigger sends
+send to that class (the patch search's own measure, so the two compare). The pasted region is the best patch widened
+by one patch side on every side (``scan.TRANSPLANT_PAD``): the search's grid tiles the image, so its best patch can
+sit beside a trigger that overlaps it rather than on it (on a 3-class demonstration model, trained with another
+seed: best patch at (0, 3), trigger at (0, 0), and none of the stamped images found at the patch alone). An image stamped with the trigger sends
 about as many hosts as the trigger's attack success, *whatever its label*, so this finds the stamped images that
 kept their true label too (a targeted poison stamps images of the target class as well), which no statistic of one
 label's features can; an image whose pixels there are ordinary anatomy sends few.
@@ -31,10 +34,10 @@ from .patches import MIN_SUCCESS
 
 @torch.inference_mode()
 def transplant_scores(model: nn.Module, images: np.ndarray, hosts: np.ndarray, position: tuple[int, int] | list[int],
-                      side: int, target: int | None = None, desc: str | None = None) -> np.ndarray:
-    """Share of ``hosts`` each image's ``side`` x ``side`` square at ``position``, pasted on them, sends to
-    ``target`` (of the hosts not answered ``target`` before: the patch search's measure, ``patches.py``), or, when
-    ``target`` is None, whose answer it changes.
+                      side: int, target: int | None = None, pad: int = 0, desc: str | None = None) -> np.ndarray:
+    """Share of ``hosts`` each image's ``side`` x ``side`` square at ``position`` (widened by ``pad`` pixels on every
+    side, within the image), pasted on them, sends to ``target`` (of the hosts not answered ``target`` before: the
+    patch search's measure, ``patches.py``), or, when ``target`` is None, whose answer it changes.
 
     Args:
         images: uint8 ``(N, H, W)``: the images scored (a training set).
@@ -48,8 +51,9 @@ def transplant_scores(model: nn.Module, images: np.ndarray, hosts: np.ndarray, p
         raise ValueError(f"images {images.shape} and hosts {hosts.shape} must be (N, H, W) of one size")
     h, w = images.shape[1:]
     r, c = (int(v) for v in position)
-    if side < 1 or not (0 <= r <= h - side and 0 <= c <= w - side):
-        raise ValueError(f"a {side} px square at {(r, c)} does not fit {h} x {w} images")
+    if side < 1 or not (0 <= r <= h - side and 0 <= c <= w - side) or pad < 0:
+        raise ValueError(f"a {side} px square at {(r, c)} (widened by {pad} px) does not fit {h} x {w} images")
+    r0, c0, r1, c1 = max(0, r - pad), max(0, c - pad), min(h, r + side + pad), min(w, c + side + pad)
     model.eval()
     host_x = torch.from_numpy(np.ascontiguousarray(hosts)).float().div(255.0).unsqueeze(1)
     per_pass = images_per_pass(h, w)
@@ -62,9 +66,9 @@ def transplant_scores(model: nn.Module, images: np.ndarray, hosts: np.ndarray, p
     per_chunk = max(1, per_pass // len(host_x))
     with tqdm(total=len(images), desc=desc, unit="img", disable=desc is None, leave=False) as bar:
         for start in range(0, len(images), per_chunk):
-            region = torch.from_numpy(np.ascontiguousarray(images[start:start + per_chunk, r:r + side, c:c + side]))
+            region = torch.from_numpy(np.ascontiguousarray(images[start:start + per_chunk, r0:r1, c0:c1]))
             x = host_x[None].repeat(len(region), 1, 1, 1, 1)  # (images, hosts, 1, H, W)
-            x[:, :, 0, r:r + side, c:c + side] = region.float().div(255.0)[:, None]
+            x[:, :, 0, r0:r1, c0:c1] = region.float().div(255.0)[:, None]
             pred = model(x.reshape(-1, 1, h, w)).argmax(1).reshape(len(region), len(host_x))
             hit = pred != base[None] if target is None else pred == target
             scores[start:start + len(region)] = hit.double().mean(1).numpy()
