@@ -9,16 +9,16 @@ best position's success rate on held-out clean images of the other classes is th
 fixed-shape special case of trigger reverse-engineering (as in TABOR's and K-Arm's compact triggers), written here on
 the registry's models because the maintained toolkits (ART) take Keras models only.
 
-Every position is optimised for every step by default: successive halving (``prune_after``, 2.5x cheaper) dropped a
-97.5% trigger's position after four steps on a demonstration model, because a trigger's loss falls only once its
+Every position is optimised for every step by default: successive halving (``prune_after``, about 3x cheaper) dropped
+a 97.5% trigger's position after four steps on a demonstration model, because a trigger's loss falls only once its
 random start has moved (docs/security.md, issue 26).
 
 Rule (:func:`judge_patches`): a model is flagged when some target's best patch success reaches ``min_success``
 (default 0.45) and exceeds every clean reference's best by at least ``margin`` (default 0.05, about one standard
-error of a rate near 0.4 on 96 images). On the demonstration's 20 clean 64 px models the full search's best patch
-reached 0.14-0.43; every backdoor with an attack success of 79% or more reached 0.50 or more; weaker ones (14-47%)
-stay where clean models are. The reference comparison keeps a model whose data makes small patches effective for
-every model from being flagged.
+error of a rate near 0.4 on 96 images). On the demonstration's 20 clean 64 px models the scan's best patch reached
+0.19-0.41, on their ten backdoors with an attack success of 79% or more (reruns with other seeds included) 0.48-0.95;
+weaker ones (14-47%) stay where clean models are. The reference comparison keeps a model whose data makes small
+patches effective for every model from being flagged.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def patch_search(model: nn.Module, fit_images: torch.Tensor, test_images: torch.
     for every step, and every position's pattern is measured on the held-out images. ``prune_after`` (e.g.
     :data:`HALVING`) asks for successive halving instead: after each step it lists, only the ``keep`` share of
     positions with the lowest mean loss over the steps since the last cut go on (at least ``min_keep``), and only the
-    last survivors are measured: about 2.5x cheaper (``benchmarks/bench_model_scan.py``), but it can drop a trigger
+    last survivors are measured: about 3x cheaper (``benchmarks/bench_model_scan.py``), but it can drop a trigger
     whose loss falls late (module docstring).
 
     Args:

@@ -4,15 +4,15 @@ SentiNet (Chou et al. 2020) finds the region of an input that drives the model's
 clean images: a trigger takes most of them over, an ordinary region almost none. Its published versions live inside
 research toolboxes (BackdoorBench, Beatrix) built around their own training scripts and locate the region with
 Grad-CAM and selective search; here the region comes from the model scan instead: the position of the best patch
-towards each class (``patches.py``, cached with the scan). For every training image, its pixels at that position
-are pasted onto clean validation images of the other classes (the *hosts*), and its score is the share of hosts they
+towards each class (``patches.py``, cached with the scan). For every training image, its pixels at that position are
+pasted onto clean validation images of the other classes (the *hosts*), and its score is the share of hosts they
 send to that class (the patch search's own measure, so the two compare). The pasted region is the best patch widened
 by one patch side on every side (``scan.TRANSPLANT_PAD``): the search's grid tiles the image, so its best patch can
 sit beside a trigger that overlaps it rather than on it (on a 3-class demonstration model, trained with another
-seed: best patch at (0, 3), trigger at (0, 0), and none of the stamped images found at the patch alone). An image stamped with the trigger sends
-about as many hosts as the trigger's attack success, *whatever its label*, so this finds the stamped images that
-kept their true label too (a targeted poison stamps images of the target class as well), which no statistic of one
-label's features can; an image whose pixels there are ordinary anatomy sends few.
+seed: best patch at (0, 3), trigger at (0, 0), and none of the stamped images found at the patch alone). An image
+stamped with the trigger sends about as many hosts as the trigger's attack success, *whatever its label*, so this
+finds the stamped images that kept their true label too (a targeted poison stamps images of the target class as
+well), which no statistic of one label's features can; an image whose pixels there are ordinary anatomy sends few.
 
 Flag (:func:`transplant_flags`): an image's score towards some class reaches ``ratio`` (default 0.5) of the best
 patch's own success there, for the classes whose best patch reaches the model scan's bound (``patches.MIN_SUCCESS``,
