@@ -170,6 +170,21 @@ def test_scan_job_training_set_scan_writes_its_table(run_dir, tmp_path):
                        "--steps sets the model scan \\(--reference\\); it does not apply to the training-set scan")
 
 
+def test_the_training_set_scan_of_an_ensemble_names_its_members(run_dir, tmp_path):
+    from covidscreen.inference.run import read_sidecar
+
+    (tmp_path / "ens").mkdir()
+    (tmp_path / "ens" / "ensemble.json").write_text(json.dumps({
+        "format_version": 1, "architecture": "ensemble", "classes": ["covid", "normal"], "positive_class": "covid",
+        "image_size": 64, "operating_points": {"default": 0.5},
+        "members": [{"path": str(run_dir), "weights_sha256": read_sidecar(run_dir)["weights_sha256"]}] * 2}))
+    from tests.conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", n_per_class=6, size=64)
+    assert_clean_error(run_cli_in_process("scan", str(tmp_path / "ens"), "--data", str(data)),
+                       "is an ensemble: scan the training set with each member run on its own")
+
+
 def test_scan_job_model_scan_needs_two_references(run_dir):
     from covidscreen.errors import DataError
 

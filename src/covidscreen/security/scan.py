@@ -407,7 +407,13 @@ def scan_data(run_dir: str | Path, data_dir: str | Path, expected_fraction: floa
     pasted on clean validation images of the other classes, the share sent to that class relative to that patch's
     success; runs the model scan's patch search, cached, when it has not run), sorted most suspicious first
     (transplant flag and score, then spectral score).
+
+    Raises:
+        DataError: an ensemble (its members are scanned one by one), a training set with too few readable images.
     """
+    if load_run(run_dir).kind == "ensemble":
+        raise DataError(f"{run_dir} is an ensemble: scan the training set with each member run on its own "
+                        "('covidscreen scan MEMBER_RUN --data DIR')")
     predictor = Predictor(run_dir, device="cpu")
     table = load_table(data_dir)
     split_file = Path(run_dir) / "split.csv"
