@@ -411,10 +411,11 @@ def scan_data(run_dir: str | Path, data_dir: str | Path, expected_fraction: floa
     Raises:
         DataError: an ensemble (its members are scanned one by one), a training set with too few readable images.
     """
-    if load_run(run_dir).kind == "ensemble":
+    run = load_run(run_dir)
+    if run.kind == "ensemble":
         raise DataError(f"{run_dir} is an ensemble: scan the training set with each member run on its own "
                         "('covidscreen scan MEMBER_RUN --data DIR')")
-    predictor = Predictor(run_dir, device="cpu")
+    predictor = Predictor(run, device="cpu")
     table = load_table(data_dir)
     split_file = Path(run_dir) / "split.csv"
     if train_only and split_file.is_file():
@@ -547,11 +548,11 @@ def scan_job(run_dir: str | Path, inputs: list[str] | None = None, data: str | P
             STRIP (the training-set scan's trigger transplant runs the patch search, so it takes the side).
     """
     given = {"--patch-side": patch_side, "--steps": steps, "--images": images, "--mmbd-steps": mmbd_steps}
+    named = [option for option, value in given.items() if value is not None]
     if inputs:
-        _refuse_options([option for option, value in given.items() if value is not None], "STRIP (--inputs)")
+        _refuse_options(named, "STRIP (--inputs)")
     elif data is not None:  # the training-set scan runs the patch search (its side applies), not the others
-        _refuse_options([option for option, value in given.items() if value is not None and option != "--patch-side"],
-                        "the training-set scan (--data)")
+        _refuse_options([option for option in named if option != "--patch-side"], "the training-set scan (--data)")
     budget = ScanBudget(**{k: v for k, v in (("steps", steps), ("images", images), ("mmbd_steps", mmbd_steps))
                            if v is not None}).validate()
     if patch_side is not None:
