@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -145,7 +146,19 @@ def defences(
     """Sanitize every model of the experiment with each defence (5% clean set) and measure ASR and clean figures."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
     from ..security.backdoor import evaluate_defences
+    from ..security.defence_report import REPORT_COLUMNS, report_rows
 
-    evaluate_defences(output, methods=tuple(method or ("fine-pruning", "nad", "i-bau")), runs=run,
-                      settings=parse_sets(setting or []))
+    found = evaluate_defences(output, methods=tuple(method or ("fine-pruning", "nad", "i-bau")), runs=run,
+                              settings=parse_sets(setting or []))
+    rows = report_rows(found)
+    if rows:
+        # rich is imported here with the rest: the table wraps to the terminal (200 columns into a file or pipe)
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*REPORT_COLUMNS, title="sanitized models against the goal: attack success < 5%, AUC -0.01, "
+                      "sensitivity and specificity -2 points at most (paired 95% intervals on the test images)")
+        for row in rows:
+            table.add_row(*row)
+        Console(width=None if sys.stdout.isatty() else 200).print(table)
     typer.echo(f"results: {output / 'defences.json'}")

@@ -35,6 +35,7 @@ from ..inference.predictor import Predictor
 from ..inference.run import is_run_folder
 from ..workflows.fit import fit
 from .cleanse import judge, leave_one_out_ratios
+from .defence_report import attack_figure, image_figures, judge_defence, paired_changes
 from .mmbd import judge_mmbd
 from .patches import judge_patches
 from .poison import PoisonConfig, poison_split
@@ -346,14 +347,19 @@ def evaluate_detectors(out_dir: str | Path, frr: float = 0.01, strip_modes: tupl
     return found
 
 
-def test_figures(predictor: Predictor, images: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def test_figures(predictor: Predictor, images: np.ndarray, y: np.ndarray,
+                 per_image: dict[str, Any] | None = None) -> dict[str, float]:
     """Clean test figures of a model computed the same way for every model (before and after a defence): AUC of
-    COVID vs rest, sensitivity and specificity of the decisions ``predict`` makes, accuracy."""
+    COVID vs rest, sensitivity and specificity of the decisions ``predict`` makes, accuracy. ``per_image``, a dict,
+    receives each image's COVID probability and decision (:func:`~covidscreen.security.defence_report.image_figures`,
+    what the paired comparison of a defence reads)."""
 
     probs = predictor.predict_arrays(images)
     decided = np.array([predictor.classes.index(c) for c in predictor.decide(probs)])
     pos = predictor.classes.index("covid") if "covid" in predictor.classes else 0
     truth, called = y == pos, decided == pos
+    if per_image is not None:
+        per_image.update(image_figures(probs, decided, pos))
     return {"roc_auc": float(roc_auc_score(truth, probs[:, pos])), "sensitivity": float(called[truth].mean()),
             "specificity": float((~called[~truth]).mean()), "accuracy": float((decided == y).mean())}
 
@@ -407,15 +413,24 @@ def evaluate_defences(out_dir: str | Path, methods: tuple[str, ...] = ("fine-pru
     def measure(run: Path, targets: list[str | None]) -> dict[str, Any]:
         predictor = Predictor(run, device="cpu")
         images, y = load_test_images(clean, predictor)
-        return {"test": test_figures(predictor, images, y),
+        per_image: dict[str, Any] = {}
+        figures = test_figures(predictor, images, y, per_image)
+        found["test_truth"] = [bool(v) for v in y == (predictor.classes.index("covid") if "covid" in
+                                                       predictor.classes else 0)]
+        return {"test": figures, "images": per_image,
                 "trigger": {str(t): attack_success(predictor, images, y, trigger, t) for t in targets}}
 
-    for rec in records:
+    def save() -> None:
+        path.write_text(json.dumps(found, indent=2, default=float))
+
+    clean_rec = next(r for r in result["records"] if r["kind"] == "clean")
+    for rec in [clean_rec] + [r for r in records if r is not clean_rec]:
+        measured = rec in records  # the clean model is measured in any case: its attack success is the floor
         targets = all_targets if rec["kind"] == "clean" else [rec.get("target")]
         entry = found["models"].setdefault(rec["run"], {"kind": rec["kind"], "attack": rec.get("attack")})
-        if "before" not in entry:
+        if "images" not in entry.get("before", {}):  # defences.json of an earlier version: no per-image figures
             entry["before"] = measure(out / rec["run"], targets)
-        for method in methods:
+        for method in methods if measured else ():
             label = method + suffix
             if label in entry.get("after", {}):
                 continue
@@ -427,6 +442,27 @@ def evaluate_defences(out_dir: str | Path, methods: tuple[str, ...] = ("fine-pru
                 **measure(target, targets), "sanitize": json.loads((target / "sanitize.json").read_text())}
             log(f"[defences] {rec['run']} {label}: {json.dumps(entry['after'][label]['trigger'])} "
                 f"{json.dumps(entry['after'][label]['test'])}")
-            path.write_text(json.dumps(found, indent=2, default=float))
-    path.write_text(json.dumps(found, indent=2, default=float))
+            save()
+    judge_all(out, found, clean_rec["run"], measure)
+    save()
     return found
+
+
+def judge_all(out: Path, found: dict[str, Any], clean_run: str, measure: Any) -> None:
+    """Each sanitized model of ``found`` against the issue's goal (:mod:`.defence_report`), as ``after[label]
+    ["judged"]``; a sanitized run measured by an earlier version (no per-image figures) is measured again when its
+    folder is still there, else left unjudged."""
+    truth = np.array(found["test_truth"], dtype=bool)
+    floor = found["models"][clean_run]["before"]["trigger"]
+    for run, entry in found["models"].items():
+        target = str(None) if entry["kind"] == "clean" else next(iter(entry["before"]["trigger"]))
+        for label, after in entry.get("after", {}).items():
+            folder = out / "sanitized" / f"{run}__{label}"
+            if "images" not in after:
+                if not is_run_folder(folder):
+                    continue
+                after.update(measure(folder, [None if t == "None" else t for t in after["trigger"]]))
+            attack = None if entry["kind"] == "clean" else attack_figure(after["trigger"][target])
+            clean_rate = attack_figure(floor[target])["rate"] if target in floor and attack else None
+            after["judged"] = judge_defence(paired_changes(entry["before"]["images"], after["images"], truth),
+                                            attack, clean_rate)
