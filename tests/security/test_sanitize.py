@@ -171,6 +171,55 @@ def test_unlearn_rounds_stop_at_the_bound_and_stamp_copies_that_keep_their_label
     assert details["exact"] is True and details["random_share"] == 0.0
 
 
+class _Headed(torch.nn.Module):
+    """A registry-like model: ``backbone`` with a linear ``head`` (what :func:`linear_head` finds)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = torch.nn.Sequential()
+        self.backbone.add_module("flat", torch.nn.Flatten())
+        self.backbone.add_module("head", torch.nn.Linear(64, 3))
+        self.spec = type("Spec", (), {"head": "head"})()
+
+    def forward(self, x):
+        return self.backbone(x)
+
+
+def test_refit_takes_back_the_drift_that_the_rounds_cause_on_images_they_did_not_see(monkeypatch):
+    torch.manual_seed(0)
+    original = _Headed()
+    x, y = torch.rand(30, 1, 8, 8), torch.tensor([0, 1, 2] * 10)
+    source = torch.softmax(original(x), 1).detach()
+    drift = torch.tensor([0.0, 1.5, 0.0])  # every fine-tuning pushes the answers towards class 1
+    replays = []
+
+    def drifting_step(model, xs, ys, used, cfg, r, src, gen):
+        replays.append((len(xs), r, src is not None and len(src) == len(xs)))
+        with torch.no_grad():
+            model.backbone.head.bias += drift
+        return [0]
+
+    monkeypatch.setattr(sanitize_module, "unlearn_step", drifting_step)
+    model = copy.deepcopy(original)
+    drifting_step(model, x, y, None, None, 0, None, None)  # the unlearned model: drifted the same way
+    replays.clear()
+    patch = PatchResult(1, 0.9, (0, 0), 2, np.zeros((2, 2), np.float32))
+    cfg = SanitizeConfig(method="unlearn", unlearn_refit_folds=3)
+    record = sanitize_module.refit_outputs(model, original, x, y, [(0, [patch])], cfg, source, CLASSES)
+    # each fold's rounds replayed on the other two folds (stratified: 4 + 3 + 3 images of each class)
+    assert replays == [(18, 0, True), (21, 0, True), (21, 0, True)]
+    bias = torch.tensor([record["bias"][c] for c in CLASSES])
+    assert torch.allclose(bias, -(drift - drift.mean()), atol=0.05)  # the drift taken back (up to a common shift)
+    assert torch.allclose(model(x), original(x) + drift + bias, atol=1e-5)  # added to the head's bias
+    after = torch.softmax(model(x), 1)
+    assert torch.allclose(after, source, atol=0.02)
+    assert record["out_of_fold_loss_after"] < record["out_of_fold_loss_before"]
+    assert record["out_of_fold_agreement_after"] >= record["out_of_fold_agreement_before"]
+    assert record["folds"] == 3
+    with pytest.raises(ConfigError, match="unlearn_refit_folds"):
+        SanitizeConfig(method="unlearn", unlearn_refit_folds=1).validate()
+
+
 def test_unlearn_leaves_a_model_alone_unless_the_first_search_reaches_the_start_bound(monkeypatch):
     x, y = torch.zeros(10, 1, 8, 8), torch.tensor([0, 1] * 5)
     pattern = np.full((2, 2), 0.75, dtype=np.float32)

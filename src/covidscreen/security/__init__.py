@@ -14,7 +14,8 @@
 - ``scan``: the scans of a run folder, their cache and record (``security_scan.json``), the start-up refusal of a
   flagged model;
 - ``sanitize``: removing a backdoor with a small clean set (fine-pruning, NAD, I-BAU, ANP, unlearning of found
-  patch triggers) into a new run folder.
+  patch triggers) into a new run folder;
+- ``defence_report``: a sanitized model judged against issue 26's goal, with paired intervals on the test images.
 
 Decoding limits against hostile images live where images are decoded (:mod:`covidscreen.data.decode`).
 """

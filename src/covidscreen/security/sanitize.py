@@ -152,6 +152,10 @@ class SanitizeConfig:
         unlearn_random: unlearn: share of the stamped copies whose patch gets random contents (each pixel uniform
             in [0, 1], half of them snapped to 0 or 1) at the found position instead of the found pattern, so that
             the model unlearns what sits at that position and not one reversed pattern of it.
+        unlearn_refit_folds: unlearn: after the rounds, cross-fit a bias per class on this many folds of the clean
+            images (:func:`refit_outputs`: the rounds replayed without the held-out fold, the bias fitted so that
+            the held-out answers match the source model's) and add it to the head; 0: off (the default until it is
+            measured on every demonstration model, docs/security.md).
         seed: seed of sampling, augmentation and batch order.
     """
 
@@ -184,6 +188,7 @@ class SanitizeConfig:
     unlearn_distill: float = 0.9
     unlearn_exact: bool = True
     unlearn_random: float = 0.5
+    unlearn_refit_folds: int = 0
     seed: int = 0
 
     def validate(self) -> SanitizeConfig:
@@ -215,6 +220,9 @@ class SanitizeConfig:
             raise ConfigError(f"unlearn: unlearn_distill ({self.unlearn_distill}) must be a weight in [0, 1]")
         if not 0 <= self.unlearn_random <= 1:
             raise ConfigError(f"unlearn: unlearn_random ({self.unlearn_random}) must be a share in [0, 1]")
+        if self.unlearn_refit_folds == 1 or self.unlearn_refit_folds < 0:
+            raise ConfigError(f"unlearn: unlearn_refit_folds ({self.unlearn_refit_folds}) must be 0 (off) or at "
+                              "least 2 folds")
         if self.unlearn_side is not None and self.unlearn_side < 1:
             raise ConfigError(f"unlearn: the patch side ({self.unlearn_side}) must be at least 1 pixel")
         return self
@@ -529,11 +537,11 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     is left. The details list every round's search."""
     name = (lambda t: classes[t]) if classes else str
     gen = torch.Generator().manual_seed(cfg.seed)
-    per_round = dataclasses.replace(cfg, epochs=cfg.unlearn_epochs, lr=cfg.unlearn_lr)
-    n_stamp = max(1, round(cfg.unlearn_share * len(x)))
     rounds: list[dict[str, Any]] = []
     # the source model's answers on the clean images: the distillation targets of every round (unlearn_distill)
     source = F.softmax(logits_of(model, x), 1) if cfg.unlearn_distill > 0 else None
+    original = copy.deepcopy(model) if cfg.unlearn_refit_folds else None  # the cross-fitting starts from it
+    plan: list[tuple[int, list[PatchResult]]] = []  # the rounds that fine-tuned, with their patches
     bar = tqdm(total=cfg.unlearn_rounds, desc=desc, unit="round", disable=desc is None, leave=False)
     try:
         for r in range(cfg.unlearn_rounds + 1):
@@ -552,23 +560,17 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
             bar.set_postfix(best=f"{best.success:.2f}")
             if done:
                 break
-            chosen = torch.randperm(len(x), generator=gen)[:n_stamp]
-            parts = [chosen[i::len(used)] for i in range(len(used))]
-            made = [patch_copies(x[idx], p, cfg.unlearn_random, gen) for idx, p in zip(parts, used, strict=True)]
-            for entry, (_, _, n_random) in zip(rounds[-1]["stamped"], made, strict=True):
-                entry["random_copies"] = n_random
-            stamped = torch.cat([m[0] for m in made])
-            labels = torch.cat([y[idx] for idx in parts])  # true labels: the trigger must stop meaning the target
-            # the clean images get an empty mask: all of them is augmented
-            kept = torch.cat([torch.zeros_like(x, dtype=torch.bool)] + [m[1] for m in made]) if (
-                cfg.unlearn_exact) else None
-            soft = None if source is None else torch.cat([source] + [source[idx] for idx in parts])
-            finetune(model, torch.cat([x, stamped]), torch.cat([y, labels]),
-                     dataclasses.replace(per_round, seed=cfg.seed + r), unaugmented=kept, soft_targets=soft,
-                     distill=cfg.unlearn_distill)
+            n_random = unlearn_step(model, x, y, used, cfg, r, source, gen)
+            for entry, n in zip(rounds[-1]["stamped"], n_random, strict=True):
+                entry["random_copies"] = n
+            plan.append((r, used))
             bar.update(1)
     finally:
         bar.close()
+    refit = None
+    if cfg.unlearn_refit_folds and plan:
+        refit = refit_outputs(model, original, x, y, plan, cfg, source if source is not None else
+                              F.softmax(logits_of(original, x), 1), classes)
     last = rounds[-1]["best_success"]
     # one search only: the first, under unlearn_start (unlearn_rounds >= 1, so it cannot be the round limit)
     stopped = ("start bound: no patch to unlearn, model unchanged" if len(rounds) == 1
@@ -576,7 +578,86 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     return model, {"side": side, "rounds_run": len(rounds) - 1, "stop": cfg.unlearn_stop,
                    "start": cfg.unlearn_start, "halving": cfg.unlearn_halving, "distill": cfg.unlearn_distill,
                    "exact": cfg.unlearn_exact, "random_share": cfg.unlearn_random, "stopped": stopped,
-                   "final_best_success": last, "rounds": rounds}
+                   "final_best_success": last, "rounds": rounds, "refit": refit}
+
+
+def unlearn_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, used: list[PatchResult], cfg: SanitizeConfig,
+                 r: int, source: torch.Tensor | None, gen: torch.Generator) -> list[int]:
+    """One round's fine-tuning of :func:`unlearn`: ``used`` stamped on copies of an ``unlearn_share`` of the clean
+    images (true labels), then ``unlearn_epochs`` epochs on the images and the copies. Returns the number of copies
+    with random contents per patch."""
+    n_stamp = max(1, round(cfg.unlearn_share * len(x)))
+    chosen = torch.randperm(len(x), generator=gen)[:n_stamp]
+    parts = [chosen[i::len(used)] for i in range(len(used))]
+    made = [patch_copies(x[idx], p, cfg.unlearn_random, gen) for idx, p in zip(parts, used, strict=True)]
+    stamped = torch.cat([m[0] for m in made])
+    labels = torch.cat([y[idx] for idx in parts])  # true labels: the trigger must stop meaning the target
+    # the clean images get an empty mask: all of them is augmented
+    kept = torch.cat([torch.zeros_like(x, dtype=torch.bool)] + [m[1] for m in made]) if cfg.unlearn_exact else None
+    soft = None if source is None else torch.cat([source] + [source[idx] for idx in parts])
+    finetune(model, torch.cat([x, stamped]), torch.cat([y, labels]),
+             dataclasses.replace(cfg, epochs=cfg.unlearn_epochs, lr=cfg.unlearn_lr, seed=cfg.seed + r),
+             unaugmented=kept, soft_targets=soft, distill=cfg.unlearn_distill)
+    return [m[2] for m in made]
+
+
+def refit_outputs(model: nn.Module, original: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  plan: list[tuple[int, list[PatchResult]]], cfg: SanitizeConfig, source: torch.Tensor,
+                  classes: list[str] | None = None) -> dict[str, Any]:
+    """Bring the unlearned model's answers on *new* images back to the source model's (``unlearn_refit_folds``).
+
+    Fine-tuning on a few dozen images moves the answers on images it did not see (on the demonstration's 3-class
+    targeted model, towards the backdoor's target class), which the clean images cannot show: the model was
+    distilled on them. So the rounds of ``plan`` (their found patches, no new search) are replayed from the
+    ``original`` model on all but one of ``unlearn_refit_folds`` stratified folds of the clean images, the held-out
+    fold's logits kept (cross-fitting); a bias per class is fitted on these out-of-fold logits so that their
+    softmax matches the source model's answers (cross-entropy, L-BFGS, a small L2 pull to 0), and added to the
+    linear head's bias of ``model``. The source's answers on clean images are trustworthy (a backdoor changes the
+    answers on stamped images only), so no label is used. Returns the record."""
+    k = cfg.unlearn_refit_folds
+    gen = torch.Generator().manual_seed(cfg.seed + 7)
+    folds = torch.zeros(len(x), dtype=torch.long)
+    for c in torch.unique(y):
+        idx = torch.nonzero(y == c)[:, 0]
+        folds[idx[torch.randperm(len(idx), generator=gen)]] = torch.arange(len(idx)) % k
+    oof = torch.zeros(len(x), source.shape[1])
+    for f in range(k):
+        fit, held = folds != f, folds == f
+        if not held.any():
+            continue
+        replica = copy.deepcopy(original)
+        fit_source = source[fit]
+        for r, used in plan:
+            unlearn_step(replica, x[fit], y[fit], used, cfg, r, fit_source if cfg.unlearn_distill > 0 else None, gen)
+        oof[held] = logits_of(replica, x[held])
+    bias = torch.zeros(source.shape[1], requires_grad=True)
+    opt = torch.optim.LBFGS([bias], max_iter=100, line_search_fn="strong_wolfe")
+
+    def loss_of(b: torch.Tensor) -> torch.Tensor:
+        return -(source * F.log_softmax(oof + b, 1)).sum(1).mean()
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = loss_of(bias) + 1e-3 * bias.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    bias = (bias - bias.mean()).detach()  # a shift common to every class changes no probability
+    head = linear_head(model.backbone, model.spec.head)
+    with torch.no_grad():
+        if head.bias is None:
+            head.bias = nn.Parameter(torch.zeros(head.out_features))
+        head.bias += bias
+    name = (lambda t: classes[t]) if classes else str
+
+    def agree(z: torch.Tensor) -> float:
+        return float((z.argmax(1) == source.argmax(1)).float().mean())
+
+    return {"folds": k, "bias": {name(i): float(v) for i, v in enumerate(bias)},
+            "out_of_fold_agreement_before": agree(oof), "out_of_fold_agreement_after": agree(oof + bias),
+            "out_of_fold_loss_before": float(loss_of(torch.zeros_like(bias))), "out_of_fold_loss_after":
+            float(loss_of(bias))}
 
 
 class _NeuronPerturbation(nn.Module):
