@@ -128,6 +128,12 @@ def test_unlearn_stamps_the_found_patch_with_the_true_labels_and_unlearns_the_tr
     assert first["success_per_target"]["0"] == 1.0 and first["stamped"] and last["stamped"] == []
     assert details["rounds_run"] == 2 and details["stopped"] == "round limit" and details["side"] == 8
     assert details["final_best_success"] == last["best_success"]
+    # the cross-fitted estimate: both rounds replayed without each of 5 folds of the 24 clean images
+    crossfit = details["cross_fit"]
+    assert crossfit["folds"] == 5 and crossfit["images"] == 24 and crossfit["refit"] is None
+    assert 0 <= crossfit["changed"] <= 24 and crossfit["changed_share"] == crossfit["changed"] / 24
+    low, high = crossfit["changed_share_ci"]
+    assert low <= crossfit["changed_share"] <= high and crossfit["loss_to_source"] > 0
 
 
 def test_unlearn_rounds_stop_at_the_bound_and_stamp_copies_that_keep_their_labels(monkeypatch):
@@ -145,7 +151,8 @@ def test_unlearn_rounds_stop_at_the_bound_and_stamp_copies_that_keep_their_label
     monkeypatch.setattr(sanitize_module, "found_patches", fake_found)
     monkeypatch.setattr(sanitize_module, "finetune",
                         lambda m, xs, ys, c, unaugmented=None, **k: tuned.append((xs, ys, c, unaugmented)))
-    cfg = SanitizeConfig(method="unlearn", unlearn_rounds=5, unlearn_stop=0.3, unlearn_share=0.4, unlearn_patches=2,
+    cfg = SanitizeConfig(method="unlearn", unlearn_crossfit=0, unlearn_rounds=5, unlearn_stop=0.3, unlearn_share=0.4,
+                         unlearn_patches=2,
                          unlearn_epochs=3, unlearn_random=0.0, unlearn_lr=5e-4)
     _, details = unlearn(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)), x, y, cfg, side=2)
     assert len(searches) == 3 and len(tuned) == 2  # stopped when the best patch fell below 0.3
@@ -185,7 +192,8 @@ class _Headed(torch.nn.Module):
         return self.backbone(x)
 
 
-def test_refit_takes_back_the_drift_that_the_rounds_cause_on_images_they_did_not_see(monkeypatch):
+def test_cross_fit_sees_the_drift_that_the_rounds_cause_on_images_they_did_not_see_and_refit_takes_it_back(
+        monkeypatch):
     torch.manual_seed(0)
     original = _Headed()
     x, y = torch.rand(30, 1, 8, 8), torch.tensor([0, 1, 2] * 10)
@@ -204,20 +212,22 @@ def test_refit_takes_back_the_drift_that_the_rounds_cause_on_images_they_did_not
     drifting_step(model, x, y, None, None, 0, None, None)  # the unlearned model: drifted the same way
     replays.clear()
     patch = PatchResult(1, 0.9, (0, 0), 2, np.zeros((2, 2), np.float32))
-    cfg = SanitizeConfig(method="unlearn", unlearn_refit_folds=3)
-    record = sanitize_module.refit_outputs(model, original, x, y, [(0, [patch])], cfg, source, CLASSES)
+    cfg = SanitizeConfig(method="unlearn", unlearn_crossfit=3, unlearn_refit=True)
+    record = sanitize_module.cross_fit(model, original, x, y, [(0, [patch])], cfg, source, CLASSES)
     # each fold's rounds replayed on the other two folds (stratified: 4 + 3 + 3 images of each class)
     assert replays == [(18, 0, True), (21, 0, True), (21, 0, True)]
-    bias = torch.tensor([record["bias"][c] for c in CLASSES])
+    # held out, every replica answers class 1 where the source answered otherwise: the estimate sees it
+    assert record["changed"] > 0 and record["refit"]["changed_after"] < record["changed"]
+    bias = torch.tensor([record["refit"]["bias"][c] for c in CLASSES])
     assert torch.allclose(bias, -(drift - drift.mean()), atol=0.05)  # the drift taken back (up to a common shift)
     assert torch.allclose(model(x), original(x) + drift + bias, atol=1e-5)  # added to the head's bias
     after = torch.softmax(model(x), 1)
     assert torch.allclose(after, source, atol=0.02)
-    assert record["out_of_fold_loss_after"] < record["out_of_fold_loss_before"]
-    assert record["out_of_fold_agreement_after"] >= record["out_of_fold_agreement_before"]
-    assert record["folds"] == 3
-    with pytest.raises(ConfigError, match="unlearn_refit_folds"):
-        SanitizeConfig(method="unlearn", unlearn_refit_folds=1).validate()
+    assert record["refit"]["loss_to_source_after"] < record["loss_to_source"] and record["folds"] == 3
+    for bad, message in [({"unlearn_crossfit": 1}, "unlearn_crossfit \\(1\\) must be 0 \\(off\\) or at least 2"),
+                         ({"unlearn_crossfit": 0, "unlearn_refit": True}, "unlearn_refit fits its bias")]:
+        with pytest.raises(ConfigError, match=message):
+            SanitizeConfig(method="unlearn", **bad).validate()
 
 
 def test_unlearn_leaves_a_model_alone_unless_the_first_search_reaches_the_start_bound(monkeypatch):
@@ -235,7 +245,7 @@ def test_unlearn_leaves_a_model_alone_unless_the_first_search_reaches_the_start_
     monkeypatch.setattr(sanitize_module, "finetune", lambda m, xs, ys, c, unaugmented=None, **k: tuned.append(len(xs)))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
     # 0.40: above unlearn_stop (0.3), below unlearn_start (0.45, the default): no round, the model as it was
-    _, details = unlearn(model, x, y, SanitizeConfig(method="unlearn"), side=2)
+    _, details = unlearn(model, x, y, SanitizeConfig(method="unlearn", unlearn_crossfit=0), side=2)
     assert tuned == [] and len(searches) == 1 and details["rounds_run"] == 0 and details["start"] == 0.45
     assert details["stopped"].startswith("start bound") and details["rounds"][0]["stamped"] == []
     summary = SanitizeResult(Path("out"), {"method": "unlearn", "clean_images": 10, "details": details}).summary()
@@ -243,12 +253,13 @@ def test_unlearn_leaves_a_model_alone_unless_the_first_search_reaches_the_start_
     # the same first search with a lower start bound: a round, and the later rounds judged at unlearn_stop (0.35 is
     # above it: the round limit ends them)
     searches.clear()
-    _, details = unlearn(model, x, y, SanitizeConfig(method="unlearn", unlearn_start=0.35, unlearn_rounds=2), side=2)
+    _, details = unlearn(model, x, y, SanitizeConfig(method="unlearn", unlearn_crossfit=0, unlearn_start=0.35,
+                                                  unlearn_rounds=2), side=2)
     assert len(tuned) == 2 and details["rounds_run"] == 2 and details["stopped"] == "round limit"
     # a first search at the start bound itself counts (>=)
     found["first"], tuned[:] = 0.45, []
     searches.clear()
-    _, details = unlearn(model, x, y, SanitizeConfig(method="unlearn", unlearn_rounds=1), side=2)
+    _, details = unlearn(model, x, y, SanitizeConfig(method="unlearn", unlearn_crossfit=0, unlearn_rounds=1), side=2)
     assert len(tuned) == 1 and details["rounds_run"] == 1
 
 
@@ -264,7 +275,7 @@ def test_finetune_distills_the_soft_targets_and_unlearn_gives_copies_the_answers
         teacher[1].weight.copy_(torch.stack([-torch.ones(64), torch.ones(64)]) * 0.5)
         teacher[1].bias.copy_(torch.tensor([16.0, -16.0]))  # class 1 above mid-grey, confidently
     soft = torch.softmax(teacher(x), 1).detach()
-    cfg = SanitizeConfig(method="unlearn", epochs=60, lr=3e-2, batch_size=8)
+    cfg = SanitizeConfig(method="unlearn", unlearn_crossfit=0, epochs=60, lr=3e-2, batch_size=8)
     # distillation alone (weight 1): the student learns the teacher's answers, not the labels
     student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
     finetune(student, x, y, cfg, soft_targets=soft, distill=1.0)
@@ -285,7 +296,8 @@ def test_finetune_distills_the_soft_targets_and_unlearn_gives_copies_the_answers
     seen = []
     monkeypatch.setattr(sanitize_module, "finetune", lambda m, xs, ys, c, soft_targets=None, distill=0.0, **k:
                         seen.append((xs, soft_targets, distill)))
-    _, details = unlearn(teacher, x, y, SanitizeConfig(method="unlearn", unlearn_distill=0.7, unlearn_random=0.0),
+    _, details = unlearn(teacher, x, y, SanitizeConfig(method="unlearn", unlearn_crossfit=0, unlearn_distill=0.7,
+                                                       unlearn_random=0.0),
                          side=2)
     (xs, targets, weight), = seen
     assert weight == 0.7 and details["distill"] == 0.7 and len(targets) == len(xs) == 48
@@ -294,7 +306,7 @@ def test_finetune_distills_the_soft_targets_and_unlearn_gives_copies_the_answers
         source = [i for i in range(24) if torch.equal(copy_[:, :2], x[i, :, :2])]
         assert len(source) == 1 and torch.allclose(target, soft[source[0]], atol=1e-6)
     with pytest.raises(ConfigError, match="unlearn_distill"):
-        SanitizeConfig(method="unlearn", unlearn_distill=1.5).validate()
+        SanitizeConfig(method="unlearn", unlearn_crossfit=0, unlearn_distill=1.5).validate()
 
 
 def test_found_patches_search_every_position_for_every_step_unless_halving_is_asked(monkeypatch):
@@ -325,7 +337,8 @@ def test_unlearn_copies_with_random_contents_and_before_augmentation_only(monkey
     tuned = []
     monkeypatch.setattr(sanitize_module, "finetune",
                         lambda m, xs, ys, c, unaugmented=None, **k: tuned.append((xs, unaugmented)))
-    cfg = SanitizeConfig(method="unlearn", unlearn_share=0.8, unlearn_random=0.5, unlearn_exact=False)
+    cfg = SanitizeConfig(method="unlearn", unlearn_crossfit=0, unlearn_share=0.8, unlearn_random=0.5,
+                         unlearn_exact=False)
     _, details = unlearn(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)), x, y, cfg, side=2)
     (xs, mask), = tuned
     assert mask is None  # stamped before the augmentation only: the first measurements' setting
@@ -535,6 +548,10 @@ def test_sanitize_unlearn_from_the_command_records_every_round(run_dir, tmp_path
     assert details["side"] == 16 and 1 <= len(details["rounds"]) <= 2 and details["rounds_run"] <= 1
     assert set(details["rounds"][0]["success_per_target"]) == set(CLASSES)
     assert record["settings"]["unlearn_epochs"] == 1 and record["settings"]["epochs"] == 20
+    if details["rounds_run"]:  # the rounds are replayed on 5 folds: the summary says how many answers moved
+        assert details["cross_fit"]["folds"] == 5 and "cross-fitted in 5 folds" in proc.stdout
+    else:
+        assert details["cross_fit"] is None and "cross-fitted" not in proc.stdout
     assert_clean_error(run_cli_in_process("sanitize", str(run_dir), "--data", str(clean), "-o", str(tmp_path / "x"),
                                           "--method", "unlearn", "--patch-side", "40"),
                        "patch side \\(40 px\\) is larger than the model's input \\(32 px\\)")

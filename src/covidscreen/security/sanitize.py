@@ -71,6 +71,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy.stats import binomtest
 from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
@@ -152,10 +153,12 @@ class SanitizeConfig:
         unlearn_random: unlearn: share of the stamped copies whose patch gets random contents (each pixel uniform
             in [0, 1], half of them snapped to 0 or 1) at the found position instead of the found pattern, so that
             the model unlearns what sits at that position and not one reversed pattern of it.
-        unlearn_refit_folds: unlearn: after the rounds, cross-fit a bias per class on this many folds of the clean
-            images (:func:`refit_outputs`: the rounds replayed without the held-out fold, the bias fitted so that
-            the held-out answers match the source model's) and add it to the head; 0: off (the default until it is
-            measured on every demonstration model, docs/security.md).
+        unlearn_crossfit: unlearn: after the rounds, replay them on this many folds of the clean images, each fold
+            held out once (:func:`cross_fit`), to estimate how many answers on *new* clean images the unlearning
+            changes (the clean images cannot show it: the model was distilled on them); 0: off.
+        unlearn_refit: unlearn: also add to the head the bias per class that brings the held-out answers back to
+            the source model's. Off: measured on the four strong backdoors of the demonstration it helped one and
+            not the others (docs/security.md, fourteenth session); kept to reproduce that.
         seed: seed of sampling, augmentation and batch order.
     """
 
@@ -188,7 +191,8 @@ class SanitizeConfig:
     unlearn_distill: float = 0.9
     unlearn_exact: bool = True
     unlearn_random: float = 0.5
-    unlearn_refit_folds: int = 0
+    unlearn_crossfit: int = 5
+    unlearn_refit: bool = False
     seed: int = 0
 
     def validate(self) -> SanitizeConfig:
@@ -220,9 +224,12 @@ class SanitizeConfig:
             raise ConfigError(f"unlearn: unlearn_distill ({self.unlearn_distill}) must be a weight in [0, 1]")
         if not 0 <= self.unlearn_random <= 1:
             raise ConfigError(f"unlearn: unlearn_random ({self.unlearn_random}) must be a share in [0, 1]")
-        if self.unlearn_refit_folds == 1 or self.unlearn_refit_folds < 0:
-            raise ConfigError(f"unlearn: unlearn_refit_folds ({self.unlearn_refit_folds}) must be 0 (off) or at "
-                              "least 2 folds")
+        if self.unlearn_crossfit == 1 or self.unlearn_crossfit < 0:
+            raise ConfigError(f"unlearn: unlearn_crossfit ({self.unlearn_crossfit}) must be 0 (off) or at least 2 "
+                              "folds")
+        if self.unlearn_refit and not self.unlearn_crossfit:
+            raise ConfigError("unlearn: unlearn_refit fits its bias on the cross-fitted answers: give "
+                              "unlearn_crossfit >= 2 folds")
         if self.unlearn_side is not None and self.unlearn_side < 1:
             raise ConfigError(f"unlearn: the patch side ({self.unlearn_side}) must be at least 1 pixel")
         return self
@@ -540,7 +547,7 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     rounds: list[dict[str, Any]] = []
     # the source model's answers on the clean images: the distillation targets of every round (unlearn_distill)
     source = F.softmax(logits_of(model, x), 1) if cfg.unlearn_distill > 0 else None
-    original = copy.deepcopy(model) if cfg.unlearn_refit_folds else None  # the cross-fitting starts from it
+    original = copy.deepcopy(model) if cfg.unlearn_crossfit else None  # the cross-fitting starts from it
     plan: list[tuple[int, list[PatchResult]]] = []  # the rounds that fine-tuned, with their patches
     bar = tqdm(total=cfg.unlearn_rounds, desc=desc, unit="round", disable=desc is None, leave=False)
     try:
@@ -567,10 +574,10 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
             bar.update(1)
     finally:
         bar.close()
-    refit = None
-    if cfg.unlearn_refit_folds and plan:
-        refit = refit_outputs(model, original, x, y, plan, cfg, source if source is not None else
-                              F.softmax(logits_of(original, x), 1), classes)
+    crossfit = None
+    if cfg.unlearn_crossfit and plan:
+        crossfit = cross_fit(model, original, x, y, plan, cfg, source if source is not None else
+                             F.softmax(logits_of(original, x), 1), classes)
     last = rounds[-1]["best_success"]
     # one search only: the first, under unlearn_start (unlearn_rounds >= 1, so it cannot be the round limit)
     stopped = ("start bound: no patch to unlearn, model unchanged" if len(rounds) == 1
@@ -578,7 +585,7 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     return model, {"side": side, "rounds_run": len(rounds) - 1, "stop": cfg.unlearn_stop,
                    "start": cfg.unlearn_start, "halving": cfg.unlearn_halving, "distill": cfg.unlearn_distill,
                    "exact": cfg.unlearn_exact, "random_share": cfg.unlearn_random, "stopped": stopped,
-                   "final_best_success": last, "rounds": rounds, "refit": refit}
+                   "final_best_success": last, "rounds": rounds, "cross_fit": crossfit}
 
 
 def unlearn_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, used: list[PatchResult], cfg: SanitizeConfig,
@@ -601,20 +608,22 @@ def unlearn_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, used: list[
     return [m[2] for m in made]
 
 
-def refit_outputs(model: nn.Module, original: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  plan: list[tuple[int, list[PatchResult]]], cfg: SanitizeConfig, source: torch.Tensor,
-                  classes: list[str] | None = None) -> dict[str, Any]:
-    """Bring the unlearned model's answers on *new* images back to the source model's (``unlearn_refit_folds``).
+def cross_fit(model: nn.Module, original: nn.Module, x: torch.Tensor, y: torch.Tensor,
+              plan: list[tuple[int, list[PatchResult]]], cfg: SanitizeConfig, source: torch.Tensor,
+              classes: list[str] | None = None) -> dict[str, Any]:
+    """How much the unlearning changes the answers on clean images it did not see (``unlearn_crossfit`` folds).
 
-    Fine-tuning on a few dozen images moves the answers on images it did not see (on the demonstration's 3-class
-    targeted model, towards the backdoor's target class), which the clean images cannot show: the model was
-    distilled on them. So the rounds of ``plan`` (their found patches, no new search) are replayed from the
-    ``original`` model on all but one of ``unlearn_refit_folds`` stratified folds of the clean images, the held-out
-    fold's logits kept (cross-fitting); a bias per class is fitted on these out-of-fold logits so that their
-    softmax matches the source model's answers (cross-entropy, L-BFGS, a small L2 pull to 0), and added to the
-    linear head's bias of ``model``. The source's answers on clean images are trustworthy (a backdoor changes the
-    answers on stamped images only), so no label is used. Returns the record."""
-    k = cfg.unlearn_refit_folds
+    Fine-tuning on a few dozen images moves answers on new images (on the demonstration, 4-8% of the test images'
+    COVID decisions), which the clean images cannot show: the model was distilled on them. So the rounds of
+    ``plan`` (their found patches, no new search) are replayed from the ``original`` model without each of
+    ``unlearn_crossfit`` stratified folds of the clean images in turn, and the held-out fold's answers compared
+    with the source model's (``source``; a backdoor changes the answers on stamped images only, so the source's
+    answers on clean images are the reference, and no label is needed). The record: the share of held-out images
+    whose top class changed (with its Wilson 95% interval) and the mean cross-entropy to the source's answers.
+
+    With ``unlearn_refit``, a bias per class is fitted on the held-out logits so that their softmax matches the
+    source's answers (cross-entropy, L-BFGS, a small L2 pull to 0) and added to the linear head of ``model``."""
+    k = cfg.unlearn_crossfit
     gen = torch.Generator().manual_seed(cfg.seed + 7)
     folds = torch.zeros(len(x), dtype=torch.long)
     for c in torch.unique(y):
@@ -626,15 +635,24 @@ def refit_outputs(model: nn.Module, original: nn.Module, x: torch.Tensor, y: tor
         if not held.any():
             continue
         replica = copy.deepcopy(original)
-        fit_source = source[fit]
         for r, used in plan:
-            unlearn_step(replica, x[fit], y[fit], used, cfg, r, fit_source if cfg.unlearn_distill > 0 else None, gen)
+            unlearn_step(replica, x[fit], y[fit], used, cfg, r, source[fit] if cfg.unlearn_distill > 0 else None,
+                         gen)
         oof[held] = logits_of(replica, x[held])
-    bias = torch.zeros(source.shape[1], requires_grad=True)
-    opt = torch.optim.LBFGS([bias], max_iter=100, line_search_fn="strong_wolfe")
+    name = (lambda t: classes[t]) if classes else str
 
     def loss_of(b: torch.Tensor) -> torch.Tensor:
         return -(source * F.log_softmax(oof + b, 1)).sum(1).mean()
+
+    changed = int((oof.argmax(1) != source.argmax(1)).sum())
+    ci = binomtest(changed, len(x)).proportion_ci(confidence_level=0.95, method="wilson")
+    record: dict[str, Any] = {"folds": k, "images": len(x), "changed": changed, "changed_share": changed / len(x),
+                              "changed_share_ci": [float(ci.low), float(ci.high)],
+                              "loss_to_source": float(loss_of(torch.zeros(oof.shape[1]))), "refit": None}
+    if not cfg.unlearn_refit:
+        return record
+    bias = torch.zeros(source.shape[1], requires_grad=True)
+    opt = torch.optim.LBFGS([bias], max_iter=100, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -649,15 +667,10 @@ def refit_outputs(model: nn.Module, original: nn.Module, x: torch.Tensor, y: tor
         if head.bias is None:
             head.bias = nn.Parameter(torch.zeros(head.out_features))
         head.bias += bias
-    name = (lambda t: classes[t]) if classes else str
-
-    def agree(z: torch.Tensor) -> float:
-        return float((z.argmax(1) == source.argmax(1)).float().mean())
-
-    return {"folds": k, "bias": {name(i): float(v) for i, v in enumerate(bias)},
-            "out_of_fold_agreement_before": agree(oof), "out_of_fold_agreement_after": agree(oof + bias),
-            "out_of_fold_loss_before": float(loss_of(torch.zeros_like(bias))), "out_of_fold_loss_after":
-            float(loss_of(bias))}
+    record["refit"] = {"bias": {name(i): float(v) for i, v in enumerate(bias)},
+                       "changed_after": int(((oof + bias).argmax(1) != source.argmax(1)).sum()),
+                       "loss_to_source_after": float(loss_of(bias))}
+    return record
 
 
 class _NeuronPerturbation(nn.Module):
@@ -921,8 +934,14 @@ class SanitizeResult:
                     f"starts unlearning (clean models reach such patches too); the model is unchanged, written to "
                     f"{self.output} with its record\nnext: if you still suspect it, scan it ('covidscreen scan "
                     f"{self.output} --reference ...') or try another --method")
+        crossfit = details.get("cross_fit")
+        moved = "" if not crossfit else (
+            f"\non clean images it did not see it answers otherwise than the source on about "
+            f"{crossfit['changed_share']:.0%} (95% CI {crossfit['changed_share_ci'][0]:.0%}-"
+            f"{crossfit['changed_share_ci'][1]:.0%}; {crossfit['changed']} of {crossfit['images']} clean images, "
+            f"cross-fitted in {crossfit['folds']} folds)")
         return (f"sanitized ({r['method']}) with {r['clean_images']} clean image(s): clean-set accuracy "
-                f"{r['clean_accuracy_before']:.3f} -> {r['clean_accuracy_after']:.3f}; new run {self.output}\n"
+                f"{r['clean_accuracy_before']:.3f} -> {r['clean_accuracy_after']:.3f}; new run {self.output}{moved}\n"
                 f"next: scan it ('covidscreen scan {self.output} --reference ...') and check it on data you trust "
                 f"('covidscreen evaluate'); its operating points are the source run's: if its sensitivity or "
                 f"specificity moved there, fit the threshold again on labelled local images ('covidscreen calibrate "
