@@ -552,6 +552,12 @@ def test_sanitize_unlearn_from_the_command_records_every_round(run_dir, tmp_path
         assert details["cross_fit"]["folds"] == 5 and "cross-fitted in 5 folds" in proc.stdout
     else:
         assert details["cross_fit"] is None and "cross-fitted" not in proc.stdout
+    from covidscreen.reporting.model_card import _moved, model_card
+    assert ("cross-fitted in 5 folds" in model_card(out)) == bool(details["rounds_run"])  # the card says it too
+    assert _moved({"changed_share": 0.1, "changed_share_ci": [0.04, 0.22], "changed": 4, "images": 42,
+                   "folds": 5}) == (" Estimated share of clean images it answers otherwise than the source: 10% "
+                                    "(95% CI 4%-22%; 4 of 42 clean images, cross-fitted in 5 folds).")
+    assert _moved(None) == "" and _moved({"folds": 5}) == ""
     assert_clean_error(run_cli_in_process("sanitize", str(run_dir), "--data", str(clean), "-o", str(tmp_path / "x"),
                                           "--method", "unlearn", "--patch-side", "40"),
                        "patch side \\(40 px\\) is larger than the model's input \\(32 px\\)")

@@ -146,7 +146,18 @@ def _sanitized(run: Run | None) -> list[str]:
             f"{rec.get('clean_images', '?')} clean image(s) of `{rec.get('clean_data', '?')}` (clean set "
             f"`{rec.get('clean_set_fingerprint', '?')}`), starting from run `{rec.get('source_run', '?')}` (weights "
             f"sha256 `{str(rec.get('source_weights_sha256', '?'))[:16]}...`). The figures below, where present, are "
-            "the source run's; its operating points were kept. Check this model on data you trust.", ""]
+            "the source run's; its operating points were kept. Check this model on data you trust."
+            + _moved((rec.get("details") or {}).get("cross_fit")), ""]
+
+
+def _moved(crossfit: dict | None) -> str:
+    """Sanitize's cross-fitted estimate of the answers it moved on clean images it did not see, when made."""
+    if not isinstance(crossfit, dict) or "changed_share" not in crossfit:
+        return ""
+    low, high = crossfit.get("changed_share_ci") or (float("nan"), float("nan"))
+    return (f" Estimated share of clean images it answers otherwise than the source: {crossfit['changed_share']:.0%} "
+            f"(95% CI {low:.0%}-{high:.0%}; {crossfit.get('changed')} of {crossfit.get('images')} clean images, "
+            f"cross-fitted in {crossfit.get('folds')} folds).")
 
 
 INTENDED_USE = [

@@ -577,7 +577,8 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     crossfit = None
     if cfg.unlearn_crossfit and plan:
         crossfit = cross_fit(model, original, x, y, plan, cfg, source if source is not None else
-                             F.softmax(logits_of(original, x), 1), classes)
+                             F.softmax(logits_of(original, x), 1), classes,
+                             desc=None if desc is None else f"{desc}: cross-fit")
     last = rounds[-1]["best_success"]
     # one search only: the first, under unlearn_start (unlearn_rounds >= 1, so it cannot be the round limit)
     stopped = ("start bound: no patch to unlearn, model unchanged" if len(rounds) == 1
@@ -610,7 +611,7 @@ def unlearn_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, used: list[
 
 def cross_fit(model: nn.Module, original: nn.Module, x: torch.Tensor, y: torch.Tensor,
               plan: list[tuple[int, list[PatchResult]]], cfg: SanitizeConfig, source: torch.Tensor,
-              classes: list[str] | None = None) -> dict[str, Any]:
+              classes: list[str] | None = None, desc: str | None = None) -> dict[str, Any]:
     """How much the unlearning changes the answers on clean images it did not see (``unlearn_crossfit`` folds).
 
     Fine-tuning on a few dozen images moves answers on new images (on the demonstration, 4-8% of the test images'
@@ -630,7 +631,7 @@ def cross_fit(model: nn.Module, original: nn.Module, x: torch.Tensor, y: torch.T
         idx = torch.nonzero(y == c)[:, 0]
         folds[idx[torch.randperm(len(idx), generator=gen)]] = torch.arange(len(idx)) % k
     oof = torch.zeros(len(x), source.shape[1])
-    for f in range(k):
+    for f in tqdm(range(k), desc=desc, unit="fold", disable=desc is None, leave=False):
         fit, held = folds != f, folds == f
         if not held.any():
             continue
