@@ -309,34 +309,6 @@ def test_finetune_distills_the_soft_targets_and_unlearn_gives_copies_the_answers
         SanitizeConfig(method="unlearn", unlearn_crossfit=0, unlearn_distill=1.5).validate()
 
 
-def test_unlearn_mix_adds_blends_of_two_clean_images_taught_the_source_models_answers(monkeypatch):
-    torch.manual_seed(0)
-    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
-    x, y = torch.rand(10, 1, 8, 8), torch.tensor([0, 1] * 5)
-    source = torch.softmax(teacher(x), 1).detach()
-    seen = []
-    monkeypatch.setattr(sanitize_module, "finetune", lambda m, xs, ys, c, unaugmented=None, soft_targets=None,
-                        distill=0.0, **k: seen.append((xs, ys, soft_targets, unaugmented)))
-    patch = PatchResult(1, 0.9, (0, 0), 2, np.ones((2, 2), np.float32))
-    cfg = SanitizeConfig(method="unlearn", unlearn_mix=2.0, unlearn_random=0.0).validate()
-    sanitize_module.unlearn_step(teacher, x, y, [patch], cfg, 0, source, torch.Generator().manual_seed(0),
-                                 teacher=teacher)
-    (xs, ys, soft, kept), = seen
-    assert len(xs) == len(ys) == len(soft) == len(kept) == 10 + 10 + 20  # clean, stamped copies, 2 blends each
-    mixed = xs[20:]
-    assert not kept[20:].any()  # the blends are augmented as a whole
-    assert torch.allclose(soft[20:], torch.softmax(teacher(mixed), 1), atol=1e-6)  # the source's answers on them
-    assert torch.equal(ys[20:], soft[20:].argmax(1))
-    lo, hi = x.amin(0), x.amax(0)  # each blend lies between two clean images, pixel by pixel
-    assert torch.all(mixed >= lo - 1e-6) and torch.all(mixed <= hi + 1e-6)
-    seen.clear()  # no distillation: no teacher's answers to teach, no blends
-    sanitize_module.unlearn_step(teacher, x, y, [patch], cfg, 0, None, torch.Generator().manual_seed(0),
-                                 teacher=teacher)
-    assert len(seen[0][0]) == 20
-    with pytest.raises(ConfigError, match="unlearn_mix"):
-        SanitizeConfig(method="unlearn", unlearn_mix=-1).validate()
-
-
 def test_found_patches_search_every_position_for_every_step_unless_halving_is_asked(monkeypatch):
     calls = []
 

@@ -156,9 +156,6 @@ class SanitizeConfig:
         unlearn_crossfit: unlearn: after the rounds, replay them on this many folds of the clean images, each fold
             held out once (:func:`cross_fit`), to estimate how many answers on *new* clean images the unlearning
             changes (the clean images cannot show it: the model was distilled on them); 0: off.
-        unlearn_mix: unlearn: mixed images (two clean images blended, mixup) per clean image added to each round's
-            fine-tuning, taught the source model's answers on them (with distillation only), so that the answers
-            are held in place away from the few clean images too; 0: none.
         unlearn_refit: unlearn: also add to the head the bias per class that brings the held-out answers back to
             the source model's. Off: measured on the four strong backdoors of the demonstration it helped one and
             not the others (docs/security.md, fourteenth session); kept to reproduce that.
@@ -195,7 +192,6 @@ class SanitizeConfig:
     unlearn_exact: bool = True
     unlearn_random: float = 0.5
     unlearn_crossfit: int = 5
-    unlearn_mix: float = 0.0
     unlearn_refit: bool = False
     seed: int = 0
 
@@ -231,8 +227,6 @@ class SanitizeConfig:
         if self.unlearn_crossfit == 1 or self.unlearn_crossfit < 0:
             raise ConfigError(f"unlearn: unlearn_crossfit ({self.unlearn_crossfit}) must be 0 (off) or at least 2 "
                               "folds")
-        if self.unlearn_mix < 0:
-            raise ConfigError(f"unlearn: unlearn_mix ({self.unlearn_mix}) must be >= 0 (mixed images per clean image)")
         if self.unlearn_refit and not self.unlearn_crossfit:
             raise ConfigError("unlearn: unlearn_refit fits its bias on the cross-fitted answers: give "
                               "unlearn_crossfit >= 2 folds")
@@ -553,8 +547,7 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     rounds: list[dict[str, Any]] = []
     # the source model's answers on the clean images: the distillation targets of every round (unlearn_distill)
     source = F.softmax(logits_of(model, x), 1) if cfg.unlearn_distill > 0 else None
-    # the source model, unchanged: where the cross-fitting starts, and the teacher of mixed images (unlearn_mix)
-    original = copy.deepcopy(model) if cfg.unlearn_crossfit or cfg.unlearn_mix else None
+    original = copy.deepcopy(model) if cfg.unlearn_crossfit else None  # the cross-fitting starts from it
     plan: list[tuple[int, list[PatchResult]]] = []  # the rounds that fine-tuned, with their patches
     bar = tqdm(total=cfg.unlearn_rounds, desc=desc, unit="round", disable=desc is None, leave=False)
     try:
@@ -574,7 +567,7 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
             bar.set_postfix(best=f"{best.success:.2f}")
             if done:
                 break
-            n_random = unlearn_step(model, x, y, used, cfg, r, source, gen, teacher=original)
+            n_random = unlearn_step(model, x, y, used, cfg, r, source, gen)
             for entry, n in zip(rounds[-1]["stamped"], n_random, strict=True):
                 entry["random_copies"] = n
             plan.append((r, used))
@@ -597,12 +590,10 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
 
 
 def unlearn_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, used: list[PatchResult], cfg: SanitizeConfig,
-                 r: int, source: torch.Tensor | None, gen: torch.Generator,
-                 teacher: nn.Module | None = None) -> list[int]:
+                 r: int, source: torch.Tensor | None, gen: torch.Generator) -> list[int]:
     """One round's fine-tuning of :func:`unlearn`: ``used`` stamped on copies of an ``unlearn_share`` of the clean
-    images (true labels), then ``unlearn_epochs`` epochs on the images and the copies. With ``unlearn_mix`` (and
-    distillation), mixtures of two clean images are added too, taught the ``teacher``'s (the source model's) answer
-    on them. Returns the number of copies with random contents per patch."""
+    images (true labels), then ``unlearn_epochs`` epochs on the images and the copies. Returns the number of copies
+    with random contents per patch."""
     n_stamp = max(1, round(cfg.unlearn_share * len(x)))
     chosen = torch.randperm(len(x), generator=gen)[:n_stamp]
     parts = [chosen[i::len(used)] for i in range(len(used))]
@@ -612,16 +603,6 @@ def unlearn_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, used: list[
     # the clean images get an empty mask: all of them is augmented
     kept = torch.cat([torch.zeros_like(x, dtype=torch.bool)] + [m[1] for m in made]) if cfg.unlearn_exact else None
     soft = None if source is None else torch.cat([source] + [source[idx] for idx in parts])
-    n_mix = round(cfg.unlearn_mix * len(x)) if soft is not None and teacher is not None else 0
-    if n_mix:  # mixup (Zhang et al. 2018) as inputs for distillation: the source's answers away from the 42 images
-        i, j = torch.randint(len(x), (2, n_mix), generator=gen)
-        lam = torch.rand(n_mix, 1, 1, 1, generator=gen)
-        mixed = lam * x[i] + (1 - lam) * x[j]
-        answers = F.softmax(logits_of(teacher, mixed), 1)
-        stamped, labels = torch.cat([stamped, mixed]), torch.cat([labels, answers.argmax(1)])
-        soft = torch.cat([soft, answers])
-        if kept is not None:
-            kept = torch.cat([kept, torch.zeros_like(mixed, dtype=torch.bool)])
     finetune(model, torch.cat([x, stamped]), torch.cat([y, labels]),
              dataclasses.replace(cfg, epochs=cfg.unlearn_epochs, lr=cfg.unlearn_lr, seed=cfg.seed + r),
              unaugmented=kept, soft_targets=soft, distill=cfg.unlearn_distill)
@@ -657,7 +638,7 @@ def cross_fit(model: nn.Module, original: nn.Module, x: torch.Tensor, y: torch.T
         replica = copy.deepcopy(original)
         for r, used in plan:
             unlearn_step(replica, x[fit], y[fit], used, cfg, r, source[fit] if cfg.unlearn_distill > 0 else None,
-                         gen, teacher=original)
+                         gen)
         oof[held] = logits_of(replica, x[held])
     name = (lambda t: classes[t]) if classes else str
 
