@@ -226,3 +226,26 @@ def test_paired_auc_difference_matches_the_two_aucs_and_shrinks_with_shared_nois
     assert same["difference"] == 0 and same["ci"] == [0.0, 0.0]
     with pytest.raises(ConfigError, match="equal lengths"):
         paired_auc_difference(y, a, b[:-1])
+
+
+def test_paired_binary_changes_agree_with_the_paired_auc_difference_and_pair_the_rates():
+    """The same replicates as the paired AUC difference give the same AUC change; the rates' changes are exact on
+    the images as they are, and an unchanged model changes nothing in any replicate."""
+    from sklearn.metrics import roc_auc_score
+
+    from covidscreen.evaluation.bootstrap import paired_auc_difference, paired_binary_changes
+
+    rng = np.random.default_rng(4)
+    y = rng.random(200) < 0.3
+    a = rng.normal(size=200) + y
+    b = a + 0.3 * y
+    res = paired_binary_changes(y, (a >= 0.5, a), (b >= 0.5, b), n_boot=300, seed=1)
+    auc = paired_auc_difference(y, a, b, n_boot=300, seed=1)
+    assert res["roc_auc"]["change"] == pytest.approx(roc_auc_score(y, b) - roc_auc_score(y, a))
+    assert res["roc_auc"]["ci"] == pytest.approx(auc["ci"])  # stratified the same way, the same draws
+    sens = res["sensitivity"]
+    assert sens["before"] == pytest.approx((a[y] >= 0.5).mean())
+    assert sens["after"] == pytest.approx((b[y] >= 0.5).mean())
+    assert sens["ci"][0] <= sens["change"] <= sens["ci"][1] and res["specificity"]["change"] == 0
+    same = paired_binary_changes(y, (a >= 0.5, a), (a >= 0.5, a), n_boot=50)
+    assert all(v["change"] == 0 and v["ci"] == [0.0, 0.0] for v in same.values())

@@ -12,7 +12,6 @@ from covidscreen.security.backdoor import judge_all
 from covidscreen.security.defence_report import (
     REPORT_COLUMNS,
     attack_figure,
-    auc,
     image_figures,
     judge_defence,
     paired_changes,
@@ -36,11 +35,13 @@ def base_scores(seed: int = 0) -> np.ndarray:
     return p
 
 
-def test_auc_is_sklearns():
+def test_the_auc_is_sklearns():
     from sklearn.metrics import roc_auc_score
 
-    p = base_scores().round(1)  # ties
-    assert auc(TRUTH, p) == pytest.approx(roc_auc_score(TRUTH, p))
+    p0, p1 = base_scores().round(1), base_scores(1).round(1)  # ties
+    auc = paired_changes(figures(p0), figures(p1), TRUTH, resamples=50)["roc_auc"]
+    assert auc["before"] == pytest.approx(roc_auc_score(TRUTH, p0))
+    assert auc["after"] == pytest.approx(roc_auc_score(TRUTH, p1))
 
 
 def test_image_figures_keep_the_positive_probability_and_decision():

@@ -16,7 +16,8 @@ wild; stratification keeps the class balance of the sample fixed, as the design 
 metrics resample unstratified (the class balance of a test split is itself random there).
 
 This is the one bootstrap of the package: ``metrics.json`` (``assess.py``), within-site metrics
-(``within_site.py``), experiment tables (``training/comparison.py``) and cross-validation all use it.
+(``within_site.py``), experiment tables (``training/comparison.py``), cross-validation and the judged defences
+(``security/defence_report.py``, paired: :func:`paired_binary_changes`) all use it.
 """
 
 from __future__ import annotations
@@ -291,3 +292,33 @@ def paired_auc_difference(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarra
     return {"auc_a": auc_a, "auc_b": auc_b, "difference": auc_b - auc_a, "ci": percentile_interval(d, level),
             "p_b_not_better": float(np.mean(finite <= 0)) if len(finite) else math.nan, "n_boot": int(n_boot),
             "undefined": int(len(d) - len(finite))}
+
+
+def paired_binary_changes(y: np.ndarray, before: tuple[np.ndarray, np.ndarray], after: tuple[np.ndarray, np.ndarray],
+                          names: Sequence[str] = ("roc_auc", "sensitivity", "specificity"),
+                          groups: Sequence | np.ndarray | None = None, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+                          level: float = 0.95, stratified: bool = True) -> dict[str, dict[str, Any]]:
+    """Binary metrics of two models on the same images, ``after - before``, with a paired bootstrap interval.
+
+    As :func:`paired_auc_difference`, for any of :data:`BINARY_METRICS`: every replicate weighs the same images for
+    both, so what they share cancels out of the change (a model before and after a change of its weights).
+
+    Args:
+        y: binary truth per image.
+        before, after: ``(decisions, scores)`` of the positive class per image, for each model.
+
+    Returns:
+        ``{name: {"before", "after", "change", "ci": [lo, hi]}}``.
+    """
+    y = np.asarray(y, dtype=bool)
+    codes, n_groups = group_codes(groups, len(y))
+    strata = group_strata(codes, n_groups, y) if stratified else None
+    w = np.vstack([np.ones(len(y)), bootstrap_weights(codes, n_groups, n_boot, np.random.default_rng(seed), strata)])
+    m0, m1 = (weighted_binary_metrics(w, y, np.asarray(pred, bool), _Ranked.of(y, np.asarray(score, float)))
+              for pred, score in (before, after))
+    out = {}
+    for name in names:
+        change = m1[name] - m0[name]  # row 0: the images as they are; the others: the replicates
+        out[name] = {"before": float(m0[name][0]), "after": float(m1[name][0]), "change": float(change[0]),
+                     "ci": percentile_interval(change[1:], level)}
+    return out

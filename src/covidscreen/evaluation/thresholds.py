@@ -280,12 +280,13 @@ def site_figures(y_true: np.ndarray, score: np.ndarray, sites: Sequence | np.nda
         neg, pos = int((~y & m).sum()), int((y & m).sum())
         tn, tp = int((~y & m & ~called).sum()), int((y & m & called).sum())
         out[name] = {"n_negative": neg, "n_positive": pos,
-                     "specificity": tn / neg if neg else None, "specificity_ci": _wilson(tn, neg, level),
-                     "sensitivity": tp / pos if pos else None, "sensitivity_ci": _wilson(tp, pos, level)}
+                     "specificity": tn / neg if neg else None, "specificity_ci": wilson_interval(tn, neg, level),
+                     "sensitivity": tp / pos if pos else None, "sensitivity_ci": wilson_interval(tp, pos, level)}
     return out
 
 
-def _wilson(k: int, n: int, level: float) -> list[float] | None:
+def wilson_interval(k: int, n: int, level: float = 0.95) -> list[float] | None:
+    """Wilson interval of ``k`` successes in ``n`` (scipy's ``binomtest``); None when ``n`` is 0."""
     if n == 0:
         return None
     ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")

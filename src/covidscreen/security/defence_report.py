@@ -2,9 +2,9 @@
 
 The goal: attack success under 5%, clean test AUC lower by at most 0.01, sensitivity and specificity by at most 2
 points. On the demonstration's 180 test images (60 COVID) one image is 1.7 points of sensitivity, so a point figure
-alone cannot say whether a defence cost anything. Each change is therefore given with a paired 95% interval (the
-same test images before and after, resampled together: ``scipy.stats.bootstrap`` with ``paired=True``, percentile
-method) and, for sensitivity and specificity, the exact McNemar test on the images whose decision changed
+alone cannot say whether a defence cost anything. Each change is therefore given with a paired 95% interval
+(the same test images before and after, resampled together by the package's bootstrap, stratified by class,
+percentile method) and, for sensitivity and specificity, the exact McNemar test on the images whose decision changed
 (``scipy.stats.binomtest``); attack success gets its Wilson interval. Beside it stands the rate a *clean* model of
 the experiment reaches with the same trigger and the same measure: the goal's 5% can lie below it (a clean 2-class
 model calls 8% of stamped COVID images non-COVID, its own misses), and no defence should be asked to beat a model
@@ -19,12 +19,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest, bootstrap, rankdata
+from scipy.stats import binomtest
+
+from ..config import DEFAULT_N_BOOT
+from ..evaluation.bootstrap import paired_binary_changes
+from ..evaluation.thresholds import wilson_interval
 
 GOAL_ASR = 0.05  # attack success below this
 GOAL_AUC_DROP = 0.01  # clean test AUC lower by at most this
 GOAL_RATE_DROP = 0.02  # sensitivity and specificity lower by at most this
-RESAMPLES = 1000  # paired bootstrap resamples (a percentile interval's ends move by about 0.005 between seeds)
 
 
 def image_figures(probs: np.ndarray, decided: np.ndarray, positive: int) -> dict[str, list]:
@@ -33,24 +36,14 @@ def image_figures(probs: np.ndarray, decided: np.ndarray, positive: int) -> dict
     return {"p": [round(float(v), 6) for v in probs[:, positive]], "called": [bool(v) for v in decided == positive]}
 
 
-def auc(truth: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC by the rank-sum (Mann-Whitney) identity, ties counted half: ``sklearn``'s ``roc_auc_score``, at a
-    twentieth of its cost in the bootstrap's thousand calls."""
-    ranks = rankdata(score)
-    n1 = int(truth.sum())
-    return float((ranks[truth].sum() - n1 * (n1 + 1) / 2) / (n1 * (len(truth) - n1)))
-
-
-def _interval(stat: Any, n: int, seed: int, resamples: int) -> list[float]:
-    res = bootstrap((np.arange(n),), stat, vectorized=False, paired=True, n_resamples=resamples,
-                    method="percentile", random_state=np.random.default_rng(seed))
-    return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
-
-
 def paired_changes(before: dict[str, list], after: dict[str, list], truth: np.ndarray,
-                   seed: int = 0, resamples: int = RESAMPLES) -> dict[str, dict[str, Any]]:
+                   seed: int = 0, resamples: int = DEFAULT_N_BOOT) -> dict[str, dict[str, Any]]:
     """AUC, sensitivity and specificity before and after, their change (after - before) with a paired 95%
     bootstrap interval, and for the two rates the exact McNemar p-value (images whose decision changed).
+
+    The package's one bootstrap (:func:`covidscreen.evaluation.bootstrap.paired_binary_changes`): every replicate
+    weighs the same test images for both models, drawn within the positive and the negative images (stratified);
+    images, not patients, are drawn.
 
     Args:
         before, after: :func:`image_figures` of the same test images.
@@ -64,25 +57,12 @@ def paired_changes(before: dict[str, list], after: dict[str, list], truth: np.nd
         raise ValueError("the test images must hold both classes to compare AUC, sensitivity and specificity")
     p0, p1 = np.asarray(before["p"], float), np.asarray(after["p"], float)
     c0, c1 = np.asarray(before["called"], bool), np.asarray(after["called"], bool)
-
-    def auc_change(i: np.ndarray) -> float:
-        t = truth[i]
-        if t.all() or not t.any():  # a resample of one class (vanishingly rare at the demonstration's sizes)
-            return 0.0
-        return auc(t, p1[i]) - auc(t, p0[i])
-
-    out: dict[str, dict[str, Any]] = {
-        "roc_auc": {"before": auc(truth, p0), "after": auc(truth, p1)}}
-    out["roc_auc"]["change"] = out["roc_auc"]["after"] - out["roc_auc"]["before"]
-    out["roc_auc"]["ci"] = _interval(auc_change, len(truth), seed, resamples)
+    out = paired_binary_changes(truth, (c0, p0), (c1, p1), n_boot=resamples, seed=seed)
     for name, keep, right0, right1 in (("sensitivity", truth, c0, c1), ("specificity", ~truth, ~c0, ~c1)):
         a, b = right0[keep], right1[keep]
         lost, gained = int((a & ~b).sum()), int((~a & b).sum())
-        out[name] = {"before": float(a.mean()), "after": float(b.mean()), "change": float(b.mean() - a.mean()),
-                     "ci": _interval(lambda i, a=a, b=b: float(b[i].mean() - a[i].mean()), len(a), seed + 1,
-                                       resamples),
-                     "images_lost": lost, "images_gained": gained,
-                     "mcnemar_p": float(binomtest(lost, lost + gained).pvalue) if lost + gained else 1.0}
+        out[name].update({"images_lost": lost, "images_gained": gained,
+                          "mcnemar_p": float(binomtest(lost, lost + gained).pvalue) if lost + gained else 1.0})
     return out
 
 
@@ -95,10 +75,7 @@ def attack_figure(trigger: dict[str, Any]) -> dict[str, Any]:
     else:
         rate, n, measure = (trigger["attack_success_rate_on_correct"], trigger["n_correct_clean"],
                             "images the model gets right without the trigger")
-    k = int(round(rate * n))
-    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson") if n else None
-    return {"rate": float(rate), "n": int(n), "ci": [float(ci.low), float(ci.high)] if ci else None,
-            "measure": measure}
+    return {"rate": float(rate), "n": int(n), "ci": wilson_interval(int(round(rate * n)), n), "measure": measure}
 
 
 def judge_defence(changes: dict[str, dict[str, Any]], attack: dict[str, Any] | None,

@@ -71,7 +71,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from scipy.stats import binomtest
 from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
@@ -80,6 +79,7 @@ from ..config import apply_overrides
 from ..data.preprocess import load_preprocessed
 from ..data.table import load_table
 from ..errors import CheckpointError, ConfigError, DataError, ImageDecodeError
+from ..evaluation.thresholds import wilson_interval
 from ..inference.checkpoint import WEIGHTS_FILE, save_checkpoint
 from ..inference.run import Run, derived_record, load_run
 from ..runtime import seed_everything
@@ -646,9 +646,8 @@ def cross_fit(model: nn.Module, original: nn.Module, x: torch.Tensor, y: torch.T
         return -(source * F.log_softmax(oof + b, 1)).sum(1).mean()
 
     changed = int((oof.argmax(1) != source.argmax(1)).sum())
-    ci = binomtest(changed, len(x)).proportion_ci(confidence_level=0.95, method="wilson")
     record: dict[str, Any] = {"folds": k, "images": len(x), "changed": changed, "changed_share": changed / len(x),
-                              "changed_share_ci": [float(ci.low), float(ci.high)],
+                              "changed_share_ci": wilson_interval(changed, len(x)),
                               "loss_to_source": float(loss_of(torch.zeros(oof.shape[1]))), "refit": None}
     if not cfg.unlearn_refit:
         return record
