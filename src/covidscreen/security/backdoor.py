@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -379,6 +380,13 @@ def write_clean_set(clean_run: Path, out_dir: Path, share: float = 0.05, seed: i
     return out_dir
 
 
+def sanitized_folder(out: Path, run: str, label: str) -> Path:
+    """Where ``security defences`` writes the model ``run`` sanitized as ``label`` (the method and its settings): a
+    setting's value may hold characters a folder name should not (``unlearn_trainable=('features.[0-3].*',)``), so
+    anything but letters, digits and ``._=+,-`` becomes ``_``; the label itself is kept in ``defences.json``."""
+    return out / "sanitized" / re.sub(r"[^A-Za-z0-9._=+,-]", "_", f"{run}__{label}")
+
+
 def evaluate_defences(out_dir: str | Path, methods: tuple[str, ...] = ("fine-pruning", "nad", "i-bau"),
                       runs: list[str] | None = None, log: Any = print,
                       settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -434,7 +442,7 @@ def evaluate_defences(out_dir: str | Path, methods: tuple[str, ...] = ("fine-pru
             label = method + suffix
             if label in entry.get("after", {}):
                 continue
-            target = out / "sanitized" / f"{rec['run']}__{label}"
+            target = sanitized_folder(out, rec["run"], label)
             if not is_run_folder(target):
                 log(f"[defences] {rec['run']}: {label}")
                 sanitize(out / rec["run"], clean_dir, target, configs[method], progress=False)
@@ -457,7 +465,7 @@ def judge_all(out: Path, found: dict[str, Any], clean_run: str, measure: Any) ->
     for run, entry in found["models"].items():
         target = str(None) if entry["kind"] == "clean" else next(iter(entry["before"]["trigger"]))
         for label, after in entry.get("after", {}).items():
-            folder = out / "sanitized" / f"{run}__{label}"
+            folder = sanitized_folder(out, run, label)
             if "images" not in after:
                 if not is_run_folder(folder):
                     continue
