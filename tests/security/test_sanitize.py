@@ -34,14 +34,19 @@ from covidscreen.security.sanitize import (
     found_patches,
     head_inputs,
     ibau,
+    l2_sp,
     nad,
+    only_trainable,
     optimise_neuron_masks,
     patch_copies,
     prune_neurons,
     sanitize,
     sanitize_config,
+    source_weights,
     stamp_patch,
+    trainable_names,
     unlearn,
+    weight_distance,
 )
 from tests.test_cli import assert_clean_error, run_cli, run_cli_in_process
 
@@ -309,6 +314,96 @@ def test_finetune_distills_the_soft_targets_and_unlearn_gives_copies_the_answers
         SanitizeConfig(method="unlearn", unlearn_crossfit=0, unlearn_distill=1.5).validate()
 
 
+def test_l2_sp_pulls_the_fine_tuning_back_to_the_source_weights():
+    torch.manual_seed(0)
+    x = torch.rand(24, 1, 8, 8)
+    y = torch.tensor([0, 1] * 12)  # labels unrelated to the images: fine-tuning must move the weights far
+    source = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    anchor = source_weights(source)
+    # the penalty: alpha / 2 x the squared distance, and its gradient alpha x the difference
+    moved = copy.deepcopy(source)
+    with torch.no_grad():
+        moved[1].weight += 0.5
+    penalty = l2_sp(anchor, alpha=0.2)(moved, x)
+    assert float(penalty.detach()) == pytest.approx(0.5 * 0.2 * 0.25 * 128, rel=1e-5)
+    assert weight_distance(moved, anchor) == pytest.approx((0.25 * 128) ** 0.5, rel=1e-5)
+    penalty.backward()
+    assert torch.allclose(moved[1].weight.grad, torch.full((2, 64), 0.2 * 0.5)) and not moved[1].bias.grad.any()
+    # fine-tuned with and without it: the anchored model ends nearer its source, a stronger anchor nearer still
+    cfg = SanitizeConfig(method="unlearn", epochs=30, lr=3e-2, batch_size=8)
+    distances = []
+    for alpha in (0.0, 1.0, 10.0):
+        model = copy.deepcopy(source)
+        finetune(model, x, y, cfg, extra_loss=l2_sp(anchor, alpha) if alpha else None)
+        distances.append(weight_distance(model, anchor))
+    assert distances[0] > distances[1] > distances[2] > 0
+    with pytest.raises(ValueError, match="weight tensors"):
+        l2_sp(anchor[:1], 1.0)(source, x)
+
+
+def test_unlearn_anchors_every_round_and_the_replay_to_the_source_and_records_the_distance(monkeypatch):
+    levels = torch.linspace(0.05, 0.95, 20)
+    x = levels[:, None, None, None].expand(20, 1, 8, 8).clone()
+    y = torch.tensor([0, 1] * 10)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    source = source_weights(model)
+    pattern = np.full((2, 2), 1.0, dtype=np.float32)
+    monkeypatch.setattr(sanitize_module, "found_patches",
+                        lambda m, *a, **k: [PatchResult(1, 0.9, (2, 4), 2, pattern)])
+    anchors = []
+
+    def fake_finetune(m, xs, ys, c, extra_loss=None, **k):
+        anchors.append(extra_loss)
+        with torch.no_grad():
+            m[1].bias += 1.0  # every round moves the model: the anchor must stay the source's weights
+    monkeypatch.setattr(sanitize_module, "finetune", fake_finetune)
+    cfg = SanitizeConfig(method="unlearn", unlearn_rounds=2, unlearn_crossfit=2, unlearn_anchor=0.5)
+    _, details = unlearn(model, x, y, cfg, side=2)
+    assert len(anchors) == 2 + 2 * 2  # two rounds, replayed on two folds
+    for penalty in anchors:  # each penalty measures the distance from the source weights
+        probe = copy.deepcopy(model)
+        with torch.no_grad():
+            for p, a in zip(probe.parameters(), source, strict=True):
+                p.copy_(a)
+        assert float(penalty(probe, x).detach()) == 0.0
+    assert details["anchor"] == 0.5 and details["weight_change"] == pytest.approx(2 * 2 ** 0.5)
+    # off: no penalty, and the distance is still recorded
+    anchors.clear()
+    _, details = unlearn(model, x, y, SanitizeConfig(method="unlearn", unlearn_rounds=1, unlearn_crossfit=0), side=2)
+    assert anchors == [None] and details["anchor"] == 0.0 and details["weight_change"] == pytest.approx(2 ** 0.5)
+    with pytest.raises(ConfigError, match="unlearn_anchor"):
+        SanitizeConfig(method="unlearn", unlearn_anchor=-1.0).validate()
+
+
+def test_unlearn_freezes_the_first_layers_with_what_comes_before_the_first_free_one(monkeypatch):
+    levels = torch.linspace(0.05, 0.95, 20)
+    x = levels[:, None, None, None].expand(20, 1, 8, 8).clone()
+    y = torch.tensor([0, 1] * 10)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Conv2d(2, 2, 1),
+                                torch.nn.Flatten(), torch.nn.Linear(72, 2))
+    everything = {n for n, _ in model.named_parameters()}
+    assert trainable_names(model, 0.0) == trainable_names(model, 0.3) == everything  # floor(0.9) = 0 layers
+    # a third of 3 layers: the first convolution and the BatchNorm after it (before the first free layer)
+    assert trainable_names(model, 0.34) == {"2.weight", "2.bias", "4.weight", "4.bias"}
+    assert trainable_names(model, 0.9) == {"4.weight", "4.bias"}
+    with only_trainable(model, {"4.weight"}):
+        assert [n for n, p in model.named_parameters() if p.requires_grad] == ["4.weight"]
+    assert all(p.requires_grad for p in model.parameters())  # restored
+    pattern = np.full((2, 2), 1.0, dtype=np.float32)
+    script = iter([[PatchResult(1, 0.9, (0, 0), 2, pattern)], [PatchResult(1, 0.1, (0, 0), 2, pattern)]])
+    monkeypatch.setattr(sanitize_module, "found_patches", lambda *a, **k: next(script))
+    before = copy.deepcopy(model)
+    cfg = SanitizeConfig(method="unlearn", unlearn_crossfit=0, unlearn_freeze=0.34, unlearn_lr=1e-2)
+    _, details = unlearn(model, x, y, cfg, side=2)
+    changed = {n for (n, p), q in zip(model.named_parameters(), before.parameters(), strict=True)
+               if not torch.equal(p, q)}
+    assert changed == {"2.weight", "2.bias", "4.weight", "4.bias"}
+    assert details["freeze"] == 0.34 and details["trained_weights"] == 4 + 2 + 144 + 2 and details["weight_change"] > 0
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match="unlearn_freeze"):
+            SanitizeConfig(method="unlearn", unlearn_freeze=bad).validate()
+
+
 def test_found_patches_search_every_position_for_every_step_unless_halving_is_asked(monkeypatch):
     calls = []
 
@@ -538,7 +633,7 @@ def test_sanitize_unlearn_from_the_command_records_every_round(run_dir, tmp_path
     clean = _images(tmp_path / "clean", 10, CLASSES)
     out = tmp_path / "unlearned"
     proc = run_cli_in_process("sanitize", str(run_dir), "--data", str(clean), "-o", str(out), "--method", "unlearn",
-                              "--rounds", "1", "--patch-side", "16", "--epochs", "1")
+                              "--rounds", "1", "--patch-side", "16", "--epochs", "1", "--set", "unlearn_random=0.25")
     assert proc.returncode == 0, proc.stderr
     assert "sanitized (unlearn) with 30 clean image(s)" in proc.stdout
     assert f"covidscreen calibrate {out} --data DIR" in proc.stdout  # its operating points are the source's
@@ -548,6 +643,7 @@ def test_sanitize_unlearn_from_the_command_records_every_round(run_dir, tmp_path
     assert details["side"] == 16 and 1 <= len(details["rounds"]) <= 2 and details["rounds_run"] <= 1
     assert set(details["rounds"][0]["success_per_target"]) == set(CLASSES)
     assert record["settings"]["unlearn_epochs"] == 1 and record["settings"]["epochs"] == 20
+    assert record["settings"]["unlearn_random"] == 0.25 and details["random_share"] == 0.25  # --set reaches it
     if details["rounds_run"]:  # the rounds are replayed on 5 folds: the summary says how many answers moved
         assert details["cross_fit"]["folds"] == 5 and "cross-fitted in 5 folds" in proc.stdout
     else:
@@ -563,6 +659,10 @@ def test_sanitize_unlearn_from_the_command_records_every_round(run_dir, tmp_path
                        "patch side \\(40 px\\) is larger than the model's input \\(32 px\\)")
     assert_clean_error(run_cli_in_process("sanitize", str(run_dir), "--data", str(clean), "-o", str(tmp_path / "y"),
                                           "--method", "unlearn", "--rounds", "0"), "unlearn_rounds.*must be >= 1")
+    assert_clean_error(run_cli_in_process("sanitize", str(run_dir), "--data", str(clean), "-o", str(tmp_path / "z"),
+                                          "--method", "unlearn", "--set", "unlearn_freeze=1.5"),
+                       "unlearn_freeze \\(1.5\\) must be a share in \\[0, 1\\)")
+    assert not (tmp_path / "z").exists()
 
 
 def test_anp_writes_a_run_folder_whose_weights_load_like_the_source(run_dir, tmp_path):

@@ -88,15 +88,17 @@ def sanitize(
                                                    "patches in model pixels (default: 5% of the input side)")]
     = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    setting: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE (the value read as YAML): any other "
+                                                      "setting of the method, e.g. unlearn_freeze=0.75")] = None,
 ) -> None:
     """Remove a backdoor with a small clean data set, without knowing the trigger; writes a new run folder."""
     # imported per command: `covidscreen --help` stays free of PyTorch (benchmarks/bench_cli_import.py)
-    from ..security.sanitize import SanitizeConfig
     from ..security.sanitize import sanitize as run_sanitize
+    from ..security.sanitize import sanitize_config
 
-    given = {"unlearn_epochs" if method == "unlearn" else "epochs": epochs, "unlearn_rounds": rounds}
-    cfg = SanitizeConfig(method=method, budget=budget, unlearn_side=patch_side, seed=seed,
-                         **{k: v for k, v in given.items() if v is not None})
+    given = {"unlearn_epochs" if method == "unlearn" else "epochs": epochs, "unlearn_rounds": rounds,
+             "budget": budget, "unlearn_side": patch_side, "seed": seed}
+    cfg = sanitize_config(method, {**parse_sets(setting or []), **{k: v for k, v in given.items() if v is not None}})
     result = run_sanitize(run_dir, data, output, cfg, progress=True)
     typer.echo(result.summary())
 
