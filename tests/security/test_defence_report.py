@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from covidscreen.security.backdoor import judge_all
+from covidscreen.security.backdoor import judge_all, sanitized_folder
 from covidscreen.security.defence_report import (
     REPORT_COLUMNS,
     attack_figure,
@@ -159,3 +159,11 @@ def test_the_defences_command_prints_the_table(tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stderr
     assert "sanitized models against the goal" in proc.stdout
     assert "targeted_10" in proc.stdout and "97.0% -> 2.0%" in proc.stdout and "goal met" in proc.stdout
+
+
+def test_a_settings_label_makes_a_plain_folder_name(tmp_path):
+    assert sanitized_folder(tmp_path, "targeted_10", "unlearn+unlearn_anchor=1.0") == (
+        tmp_path / "sanitized" / "targeted_10__unlearn+unlearn_anchor=1.0")  # the names of earlier sessions kept
+    folder = sanitized_folder(tmp_path, "t", "unlearn+x=('a[1]*', 'b/c')")  # a list setting, a path separator
+    assert folder.parent == tmp_path / "sanitized" and folder.name == "t__unlearn+x=__a_1___,__b_c__"
+
