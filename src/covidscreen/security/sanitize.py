@@ -161,9 +161,6 @@ class SanitizeConfig:
         unlearn_refit: unlearn: also add to the head the bias per class that brings the held-out answers back to
             the source model's. Off: measured on the four strong backdoors of the demonstration it helped one and
             not the others (docs/security.md, fourteenth session); kept to reproduce that.
-        unlearn_anchor: unlearn: weight ``alpha`` of L2-SP (Li et al. 2018): the fine-tuning's loss adds
-            ``alpha / 2`` x the squared distance of every weight from the source model's, so that the few clean
-            images cannot pull the model far from what it learned on the whole training set; 0: off.
         unlearn_freeze: unlearn: share of the network's weight layers (convolutions and linear layers, counted from
             the input, and everything before the first layer left free) that its fine-tuning leaves as they are:
             the later layers learn to ignore the trigger's features while the clean features stay the ones learned
@@ -202,7 +199,6 @@ class SanitizeConfig:
     unlearn_random: float = 0.5
     unlearn_crossfit: int = 5
     unlearn_refit: bool = False
-    unlearn_anchor: float = 0.0
     unlearn_freeze: float = 0.0
     seed: int = 0
 
@@ -241,8 +237,6 @@ class SanitizeConfig:
         if not 0 <= self.unlearn_freeze < 1:
             raise ConfigError(f"unlearn: unlearn_freeze ({self.unlearn_freeze}) must be a share in [0, 1): the share "
                               "of the weight layers, from the input, that are not fine-tuned")
-        if not self.unlearn_anchor >= 0:
-            raise ConfigError(f"unlearn: unlearn_anchor ({self.unlearn_anchor}) must be a weight >= 0 (0: off)")
         if self.unlearn_refit and not self.unlearn_crossfit:
             raise ConfigError("unlearn: unlearn_refit fits its bias on the cross-fitted answers: give "
                               "unlearn_crossfit >= 2 folds")
@@ -565,7 +559,7 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     # the source model's answers on the clean images: the distillation targets of every round (unlearn_distill)
     source = F.softmax(logits_of(model, x), 1) if cfg.unlearn_distill > 0 else None
     original = copy.deepcopy(model) if cfg.unlearn_crossfit else None  # the cross-fitting starts from it
-    start = source_weights(model)  # L2-SP's anchor (unlearn_anchor); the record's distance is measured from it
+    start = source_weights(model)  # the record's distance of the weights is measured from them
     plan: list[tuple[int, list[PatchResult]]] = []  # the rounds that fine-tuned, with their patches
     bar = tqdm(total=cfg.unlearn_rounds, desc=desc, unit="round", disable=desc is None, leave=False)
     try:
@@ -585,7 +579,7 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
             bar.set_postfix(best=f"{best.success:.2f}")
             if done:
                 break
-            n_random = unlearn_step(model, x, y, used, cfg, r, source, gen, start)
+            n_random = unlearn_step(model, x, y, used, cfg, r, source, gen)
             for entry, n in zip(rounds[-1]["stamped"], n_random, strict=True):
                 entry["random_copies"] = n
             plan.append((r, used))
@@ -603,36 +597,21 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
                else "bound" if last < cfg.unlearn_stop else "round limit")
     return model, {"side": side, "rounds_run": len(rounds) - 1, "stop": cfg.unlearn_stop,
                    "start": cfg.unlearn_start, "halving": cfg.unlearn_halving, "distill": cfg.unlearn_distill,
-                   "exact": cfg.unlearn_exact, "random_share": cfg.unlearn_random, "anchor": cfg.unlearn_anchor,
-                   "weight_change": weight_distance(model, start), "freeze": cfg.unlearn_freeze,
+                   "exact": cfg.unlearn_exact, "random_share": cfg.unlearn_random, "freeze": cfg.unlearn_freeze,
                    "trained_weights": sum(p.numel() for n, p in model.named_parameters() if n in trained),
-                   "stopped": stopped,
+                   "weight_change": weight_distance(model, start), "stopped": stopped,
                    "final_best_success": last, "rounds": rounds, "cross_fit": crossfit}
 
 
 def source_weights(model: nn.Module) -> list[torch.Tensor]:
-    """Copies of ``model``'s weights, in ``parameters()`` order: the point L2-SP pulls back to."""
+    """Copies of ``model``'s weights, in ``parameters()`` order (the record measures how far unlearning moved them)."""
     return [p.detach().clone() for p in model.parameters()]
 
 
-def weight_distance(model: nn.Module, anchor: list[torch.Tensor]) -> float:
-    """The Euclidean distance of ``model``'s weights from ``anchor`` (:func:`source_weights`)."""
+def weight_distance(model: nn.Module, start: list[torch.Tensor]) -> float:
+    """The Euclidean distance of ``model``'s weights from ``start`` (:func:`source_weights`)."""
     return float(torch.sqrt(sum((p.detach() - a).pow(2).sum()
-                                for p, a in zip(model.parameters(), anchor, strict=True))))
-
-
-def l2_sp(anchor: list[torch.Tensor], alpha: float) -> Any:
-    """L2-SP's penalty (Li, Grandvalet and Davoine 2018) as a :func:`finetune` ``extra_loss``: ``alpha / 2`` x
-    the squared distance of the model's weights from ``anchor`` (:func:`source_weights`). The head is kept, so there
-    is no new layer for their second term. (The Transfer-Learning-Library has it as ``SPRegularization``: a research
-    package, not on PyPI's maintained list here, for a three-line penalty.)"""
-    def penalty(model: nn.Module, _inputs: torch.Tensor) -> torch.Tensor:
-        params = list(model.parameters())
-        if len(params) != len(anchor):
-            raise ValueError(f"L2-SP: the model has {len(params)} weight tensors, the anchor {len(anchor)}")
-        return 0.5 * alpha * sum((p - a).pow(2).sum() for p, a in zip(params, anchor, strict=True)
-                                 if p.requires_grad)
-    return penalty
+                                for p, a in zip(model.parameters(), start, strict=True))))
 
 
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -665,11 +644,10 @@ def only_trainable(model: nn.Module, names: set[str]) -> Iterator[None]:
 
 
 def unlearn_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, used: list[PatchResult], cfg: SanitizeConfig,
-                 r: int, source: torch.Tensor | None, gen: torch.Generator,
-                 anchor: list[torch.Tensor] | None = None) -> list[int]:
+                 r: int, source: torch.Tensor | None, gen: torch.Generator) -> list[int]:
     """One round's fine-tuning of :func:`unlearn`: ``used`` stamped on copies of an ``unlearn_share`` of the clean
-    images (true labels), then ``unlearn_epochs`` epochs on the images and the copies, pulled towards ``anchor``'s
-    weights with ``unlearn_anchor`` (:func:`l2_sp`). Returns the number of copies with random contents per patch."""
+    images (true labels), then ``unlearn_epochs`` epochs on the images and the copies, the layers that
+    ``unlearn_freeze`` names left as they are. Returns the number of copies with random contents per patch."""
     n_stamp = max(1, round(cfg.unlearn_share * len(x)))
     chosen = torch.randperm(len(x), generator=gen)[:n_stamp]
     parts = [chosen[i::len(used)] for i in range(len(used))]
@@ -682,9 +660,7 @@ def unlearn_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, used: list[
     with only_trainable(model, trainable_names(model, cfg.unlearn_freeze)):
         finetune(model, torch.cat([x, stamped]), torch.cat([y, labels]),
                  dataclasses.replace(cfg, epochs=cfg.unlearn_epochs, lr=cfg.unlearn_lr, seed=cfg.seed + r),
-                 unaugmented=kept, soft_targets=soft, distill=cfg.unlearn_distill,
-                 extra_loss=l2_sp(anchor, cfg.unlearn_anchor) if anchor is not None and cfg.unlearn_anchor > 0
-                 else None)
+                 unaugmented=kept, soft_targets=soft, distill=cfg.unlearn_distill)
     return [m[2] for m in made]
 
 
@@ -715,10 +691,9 @@ def cross_fit(model: nn.Module, original: nn.Module, x: torch.Tensor, y: torch.T
         if not held.any():
             continue
         replica = copy.deepcopy(original)
-        anchor = source_weights(original) if cfg.unlearn_anchor > 0 else None
         for r, used in plan:
             unlearn_step(replica, x[fit], y[fit], used, cfg, r, source[fit] if cfg.unlearn_distill > 0 else None,
-                         gen, anchor)
+                         gen)
         oof[held] = logits_of(replica, x[held])
     name = (lambda t: classes[t]) if classes else str
 
