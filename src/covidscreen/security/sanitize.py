@@ -35,8 +35,10 @@ Defences (each from a published paper; the clean set holds at most ``max_share``
   whose first search finds no patch reaching ``unlearn_start`` (higher than ``unlearn_stop``) is left unchanged:
   clean models have such patches too (up to 0.43 on the demonstration's clean models), and unlearning one of them
   only costs clean accuracy. The fine-tuning distils the source model's answers (``unlearn_distill``): a stamped
-  copy is taught the source's answer on the same image without the patch. It finds patch triggers (BadNets-like),
-  not blended or warping ones, as the scan does.
+  copy is taught the source's answer on the same image without the patch. ``unlearn_freeze`` leaves the first
+  layers as they were (the later ones learn to ignore the trigger's features; on the demonstration's targeted
+  backdoors it kept the clean answers on unseen images much better, on the 3-class non-targeted one worse:
+  docs/security.md). It finds patch triggers (BadNets-like), not blended or warping ones, as the scan does.
 - ``finetune``: plain fine-tuning on the clean images (the baseline both papers compare with; NAD's teacher).
 
 Fine-tuning keeps BatchNorm statistics frozen (a clean set of a few dozen images would otherwise replace the
