@@ -606,6 +606,9 @@ def test_sanitize_unlearn_from_the_command_records_every_round(run_dir, tmp_path
                                           "--method", "unlearn", "--set", "unlearn_freeze=1.5"),
                        "unlearn_freeze \\(1.5\\) must be a share in \\[0, 1\\)")
     assert not (tmp_path / "z").exists()
+    assert_clean_error(run_cli_in_process("sanitize", str(run_dir), "--data", str(clean), "-o", str(tmp_path / "z"),
+                                          "--method", "unlearn", "--seed", "1", "--set", "seed=2"),
+                       "--set seed: already given by its own option")
 
 
 def test_anp_writes_a_run_folder_whose_weights_load_like_the_source(run_dir, tmp_path):

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import CovidscreenError
+from ..errors import ConfigError, CovidscreenError
 from .recipes import parse_sets
 
 app = typer.Typer()
@@ -87,7 +87,8 @@ def sanitize(
     patch_side: Annotated[int | None, typer.Option("--patch-side", help="unlearn: side of the searched "
                                                    "patches in model pixels (default: 5% of the input side)")]
     = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int | None, typer.Option("--seed", help="seed of sampling, augmentation and batch order "
+                                             "(default 0)")] = None,
     setting: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE (the value read as YAML): any other "
                                                       "setting of the method, e.g. unlearn_freeze=0.75")] = None,
 ) -> None:
@@ -98,7 +99,12 @@ def sanitize(
 
     given = {"unlearn_epochs" if method == "unlearn" else "epochs": epochs, "unlearn_rounds": rounds,
              "budget": budget, "unlearn_side": patch_side, "seed": seed}
-    cfg = sanitize_config(method, {**parse_sets(setting or []), **{k: v for k, v in given.items() if v is not None}})
+    given = {k: v for k, v in given.items() if v is not None}
+    sets = parse_sets(setting or [])
+    if both := sorted(set(sets) & set(given)):
+        raise ConfigError(f"--set {', '.join(both)}: already given by its own option (--epochs, --rounds, --budget, "
+                          "--patch-side or --seed); give each setting once")
+    cfg = sanitize_config(method, {**sets, **given})
     result = run_sanitize(run_dir, data, output, cfg, progress=True)
     typer.echo(result.summary())
 

@@ -382,7 +382,7 @@ def write_clean_set(clean_run: Path, out_dir: Path, share: float = 0.05, seed: i
 
 def sanitized_folder(out: Path, run: str, label: str) -> Path:
     """Where ``security defences`` writes the model ``run`` sanitized as ``label`` (the method and its settings): a
-    setting's value may hold characters a folder name should not (``unlearn_trainable=('features.[0-3].*',)``), so
+    setting's value may hold characters a folder name should not (a list: ``nad_betas=(500.0, 1000.0)``), so
     anything but letters, digits and ``._=+,-`` becomes ``_``; the label itself is kept in ``defences.json``."""
     return out / "sanitized" / re.sub(r"[^A-Za-z0-9._=+,-]", "_", f"{run}__{label}")
 
