@@ -347,6 +347,18 @@ def test_unlearn_freezes_the_first_layers_with_what_comes_before_the_first_free_
             SanitizeConfig(method="unlearn", unlearn_freeze=bad).validate()
 
 
+def test_unlearn_freeze_on_the_demonstrations_network_leaves_its_last_blocks_free():
+    # docs/security.md's settings: 0.75 leaves features.14-18 and the head of MobileNetV2's 53 weight layers, 0.85
+    # features.16-18 and the head
+    model = create_model("mobilenet_v2_035", pretrained=False, num_classes=3)
+    for share, first in ((0.75, 14), (0.85, 16)):
+        free = trainable_names(model, share)
+        blocks = {int(n.split(".")[2]) for n in free if n.startswith("backbone.features.")}
+        assert blocks == set(range(first, 19)) and "backbone.classifier.1.weight" in free
+        whole = {n for n, _ in model.named_parameters() if n.startswith(f"backbone.features.{first}.")}
+        assert whole <= free  # the first free block whole, with its BatchNorm scales
+
+
 def test_found_patches_search_every_position_for_every_step_unless_halving_is_asked(monkeypatch):
     calls = []
 
