@@ -311,14 +311,15 @@ def paired_binary_changes(y: np.ndarray, before: tuple[np.ndarray, np.ndarray], 
         ``{name: {"before", "after", "change", "ci": [lo, hi]}}``.
     """
     y = np.asarray(y, dtype=bool)
-    codes, n_groups = group_codes(groups, len(y))
-    strata = group_strata(codes, n_groups, y) if stratified else None
-    w = np.vstack([np.ones(len(y)), bootstrap_weights(codes, n_groups, n_boot, np.random.default_rng(seed), strata)])
-    m0, m1 = (weighted_binary_metrics(w, y, np.asarray(pred, bool), _Ranked.of(y, np.asarray(score, float)))
-              for pred, score in (before, after))
+    tasks = [BinaryTask(name, y, np.asarray(pred, bool), np.asarray(score, float))
+             for name, (pred, score) in (("before", before), ("after", after))]
+    # the replicates of bootstrap_tasks: the same draws for both models, in chunks of bounded memory
+    reps = bootstrap_tasks(tasks, groups, n_boot, seed, level, stratify=y if stratified else None)["_replicates"]
+    ones = np.ones((1, len(y)))
+    m0, m1 = (weighted_binary_metrics(ones, y, t.pred, _Ranked.of(y, t.score)) for t in tasks)
     out = {}
     for name in names:
-        change = m1[name] - m0[name]  # row 0: the images as they are; the others: the replicates
-        out[name] = {"before": float(m0[name][0]), "after": float(m1[name][0]), "change": float(change[0]),
-                     "ci": percentile_interval(change[1:], level)}
+        change = float(m1[name][0] - m0[name][0])
+        out[name] = {"before": float(m0[name][0]), "after": float(m1[name][0]), "change": change,
+                     "ci": percentile_interval(reps["after"][name] - reps["before"][name], level)}
     return out
