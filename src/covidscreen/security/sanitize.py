@@ -560,8 +560,7 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
     rounds: list[dict[str, Any]] = []
     # the source model's answers on the clean images: the distillation targets of every round (unlearn_distill)
     source = F.softmax(logits_of(model, x), 1) if cfg.unlearn_distill > 0 else None
-    original = copy.deepcopy(model) if cfg.unlearn_crossfit else None  # the cross-fitting starts from it
-    start = source_weights(model)  # the record's distance of the weights is measured from them
+    original = copy.deepcopy(model)  # the cross-fitting starts from it; the record measures the weights' move from it
     plan: list[tuple[int, list[PatchResult]]] = []  # the rounds that fine-tuned, with their patches
     bar = tqdm(total=cfg.unlearn_rounds, desc=desc, unit="round", disable=desc is None, leave=False)
     try:
@@ -601,19 +600,14 @@ def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SanitizeCon
                    "start": cfg.unlearn_start, "halving": cfg.unlearn_halving, "distill": cfg.unlearn_distill,
                    "exact": cfg.unlearn_exact, "random_share": cfg.unlearn_random, "freeze": cfg.unlearn_freeze,
                    "trained_weights": sum(p.numel() for n, p in model.named_parameters() if n in trained),
-                   "weight_change": weight_distance(model, start), "stopped": stopped,
+                   "weight_change": weight_distance(model, original), "stopped": stopped,
                    "final_best_success": last, "rounds": rounds, "cross_fit": crossfit}
 
 
-def source_weights(model: nn.Module) -> list[torch.Tensor]:
-    """Copies of ``model``'s weights, in ``parameters()`` order (the record measures how far unlearning moved them)."""
-    return [p.detach().clone() for p in model.parameters()]
-
-
-def weight_distance(model: nn.Module, start: list[torch.Tensor]) -> float:
-    """The Euclidean distance of ``model``'s weights from ``start`` (:func:`source_weights`)."""
-    return float(torch.sqrt(sum((p.detach() - a).pow(2).sum()
-                                for p, a in zip(model.parameters(), start, strict=True))))
+def weight_distance(model: nn.Module, source: nn.Module) -> float:
+    """The Euclidean distance of ``model``'s weights from those of ``source`` (the same architecture)."""
+    return float(torch.sqrt(sum((p.detach() - q.detach()).pow(2).sum()
+                                for p, q in zip(model.parameters(), source.parameters(), strict=True))))
 
 
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
