@@ -801,39 +801,35 @@ def optimise_neuron_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cf
     The model itself is left as it was."""
     gen = torch.Generator().manual_seed(cfg.seed)
     model.eval()  # BatchNorm statistics frozen (a few dozen clean images), no dropout: only the masks learn
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    masks = NeuronMasks(model, cfg.anp_eps)
-    bar = tqdm(total=cfg.anp_iterations, desc=desc, unit="step", disable=desc is None, leave=False)
-    try:
-        opt = torch.optim.SGD(masks.masks, lr=cfg.anp_lr, momentum=0.9)
-        for _ in range(cfg.anp_iterations):
-            idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
-            inputs, labels = x[idx], y[idx]
-            if cfg.anp_eps > 0:  # the neurons' worst perturbation for this batch, from a random start
-                masks.randomize(gen)
-                masks.perturbed = True
-                masks.ascend(F.cross_entropy(model(inputs), labels))
-                robust = F.cross_entropy(model(inputs), labels)
-            else:
-                robust = torch.zeros(())
-            masks.perturbed = False
-            natural = F.cross_entropy(model(inputs), labels)
-            loss = cfg.anp_alpha * natural + (1 - cfg.anp_alpha) * robust
-            opt.zero_grad()
-            loss.backward(inputs=masks.masks)
-            opt.step()
-            with torch.no_grad():
-                for m in masks.masks:
-                    m.clamp_(0.0, 1.0)
-            bar.update(1)
-        return masks.layers, masks.values()
-    finally:
-        bar.close()
-        masks.close()
-        for p, g in flags:
-            p.requires_grad_(g)
+    with only_trainable(model, set()):  # only the masks learn; the flags restored after
+        masks = NeuronMasks(model, cfg.anp_eps)
+        bar = tqdm(total=cfg.anp_iterations, desc=desc, unit="step", disable=desc is None, leave=False)
+        try:
+            opt = torch.optim.SGD(masks.masks, lr=cfg.anp_lr, momentum=0.9)
+            for _ in range(cfg.anp_iterations):
+                idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
+                inputs, labels = x[idx], y[idx]
+                if cfg.anp_eps > 0:  # the neurons' worst perturbation for this batch, from a random start
+                    masks.randomize(gen)
+                    masks.perturbed = True
+                    masks.ascend(F.cross_entropy(model(inputs), labels))
+                    robust = F.cross_entropy(model(inputs), labels)
+                else:
+                    robust = torch.zeros(())
+                masks.perturbed = False
+                natural = F.cross_entropy(model(inputs), labels)
+                loss = cfg.anp_alpha * natural + (1 - cfg.anp_alpha) * robust
+                opt.zero_grad()
+                loss.backward(inputs=masks.masks)
+                opt.step()
+                with torch.no_grad():
+                    for m in masks.masks:
+                        m.clamp_(0.0, 1.0)
+                bar.update(1)
+            return masks.layers, masks.values()
+        finally:
+            bar.close()
+            masks.close()
 
 
 def prune_neurons(model: nn.Module, layers: list[tuple[str, nn.Module]], values: torch.Tensor, x: torch.Tensor,
